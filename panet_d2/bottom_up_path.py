@@ -1,0 +1,174 @@
+# -*- coding: utf-8 -*-
+"""
+Bottom-up path augmentation (BPA), Sec. 3.1 of the PANet paper.
+
+FPN builds {P2, P3, P4, P5} top-down. BPA adds a short bottom-up path on top of it:
+
+    N2 = P2
+    N_{i+1} = conv3x3( conv3x3_stride2(N_i) + P_{i+1} ),   i = 2, 3, 4
+
+with 256 channels everywhere, each new conv followed by an optional norm and a ReLU. As FPN's P6
+comes from P5, the coarser level N6 used by the RPN is a max-pool (kernel 1, stride 2) of N5.
+"""
+import math
+
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling.backbone import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+from .config import NORMS, PAFPN_ACTIVATIONS, check_choice
+
+__all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
+
+
+class PAFPN(FPN):
+    """
+    FPN followed by PANet's bottom-up path augmentation.
+
+    It is Detectron2's :class:`FPN` (same parameters, same names: a Detectron2 FPN checkpoint loads
+    into it) plus, for every level above the lowest, two new 3x3 convs:
+
+    * ``bpa_down{k}``: 3x3, stride 2, from N_{k-1} to the resolution of P_k;
+    * ``bpa_out{k}``: 3x3, stride 1, on the sum with P_k, giving N_k.
+
+    The outputs keep FPN's names ("p2" ... "p6"), strides and channels, so that every Detectron2
+    head and config key (RPN.IN_FEATURES, ROI_HEADS.IN_FEATURES, SEM_SEG_HEAD.IN_FEATURES) works on
+    it unchanged; the tensors under those names are the augmented maps N2 ... N6.
+    """
+
+    def __init__(
+        self,
+        bottom_up,
+        in_features,
+        out_channels,
+        norm="",
+        top_block=None,
+        fuse_type="sum",
+        square_pad=0,
+        *,
+        bpa_norm="",
+        bpa_activation="relu",
+    ):
+        """
+        Args:
+            bottom_up, in_features, out_channels, norm, top_block, fuse_type, square_pad:
+                see :class:`detectron2.modeling.backbone.fpn.FPN`. ``top_block`` (e.g.
+                :class:`LastLevelMaxPool`) is applied to the augmented top level (N5) when its
+                ``in_feature`` is a pyramid level, and to the bottom-up feature otherwise.
+            bpa_norm (str): norm after each new conv: "" (none), "GN", "BN", "SyncBN", ...
+            bpa_activation (str): "relu" (paper: every conv is followed by a ReLU), "none"
+                (mmdetection's PAFPN) or "relu_if_norm" (the authors' release: a ReLU only when
+                ``bpa_norm`` is set).
+        """
+        super().__init__(
+            bottom_up,
+            in_features,
+            out_channels,
+            norm=norm,
+            top_block=top_block,
+            fuse_type=fuse_type,
+            square_pad=square_pad,
+        )
+        check_choice("MODEL.PAFPN.NORM", bpa_norm, NORMS)
+        check_choice("MODEL.PAFPN.ACTIVATION", bpa_activation, PAFPN_ACTIVATIONS)
+        use_relu = bpa_activation == "relu" or (bpa_activation == "relu_if_norm" and bpa_norm)
+
+        strides = [bottom_up.output_shape()[f].stride for f in in_features]
+        # Pyramid levels fed by the backbone, low to high resolution, e.g. ["p2", "p3", "p4", "p5"].
+        self._pyramid_features = ["p{}".format(int(math.log2(s))) for s in strides]
+        self.bpa_down_convs = []
+        self.bpa_output_convs = []
+        for name in self._pyramid_features[1:]:
+            stage = int(name[1:])
+            down = Conv2d(
+                out_channels,
+                out_channels,
+                kernel_size=3,
+                stride=2,
+                padding=1,
+                bias=not bpa_norm,
+                norm=get_norm(bpa_norm, out_channels),
+                activation=nn.ReLU() if use_relu else None,
+            )
+            output = Conv2d(
+                out_channels,
+                out_channels,
+                kernel_size=3,
+                stride=1,
+                padding=1,
+                bias=not bpa_norm,
+                norm=get_norm(bpa_norm, out_channels),
+                activation=nn.ReLU() if use_relu else None,
+            )
+            weight_init.c2_xavier_fill(down)
+            weight_init.c2_xavier_fill(output)
+            self.add_module("bpa_down{}".format(stage), down)
+            self.add_module("bpa_out{}".format(stage), output)
+            self.bpa_down_convs.append(down)
+            self.bpa_output_convs.append(output)
+
+    def forward(self, x):
+        """
+        Args:
+            x (Tensor): images, shape (N, 3, H, W), H and W divisible by ``size_divisibility``.
+
+        Returns:
+            dict[str->Tensor]: "p2" ... "p6" holding N2 ... N6, each (N, out_channels, H/s, W/s).
+        """
+        fpn = super().forward(x)  # Detectron2's FPN: P2 ... P5 (and P6 from P5)
+        n = fpn[self._pyramid_features[0]]  # N2 is P2, untouched
+        results = {self._pyramid_features[0]: n}
+        for name, down, output in zip(
+            self._pyramid_features[1:], self.bpa_down_convs, self.bpa_output_convs
+        ):
+            n = output(down(n) + fpn[name])
+            results[name] = n
+        if self.top_block is not None:
+            if self.top_block.in_feature in results:
+                # N6 = max-pool(N5), as FPN's P6 comes from P5.
+                extra = self.top_block(results[self.top_block.in_feature])
+            else:  # the top block reads a bottom-up feature (e.g. "res5"): FPN computed it already
+                extra = [fpn[f] for f in self._out_features[len(results) :]]
+            results.update(zip(self._out_features[len(results) :], extra))
+        return {f: results[f] for f in self._out_features}
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_pafpn_backbone(cfg, input_shape: ShapeSpec):
+    """
+    ResNet + FPN + bottom-up path augmentation: :func:`build_resnet_fpn_backbone` with the PAFPN
+    neck. Configured by MODEL.FPN.* (the FPN part) and MODEL.PAFPN.* (the new layers).
+
+    Returns:
+        PAFPN: a :class:`Backbone` with outputs "p2" ... "p6" (N2 ... N6).
+    """
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    available = list(bottom_up.output_shape().keys())
+    missing = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in available]
+    if missing:
+        raise ValueError(
+            "MODEL.FPN.IN_FEATURES={} names {} which the ResNet does not output; it outputs {} "
+            "(set MODEL.RESNETS.OUT_FEATURES).".format(
+                list(cfg.MODEL.FPN.IN_FEATURES), missing, available
+            )
+        )
+    return PAFPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        bpa_norm=cfg.MODEL.PAFPN.NORM,
+        bpa_activation=cfg.MODEL.PAFPN.ACTIVATION,
+    )
+
+
+def is_pafpn(backbone: torch.nn.Module) -> bool:
+    """Whether a (possibly wrapped) backbone carries the bottom-up path augmentation."""
+    return isinstance(backbone, PAFPN)

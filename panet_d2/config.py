@@ -1,0 +1,89 @@
+# -*- coding: utf-8 -*-
+"""
+Config keys of the PANet project. Every key has the PANet paper's choice as its default.
+
+Paper: Liu et al., "Path Aggregation Network for Instance Segmentation", CVPR 2018.
+Table numbers in the comments refer to that paper.
+"""
+from detectron2.config import CfgNode as CN
+
+# Values accepted by the keys below; `check_choice` names them in its errors.
+NORMS = ("", "GN", "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN")
+PAFPN_ACTIVATIONS = ("relu", "none", "relu_if_norm")
+AFP_FUSE_TYPES = ("max", "sum")
+AFP_FUSE_POSITIONS = ("after_first_layer", "before_first_layer")
+FF_START_LAYERS = (2, 3, 4)
+FF_FUSE_TYPES = ("sum", "max", "product")
+
+
+def add_panet_config(cfg):
+    """
+    Add the config keys of PANet (bottom-up path augmentation, adaptive feature pooling,
+    fully-connected fusion) and of the panoptic model to a Detectron2 config.
+    """
+    # ---------------------------------------------------------------------------------------------
+    # Bottom-up path augmentation (BPA), Sec. 3.1. Switched on by
+    # MODEL.BACKBONE.NAME = "build_resnet_pafpn_backbone"; the keys below configure its new layers.
+    # ---------------------------------------------------------------------------------------------
+    cfg.MODEL.PAFPN = CN()
+    # Norm after each new 3x3 conv of the bottom-up path: "" (none), "GN", "BN", "SyncBN" ...
+    # The paper's MBN setting (Table 3) puts SyncBN after every new layer.
+    cfg.MODEL.PAFPN.NORM = ""
+    # Activation after each new conv. "relu": the paper ("all convolutional layers are followed by
+    # a ReLU"); "none": mmdetection's PAFPN; "relu_if_norm": the authors' release (ReLU only
+    # together with a norm).
+    cfg.MODEL.PAFPN.ACTIVATION = "relu"
+
+    # ---------------------------------------------------------------------------------------------
+    # Adaptive feature pooling (AFP), Sec. 3.2: every RoI is pooled from every level of
+    # MODEL.ROI_HEADS.IN_FEATURES; each level's grid passes its own first layer; then the grids are
+    # fused element-wise. Needs ROI_BOX_HEAD.NAME "PANetConvFCHead" and ROI_MASK_HEAD.NAME
+    # "PANetMaskHead".
+    # ---------------------------------------------------------------------------------------------
+    cfg.MODEL.AFP = CN()
+    cfg.MODEL.AFP.ENABLED = True
+    # Element-wise fusion of the per-level grids: "max" (paper) or "sum" (Table 4).
+    cfg.MODEL.AFP.FUSE_TYPE = "max"
+    # Where the box branch fuses: "after_first_layer" = "fc1fu.fc2" in Table 4 (paper), i.e.
+    # after the per-level fc1 (after the per-level conv1 for a conv head such as the heavier head);
+    # "before_first_layer" = "fu.fc1fc2": fuse the RoIAlign grids, then a shared head.
+    cfg.MODEL.AFP.BOX_FUSE_POSITION = "after_first_layer"
+    # Same for the mask branch: "after_first_layer" fuses between conv1 and conv2 (paper).
+    cfg.MODEL.AFP.MASK_FUSE_POSITION = "after_first_layer"
+    # Norm after the per-level fc1 of the 2fc box head with AFP ("" = none, the paper; the
+    # authors' release uses "GN"). The convs of the heads use ROI_BOX_HEAD.NORM / ROI_MASK_HEAD.NORM,
+    # the per-level conv1 included.
+    cfg.MODEL.ROI_BOX_HEAD.FC_NORM = ""
+
+    # ---------------------------------------------------------------------------------------------
+    # Fully-connected fusion (FF) in the mask branch, Sec. 3.3.
+    # ---------------------------------------------------------------------------------------------
+    cfg.MODEL.FF = CN()
+    cfg.MODEL.FF.ENABLED = True
+    # The short fc path starts from the output of conv<START_LAYER> of the mask FCN: 2, 3 (paper),
+    # or 4 (Table 5).
+    cfg.MODEL.FF.START_LAYER = 3
+    # How the class-agnostic fc mask is fused with every class's FCN mask logits:
+    # "sum" (paper), "max" or "product" (Table 5).
+    cfg.MODEL.FF.FUSE_TYPE = "sum"
+    # Channels of the two 3x3 convs of the short path; the second halves the channels (paper).
+    cfg.MODEL.FF.CONV_DIMS = [256, 128]
+    # ReLU on the fc output: False in the paper, True in the authors' release.
+    cfg.MODEL.FF.FC_ACTIVATION = False
+
+    # The panoptic model (PanopticPANet) reuses Detectron2's MODEL.PANOPTIC_FPN.* keys: instance
+    # and semantic loss weights and the merge thresholds (COMBINE.*).
+    return cfg
+
+
+def check_choice(key, value, allowed):
+    """
+    Raise a ValueError naming the config key, the bad value and the allowed values.
+    """
+    if value not in allowed:
+        raise ValueError(
+            "Invalid config value {}={!r}; allowed values are: {}.".format(
+                key, value, ", ".join(repr(a) for a in allowed)
+            )
+        )
+    return value

@@ -1,0 +1,97 @@
+# -*- coding: utf-8 -*-
+"""
+Fully-connected fusion (FF), Sec. 3.3 of the PANet paper.
+
+The mask FCN predicts K per-class masks with local, position-shared convolutions. FF adds a short
+path from one of its convs (conv3 by default): two 3x3 convs (the second halving the channels) and
+one fc layer producing a 28 x 28 class-agnostic foreground/background mask, fused with every
+class's mask logits (sum by default).
+"""
+import fvcore.nn.weight_init as weight_init
+import torch
+from torch import nn
+
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+
+from .config import FF_FUSE_TYPES, check_choice
+
+__all__ = ["FullyConnectedFusion"]
+
+
+class FullyConnectedFusion(nn.Module):
+    """
+    The fc short path of the mask branch and its fusion with the FCN's mask logits.
+
+    Layers: ``conv1`` (3x3, conv_dims[0]), ``conv2`` (3x3, conv_dims[1]), each + norm + ReLU;
+    ``fc`` (conv_dims[1] * H * W -> mask_size ** 2).
+    """
+
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        mask_size: int,
+        conv_dims=(256, 128),
+        conv_norm: str = "",
+        fuse_type: str = "sum",
+        fc_activation: bool = False,
+    ):
+        """
+        Args:
+            input_shape (ShapeSpec): shape of the FCN feature the path starts from (C, H, W).
+            mask_size (int): side of the predicted masks (28 in Mask R-CNN).
+            conv_dims (tuple[int]): channels of the two convs (paper: 256, 128).
+            conv_norm (str): norm of the two convs ("" for none).
+            fuse_type (str): "sum" (paper), "max" or "product".
+            fc_activation (bool): ReLU on the fc output (the authors' release) or not (paper).
+        """
+        super().__init__()
+        self.fuse_type = check_choice("MODEL.FF.FUSE_TYPE", fuse_type, FF_FUSE_TYPES)
+        if len(conv_dims) != 2:
+            raise ValueError(
+                "MODEL.FF.CONV_DIMS={} must give the channels of exactly 2 convs".format(
+                    list(conv_dims)
+                )
+            )
+        self.mask_size = mask_size
+        self.fc_activation = fc_activation
+        channels = input_shape.channels
+        self.convs = []
+        for k, dim in enumerate(conv_dims):
+            conv = Conv2d(
+                channels,
+                dim,
+                kernel_size=3,
+                padding=1,
+                bias=not conv_norm,
+                norm=get_norm(conv_norm, dim),
+                activation=nn.ReLU(),
+            )
+            weight_init.c2_msra_fill(conv)
+            self.add_module("conv{}".format(k + 1), conv)
+            self.convs.append(conv)
+            channels = dim
+        self.fc = nn.Linear(channels * input_shape.height * input_shape.width, mask_size**2)
+        weight_init.c2_xavier_fill(self.fc)
+
+    def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor): FCN features where the short path starts, shape (M, C, H, W).
+            mask_logits (Tensor): the FCN's per-class mask logits, shape (M, K, S, S),
+                S = mask_size; K = 1 for class-agnostic masks.
+
+        Returns:
+            Tensor: fused mask logits, shape (M, K, S, S).
+        """
+        for conv in self.convs:
+            x = conv(x)
+        fc_mask = self.fc(x.flatten(1))
+        if self.fc_activation:
+            fc_mask = torch.relu(fc_mask)
+        fc_mask = fc_mask.view(-1, 1, self.mask_size, self.mask_size)  # class-agnostic
+        if self.fuse_type == "sum":
+            return mask_logits + fc_mask
+        if self.fuse_type == "max":
+            return torch.maximum(mask_logits, fc_mask)
+        return mask_logits * fc_mask

@@ -1,0 +1,134 @@
+# -*- coding: utf-8 -*-
+"""
+The mask head of PANet: Mask R-CNN's 4-conv FCN head with adaptive feature pooling (per-level
+conv1, fusion before conv2) and fully-connected fusion (:class:`FullyConnectedFusion`).
+"""
+from typing import List
+
+import torch
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads.mask_head import (
+    ROI_MASK_HEAD_REGISTRY,
+    MaskRCNNConvUpsampleHead,
+)
+
+from .adaptive_feature_pooling import AFPConv2d, fuse_levels
+from .config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, check_choice
+from .fully_connected_fusion import FullyConnectedFusion
+
+__all__ = ["PANetMaskHead"]
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class PANetMaskHead(MaskRCNNConvUpsampleHead):
+    """
+    :class:`MaskRCNNConvUpsampleHead` plus PANet's adaptive feature pooling and fully-connected
+    fusion. Its output has the shape of Detectron2's mask head, (M, K, 2H, 2W) logits, so that
+    Detectron2's ``mask_rcnn_loss`` and ``mask_rcnn_inference`` apply unchanged. With AFP and FF
+    off it is exactly Detectron2's head (same layers, same names).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        num_classes: int,
+        conv_dims: List[int],
+        conv_norm="",
+        num_levels: int = 1,
+        fuse_type: str = "max",
+        fuse_position: str = "after_first_layer",
+        ff_enabled: bool = False,
+        ff_start_layer: int = 3,
+        ff_fuse_type: str = "sum",
+        ff_conv_dims=(256, 128),
+        ff_fc_activation: bool = False,
+        **kwargs,
+    ):
+        """
+        Args:
+            input_shape, num_classes, conv_dims, conv_norm: see
+                :class:`MaskRCNNConvUpsampleHead`; ``input_shape`` is one level's grid (C, H, W).
+            num_levels (int): 1 without AFP; else L, and the input is (M, L, C, H, W).
+            fuse_type (str): AFP fusion, "max" or "sum".
+            fuse_position (str): "after_first_layer" (paper: per-level conv1, fusion before
+                conv2) or "before_first_layer" (fuse the RoIAlign grids).
+            ff_enabled (bool): add the fully-connected fusion path.
+            ff_start_layer (int): the FCN conv (1-based) whose output feeds the fc path (paper: 3).
+            ff_fuse_type, ff_conv_dims, ff_fc_activation: see :class:`FullyConnectedFusion`.
+        """
+        super().__init__(
+            input_shape, num_classes=num_classes, conv_dims=conv_dims, conv_norm=conv_norm, **kwargs
+        )
+        check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
+        check_choice("MODEL.AFP.MASK_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
+        num_conv = len(conv_dims) - 1
+        self.num_levels = num_levels
+        self.fuse_type = fuse_type
+        self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
+        if self.per_level_first_layer:
+            if num_conv < 1:
+                raise ValueError(
+                    "Adaptive feature pooling after the first layer needs a mask head with at "
+                    "least one conv, got MODEL.ROI_MASK_HEAD.NUM_CONV={}".format(num_conv)
+                )
+            self.mask_fcn1 = AFPConv2d(
+                input_shape.channels, conv_dims[0], num_levels, norm=conv_norm, fuse_type=fuse_type
+            )
+            self.conv_norm_relus[0] = self.mask_fcn1
+
+        self.ff_start_layer = ff_start_layer if ff_enabled else 0
+        self.fc_fusion = None
+        if ff_enabled:
+            check_choice("MODEL.FF.START_LAYER", ff_start_layer, tuple(range(1, num_conv + 1)))
+            self.fc_fusion = FullyConnectedFusion(
+                ShapeSpec(
+                    channels=conv_dims[ff_start_layer - 1],
+                    height=input_shape.height,
+                    width=input_shape.width,
+                ),
+                mask_size=2 * input_shape.height,  # the deconv doubles the resolution
+                conv_dims=ff_conv_dims,
+                conv_norm=conv_norm,
+                fuse_type=ff_fuse_type,
+                fc_activation=ff_fc_activation,
+            )
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        afp, ff = cfg.MODEL.AFP, cfg.MODEL.FF
+        ret.update(
+            num_levels=len(cfg.MODEL.ROI_HEADS.IN_FEATURES) if afp.ENABLED else 1,
+            fuse_type=afp.FUSE_TYPE,
+            fuse_position=afp.MASK_FUSE_POSITION,
+            ff_enabled=ff.ENABLED,
+            ff_start_layer=ff.START_LAYER,
+            ff_fuse_type=ff.FUSE_TYPE,
+            ff_conv_dims=tuple(ff.CONV_DIMS),
+            ff_fc_activation=ff.FC_ACTIVATION,
+        )
+        return ret
+
+    def layers(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor): (M, C, H, W) pooled grids, or (M, L, C, H, W) with AFP.
+
+        Returns:
+            Tensor: mask logits, shape (M, K, 2H, 2W); K = 1 for class-agnostic masks.
+        """
+        if self.num_levels > 1 and not self.per_level_first_layer:
+            x = fuse_levels(x, self.fuse_type)
+        ff_input = None
+        for k, conv in enumerate(self.conv_norm_relus, start=1):
+            x = conv(x)
+            if k == self.ff_start_layer:
+                ff_input = x
+        x = self.predictor(self.deconv_relu(self.deconv(x)))
+        if self.fc_fusion is not None:
+            x = self.fc_fusion(ff_input, x)
+        return x

@@ -1,0 +1,86 @@
+# -*- coding: utf-8 -*-
+"""
+PANet's ROI heads: Detectron2's :class:`StandardROIHeads` (sampling, losses, inference) with
+adaptive feature pooling wired into the box and mask branches.
+"""
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+
+from .adaptive_feature_pooling import AdaptiveFeaturePooler
+from .box_head import PANetConvFCHead
+from .config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, check_choice
+from .mask_head import PANetMaskHead
+
+__all__ = ["PANetROIHeads"]
+
+
+@ROI_HEADS_REGISTRY.register()
+class PANetROIHeads(StandardROIHeads):
+    """
+    :class:`StandardROIHeads` whose poolers, when MODEL.AFP.ENABLED, pool every RoI from every
+    level of MODEL.ROI_HEADS.IN_FEATURES (:class:`AdaptiveFeaturePooler`) and hand the
+    level-stacked grids (M, L, C, H, W) to heads that fuse them (:class:`PANetConvFCHead`,
+    :class:`PANetMaskHead`). With AFP off it is exactly :class:`StandardROIHeads`.
+    """
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        cls._check_config(cfg, input_shape)
+        return super().from_config(cfg, input_shape)
+
+    @classmethod
+    def _check_config(cls, cfg, input_shape):
+        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        missing = [f for f in in_features if f not in input_shape]
+        if missing:
+            raise ValueError(
+                "MODEL.ROI_HEADS.IN_FEATURES={} names {} which the backbone does not output; it "
+                "outputs {}.".format(in_features, missing, sorted(input_shape.keys()))
+            )
+        afp = cfg.MODEL.AFP
+        if not afp.ENABLED:
+            return
+        check_choice("MODEL.AFP.FUSE_TYPE", afp.FUSE_TYPE, AFP_FUSE_TYPES)
+        check_choice("MODEL.AFP.BOX_FUSE_POSITION", afp.BOX_FUSE_POSITION, AFP_FUSE_POSITIONS)
+        check_choice("MODEL.AFP.MASK_FUSE_POSITION", afp.MASK_FUSE_POSITION, AFP_FUSE_POSITIONS)
+        if len(in_features) < 2:
+            raise ValueError(
+                "MODEL.AFP.ENABLED=True pools every RoI from every pyramid level and needs at least "
+                "2 levels in MODEL.ROI_HEADS.IN_FEATURES, got {} (backbone {}). Use a pyramid "
+                "backbone (build_resnet_pafpn_backbone / build_resnet_fpn_backbone) with "
+                "IN_FEATURES like ['p2', 'p3', 'p4', 'p5'], or set MODEL.AFP.ENABLED=False.".format(
+                    in_features, cfg.MODEL.BACKBONE.NAME
+                )
+            )
+        heads = [("MODEL.ROI_BOX_HEAD.NAME", cfg.MODEL.ROI_BOX_HEAD.NAME, PANetConvFCHead)]
+        if cfg.MODEL.MASK_ON:
+            heads.append(("MODEL.ROI_MASK_HEAD.NAME", cfg.MODEL.ROI_MASK_HEAD.NAME, PANetMaskHead))
+        for key, name, head_cls in heads:
+            if name != head_cls.__name__:
+                raise ValueError(
+                    "MODEL.AFP.ENABLED=True needs {}={!r} (a head that fuses the per-level grids), "
+                    "got {!r}.".format(key, head_cls.__name__, name)
+                )
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        if cfg.MODEL.AFP.ENABLED:
+            ret["box_pooler"] = cls._all_level_pooler(cfg.MODEL.ROI_BOX_HEAD, cfg, input_shape)
+        return ret
+
+    @classmethod
+    def _init_mask_head(cls, cfg, input_shape):
+        ret = super()._init_mask_head(cfg, input_shape)
+        if cfg.MODEL.AFP.ENABLED and ret.get("mask_pooler") is not None:
+            ret["mask_pooler"] = cls._all_level_pooler(cfg.MODEL.ROI_MASK_HEAD, cfg, input_shape)
+        return ret
+
+    @staticmethod
+    def _all_level_pooler(head_cfg, cfg, input_shape):
+        """An :class:`AdaptiveFeaturePooler` with the pooler settings of one head's config."""
+        return AdaptiveFeaturePooler(
+            output_size=head_cfg.POOLER_RESOLUTION,
+            scales=tuple(1.0 / input_shape[k].stride for k in cfg.MODEL.ROI_HEADS.IN_FEATURES),
+            sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
+            pooler_type=head_cfg.POOLER_TYPE,
+        )

@@ -1,0 +1,20 @@
+# -*- coding: utf-8 -*-
+import os
+import sys
+
+import pytest
+
+# Tests import the package from this checkout (also without `pip install -e .`).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# ../shared/data beside the checkout: real COCO panoptic samples and demo photos.
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not os.path.isdir(SHARED_DATA):
+        pytest.fail("../shared/data not found beside the checkout: " + SHARED_DATA)
+    return SHARED_DATA
