@@ -1,0 +1,304 @@
+# -*- coding: utf-8 -*-
+"""Fast, exact re-implementation of Panoptic FPN's instance/semantic merge.
+
+:func:`combine_semantic_and_instance_outputs` is a drop-in replacement for
+``detectron2.modeling.meta_arch.panoptic_fpn.combine_semantic_and_instance_outputs``
+(the heuristic of Kirillov et al., "Panoptic Feature Pyramid Networks"): same
+signature, same inputs, and bit-for-bit the same outputs (segment map and
+``segments_info``, including order, ids and python value types).
+
+Why it is faster:
+
+* every per-instance operation runs on the instance mask's tight bounding box
+  (computed once for all masks with two batched ``any`` reductions) instead of
+  the whole image;
+* the accept/reject decision of an instance and the running segment id stay on
+  the device (0-dim tensors) so nothing synchronises per instance; the overlap
+  test ``intersect / area > overlap_threshold`` is evaluated in float64 exactly
+  like Detectron2's python arithmetic;
+* stuff: one ``bincount`` over the free pixels and one lookup table instead of
+  one full-image pass per semantic label.
+
+The number of host/device synchronisations per image is constant (about 7),
+independent of the number of instances, so the same code path is efficient on
+CUDA tensors too.
+"""
+
+import math
+from numbers import Real
+
+import numpy as np
+import torch
+
+__all__ = ["combine_semantic_and_instance_outputs", "PanopticMerge"]
+
+# Integer semantic labels in [0, _DIRECT_LABEL_LIMIT) are used directly as bincount bins;
+# other label sets (negative, huge, floating point) go through searchsorted.
+_DIRECT_LABEL_LIMIT = 1 << 16
+
+
+def combine_semantic_and_instance_outputs(
+    instance_results,
+    semantic_results,
+    overlap_threshold,
+    stuff_area_thresh,
+    instances_score_thresh,
+):
+    """
+    Merge instance and semantic predictions into a panoptic segmentation.
+
+    Same contract (and same results, bit for bit) as Detectron2's
+    ``panoptic_fpn.combine_semantic_and_instance_outputs``:
+
+    1. instances are visited by descending score (``torch.argsort(-scores)``);
+       the loop stops at the first score ``< instances_score_thresh``;
+    2. an instance with an empty mask is skipped;
+    3. an instance whose already-taken fraction ``intersect / area`` exceeds
+       ``overlap_threshold`` is dropped; otherwise it gets the next segment id on
+       its still-free pixels;
+    4. every semantic label except 0 ("other" = things), in ascending order,
+       gets the next id on its free pixels if that area is ``>= stuff_area_thresh``.
+
+    Args:
+        instance_results (Instances): N instances with ``scores`` (N,) float,
+            ``pred_classes`` (N,) int and ``pred_masks`` (N, H, W) bool or float
+            (converted with ``.to(dtype=torch.bool)``, i.e. non-zero = foreground).
+            May live on any device; masks are moved to ``semantic_results.device``.
+        semantic_results (Tensor): (H, W) semantic label map (contiguous ids,
+            0 = things/"other").
+        overlap_threshold (float), stuff_area_thresh (int/float),
+        instances_score_thresh (float): see above.
+
+    Returns:
+        panoptic_seg (Tensor): (H, W) int32 on ``semantic_results.device``; 0 = void,
+            1.. = segment ids.
+        segments_info (list[dict]): one dict per segment, in id order. Things:
+            ``{"id": int, "isthing": True, "score": float, "category_id": int,
+            "instance_id": int}``; stuff: ``{"id": int, "isthing": False,
+            "category_id": <python scalar of the semantic label>, "area": int}``.
+    """
+    panoptic_seg = torch.zeros_like(semantic_results, dtype=torch.int32)
+    device = panoptic_seg.device
+    segments_info = []
+    current_segment_id = 0
+
+    # ---------------------------------------------------------------- things
+    scores = instance_results.scores.detach()
+    sorted_inds = torch.argsort(-scores)  # identical call => identical tie order
+    num_inst = int(sorted_inds.shape[0])
+    if num_inst > 0:
+        order = sorted_inds.cpu().tolist()  # sync 1
+        sorted_scores = scores[sorted_inds].cpu().tolist()  # sync 2
+        k = 0
+        while k < num_inst and not (sorted_scores[k] < instances_score_thresh):
+            k += 1
+        cand = order[:k]
+    else:
+        cand = []
+
+    if cand:
+        pred_masks = instance_results.pred_masks
+        if pred_masks.dim() != 3 or tuple(pred_masks.shape[1:]) != tuple(panoptic_seg.shape):
+            raise ValueError(
+                "pred_masks must have shape (N, H, W) matching semantic_results "
+                f"{tuple(panoptic_seg.shape)}; got {tuple(pred_masks.shape)}"
+            )
+        classes_t = instance_results.pred_classes
+        cand_classes = classes_t.index_select(
+            0, torch.as_tensor(cand, device=classes_t.device)
+        ).tolist()  # sync 3
+        if pred_masks.dtype == torch.bool and pred_masks.device == device:
+            masks = pred_masks  # no copy at all
+            mask_rows = cand  # candidate j -> row of `masks`
+        else:
+            # Convert (and move) only the candidates, one mask at a time, with the same
+            # semantics as Detectron2's `.to(dtype=torch.bool)` (non-zero/NaN -> True).
+            masks = torch.empty(
+                (len(cand),) + tuple(panoptic_seg.shape), dtype=torch.bool, device=device
+            )
+            for j, inst_id in enumerate(cand):
+                masks[j].copy_(pred_masks[inst_id])
+            mask_rows = list(range(len(cand)))
+        H, W = panoptic_seg.shape
+        if H > 0 and W > 0:
+            # tight boxes of all masks: two batched reductions (uint8 max is much
+            # faster than bool any on CPU), one transfer
+            u8 = masks.view(torch.uint8)
+            row_any = u8.amax(dim=2).cpu().numpy() > 0  # sync 4
+            col_any = u8.amax(dim=1).cpu().numpy() > 0
+            nonempty = row_any.any(axis=1)
+            y0 = row_any.argmax(axis=1)
+            y1 = H - row_any[:, ::-1].argmax(axis=1)
+            x0 = col_any.argmax(axis=1)
+            x1 = W - col_any[:, ::-1].argmax(axis=1)
+        else:
+            nonempty = np.zeros(masks.shape[0], dtype=bool)
+
+        # Running segment id kept on the device: no per-instance synchronisation.
+        cur = torch.zeros((), dtype=torch.int32, device=device)
+        accepts, tried = [], []
+        for j in range(len(cand)):
+            r = mask_rows[j]
+            if not nonempty[r]:  # mask_area == 0
+                continue
+            ys, ye, xs, xe = int(y0[r]), int(y1[r]), int(x0[r]), int(x1[r])
+            mask = masks[r, ys:ye, xs:xe]
+            pan_crop = panoptic_seg[ys:ye, xs:xe]
+            free = mask & (pan_crop == 0)
+            area = torch.count_nonzero(mask)
+            free_area = torch.count_nonzero(free)
+            # Detectron2: `intersect_area * 1.0 / mask_area > overlap_threshold`,
+            # evaluated here in float64 as well (exact same IEEE operations).
+            ratio = (area - free_area).to(torch.float64) / area.to(torch.float64)
+            accept = (ratio > overlap_threshold).logical_not_().to(torch.int32)
+            cur = cur + accept
+            # free pixels are 0, so adding writes the id (or 0 if rejected)
+            pan_crop.add_(free * (cur * accept))
+            accepts.append(accept)
+            tried.append(j)
+
+        if accepts:
+            flags = torch.stack(accepts).cpu().tolist()  # sync 5
+            for j, ok in zip(tried, flags):
+                if not ok:
+                    continue
+                current_segment_id += 1
+                segments_info.append(
+                    {
+                        "id": current_segment_id,
+                        "isthing": True,
+                        "score": sorted_scores[j],
+                        "category_id": cand_classes[j],
+                        "instance_id": cand[j],
+                    }
+                )
+
+    # ----------------------------------------------------------------- stuff
+    sem = semantic_results
+    free = panoptic_seg == 0
+    direct = None
+    if sem.numel() > 0 and not (
+        sem.dtype == torch.bool or sem.dtype.is_floating_point or sem.dtype.is_complex
+    ):
+        lo_v, hi_v = torch.stack(torch.aminmax(sem)).cpu().tolist()  # sync 6
+        if lo_v >= 0 and hi_v < _DIRECT_LABEL_LIMIT:
+            direct = hi_v + 1
+    if direct is not None:
+        # Fast path (usual case: small non-negative integer labels): one bincount
+        # gives, per label, its free area (bins [0, L)) and its occupied area
+        # (bins [L, 2L)); a label is present iff the two sum to > 0.
+        num_labels = direct
+        sem_l = sem.long()
+        idx = torch.where(free, sem_l, sem_l + num_labels)
+        counts = torch.bincount(idx.reshape(-1), minlength=2 * num_labels)
+        counts = counts.cpu().tolist()  # sync 7
+        stuff = [
+            (v, v, counts[v])
+            for v in range(1, num_labels)
+            if counts[v] + counts[v + num_labels] > 0
+        ]
+        num_bins = 2 * num_labels
+    else:
+        # General path (negative / huge / floating point / bool labels): same
+        # values and python types as Detectron2's `torch.unique(...).tolist()`.
+        uniq_t = torch.unique(sem)
+        semantic_labels = uniq_t.cpu().tolist()  # sync 6
+        num_bins = len(semantic_labels) + 1
+        if any(not (lab == 0) for lab in semantic_labels):
+            if sem.dtype == torch.bool:  # searchsorted has no bool kernel
+                idx = torch.searchsorted(uniq_t.long(), sem.long())
+            else:
+                idx = torch.searchsorted(uniq_t, sem.contiguous())
+            idx = torch.where(free, idx, num_bins - 1)  # occupied pixels -> extra bin
+            counts = torch.bincount(idx.reshape(-1), minlength=num_bins).cpu().tolist()  # sync 7
+            stuff = [(i, lab, counts[i]) for i, lab in enumerate(semantic_labels) if not (lab == 0)]
+        else:
+            stuff = []
+
+    stuff_lut = None
+    for b, lab, mask_area in stuff:
+        if mask_area < stuff_area_thresh:
+            continue
+        current_segment_id += 1
+        if stuff_lut is None:
+            stuff_lut = np.zeros(num_bins, dtype=np.int32)
+        stuff_lut[b] = current_segment_id
+        segments_info.append(
+            {
+                "id": current_segment_id,
+                "isthing": False,
+                "category_id": lab,
+                "area": mask_area,
+            }
+        )
+    if stuff_lut is not None:
+        # free pixels are 0 and occupied pixels map to 0: adding writes the stuff ids
+        panoptic_seg += torch.from_numpy(stuff_lut).to(device)[idx]
+    return panoptic_seg, segments_info
+
+
+# Detectron2 config keys of the thresholds, for error messages.
+_CFG_KEYS = {
+    "overlap_threshold": "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH",
+    "stuff_area_thresh": "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
+    "instances_score_thresh": "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
+}
+
+
+def _check_number(name, value, lo, hi):
+    key = _CFG_KEYS[name]
+    allowed = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+    ok = isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = value >= lo and (hi is None or value <= hi)
+    if not ok:
+        raise ValueError(
+            f"Invalid panoptic merge setting {key} ({name}) = {value!r}: "
+            f"must be a number in the range {allowed}."
+        )
+    return value
+
+
+class PanopticMerge:
+    """Callable holding validated merge thresholds.
+
+    ``PanopticMerge.from_config(cfg)`` reads ``cfg.MODEL.PANOPTIC_FPN.COMBINE``
+    (OVERLAP_THRESH, STUFF_AREA_LIMIT, INSTANCES_CONFIDENCE_THRESH). Thresholds must
+    be in [0, 1] and the area limit >= 0, otherwise ``ValueError`` naming the config
+    key, the value and the allowed range.
+
+    ``merge(instances, sem_seg)`` -> ``(panoptic_seg (H, W) int32, segments_info)``,
+    see :func:`combine_semantic_and_instance_outputs`.
+    """
+
+    def __init__(self, overlap_threshold=0.5, stuff_area_thresh=4096, instances_score_thresh=0.5):
+        self.overlap_threshold = _check_number("overlap_threshold", overlap_threshold, 0, 1)
+        self.stuff_area_thresh = _check_number("stuff_area_thresh", stuff_area_thresh, 0, None)
+        self.instances_score_thresh = _check_number(
+            "instances_score_thresh", instances_score_thresh, 0, 1
+        )
+
+    @classmethod
+    def from_config(cls, cfg):
+        c = cfg.MODEL.PANOPTIC_FPN.COMBINE
+        return cls(
+            overlap_threshold=c.OVERLAP_THRESH,
+            stuff_area_thresh=c.STUFF_AREA_LIMIT,
+            instances_score_thresh=c.INSTANCES_CONFIDENCE_THRESH,
+        )
+
+    def __call__(self, instance_results, semantic_results):
+        return combine_semantic_and_instance_outputs(
+            instance_results,
+            semantic_results,
+            self.overlap_threshold,
+            self.stuff_area_thresh,
+            self.instances_score_thresh,
+        )
+
+    def __repr__(self):
+        return (
+            f"PanopticMerge(overlap_threshold={self.overlap_threshold}, "
+            f"stuff_area_thresh={self.stuff_area_thresh}, "
+            f"instances_score_thresh={self.instances_score_thresh})"
+        )

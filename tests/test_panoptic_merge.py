@@ -1,0 +1,227 @@
+# -*- coding: utf-8 -*-
+"""panet_d2.panoptic_merge: one case per rule, and exact equality with Detectron2."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling.meta_arch.panoptic_fpn import (
+    combine_semantic_and_instance_outputs as d2_combine,
+)
+from detectron2.structures import Instances
+
+from panet_d2.panoptic_merge import PanopticMerge, combine_semantic_and_instance_outputs
+
+
+def _inst(masks, scores, classes):
+    masks = torch.as_tensor(masks)
+    inst = Instances(tuple(masks.shape[1:]))
+    inst.pred_masks = masks
+    inst.scores = torch.as_tensor(scores, dtype=torch.float32)
+    inst.pred_classes = torch.as_tensor(classes, dtype=torch.int64)
+    return inst
+
+
+def _box(h, w, y0, y1, x0, x1):
+    m = torch.zeros(h, w, dtype=torch.bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _types(info):
+    return [{k: type(v) for k, v in d.items()} for d in info]
+
+
+def _assert_same(inst, sem, *args):
+    ref_seg, ref_info = d2_combine(inst, sem, *args)
+    seg, info = combine_semantic_and_instance_outputs(inst, sem, *args)
+    assert seg.dtype == torch.int32 and seg.shape == ref_seg.shape
+    assert torch.equal(seg, ref_seg)
+    assert info == ref_info
+    assert _types(info) == _types(ref_info)
+    return seg, info
+
+
+def test_score_threshold_stops_the_loop():
+    h, w = 20, 20
+    masks = torch.stack(
+        [_box(h, w, 0, 5, 0, 5), _box(h, w, 10, 15, 10, 15), _box(h, w, 5, 9, 5, 9)]
+    )
+    inst = _inst(masks, [0.9, 0.3, 0.6], [1, 2, 3])
+    sem = torch.zeros(h, w, dtype=torch.int64)
+    seg, info = _assert_same(inst, sem, 0.5, 0, 0.5)
+    assert [(d["id"], d["instance_id"], d["category_id"]) for d in info] == [(1, 0, 1), (2, 2, 3)]
+    assert not (seg[10:15, 10:15] != 0).any()
+
+
+def test_overlap_rejection_and_partial_overlap():
+    h, w = 20, 20
+    a = _box(h, w, 0, 10, 0, 10)  # 100 px, first
+    b = _box(h, w, 0, 10, 4, 14)  # 100 px, 60 overlap with a -> 0.6 > 0.5 rejected
+    c = _box(h, w, 0, 10, 5, 15)  # 100 px, 50 overlap -> 0.5, not > 0.5: accepted, free part only
+    inst = _inst(torch.stack([a, b, c]), [0.9, 0.8, 0.7], [0, 1, 2])
+    sem = torch.zeros(h, w, dtype=torch.int64)
+    seg, info = _assert_same(inst, sem, 0.5, 0, 0.5)
+    assert [d["instance_id"] for d in info] == [0, 2]
+    assert (seg[0:10, 0:10] == 1).all()
+    assert (seg[0:10, 10:15] == 2).all()
+    assert int((seg == 2).sum()) == 50
+    # a stricter threshold also drops c
+    _, info = _assert_same(inst, sem, 0.4, 0, 0.5)
+    assert [d["instance_id"] for d in info] == [0]
+
+
+def test_stuff_area_threshold_and_label_zero():
+    h, w = 10, 10
+    sem = torch.zeros(h, w, dtype=torch.int64)
+    sem[:, 0:5] = 3  # 50 px
+    sem[0:2, 5:7] = 7  # 4 px
+    inst = _inst(torch.zeros(0, h, w, dtype=torch.bool), [], [])
+    seg, info = _assert_same(inst, sem, 0.5, 5, 0.5)
+    assert info == [{"id": 1, "isthing": False, "category_id": 3, "area": 50}]
+    assert (seg[:, 0:5] == 1).all() and (seg[:, 5:] == 0).all()  # label 0 never a segment
+    _, info = _assert_same(inst, sem, 0.5, 4, 0.5)
+    assert [d["category_id"] for d in info] == [3, 7]
+
+
+def test_stuff_only_takes_free_pixels():
+    h, w = 10, 10
+    sem = torch.full((h, w), 2, dtype=torch.int64)
+    inst = _inst(_box(h, w, 0, 10, 0, 6)[None], [0.9], [4])
+    seg, info = _assert_same(inst, sem, 0.5, 0, 0.5)
+    assert info[1] == {"id": 2, "isthing": False, "category_id": 2, "area": 40}
+    # stuff label fully covered by things, area 0 >= thresh 0: still a (zero-area) segment
+    inst = _inst(torch.ones(1, h, w, dtype=torch.bool), [0.9], [4])
+    _, info = _assert_same(inst, sem, 0.5, 0, 0.5)
+    assert info[-1]["area"] == 0
+
+
+def test_empty_mask_is_skipped_without_consuming_an_id():
+    h, w = 8, 8
+    masks = torch.stack([torch.zeros(h, w, dtype=torch.bool), _box(h, w, 2, 4, 2, 4)])
+    inst = _inst(masks, [0.9, 0.8], [1, 2])
+    seg, info = _assert_same(inst, torch.zeros(h, w, dtype=torch.int64), 0.5, 0, 0.5)
+    assert info == [
+        {"id": 1, "isthing": True, "score": pytest.approx(0.8), "category_id": 2, "instance_id": 1}
+    ]
+    assert int((seg == 1).sum()) == 4
+
+
+def test_zero_instances_and_all_below_threshold():
+    h, w = 12, 9
+    sem = torch.randint(0, 4, (h, w))
+    _assert_same(_inst(torch.zeros(0, h, w, dtype=torch.bool), [], []), sem, 0.5, 0, 0.5)
+    inst = _inst(torch.ones(3, h, w, dtype=torch.bool), [0.1, 0.2, 0.3], [0, 1, 2])
+    seg, info = _assert_same(inst, sem, 0.5, 0, 0.5)
+    assert all(not d["isthing"] for d in info)
+
+
+def test_float_probability_masks():
+    g = torch.Generator().manual_seed(1)
+    h, w = 30, 40
+    probs = torch.rand(5, h, w, generator=g)
+    probs[probs < 0.6] = 0.0  # .to(bool): any non-zero value is foreground
+    probs[3] = 0.0
+    inst = _inst(probs, [0.9, 0.8, 0.7, 0.95, 0.1], [1, 2, 3, 4, 5])
+    _assert_same(inst, torch.randint(0, 3, (h, w), generator=g), 0.5, 10, 0.5)
+
+
+def _random_case(rng):
+    h, w = int(rng.integers(1, 90)), int(rng.integers(1, 90))
+    n = int(rng.integers(0, 30))
+    masks = np.zeros((n, h, w), dtype=bool)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(n):
+        kind = rng.integers(0, 4)
+        if kind == 0:  # box
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            masks[i, y0 : y0 + rng.integers(1, h + 1), x0 : x0 + rng.integers(1, w + 1)] = True
+        elif kind == 1:  # ellipse
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            ry, rx = rng.uniform(0.5, h), rng.uniform(0.5, w)
+            masks[i] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        elif kind == 2:  # speckle
+            masks[i] = rng.random((h, w)) < rng.uniform(0, 0.3)
+        # kind 3: empty
+    if rng.random() < 0.3:
+        scores = rng.integers(0, 5, n) / 4.0  # many ties
+    else:
+        scores = rng.random(n)
+    inst = _inst(torch.from_numpy(masks), scores, rng.integers(0, 80, n))
+    if rng.random() < 0.2:  # float probabilities
+        inst.pred_masks = inst.pred_masks.float() * torch.from_numpy(rng.random((n, h, w))).float()
+    nlab = int(rng.integers(1, 60))
+    cell = int(rng.integers(1, 20))
+    lab = rng.integers(0, nlab, ((h + cell - 1) // cell, (w + cell - 1) // cell))
+    sem = np.kron(lab, np.ones((cell, cell), dtype=np.int64))[:h, :w]
+    sem = torch.from_numpy(np.ascontiguousarray(sem))
+    r = rng.random()
+    if r < 0.1:
+        sem = sem - 3  # negative labels (general path)
+    elif r < 0.15:
+        sem = sem.to(torch.uint8)
+    elif r < 0.2:
+        sem = sem * 100000  # huge labels (general path)
+    overlap = float(rng.choice([0.0, 0.5, 1.0, rng.random()]))
+    stuff_area = float(rng.choice([0, 1, rng.integers(0, 300)]))
+    score_thresh = float(rng.choice([0.0, 0.5, rng.random()]))
+    return inst, sem, overlap, stuff_area, score_thresh
+
+
+def test_equal_to_detectron2_on_random_cases():
+    rng = np.random.default_rng(1234)
+    for _ in range(60):
+        inst, sem, *args = _random_case(rng)
+        _assert_same(inst, sem, *args)
+
+
+def test_float_semantic_labels_general_path():
+    g = torch.Generator().manual_seed(3)
+    h, w = 20, 20
+    inst = _inst(torch.rand(4, h, w, generator=g) > 0.7, [0.9, 0.7, 0.6, 0.55], [1, 2, 3, 4])
+    sem = torch.randint(0, 5, (h, w), generator=g).float()
+    _assert_same(inst, sem, 0.5, 3, 0.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_and_detectron2():
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        inst, sem, *args = _random_case(rng)
+        cuda_inst = inst.to("cuda")
+        ref_seg, ref_info = d2_combine(cuda_inst, sem.cuda(), *args)
+        seg, info = combine_semantic_and_instance_outputs(cuda_inst, sem.cuda(), *args)
+        assert seg.is_cuda and torch.equal(seg, ref_seg) and info == ref_info
+        cpu_seg, cpu_info = combine_semantic_and_instance_outputs(inst, sem, *args)
+        assert torch.equal(seg.cpu(), cpu_seg) and info == cpu_info
+
+
+def test_panoptic_merge_from_config_and_validation():
+    cfg = get_cfg()
+    merge = PanopticMerge.from_config(cfg)
+    assert (merge.overlap_threshold, merge.stuff_area_thresh, merge.instances_score_thresh) == (
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH,
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT,
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH,
+    )
+    h, w = 16, 16
+    inst = _inst(_box(h, w, 0, 8, 0, 8)[None], [0.9], [3])
+    sem = torch.ones(h, w, dtype=torch.int64)
+    seg, info = merge(inst, sem)
+    ref = d2_combine(inst, sem, 0.5, 4096, 0.5)
+    assert torch.equal(seg, ref[0]) and info == ref[1]
+
+    for key, value, pat in [
+        ("OVERLAP_THRESH", 1.5, r"OVERLAP_THRESH.*1\.5.*\[0, 1\]"),
+        ("INSTANCES_CONFIDENCE_THRESH", -0.1, r"INSTANCES_CONFIDENCE_THRESH.*-0\.1.*\[0, 1\]"),
+        ("STUFF_AREA_LIMIT", -1, r"STUFF_AREA_LIMIT.*-1.*>= 0"),
+        ("OVERLAP_THRESH", math.nan, r"OVERLAP_THRESH.*nan"),
+    ]:
+        bad = cfg.clone()
+        bad.MODEL.PANOPTIC_FPN.COMBINE[key] = value
+        with pytest.raises(ValueError, match=pat):
+            PanopticMerge.from_config(bad)
+    with pytest.raises(ValueError, match="OVERLAP_THRESH"):
+        PanopticMerge(overlap_threshold="0.5")
