@@ -12,6 +12,9 @@ from .box_head import PANetConvFCHead
 from .mask_head import PANetMaskHead
 from .roi_heads import PANetROIHeads
 from .checkpoint import PANetCheckpointer
+from .semantic_head import PANetSemSegHead
+from .panoptic_merge import PanopticMerge, combine_semantic_and_instance_outputs
+from .panoptic import PanopticPANet
 
 from . import data as _  # only registration (datasets)
 
