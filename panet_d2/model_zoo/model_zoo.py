@@ -1,0 +1,159 @@
+# -*- coding: utf-8 -*-
+"""
+PANet's model zoo: configs by their path relative to the repository's ``configs/`` directory,
+in the manner of :mod:`detectron2.model_zoo` (same functions and arguments).
+
+Where the configs are found:
+
+1. ``panet_d2/model_zoo/configs`` inside the package: setup.py links (editable / develop
+   installs) or copies (other installs) ``<repo>/configs`` there at build time, as Detectron2's
+   setup.py does for its model zoo; so an installed panet_d2 finds its configs from anywhere.
+2. ``<repo>/configs`` of a source checkout used without installing (the package directory
+   ``panet_d2`` next to ``configs/``).
+
+Every config reaches its bases through relative ``_BASE_`` paths, so a config resolves wherever
+the tree is (package, checkout, or any copy).
+
+Trained weights: no PANet weights are published, so ``trained=True`` raises an error (as
+Detectron2 does for a config without released weights); ``trained=False`` keeps the config's
+MODEL.WEIGHTS (ImageNet-pretrained backbones for the COCO / Cityscapes configs, "" for the
+quick schedules, which train from scratch).
+"""
+import os
+from typing import List, Optional
+
+import torch
+
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+
+from ..checkpoint import PANetCheckpointer
+from ..config import add_panet_config
+
+__all__ = ["get_config_file", "get_config", "get", "get_checkpoint_url", "list_configs"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# 1. inside the installed package (a link to or copy of <repo>/configs, made by setup.py)
+_PACKAGE_CONFIG_DIR = os.path.join(_HERE, "configs")
+# 2. <repo>/configs of a source checkout: <repo>/panet_d2/model_zoo/model_zoo.py
+_SOURCE_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(_HERE)), "configs")
+# a file that only PANet's config tree has (so that e.g. site-packages/configs is never used)
+_MARKER = "Base-PANet.yaml"
+
+
+def _config_dirs() -> List[str]:
+    dirs = []
+    for d in (_PACKAGE_CONFIG_DIR, _SOURCE_CONFIG_DIR):
+        if os.path.isfile(os.path.join(d, _MARKER)) and d not in dirs:
+            dirs.append(d)
+    return dirs
+
+
+def list_configs() -> List[str]:
+    """
+    Returns:
+        list[str]: the relative paths of all model-zoo configs (e.g.
+        "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml"), sorted.
+    """
+    found = set()
+    for d in _config_dirs():
+        for dirpath, _, names in os.walk(d, followlinks=True):
+            for name in names:
+                if name.endswith(".yaml"):
+                    rel = os.path.relpath(os.path.join(dirpath, name), d)
+                    found.add(rel.replace(os.sep, "/"))
+    return sorted(found)
+
+
+def get_config_file(config_path: str) -> str:
+    """
+    Returns path to a builtin config file.
+
+    Args:
+        config_path (str): config file name relative to PANet's "configs/" directory, e.g.,
+            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml".
+
+    Returns:
+        str: the real path to the config file.
+    """
+    dirs = _config_dirs()
+    for d in dirs:
+        cfg_file = os.path.join(d, config_path)
+        if os.path.isfile(cfg_file):
+            return cfg_file
+    if not dirs:
+        raise RuntimeError(
+            "PANet's model-zoo configs are not available: neither {} (installed package) nor {} "
+            "(source checkout) holds them. Reinstall panet_d2 (pip install .) or run from the "
+            "repository.".format(_PACKAGE_CONFIG_DIR, _SOURCE_CONFIG_DIR)
+        )
+    raise RuntimeError(
+        "{} not available in PANet's model zoo (looked in {}). Available configs: {}".format(
+            config_path, ", ".join(dirs), ", ".join(list_configs())
+        )
+    )
+
+
+def get_checkpoint_url(config_path: str) -> str:
+    """
+    No trained PANet weights are published: always raises, naming the alternatives.
+    """
+    raise RuntimeError(
+        "No trained PANet model is published for {!r}: panet_d2 ships configs only. Train one "
+        "with train_net.py and load it with MODEL.WEIGHTS=/path/to/model_final.pth (or "
+        "PANetCheckpointer(model).load(path)); use trained=False for the config's own "
+        "MODEL.WEIGHTS (ImageNet-pretrained backbone or from scratch).".format(config_path)
+    )
+
+
+def get_config(config_path: str, trained: bool = False) -> CfgNode:
+    """
+    Returns a config object for a model in model zoo.
+
+    Args:
+        config_path (str): config file name relative to PANet's "configs/" directory, e.g.,
+            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml".
+        trained (bool): if True, would set MODEL.WEIGHTS to trained weights; none are published,
+            so it raises (:func:`get_checkpoint_url`). If False, the config's MODEL.WEIGHTS is
+            kept.
+
+    Returns:
+        CfgNode: Detectron2's default config + PANet's keys (:func:`add_panet_config`) + the file.
+    """
+    cfg_file = get_config_file(config_path)
+    if trained:
+        get_checkpoint_url(config_path)
+    cfg = get_cfg()
+    add_panet_config(cfg)
+    cfg.merge_from_file(cfg_file)
+    return cfg
+
+
+def get(config_path: str, trained: bool = False, device: Optional[str] = None):
+    """
+    Get a model specified by relative path under PANet's ``configs/`` directory.
+
+    Args:
+        config_path (str): config file name relative to PANet's "configs/" directory, e.g.,
+            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml".
+        trained (bool): see :func:`get_config`.
+        device (str or None): overwrite the device in config, if given ("cpu" when None and
+            CUDA is not available).
+
+    Returns:
+        nn.Module: a PANet model (with the config's MODEL.WEIGHTS loaded). Will be in training
+        mode.
+
+    Example:
+    ::
+        from panet_d2 import model_zoo
+        model = model_zoo.get("quick_schedules/panet_R_18_synth_instance.yaml", device="cpu")
+    """
+    cfg = get_config(config_path, trained)
+    if device is None and not torch.cuda.is_available():
+        device = "cpu"
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    model = build_model(cfg)
+    PANetCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model
