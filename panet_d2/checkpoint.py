@@ -142,6 +142,8 @@ class PANetCheckpointer(DetectionCheckpointer):
                 len(incompatible.unexpected_keys),
             )
         )
+        if copied:
+            logger.info("Copied: " + ", ".join(sorted(copied)))
         if replicated:
             logger.info("Replicated to every level (AFP warm start): " + ", ".join(sorted(replicated)))
         if new:
