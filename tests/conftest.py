@@ -3,6 +3,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 # Tests import the package from this checkout (also without `pip install -e .`).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,3 +19,13 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.fail("../shared/data not found beside the checkout: " + SHARED_DATA)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a test module that trains: on a small shared machine, OpenMP
+    oversubscription slows 2 threads down several times."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,17 +13,10 @@ pytest.importorskip("detectron2")
 from panet_d2 import PANetCheckpointer, model_zoo  # noqa: E402
 from panet_d2.engine import CheckpointError, ImageLoadError, InputError  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: on a small shared machine, OpenMP oversubscription is very slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

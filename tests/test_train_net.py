@@ -42,6 +42,8 @@ from panet_d2.engine import (  # noqa: E402
     adapt_config_to_machine,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
 PREFIX = "test_train_net_synth"  # the generated dataset, registered with a temporary cache
@@ -54,15 +56,6 @@ def _load_train_net():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """One intra-op thread: on a small shared machine, OpenMP oversubscription is very slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
