@@ -13,7 +13,6 @@ comes from P5, the coarser level N6 used by the RPN is a max-pool (kernel 1, str
 import math
 
 import fvcore.nn.weight_init as weight_init
-import torch
 from torch import nn
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
@@ -168,7 +167,3 @@ def build_resnet_pafpn_backbone(cfg, input_shape: ShapeSpec):
         bpa_activation=cfg.MODEL.PAFPN.ACTIVATION,
     )
 
-
-def is_pafpn(backbone: torch.nn.Module) -> bool:
-    """Whether a (possibly wrapped) backbone carries the bottom-up path augmentation."""
-    return isinstance(backbone, PAFPN)
