@@ -375,8 +375,9 @@ class MapperWithFileNames:
 def build_train_mapper(cfg, dataset_dicts):
     """
     The training mapper: panet_d2's ``PanopticDatasetMapper`` for MODEL.META_ARCHITECTURE
-    "PanopticPANet" when the dicts carry "pan_seg_file_name" but no "sem_seg_file_name"
-    (decided on the first dict); Detectron2's ``DatasetMapper(cfg, True)`` otherwise (instance
+    "PanopticPANet" when the dicts carry "pan_seg_file_name" and no semantic PNG of their own
+    (no "sem_seg_file_name", or one that is the panoptic PNG, as in coco_2017_*_panoptic_panet;
+    decided on the first dict); Detectron2's ``DatasetMapper(cfg, True)`` otherwise (instance
     datasets, and panoptic datasets in Detectron2's "panoptic_separated" convention, which carry
     instance annotations and a semantic PNG).
     """
@@ -384,7 +385,7 @@ def build_train_mapper(cfg, dataset_dicts):
     if (
         cfg.MODEL.META_ARCHITECTURE == "PanopticPANet"
         and "pan_seg_file_name" in first
-        and "sem_seg_file_name" not in first
+        and first.get("sem_seg_file_name", first["pan_seg_file_name"]) == first["pan_seg_file_name"]
     ):
         from .data.panoptic_mapper import PanopticDatasetMapper
 

@@ -79,11 +79,19 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     if evaluator_type == "coco":
         return COCOEvaluator(dataset_name, output_dir=output_folder)
     if evaluator_type == "coco_panoptic_seg":
+        sem_seg_kwargs = {}
+        if MetadataCatalog.get(dataset_name).get("sem_seg_from_panoptic", False):
+            # the ground truth of mIoU is derived from the panoptic PNGs (no preprocessing)
+            from .data.coco_panoptic import PanopticSemSegLoader
+
+            sem_seg_kwargs["sem_seg_loading_fn"] = PanopticSemSegLoader(dataset_name)
         return DatasetEvaluators(
             [
                 COCOPanopticEvaluator(dataset_name, output_folder),
                 COCOEvaluator(dataset_name, output_dir=output_folder),
-                SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder),
+                SemSegEvaluator(
+                    dataset_name, distributed=True, output_dir=output_folder, **sem_seg_kwargs
+                ),
             ]
         )
     if evaluator_type == "sem_seg":

@@ -443,3 +443,29 @@ def test_builtin_names_registered_lazily():
         if not os.path.exists(meta.panoptic_json):
             with pytest.raises(FileNotFoundError, match=f"panoptic_{split}2017.json(.|\n)*layout"):
                 DatasetCatalog.get(name)
+
+
+def test_trainer_and_evaluator_read_panoptic_pngs_as_panoptic(sample, tmp_path, monkeypatch):
+    """coco_*_panoptic_panet dicts point sem_seg_file_name at the panoptic PNG: training must use
+    PanopticDatasetMapper (not Detectron2's DatasetMapper) and mIoU must derive its ground truth
+    from the panoptic PNG."""
+    from detectron2.config import get_cfg
+    from detectron2.evaluation import SemSegEvaluator
+
+    from panet_d2 import add_panet_config
+    from panet_d2.engine import build_train_mapper
+    from panet_d2 import evaluation
+    from panet_d2.evaluation import build_evaluator
+
+    # the sample has no instances json for COCOEvaluator; only the semantic evaluator matters here
+    monkeypatch.setattr(evaluation, "COCOEvaluator", lambda *a, **k: None)
+    cfg = get_cfg()
+    add_panet_config(cfg)
+    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
+                                     "COCO-PanopticSegmentation", "panoptic_panet_R_50_1x.yaml"))
+    cfg.DATASETS.TRAIN = (NAME,)
+    cfg.DATASETS.TEST = (NAME,)
+    cfg.OUTPUT_DIR = str(tmp_path)
+    assert isinstance(build_train_mapper(cfg, sample["dicts"]), PanopticDatasetMapper)
+    sem = [e for e in build_evaluator(cfg, NAME)._evaluators if isinstance(e, SemSegEvaluator)][0]
+    assert isinstance(sem.sem_seg_loading_fn, PanopticSemSegLoader)

@@ -194,12 +194,16 @@ def register_coco_panoptic_panet(
         panoptic_root=panoptic_root,
         image_root=image_root,
         panoptic_json=panoptic_json,
-        json_file=instances_json,
         evaluator_type="coco_panoptic_seg",
+        # sem_seg_file_name is the panoptic PNG: train with PanopticDatasetMapper, evaluate mIoU
+        # with SemSegEvaluator(sem_seg_loading_fn=PanopticSemSegLoader(name)).
+        sem_seg_from_panoptic=bool(sem_seg_from_panoptic),
         ignore_label=255,
         label_divisor=1000,
         **metadata,
     )
+    if instances_json:  # else COCOEvaluator builds its ground truth from the dicts
+        MetadataCatalog.get(name).set(json_file=instances_json)
 
 
 def register_all_coco_panoptic_panet(root=None):
