@@ -38,7 +38,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 # Importing panet_d2 registers its backbone, heads, meta-architectures and datasets.
 from panet_d2 import PANetCheckpointer, add_panet_config
-from panet_d2.checkpoint import CheckpointShapeError
+from panet_d2.errors import CheckpointError as CheckpointShapeError
 from panet_d2.engine import (
     CheckpointError,
     ImageLoadError,

@@ -38,7 +38,7 @@ from panet_d2.engine import (
     load_checkpoint,
     validate_datasets,
 )
-from panet_d2.checkpoint import CheckpointShapeError
+from panet_d2.errors import CheckpointError as CheckpointShapeError
 
 
 class Trainer(PANetTrainer):

@@ -1,69 +1,113 @@
 # -*- coding: utf-8 -*-
 """
-:class:`PANetCheckpointer`: Detectron2's :class:`DetectionCheckpointer` with
+:class:`PANetCheckpointer`: Detectron2's :class:`DetectionCheckpointer` with atomic saves and
+clear errors for checkpoints that are missing, unreadable or do not fit the model.
 
-* the warm start of adaptive feature pooling: a Detectron2 Mask R-CNN / Panoptic FPN checkpoint
-  initialises every level's fc1 / mask conv1 from its single fc1 / conv1, and the log lists
-  exactly which tensors were copied, replicated per level and newly initialised;
-* clear errors for a checkpoint that does not exist, cannot be read, or whose shapes do not fit
-  the model (only the class-dependent predictor layers may differ, for fine-tuning on another
-  dataset, as Detectron2 allows);
-* atomic writes: a checkpoint (and the ``last_checkpoint`` tag) is written to a temporary file and
-  renamed, so an interrupted save never leaves a truncated file behind.
+The AFP warm start (a Mask R-CNN checkpoint's fc1 / mask conv1 copied to every level) needs no
+checkpointer: the per-level layers do it in ``_load_from_state_dict``, so Detectron2's own
+``DetectionCheckpointer`` (``DefaultPredictor``, ``lazyconfig_train_net.py``) does it as well.
 """
 import logging
 import os
-import tempfile
 
 import torch
 from fvcore.common.checkpoint import _strip_prefix_if_present
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .adaptive_feature_pooling import expand_single_level_weights
+from .errors import CheckpointError
 
-__all__ = ["PANetCheckpointer", "CheckpointShapeError"]
+__all__ = ["PANetCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
 # Layers whose shapes depend on the number of classes; a checkpoint trained on another dataset may
-# differ there (they are then newly initialised, with a warning, as in Detectron2).
+# differ there (they are then newly initialised, with Detectron2's warning).
 CLASS_DEPENDENT_PREFIXES = (
     "roi_heads.box_predictor.",
     "roi_heads.mask_head.predictor.",
     "sem_seg_head.predictor.",
 )
 
+# Suffix of the file a save writes before it is renamed over the checkpoint.
+PARTIAL_SUFFIX = ".partial"
 
-class CheckpointShapeError(ValueError):
-    """A checkpoint tensor whose shape does not fit the model."""
+
+class _AtomicFile:
+    """A file of ``path_manager`` written under ``<path>.partial`` and renamed on success."""
+
+    def __init__(self, path_manager, path, mode):
+        self._pm, self._path, self._tmp = path_manager, path, path + PARTIAL_SUFFIX
+        self._f = path_manager.open(self._tmp, mode)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self._f.close()
+        except OSError:
+            if exc_type is None:
+                raise
+        if exc_type is not None:
+            self._pm.rm(self._tmp)  # the previous checkpoint stays as it was
+            return False
+        try:
+            self._pm.mv(self._tmp, self._path)
+        except NotImplementedError:  # a storage without rename: copy, then remove
+            self._pm.copy(self._tmp, self._path, overwrite=True)
+            self._pm.rm(self._tmp)
+        return False
 
 
-def _atomic_write(path: str, write_fn, mode: str = "wb"):
-    """Write a file through ``write_fn(file)`` into a temporary file, then rename it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+class _AtomicWrites:
+    """
+    Wraps a checkpointer's ``path_manager`` so that fvcore's own ``Checkpointer.save`` and
+    ``tag_last_checkpoint`` write atomically (fvcore has no hook for it); reads pass through.
+    """
+
+    def __init__(self, path_manager):
+        self._pm = path_manager
+
+    def __getattr__(self, name):
+        return getattr(self._pm, name)
+
+    def open(self, path, mode="r", **kwargs):
+        if "w" in mode:
+            return _AtomicFile(self._pm, path, mode)
+        return self._pm.open(path, mode, **kwargs)
 
 
 class PANetCheckpointer(DetectionCheckpointer):
     """
     Drop-in replacement of :class:`DetectionCheckpointer` (same constructor and methods); see the
-    module docstring.
+    module docstring. Partial files left by an interrupted save are removed when it is created.
     """
+
+    def __init__(self, model, save_dir="", *, save_to_disk=None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.path_manager = _AtomicWrites(self.path_manager)
+        if self.save_dir and self.save_to_disk and self.path_manager.isdir(self.save_dir):
+            for name in self.path_manager.ls(self.save_dir):
+                if name.endswith(PARTIAL_SUFFIX):
+                    logger.info("Removing {} left by an interrupted save".format(name))
+                    self.path_manager.rm(os.path.join(self.save_dir, name))
+
+    def save(self, name: str, **kwargs) -> None:
+        try:
+            super().save(name, **kwargs)
+        except OSError as e:
+            raise CheckpointError(
+                "Cannot save checkpoint {!r} in {!r}: {} (the previous checkpoint is "
+                "intact).".format(name + ".pth", self.save_dir, e.strerror or e)
+            ) from e
 
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise CheckpointError(
                 "Checkpoint {!r} does not exist (MODEL.WEIGHTS or the checkpoint given to load). "
                 "Give a local .pth/.pkl file, a Detectron2 model-zoo URL, or '' to start from "
                 "scratch.".format(path)
@@ -74,14 +118,14 @@ class PANetCheckpointer(DetectionCheckpointer):
         try:
             loaded = super()._load_file(filename)
         except Exception as e:
-            raise RuntimeError(
+            raise CheckpointError(
                 "Cannot read checkpoint {!r}: {}: {}. Expected a checkpoint written by "
                 "Detectron2 or panet_d2 (.pth) or a Detectron2 model-zoo .pkl file.".format(
                     filename, type(e).__name__, e
                 )
             ) from e
         if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
-            raise RuntimeError(
+            raise CheckpointError(
                 "Checkpoint {!r} holds no model state dict (found {}).".format(
                     filename, type(loaded).__name__
                 )
@@ -93,83 +137,31 @@ class PANetCheckpointer(DetectionCheckpointer):
         return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
 
     def _load_model(self, checkpoint):
-        state_dict = checkpoint["model"]
         if not checkpoint.get("matching_heuristics", False):
+            state_dict = checkpoint["model"]
             self._convert_ndarray_to_tensor(state_dict)
             _strip_prefix_if_present(state_dict, "module.")
-            replicated = expand_single_level_weights(self.model, state_dict)
             self._check_shapes(state_dict)
-        else:  # Caffe2-style names: Detectron2 renames them first; no per-level warm start
-            replicated = []
-        checkpoint_keys = set(state_dict.keys())
-        incompatible = super()._load_model(checkpoint)
-        self._log_warm_start(checkpoint_keys, replicated, incompatible)
-        return incompatible
+        return super()._load_model(checkpoint)
 
     def _check_shapes(self, state_dict):
+        # Detectron2 skips a tensor of another shape with a warning; here only the class-dependent
+        # predictors may differ (fine-tuning on another dataset), anything else is a wrong config.
         model_state = self.model.state_dict()
-        bad = []
-        for k, v in state_dict.items():
-            if k in model_state and tuple(v.shape) != tuple(model_state[k].shape):
-                if not k.startswith(CLASS_DEPENDENT_PREFIXES):
-                    bad.append((k, tuple(v.shape), tuple(model_state[k].shape)))
+        bad = [
+            (k, tuple(v.shape), tuple(model_state[k].shape))
+            for k, v in state_dict.items()
+            if k in model_state
+            and tuple(v.shape) != tuple(model_state[k].shape)
+            and not k.startswith(CLASS_DEPENDENT_PREFIXES)
+        ]
         if bad:
             lines = "\n".join(
                 "  {}: checkpoint {} vs model {}".format(k, list(c), list(m)) for k, c, m in bad
             )
-            raise CheckpointShapeError(
+            raise CheckpointError(
                 "The checkpoint does not fit the model: {} tensor(s) have other shapes:\n{}\n"
                 "Was it trained with another config (backbone depth, FPN channels, head sizes, "
                 "MODEL.AFP / MODEL.FF settings)? Only the class-dependent predictor layers may "
                 "differ.".format(len(bad), lines)
             )
-
-    def _log_warm_start(self, checkpoint_keys, replicated, incompatible):
-        model_keys = set(self.model.state_dict().keys())
-        missing = set(incompatible.missing_keys)
-        skipped = {k for k, _, _ in incompatible.incorrect_shapes}
-        loaded = (model_keys & checkpoint_keys) - missing - skipped
-        copied = loaded - set(replicated)
-        new = sorted(missing | skipped)
-        logger.info(
-            "Loaded {} of the model's {} tensors: {} copied, {} replicated per level; {} newly "
-            "initialised; {} checkpoint tensors unused.".format(
-                len(loaded),
-                len(model_keys),
-                len(copied),
-                len(replicated),
-                len(new),
-                len(incompatible.unexpected_keys),
-            )
-        )
-        if copied:
-            logger.info("Copied: " + ", ".join(sorted(copied)))
-        if replicated:
-            logger.info("Replicated to every level (AFP warm start): " + ", ".join(sorted(replicated)))
-        if new:
-            logger.info("Newly initialised: " + ", ".join(new))
-        self.last_load_summary = {
-            "copied": sorted(copied),
-            "replicated": sorted(replicated),
-            "new": new,
-            "unused": sorted(incompatible.unexpected_keys),
-        }
-
-    def save(self, name: str, **kwargs) -> None:
-        """Like :meth:`Checkpointer.save`, but atomic: the file appears whole or not at all."""
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = "{}.pth".format(name)
-        save_file = os.path.join(self.save_dir, basename)
-        self.logger.info("Saving checkpoint to {}".format(save_file))
-        os.makedirs(self.save_dir, exist_ok=True)
-        _atomic_write(save_file, lambda f: torch.save(data, f))
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        save_file = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(save_file, lambda f: f.write(last_filename_basename), mode="w")

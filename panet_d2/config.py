@@ -75,15 +75,3 @@ def add_panet_config(cfg):
     # and semantic loss weights and the merge thresholds (COMBINE.*).
     return cfg
 
-
-def check_choice(key, value, allowed):
-    """
-    Raise a ValueError naming the config key, the bad value and the allowed values.
-    """
-    if value not in allowed:
-        raise ValueError(
-            "Invalid config value {}={!r}; allowed values are: {}.".format(
-                key, value, ", ".join(repr(a) for a in allowed)
-            )
-        )
-    return value

@@ -51,7 +51,8 @@ from detectron2.data import (
 from detectron2.engine import DefaultTrainer, HookBase, hooks
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, GeneralizedRCNNWithTTA
 
-from .checkpoint import CheckpointShapeError, PANetCheckpointer
+from .checkpoint import PANetCheckpointer
+from .errors import CheckpointError as CheckpointShapeError
 from .evaluation import build_evaluator, check_evaluator_type
 
 __all__ = [

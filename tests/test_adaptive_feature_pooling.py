@@ -10,7 +10,7 @@ from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.structures import Boxes
 
 from panet_d2 import AdaptiveFeaturePooler, AFPConv2d, AFPLinear, PANetConvFCHead
-from panet_d2.adaptive_feature_pooling import expand_single_level_weights
+from panet_d2.modeling.adaptive_feature_pooling import expand_single_level_weights
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 

@@ -26,7 +26,7 @@ from panet_d2.data.coco_panoptic import (
     register_coco_panoptic_panet,
 )
 from panet_d2.data.panoptic_mapper import PanopticDatasetMapper, PanopticLabelSpace
-from panet_d2.panoptic_merge import combine_semantic_and_instance_outputs
+from panet_d2.modeling.panoptic_merge import combine_semantic_and_instance_outputs
 
 NAME = "panet_test_coco_panoptic_sample"
 

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""panet_d2.panoptic_merge: one case per rule, and exact equality with Detectron2."""
+"""panet_d2.modeling.panoptic_merge: one case per rule, and exact equality with Detectron2."""
 
 import math
 
@@ -12,7 +12,7 @@ from detectron2.modeling.meta_arch.panoptic_fpn import (
 )
 from detectron2.structures import Instances
 
-from panet_d2.panoptic_merge import PanopticMerge, combine_semantic_and_instance_outputs
+from panet_d2.modeling.panoptic_merge import PanopticMerge, combine_semantic_and_instance_outputs
 
 
 def _inst(masks, scores, classes):

@@ -15,7 +15,8 @@ from detectron2.modeling.roi_heads.mask_head import (
 )
 
 from .adaptive_feature_pooling import AFPConv2d, fuse_levels
-from .config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, check_choice
+from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
+from ..errors import check_choice
 from .fully_connected_fusion import FullyConnectedFusion
 
 __all__ = ["PANetMaskHead"]

@@ -13,7 +13,8 @@ from typing import Dict
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.meta_arch.semantic_seg import SEM_SEG_HEADS_REGISTRY, SemSegFPNHead
 
-from .config import NORMS, check_choice
+from ..config import NORMS
+from ..errors import check_choice
 
 __all__ = ["PANetSemSegHead"]
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
-from .config import FF_FUSE_TYPES, check_choice
+from ..config import FF_FUSE_TYPES
+from ..errors import check_choice
 
 __all__ = ["FullyConnectedFusion"]
 

@@ -20,7 +20,8 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from .config import NORMS, PAFPN_ACTIVATIONS, check_choice
+from ..config import NORMS, PAFPN_ACTIVATIONS
+from ..errors import check_choice
 
 __all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
 

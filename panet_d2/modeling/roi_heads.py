@@ -7,7 +7,8 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from .adaptive_feature_pooling import AdaptiveFeaturePooler
 from .box_head import PANetConvFCHead
-from .config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, check_choice
+from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
+from ..errors import check_choice
 from .mask_head import PANetMaskHead
 
 __all__ = ["PANetROIHeads"]

@@ -18,7 +18,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
 from .adaptive_feature_pooling import AFPConv2d, AFPLinear, fuse_levels
-from .config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, NORMS, check_choice
+from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, NORMS
+from ..errors import check_choice
 
 __all__ = ["PANetConvFCHead"]
 

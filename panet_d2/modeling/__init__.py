@@ -1,0 +1,17 @@
+# -*- coding: utf-8 -*-
+"""
+The model: PANet's backbone (bottom-up path augmentation), poolers (adaptive feature pooling),
+box and mask heads (fully-connected fusion), ROI heads, semantic head, the panoptic
+meta-architecture and its merge. Importing it registers them with Detectron2's registries.
+"""
+from .bottom_up_path import PAFPN, build_resnet_pafpn_backbone
+from .adaptive_feature_pooling import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
+from .fully_connected_fusion import FullyConnectedFusion
+from .box_head import PANetConvFCHead
+from .mask_head import PANetMaskHead
+from .roi_heads import PANetROIHeads
+from .semantic_head import PANetSemSegHead
+from .panoptic_merge import PanopticMerge, combine_semantic_and_instance_outputs
+from .panoptic_panet import PanopticPANet
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
