@@ -10,14 +10,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# ../shared/data beside the checkout: real COCO panoptic samples and demo photos.
-SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+# In-repo data (assets/): real COCO panoptic samples and demo photos (licenses in assets/README.md).
+SHARED_DATA = os.path.join(ROOT, "assets")
 
 
 @pytest.fixture(scope="session")
 def shared_data():
     if not os.path.isdir(SHARED_DATA):
-        pytest.fail("../shared/data not found beside the checkout: " + SHARED_DATA)
+        pytest.fail("assets/ not found in the checkout: " + SHARED_DATA)
     return SHARED_DATA
 
 
