@@ -7,13 +7,14 @@ Table numbers in the comments refer to that paper.
 """
 from detectron2.config import CfgNode as CN
 
-# Values accepted by the keys below; `check_choice` names them in its errors.
-NORMS = ("", "GN", "BN", "SyncBN", "naiveSyncBN", "nnSyncBN", "FrozenBN")
+# Values accepted by the keys below; `check_choice` names them in its errors. Norm keys take any
+# norm of Detectron2's `get_norm`: "" (none), "GN", "BN", "SyncBN", ..., or a callable (LazyConfig).
 PAFPN_ACTIVATIONS = ("relu", "none", "relu_if_norm")
 AFP_FUSE_TYPES = ("max", "sum")
 AFP_FUSE_POSITIONS = ("after_first_layer", "before_first_layer")
 FF_START_LAYERS = (2, 3, 4)
 FF_FUSE_TYPES = ("sum", "max", "product")
+FF_FC_INITS = ("xavier", "normal")
 
 
 def add_panet_config(cfg):
@@ -27,7 +28,8 @@ def add_panet_config(cfg):
     # ---------------------------------------------------------------------------------------------
     cfg.MODEL.PAFPN = CN()
     # Norm after each new 3x3 conv of the bottom-up path: "" (none), "GN", "BN", "SyncBN" ...
-    # The paper's MBN setting (Table 3) puts SyncBN after every new layer.
+    # The paper's MBN setting (Table 3) puts SyncBN after every new layer (with MODEL.FPN.NORM,
+    # ROI_BOX_HEAD.NORM / FC_NORM and ROI_MASK_HEAD.NORM: see configs/ablations/README.md).
     cfg.MODEL.PAFPN.NORM = ""
     # Activation after each new conv. "relu": the paper ("all convolutional layers are followed by
     # a ReLU"); "none": mmdetection's PAFPN; "relu_if_norm": the authors' release (ReLU only
@@ -50,9 +52,15 @@ def add_panet_config(cfg):
     cfg.MODEL.AFP.BOX_FUSE_POSITION = "after_first_layer"
     # Same for the mask branch: "after_first_layer" fuses between conv1 and conv2 (paper).
     cfg.MODEL.AFP.MASK_FUSE_POSITION = "after_first_layer"
-    # Norm after the per-level fc1 of the 2fc box head with AFP ("" = none, the paper; the
-    # authors' release uses "GN"). The convs of the heads use ROI_BOX_HEAD.NORM / ROI_MASK_HEAD.NORM,
-    # the per-level conv1 included.
+    # RoIAlign samples per bin side of the all-level poolers of both branches (Detectron2's
+    # POOLER_SAMPLING_RATIO, which these poolers replace). 0 = adaptive, ceil(RoI size / bin size):
+    # a large RoI pooled from N2 then takes hundreds of samples per bin on every level. 2 = the
+    # authors' release (ROI_XFORM_SAMPLING_RATIO: 2), Detectron (v1) and mmdetection (default).
+    cfg.MODEL.AFP.POOLER_SAMPLING_RATIO = 2
+    # Norm after every fc of the box head: the per-level fc1 and fc2 of the 2fc head, the fc of
+    # the heavier head ("" = none, Detectron2's head; "SyncBN" = the paper's MBN; "GN" = the
+    # authors' release). The convs of the heads use ROI_BOX_HEAD.NORM / ROI_MASK_HEAD.NORM, the
+    # per-level conv1 and FF's convs included.
     cfg.MODEL.ROI_BOX_HEAD.FC_NORM = ""
 
     # ---------------------------------------------------------------------------------------------
@@ -70,6 +78,9 @@ def add_panet_config(cfg):
     cfg.MODEL.FF.CONV_DIMS = [256, 128]
     # ReLU on the fc output: False in the paper, True in the authors' release.
     cfg.MODEL.FF.FC_ACTIVATION = False
+    # Initialisation of the fc: "xavier" (Detectron2's c2_xavier_fill, as its other fcs; the
+    # paper does not say) or "normal" (normal(0, 0.01), the authors' release).
+    cfg.MODEL.FF.FC_INIT = "xavier"
 
     # The panoptic model (PanopticPANet) reuses Detectron2's MODEL.PANOPTIC_FPN.* keys: instance
     # and semantic loss weights and the merge thresholds (COMBINE.*).

@@ -10,7 +10,8 @@ from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.structures import Boxes
 
 from panet_d2 import AdaptiveFeaturePooler, AFPConv2d, AFPLinear, PANetConvFCHead
-from panet_d2.modeling.adaptive_feature_pooling import expand_single_level_weights
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.layers.batch_norm import LayerNorm
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 
@@ -65,14 +66,15 @@ def test_per_level_conv_equals_separate_convs(fuse, norm):
     assert y.shape == (5, O, 6, 6)
     per_level = []
     for l in range(L):
-        w = layer.weight[l * O : (l + 1) * O]
-        b = layer.bias[l * O : (l + 1) * O] if layer.bias is not None else None
+        conv = layer.per_level
+        w = conv.weight[l * O : (l + 1) * O]
+        b = conv.bias[l * O : (l + 1) * O] if conv.bias is not None else None
         z = F.conv2d(x[:, l], w, b, padding=1)
         if norm == "GN":  # GroupNorm(32 groups) of that level alone
-            z = F.group_norm(z, 32, layer.norm.weight[l * O : (l + 1) * O], layer.norm.bias[l * O : (l + 1) * O])
+            z = F.group_norm(z, 32, conv.norm.weight[l * O : (l + 1) * O], conv.norm.bias[l * O : (l + 1) * O])
         elif norm == "BN":  # batch statistics of that level alone
-            z = F.batch_norm(z, None, None, layer.norm.weight[l * O : (l + 1) * O],
-                             layer.norm.bias[l * O : (l + 1) * O], training=True)
+            z = F.batch_norm(z, None, None, conv.norm.weight[l * O : (l + 1) * O],
+                             conv.norm.bias[l * O : (l + 1) * O], training=True)
         per_level.append(F.relu(z))
     stacked = torch.stack(per_level)
     expected = stacked.amax(0) if fuse == "max" else stacked.sum(0)
@@ -84,7 +86,7 @@ def test_per_level_linear_equals_separate_fcs(fuse):
     torch.manual_seed(0)
     layer = AFPLinear(50, 16, 4, fuse_type=fuse)
     x = torch.randn(7, 4, 50)
-    stacked = torch.stack([F.relu(F.linear(x[:, l], layer.weight[l], layer.bias[l])) for l in range(4)])
+    stacked = torch.stack([F.relu(F.linear(x[:, l], layer.per_level.weight[l], layer.per_level.bias[l])) for l in range(4)])
     expected = stacked.amax(0) if fuse == "max" else stacked.sum(0)
     torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
     assert layer(x[:0]).shape == (0, 16)
@@ -95,7 +97,7 @@ def test_per_level_weights_are_separate_and_all_get_gradients():
     layer = AFPLinear(20, 8, 4, fuse_type="max")
     layer(torch.randn(64, 4, 20)).sum().backward()
     for l in range(4):
-        assert layer.weight.grad[l].abs().sum() > 0
+        assert layer.per_level.weight.grad[l].abs().sum() > 0
 
 
 def test_box_head_fuse_after_fc1_vs_before():
@@ -103,7 +105,7 @@ def test_box_head_fuse_after_fc1_vs_before():
     shape = ShapeSpec(channels=8, height=7, width=7)
     x = torch.randn(3, 4, 8, 7, 7)
     after = PANetConvFCHead(shape, conv_dims=[], fc_dims=[32, 32], num_levels=4)
-    assert isinstance(after.fc1, AFPLinear) and after.fc1.weight.shape == (4, 32, 8 * 49)
+    assert isinstance(after.fc1, AFPLinear) and after.fc1.per_level.weight.shape == (4, 32, 8 * 49)
     assert after(x).shape == (3, 32)
     # "fu.fc1fc2": fuse the grids, then exactly Detectron2's head.
     before = PANetConvFCHead(shape, conv_dims=[], fc_dims=[32, 32], num_levels=4,
@@ -116,34 +118,99 @@ def test_box_head_fuse_after_fc1_vs_before():
 def test_heavier_head_has_per_level_conv1_then_shared_convs_and_one_fc():
     shape = ShapeSpec(channels=16, height=7, width=7)
     head = PANetConvFCHead(shape, conv_dims=[32] * 4, fc_dims=[64], conv_norm="GN", num_levels=4)
-    assert isinstance(head.conv1, AFPConv2d) and head.conv1.weight.shape == (4 * 32, 16, 3, 3)
-    assert isinstance(head.conv1.norm, torch.nn.GroupNorm) and head.conv1.norm.num_groups == 4 * 32
+    assert isinstance(head.conv1, AFPConv2d) and head.conv1.per_level.weight.shape == (4 * 32, 16, 3, 3)
+    assert isinstance(head.conv1.per_level.norm, torch.nn.GroupNorm) and head.conv1.per_level.norm.num_groups == 4 * 32
     assert not isinstance(head.conv2, AFPConv2d)
     assert [n for n, _ in head.named_children() if n.startswith("fc") and n[2:].isdigit()] == ["fc1"]
     assert head(torch.randn(2, 4, 16, 7, 7)).shape == (2, 64)
 
 
-def test_warm_start_replicates_single_level_weights():
-    layer_conv = AFPConv2d(8, 16, 4)
-    layer_fc = AFPLinear(10, 6, 4)
-    model = torch.nn.ModuleDict({"conv": layer_conv, "fc": layer_fc})
-    w_conv, b_conv = torch.randn(16, 8, 3, 3), torch.randn(16)
-    w_fc, b_fc = torch.randn(6, 10), torch.randn(6)
-    sd = {"conv.weight": w_conv, "conv.bias": b_conv, "fc.weight": w_fc, "fc.bias": b_fc}
-    replicated = expand_single_level_weights(model, sd)
-    assert sorted(replicated) == ["conv.bias", "conv.weight", "fc.bias", "fc.weight"]
-    model.load_state_dict(sd)
+def _single_level_state():
+    g = torch.Generator().manual_seed(0)
+    return {
+        "conv.weight": torch.randn(16, 8, 3, 3, generator=g),
+        "conv.bias": torch.randn(16, generator=g),
+        "fc.weight": torch.randn(6, 10, generator=g),
+        "fc.bias": torch.randn(6, generator=g),
+    }
+
+
+def _check_every_level_has(model, sd):
     for l in range(4):
-        assert torch.equal(layer_conv.weight[l * 16 : (l + 1) * 16], w_conv)
-        assert torch.equal(layer_fc.weight[l], w_fc) and torch.equal(layer_fc.bias[l], b_fc)
-    # A plain load_state_dict of a single-level state dict warm-starts too.
-    model2 = torch.nn.ModuleDict({"conv": AFPConv2d(8, 16, 4), "fc": AFPLinear(10, 6, 4)})
-    model2.load_state_dict({"conv.weight": w_conv, "conv.bias": b_conv, "fc.weight": w_fc, "fc.bias": b_fc})
-    assert torch.equal(model2["fc"].weight[3], w_fc)
+        conv, fc = model["conv"].per_level, model["fc"].per_level
+        assert torch.equal(conv.weight[l * 16 : (l + 1) * 16], sd["conv.weight"])
+        assert torch.equal(conv.bias[l * 16 : (l + 1) * 16], sd["conv.bias"])
+        assert torch.equal(fc.weight[l], sd["fc.weight"]) and torch.equal(fc.bias[l], sd["fc.bias"])
+
+
+def test_warm_start_with_plain_load_state_dict():
+    # A single-level layer's tensors (Detectron2's Mask R-CNN fc1 / mask_fcn1) go to every level.
+    model = torch.nn.ModuleDict({"conv": AFPConv2d(8, 16, 4), "fc": AFPLinear(10, 6, 4)})
+    sd = _single_level_state()
+    incompatible = model.load_state_dict(dict(sd), strict=True)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    _check_every_level_has(model, sd)
+
+
+def test_warm_start_through_detectron2_checkpointer(tmp_path):
+    # Detectron2's own DetectionCheckpointer (used by DefaultPredictor) drops tensors whose shape
+    # differs from a model key: the per-level keys must not collide with the single-level ones.
+    sd = _single_level_state()
+    torch.save({"model": sd}, str(tmp_path / "single.pth"))
+    model = torch.nn.ModuleDict({"conv": AFPConv2d(8, 16, 4), "fc": AFPLinear(10, 6, 4)})
+    incompatible = DetectionCheckpointer(model)._load_model(
+        {"model": dict(sd), "__author__": "test"}
+    )
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+    _check_every_level_has(model, sd)
+    DetectionCheckpointer(model).load(str(tmp_path / "single.pth"))
+    _check_every_level_has(model, sd)
+
+
+def test_warm_start_of_per_level_norms():
+    # The GN of Detectron2's mask head conv ("norm.*") goes to each level's slice of the batched GN,
+    # and to every per-level module of a norm that mixes channels (LayerNorm, a callable).
+    g = torch.Generator().manual_seed(1)
+    sd = {
+        "weight": torch.randn(32, 8, 3, 3, generator=g),
+        "norm.weight": torch.rand(32, generator=g),
+        "norm.bias": torch.rand(32, generator=g),
+    }
+    x = torch.randn(3, 8, 5, 5)
+    z = F.conv2d(x, sd["weight"], padding=1)
+    ln = LayerNorm(32)
+    ln.load_state_dict({"weight": sd["norm.weight"], "bias": sd["norm.bias"]})
+    expected = {
+        "GN": F.group_norm(z, 32, sd["norm.weight"], sd["norm.bias"]),
+        "LN": ln(z),
+        "callable": F.group_norm(z, 8, sd["norm.weight"], sd["norm.bias"]),
+    }
+    norms = {"GN": "GN", "LN": "LN", "callable": lambda c: torch.nn.GroupNorm(8, c)}
+    for name, norm in norms.items():
+        layer = AFPConv2d(8, 32, 4, norm=norm)
+        layer.load_state_dict(dict(sd), strict=True)
+        out = layer(torch.stack([x] * 4, dim=1))  # every level sees the same grid
+        torch.testing.assert_close(out, F.relu(expected[name]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["LN", lambda c: torch.nn.GroupNorm(4, c)])
+def test_norms_that_mix_channels_normalise_each_level_separately(norm):
+    torch.manual_seed(0)
+    layer = AFPConv2d(8, 16, 4, norm=norm, fuse_type="sum")
+    x = torch.randn(3, 4, 8, 5, 5)
+    conv = layer.per_level
+    expected = 0
+    for l in range(4):
+        z = F.conv2d(x[:, l], conv.weight[l * 16 : (l + 1) * 16], None, padding=1)
+        expected = expected + F.relu(conv.norm.levels[l](z))
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)
+    assert len(conv.norm.levels) == 4
 
 
 @pytest.mark.parametrize("kwargs", [dict(fuse_type="mean"), dict(norm="XN")])
-def test_bad_values(kwargs):
+@pytest.mark.parametrize("layer", [AFPConv2d, AFPLinear])
+def test_bad_values(kwargs, layer):
     with pytest.raises(ValueError) as e:
-        AFPConv2d(8, 8, 4, **kwargs)
+        layer(32, 32, 4, **kwargs)
     assert repr(list(kwargs.values())[0]) in str(e.value) and "allowed" in str(e.value)

@@ -12,8 +12,10 @@ from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
+from detectron2.checkpoint import DetectionCheckpointer
+
 from panet_d2 import AFPConv2d, AFPLinear, PANetCheckpointer
-from panet_d2.checkpoint import CheckpointShapeError
+from panet_d2.errors import CheckpointError
 
 from .common import panet_cfg, random_image, toy_instances
 
@@ -100,39 +102,45 @@ def test_all_off_is_detectron2_mask_rcnn(d2_model):
         torch.testing.assert_close(la[k], lb[k])
 
 
-def test_detectron2_checkpoint_loads_into_all_off_model(d2_checkpoint):
+def _load(checkpointer_cls, model, path):
+    """Load ``path`` as ``checkpointer_cls(model).load(path)`` does; returns the incompatible keys."""
+    checkpointer = checkpointer_cls(model)
+    return checkpointer._load_model(checkpointer._load_file(path))
+
+
+@pytest.mark.parametrize("checkpointer_cls", [DetectionCheckpointer, PANetCheckpointer])
+def test_detectron2_checkpoint_loads_into_all_off_model(d2_model, d2_checkpoint, checkpointer_cls):
     ours = _panet(ALL_OFF)
-    ckpt = PANetCheckpointer(ours)
-    ckpt.load(d2_checkpoint)
-    s = ckpt.last_load_summary
-    assert s["new"] == [] and s["unused"] == [] and s["replicated"] == []
-    assert len(s["copied"]) == len(ours.state_dict())
+    incompatible = _load(checkpointer_cls, ours, d2_checkpoint)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+    for k, v in d2_model.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k
 
 
-def test_detectron2_checkpoint_warm_starts_full_panet(d2_model, d2_checkpoint):
+@pytest.mark.parametrize("checkpointer_cls", [DetectionCheckpointer, PANetCheckpointer])
+def test_detectron2_checkpoint_warm_starts_full_panet(d2_model, d2_checkpoint, checkpointer_cls):
+    # Detectron2's own DetectionCheckpointer (DefaultPredictor, lazyconfig_train_net.py) and
+    # ours: fc1 / mask_fcn1 of Mask R-CNN go to every level, never left random.
     ours = _panet()
-    ckpt = PANetCheckpointer(ours)
-    ckpt.load(d2_checkpoint)
-    s = ckpt.last_load_summary
-    assert s["replicated"] == [
-        "roi_heads.box_head.fc1.bias",
-        "roi_heads.box_head.fc1.weight",
-        "roi_heads.mask_head.mask_fcn1.bias",
-        "roi_heads.mask_head.mask_fcn1.weight",
-    ]
-    # Only the new layers (bottom-up path, FF path) are newly initialised; nothing is unused.
-    assert s["new"] and all(
-        k.startswith("backbone.bpa_") or k.startswith("roi_heads.mask_head.fc_fusion.") for k in s["new"]
+    incompatible = _load(checkpointer_cls, ours, d2_checkpoint)
+    assert not incompatible.unexpected_keys and not incompatible.incorrect_shapes
+    # Only the new layers (bottom-up path, FF path) are newly initialised.
+    new = incompatible.missing_keys
+    assert new and all(
+        k.startswith("backbone.bpa_") or k.startswith("roi_heads.mask_head.fc_fusion.") for k in new
     )
-    assert {k.split(".")[1][:-1] for k in s["new"] if k.startswith("backbone.")} == {"bpa_down", "bpa_out"}
-    assert s["unused"] == []
+    assert {k.split(".")[1][:-1] for k in new if k.startswith("backbone.")} == {"bpa_down", "bpa_out"}
     d2 = d2_model.state_dict()
     fc1 = ours.roi_heads.box_head.fc1
     conv1 = ours.roi_heads.mask_head.mask_fcn1
     assert isinstance(fc1, AFPLinear) and isinstance(conv1, AFPConv2d)
     for level in range(4):
-        assert torch.equal(fc1.weight[level], d2["roi_heads.box_head.fc1.weight"])
-        assert torch.equal(conv1.weight[level * 256 : (level + 1) * 256], d2["roi_heads.mask_head.mask_fcn1.weight"])
+        assert torch.equal(fc1.per_level.weight[level], d2["roi_heads.box_head.fc1.weight"])
+        assert torch.equal(fc1.per_level.bias[level], d2["roi_heads.box_head.fc1.bias"])
+        rows = slice(level * 256, (level + 1) * 256)
+        assert torch.equal(conv1.per_level.weight[rows], d2["roi_heads.mask_head.mask_fcn1.weight"])
+        assert torch.equal(conv1.per_level.bias[rows], d2["roi_heads.mask_head.mask_fcn1.bias"])
     assert torch.equal(ours.state_dict()["backbone.fpn_output2.weight"], d2["backbone.fpn_output2.weight"])
 
 
@@ -148,8 +156,8 @@ def test_backward_reaches_every_level():
     fc1 = model.roi_heads.box_head.fc1
     conv1 = model.roi_heads.mask_head.mask_fcn1
     for level in range(4):
-        assert fc1.weight.grad[level].abs().sum() > 0
-        assert conv1.weight.grad[level * 256 : (level + 1) * 256].abs().sum() > 0
+        assert fc1.per_level.weight.grad[level].abs().sum() > 0
+        assert conv1.per_level.weight.grad[level * 256 : (level + 1) * 256].abs().sum() > 0
     ff = model.roi_heads.mask_head.fc_fusion
     assert ff.fc.weight.grad.abs().sum() > 0 and ff.conv2.weight.grad.abs().sum() > 0
 
@@ -178,17 +186,17 @@ def test_inference_with_zero_detections():
 
 def test_checkpoint_errors(tmp_path):
     model = _panet()
-    with pytest.raises(FileNotFoundError, match="does-not-exist.pth"):
+    with pytest.raises(CheckpointError, match="does-not-exist.pth"):
         PANetCheckpointer(model).load(str(tmp_path / "does-not-exist.pth"))
     bad = tmp_path / "garbage.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="garbage.pth"):
+    with pytest.raises(CheckpointError, match="garbage.pth"):
         PANetCheckpointer(model).load(str(bad))
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     sd["backbone.bpa_out3.weight"] = torch.zeros(128, 256, 3, 3)
     path = tmp_path / "wrong_shape.pth"
     torch.save({"model": sd}, path)
-    with pytest.raises(CheckpointShapeError) as e:
+    with pytest.raises(CheckpointError) as e:
         PANetCheckpointer(model).load(str(path))
     assert "backbone.bpa_out3.weight" in str(e.value) and "[128, 256, 3, 3]" in str(e.value)
 
@@ -198,6 +206,14 @@ def test_checkpoint_save_is_atomic_and_roundtrips(tmp_path):
     ckpt = PANetCheckpointer(model, save_dir=str(tmp_path))
     ckpt.save("model_0000009", iteration=9)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
+    # a save that fails midway leaves the previous checkpoint and no partial file
+    with pytest.raises(RuntimeError):
+        ckpt.save("model_0000010", iteration=10, broken=_Unpicklable())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
+    # a partial file left by a killed process is removed when the next run starts
+    (tmp_path / "model_0000011.pth.partial").write_bytes(b"half")
+    PANetCheckpointer(model, save_dir=str(tmp_path))
+    assert not (tmp_path / "model_0000011.pth.partial").exists()
     assert ckpt.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
     other = _panet()
     extra = PANetCheckpointer(other, save_dir=str(tmp_path)).resume_or_load("", resume=True)
@@ -206,12 +222,20 @@ def test_checkpoint_save_is_atomic_and_roundtrips(tmp_path):
         assert torch.equal(v, other.state_dict()[k])
 
 
+class _Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle")
+
+
 @pytest.mark.parametrize(
     "opts,key,value",
     [
         (["MODEL.AFP.FUSE_TYPE", "avg"], "MODEL.AFP.FUSE_TYPE", "avg"),
         (["MODEL.AFP.BOX_FUSE_POSITION", "fc2"], "MODEL.AFP.BOX_FUSE_POSITION", "fc2"),
         (["MODEL.FF.START_LAYER", 5], "MODEL.FF.START_LAYER", 5),
+        (["MODEL.FF.START_LAYER", 1], "MODEL.FF.START_LAYER", 1),
+        (["MODEL.FF.FC_INIT", "zeros"], "MODEL.FF.FC_INIT", "zeros"),
+        (["MODEL.AFP.POOLER_SAMPLING_RATIO", -1], "MODEL.AFP.POOLER_SAMPLING_RATIO", -1),
         (["MODEL.FF.FUSE_TYPE", "concat"], "MODEL.FF.FUSE_TYPE", "concat"),
         (["MODEL.ROI_BOX_HEAD.FC_NORM", "IN"], "MODEL.ROI_BOX_HEAD.FC_NORM", "IN"),
         (["MODEL.PAFPN.NORM", "batchnorm"], "MODEL.PAFPN.NORM", "batchnorm"),
@@ -245,3 +269,22 @@ def test_afp_needs_fusing_heads():
 def test_unknown_in_feature():
     with pytest.raises(ValueError, match="MODEL.ROI_HEADS.IN_FEATURES"):
         _panet(["MODEL.ROI_HEADS.IN_FEATURES", ["p2", "p3", "p9"]])
+
+
+def test_afp_sampling_ratio_reaches_both_all_level_poolers():
+    from panet_d2 import AdaptiveFeaturePooler
+
+    cfg = panet_cfg("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
+    assert cfg.MODEL.AFP.POOLER_SAMPLING_RATIO == 2  # the authors' release
+    heads = build_model(panet_cfg(
+        "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",
+        opts=SMALL_BACKBONE + ["MODEL.AFP.POOLER_SAMPLING_RATIO", 3],
+    )).roi_heads
+    for pooler in (heads.box_pooler, heads.mask_pooler):
+        assert isinstance(pooler, AdaptiveFeaturePooler) and len(pooler.level_poolers) == 4
+        assert [p.sampling_ratio for p in pooler.level_poolers] == [3] * 4
+    # AFP off: Detectron2's poolers with Detectron2's key (POOLER_SAMPLING_RATIO, default 0)
+    heads = _panet(ALL_OFF).roi_heads
+    for pooler in (heads.box_pooler, heads.mask_pooler):
+        assert type(pooler).__name__ == "ROIPooler"
+        assert [p.sampling_ratio for p in pooler.level_poolers] == [0] * 4

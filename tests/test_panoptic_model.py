@@ -111,27 +111,6 @@ def test_inference_outputs_and_merge_equal_detectron2():
     assert any(s["isthing"] for s in info) and any(not s["isthing"] for s in info)
 
 
-def test_cityscapes_outputs_use_the_datasets_category_ids():
-    """Detectron2's cityscapes_fine_panoptic_* metadata uses trainIds (things 11..18)."""
-    model, _ = _model([
-        "DATASETS.TEST", ("cityscapes_fine_panoptic_val",),
-        "MODEL.ROI_HEADS.NUM_CLASSES", 8,
-        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 12,
-    ])
-    model.eval()
-    with torch.no_grad():
-        seg, info = model([{"image": random_image(128, 160)}])[0]["panoptic_seg"]
-    assert info
-    things = {s["category_id"] for s in info if s["isthing"]}
-    stuff = {s["category_id"] for s in info if not s["isthing"]}
-    assert things <= set(range(11, 19)) and stuff <= set(range(0, 11))
-
-
-def test_class_count_mismatch_with_dataset_is_a_clear_error():
-    with pytest.raises(ValueError, match="MODEL.SEM_SEG_HEAD.NUM_CLASSES=54"):
-        _model(["DATASETS.TEST", ("cityscapes_fine_panoptic_val",), "MODEL.ROI_HEADS.NUM_CLASSES", 8])
-
-
 @pytest.mark.parametrize("opts,key", [
     (["MODEL.SEM_SEG_HEAD.IN_FEATURES", ["p2", "p7"]], "MODEL.SEM_SEG_HEAD.IN_FEATURES"),
     (["MODEL.SEM_SEG_HEAD.NORM", "XN"], "MODEL.SEM_SEG_HEAD.NORM"),

@@ -33,7 +33,14 @@ from detectron2.structures import Boxes
 from ..config import AFP_FUSE_TYPES
 from ..errors import ConfigError, check_choice
 
-__all__ = ["AdaptiveFeaturePooler", "AFPConv2d", "AFPLinear", "fuse_levels", "per_level_norm"]
+__all__ = [
+    "AdaptiveFeaturePooler",
+    "AFPConv2d",
+    "AFPLinear",
+    "fuse_levels",
+    "per_level_norm",
+    "check_norm",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +118,7 @@ def per_level_norm(norm, channels: int, num_levels: int):
         nn.Module or None: per-channel norms over all L * channels channels; GroupNorm with 32
         groups per level; else :class:`LevelwiseNorm` (one module per level).
     """
+    check_norm("the norm of the per-level layer", norm)
     if norm is None or (isinstance(norm, str) and not norm):
         return None
     if norm == "GN":
@@ -122,11 +130,11 @@ def per_level_norm(norm, channels: int, num_levels: int):
 
 def check_norm(key: str, norm):
     """Raise :class:`ConfigError` unless ``norm`` is a norm spec Detectron2's ``get_norm`` takes."""
-    if norm is None or callable(norm):
+    if norm is None or callable(norm) or norm == "":
         return norm
     try:
         get_norm(norm, 32)
-    except Exception:
+    except (KeyError, TypeError):
         raise ConfigError(
             "Invalid config value {}={!r}; allowed: '' (no norm), a norm name of Detectron2's "
             "get_norm ('GN', 'BN', 'SyncBN', 'naiveSyncBN', 'nnSyncBN', 'FrozenBN', 'LN') or a "

@@ -20,8 +20,9 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from ..config import NORMS, PAFPN_ACTIVATIONS
-from ..errors import check_choice
+from ..config import PAFPN_ACTIVATIONS
+from ..errors import ConfigError, check_choice
+from .adaptive_feature_pooling import check_norm
 
 __all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
 
@@ -74,7 +75,7 @@ class PAFPN(FPN):
             fuse_type=fuse_type,
             square_pad=square_pad,
         )
-        check_choice("MODEL.PAFPN.NORM", bpa_norm, NORMS)
+        check_norm("MODEL.PAFPN.NORM", bpa_norm)
         check_choice("MODEL.PAFPN.ACTIVATION", bpa_activation, PAFPN_ACTIVATIONS)
         use_relu = bpa_activation == "relu" or (bpa_activation == "relu_if_norm" and bpa_norm)
 
@@ -151,7 +152,7 @@ def build_resnet_pafpn_backbone(cfg, input_shape: ShapeSpec):
     available = list(bottom_up.output_shape().keys())
     missing = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in available]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             "MODEL.FPN.IN_FEATURES={} names {} which the ResNet does not output; it outputs {} "
             "(set MODEL.RESNETS.OUT_FEATURES).".format(
                 list(cfg.MODEL.FPN.IN_FEATURES), missing, available

@@ -12,16 +12,35 @@ from typing import List
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
-from .adaptive_feature_pooling import AFPConv2d, AFPLinear, fuse_levels
-from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, NORMS
-from ..errors import check_choice
+from detectron2.layers import get_norm
 
-__all__ = ["PANetConvFCHead"]
+from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
+from ..errors import check_choice
+from .adaptive_feature_pooling import AFPConv2d, AFPLinear, check_norm, fuse_levels
+
+__all__ = ["PANetConvFCHead", "NormLinear"]
+
+
+class NormLinear(nn.Linear):
+    """
+    ``nn.Linear`` followed by a norm (as Detectron2's ``Conv2d`` takes one): parameters
+    ``weight``, ``bias`` like ``nn.Linear`` (a Detectron2 fc warm-starts it), norm under ``norm``.
+    Input (M, in_features), output (M, out_features); the norm sees (M, out_features, 1, 1).
+    """
+
+    def __init__(self, in_features: int, out_features: int, norm):
+        super().__init__(in_features, out_features)
+        self.norm = get_norm(norm, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        return self.norm(y[:, :, None, None]).flatten(1)
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
@@ -48,8 +67,9 @@ class PANetConvFCHead(FastRCNNConvFCHead):
         Args:
             input_shape, conv_dims, fc_dims, conv_norm: see :class:`FastRCNNConvFCHead`.
                 ``input_shape`` is the shape of ONE level's pooled grid (C, H, W).
-            fc_norm (str): norm after the per-level fc1 (only with AFP and a head without convs);
-                the authors' release uses "GN".
+            fc_norm (str or callable): norm after every fc of the head (the per-level fc1
+                included): "" (none, Detectron2's head), or a norm of Detectron2's ``get_norm``;
+                the paper's MBN uses SyncBN, the authors' release GN.
             num_levels (int): 1 without AFP; else the number of pooled levels L, and the input of
                 :meth:`forward` is (M, L, C, H, W).
             fuse_type (str): "max" or "sum".
@@ -59,11 +79,17 @@ class PANetConvFCHead(FastRCNNConvFCHead):
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
         check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         check_choice("MODEL.AFP.BOX_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
-        check_choice("MODEL.ROI_BOX_HEAD.FC_NORM", fc_norm, NORMS)
+        check_norm("MODEL.ROI_BOX_HEAD.FC_NORM", fc_norm)
         self.num_levels = num_levels
         self.fuse_type = fuse_type
         self.fuse_position = fuse_position
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
+        if fc_norm:  # MBN: a norm after every fc (Detectron2's fcs have none)
+            for k, fc in enumerate(self.fcs):
+                normed = NormLinear(fc.in_features, fc.out_features, fc_norm)
+                normed.load_state_dict(fc.state_dict(), strict=False)  # same initialisation
+                setattr(self, "fc{}".format(k + 1), normed)
+                self.fcs[k] = normed
         if not self.per_level_first_layer:
             return
         C, H, W = input_shape.channels, input_shape.height, input_shape.width

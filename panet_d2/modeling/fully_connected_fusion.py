@@ -13,8 +13,8 @@ from torch import nn
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
-from ..config import FF_FUSE_TYPES
-from ..errors import check_choice
+from ..config import FF_FC_INITS, FF_FUSE_TYPES
+from ..errors import ConfigError, check_choice
 
 __all__ = ["FullyConnectedFusion"]
 
@@ -36,6 +36,7 @@ class FullyConnectedFusion(nn.Module):
         conv_norm: str = "",
         fuse_type: str = "sum",
         fc_activation: bool = False,
+        fc_init: str = "xavier",
     ):
         """
         Args:
@@ -45,14 +46,16 @@ class FullyConnectedFusion(nn.Module):
             conv_norm (str): norm of the two convs ("" for none).
             fuse_type (str): "sum" (paper), "max" or "product".
             fc_activation (bool): ReLU on the fc output (the authors' release) or not (paper).
+            fc_init (str): "xavier" (Detectron2's c2_xavier_fill) or "normal" (normal(0, 0.01),
+                the authors' release).
         """
         super().__init__()
         self.fuse_type = check_choice("MODEL.FF.FUSE_TYPE", fuse_type, FF_FUSE_TYPES)
-        if len(conv_dims) != 2:
-            raise ValueError(
-                "MODEL.FF.CONV_DIMS={} must give the channels of exactly 2 convs".format(
-                    list(conv_dims)
-                )
+        check_choice("MODEL.FF.FC_INIT", fc_init, FF_FC_INITS)
+        if len(conv_dims) != 2 or any(int(d) <= 0 for d in conv_dims):
+            raise ConfigError(
+                "MODEL.FF.CONV_DIMS={} must give the channels of exactly 2 convs, each a positive "
+                "number (paper: [256, 128]).".format(list(conv_dims))
             )
         self.mask_size = mask_size
         self.fc_activation = fc_activation
@@ -73,7 +76,11 @@ class FullyConnectedFusion(nn.Module):
             self.convs.append(conv)
             channels = dim
         self.fc = nn.Linear(channels * input_shape.height * input_shape.width, mask_size**2)
-        weight_init.c2_xavier_fill(self.fc)
+        if fc_init == "normal":
+            nn.init.normal_(self.fc.weight, std=0.01)
+            nn.init.constant_(self.fc.bias, 0)
+        else:
+            weight_init.c2_xavier_fill(self.fc)
 
     def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
         """

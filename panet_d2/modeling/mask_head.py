@@ -15,8 +15,8 @@ from detectron2.modeling.roi_heads.mask_head import (
 )
 
 from .adaptive_feature_pooling import AFPConv2d, fuse_levels
-from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
-from ..errors import check_choice
+from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, FF_START_LAYERS
+from ..errors import ConfigError, check_choice
 from .fully_connected_fusion import FullyConnectedFusion
 
 __all__ = ["PANetMaskHead"]
@@ -47,6 +47,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         ff_fuse_type: str = "sum",
         ff_conv_dims=(256, 128),
         ff_fc_activation: bool = False,
+        ff_fc_init: str = "xavier",
         **kwargs,
     ):
         """
@@ -59,7 +60,8 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
                 conv2) or "before_first_layer" (fuse the RoIAlign grids).
             ff_enabled (bool): add the fully-connected fusion path.
             ff_start_layer (int): the FCN conv (1-based) whose output feeds the fc path (paper: 3).
-            ff_fuse_type, ff_conv_dims, ff_fc_activation: see :class:`FullyConnectedFusion`.
+            ff_fuse_type, ff_conv_dims, ff_fc_activation, ff_fc_init: see
+                :class:`FullyConnectedFusion`.
         """
         super().__init__(
             input_shape, num_classes=num_classes, conv_dims=conv_dims, conv_norm=conv_norm, **kwargs
@@ -72,7 +74,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
         if self.per_level_first_layer:
             if num_conv < 1:
-                raise ValueError(
+                raise ConfigError(
                     "Adaptive feature pooling after the first layer needs a mask head with at "
                     "least one conv, got MODEL.ROI_MASK_HEAD.NUM_CONV={}".format(num_conv)
                 )
@@ -84,7 +86,9 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         self.ff_start_layer = ff_start_layer if ff_enabled else 0
         self.fc_fusion = None
         if ff_enabled:
-            check_choice("MODEL.FF.START_LAYER", ff_start_layer, tuple(range(1, num_conv + 1)))
+            # the paper's choices (Table 5): conv2, conv3, conv4 of the FCN
+            allowed = tuple(k for k in FF_START_LAYERS if k <= num_conv)
+            check_choice("MODEL.FF.START_LAYER", ff_start_layer, allowed)
             self.fc_fusion = FullyConnectedFusion(
                 ShapeSpec(
                     channels=conv_dims[ff_start_layer - 1],
@@ -96,6 +100,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
                 conv_norm=conv_norm,
                 fuse_type=ff_fuse_type,
                 fc_activation=ff_fc_activation,
+                fc_init=ff_fc_init,
             )
 
     @classmethod
@@ -111,6 +116,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
             ff_fuse_type=ff.FUSE_TYPE,
             ff_conv_dims=tuple(ff.CONV_DIMS),
             ff_fc_activation=ff.FC_ACTIVATION,
+            ff_fc_init=ff.FC_INIT,
         )
         return ret
 

@@ -30,6 +30,7 @@ from numbers import Real
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 __all__ = ["combine_semantic_and_instance_outputs", "PanopticMerge"]
 
 # Integer semantic labels in [0, _DIRECT_LABEL_LIMIT) are used directly as bincount bins;
@@ -99,7 +100,7 @@ def combine_semantic_and_instance_outputs(
     if cand:
         pred_masks = instance_results.pred_masks
         if pred_masks.dim() != 3 or tuple(pred_masks.shape[1:]) != tuple(panoptic_seg.shape):
-            raise ValueError(
+            raise ConfigError(
                 "pred_masks must have shape (N, H, W) matching semantic_results "
                 f"{tuple(panoptic_seg.shape)}; got {tuple(pred_masks.shape)}"
             )
@@ -252,7 +253,7 @@ def _check_number(name, value, lo, hi):
     if ok:
         ok = value >= lo and (hi is None or value <= hi)
     if not ok:
-        raise ValueError(
+        raise ConfigError(
             f"Invalid panoptic merge setting {key} ({name}) = {value!r}: "
             f"must be a number in the range {allowed}."
         )

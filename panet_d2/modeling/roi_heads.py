@@ -8,7 +8,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from .adaptive_feature_pooling import AdaptiveFeaturePooler
 from .box_head import PANetConvFCHead
 from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
-from ..errors import check_choice
+from ..errors import ConfigError, check_choice
 from .mask_head import PANetMaskHead
 
 __all__ = ["PANetROIHeads"]
@@ -33,7 +33,7 @@ class PANetROIHeads(StandardROIHeads):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
         missing = [f for f in in_features if f not in input_shape]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.ROI_HEADS.IN_FEATURES={} names {} which the backbone does not output; it "
                 "outputs {}.".format(in_features, missing, sorted(input_shape.keys()))
             )
@@ -43,8 +43,15 @@ class PANetROIHeads(StandardROIHeads):
         check_choice("MODEL.AFP.FUSE_TYPE", afp.FUSE_TYPE, AFP_FUSE_TYPES)
         check_choice("MODEL.AFP.BOX_FUSE_POSITION", afp.BOX_FUSE_POSITION, AFP_FUSE_POSITIONS)
         check_choice("MODEL.AFP.MASK_FUSE_POSITION", afp.MASK_FUSE_POSITION, AFP_FUSE_POSITIONS)
+        if not isinstance(afp.POOLER_SAMPLING_RATIO, int) or afp.POOLER_SAMPLING_RATIO < 0:
+            raise ConfigError(
+                "Invalid config value MODEL.AFP.POOLER_SAMPLING_RATIO={!r}; allowed: 0 (adaptive) "
+                "or a positive number of samples per bin side (authors' release: 2).".format(
+                    afp.POOLER_SAMPLING_RATIO
+                )
+            )
         if len(in_features) < 2:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.AFP.ENABLED=True pools every RoI from every pyramid level and needs at least "
                 "2 levels in MODEL.ROI_HEADS.IN_FEATURES, got {} (backbone {}). Use a pyramid "
                 "backbone (build_resnet_pafpn_backbone / build_resnet_fpn_backbone) with "
@@ -57,7 +64,7 @@ class PANetROIHeads(StandardROIHeads):
             heads.append(("MODEL.ROI_MASK_HEAD.NAME", cfg.MODEL.ROI_MASK_HEAD.NAME, PANetMaskHead))
         for key, name, head_cls in heads:
             if name != head_cls.__name__:
-                raise ValueError(
+                raise ConfigError(
                     "MODEL.AFP.ENABLED=True needs {}={!r} (a head that fuses the per-level grids), "
                     "got {!r}.".format(key, head_cls.__name__, name)
                 )
@@ -78,10 +85,13 @@ class PANetROIHeads(StandardROIHeads):
 
     @staticmethod
     def _all_level_pooler(head_cfg, cfg, input_shape):
-        """An :class:`AdaptiveFeaturePooler` with the pooler settings of one head's config."""
+        """
+        An :class:`AdaptiveFeaturePooler` with one head's resolution and pooler type, and
+        MODEL.AFP.POOLER_SAMPLING_RATIO (the head's POOLER_SAMPLING_RATIO stays for AFP off).
+        """
         return AdaptiveFeaturePooler(
             output_size=head_cfg.POOLER_RESOLUTION,
             scales=tuple(1.0 / input_shape[k].stride for k in cfg.MODEL.ROI_HEADS.IN_FEATURES),
-            sampling_ratio=head_cfg.POOLER_SAMPLING_RATIO,
+            sampling_ratio=cfg.MODEL.AFP.POOLER_SAMPLING_RATIO,
             pooler_type=head_cfg.POOLER_TYPE,
         )

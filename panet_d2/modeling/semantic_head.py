@@ -13,8 +13,8 @@ from typing import Dict
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.meta_arch.semantic_seg import SEM_SEG_HEADS_REGISTRY, SemSegFPNHead
 
-from ..config import NORMS
-from ..errors import check_choice
+from ..errors import ConfigError, check_choice
+from .adaptive_feature_pooling import check_norm
 
 __all__ = ["PANetSemSegHead"]
 
@@ -34,15 +34,15 @@ class PANetSemSegHead(SemSegFPNHead):
         in_features = list(head.IN_FEATURES)
         missing = [f for f in in_features if f not in input_shape]
         if not in_features or missing:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.SEM_SEG_HEAD.IN_FEATURES={} names {} which the backbone does not output; "
                 "it outputs {} (PANet: ['p2', 'p3', 'p4', 'p5']).".format(
                     in_features, missing, sorted(input_shape)
                 )
             )
-        check_choice("MODEL.SEM_SEG_HEAD.NORM", head.NORM, NORMS)
+        check_norm("MODEL.SEM_SEG_HEAD.NORM", head.NORM)
         if head.NUM_CLASSES < 2:
-            raise ValueError(
+            raise ConfigError(
                 "MODEL.SEM_SEG_HEAD.NUM_CLASSES={} must count the stuff classes plus the 'other' "
                 "class of thing pixels (COCO: 53 + 1 = 54, Cityscapes: 11 + 1 = 12).".format(
                     head.NUM_CLASSES
