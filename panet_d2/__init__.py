@@ -8,6 +8,7 @@ from .config import add_panet_config
 from . import modeling as _  # only registration (backbone, heads, meta-architecture)
 from .modeling import *  # noqa: F401, F403
 from .checkpoint import PANetCheckpointer
+from . import analysis as _  # noqa: F811  only registration (FLOP counts of PANet's ops)
 from . import data as _  # noqa: F811  only registration (datasets)
 
 __version__ = "0.1.0"

@@ -1,0 +1,66 @@
+# -*- coding: utf-8 -*-
+"""
+FLOP counts of the ops PANet adds, for Detectron2's ``FlopCountAnalysis`` (``tools/analyze_model.py``).
+
+fvcore counts convolutions, linear layers and matmuls, and Detectron2 ignores element-wise ops;
+the ops below were "unsupported" (skipped, counted as 0): the per-level fc1 (``aten::baddbmm``),
+the fusion over levels (``aten::amax`` / ``aten::sum``) and RoIAlign. fvcore has no registry of
+op handles: every ``FlopCountAnalysis`` starts from the module-level table
+``fvcore.nn.flop_count._DEFAULT_SUPPORTED_OPS``, so importing panet_d2 adds the handles there and
+the user's own ``FlopCountAnalysis`` / ``flop_count_operators`` count them with no extra step.
+
+Counting convention (fvcore's): one multiply-add = one flop.
+
+* ``aten::baddbmm`` (L, M, in) x (L, in, out): L * M * in * out (the bias add is element-wise);
+* ``aten::amax`` / ``aten::sum`` over a dim: one op per input element that is folded into an
+  output element, numel(input) - numel(output) ((L - 1) * M * C * H * W for an L-level fusion);
+* ``torchvision::roi_align``: 4 multiply-adds (bilinear) per sample, sampling_ratio^2 samples per
+  output element; with sampling_ratio 0 (adaptive: the samples depend on each box's size, which
+  the traced graph does not show) counted as 1 sample per bin, a lower bound.
+"""
+import importlib
+from numbers import Number
+from typing import Any, List
+
+from fvcore.nn.jit_handles import get_shape
+
+# the module (fvcore.nn re-exports a function of the same name)
+_fvcore_flop_count = importlib.import_module("fvcore.nn.flop_count")
+
+__all__ = ["baddbmm_flop_jit", "reduction_flop_jit", "roi_align_flop_jit"]
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def baddbmm_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
+    """``baddbmm(bias, (B, N, K), (B, K, P))``: B * N * K * P multiply-adds."""
+    b, n, k = get_shape(inputs[1])
+    p = get_shape(inputs[2])[-1]
+    return b * n * k * p
+
+
+def reduction_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
+    """A reduction (max or sum) over some dims: numel(input) - numel(output) ops."""
+    return _numel(get_shape(inputs[0])) - _numel(get_shape(outputs[0]))
+
+
+def roi_align_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
+    """``roi_align(input, rois, scale, h, w, sampling_ratio, aligned)``: 4 * samples per output."""
+    ratio = inputs[5].toIValue() if len(inputs) > 5 else 0
+    samples = ratio * ratio if isinstance(ratio, int) and ratio > 0 else 1
+    return 4 * samples * _numel(get_shape(outputs[0]))
+
+
+_fvcore_flop_count._DEFAULT_SUPPORTED_OPS.update(
+    {
+        "aten::baddbmm": baddbmm_flop_jit,
+        "aten::amax": reduction_flop_jit,
+        "aten::sum": reduction_flop_jit,
+        "torchvision::roi_align": roi_align_flop_jit,
+    }
+)

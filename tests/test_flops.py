@@ -1,0 +1,103 @@
+# -*- coding: utf-8 -*-
+"""
+Detectron2's own FLOP counter (detectron2.utils.analysis, used by tools/analyze_model.py) counts
+every op PANet adds, and each component's count equals its arithmetic.
+"""
+import pytest
+import torch
+
+from detectron2.modeling import build_model
+from detectron2.utils.analysis import FlopCountAnalysis
+
+import panet_d2  # noqa: F401  (importing panet_d2 is the only step)
+
+from .common import panet_cfg, random_image
+
+SMALL = ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
+H, W = 128, 160
+
+
+def _analysis(config, opts=()):
+    cfg = panet_cfg(config, opts=SMALL + list(opts))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes[name] = (tuple(inputs[0].shape), tuple(output.shape))
+
+        return hook
+
+    heads = model.roi_heads
+    for name, module in [
+        ("box_fc1", heads.box_head.fc1),
+        ("mask_fcn1", heads.mask_head.mask_fcn1),
+        ("ff", heads.mask_head.fc_fusion),
+    ]:
+        if module is not None:
+            module.register_forward_hook(record(name))
+    fca = FlopCountAnalysis(model, [{"image": random_image(H, W)}])
+    fca.unsupported_ops_warnings(False)
+    fca.uncalled_modules_warnings(False)
+    by_module = fca.by_module()
+    return cfg, model, fca, {k[len("model."):]: v for k, v in by_module.items()}, shapes
+
+
+@pytest.fixture(scope="module")
+def panet():
+    return _analysis("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
+
+
+def test_per_level_fc1_and_its_fusion(panet):
+    cfg, model, _, flops, shapes = panet
+    (M, L, D), (_, out) = shapes["box_fc1"]  # grids flattened per level: D = 256 x 7 x 7
+    assert (L, D, out) == (4, 12544, 1024) and M > 0
+    # L x M x 12544 x 1024 multiply-adds, plus the max over levels: (L - 1) x M x 1024
+    assert flops["roi_heads.box_head.fc1"] == L * M * D * out + (L - 1) * M * out
+
+
+def test_per_level_mask_conv1_and_its_fusion(panet):
+    cfg, model, _, flops, shapes = panet
+    (M, L, C, h, w), (_, O, _, _) = shapes["mask_fcn1"]
+    assert (L, C, O, h, w) == (4, 256, 256, 14, 14) and M > 0
+    conv = L * M * O * C * 3 * 3 * h * w  # one grouped conv: each level's 3x3 conv on its grid
+    assert flops["roi_heads.mask_head.mask_fcn1"] == conv + (L - 1) * M * O * h * w
+
+
+def test_fully_connected_fusion(panet):
+    cfg, model, _, flops, shapes = panet
+    (M, C, h, w), _ = shapes["ff"]
+    conv1 = M * 256 * C * 9 * h * w
+    conv2 = M * 128 * 256 * 9 * h * w
+    fc = M * (128 * h * w) * (28 * 28)
+    assert flops["roi_heads.mask_head.fc_fusion"] == conv1 + conv2 + fc
+
+
+def test_bottom_up_path(panet):
+    cfg, model, _, flops, _ = panet
+    # padded input 128 x 160 (divisible by 32): N_k is (H / 2^k) x (W / 2^k)
+    for k in (3, 4, 5):
+        hw = (H // 2**k) * (W // 2**k)
+        assert flops["backbone.bpa_down{}".format(k)] == 256 * 256 * 9 * hw
+        assert flops["backbone.bpa_out{}".format(k)] == 256 * 256 * 9 * hw
+
+
+def test_all_level_roi_align(panet):
+    cfg, model, _, flops, shapes = panet
+    M = shapes["box_fc1"][0][0]
+    ratio = cfg.MODEL.AFP.POOLER_SAMPLING_RATIO
+    # M boxes x 4 levels x 256 channels x 7 x 7 bins, ratio^2 samples of 4 multiply-adds each
+    assert flops["roi_heads.box_pooler"] == 4 * M * 256 * 7 * 7 * ratio**2 * 4
+
+
+def test_no_op_left_uncounted():
+    # PANet adds no op that the counter skips: what it leaves out is what it leaves out of
+    # Detectron2's own Mask R-CNN (RPN's topk, scripted helpers, padding).
+    _, _, ours, _, _ = _analysis("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
+    _, _, mask_rcnn, _, _ = _analysis(
+        "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",
+        ["MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone", "MODEL.AFP.ENABLED", False,
+         "MODEL.FF.ENABLED", False],
+    )
+    assert set(ours.unsupported_ops()) <= set(mask_rcnn.unsupported_ops())
