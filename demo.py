@@ -1,423 +1,281 @@
 #!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 """
-PANet demo, in the manner of Detectron2's demo/demo.py and demo/predictor.py: runs a trained
-model on images, a video or the webcam and draws the predictions (instances; the panoptic
-segmentation when the model outputs "panoptic_seg").
-
-    python3 demo.py --config-file configs/quick_schedules/panet_R_18_synth_instance.yaml \
-        --input /path/to/images/ more/*.jpg one.png --output out_dir/ \
-        --opts MODEL.WEIGHTS output/quick_schedules/panet_R_18_synth_instance/model_final.pth
-
---input takes image files, glob patterns and folders (their images); --output is a folder (for
-several inputs; created if needed) or a file (one input). Without --output the pictures are shown
-in a window.
+Demo: Detectron2's DefaultPredictor and Visualizer on images (files, glob patterns, folders), a
+video or the webcam, for a yacs (.yaml) or LazyConfig (.py) config; options as Detectron2's demo.
+--output is a folder, or a file for one image or a video (.mp4, .avi); without it the pictures are
+shown in a window, which needs OpenCV with GUI support. README has the commands.
 """
+
 import argparse
 import glob
+import logging
 import os
 import sys
-import tempfile
 import time
-import warnings
 
 import cv2
 import numpy as np
 import torch
-import tqdm
+from omegaconf import OmegaConf
+from PIL import Image, ImageOps
 
-import detectron2.data.transforms as T
-from detectron2.config import get_cfg
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
-from detectron2.engine.defaults import DefaultPredictor
-from detectron2.modeling import build_model
+from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
-from detectron2.utils.visualizer import ColorMode, Visualizer
+from detectron2.utils.visualizer import Visualizer
 
-# Importing panet_d2 registers its backbone, heads, meta-architectures and datasets.
-from panet_d2 import PANetCheckpointer, add_panet_config
-from panet_d2.errors import CheckpointError as CheckpointShapeError
-from panet_d2.engine import (
-    CheckpointError,
-    ImageLoadError,
-    InputError,
-    adapt_config_to_machine,
-    clean_error_message,
+from panet_d2 import add_panet_config  # importing panet_d2 registers its models and datasets
+from panet_d2.data import PanopticLabelSpace
+from panet_d2.errors import CheckpointError, ConfigError, ImageLoadError, InputError
+
+logger = logging.getLogger("panet_d2.demo")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# the LazyConfig keys that take --confidence-threshold (ROI heads, RetinaNet, panoptic merges)
+LAZY_SCORE_KEYS = (
+    "model.roi_heads.box_predictor.test_score_thresh",
+    "model.test_score_thresh",
+    "model.panoptic_merge.instances_score_thresh",
+    "model.combine_instances_score_thresh",
 )
-
-# constants
-WINDOW_NAME = "PANet detections"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class PANetPredictor(DefaultPredictor):
-    """
-    Detectron2's :class:`DefaultPredictor` (one BGR image in, the model's outputs out) whose
-    weights are loaded with :class:`PANetCheckpointer` (clear errors for a checkpoint that does
-    not exist or does not fit).
-    """
-
-    def __init__(self, cfg):
-        # DefaultPredictor.__init__, with PANetCheckpointer
-        self.cfg = cfg.clone()  # cfg can be modified by model
-        self.model = build_model(self.cfg)
-        self.model.eval()
-        if len(cfg.DATASETS.TEST):
-            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
-        try:
-            PANetCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        except (FileNotFoundError, CheckpointShapeError, RuntimeError) as e:
-            raise CheckpointError(str(e)) from e
-        self.aug = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
-        self.input_format = cfg.INPUT.FORMAT
-        assert self.input_format in ["RGB", "BGR"], self.input_format
-
-
-class VisualizationDemo:
-    """Runs a :class:`PANetPredictor` and draws its predictions with Detectron2's Visualizer."""
-
-    def __init__(self, cfg, instance_mode=ColorMode.IMAGE):
-        self.metadata = MetadataCatalog.get(
-            cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
-        )
-        self.cpu_device = torch.device("cpu")
-        self.instance_mode = instance_mode
-        self.predictor = PANetPredictor(cfg)
-
-    def run_on_image(self, image):
-        """
-        Args:
-            image (np.ndarray): an image of shape (H, W, C) (in BGR order).
-
-        Returns:
-            predictions (dict): the output of the model.
-            vis_output (VisImage): the visualized image output.
-        """
-        vis_output = None
-        predictions = self.predictor(image)
-        # Convert image from OpenCV BGR format to Matplotlib RGB format.
-        image = image[:, :, ::-1]
-        visualizer = Visualizer(image, self.metadata, instance_mode=self.instance_mode)
-        if "panoptic_seg" in predictions:
-            panoptic_seg, segments_info = predictions["panoptic_seg"]
-            vis_output = visualizer.draw_panoptic_seg_predictions(
-                panoptic_seg.to(self.cpu_device), segments_info
-            )
-        else:
-            if "sem_seg" in predictions:
-                vis_output = visualizer.draw_sem_seg(
-                    predictions["sem_seg"].argmax(dim=0).to(self.cpu_device)
-                )
-            if "instances" in predictions:
-                instances = predictions["instances"].to(self.cpu_device)
-                vis_output = visualizer.draw_instance_predictions(predictions=instances)
-        return predictions, vis_output
-
-    def run_on_video(self, video):
-        """
-        Visualizes predictions on frames of a video (a cv2.VideoCapture: file or webcam).
-
-        Yields:
-            ndarray: BGR visualizations of each video frame.
-        """
-        video_visualizer = VideoVisualizer(self.metadata, self.instance_mode)
-        while video.isOpened():
-            success, frame = video.read()
-            if not success:
-                break
-            predictions = self.predictor(frame)
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            if "panoptic_seg" in predictions:
-                panoptic_seg, segments_info = predictions["panoptic_seg"]
-                vis_frame = video_visualizer.draw_panoptic_seg_predictions(
-                    rgb, panoptic_seg.to(self.cpu_device), segments_info
-                )
-            elif "instances" in predictions:
-                instances = predictions["instances"].to(self.cpu_device)
-                vis_frame = video_visualizer.draw_instance_predictions(rgb, instances)
-            elif "sem_seg" in predictions:
-                vis_frame = video_visualizer.draw_sem_seg(
-                    rgb, predictions["sem_seg"].argmax(dim=0).to(self.cpu_device)
-                )
-            else:
-                vis_frame = None
-            # Converts Matplotlib RGB format to OpenCV BGR format
-            yield frame if vis_frame is None else cv2.cvtColor(
-                vis_frame.get_image(), cv2.COLOR_RGB2BGR
-            )
-
-
-def setup_cfg(args):
-    # load config from file and command-line arguments
-    if not os.path.isfile(args.config_file):
-        raise InputError(
-            "Config file {!r} (--config-file) does not exist.".format(args.config_file)
-        )
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    # Set score_threshold for builtin models
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
-    cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = args.confidence_threshold
-    notes = adapt_config_to_machine(cfg)  # CPU when CUDA is not available
-    cfg.freeze()
-    return cfg, notes
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(description="PANet demo for panet_d2 configs")
-    parser.add_argument(
-        "--config-file",
-        default="configs/quick_schedules/panet_R_18_synth_instance.yaml",
-        metavar="FILE",
-        help="path to config file",
-    )
-    parser.add_argument("--webcam", action="store_true", help="Take inputs from webcam.")
-    parser.add_argument("--video-input", help="Path to video file.")
-    parser.add_argument(
-        "--input",
-        nargs="+",
-        help="Input images: files, glob patterns such as 'directory/*.jpg', or folders",
-    )
-    parser.add_argument(
-        "--output",
-        help="A file or directory to save output visualizations. "
-        "If not given, will show output in an OpenCV window.",
-    )
-    parser.add_argument(
-        "--confidence-threshold",
-        type=float,
-        default=0.5,
-        help="Minimum score for instance predictions to be shown",
-    )
-    parser.add_argument(
+    p = argparse.ArgumentParser(description="panet_d2 demo")
+    p.add_argument("--config-file", metavar="FILE", required=True, help="a .yaml or a .py")
+    p.add_argument("--webcam", action="store_true", help="read frames from the webcam")
+    p.add_argument("--video-input", help="a video file")
+    p.add_argument("--input", nargs="+", help="image files, glob patterns or folders")
+    p.add_argument("--output", help="a folder or a file; default: show in a window")
+    p.add_argument("--confidence-threshold", type=float, default=0.5, help="min instance score")
+    p.add_argument(
         "--opts",
-        help="Modify config options using the command-line 'KEY VALUE' pairs",
         default=[],
         nargs=argparse.REMAINDER,
+        help="config changes: KEY VALUE pairs (.yaml) or key=value (.py)",
     )
-    return parser
+    return p
 
 
-def expand_inputs(inputs):
-    """
-    Image paths from --input: files, glob patterns and folders (their image files, sorted).
+class LazyPredictor(DefaultPredictor):
+    """DefaultPredictor's __call__ on a LazyConfig model (its constructor takes a yacs config)."""
 
-    Raises:
-        InputError: an input that is neither an existing file, a folder with images, nor a
-            pattern that matches files.
-    """
-    paths = []
-    for item in inputs:
-        item = os.path.expanduser(item)
-        if os.path.isdir(item):
-            found = sorted(
-                os.path.join(item, n)
-                for n in os.listdir(item)
-                if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(item, n))
-            )
-            if not found:
-                raise InputError("Input folder {!r} contains no image files.".format(item))
-            paths += found
-        elif os.path.isfile(item):
-            paths.append(item)
-        elif glob.has_magic(item):
-            found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
-            if not found:
-                raise InputError("Input pattern {!r} matches no files.".format(item))
-            paths += found
+    def __init__(self, model, aug, input_format, metadata, device):
+        self.cfg = CfgNode({"MODEL": {"DEVICE": device}})  # all of cfg that __call__ reads
+        self.model, self.aug, self.input_format, self.metadata = model, aug, input_format, metadata
+
+
+def _check_weights(path, key):
+    if path and "://" not in path and not os.path.isfile(path):
+        raise CheckpointError("Checkpoint {!r} ({}) does not exist.".format(path, key))
+    return path
+
+
+def _device(device):  # a CUDA config runs on the CPU where CUDA is not available
+    return "cpu" if device.startswith("cuda") and not torch.cuda.is_available() else device
+
+
+def build_predictor(args):
+    """A DefaultPredictor (yacs config) or LazyPredictor (LazyConfig) for the parsed arguments."""
+    path, score = args.config_file, args.confidence_threshold
+    if not os.path.isfile(path):
+        raise InputError("Config file {!r} (--config-file) does not exist.".format(path))
+    try:
+        if path.endswith(".py"):
+            cfg = LazyConfig.apply_overrides(LazyConfig.load(path), args.opts)
         else:
-            raise InputError("Input image {!r} does not exist.".format(item))
+            cfg = get_cfg()
+            add_panet_config(cfg)
+            cfg.merge_from_file(path)
+            cfg.merge_from_list(args.opts)
+    except InputError:
+        raise
+    except Exception as e:  # yacs, omegaconf and hydra errors: name the file and the --opts
+        hint = " (--opts of a .py are key=value)" if path.endswith(".py") and args.opts else ""
+        raise ConfigError(
+            "Config {!r} with --opts {}{}: {}".format(path, args.opts, hint, e)
+        ) from e
+    if isinstance(cfg, CfgNode):
+        _check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = score
+        cfg.MODEL.DEVICE = _device(cfg.MODEL.DEVICE)
+        return DefaultPredictor(cfg)
+    weights = _check_weights(
+        OmegaConf.select(cfg, "train.init_checkpoint", default=""), "train.init_checkpoint"
+    )
+    for key in (k for k in LAZY_SCORE_KEYS if OmegaConf.select(cfg, k) is not None):
+        OmegaConf.update(cfg, key, score)
+    device = _device(OmegaConf.select(cfg, "train.device", default="cuda"))
+    model = instantiate(cfg.model).to(device).eval()
+    DetectionCheckpointer(model).load(weights)
+    augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentations")
+    augs = instantiate(augs) if augs else [T.ResizeShortestEdge(800, 1333)]
+    aug = augs[0] if len(augs) == 1 else T.AugmentationList(augs)
+    if len(augs) > 1:  # DefaultPredictor calls get_transform, which AugmentationList has not
+        aug.get_transform = lambda image: aug(T.AugInput(image))
+    names = OmegaConf.select(cfg, "dataloader.test.dataset.names")
+    names = [names] if isinstance(names, str) else names
+    metadata = MetadataCatalog.get(names[0]) if names else None
+    input_format = OmegaConf.select(cfg, "model.input_format", default="BGR")
+    return LazyPredictor(model, aug, input_format, metadata, device)
+
+
+def draw(rgb, predictions, metadata, video_visualizer=None):
+    """The predictions drawn on an RGB image with Visualizer (VideoVisualizer for video frames)."""
+    vis = video_visualizer or Visualizer(rgb, metadata)
+    frame = (rgb,) if video_visualizer else ()
+    if "panoptic_seg" in predictions:  # ids in Panoptic FPN's "separated" convention
+        seg, segments = predictions["panoptic_seg"]
+        if metadata.get("stuff_dataset_id_to_contiguous_id") is not None:
+            labels = PanopticLabelSpace.from_metadata(metadata)  # to the dataset's convention
+            segments = (
+                segments if labels.is_separated else labels.segments_info_to_dataset(segments)
+            )
+        out = vis.draw_panoptic_seg_predictions(*frame, seg.cpu(), segments)
+    elif "instances" in predictions:
+        out = vis.draw_instance_predictions(*frame, predictions["instances"].to("cpu"))
+    else:
+        out = vis.draw_sem_seg(*frame, predictions["sem_seg"].argmax(dim=0).cpu())
+    return out.get_image()
+
+
+def read_bgr(path):
+    """An image as BGR uint8 by Detectron2's read_image (EXIF orientation applied), except 16-bit
+    gray, which PIL's convert("RGB") would clip to white: that is scaled to 8 bit here."""
+    try:
+        with Image.open(path) as im:
+            if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+                gray = np.asarray(ImageOps.exif_transpose(im), dtype=np.float64) / 257
+                return np.repeat(np.round(gray).astype(np.uint8)[:, :, None], 3, axis=2)
+            mode = im.mode
+        if mode not in ("I", "F"):
+            return read_image(path, format="BGR")
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable files
+        raise ImageLoadError("Cannot read input image {!r}: {}".format(path, e)) from e
+    raise ImageLoadError(
+        "Input image {!r} has PIL mode {!r} (32-bit pixels); the demo reads 8- "
+        "and 16-bit images.".format(path, mode)
+    )
+
+
+def expand_inputs(items):
+    """The image files of --input: files, glob patterns and folders (their images, sorted)."""
+    paths = []
+    for item in map(os.path.expanduser, items):
+        if os.path.isdir(item):
+            found = [
+                os.path.join(item, n)
+                for n in sorted(os.listdir(item))
+                if n.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        else:
+            found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
+        if not found:
+            raise InputError(
+                "Input {!r} (--input): no such image, folder with images, or "
+                "matching files.".format(item)
+            )
+        paths += found
     return paths
 
 
-def output_paths(paths, output):
-    """
-    The file each input's picture is saved to: ``output`` itself for one input and a file name
-    with an extension; else files named as the inputs in the folder ``output`` (created).
-    """
-    as_dir = (
-        os.path.isdir(output)
-        or output.endswith(("/", os.sep))
-        or not os.path.splitext(output)[1]
-        or len(paths) > 1
-    )
-    if not as_dir:
-        if os.path.dirname(output):
-            os.makedirs(os.path.dirname(output), exist_ok=True)
-        return [output]
-    if os.path.isfile(output):
-        raise InputError(
-            "--output {!r} is a file but there are {} inputs: give a folder.".format(
-                output, len(paths)
-            )
-        )
+def output_files(paths, output):
+    """Where each picture goes: `output` for one input given a file name; else in that folder."""
+    if len(paths) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1]:
+        os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+        return [output if cv2.haveImageWriter(output) else output + ".png"]
     os.makedirs(output, exist_ok=True)
-    out, used = [], set()
-    for p in paths:
-        name = os.path.basename(p)
-        stem, ext = os.path.splitext(name)
-        k = 1
-        while name in used:  # same file name from two folders
-            name = "{}_{}{}".format(stem, k, ext)
-            k += 1
-        used.add(name)
-        out.append(os.path.join(output, name))
-    return out
+    names = [os.path.basename(p if cv2.haveImageWriter(p) else p + ".png") for p in paths]
+    names = [n if names.count(n) == 1 else "{}_{}".format(i, n) for i, n in enumerate(names)]
+    return [os.path.join(output, n) for n in names]  # above: one name from two folders
 
 
-def _read_image(path):
+def show(rgb, wait_ms):
+    """Shows a picture in a window; True when Esc is pressed."""
     try:
-        # use PIL, to be consistent with evaluation
-        return read_image(path, format="BGR")
-    except Exception as e:
-        raise ImageLoadError(
-            "Cannot read input image {!r}: {}: {}".format(path, type(e).__name__, e)
-        ) from e
-
-
-def test_opencv_video_format(codec, file_ext):
-    with tempfile.TemporaryDirectory(prefix="video_format_test") as dir:
-        filename = os.path.join(dir, "test_file" + file_ext)
-        writer = cv2.VideoWriter(
-            filename=filename,
-            fourcc=cv2.VideoWriter_fourcc(*codec),
-            fps=float(30),
-            frameSize=(10, 10),
-            isColor=True,
-        )
-        [writer.write(np.zeros((10, 10, 3), np.uint8)) for _ in range(30)]
-        writer.release()
-        return os.path.isfile(filename)
+        cv2.imshow("panet_d2 demo", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        raise InputError(
+            "OpenCV cannot open a window here (opencv-python-headless, or no display):"
+            " pass --output FOLDER_OR_FILE, or install opencv-python."
+        ) from None
+    return cv2.waitKey(wait_ms) == 27
 
 
 def run(args):
-    """
-    Runs the demo for parsed arguments.
-
-    Returns:
-        list[str]: the files written (empty when showing in a window).
-    """
-    setup_logger(name="fvcore")
-    logger = setup_logger()
-    logger.info("Arguments: " + str(args))
-    cfg, notes = setup_cfg(args)
-    for note in notes:
-        logger.warning(note)
-    written = []
-
-    if args.input:
-        paths = expand_inputs(args.input)
-        outputs = output_paths(paths, args.output) if args.output else [None] * len(paths)
-        for path in paths:  # fail before loading the model if an input is unreadable
-            if not os.access(path, os.R_OK):
-                raise ImageLoadError("Input image {!r} is not readable.".format(path))
-        demo = VisualizationDemo(cfg)
-        for path, out_filename in tqdm.tqdm(
-            list(zip(paths, outputs)), disable=not args.output, desc="demo"
-        ):
-            img = _read_image(path)
-            start_time = time.time()
-            predictions, visualized_output = demo.run_on_image(img)
-            logger.info(
-                "{}: {} in {:.2f}s".format(
-                    path,
-                    (
-                        "detected {} instances".format(len(predictions["instances"]))
-                        if "instances" in predictions
-                        else "finished"
-                    ),
-                    time.time() - start_time,
-                )
-            )
-            if out_filename:
-                visualized_output.save(out_filename)
-                written.append(out_filename)
-            else:
-                cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
-                cv2.imshow(WINDOW_NAME, visualized_output.get_image()[:, :, ::-1])
-                if cv2.waitKey(0) == 27:
-                    break  # esc to quit
-    elif args.webcam:
-        if args.output:
-            raise InputError("--output is not supported with --webcam.")
-        demo = VisualizationDemo(cfg)
-        cam = cv2.VideoCapture(0)
-        for vis in tqdm.tqdm(demo.run_on_video(cam)):
-            cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
-            cv2.imshow(WINDOW_NAME, vis)
-            if cv2.waitKey(1) == 27:
-                break  # esc to quit
-        cam.release()
-        cv2.destroyAllWindows()
-    elif args.video_input:
-        if not os.path.isfile(args.video_input):
-            raise InputError("Video file {!r} does not exist.".format(args.video_input))
-        demo = VisualizationDemo(cfg)
-        video = cv2.VideoCapture(args.video_input)
-        if not video.isOpened():
-            raise ImageLoadError("Cannot open video {!r}.".format(args.video_input))
-        width = int(video.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        frames_per_second = video.get(cv2.CAP_PROP_FPS) or 30.0
-        num_frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
-        basename = os.path.basename(args.video_input)
-        codec, file_ext = (
-            ("x264", ".mkv") if test_opencv_video_format("x264", ".mkv") else ("mp4v", ".mp4")
-        )
-        if codec == "mp4v":
-            warnings.warn("x264 codec not available, switching to mp4v")
-        if args.output:
-            if os.path.isdir(args.output):
-                output_fname = os.path.join(args.output, basename)
-                output_fname = os.path.splitext(output_fname)[0] + file_ext
-            else:
-                output_fname = args.output
-            if os.path.isfile(output_fname):
-                raise InputError("Output video {!r} already exists.".format(output_fname))
-            output_file = cv2.VideoWriter(
-                filename=output_fname,
-                # some installation of opencv may not support x264 (due to its license),
-                # you can try other format (e.g. MPEG)
-                fourcc=cv2.VideoWriter_fourcc(*codec),
-                fps=float(frames_per_second),
-                frameSize=(width, height),
-                isColor=True,
-            )
-        for vis_frame in tqdm.tqdm(demo.run_on_video(video), total=num_frames):
-            if args.output:
-                output_file.write(vis_frame)
-            else:
-                cv2.namedWindow(basename, cv2.WINDOW_NORMAL)
-                cv2.imshow(basename, vis_frame)
-                if cv2.waitKey(1) == 27:
-                    break  # esc to quit
-        video.release()
-        if args.output:
-            output_file.release()
-            written.append(output_fname)
-        else:
-            cv2.destroyAllWindows()
-    else:
+    """Runs the demo; returns the files written."""
+    video = args.video_input
+    if not (args.input or video or args.webcam):
         raise InputError("Nothing to do: give --input, --video-input or --webcam.")
-    return written
+    if video and not args.input and not os.path.isfile(video):
+        raise InputError("Video file {!r} (--video-input) does not exist.".format(video))
+    if not args.output:
+        show(np.zeros((1, 1, 3), np.uint8), 1)  # fails now, before the model loads, if headless
+    paths = expand_inputs(args.input) if args.input else []
+    outputs = output_files(paths, args.output) if paths and args.output else [None] * len(paths)
+    predictor = build_predictor(args)
+    metadata = getattr(predictor, "metadata", None) or MetadataCatalog.get("__unused")
+    for path, out in zip(paths, outputs):
+        image, start = read_bgr(path), time.time()
+        predictions = predictor(image)
+        logger.info("%s: predicted in %.2fs", path, time.time() - start)
+        picture = draw(image[:, :, ::-1], predictions, metadata)
+        if out and not cv2.imwrite(out, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+            raise InputError("Cannot write the picture {!r} (--output).".format(out))
+        if not out and show(picture, 0):
+            break
+    return [o for o in outputs if o] if paths else run_video(args, predictor, metadata)
+
+
+def run_video(args, predictor, metadata):
+    capture, out, writer = cv2.VideoCapture(args.video_input or 0), args.output, None
+    if not capture.isOpened():
+        raise ImageLoadError("Cannot open the video {!r}.".format(args.video_input or "webcam"))
+    if out and (os.path.isdir(out) or not os.path.splitext(out)[1]):
+        stem = os.path.splitext(os.path.basename(args.video_input or "webcam"))[0]
+        out = os.path.join(out, stem + ".mp4")
+    visualizer = VideoVisualizer(metadata)
+    try:
+        ok, frame = capture.read()
+        while ok:  # until the video ends, Esc in the window, or Ctrl-C
+            picture = draw(frame[:, :, ::-1], predictor(frame), metadata, visualizer)
+            if not out and show(picture, 1):
+                break
+            if out and writer is None:
+                os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+                codec = cv2.VideoWriter_fourcc(*("MJPG" if out.endswith(".avi") else "mp4v"))
+                fps, size = capture.get(cv2.CAP_PROP_FPS) or 30.0, picture.shape[1::-1]
+                writer = cv2.VideoWriter(out, codec, fps, size)
+                if not writer.isOpened():
+                    raise InputError("Cannot write the video {!r}: use .mp4 or .avi.".format(out))
+            if out:
+                writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+            ok, frame = capture.read()
+    except KeyboardInterrupt:
+        logger.info("Stopped by Ctrl-C.")
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    return [out] if writer is not None else []
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    for name in ("fvcore", "detectron2", "panet_d2"):
+        setup_logger(name=name)
+    logger.info("Arguments: %s", args)
     try:
         return run(args)
     except InputError as e:
-        if argv is not None:  # called from Python: let the caller handle it
-            raise
-        sys.exit("ERROR: " + clean_error_message(e))
+        sys.exit("ERROR: " + " ".join(str(e).split()))
 
 
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    main()
