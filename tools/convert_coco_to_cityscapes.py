@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+"""
+Turn a COCO (80-class) PANet / Mask R-CNN checkpoint into the initial weights of a Cityscapes
+(8-class) model, as the PANet paper's "COCO" row of Table 9 (and Detectron's
+convert_coco_model_to_cityscapes.py) does: every tensor is kept; the class-dependent predictors
+keep the rows of the matching COCO classes (Cityscapes' rider starts from COCO's person).
+
+    python3 tools/convert_coco_to_cityscapes.py COCO_CHECKPOINT OUTPUT.pth
+"""
+import argparse
+import os
+import pickle
+import sys
+
+import torch
+
+from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+from detectron2.utils.file_io import PathManager
+
+# Cityscapes thing class -> the COCO class whose predictor rows it starts from
+COCO_NAME = {"rider": "person"}
+
+
+def cityscapes_to_coco_indices():
+    """For each Cityscapes thing class (Detectron2's order), its contiguous COCO index."""
+    coco = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+    cityscapes = MetadataCatalog.get("cityscapes_fine_instance_seg_train").thing_classes
+    return [coco.index(COCO_NAME.get(name, name)) for name in cityscapes]
+
+
+def convert(state_dict, indices):
+    """
+    Args:
+        state_dict (dict[str, Tensor]): a COCO model's state dict.
+        indices (list[int]): COCO class index of each new class.
+
+    Returns:
+        dict[str, Tensor]: the same tensors, the class-dependent ones restricted to ``indices``:
+        box classifier (K + 1 rows, background last), class-specific box regression (4 rows per
+        class), class-specific mask predictor (one output channel per class).
+    """
+    idx = torch.as_tensor(indices)
+    out = dict(state_dict)
+    for prefix in ("roi_heads.box_predictor.cls_score.",):
+        for suffix in ("weight", "bias"):
+            t = torch.as_tensor(state_dict[prefix + suffix])
+            out[prefix + suffix] = torch.cat([t[idx], t[-1:]])  # background stays last
+    for suffix in ("weight", "bias"):
+        key = "roi_heads.box_predictor.bbox_pred." + suffix
+        t = torch.as_tensor(state_dict[key])
+        if t.shape[0] > 4:  # class-specific regression
+            out[key] = t.view(-1, 4, *t.shape[1:])[idx].reshape(-1, *t.shape[1:])
+        key = "roi_heads.mask_head.predictor." + suffix
+        if key in state_dict and torch.as_tensor(state_dict[key]).shape[0] > 1:
+            out[key] = torch.as_tensor(state_dict[key])[idx]
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="COCO checkpoint (.pth of panet_d2 / Detectron2, or .pkl)")
+    parser.add_argument("output", help="where to write the Cityscapes initial weights (.pth)")
+    args = parser.parse_args(argv)
+    with PathManager.open(args.checkpoint, "rb") as f:
+        if args.checkpoint.endswith(".pkl"):  # Detectron2 model zoo: numpy arrays
+            state_dict = pickle.load(f, encoding="latin1")["model"]
+        else:
+            state_dict = torch.load(f, map_location="cpu", weights_only=False)["model"]
+    state_dict = {k: torch.as_tensor(v) for k, v in state_dict.items()}
+    num_classes = state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
+    if num_classes != 80:
+        sys.exit(
+            "ERROR: {} has a {}-class box predictor; expected a COCO (80-class) model.".format(
+                args.checkpoint, num_classes
+            )
+        )
+    converted = convert(state_dict, cityscapes_to_coco_indices())
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    torch.save({"model": converted, "__author__": "panet_d2 convert_coco_to_cityscapes"}, args.output)
+    print("Wrote {} (8 Cityscapes classes from COCO's {}).".format(args.output, cityscapes_to_coco_indices()))
+
+
+if __name__ == "__main__":
+    main()
