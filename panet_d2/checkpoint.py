@@ -55,9 +55,14 @@ class _AtomicFile:
         if exc_type is not None:
             self._pm.rm(self._tmp)  # the previous checkpoint stays as it was
             return False
-        try:
-            self._pm.mv(self._tmp, self._path)
-        except NotImplementedError:  # a storage without rename: copy, then remove
+        if "://" not in self._path:  # local: an atomic rename over the old file
+            os.replace(self._tmp, self._path)
+            return False
+        try:  # iopath's mv refuses an existing destination (returns False)
+            moved = self._pm.mv(self._tmp, self._path)
+        except NotImplementedError:
+            moved = False
+        if not moved:  # a storage without rename over a file: copy, then remove
             self._pm.copy(self._tmp, self._path, overwrite=True)
             self._pm.rm(self._tmp)
         return False

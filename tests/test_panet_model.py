@@ -206,6 +206,14 @@ def test_checkpoint_save_is_atomic_and_roundtrips(tmp_path):
     ckpt = PANetCheckpointer(model, save_dir=str(tmp_path))
     ckpt.save("model_0000009", iteration=9)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
+    # a later save replaces the tag; saving under the same name replaces the file
+    ckpt.save("model_0000010", iteration=10)
+    assert ckpt.get_checkpoint_file() == str(tmp_path / "model_0000010.pth")
+    ckpt.save("model_0000010", iteration=11)
+    assert torch.load(str(tmp_path / "model_0000010.pth"), weights_only=False)["iteration"] == 11
+    (tmp_path / "model_0000010.pth").unlink()
+    ckpt.save("model_0000009", iteration=9)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
     # a save that fails midway leaves the previous checkpoint and no partial file
     with pytest.raises(RuntimeError):
         ckpt.save("model_0000010", iteration=10, broken=_Unpicklable())
