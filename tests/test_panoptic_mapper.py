@@ -1,5 +1,6 @@
 # -*- coding: utf-8 -*-
-"""Panoptic label space, mapper and COCO panoptic registration, on the real COCO sample."""
+"""Panoptic label space, PanopticDatasetMapper and COCO panoptic registration, on the real COCO
+sample."""
 
 import copy
 import json
@@ -14,18 +15,18 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
-from detectron2.evaluation import COCOPanopticEvaluator, SemSegEvaluator
+from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.structures import Instances
 from panopticapi.utils import id2rgb
 from panopticapi.utils import rgb2id as api_rgb2id
 
-import panet_d2.data  # noqa: F401  (registers the lazy builtin names)
-from panet_d2.data.coco_panoptic import (
-    PanopticSemSegLoader,
+from panet_d2.data import (  # importing registers the lazy builtin names
+    PanopticDatasetMapper,
+    PanopticLabelSpace,
     coco_panoptic_separated_metadata,
     register_coco_panoptic_panet,
 )
-from panet_d2.data.panoptic_mapper import PanopticDatasetMapper, PanopticLabelSpace
+from panet_d2.errors import DatasetError, ImageLoadError
 from panet_d2.modeling.panoptic_merge import combine_semantic_and_instance_outputs
 
 NAME = "panet_test_coco_panoptic_sample"
@@ -137,7 +138,9 @@ def test_label_space_conventions():
     assert cs.thing_contiguous_ids == list(range(11, 19)) and cs.num_stuff == 11
     assert cs.thing_classes[0] == "person" and cs.stuff_classes[:2] == ["things", "road"]
     assert cs.contiguous_to_internal(11, True) == 0 and cs.contiguous_to_internal(0, False) == 1
-    assert cs.stuff_to_contiguous(11) == 10 and cs.thing_to_contiguous(7) == 18
+    assert cs.internal_to_contiguous(11, False) == 10 and cs.internal_to_contiguous(7, True) == 18
+    with pytest.raises(ValueError, match="stuff 12"):
+        cs.internal_to_contiguous(12, False)
     with pytest.raises(ValueError, match="5.*cityscapes_fine_panoptic_val"):
         cs.contiguous_to_internal(5, True)
     with pytest.raises(ValueError, match="9999.*coco_2017_val_panoptic"):
@@ -189,7 +192,7 @@ def test_mapper_from_config_and_inference(sample):
     assert min(out["image"].shape[1:]) == 200
     assert (out["height"], out["width"]) == (427, 640)
     assert out["file_name"] == d["file_name"] and out["image_id"] == d["image_id"]
-    assert not {"instances", "sem_seg", "segments_info", "annotations"} & set(out)
+    assert not {"instances", "sem_seg", "annotations"} & set(out)
 
 
 def test_mapper_many_segments_and_crop(tmp_path):
@@ -307,20 +310,6 @@ def test_merge_of_gt_reproduces_panoptic_gt(sample, tmp_path):
     assert res["PQ_st"] == pytest.approx(100)
 
 
-def test_sem_seg_loader_and_evaluator(sample):
-    loader = PanopticSemSegLoader(NAME)
-    ev = SemSegEvaluator(NAME, distributed=False, sem_seg_loading_fn=loader)
-    ev.reset()
-    for d in sample["dicts"]:
-        gt = loader(d["sem_seg_file_name"], dtype=int)
-        ids = _decode(d["pan_seg_file_name"])
-        exp, _ = _expected(ids, sample["raw"][d["image_id"]]["segments_info"], sample["categories"])
-        assert np.array_equal(gt, exp)
-        logits = torch.nn.functional.one_hot(torch.from_numpy(np.where(gt == 255, 0, gt)), 54)
-        ev.process([{"file_name": d["file_name"]}], [{"sem_seg": logits.permute(2, 0, 1).float()}])
-    assert ev.evaluate()["sem_seg"]["mIoU"] == pytest.approx(100)
-
-
 def test_detectron2_separated_style_dicts(sample, tmp_path):
     """Dicts like Detectron2's builtin *_panoptic_separated ones (instance annotations +
     preprocessed semantic PNG) give the same training data as the panoptic path."""
@@ -334,8 +323,8 @@ def test_detectron2_separated_style_dicts(sample, tmp_path):
     d = sample["dicts"][0]
     ref = mapper(d)
     ids = _decode(d["pan_seg_file_name"])
-    loader = PanopticSemSegLoader(NAME)
-    Image.fromarray(loader(d["pan_seg_file_name"], dtype=np.uint8)).save(tmp_path / "sem.png")
+    sem, _ = _expected(ids, sample["raw"][d["image_id"]]["segments_info"], sample["categories"])
+    Image.fromarray(sem.astype(np.uint8)).save(tmp_path / "sem.png")
     annos = []
     for s in d["segments_info"]:
         if s["isthing"]:
@@ -364,6 +353,21 @@ def test_detectron2_separated_style_dicts(sample, tmp_path):
     assert key(out["instances"]) == key(ref["instances"])
 
 
+def test_separated_style_dict_without_instances(sample):
+    """No non-crowd annotation: empty targets with masks (DatasetMapper's recompute_boxes alone
+    would look for masks that an empty Instances does not have)."""
+    mapper = PanopticDatasetMapper(
+        True, augmentations=[], image_format="BGR", label_space=sample["space"]
+    )
+    d = sample["dicts"][0]
+    crowd = {"bbox": [0, 0, 9, 9], "bbox_mode": 1, "category_id": 0, "iscrowd": 1}
+    for annotations in ([], [crowd]):
+        out = mapper({"file_name": d["file_name"], "image_id": 1, "annotations": annotations})
+        h, w = out["image"].shape[1:]
+        assert len(out["instances"]) == 0 and out["instances"].image_size == (h, w)
+        assert out["instances"].gt_masks.tensor.shape == (0, h, w)
+
+
 # ------------------------------------------------------------------ bad inputs
 def test_missing_and_unreadable_png(sample, tmp_path):
     mapper = PanopticDatasetMapper(
@@ -371,11 +375,11 @@ def test_missing_and_unreadable_png(sample, tmp_path):
     )
     d = copy.deepcopy(sample["dicts"][0])
     d["pan_seg_file_name"] = str(tmp_path / "nope.png")
-    with pytest.raises(FileNotFoundError, match="nope.png"):
+    with pytest.raises(ImageLoadError, match="nope.png"):
         mapper(d)
     (tmp_path / "bad.png").write_bytes(b"not a png")
     d["pan_seg_file_name"] = str(tmp_path / "bad.png")
-    with pytest.raises(FileNotFoundError, match="bad.png"):
+    with pytest.raises(ImageLoadError, match="bad.png"):
         mapper(d)
 
 
@@ -425,12 +429,12 @@ def test_bad_json_and_missing_files(sample, tmp_path):
     unk = tmp_path / "unknown.json"
     unk.write_text(json.dumps(js))
     _register_tmp("panet_test_unknown_cat", sample["root"], str(unk))
-    with pytest.raises(ValueError, match="9999.*panet_test_unknown_cat"):
+    with pytest.raises(ValueError, match="panet_test_unknown_cat.*9999"):
         DatasetCatalog.get("panet_test_unknown_cat")
 
     missing = tmp_path / "missing.json"
     _register_tmp("panet_test_missing", sample["root"], str(missing))  # no error yet
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(DatasetError, match="panet_test_missing.*missing.json"):
         DatasetCatalog.get("panet_test_missing")
 
 
@@ -441,31 +445,6 @@ def test_builtin_names_registered_lazily():
         meta = MetadataCatalog.get(name)
         assert meta.evaluator_type == "coco_panoptic_seg" and len(meta.stuff_classes) == 54
         if not os.path.exists(meta.panoptic_json):
-            with pytest.raises(FileNotFoundError, match=f"panoptic_{split}2017.json(.|\n)*layout"):
+            expected = f"{name}.*panoptic_{split}2017.json.*DETECTRON2_DATASETS"
+            with pytest.raises(DatasetError, match=expected):
                 DatasetCatalog.get(name)
-
-
-def test_trainer_and_evaluator_read_panoptic_pngs_as_panoptic(sample, tmp_path, monkeypatch):
-    """coco_*_panoptic_panet dicts point sem_seg_file_name at the panoptic PNG: training must use
-    PanopticDatasetMapper (not Detectron2's DatasetMapper) and mIoU must derive its ground truth
-    from the panoptic PNG."""
-    from detectron2.config import get_cfg
-    from detectron2.evaluation import SemSegEvaluator
-
-    from panet_d2 import add_panet_config
-    from panet_d2.engine import build_train_mapper
-    from panet_d2 import evaluation
-    from panet_d2.evaluation import build_evaluator
-
-    # the sample has no instances json for COCOEvaluator; only the semantic evaluator matters here
-    monkeypatch.setattr(evaluation, "COCOEvaluator", lambda *a, **k: None)
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs",
-                                     "COCO-PanopticSegmentation", "panoptic_panet_R_50_1x.yaml"))
-    cfg.DATASETS.TRAIN = (NAME,)
-    cfg.DATASETS.TEST = (NAME,)
-    cfg.OUTPUT_DIR = str(tmp_path)
-    assert isinstance(build_train_mapper(cfg, sample["dicts"]), PanopticDatasetMapper)
-    sem = [e for e in build_evaluator(cfg, NAME)._evaluators if isinstance(e, SemSegEvaluator)][0]
-    assert isinstance(sem.sem_seg_loading_fn, PanopticSemSegLoader)

@@ -1,5 +1,6 @@
 # -*- coding: utf-8 -*-
-"""Tests of the generated dataset (panet_d2/data/synthetic.py): files, views, evaluators."""
+"""Tests of the generated dataset (panet_d2/data/synthetic/): files, views, evaluators."""
+
 import filecmp
 import os
 
@@ -11,8 +12,7 @@ pytest.importorskip("detectron2")
 pytest.importorskip("panopticapi")
 
 import pycocotools.mask as mask_util  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -25,6 +25,7 @@ from panet_d2.data.synthetic import (  # noqa: E402
     get_synthetic_dataset_root,
     register_synthetic_dataset,
 )
+from panet_d2.errors import DatasetError  # noqa: E402
 
 PREFIX = "test_panet_synth"
 
@@ -62,7 +63,7 @@ def test_determinism(tmp_path):
     b = generate_synthetic_dataset(str(tmp_path / "b"), "x", 4, seed=3, image_size=96)
     c = generate_synthetic_dataset(str(tmp_path / "c"), "x", 4, seed=4, image_size=96)
     files = _files(a["dir"])
-    assert len(files) == 3 * 4 + 3  # 3 PNGs per image, 2 jsons, DONE marker
+    assert len(files) == 3 * 4 + 2  # 3 PNGs per image, 2 jsons
     assert files == _files(b["dir"]) == _files(c["dir"])
     _, mismatch, errors = filecmp.cmpfiles(a["dir"], b["dir"], files, shallow=False)
     assert not mismatch and not errors
@@ -86,20 +87,20 @@ def test_env_root_and_errors(tmp_path, monkeypatch):
     # not writable: the cache "directory" is below a regular file
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ValueError, match="file"):
+    with pytest.raises(DatasetError, match="PANET_D2_DATASETS"):
         generate_synthetic_dataset(str(blocker / "sub"), "e", 2, seed=0, image_size=64)
 
     # missing / corrupt generated files
     os.remove(os.path.join(paths["sem_seg_root"], "000002.png"))
-    with pytest.raises(FileNotFoundError, match="000002.png"):
+    with pytest.raises(DatasetError, match="sem_seg/000002.png"):
         generate_synthetic_dataset(None, "e", 2, seed=0, image_size=64)
     with open(paths["panoptic_json"], "w") as f:
         f.write("{not json")
-    with pytest.raises(ValueError, match="panoptic.json"):
+    with pytest.raises(DatasetError, match="panoptic.json"):
         generate_synthetic_dataset(None, "e", 2, seed=0, image_size=64)
 
 
-def test_registration():
+def test_registration(tmp_path, monkeypatch):
     import panet_d2.data  # noqa: F401  (registers the default names)
 
     for split in DEFAULT_SPLITS:
@@ -125,8 +126,21 @@ def test_registration():
         assert hasattr(meta, key), key
     assert MetadataCatalog.get("panet_synth_train").evaluator_type == "coco"
     assert MetadataCatalog.get("panet_synth_train_sem_seg").evaluator_type == "sem_seg"
-    # lazy: importing only registers (the cache folder name encodes version/split/seed/size)
+    # $PANET_D2_DATASETS is read when a file is asked for, not at import: the split goes there
+    monkeypatch.setenv("PANET_D2_DATASETS", str(tmp_path / "late"))
+    assert meta.json_file.startswith(str(tmp_path / "late")) and os.path.isfile(meta.json_file)
     assert "_val_seed" in meta.json_file
+
+
+def test_env_read_when_loading(tmp_path, monkeypatch):
+    """Registered with root=None, a split goes where $PANET_D2_DATASETS points when it is loaded."""
+    monkeypatch.setenv("PANET_D2_DATASETS", str(tmp_path / "before"))
+    register_synthetic_dataset("test_env_synth", splits={"a": {"num_images": 1, "seed": 1}})
+    monkeypatch.setenv("PANET_D2_DATASETS", str(tmp_path / "after"))
+    (d,) = DatasetCatalog.get("test_env_synth_a_panoptic")
+    assert d["file_name"].startswith(str(tmp_path / "after"))
+    assert not os.path.exists(tmp_path / "before")
+    assert MetadataCatalog.get("test_env_synth_a").json_file.startswith(str(tmp_path / "after"))
 
 
 def test_views(synth_root):
@@ -136,9 +150,7 @@ def test_views(synth_root):
         pan = DatasetCatalog.get(f"{PREFIX}_{split}_panoptic")
         sem = DatasetCatalog.get(f"{PREFIX}_{split}_sem_seg")
         assert len(inst) == len(pan) == len(sem) == n
-        assert sum(len(d["annotations"]) for d in inst) == sum(
-            len(d["annotations"]) for d in pan
-        )
+        assert sum(len(d["annotations"]) for d in inst) == sum(len(d["annotations"]) for d in pan)
         for d in pan:
             for key in (
                 "file_name",
@@ -197,8 +209,12 @@ def test_pixel_agreement(synth_root):
                 m = pan == s["id"]
                 assert int(m.sum()) == s["area"] > 0
                 ys, xs = np.nonzero(m)
-                assert s["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
-                                     ys.max() - ys.min() + 1]
+                assert s["bbox"] == [
+                    xs.min(),
+                    ys.min(),
+                    xs.max() - xs.min() + 1,
+                    ys.max() - ys.min() + 1,
+                ]
                 if s["isthing"]:
                     expected_sem[m] = 0
                     match = [
@@ -217,8 +233,9 @@ def test_pixel_agreement(synth_root):
             np.testing.assert_array_equal(sem, expected_sem)
             num_void += int((pan == 0).sum() > 0)
 
-            xyxy = np.array([BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
-                             for a in anns]).reshape(-1, 4)
+            xyxy = np.array(
+                [BoxMode.convert(a["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for a in anns]
+            ).reshape(-1, 4)
             for i in range(len(xyxy)):
                 for j in range(i + 1, len(xyxy)):
                     ix = min(xyxy[i, 2], xyxy[j, 2]) - max(xyxy[i, 0], xyxy[j, 0])
@@ -228,23 +245,6 @@ def test_pixel_agreement(synth_root):
     assert boxes_overlap
     assert max(areas) > 10 * min(areas)
     assert meta.stuff_dataset_id_to_contiguous_id[4] == 1
-
-
-def test_dataset_mapper(synth_root):
-    cfg = get_cfg()
-    cfg.MODEL.MASK_ON = True
-    cfg.INPUT.MASK_FORMAT = "bitmask"
-    cfg.INPUT.MIN_SIZE_TRAIN = (160,)
-    cfg.INPUT.MAX_SIZE_TRAIN = 320
-    mapper = DatasetMapper(cfg, is_train=True)
-    d = DatasetCatalog.get(f"{PREFIX}_val_panoptic")[0]
-    out = mapper(d)
-    assert out["image"].shape == (3, 160, 160)
-    inst = out["instances"]
-    assert len(inst) == len(d["annotations"]) > 0
-    assert inst.gt_masks.tensor.shape == (len(inst), 160, 160)
-    assert out["sem_seg"].shape == (160, 160) and out["sem_seg"].dtype == torch.long
-    assert set(out["sem_seg"].unique().tolist()) <= {0, 1, 2, 3, 255}
 
 
 def test_panoptic_evaluator_gt_is_perfect(synth_root):

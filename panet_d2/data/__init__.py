@@ -1,5 +1,20 @@
 # -*- coding: utf-8 -*-
-"""Datasets and dataset mappers of panet_d2. Importing this registers the generated dataset."""
-from . import synthetic as _synthetic  # registers the generated dataset
-from . import coco_panoptic as _coco_panoptic  # registers coco_2017_*_panoptic_panet (lazy)
-from .panoptic_mapper import PanopticDatasetMapper, PanopticLabelSpace  # noqa: F401
+"""Datasets and the panoptic dataset mapper. Importing this registers the datasets (names only)."""
+
+from . import coco_panoptic as _  # only registration: coco_2017_{train,val}_panoptic_panet
+from .coco_panoptic import coco_panoptic_separated_metadata, register_coco_panoptic_panet
+from .label_space import PanopticLabelSpace
+from .panoptic_mapper import PanopticDatasetMapper, read_panoptic_png
+from .synthetic import generate_synthetic_dataset, register_synthetic_dataset
+
+register_synthetic_dataset()  # panet_synth_{train,val}{,_panoptic,_sem_seg}
+
+__all__ = [
+    "PanopticDatasetMapper",
+    "PanopticLabelSpace",
+    "coco_panoptic_separated_metadata",
+    "generate_synthetic_dataset",
+    "read_panoptic_png",
+    "register_coco_panoptic_panet",
+    "register_synthetic_dataset",
+]

@@ -1,0 +1,136 @@
+# -*- coding: utf-8 -*-
+"""Converts category ids between a panoptic dataset's convention and the model's (separated) one.
+
+The model's convention is Detectron2's ``*_panoptic_separated`` one: thing classes ``0..T-1``
+(``gt_classes``); semantic labels ``0`` = any thing pixel, ``1..S`` = stuff, ``255`` = void.
+"""
+
+from typing import List, Tuple
+
+from ..errors import DatasetError
+
+__all__ = ["PanopticLabelSpace"]
+
+
+class PanopticLabelSpace:
+    """
+    The thing and stuff categories of a panoptic dataset, from its metadata's
+    ``{thing,stuff}_dataset_id_to_contiguous_id``, in one of Detectron2's conventions:
+
+    * separated (``coco_2017_*_panoptic_separated``, this project's datasets): things ``0..T-1``,
+      stuff ``1..S`` (its "things" entry ``0 -> 0`` skipped): the model's ids are the dataset's;
+    * one contiguous space (``coco_2017_*_panoptic``, ``cityscapes_fine_panoptic_*``), whose
+      stuff entries that are things are skipped: model thing ``i`` is the ``i``-th smallest thing
+      contiguous id, model stuff ``s`` the ``s``-th smallest stuff contiguous id.
+
+    Attributes:
+        dataset_name (str)
+        thing_dataset_ids, stuff_dataset_ids (list[int]): sorted dataset category ids.
+        thing_contiguous_ids, stuff_contiguous_ids (list[int]): sorted contiguous ids.
+        thing_classes (list[str]): T names; stuff_classes (list[str]): ``["things"]`` + S names.
+        num_things, num_stuff (int); num_sem_classes (int): S + 1.
+        is_separated (bool): whether the model's ids are the dataset's contiguous ids.
+    """
+
+    def __init__(self, thing_map, stuff_map, thing_names=None, stuff_names=None, dataset_name="?"):
+        self.dataset_name = dataset_name
+        things = {int(k): int(v) for k, v in thing_map.items()}
+        stuff = {int(k): int(v) for k, v in stuff_map.items()}
+        stuff = {k: v for k, v in stuff.items() if k not in things}
+        self._maps = (things, stuff)
+        self.thing_dataset_ids, self.stuff_dataset_ids = sorted(things), sorted(stuff)
+        self.thing_contiguous_ids = sorted(set(things.values()))
+        self.stuff_contiguous_ids = sorted(set(stuff.values()))
+        self._contiguous_to_internal = (
+            {c: i for i, c in enumerate(self.thing_contiguous_ids)},
+            {c: s + 1 for s, c in enumerate(self.stuff_contiguous_ids)},
+        )
+        self._dataset_to_internal = (
+            {k: self._contiguous_to_internal[0][v] for k, v in things.items()},
+            {k: self._contiguous_to_internal[1][v] for k, v in stuff.items()},
+        )
+        self.num_things = len(self.thing_contiguous_ids)
+        self.num_stuff = len(self.stuff_contiguous_ids)
+        self.num_sem_classes = self.num_stuff + 1
+        self.is_separated = self.thing_contiguous_ids == list(range(self.num_things)) and (
+            self.stuff_contiguous_ids == list(range(1, self.num_stuff + 1))
+        )
+
+        def names(given, ids, kind):
+            return [given[c] if given and 0 <= c < len(given) else f"{kind}_{c}" for c in ids]
+
+        self.thing_classes = names(thing_names, self.thing_contiguous_ids, "thing")
+        self.stuff_classes = ["things"] + names(stuff_names, self.stuff_contiguous_ids, "stuff")
+
+    @classmethod
+    def from_metadata(cls, meta) -> "PanopticLabelSpace":
+        """From a Detectron2 ``Metadata`` (or a dict with the same keys)."""
+        name = meta.get("name", "<unnamed dataset>")
+        things = meta.get("thing_dataset_id_to_contiguous_id")
+        stuff = meta.get("stuff_dataset_id_to_contiguous_id")
+        if things is None or stuff is None:
+            raise DatasetError(
+                f"Dataset {name!r}: metadata needs 'thing_dataset_id_to_contiguous_id' and "
+                "'stuff_dataset_id_to_contiguous_id' to define a panoptic label space"
+            )
+        stuff, stuff_names = dict(stuff), meta.get("stuff_classes")
+        # Detectron2's separated metadata has a "things" stuff entry 0 -> 0.
+        if stuff.get(0) == 0 and 0 not in things:
+            named = stuff_names and str(stuff_names[0]).lower() in ("things", "thing")
+            if named or 0 not in [v for k, v in stuff.items() if k != 0]:
+                del stuff[0]
+        return cls(things, stuff, meta.get("thing_classes"), stuff_names, name)
+
+    def dataset_id_to_internal(self, category_id: int) -> Tuple[bool, int]:
+        """Dataset category id -> (isthing, model thing index or stuff label 1..S)."""
+        for isthing, table in zip((True, False), self._dataset_to_internal):
+            if int(category_id) in table:
+                return isthing, table[int(category_id)]
+        raise DatasetError(
+            f"Unknown category id {category_id!r} in dataset {self.dataset_name!r}: neither one of "
+            f"its {self.num_things} thing nor {self.num_stuff} stuff dataset category ids"
+        )
+
+    def contiguous_to_internal(self, category_id: int, isthing: bool) -> int:
+        """The dataset's contiguous id (as in Detectron2-loaded ``segments_info``) -> model id."""
+        table = self._contiguous_to_internal[0 if isthing else 1]
+        if int(category_id) not in table:
+            raise DatasetError(
+                f"Unknown {'thing' if isthing else 'stuff'} contiguous category id {category_id!r}"
+                f" in dataset {self.dataset_name!r}; known: {sorted(table)}"
+            )
+        return table[int(category_id)]
+
+    def segment_to_internal(self, segment_info: dict) -> Tuple[bool, int]:
+        """
+        A ``segments_info`` entry -> (isthing, model id). An entry with ``"isthing"`` (Detectron2's
+        loaders) has a contiguous ``category_id``; one without (raw COCO json) a dataset id.
+        """
+        if "isthing" not in segment_info:
+            return self.dataset_id_to_internal(segment_info["category_id"])
+        isthing = bool(segment_info["isthing"])
+        return isthing, self.contiguous_to_internal(segment_info["category_id"], isthing)
+
+    def internal_to_contiguous(self, category_id: int, isthing: bool) -> int:
+        """Model id (thing index, or stuff label 1..S) -> the dataset's contiguous id."""
+        ids = self.thing_contiguous_ids if isthing else [None] + self.stuff_contiguous_ids
+        if not (0 if isthing else 1) <= int(category_id) < len(ids):
+            raise DatasetError(f"no {'thing' if isthing else 'stuff'} {category_id} in {self!r}")
+        return ids[int(category_id)]
+
+    def segments_info_to_dataset(self, segments_info: List[dict]) -> List[dict]:
+        """
+        A copy of the model's ``segments_info`` (model ids, with ``isthing``) with the dataset's
+        contiguous ``category_id``, as ``COCOPanopticEvaluator`` expects with its metadata.
+        """
+        return [
+            dict(s, category_id=self.internal_to_contiguous(s["category_id"], bool(s["isthing"])))
+            for s in segments_info
+        ]
+
+    def __eq__(self, other):
+        return isinstance(other, PanopticLabelSpace) and self._maps == other._maps
+
+    def __repr__(self):
+        counts = f"{self.num_things} things, {self.num_stuff} stuff"
+        return f"PanopticLabelSpace({self.dataset_name!r}, {counts})"
