@@ -1,24 +1,17 @@
 #!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 """
-PANet training script, in the manner of Detectron2's tools/train_net.py and
-projects/PointRend/train_net.py (same command line).
+PANet training script, with the command line of Detectron2's tools/train_net.py.
 
-Train (the quick schedule on the generated dataset; CPU is fine):
-    python3 train_net.py --config-file configs/quick_schedules/panet_R_18_synth_instance.yaml \
-        --num-gpus 1
-Evaluate a checkpoint:
+    python3 train_net.py --config-file configs/quick_schedules/panoptic_panet_R_18_synth.yaml \
+        --num-gpus 1                                        # train, then evaluate
     python3 train_net.py --config-file <cfg.yaml> --eval-only MODEL.WEIGHTS /path/to/model.pth
-Continue an interrupted run from the last checkpoint in OUTPUT_DIR:
-    python3 train_net.py --config-file <cfg.yaml> --resume
+    python3 train_net.py --config-file <cfg.yaml> --resume  # continue from OUTPUT_DIR
 
-The trainer (panet_d2.engine.PANetTrainer) is Detectron2's DefaultTrainer with PANet's
-checkpointer, evaluators chosen by the test datasets' evaluator_type, the panoptic mapper where
-needed, clear input errors and exact resumption; see panet_d2/engine.py.
-With TEST.AUG.ENABLED, the model is evaluated once more with test-time augmentation
-(GeneralizedRCNNWithTTA) after training / in --eval-only, results under "<key>_TTA".
-On a machine without CUDA, MODEL.DEVICE "cuda" falls back to "cpu" (and AMP is switched off).
+The trainer is :class:`panet_d2.engine.PANetTrainer`. A bad input (config, dataset, image,
+checkpoint: :class:`panet_d2.errors.InputError`) stops the run with one line "ERROR: ...".
 """
+
 import logging
 import os
 import sys
@@ -27,38 +20,22 @@ import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils.logger import setup_logger
 
-# Importing panet_d2 registers its backbone, heads, meta-architectures and datasets.
-from panet_d2 import PANetCheckpointer, add_panet_config
-from panet_d2.engine import (
-    InputError,
-    PANetTrainer,
-    adapt_config_to_machine,
-    clean_error_message,
-    load_checkpoint,
-    validate_datasets,
-)
-from panet_d2.errors import CheckpointError as CheckpointShapeError
+from panet_d2 import PANetCheckpointer, add_panet_config  # registers the models and datasets
+from panet_d2.engine import PANetTrainer, adapt_config_to_machine
+from panet_d2.errors import InputError, check_inputs, clean_error_message
 
 
 class Trainer(PANetTrainer):
-    """
-    The trainer of this script: :class:`panet_d2.engine.PANetTrainer` (Detectron2's
-    DefaultTrainer with PANetCheckpointer, build_evaluator by evaluator_type, test_with_TTA).
-    Override methods here to customise one experiment.
-    """
+    """The trainer of this script; override its methods here to customise an experiment."""
 
 
 def setup(args):
-    """
-    Create configs and perform basic setups.
-    """
-    if not args.config_file or not os.path.isfile(args.config_file):
+    """The config of the command line; sets up Detectron2's and panet_d2's loggers."""
+    if not os.path.isfile(args.config_file):
         raise InputError(
-            "Config file {!r} (--config-file) does not exist. Model-zoo configs are under "
-            "configs/ (or panet_d2.model_zoo.get_config_file('<dir>/<name>.yaml')).".format(
-                args.config_file
-            )
+            "Config file {!r} (--config-file) does not exist.".format(args.config_file)
         )
     cfg = get_cfg()
     add_panet_config(cfg)
@@ -66,50 +43,38 @@ def setup(args):
     cfg.merge_from_list(args.opts)
     notes = adapt_config_to_machine(cfg)
     cfg.freeze()
-    default_setup(cfg, args)
+    default_setup(cfg, args)  # the "detectron2" and "fvcore" loggers, config.yaml, seeds
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panet_d2")
     for note in notes:
-        logging.getLogger("detectron2").warning(note)
+        logging.getLogger("panet_d2").warning(note)
     return cfg
 
 
 def main(args):
     cfg = setup(args)
+    if not args.eval_only:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
 
-    if args.eval_only:
-        # clear errors for unregistered / missing / unparseable datasets before anything is built
-        # (the Trainer does the same for training)
-        validate_datasets(cfg, train=False)
-        model = Trainer.build_model(cfg)
-        checkpointer = PANetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
-        load_checkpoint(checkpointer, cfg.MODEL.WEIGHTS, resume=args.resume)
-        res = Trainer.test(cfg, model)
-        if cfg.TEST.AUG.ENABLED:
-            res.update(Trainer.test_with_TTA(cfg, model))
-        if comm.is_main_process():
-            verify_results(cfg, res)
-        return res
-
-    # With TEST.AUG.ENABLED the trainer evaluates once more with test-time augmentation after
-    # training (Detectron2's EvalHook(0, test_with_TTA), see PANetTrainer.build_hooks).
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    check_inputs(cfg, train=False)
+    model = Trainer.build_model(cfg)
+    checkpointer = PANetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+    results = Trainer.test(cfg, model)
+    if cfg.TEST.AUG.ENABLED:
+        results.update(Trainer.test_with_TTA(cfg, model))
+    if comm.is_main_process():
+        verify_results(cfg, results)
+    return results
 
 
-def invoke_main() -> None:
+def invoke_main():
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
     try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except (InputError, CheckpointShapeError) as e:
-        # a problem with the inputs: its message says what and where; no traceback
+        launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, (args,))
+    except InputError as e:
         sys.exit("ERROR: " + clean_error_message(e))
 
 

@@ -1,11 +1,14 @@
 # -*- coding: utf-8 -*-
 """
-Evaluators of panet_d2, chosen by the ``evaluator_type`` metadata of a dataset, as in
-Detectron2's ``tools/train_net.py``.
+Evaluation: the evaluators of a test dataset, chosen by its metadata's ``evaluator_type`` from a
+table of factories, and :class:`PanopticEvaluator` (PQ of the model's label convention on a
+dataset of any convention).
 """
+
+import logging
 import os
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
@@ -13,20 +16,72 @@ from detectron2.evaluation import (
     COCOPanopticEvaluator,
     DatasetEvaluators,
     LVISEvaluator,
+    PascalVOCDetectionEvaluator,
     SemSegEvaluator,
 )
 
-__all__ = ["SUPPORTED_EVALUATOR_TYPES", "build_evaluator", "check_evaluator_type"]
+from .data import PanopticLabelSpace
+from .errors import DatasetError
 
-# evaluator_type -> what build_evaluator returns for it
-SUPPORTED_EVALUATOR_TYPES = {
-    "coco": "COCOEvaluator (box AP, and mask AP when the model predicts masks)",
-    "coco_panoptic_seg": "COCOPanopticEvaluator + COCOEvaluator + SemSegEvaluator",
-    "sem_seg": "SemSegEvaluator",
-    "cityscapes_instance": "CityscapesInstanceEvaluator",
-    "cityscapes_sem_seg": "CityscapesSemSegEvaluator",
-    "cityscapes_panoptic_seg": "COCOPanopticEvaluator (Detectron2's cityscapes_fine_panoptic_*)",
-    "lvis": "LVISEvaluator",
+__all__ = ["PanopticEvaluator", "EVALUATORS", "build_evaluator", "check_evaluator_type"]
+
+logger = logging.getLogger(__name__)
+
+
+class PanopticEvaluator(COCOPanopticEvaluator):
+    """
+    Detectron2's :class:`COCOPanopticEvaluator` for a model whose ``panoptic_seg`` segments follow
+    Panoptic FPN's "separated" convention (things 0..T-1, stuff 1..S), as PanopticPANet's do: on a
+    dataset of another convention (``coco_2017_val_panoptic``, ``cityscapes_fine_panoptic_val``)
+    the segments' category ids are first converted to the dataset's (:class:`PanopticLabelSpace`).
+    """
+
+    def __init__(self, dataset_name, output_dir=None):
+        super().__init__(dataset_name, output_dir)
+        space = PanopticLabelSpace.from_metadata(self._metadata)
+        self._label_space = None if space.is_separated else space
+
+    def process(self, inputs, outputs):
+        if self._label_space is not None:
+            outputs = [self._to_dataset_ids(output) for output in outputs]
+        super().process(inputs, outputs)
+
+    def _to_dataset_ids(self, output):
+        panoptic_img, segments_info = output["panoptic_seg"]
+        if segments_info is None:  # category ids are in the image (label_divisor)
+            return output
+        segments_info = self._label_space.segments_info_to_dataset(segments_info)
+        return dict(output, panoptic_seg=(panoptic_img, segments_info))
+
+
+def _coco_panoptic(dataset_name, output_dir):
+    """PQ; box and mask AP with an instances json; mIoU when the records have semantic PNGs."""
+    evaluators = [PanopticEvaluator(dataset_name, output_dir)]
+    meta = MetadataCatalog.get(dataset_name)
+    things = sorted(meta.thing_dataset_id_to_contiguous_id.values())
+    if meta.get("json_file", None) and things == list(range(len(things))):
+        evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir))
+    else:
+        logger.info(
+            "No box/mask AP on {!r}: COCOEvaluator needs an instances json (metadata json_file) "
+            "and thing classes 0..T-1.".format(dataset_name)
+        )
+    records = DatasetCatalog.get(dataset_name)
+    if records and "sem_seg_file_name" in records[0]:
+        evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
+    return DatasetEvaluators(evaluators)
+
+
+# evaluator_type -> factory(dataset_name, output_dir) of the dataset's evaluator
+EVALUATORS = {
+    "coco": lambda name, out: COCOEvaluator(name, output_dir=out),
+    "coco_panoptic_seg": _coco_panoptic,
+    "sem_seg": lambda name, out: SemSegEvaluator(name, output_dir=out),
+    "cityscapes_instance": lambda name, out: CityscapesInstanceEvaluator(name),
+    "cityscapes_sem_seg": lambda name, out: CityscapesSemSegEvaluator(name),
+    "cityscapes_panoptic_seg": PanopticEvaluator,
+    "pascal_voc": lambda name, out: PascalVOCDetectionEvaluator(name),
+    "lvis": lambda name, out: LVISEvaluator(name, output_dir=out),
 }
 
 
@@ -36,21 +91,16 @@ def check_evaluator_type(dataset_name):
         str: the ``evaluator_type`` of a registered dataset.
 
     Raises:
-        ValueError: naming the dataset, its evaluator_type (or its absence) and the supported
-            types, when build_evaluator has no evaluator for it.
+        DatasetError: naming the dataset, its evaluator_type (or its absence) and the supported
+            types, when :data:`EVALUATORS` has none for it.
     """
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-    if evaluator_type not in SUPPORTED_EVALUATOR_TYPES:
-        found = (
-            "has no evaluator_type in its metadata"
-            if evaluator_type is None
-            else "has evaluator_type {!r}".format(evaluator_type)
-        )
-        raise ValueError(
-            "No evaluator for the test dataset {!r}: it {}. Supported evaluator types: {}. Set "
-            "MetadataCatalog.get({!r}).evaluator_type to one of them, or remove the dataset from "
-            "DATASETS.TEST.".format(
-                dataset_name, found, ", ".join(SUPPORTED_EVALUATOR_TYPES), dataset_name
+    if evaluator_type not in EVALUATORS:
+        found = "evaluator_type {!r}".format(evaluator_type) if evaluator_type else None
+        raise DatasetError(
+            "No evaluator for the test dataset {!r}: it has {}. Supported evaluator types: "
+            "{}.".format(
+                dataset_name, found or "no evaluator_type in its metadata", ", ".join(EVALUATORS)
             )
         )
     return evaluator_type
@@ -58,49 +108,11 @@ def check_evaluator_type(dataset_name):
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
     """
-    Create the evaluator(s) of a test dataset from its metadata's ``evaluator_type``
-    (see :data:`SUPPORTED_EVALUATOR_TYPES`).
-
-    Args:
-        cfg (CfgNode): the config (OUTPUT_DIR is used when ``output_folder`` is None).
-        dataset_name (str): a registered dataset.
-        output_folder (str or None): where evaluators write their files; default
-            ``<OUTPUT_DIR>/inference``.
-
     Returns:
-        DatasetEvaluator
-
-    Raises:
-        ValueError: for a dataset without a supported evaluator_type.
+        DatasetEvaluator: the evaluator of a test dataset, by its ``evaluator_type``
+        (:data:`EVALUATORS`); its files go to ``output_folder`` (default
+        ``<OUTPUT_DIR>/inference``).
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-    evaluator_type = check_evaluator_type(dataset_name)
-    if evaluator_type == "coco":
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
-    if evaluator_type == "coco_panoptic_seg":
-        sem_seg_kwargs = {}
-        if MetadataCatalog.get(dataset_name).get("sem_seg_from_panoptic", False):
-            # the ground truth of mIoU is derived from the panoptic PNGs (no preprocessing)
-            from .data.coco_panoptic import PanopticSemSegLoader
-
-            sem_seg_kwargs["sem_seg_loading_fn"] = PanopticSemSegLoader(dataset_name)
-        return DatasetEvaluators(
-            [
-                COCOPanopticEvaluator(dataset_name, output_folder),
-                COCOEvaluator(dataset_name, output_dir=output_folder),
-                SemSegEvaluator(
-                    dataset_name, distributed=True, output_dir=output_folder, **sem_seg_kwargs
-                ),
-            ]
-        )
-    if evaluator_type == "sem_seg":
-        return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
-    if evaluator_type == "cityscapes_instance":
-        return CityscapesInstanceEvaluator(dataset_name)
-    if evaluator_type == "cityscapes_sem_seg":
-        return CityscapesSemSegEvaluator(dataset_name)
-    if evaluator_type == "cityscapes_panoptic_seg":
-        return COCOPanopticEvaluator(dataset_name, output_folder)
-    assert evaluator_type == "lvis", evaluator_type
-    return LVISEvaluator(dataset_name, output_dir=output_folder)
+    return EVALUATORS[check_evaluator_type(dataset_name)](dataset_name, output_folder)

@@ -1,0 +1,121 @@
+# -*- coding: utf-8 -*-
+"""
+Exact ``--resume``: the random generator states in every checkpoint and a training sampler that
+skips the samples the interrupted run already used (Detectron2 restores the iteration, model,
+optimizer and LR schedule, but restarts the data stream and the random generators). A resumed run
+is then the interrupted one (same data order, augmentations and RoI sampling): exactly on one
+process with DATALOADER.NUM_WORKERS 0 when the images fall in one aspect-ratio group, as tested;
+otherwise the data stream still continues where it stopped.
+"""
+
+import contextlib
+import itertools
+import logging
+import random
+
+import numpy as np
+import torch
+import torch.utils.data as torchdata
+
+import detectron2.utils.comm as comm
+from detectron2.engine import HookBase
+
+__all__ = [
+    "ResumableSampler",
+    "ResumeStateHook",
+    "get_rng_states",
+    "set_rng_states",
+    "preserved_rng_states",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ResumableSampler(torchdata.Sampler):
+    """Wraps an (infinite) training sampler; its stream starts after ``start`` indices."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.start = 0
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+
+def get_rng_states():
+    """
+    The states of Python's, NumPy's and PyTorch's (CPU and CUDA) global random generators, as
+    tensors and Python scalars (loadable with ``torch.load(weights_only=True)``).
+    """
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    states = {
+        "python": [py_version, torch.tensor(py_state, dtype=torch.int64), py_gauss],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states):
+    """Restores states returned by :func:`get_rng_states`."""
+    py_version, py_state, py_gauss = states["python"]
+    random.setstate((py_version, tuple(int(x) for x in py_state.tolist()), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = states["numpy"]
+    np.random.set_state(
+        (np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss)
+    )
+    torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def preserved_rng_states():
+    """Restores the global random generators on exit (evaluation does not change training)."""
+    states = get_rng_states()
+    try:
+        yield
+    finally:
+        set_rng_states(states)
+
+
+class ResumeStateHook(HookBase):
+    """
+    A checkpointable hook: every checkpoint holds the random generator states at the end of its
+    iteration. When a run is resumed (``trainer.start_iter`` > 0), before the first step the
+    training ``sampler`` (a ResumableSampler or None) skips ``samples_per_iter`` (per process)
+    for each iteration before ``start_iter``, and (one process) the random states are restored.
+    """
+
+    def __init__(self, sampler, samples_per_iter):
+        self.sampler, self.samples_per_iter = sampler, samples_per_iter
+        self._rng = None
+
+    def state_dict(self):
+        return {"rng": get_rng_states()}
+
+    def load_state_dict(self, state_dict):
+        self._rng = state_dict.get("rng")
+
+    def before_train(self):
+        start_iter = self.trainer.start_iter
+        if start_iter > 0 and self.sampler is not None:
+            self.sampler.start = start_iter * self.samples_per_iter
+            logger.info(
+                "Resuming at iteration {}: the training sampler skips the {} samples already "
+                "used.".format(start_iter, self.sampler.start)
+            )
+        if self._rng is not None and comm.get_world_size() == 1:
+            set_rng_states(self._rng)
+            logger.info("Restored the random generator states of the resumed checkpoint.")
+        self._rng = None

@@ -1,0 +1,157 @@
+# -*- coding: utf-8 -*-
+"""
+:class:`PANetTrainer`: Detectron2's :class:`DefaultTrainer` for panet_d2.
+"""
+
+import logging
+import os
+from collections import OrderedDict
+
+import torch
+
+import detectron2.utils.comm as comm
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNNWithTTA
+
+from ..checkpoint import PANetCheckpointer
+from ..data import PanopticDatasetMapper
+from ..errors import OneLineInputErrors, check_files, check_inputs, check_tta, loading_dataset
+from ..evaluation import build_evaluator
+from ..modeling import PanopticPANet
+from .resume import ResumableSampler, ResumeStateHook, preserved_rng_states
+
+__all__ = ["PANetTrainer", "adapt_config_to_machine", "uses_panoptic_mapper"]
+
+_ONE_LINE_INPUT_ERRORS = OneLineInputErrors()
+
+
+def adapt_config_to_machine(cfg):
+    """
+    Makes a (not frozen) config runnable here: MODEL.DEVICE "cuda" becomes "cpu" without CUDA;
+    SOLVER.AMP.ENABLED (Detectron2's AMPTrainer, CUDA only) is switched off on the CPU.
+
+    Returns:
+        list[str]: what was changed, to be logged once the logger is set up.
+    """
+    notes = []
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        notes.append(
+            "MODEL.DEVICE={!r}: CUDA is not available, running on the CPU.".format(cfg.MODEL.DEVICE)
+        )
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        notes.append("SOLVER.AMP.ENABLED needs CUDA: training in float32 on " + cfg.MODEL.DEVICE)
+        cfg.SOLVER.AMP.ENABLED = False
+    return notes
+
+
+def uses_panoptic_mapper(cfg, dataset_dicts):
+    """
+    Whether to train with panet_d2's ``PanopticDatasetMapper`` (it makes the semantic targets
+    from the panoptic PNGs): for a PanopticPANet on records with "pan_seg_file_name". Detectron2's
+    ``DatasetMapper`` otherwise.
+    """
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    panoptic_records = bool(dataset_dicts) and "pan_seg_file_name" in dataset_dicts[0]
+    return panoptic_records and issubclass(arch, PanopticPANet)
+
+
+class PANetTrainer(DefaultTrainer):
+    """
+    Detectron2's :class:`DefaultTrainer` with:
+
+    * :func:`panet_d2.errors.check_inputs` before anything is built;
+    * :class:`PANetCheckpointer` (atomic saves, clear checkpoint errors);
+    * evaluators by the test datasets' ``evaluator_type`` (:mod:`panet_d2.evaluation`); with
+      TEST.AUG.ENABLED, one more evaluation with test-time augmentation after training, its
+      results under "<task>_TTA";
+    * the training mapper of :func:`uses_panoptic_mapper`;
+    * exact ``--resume`` (:mod:`panet_d2.engine.resume`): the trainer keeps the sampler of its
+      training loader (``train_sampler``) for its :class:`ResumeStateHook`.
+    """
+
+    def __init__(self, cfg):
+        check_inputs(cfg, train=True)
+        logging.getLogger("detectron2.engine.train_loop").addFilter(_ONE_LINE_INPUT_ERRORS)
+        super().__init__(cfg)
+
+    def build_train_loader(self, cfg):
+        """
+        Detectron2's ``build_detection_train_loader`` with :func:`uses_panoptic_mapper`, a
+        :class:`ResumableSampler`, and a generator of its own for the worker seeds (drawn at the
+        first step, they would shift the global torch generator of a resumed run).
+
+        Unlike DefaultTrainer's classmethod, a method: the sampler of the first loader it builds
+        (the training loader; PreciseBN builds another) is kept as ``self.train_sampler``.
+        """
+        with loading_dataset(cfg.DATASETS.TRAIN, "DATASETS.TRAIN"):
+            kwargs = build_detection_train_loader.from_config(cfg)
+        dicts = kwargs["dataset"]
+        check_files(dicts, ", ".join(cfg.DATASETS.TRAIN), "DATASETS.TRAIN")
+        if uses_panoptic_mapper(cfg, dicts):
+            kwargs["mapper"] = PanopticDatasetMapper(cfg, True)
+        if kwargs["sampler"] is not None:
+            kwargs["sampler"] = ResumableSampler(kwargs["sampler"])
+        if not hasattr(self, "train_sampler"):
+            self.train_sampler = kwargs["sampler"]
+        seed = cfg.SEED if cfg.SEED >= 0 else int(torch.randint(2**31 - 1, ()).item())
+        return build_detection_train_loader(**kwargs, seed=seed + comm.get_rank())
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling build_hooks:
+        # replace it first, so that PeriodicCheckpointer and resume_or_load use ours.
+        old = self.checkpointer
+        self.checkpointer = PANetCheckpointer(
+            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+        )
+        per_iter = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+        ret = [ResumeStateHook(self.train_sampler, per_iter)] + super().build_hooks()
+        if self.cfg.TEST.AUG.ENABLED:
+            # before PeriodicWriter, which closes the writers after training: the "*_TTA" metrics
+            # then reach metrics.json
+            at = len(ret) - 1 if isinstance(ret[-1], hooks.PeriodicWriter) else len(ret)
+            ret.insert(at, hooks.EvalHook(0, self._test_with_TTA_and_save_results))
+        return ret
+
+    def _test_with_TTA_and_save_results(self):
+        results = self.test_with_TTA(self.cfg, self.model)
+        self._last_eval_results = OrderedDict(getattr(self, "_last_eval_results", {}) or {})
+        self._last_eval_results.update(results)
+        return results
+
+    def train(self):
+        """
+        Runs training.
+
+        Returns:
+            OrderedDict or None: the results of the last evaluation, with the "*_TTA" results
+            when TEST.AUG.ENABLED.
+        """
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # evaluation draws from the global random generators: keep training's stream as it was
+        with preserved_rng_states():
+            return super().test(cfg, model, evaluators)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """
+        :meth:`test` of ``model`` wrapped in Detectron2's ``GeneralizedRCNNWithTTA`` (TEST.AUG.*),
+        the evaluators' files under ``<OUTPUT_DIR>/inference_TTA``.
+
+        Returns:
+            OrderedDict: the results, under "<task>_TTA".
+        """
+        check_tta(cfg)
+        folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [cls.build_evaluator(cfg, name, folder) for name in cfg.DATASETS.TEST]
+        results = cls.test(cfg, GeneralizedRCNNWithTTA(cfg, model), evaluators)
+        return OrderedDict((task + "_TTA", metrics) for task, metrics in results.items())

@@ -1,0 +1,152 @@
+# -*- coding: utf-8 -*-
+"""
+Tests of the checks before a run (panet_d2.errors.check_inputs, used by PANetTrainer and
+train_net.py --eval-only): NUM_CLASSES against the datasets' classes, and test-time augmentation
+refused up front for the panoptic model. Nothing here trains.
+"""
+
+import importlib.util
+import os
+
+import pytest
+
+pytest.importorskip("detectron2")
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
+
+from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
+from panet_d2.errors import ConfigError, check_num_classes, check_tta  # noqa: E402
+from .common import panet_cfg  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
+PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
+
+
+@pytest.fixture(scope="module")
+def train_net():
+    spec = importlib.util.spec_from_file_location(
+        "panet_train_net", os.path.join(ROOT, "train_net.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _dataset(name, **metadata):
+    """A registered dataset without records or files, with the given metadata."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(**metadata)
+    return name
+
+
+# 3 thing classes and 3 stuff classes, in Detectron2's separated panoptic convention
+INSTANCES = _dataset("t_checks_3_things", thing_classes=["a", "b", "c"], evaluator_type="coco")
+PANOPTIC_DATASET = _dataset(
+    "t_checks_panoptic",
+    evaluator_type="coco_panoptic_seg",
+    thing_classes=["a", "b", "c"],
+    thing_dataset_id_to_contiguous_id={1: 0, 2: 1, 3: 2},
+    stuff_classes=["things", "x", "y", "z"],
+    stuff_dataset_id_to_contiguous_id={0: 0, 4: 1, 5: 2, 6: 3},
+)
+
+
+def _main(train_net, tmp_path, config, *opts, eval_only=False):
+    argv = ["--config-file", config] + (["--eval-only"] if eval_only else [])
+    argv += ["OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu"] + [str(o) for o in opts]
+    return train_net.main(default_argument_parser().parse_args(argv))
+
+
+def test_roi_heads_num_classes_against_dataset(train_net, tmp_path):
+    expected = (
+        "MODEL.ROI_HEADS.NUM_CLASSES=2 does not fit dataset 't_checks_3_things' ({}) with 3 thing "
+        "classes: set MODEL.ROI_HEADS.NUM_CLASSES 3."
+    )
+    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", 2, "DATASETS.TEST", "()"]
+    with pytest.raises(ConfigError) as e:  # refused before anything is built
+        _main(train_net, tmp_path, SMOKE, "DATASETS.TRAIN", "('t_checks_3_things',)", *opts)
+    assert str(e.value) == expected.format("DATASETS.TRAIN")
+    assert not os.path.exists(tmp_path / "model_final.pth")
+    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", 2, "DATASETS.TEST", "('t_checks_3_things',)"]
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path, SMOKE, *opts, eval_only=True)
+    assert str(e.value) == expected.format("DATASETS.TEST")
+
+
+def test_sem_seg_head_num_classes_against_dataset(train_net, tmp_path):
+    opts = ["DATASETS.TRAIN", "('t_checks_panoptic',)", "DATASETS.TEST", "()"]
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path, PANOPTIC, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 3, *opts)
+    assert str(e.value) == (
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES=3 does not fit dataset 't_checks_panoptic' "
+        "(DATASETS.TRAIN) with 3 stuff classes + 1 (things): set MODEL.SEM_SEG_HEAD.NUM_CLASSES 4."
+    )
+
+
+@pytest.mark.parametrize(
+    "dataset, things, sem_classes",
+    [
+        ("coco_2017_val", 80, None),
+        ("coco_2017_val_panoptic_separated", 80, 54),
+        ("coco_2017_val_panoptic", 80, 54),  # thing_classes lists all 133 classes there
+        ("cityscapes_fine_panoptic_val", 8, 12),  # 19 trainIds: 8 things, 11 stuff
+        ("cityscapes_fine_instance_seg_val", 8, None),
+    ],
+)
+def test_num_classes_of_detectron2_datasets(dataset, things, sem_classes):
+    # Detectron2's builtin metadata (no files needed): every convention of label ids
+    cfg = panet_cfg("COCO-PanopticSegmentation/Base-Panoptic-PANet.yaml", small=False)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = things
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = sem_classes or 1
+    check_num_classes(cfg, [(dataset, "DATASETS.TEST")])
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = things + 1
+    with pytest.raises(ConfigError, match="MODEL.ROI_HEADS.NUM_CLASSES {}".format(things)):
+        check_num_classes(cfg, [(dataset, "DATASETS.TEST")])
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = things
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 200
+    if sem_classes is not None:
+        with pytest.raises(ConfigError, match="SEM_SEG_HEAD.NUM_CLASSES {}".format(sem_classes)):
+            check_num_classes(cfg, [(dataset, "DATASETS.TEST")])
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"  # an instance model has no semantic head
+    check_num_classes(cfg, [(dataset, "DATASETS.TEST")])
+
+
+def test_panoptic_tta_refused_before_training(train_net, tmp_path):
+    expected = (
+        "TEST.AUG.ENABLED=True: test-time augmentation (Detectron2's GeneralizedRCNNWithTTA) runs "
+        "instance models (GeneralizedRCNN) only, not MODEL.META_ARCHITECTURE='PanopticPANet'. Set "
+        "TEST.AUG.ENABLED False."
+    )
+    opts = ["TEST.AUG.ENABLED", True, "DATASETS.TRAIN", "('t_checks_panoptic',)"]
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path, PANOPTIC, *opts, "DATASETS.TEST", "()")
+    assert str(e.value) == expected
+    with open(tmp_path / "log.txt") as f:
+        assert "Starting training" not in f.read()
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path, PANOPTIC, *opts, "DATASETS.TEST", "()", eval_only=True)
+    assert str(e.value) == expected
+    # also when called directly, before building anything
+    cfg = panet_cfg(
+        "quick_schedules/panoptic_panet_R_18_synth.yaml", opts=["TEST.AUG.ENABLED", True]
+    )
+    with pytest.raises(ConfigError, match="PanopticPANet"):
+        PANetTrainer.test_with_TTA(cfg, model=None)
+    # the instance model is fine
+    check_tta(panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml", opts=opts[:2]))
+
+
+def test_training_mapper_choice():
+    panoptic = panet_cfg("quick_schedules/panoptic_panet_R_18_synth.yaml")
+    instance = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")
+    records = [{"file_name": "a.png", "pan_seg_file_name": "a_panoptic.png"}]
+    assert uses_panoptic_mapper(panoptic, records)
+    assert not uses_panoptic_mapper(instance, records)
+    assert not uses_panoptic_mapper(
+        panoptic, [{"file_name": "a.png", "sem_seg_file_name": "s.png"}]
+    )
