@@ -1,31 +1,166 @@
 # -*- coding: utf-8 -*-
 """
 Evaluation: the evaluators of a test dataset, chosen by its metadata's ``evaluator_type`` from a
-table of factories, and :class:`PanopticEvaluator` (PQ of the model's label convention on a
-dataset of any convention).
+table of factories; :class:`PanopticEvaluator` (PQ of the model's label convention on a dataset of
+any convention); :class:`PanopticToSemSeg` (a panoptic model's semantic output in a semantic
+dataset's classes); Detectron2's Cityscapes evaluators with the compatibility fixes below.
 """
 
+import contextlib
+import functools
+import importlib
+import importlib.abc
+import importlib.util
+import json
 import logging
 import os
+import sys
+import types
+
+import numpy as np
+import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import (
-    CityscapesInstanceEvaluator,
-    CityscapesSemSegEvaluator,
     COCOEvaluator,
     COCOPanopticEvaluator,
+    DatasetEvaluator,
     DatasetEvaluators,
     LVISEvaluator,
     PascalVOCDetectionEvaluator,
     SemSegEvaluator,
 )
+from detectron2.evaluation import cityscapes_evaluation as d2_cityscapes
+from detectron2.modeling import PanopticFPN
+from detectron2.utils.file_io import PathManager
 
 from .data import PanopticLabelSpace
-from .errors import DatasetError
+from .errors import DatasetError, _label_space, _meta_arch
 
-__all__ = ["PanopticEvaluator", "EVALUATORS", "build_evaluator", "check_evaluator_type"]
+__all__ = [
+    "PanopticEvaluator",
+    "PanopticToSemSeg",
+    "CityscapesInstanceEvaluator",
+    "CityscapesSemSegEvaluator",
+    "EVALUATORS",
+    "build_evaluator",
+    "check_evaluator_type",
+    "panoptic_to_dataset_classes",
+]
 
 logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Compatibility: Detectron2's Cityscapes code and cityscapesscripts 2.3.0 (the latest release)
+# ------------------------------------------------------------------------------------------------
+class _CityscapesApiAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """
+    Detectron2's Cityscapes loaders and evaluators import cityscapesscripts by Meta's internal path
+    ``deeplearning.projects.cityscapesApi.cityscapesscripts`` (Detectron2 issue #5436): resolves
+    those names to the installed ``cityscapesscripts`` modules themselves (one module object under
+    both names, so that what Detectron2 sets on them, e.g. the evaluation ``args``, is the
+    package's). Installed on import of this module, only where that path does not import.
+    """
+
+    PREFIX = "deeplearning.projects.cityscapesApi"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.PREFIX or self.PREFIX.startswith(name + "."):  # the empty parents
+            return importlib.util.spec_from_loader(name, self, is_package=True)
+        if name.startswith(self.PREFIX + "."):
+            real = importlib.import_module(name[len(self.PREFIX) + 1 :])
+            spec = importlib.util.spec_from_loader(name, self, is_package=hasattr(real, "__path__"))
+            spec.loader_state = (real, real.__spec__)
+            return spec
+        return None
+
+    def create_module(self, spec):
+        return spec.loader_state[0] if spec.loader_state else None  # None: an empty parent
+
+    def exec_module(self, module):
+        if module.__spec__.loader_state:  # give back the spec that the import system replaced
+            module.__spec__ = module.__spec__.loader_state[1]
+
+
+def _install_cityscapes_api_alias():
+    try:
+        importlib.import_module(_CityscapesApiAlias.PREFIX + ".cityscapesscripts")
+    except ImportError:
+        if not any(isinstance(f, _CityscapesApiAlias) for f in sys.meta_path):
+            sys.meta_path.insert(0, _CityscapesApiAlias())
+
+
+_install_cityscapes_api_alias()  # a no-op where Meta's path imports
+
+
+class _NumpyWithIn1d(types.ModuleType):
+    """NumPy, plus ``in1d`` (removed in NumPy 2.4) as NumPy's deprecation note defines it."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def in1d(ar1, ar2, assume_unique=False, invert=False):
+        return np.isin(ar1, ar2, assume_unique=assume_unique, invert=invert).ravel()
+
+
+def _write_dict_to_json(d, path, folder=None):
+    """cityscapesscripts' ``writeDict2JSON``, with NumPy scalars (NumPy >= 2 ``count_nonzero``)
+    written as numbers, and a relative ``path`` (its ``"matches.json"``) under ``folder``."""
+
+    def default(o):
+        return o.item() if isinstance(o, np.generic) else o.__dict__
+
+    with PathManager.open(os.path.join(folder or "", path), "w") as f:
+        f.write(json.dumps(d, default=default, sort_keys=True, indent=4))
+
+
+@contextlib.contextmanager
+def _cityscapesscripts_fixes(module, json_folder=None):
+    """
+    While one of cityscapesscripts' evaluation ``module`` runs: ``np.in1d`` for it where NumPy has
+    none (NumPy >= 2.4; cityscapesScripts PR #196); with ``json_folder``, its ``writeDict2JSON``
+    is :func:`_write_dict_to_json` (the instance evaluation's ``matches.json`` in that folder, not
+    the working directory). Everything is put back after.
+    """
+    saved = {name: getattr(module, name) for name in ("np", "writeDict2JSON")}
+    if not hasattr(np, "in1d"):
+        module.np = _NumpyWithIn1d("numpy")
+    if json_folder is not None:
+        module.writeDict2JSON = functools.partial(_write_dict_to_json, folder=json_folder)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+class CityscapesInstanceEvaluator(d2_cityscapes.CityscapesInstanceEvaluator):
+    """Detectron2's, with :func:`_cityscapesscripts_fixes`; cityscapesscripts' ``matches.json`` is
+    written into ``output_dir`` (default: the temporary folder of the predictions)."""
+
+    def __init__(self, dataset_name, output_dir=None):
+        super().__init__(dataset_name)
+        self._output_dir = output_dir
+
+    def evaluate(self):
+        from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as module
+
+        folder = self._output_dir or self._temp_dir
+        PathManager.mkdirs(folder)
+        with _cityscapesscripts_fixes(module, json_folder=folder):
+            return super().evaluate()
+
+
+class CityscapesSemSegEvaluator(d2_cityscapes.CityscapesSemSegEvaluator):
+    """Detectron2's, with :func:`_cityscapesscripts_fixes`."""
+
+    def evaluate(self):
+        from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as module
+
+        with _cityscapesscripts_fixes(module):
+            return super().evaluate()
 
 
 class PanopticEvaluator(COCOPanopticEvaluator):
@@ -72,17 +207,100 @@ def _coco_panoptic(dataset_name, output_dir):
     return DatasetEvaluators(evaluators)
 
 
+class PanopticToSemSeg(DatasetEvaluator):
+    """
+    A semantic segmentation ``evaluator`` (e.g. :class:`CityscapesSemSegEvaluator`) of a panoptic
+    model (PanopticPANet) whose "sem_seg" (0 = things, 1..S stuff) is not in the dataset's
+    classes: the evaluator gets one-hot scores of the dataset's classes, where a pixel of stuff
+    label ``s`` is class ``stuff_to_class[s - 1]``, a "things" pixel the class
+    ``thing_to_class[c]`` of the thing segment of class ``c`` that covers it in "panoptic_seg",
+    or, where none does, of its most likely stuff label.
+    """
+
+    def __init__(self, evaluator, stuff_to_class, thing_to_class, num_classes):
+        self._evaluator, self._num_classes = evaluator, num_classes
+        self._stuff_to_class = torch.as_tensor(stuff_to_class, dtype=torch.int64)
+        self._thing_to_class = list(thing_to_class)
+
+    def reset(self):
+        self._evaluator.reset()
+
+    def process(self, inputs, outputs):
+        self._evaluator.process(inputs, [dict(o, sem_seg=self._convert(o)) for o in outputs])
+
+    def evaluate(self):
+        return self._evaluator.evaluate()
+
+    def _convert(self, output):
+        """uint8 (num_classes, H, W) one-hot scores of the dataset's classes."""
+        scores = output["sem_seg"].cpu()
+        things = scores.argmax(dim=0) == 0
+        labels = self._stuff_to_class[scores[1:].argmax(dim=0)]
+        panoptic, segments_info = output["panoptic_seg"]
+        panoptic = panoptic.cpu()
+        for s in segments_info:  # PanopticPANet's: a list of dicts, with "isthing"
+            if s["isthing"]:
+                labels[(panoptic == s["id"]) & things] = self._thing_to_class[s["category_id"]]
+        one_hot = torch.zeros((self._num_classes,) + labels.shape, dtype=torch.uint8)
+        return one_hot.scatter_(0, labels[None], 1)
+
+
+def panoptic_to_dataset_classes(cfg, dataset_name):
+    """
+    For a panoptic model (a PanopticFPN, e.g. PanopticPANet) evaluated on a semantic dataset: the
+    dataset class (an index of its metadata's ``stuff_classes``) of each of the model's stuff and
+    thing classes, by name; the model's classes are those of its training data (the panoptic
+    label space of DATASETS.TRAIN).
+
+    Returns:
+        None when nothing is to be converted (not a panoptic model, or the dataset's classes are
+        the model's: "things" + stuff), else (stuff_to_class, thing_to_class).
+
+    Raises:
+        DatasetError: naming the dataset, the model and their numbers of classes, when the
+            model's classes cannot be converted to the dataset's.
+    """
+    arch = _meta_arch(cfg)
+    if not (isinstance(arch, type) and issubclass(arch, PanopticFPN)):
+        return None
+    classes = list(MetadataCatalog.get(dataset_name).get("stuff_classes", None) or [])
+    spaces = [(name, _label_space(MetadataCatalog.get(name))) for name in cfg.DATASETS.TRAIN]
+    train, space = next(((n, s) for n, s in spaces if s is not None), (None, None))
+    num = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if (classes == space.stuff_classes) if space else (num == len(classes)):
+        return None
+    if space is None:
+        why = "no panoptic dataset in DATASETS.TRAIN names the model's classes"
+    else:
+        missing = [c for c in space.thing_classes + space.stuff_classes[1:] if c not in classes]
+        num = "{}: {} stuff + 1 'things', and {} thing classes, of {!r}".format(
+            num, space.num_stuff, space.num_things, train
+        )
+        why = "the dataset has no class " + ", ".join(map(repr, missing)) if missing else None
+    if why:
+        raise DatasetError(
+            "Test dataset {!r} ({} semantic classes) cannot evaluate the semantic output of "
+            "MODEL.META_ARCHITECTURE={!r} (MODEL.SEM_SEG_HEAD.NUM_CLASSES={}): {}.".format(
+                dataset_name, len(classes), cfg.MODEL.META_ARCHITECTURE, num, why
+            )
+        )
+    stuff = [classes.index(c) for c in space.stuff_classes[1:]]
+    return stuff, [classes.index(c) for c in space.thing_classes]
+
+
 # evaluator_type -> factory(dataset_name, output_dir) of the dataset's evaluator
 EVALUATORS = {
     "coco": lambda name, out: COCOEvaluator(name, output_dir=out),
     "coco_panoptic_seg": _coco_panoptic,
     "sem_seg": lambda name, out: SemSegEvaluator(name, output_dir=out),
-    "cityscapes_instance": lambda name, out: CityscapesInstanceEvaluator(name),
+    "cityscapes_instance": lambda name, out: CityscapesInstanceEvaluator(name, out),
     "cityscapes_sem_seg": lambda name, out: CityscapesSemSegEvaluator(name),
     "cityscapes_panoptic_seg": PanopticEvaluator,
     "pascal_voc": lambda name, out: PascalVOCDetectionEvaluator(name),
     "lvis": lambda name, out: LVISEvaluator(name, output_dir=out),
 }
+# the evaluator types that read a model's "sem_seg" as the dataset's classes
+SEM_SEG_TYPES = ("sem_seg", "cityscapes_sem_seg")
 
 
 def check_evaluator_type(dataset_name):
@@ -111,8 +329,16 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     Returns:
         DatasetEvaluator: the evaluator of a test dataset, by its ``evaluator_type``
         (:data:`EVALUATORS`); its files go to ``output_folder`` (default
-        ``<OUTPUT_DIR>/inference``).
+        ``<OUTPUT_DIR>/inference``). A semantic evaluator of a panoptic model is wrapped in
+        :class:`PanopticToSemSeg` where the classes differ (:func:`panoptic_to_dataset_classes`).
     """
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
-    return EVALUATORS[check_evaluator_type(dataset_name)](dataset_name, output_folder)
+    evaluator_type = check_evaluator_type(dataset_name)
+    evaluator = EVALUATORS[evaluator_type](dataset_name, output_folder)
+    if evaluator_type in SEM_SEG_TYPES:
+        conversion = panoptic_to_dataset_classes(cfg, dataset_name)
+        if conversion is not None:
+            classes = MetadataCatalog.get(dataset_name).stuff_classes
+            evaluator = PanopticToSemSeg(evaluator, *conversion, num_classes=len(classes))
+    return evaluator

@@ -6,6 +6,7 @@ PanopticEvaluator's conversion of the model's separated label ids to the dataset
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -146,3 +147,107 @@ def test_panoptic_evaluator_converts_to_the_dataset_ids():
     assert _segments(evaluator, MODEL_SEGMENTS) == [(1, 1), (2, 2), (92, 3), (93, 4)]
     # segments_info None (category ids in the image, label_divisor): left to Detectron2
     assert _segments(PanopticEvaluator("cityscapes_fine_panoptic_val"), None) == [(7, 1)]
+
+
+def _panoptic_cfg(cfg, train, num_sem_classes=12):
+    cfg.MODEL.META_ARCHITECTURE = "PanopticPANet"
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = num_sem_classes
+    cfg.DATASETS.TRAIN = (train,)
+    return cfg
+
+
+def test_semantic_evaluation_of_a_panoptic_model(synth, cfg):
+    # Cityscapes: 12 channels (0 = things, 1..11 = stuff trainIds 0..10) -> the 19 trainIds
+    _panoptic_cfg(cfg, "cityscapes_fine_panoptic_train")
+    evaluator = build_evaluator(cfg, "cityscapes_fine_sem_seg_val")
+    assert isinstance(evaluator, evaluation.PanopticToSemSeg)
+    assert isinstance(evaluator._evaluator, CityscapesSemSegEvaluator)
+    scores = torch.zeros(12, 2, 4)  # one-hot, with one more score at (1, 1)
+    channels = [[0, 1, 11, 5], [0, 0, 3, 4]]  # 0 = things, s = stuff trainId s - 1
+    for (y, x), channel in np.ndenumerate(np.array(channels)):
+        scores[channel, y, x] = 1.0
+    scores[2, 1, 1] = 0.5  # things, in no thing segment: its most likely stuff, sidewalk
+    panoptic = torch.tensor([[1, 0, 0, 0], [2, 0, 0, 2]], dtype=torch.int32)
+    segments = [
+        {"id": 1, "category_id": 2, "isthing": True},  # car, trainId 13
+        {"id": 2, "category_id": 7, "isthing": True},  # bicycle, 18; over the wall at (1, 3)
+        {"id": 3, "category_id": 1, "isthing": False},  # no pixel
+    ]
+    out = evaluator._convert({"sem_seg": scores, "panoptic_seg": (panoptic, segments)})
+    assert out.shape == (19, 2, 4) and out.dtype == torch.uint8 and (out.sum(0) == 1).all()
+    assert out.argmax(0).tolist() == [[13, 0, 10, 4], [18, 1, 2, 3]]
+
+    # the model's classes are the dataset's ("things" + stuff): nothing converted
+    meta = MetadataCatalog.get(synth + "_panoptic")
+    space = evaluation.PanopticLabelSpace.from_metadata(meta)
+    _panoptic_cfg(cfg, synth + "_panoptic", space.num_sem_classes)
+    assert type(build_evaluator(cfg, synth + "_sem_seg")) is SemSegEvaluator
+    # an instance model: never converted
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    assert (
+        type(build_evaluator(cfg, "cityscapes_fine_sem_seg_val"))
+        is evaluation.CityscapesSemSegEvaluator
+    )
+
+
+def test_semantic_evaluation_refused_up_front(synth, cfg):
+    from panet_d2 import add_panet_config
+    from panet_d2.errors import check_inputs
+    from panet_d2.model_zoo import get_config_file
+
+    add_panet_config(cfg)  # a valid panoptic model, for check_inputs
+    cfg.merge_from_file(get_config_file("quick_schedules/panoptic_panet_R_18_synth.yaml"))
+    cfg.MODEL.WEIGHTS = ""
+    # the synthetic classes are not Cityscapes': one line, before anything is built
+    meta = MetadataCatalog.get(synth + "_panoptic")
+    space = evaluation.PanopticLabelSpace.from_metadata(meta)
+    _panoptic_cfg(cfg, synth + "_panoptic", space.num_sem_classes)
+    cfg.DATASETS.TEST = ("cityscapes_fine_sem_seg_val",)
+    message = (
+        "Test dataset 'cityscapes_fine_sem_seg_val' (19 semantic classes) cannot evaluate the "
+        "semantic output of MODEL.META_ARCHITECTURE='PanopticPANet' "
+        "(MODEL.SEM_SEG_HEAD.NUM_CLASSES={}: {} stuff + 1 'things', and {} thing classes, of "
+        "{!r}): the dataset has no class {!r}".format(
+            space.num_sem_classes,
+            space.num_stuff,
+            space.num_things,
+            synth + "_panoptic",
+            space.thing_classes[0],
+        )
+    )
+    with pytest.raises(DatasetError) as e:
+        evaluation.panoptic_to_dataset_classes(cfg, "cityscapes_fine_sem_seg_val")
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    # the same check in check_inputs, before training: a dataset with files and Cityscapes' classes
+    classes = MetadataCatalog.get("cityscapes_fine_sem_seg_val").stuff_classes
+    records = DatasetCatalog.get(synth + "_sem_seg")
+    cfg.DATASETS.TEST = (
+        _dataset("t_eval_cs", records, evaluator_type="sem_seg", stuff_classes=classes),
+    )
+    with pytest.raises(
+        DatasetError, match="^Test dataset 't_eval_cs' .19 semantic classes.*PanopticPANet"
+    ):
+        check_inputs(cfg, train=False)
+    # no panoptic training dataset names the model's classes, and the numbers differ
+    _panoptic_cfg(cfg, synth + "_sem_seg", 12)
+    with pytest.raises(DatasetError, match=r"NUM_CLASSES=12\): no panoptic dataset in DATASETS"):
+        build_evaluator(cfg, "cityscapes_fine_sem_seg_val")
+
+
+def test_cityscapes_evaluators_fixes(tmp_path, monkeypatch):
+    """Detectron2's import path of cityscapesscripts resolves; NumPy >= 2.4 fixes and the
+    matches.json folder apply during an evaluation only."""
+    import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as instance_eval
+    from deeplearning.projects.cityscapesApi.cityscapesscripts.evaluation import (
+        evalInstanceLevelSemanticLabeling as alias,
+    )
+
+    assert alias is instance_eval
+    original = instance_eval.writeDict2JSON, instance_eval.np
+    with evaluation._cityscapesscripts_fixes(instance_eval, json_folder=str(tmp_path)):
+        ones = instance_eval.np.in1d(np.arange(4).reshape(2, 2), [1, 3])
+        assert ones.tolist() == [False, True, False, True]
+        monkeypatch.chdir(tmp_path / "..")
+        instance_eval.writeDict2JSON({"n": np.count_nonzero(np.ones(3))}, "matches.json")
+    assert (instance_eval.writeDict2JSON, instance_eval.np) == original
+    assert (tmp_path / "matches.json").read_text().split() == ["{", '"n":', "3", "}"]

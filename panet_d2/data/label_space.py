@@ -30,10 +30,22 @@ class PanopticLabelSpace:
         thing_classes (list[str]): T names; stuff_classes (list[str]): ``["things"]`` + S names.
         num_things, num_stuff (int); num_sem_classes (int): S + 1.
         is_separated (bool): whether the model's ids are the dataset's contiguous ids.
+        contiguous_segments (bool): whether the dataset's ``segments_info`` entries without
+            ``"isthing"`` have contiguous ids (Detectron2's ``load_cityscapes_panoptic``), not
+            dataset ids (raw COCO panoptic json).
     """
 
-    def __init__(self, thing_map, stuff_map, thing_names=None, stuff_names=None, dataset_name="?"):
+    def __init__(
+        self,
+        thing_map,
+        stuff_map,
+        thing_names=None,
+        stuff_names=None,
+        dataset_name="?",
+        contiguous_segments=False,
+    ):
         self.dataset_name = dataset_name
+        self.contiguous_segments = bool(contiguous_segments)
         things = {int(k): int(v) for k, v in thing_map.items()}
         stuff = {int(k): int(v) for k, v in stuff_map.items()}
         stuff = {k: v for k, v in stuff.items() if k not in things}
@@ -79,7 +91,9 @@ class PanopticLabelSpace:
             named = stuff_names and str(stuff_names[0]).lower() in ("things", "thing")
             if named or 0 not in [v for k, v in stuff.items() if k != 0]:
                 del stuff[0]
-        return cls(things, stuff, meta.get("thing_classes"), stuff_names, name)
+        # Detectron2's load_cityscapes_panoptic gives contiguous ids (trainIds) without "isthing"
+        contiguous = meta.get("evaluator_type", None) == "cityscapes_panoptic_seg"
+        return cls(things, stuff, meta.get("thing_classes"), stuff_names, name, contiguous)
 
     def dataset_id_to_internal(self, category_id: int) -> Tuple[bool, int]:
         """Dataset category id -> (isthing, model thing index or stuff label 1..S)."""
@@ -104,11 +118,16 @@ class PanopticLabelSpace:
     def segment_to_internal(self, segment_info: dict) -> Tuple[bool, int]:
         """
         A ``segments_info`` entry -> (isthing, model id). An entry with ``"isthing"`` (Detectron2's
-        loaders) has a contiguous ``category_id``; one without (raw COCO json) a dataset id.
+        COCO loaders) has a contiguous ``category_id``; one without has a contiguous id on a
+        dataset with :attr:`contiguous_segments` (Detectron2's Cityscapes loader: ``isthing`` is
+        whether the id is a thing contiguous id), else a dataset id (raw COCO json).
         """
-        if "isthing" not in segment_info:
+        if "isthing" in segment_info:
+            isthing = bool(segment_info["isthing"])
+        elif self.contiguous_segments:
+            isthing = int(segment_info["category_id"]) in self._contiguous_to_internal[0]
+        else:
             return self.dataset_id_to_internal(segment_info["category_id"])
-        isthing = bool(segment_info["isthing"])
         return isthing, self.contiguous_to_internal(segment_info["category_id"], isthing)
 
     def internal_to_contiguous(self, category_id: int, isthing: bool) -> int:
