@@ -10,5 +10,8 @@ from .modeling import *  # noqa: F401, F403
 from .checkpoint import PANetCheckpointer
 from . import analysis as _  # noqa: F811  only registration (FLOP counts of PANet's ops)
 from . import data as _  # noqa: F811  only registration (datasets)
+# installs the cityscapesscripts import alias that Detectron2's Cityscapes loaders and evaluators
+# need (see panet_d2/evaluation.py)
+from . import evaluation as _  # noqa: F811
 
 __version__ = "0.1.0"
