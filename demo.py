@@ -18,13 +18,11 @@ import cv2
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from PIL import Image, ImageOps
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
@@ -32,6 +30,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from panet_d2 import add_panet_config  # importing panet_d2 registers its models and datasets
 from panet_d2.data import PanopticLabelSpace
+from panet_d2.data.image_io import read_image
 from panet_d2.errors import CheckpointError, ConfigError, ImageLoadError, InputError
 
 logger = logging.getLogger("panet_d2.demo")
@@ -146,22 +145,9 @@ def draw(rgb, predictions, metadata, video_visualizer=None):
 
 
 def read_bgr(path):
-    """An image as BGR uint8 by Detectron2's read_image (EXIF orientation applied), except 16-bit
-    gray, which PIL's convert("RGB") would clip to white: that is scaled to 8 bit here."""
-    try:
-        with Image.open(path) as im:
-            if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
-                gray = np.asarray(ImageOps.exif_transpose(im), dtype=np.float64) / 257
-                return np.repeat(np.round(gray).astype(np.uint8)[:, :, None], 3, axis=2)
-            mode = im.mode
-        if mode not in ("I", "F"):
-            return read_image(path, format="BGR")
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable files
-        raise ImageLoadError("Cannot read input image {!r}: {}".format(path, e)) from e
-    raise ImageLoadError(
-        "Input image {!r} has PIL mode {!r} (32-bit pixels); the demo reads 8- "
-        "and 16-bit images.".format(path, mode)
-    )
+    """An image as BGR uint8, by panet_d2's reader of training and evaluation (EXIF orientation
+    applied, 16-bit scaled to 8 bit, 32-bit refused with one line)."""
+    return read_image(path, format="BGR", what="input image")
 
 
 def expand_inputs(items):

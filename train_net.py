@@ -9,12 +9,15 @@ PANet training script, with the command line of Detectron2's tools/train_net.py.
     python3 train_net.py --config-file <cfg.yaml> --resume  # continue from OUTPUT_DIR
 
 The trainer is :class:`panet_d2.engine.PANetTrainer`. A bad input (config, dataset, image,
-checkpoint: :class:`panet_d2.errors.InputError`) stops the run with one line "ERROR: ...".
+checkpoint: :class:`panet_d2.errors.InputError`) stops the run with one line "ERROR: ...", also
+with several processes (--num-gpus, --num-machines; on CPUs too): the config is checked before
+they start.
 """
 
 import logging
-import os
 import sys
+
+import torch.multiprocessing as mp
 
 import detectron2.utils.comm as comm
 from detectron2.config import get_cfg
@@ -24,25 +27,50 @@ from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer, add_panet_config  # registers the models and datasets
 from panet_d2.engine import PANetTrainer, adapt_config_to_machine
-from panet_d2.errors import InputError, check_inputs, clean_error_message
+from panet_d2.errors import (
+    ConfigError,
+    InputError,
+    check_config,
+    check_config_file,
+    check_inputs,
+    check_output_dir,
+    clean_error_message,
+)
 
 
 class Trainer(PANetTrainer):
     """The trainer of this script; override its methods here to customise an experiment."""
 
 
-def setup(args):
-    """The config of the command line; sets up Detectron2's and panet_d2's loggers."""
-    if not os.path.isfile(args.config_file):
-        raise InputError(
-            "Config file {!r} (--config-file) does not exist.".format(args.config_file)
-        )
+def load_config(args):
+    """
+    The config of the command line (frozen) and the notes of ``adapt_config_to_machine``; its
+    files (``_BASE_`` included), keys and OUTPUT_DIR checked, with a :class:`ConfigError` naming
+    the file or key.
+    """
+    check_config_file(args.config_file)
     cfg = get_cfg()
     add_panet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    for merge, source, where in [
+        (cfg.merge_from_file, args.config_file, "Config file {!r}".format(args.config_file)),
+        (cfg.merge_from_list, args.opts, "The command-line options {}".format(args.opts)),
+    ]:
+        try:
+            merge(source)
+        except InputError:
+            raise
+        except Exception as e:  # yacs: unknown key, wrong type, odd number of options
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise ConfigError("{}: {}".format(where, msg)) from e
     notes = adapt_config_to_machine(cfg)
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR)
+    return cfg, notes
+
+
+def setup(args):
+    """The config of the command line; sets up Detectron2's and panet_d2's loggers."""
+    cfg, notes = load_config(args)
     default_setup(cfg, args)  # the "detectron2" and "fvcore" loggers, config.yaml, seeds
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panet_d2")
     for note in notes:
@@ -69,13 +97,35 @@ def main(args):
     return results
 
 
+def _one_line_main(args):
+    # main in one of several processes: an InputError as one line (the traceback that
+    # torch.multiprocessing would print is of no use), then exit code 1
+    try:
+        return main(args)
+    except InputError as e:
+        sys.exit("ERROR: " + clean_error_message(e))
+
+
 def invoke_main():
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
+    world_size = args.num_gpus * args.num_machines
     try:
-        launch(main, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url, (args,))
+        if world_size > 1:  # the config checks before any process starts
+            cfg, _ = load_config(args)
+            check_config(cfg, train=not args.eval_only, world_size=world_size)
+        launch(
+            _one_line_main if world_size > 1 else main,
+            args.num_gpus,
+            args.num_machines,
+            args.machine_rank,
+            args.dist_url,
+            (args,),
+        )
     except InputError as e:
         sys.exit("ERROR: " + clean_error_message(e))
+    except mp.ProcessExitedException as e:  # a process that exited with its "ERROR: ..." line
+        sys.exit(e.exit_code if e.exit_code == 1 else "ERROR: {}".format(e))
 
 
 if __name__ == "__main__":

@@ -48,9 +48,10 @@ class _AtomicFile:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            self._f.close()
+            self._f.close()  # a full disk may fail here, flushing the last bytes
         except OSError:
             if exc_type is None:
+                self._pm.rm(self._tmp)
                 raise
         if exc_type is not None:
             self._pm.rm(self._tmp)  # the previous checkpoint stays as it was

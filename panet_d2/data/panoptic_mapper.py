@@ -9,12 +9,13 @@ import torch
 from panopticapi.utils import rgb2id
 
 from detectron2.config import configurable
-from detectron2.data import DatasetMapper, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from ..errors import DatasetError, ImageLoadError
+from .image_io import ImageDatasetMapper, read_image
 from .label_space import PanopticLabelSpace
 
 __all__ = ["PanopticDatasetMapper", "read_panoptic_png"]
@@ -66,16 +67,17 @@ def _segments(pan_ids, segments_info, space, where):
     return index.reshape(pan_ids.shape), sem, cls
 
 
-class PanopticDatasetMapper(DatasetMapper):
+class PanopticDatasetMapper(ImageDatasetMapper):
     """
-    Detectron2's ``DatasetMapper`` (instance masks as ``BitMasks`` with tight boxes), whose
-    training path also takes panoptic dicts: a dict with ``pan_seg_file_name`` and
-    ``segments_info`` (contiguous ids with ``isthing``, as Detectron2's loaders give them, or raw
-    COCO dataset ids without it) gives ``instances`` (non-crowd things whose mask survived the
-    augmentation: ``gt_boxes`` tight boxes, ``gt_classes`` model thing index, ``gt_masks``) and
-    ``sem_seg`` (int64 (H, W): things, crowd included, 0; stuff 1..S; void 255). The panoptic ids
-    go through the image's transforms as a segmentation (nearest). Other dicts (e.g. Detectron2's
-    ``*_panoptic_separated``) go through ``DatasetMapper``, with thing ids mapped to the model's.
+    Detectron2's ``DatasetMapper`` (images read by ``image_io.read_image``; instance masks as
+    ``BitMasks`` with tight boxes), whose training path also takes panoptic dicts: a dict with
+    ``pan_seg_file_name`` and ``segments_info`` (contiguous ids with ``isthing``, as Detectron2's
+    loaders give them, or raw COCO dataset ids without it) gives ``instances`` (non-crowd things
+    whose mask survived the augmentation: ``gt_boxes`` tight boxes, ``gt_classes`` model thing
+    index, ``gt_masks``) and ``sem_seg`` (int64 (H, W): things, crowd included, 0; stuff 1..S;
+    void 255). The panoptic ids go through the image's transforms as a segmentation (nearest).
+    Other dicts (e.g. Detectron2's ``*_panoptic_separated``) go through ``DatasetMapper``, with
+    thing ids mapped to the model's.
     """
 
     @configurable
@@ -122,7 +124,7 @@ class PanopticDatasetMapper(DatasetMapper):
         if not (self.is_train and panoptic):
             return super().__call__(dataset_dict)
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         where = f"image {dataset_dict.get('image_id', dataset_dict['file_name'])!r}"
         where += f" ({dataset_dict['pan_seg_file_name']})"

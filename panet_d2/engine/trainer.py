@@ -3,20 +3,34 @@
 :class:`PANetTrainer`: Detectron2's :class:`DefaultTrainer` for panet_d2.
 """
 
+import contextlib
 import logging
 import os
 from collections import OrderedDict
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNNWithTTA
 
 from ..checkpoint import PANetCheckpointer
 from ..data import PanopticDatasetMapper
-from ..errors import OneLineInputErrors, check_files, check_inputs, check_tta, loading_dataset
+from ..data.image_io import ImageDatasetMapper
+from ..errors import (
+    OneLineInputErrors,
+    check_files,
+    check_inputs,
+    check_tta,
+    drop_invalid_annotations,
+    drop_invalid_coco_annotations,
+    loading_dataset,
+)
 from ..evaluation import build_evaluator
 from ..modeling import PanopticPANet
 from .resume import ResumableSampler, ResumeStateHook, preserved_rng_states
@@ -46,6 +60,40 @@ def adapt_config_to_machine(cfg):
     return notes
 
 
+@contextlib.contextmanager
+def _ddp_on_cpu():
+    """
+    Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]`` to DistributedDataParallel
+    for every model, which DDP refuses for a CPU model: several processes on CPUs (gloo) fail in
+    DefaultTrainer.__init__. Detectron2 has no hook there, so while the block runs (our
+    ``super().__init__``) the function that DefaultTrainer.__init__ calls is replaced by one that
+    gives a CPU model ``device_ids=None``; a GPU model goes to Detectron2's function unchanged.
+    """
+    create_ddp_model = d2_defaults.create_ddp_model
+
+    def create_ddp_model_on_any_device(model, **kwargs):
+        if comm.get_world_size() > 1 and all(p.device.type == "cpu" for p in model.parameters()):
+            kwargs.setdefault("device_ids", None)
+        return create_ddp_model(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model_on_any_device
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = create_ddp_model
+
+
+def _broadcast_buffers(model):
+    """
+    Detectron2's DDP model has ``broadcast_buffers=False``: each process keeps the running
+    statistics of its own BatchNorm layers, and checkpoints hold rank 0's. Every process takes
+    rank 0's buffers, so that an evaluation during training evaluates the model of the checkpoint
+    on every process (training normalises by batch statistics: unchanged).
+    """
+    for buffer in model.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+
+
 def uses_panoptic_mapper(cfg, dataset_dicts):
     """
     Whether to train with panet_d2's ``PanopticDatasetMapper`` (it makes the semantic targets
@@ -66,7 +114,11 @@ class PANetTrainer(DefaultTrainer):
     * evaluators by the test datasets' ``evaluator_type`` (:mod:`panet_d2.evaluation`); with
       TEST.AUG.ENABLED, one more evaluation with test-time augmentation after training, its
       results under "<task>_TTA";
-    * the training mapper of :func:`uses_panoptic_mapper`;
+    * distributed training on CPUs as on GPUs (:func:`_ddp_on_cpu`);
+    * images read by :func:`panet_d2.data.image_io.read_image` (16-bit scaled, 32-bit refused);
+      the training mapper of :func:`uses_panoptic_mapper`, else :class:`ImageDatasetMapper`;
+    * invalid annotations dropped, with a count, as the evaluation drops them
+      (:func:`panet_d2.errors.drop_invalid_annotations`);
     * exact ``--resume`` (:mod:`panet_d2.engine.resume`): the trainer keeps the sampler of its
       training loader (``train_sampler``) for its :class:`ResumeStateHook`.
     """
@@ -74,11 +126,13 @@ class PANetTrainer(DefaultTrainer):
     def __init__(self, cfg):
         check_inputs(cfg, train=True)
         logging.getLogger("detectron2.engine.train_loop").addFilter(_ONE_LINE_INPUT_ERRORS)
-        super().__init__(cfg)
+        with _ddp_on_cpu():
+            super().__init__(cfg)
 
     def build_train_loader(self, cfg):
         """
-        Detectron2's ``build_detection_train_loader`` with :func:`uses_panoptic_mapper`, a
+        Detectron2's ``build_detection_train_loader`` with :func:`uses_panoptic_mapper` (else
+        :class:`ImageDatasetMapper`), the invalid annotations dropped, a
         :class:`ResumableSampler`, and a generator of its own for the worker seeds (drawn at the
         first step, they would shift the global torch generator of a resumed run).
 
@@ -89,8 +143,16 @@ class PANetTrainer(DefaultTrainer):
             kwargs = build_detection_train_loader.from_config(cfg)
         dicts = kwargs["dataset"]
         check_files(dicts, ", ".join(cfg.DATASETS.TRAIN), "DATASETS.TRAIN")
-        if uses_panoptic_mapper(cfg, dicts):
+        if uses_panoptic_mapper(cfg, dicts):  # its targets come from the PNGs, not annotations
             kwargs["mapper"] = PanopticDatasetMapper(cfg, True)
+        else:
+            names = cfg.DATASETS.TRAIN
+            clean = drop_invalid_annotations(dicts, names, "DATASETS.TRAIN", cfg.MODEL.MASK_ON)
+            if any(a is not b for a, b in zip(clean, dicts)):  # a new sampler for the new list
+                if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
+                    clean = filter_images_with_only_crowd_annotations(clean)
+                kwargs = build_detection_train_loader.from_config(cfg, dataset=clean)
+            kwargs["mapper"] = ImageDatasetMapper(cfg, True)
         if kwargs["sampler"] is not None:
             kwargs["sampler"] = ResumableSampler(kwargs["sampler"])
         if not hasattr(self, "train_sampler"):
@@ -132,11 +194,27 @@ class PANetTrainer(DefaultTrainer):
         return getattr(self, "_last_eval_results", None)
 
     @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader with :class:`ImageDatasetMapper` (panet_d2's image reader)."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=ImageDatasetMapper(cfg, False))
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return build_evaluator(cfg, dataset_name, output_folder)
+        """
+        :func:`panet_d2.evaluation.build_evaluator`; the ground truth of its COCOEvaluators
+        without the annotations that training drops (pycocotools would fail on them after the
+        whole inference): :func:`panet_d2.errors.drop_invalid_coco_annotations`.
+        """
+        evaluator = build_evaluator(cfg, dataset_name, output_folder)
+        for e in getattr(evaluator, "_evaluators", [evaluator]):
+            if isinstance(e, COCOEvaluator) and hasattr(e, "_coco_api"):
+                drop_invalid_coco_annotations(e._coco_api, dataset_name, cfg.MODEL.MASK_ON)
+        return evaluator
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
+        if isinstance(model, DistributedDataParallel):  # during training, several processes
+            _broadcast_buffers(model)
         # evaluation draws from the global random generators: keep training's stream as it was
         with preserved_rng_states():
             return super().test(cfg, model, evaluators)

@@ -1,0 +1,116 @@
+# -*- coding: utf-8 -*-
+"""
+The one image reader of panet_d2 (training, evaluation and demo.py): :func:`read_image`, and
+:class:`ImageDatasetMapper`, Detectron2's ``DatasetMapper`` reading its images with it.
+
+Detectron2's ``read_image`` converts with PIL's ``convert``, which clips 16-bit pixels: a 16-bit
+grayscale PNG becomes an all-white image. Here 16-bit images are scaled to 8 bit; 32-bit integer
+and float images are refused with one line; every 8-bit mode (gray, RGB, RGBA, palette, CMYK, ...)
+and the EXIF orientation are read as Detectron2 reads them.
+"""
+
+import contextlib
+import threading
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.utils.file_io import PathManager
+
+from ..errors import ImageLoadError, InputError
+
+__all__ = ["read_image", "ImageDatasetMapper"]
+
+
+def _is_16_bit(image):
+    # PIL opens a 16-bit PNG as "I;16" (Pillow >= 10) or "I" (older; a PNG has no 32-bit pixels)
+    return image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG")
+
+
+def read_image(file_name, format=None, what="image"):
+    """
+    Args:
+        file_name (str): a path of Detectron2's PathManager.
+        format (str): as Detectron2's ``read_image``: a PIL mode ("RGB", "L", ...), "BGR" or
+            "YUV-BT.601"; None: the image's own mode.
+        what (str): what the file is, for the error message.
+
+    Returns:
+        np.ndarray: HWC, as Detectron2's ``read_image`` returns it, with the EXIF orientation
+        applied; a 16-bit image is first scaled to 8 bit (value / 257, rounded).
+
+    Raises:
+        ImageLoadError: naming the file, when it cannot be read or has 32-bit pixels (PIL modes
+            "I" and "F").
+    """
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            image = Image.open(f)
+            if _is_16_bit(image):
+                gray = np.asarray(ImageOps.exif_transpose(image), dtype=np.float64) / 257
+                image = Image.fromarray(np.round(gray).astype(np.uint8), mode="L")
+            elif image.mode in ("I", "F"):
+                raise ImageLoadError(
+                    "{} {!r} has PIL mode {!r} (32-bit pixels); panet_d2 reads 8- and 16-bit "
+                    "images: convert it (e.g. to an 8-bit PNG).".format(
+                        what[:1].upper() + what[1:], file_name, image.mode
+                    )
+                )
+            else:
+                image = ImageOps.exif_transpose(image)
+            return utils.convert_PIL_to_numpy(image, format)
+    except InputError:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for missing / unreadable files
+        raise ImageLoadError("Cannot read {} {!r}: {}".format(what, file_name, e)) from e
+
+
+_D2_READ_IMAGE = utils.read_image
+_local = threading.local()  # the image file of the record that this thread maps
+_lock = threading.Lock()
+_active = 0  # threads mapping a record
+
+
+def _dispatching_read_image(file_name, format=None):
+    # read_image for the image file of the record that this thread maps; Detectron2's for any
+    # other file (segmentation PNGs hold labels: never rescaled) and in other threads
+    if file_name == getattr(_local, "image_file", None):
+        return read_image(file_name, format)
+    return _D2_READ_IMAGE(file_name, format)
+
+
+@contextlib.contextmanager
+def _images_read_by_panet(image_file):
+    # DatasetMapper.__call__ reads the image with detection_utils.read_image and has no hook for
+    # another reader. So that ImageDatasetMapper subclasses DatasetMapper instead of copying its
+    # __call__, detection_utils.read_image is replaced while a record is mapped (for that
+    # record's image file only) and restored when no thread maps one.
+    global _active
+    if getattr(_local, "image_file", None) is not None:  # nested: a subclass calling super()
+        yield
+        return
+    with _lock:
+        _active += 1
+        utils.read_image = _dispatching_read_image
+    _local.image_file = image_file
+    try:
+        yield
+    finally:
+        _local.image_file = None
+        with _lock:
+            _active -= 1
+            if not _active:
+                utils.read_image = _D2_READ_IMAGE
+
+
+class ImageDatasetMapper(DatasetMapper):
+    """
+    Detectron2's ``DatasetMapper`` (same arguments and outputs) whose image is read by
+    :func:`read_image`: 16-bit images scaled to 8 bit, 32-bit ones refused with one line.
+    """
+
+    def __call__(self, dataset_dict):
+        with _images_read_by_panet(dataset_dict["file_name"]):
+            return super().__call__(dataset_dict)
