@@ -81,9 +81,13 @@ if __name__ == "__main__":
             "numpy",
             "Pillow",
             "tqdm",
+            "matplotlib",  # tools/analyze_level_usage.py (Fig. 3)
         ],
         extras_require={
-            "cityscapes": ["cityscapesscripts"],
+            # shapely: Detectron2's Cityscapes instance loader (polygons from the json files)
+            "cityscapes": ["cityscapesscripts", "shapely"],
             "dev": ["pytest"],
+            # ONNX export and ONNX Runtime (tools/export_model.py --format onnx, its tests)
+            "export": ["onnx", "onnxruntime"],
         },
     )

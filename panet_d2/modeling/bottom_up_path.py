@@ -10,7 +10,10 @@ FPN builds {P2, P3, P4, P5} top-down. BPA adds a short bottom-up path on top of 
 with 256 channels everywhere, each new conv followed by an optional norm and a ReLU. As FPN's P6
 comes from P5, the coarser level N6 used by the RPN is a max-pool (kernel 1, stride 2) of N5.
 """
+
 import math
+import re
+import types
 
 import fvcore.nn.weight_init as weight_init
 from torch import nn
@@ -23,6 +26,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from ..config import PAFPN_ACTIVATIONS
 from ..errors import ConfigError, check_choice
 from .adaptive_feature_pooling import check_norm
+from .scripting import add_scripting_lists, scriptable_copy
 
 __all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
 
@@ -41,6 +45,8 @@ class PAFPN(FPN):
     head and config key (RPN.IN_FEATURES, ROI_HEADS.IN_FEATURES, SEM_SEG_HEAD.IN_FEATURES) works on
     it unchanged; the tensors under those names are the augmented maps N2 ... N6.
     """
+
+    _SCRIPTING_LISTS = ("lateral_convs", "output_convs", "bpa_down_convs", "bpa_output_convs")
 
     def __init__(
         self,
@@ -112,6 +118,29 @@ class PAFPN(FPN):
             self.add_module("bpa_out{}".format(stage), output)
             self.bpa_down_convs.append(down)
             self.bpa_output_convs.append(output)
+        add_scripting_lists(self, self._SCRIPTING_LISTS)
+
+    # Detectron2's FPN.forward (its code object, not a copy of its source) as a method of another
+    # name: TorchScript compiles no ``super().forward()``, and compiles a method by its __name__.
+    _fpn_forward = types.FunctionType(
+        FPN.forward.__code__, FPN.forward.__globals__, "_fpn_forward", FPN.forward.__defaults__
+    )
+
+    def __prepare_scriptable__(self):
+        """
+        The copy that ``torch.jit.script`` compiles: the Python lists of convs (FPN's and the
+        bottom-up path's) as ModuleLists, as Detectron2 prepares its FPN for scripting (so the
+        scripted model's parameter names differ from the eager ones, as Detectron2's do).
+        """
+        return scriptable_copy(
+            self,
+            self._SCRIPTING_LISTS,
+            [
+                n
+                for n in self._modules
+                if re.match(r"(fpn_lateral|fpn_output|bpa_down|bpa_out)\d+$", n)
+            ],
+        )
 
     def forward(self, x):
         """
@@ -121,21 +150,24 @@ class PAFPN(FPN):
         Returns:
             dict[str->Tensor]: "p2" ... "p6" holding N2 ... N6, each (N, out_channels, H/s, W/s).
         """
-        fpn = super().forward(x)  # Detectron2's FPN: P2 ... P5 (and P6 from P5)
-        n = fpn[self._pyramid_features[0]]  # N2 is P2, untouched
-        results = {self._pyramid_features[0]: n}
-        for name, down, output in zip(
-            self._pyramid_features[1:], self.bpa_down_convs, self.bpa_output_convs
-        ):
-            n = output(down(n) + fpn[name])
-            results[name] = n
+        fpn = self._fpn_forward(x)  # Detectron2's FPN: P2 ... P5 (and P6 from P5)
+        names = self._pyramid_features
+        n = fpn[names[0]]  # N2 is P2, untouched
+        results = {names[0]: n}
+        # (indexing and zip over ModuleLists only: what TorchScript compiles)
+        for k, (down, output) in enumerate(zip(self.bpa_down_convs, self.bpa_output_convs)):
+            n = output(down(n) + fpn[names[k + 1]])
+            results[names[k + 1]] = n
+        extra_names = self._out_features[len(names) :]
         if self.top_block is not None:
             if self.top_block.in_feature in results:
                 # N6 = max-pool(N5), as FPN's P6 comes from P5.
                 extra = self.top_block(results[self.top_block.in_feature])
+                for name, value in zip(extra_names, extra):
+                    results[name] = value
             else:  # the top block reads a bottom-up feature (e.g. "res5"): FPN computed it already
-                extra = [fpn[f] for f in self._out_features[len(results) :]]
-            results.update(zip(self._out_features[len(results) :], extra))
+                for name in extra_names:
+                    results[name] = fpn[name]
         return {f: results[f] for f in self._out_features}
 
 
@@ -168,4 +200,3 @@ def build_resnet_pafpn_backbone(cfg, input_shape: ShapeSpec):
         bpa_norm=cfg.MODEL.PAFPN.NORM,
         bpa_activation=cfg.MODEL.PAFPN.ACTIVATION,
     )
-

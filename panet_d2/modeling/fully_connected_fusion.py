@@ -7,6 +7,7 @@ path from one of its convs (conv3 by default): two 3x3 convs (the second halving
 one fc layer producing a 28 x 28 class-agnostic foreground/background mask, fused with every
 class's mask logits (sum by default).
 """
+
 import fvcore.nn.weight_init as weight_init
 import torch
 from torch import nn
@@ -92,8 +93,7 @@ class FullyConnectedFusion(nn.Module):
         Returns:
             Tensor: fused mask logits, shape (M, K, S, S).
         """
-        for conv in self.convs:
-            x = conv(x)
+        x = self.conv2(self.conv1(x))  # (named layers: TorchScript compiles no list of modules)
         fc_mask = self.fc(x.flatten(1))
         if self.fc_activation:
             fc_mask = torch.relu(fc_mask)

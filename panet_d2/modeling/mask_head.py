@@ -3,6 +3,7 @@
 The mask head of PANet: Mask R-CNN's 4-conv FCN head with adaptive feature pooling (per-level
 conv1, fusion before conv2) and fully-connected fusion (:class:`FullyConnectedFusion`).
 """
+
 from typing import List
 
 import torch
@@ -14,10 +15,11 @@ from detectron2.modeling.roi_heads.mask_head import (
     MaskRCNNConvUpsampleHead,
 )
 
-from .adaptive_feature_pooling import AFPConv2d, fuse_levels
 from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, FF_START_LAYERS
 from ..errors import ConfigError, check_choice
+from .adaptive_feature_pooling import AFPConv2d, fuse_levels
 from .fully_connected_fusion import FullyConnectedFusion
+from .scripting import add_scripting_lists, scriptable_copy
 
 __all__ = ["PANetMaskHead"]
 
@@ -102,6 +104,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
                 fc_activation=ff_fc_activation,
                 fc_init=ff_fc_init,
             )
+        add_scripting_lists(self, ["conv_norm_relus"])
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -130,12 +133,23 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         """
         if self.num_levels > 1 and not self.per_level_first_layer:
             x = fuse_levels(x, self.fuse_type)
-        ff_input = None
-        for k, conv in enumerate(self.conv_norm_relus, start=1):
+        ff_input = x
+        for k, conv in enumerate(self.conv_norm_relus):
             x = conv(x)
-            if k == self.ff_start_layer:
+            if k + 1 == self.ff_start_layer:
                 ff_input = x
         x = self.predictor(self.deconv_relu(self.deconv(x)))
         if self.fc_fusion is not None:
             x = self.fc_fusion(ff_input, x)
         return x
+
+    def __prepare_scriptable__(self):
+        """
+        The copy that ``torch.jit.script`` compiles: the Python list of convs as a ModuleList
+        ``conv_norm_relus`` (as Detectron2 prepares its FPN), so the scripted model's parameter
+        names are ``conv_norm_relus.<k>.*`` instead of ``mask_fcn<k+1>.*``.
+        """
+        num_conv = len(self.conv_norm_relus)
+        return scriptable_copy(
+            self, ["conv_norm_relus"], ["mask_fcn{}".format(k + 1) for k in range(num_conv)]
+        )

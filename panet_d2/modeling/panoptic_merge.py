@@ -22,16 +22,32 @@ Why it is faster:
 The number of host/device synchronisations per image is constant (about 7),
 independent of the number of instances, so the same code path is efficient on
 CUDA tensors too.
+
+:func:`merge_panoptic_tensors` is the same merge in tensor form (tensors in, tensors out:
+segment id map and one row per segment, see ``SEGMENT_FIELDS``) for deployment: TorchScript
+compiles it (scripting; tracing through ``torch.jit.script_if_tracing``, which keeps its
+data-dependent loop), and the ONNX exporter turns it into an ONNX ``Loop``. It covers the model's
+own inputs (boolean or 0/1 masks, non-negative integer semantic labels) with the same results as
+Detectron2; :func:`segments_to_info` turns its rows into Detectron2's ``segments_info``.
 """
 
 import math
 from numbers import Real
+from typing import Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import ConfigError
-__all__ = ["combine_semantic_and_instance_outputs", "PanopticMerge"]
+
+__all__ = [
+    "combine_semantic_and_instance_outputs",
+    "merge_panoptic_tensors",
+    "segments_to_info",
+    "SEGMENT_FIELDS",
+    "PanopticMerge",
+]
 
 # Integer semantic labels in [0, _DIRECT_LABEL_LIMIT) are used directly as bincount bins;
 # other label sets (negative, huge, floating point) go through searchsorted.
@@ -238,6 +254,152 @@ def combine_semantic_and_instance_outputs(
     return panoptic_seg, segments_info
 
 
+# Columns of the per-segment tensor of :func:`merge_panoptic_tensors` (float64, exact for the
+# float32 scores and for ids, labels and areas below 2**53). "score_or_area": the instance's score
+# for a thing, the segment's area in pixels for stuff; "instance_id": -1 for stuff.
+SEGMENT_FIELDS = ("id", "category_id", "isthing", "score_or_area", "instance_id")
+
+
+@torch.jit.script_if_tracing
+def merge_panoptic_tensors(
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    masks: torch.Tensor,
+    sem_seg: torch.Tensor,
+    overlap_threshold: float,
+    stuff_area_thresh: float,
+    instances_score_thresh: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    :func:`combine_semantic_and_instance_outputs` in tensor form: tensors in, tensors out, in the
+    subset of Python that TorchScript compiles and that the ONNX exporter turns into ONNX ops (a
+    ``Loop`` for the instances: no Python lists, no ``tolist``).
+
+    Args:
+        scores (Tensor): (N,) float instance scores.
+        classes (Tensor): (N,) int instance classes.
+        masks (Tensor): (N, H, W) instance masks, bool (or numbers, non-zero = foreground).
+        sem_seg (Tensor): (H, W) semantic labels, integers >= 0 (0 = "other", the things).
+        overlap_threshold, stuff_area_thresh, instances_score_thresh: the merge thresholds.
+
+    Returns:
+        panoptic_seg (Tensor): (H, W) int32, 0 = void, 1.. = segment ids.
+        segments (Tensor): (S, 5) float64, one row per segment in id order, columns
+            ``SEGMENT_FIELDS``: id, category_id, isthing (1.0 / 0.0), score (things) or area
+            (stuff), instance_id (index into the N instances; -1 for stuff).
+    """
+    H, W = sem_seg.shape[0], sem_seg.shape[1]
+    device = sem_seg.device
+    panoptic_seg = torch.zeros((H, W), dtype=torch.int32, device=device)
+    masks = masks.to(torch.bool)
+
+    # Things, by descending score (Detectron2's very call, so ties break the same way); stop at
+    # the first score below the threshold (compared in float64, as Python compares floats).
+    sorted_inds = torch.argsort(-scores)
+    sorted_scores = scores[sorted_inds].to(torch.float64)
+    below = torch.nonzero(sorted_scores < instances_score_thresh)
+    num = int(below[0, 0]) if below.shape[0] > 0 else int(sorted_inds.shape[0])
+    if H == 0 or W == 0:
+        num = 0
+    candidates = sorted_inds[:num]
+    # tight box of every mask (empty: the whole image), so that an instance reads and writes
+    # only its box
+    rows_any = masks.any(dim=2).to(torch.uint8)
+    cols_any = masks.any(dim=1).to(torch.uint8)
+    y0s, x0s = rows_any.argmax(dim=1), cols_any.argmax(dim=1)
+    y1s, x1s = H - rows_any.flip([1]).argmax(dim=1), W - cols_any.flip([1]).argmax(dim=1)
+    accepted = torch.zeros(num, dtype=torch.bool, device=device)
+    current_id = torch.zeros((), dtype=torch.int32, device=device)
+    for k in range(num):
+        i = int(candidates[k])
+        y0, y1, x0, x1 = int(y0s[i]), int(y1s[i]), int(x0s[i]), int(x1s[i])
+        mask = masks[i, y0:y1, x0:x1]
+        crop = panoptic_seg[y0:y1, x0:x1]
+        free = mask & (crop == 0)
+        area = mask.sum()
+        free_area = free.sum()
+        # Detectron2: an empty mask is skipped; else rejected if
+        # intersect_area * 1.0 / mask_area > overlap_threshold (in float64)
+        overlap = (area - free_area).to(torch.float64) / area.clamp(min=1).to(torch.float64)
+        accept = (area > 0) & torch.logical_not(overlap > overlap_threshold)
+        current_id = current_id + accept.to(torch.int32)
+        panoptic_seg[y0:y1, x0:x1] = torch.where(free & accept, current_id, crop)
+        accepted[k] = accept
+    things = candidates[accepted]
+    num_things = things.shape[0]
+    segments = torch.stack(
+        [
+            torch.arange(1, num_things + 1, device=device).to(torch.float64),
+            classes[things].to(torch.float64),
+            torch.ones(num_things, dtype=torch.float64, device=device),
+            sorted_scores[:num][accepted],
+            things.to(torch.float64),
+        ],
+        dim=1,
+    )
+
+    # Stuff: every label present in sem_seg except 0, ascending, takes its free pixels if they
+    # are at least stuff_area_thresh (Detectron2 visits torch.unique(sem_seg) one by one).
+    if H > 0 and W > 0:
+        labels = sem_seg.reshape(-1).to(torch.int64)
+        free = (panoptic_seg == 0).reshape(-1)
+        num_labels = int(labels.max()) + 1
+        zeros = torch.zeros(num_labels, dtype=torch.int64, device=device)
+        present = zeros.scatter_add(0, labels, torch.ones_like(labels)) > 0
+        free_area = zeros.scatter_add(0, labels, free.to(torch.int64))
+        keep = present & torch.logical_not(free_area.to(torch.float64) < stuff_area_thresh)
+        keep = keep & (torch.arange(num_labels, device=device) > 0)
+        stuff = torch.nonzero(keep)[:, 0]
+        n = stuff.shape[0]
+        ids = torch.arange(n, device=device) + (num_things + 1)
+        lut = torch.zeros(num_labels, dtype=torch.int32, device=device)
+        lut = lut.index_put((stuff,), ids.to(torch.int32))
+        stuff_ids = torch.where(free, lut[labels], torch.zeros_like(panoptic_seg).reshape(-1))
+        panoptic_seg = panoptic_seg + stuff_ids.reshape(H, W)
+        stuff_rows = torch.stack(
+            [
+                ids.to(torch.float64),
+                stuff.to(torch.float64),
+                torch.zeros(n, dtype=torch.float64, device=device),
+                free_area[stuff].to(torch.float64),
+                torch.full((n,), -1.0, dtype=torch.float64, device=device),
+            ],
+            dim=1,
+        )
+        segments = torch.cat([segments, stuff_rows])
+    return panoptic_seg, segments
+
+
+def segments_to_info(segments):
+    """
+    Detectron2's ``segments_info`` (list[dict], the same keys, values and Python types as
+    :func:`combine_semantic_and_instance_outputs`) from the (S, 5) rows of
+    :func:`merge_panoptic_tensors` (a tensor or a numpy array, e.g. an ONNX Runtime output).
+    """
+    info = []
+    for seg_id, category, isthing, value, instance in np.asarray(segments).tolist():
+        if isthing:
+            info.append(
+                {
+                    "id": int(seg_id),
+                    "isthing": True,
+                    "score": value,
+                    "category_id": int(category),
+                    "instance_id": int(instance),
+                }
+            )
+        else:
+            info.append(
+                {
+                    "id": int(seg_id),
+                    "isthing": False,
+                    "category_id": int(category),
+                    "area": int(value),
+                }
+            )
+    return info
+
+
 # Detectron2 config keys of the thresholds, for error messages.
 _CFG_KEYS = {
     "overlap_threshold": "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH",
@@ -260,19 +422,23 @@ def _check_number(name, value, lo, hi):
     return value
 
 
-class PanopticMerge:
-    """Callable holding validated merge thresholds.
+class PanopticMerge(nn.Module):
+    """The panoptic merge with validated thresholds, as a module without parameters.
 
     ``PanopticMerge.from_config(cfg)`` reads ``cfg.MODEL.PANOPTIC_FPN.COMBINE``
     (OVERLAP_THRESH, STUFF_AREA_LIMIT, INSTANCES_CONFIDENCE_THRESH). Thresholds must
     be in [0, 1] and the area limit >= 0, otherwise ``ValueError`` naming the config
     key, the value and the allowed range.
 
-    ``merge(instances, sem_seg)`` -> ``(panoptic_seg (H, W) int32, segments_info)``,
-    see :func:`combine_semantic_and_instance_outputs`.
+    * ``merge(instances, sem_seg)`` -> ``(panoptic_seg (H, W) int32, segments_info)``, see
+      :func:`combine_semantic_and_instance_outputs` (eager; under ``torch.jit.trace``, e.g.
+      Detectron2's ``FlopCountAnalysis``, computed by the tensor form).
+    * ``merge.merge_tensors(scores, classes, masks, sem_seg)`` -> ``(panoptic_seg, segments)``,
+      see :func:`merge_panoptic_tensors` (scripting, tracing, ONNX).
     """
 
     def __init__(self, overlap_threshold=0.5, stuff_area_thresh=4096, instances_score_thresh=0.5):
+        super().__init__()
         self.overlap_threshold = _check_number("overlap_threshold", overlap_threshold, 0, 1)
         self.stuff_area_thresh = _check_number("stuff_area_thresh", stuff_area_thresh, 0, None)
         self.instances_score_thresh = _check_number(
@@ -288,7 +454,16 @@ class PanopticMerge:
             instances_score_thresh=c.INSTANCES_CONFIDENCE_THRESH,
         )
 
-    def __call__(self, instance_results, semantic_results):
+    @torch.jit.unused
+    def forward(self, instance_results, semantic_results):
+        if torch.jit.is_tracing():  # a traced graph holds tensors and compiled code only
+            panoptic_seg, segments = self.merge_tensors(
+                instance_results.scores,
+                instance_results.pred_classes,
+                instance_results.pred_masks.to(semantic_results.device),
+                semantic_results,
+            )
+            return panoptic_seg, segments_to_info(segments)
         return combine_semantic_and_instance_outputs(
             instance_results,
             semantic_results,
@@ -297,9 +472,27 @@ class PanopticMerge:
             self.instances_score_thresh,
         )
 
-    def __repr__(self):
+    def merge_tensors(
+        self,
+        scores: torch.Tensor,
+        classes: torch.Tensor,
+        masks: torch.Tensor,
+        sem_seg: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:func:`merge_panoptic_tensors` with this module's thresholds."""
+        return merge_panoptic_tensors(
+            scores,
+            classes,
+            masks,
+            sem_seg,
+            float(self.overlap_threshold),
+            float(self.stuff_area_thresh),
+            float(self.instances_score_thresh),
+        )
+
+    def extra_repr(self):
         return (
-            f"PanopticMerge(overlap_threshold={self.overlap_threshold}, "
+            f"overlap_threshold={self.overlap_threshold}, "
             f"stuff_area_thresh={self.stuff_area_thresh}, "
-            f"instances_score_thresh={self.instances_score_thresh})"
+            f"instances_score_thresh={self.instances_score_thresh}"
         )

@@ -3,12 +3,15 @@
 PANet's ROI heads: Detectron2's :class:`StandardROIHeads` (sampling, losses, inference) with
 adaptive feature pooling wired into the box and mask branches.
 """
+
+import torch
+
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
-from .adaptive_feature_pooling import AdaptiveFeaturePooler
-from .box_head import PANetConvFCHead
 from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
 from ..errors import ConfigError, check_choice
+from .adaptive_feature_pooling import AdaptiveFeaturePooler
+from .box_head import PANetConvFCHead
 from .mask_head import PANetMaskHead
 
 __all__ = ["PANetROIHeads"]
@@ -22,6 +25,11 @@ class PANetROIHeads(StandardROIHeads):
     level-stacked grids (M, L, C, H, W) to heads that fuse them (:class:`PANetConvFCHead`,
     :class:`PANetMaskHead`). With AFP off it is exactly :class:`StandardROIHeads`.
     """
+
+    # Constants for TorchScript, so that scripting compiles the absent branches away:
+    # detectron2.export annotates StandardROIHeads so, and a subclass does not inherit it.
+    mask_on: torch.jit.Final[bool]
+    keypoint_on: torch.jit.Final[bool]
 
     @classmethod
     def from_config(cls, cfg, input_shape):

@@ -8,13 +8,19 @@ maps are summed; a 1x1 conv predicts the stuff classes plus one "other" class (l
 pixel); 4x bilinear upsampling to the image; per-pixel cross-entropy, void ignored, times
 MODEL.SEM_SEG_HEAD.LOSS_WEIGHT (lambda_s).
 """
-from typing import Dict
 
-from detectron2.layers import ShapeSpec
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.meta_arch.semantic_seg import SEM_SEG_HEADS_REGISTRY, SemSegFPNHead
 
-from ..errors import ConfigError, check_choice
+from ..errors import ConfigError
 from .adaptive_feature_pooling import check_norm
+from .scripting import add_scripting_lists, scriptable_copy
 
 __all__ = ["PANetSemSegHead"]
 
@@ -49,3 +55,40 @@ class PANetSemSegHead(SemSegFPNHead):
                 )
             )
         return super().from_config(cfg, input_shape)
+
+    def __init__(self, *args, **kwargs):
+        """Same arguments as :class:`SemSegFPNHead`."""
+        super().__init__(*args, **kwargs)
+        # The same ReLU as a module (TorchScript holds no function as an attribute); no
+        # parameters, so the same state_dict as Detectron2's head.
+        for module in self.modules():
+            if isinstance(module, Conv2d) and module.activation is F.relu:
+                module.activation = nn.ReLU()
+        add_scripting_lists(self, ["scale_heads"])
+
+    def forward(self, features: Dict[str, torch.Tensor], targets: Optional[torch.Tensor] = None):
+        """As :meth:`SemSegFPNHead.forward`; the TorchScript-compiled head runs :meth:`_logits`."""
+        if torch.jit.is_scripting():
+            no_losses: Dict[str, torch.Tensor] = {}
+            return self._logits(features), no_losses
+        return super().forward(features, targets)
+
+    def _logits(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """
+        The inference of :meth:`SemSegFPNHead.forward` in the Python that TorchScript compiles
+        (the copy made by :meth:`__prepare_scriptable__`): logits (N, NUM_CLASSES, H, W).
+        """
+        x = features[self.in_features[0]]
+        for k, head in enumerate(self.scale_heads):  # TorchScript unrolls a ModuleList
+            y = head(features[self.in_features[k]])
+            x = y if k == 0 else x + y
+        x = self.predictor(x)
+        scale = float(self.common_stride)
+        return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+
+    def __prepare_scriptable__(self):
+        """
+        The copy that ``torch.jit.script`` compiles: the per-level heads as a ModuleList
+        ``scale_heads`` (as Detectron2 prepares its FPN) instead of children named by level.
+        """
+        return scriptable_copy(self, ["scale_heads"], self.in_features)

@@ -1,0 +1,199 @@
+# -*- coding: utf-8 -*-
+"""
+tools/export_model.py (Detectron2's tools/deploy/export_model.py options) on quick-schedule
+checkpoints written by PANetCheckpointer: the exported files give the eager model's outputs, and
+--run-eval the eager model's metrics.
+"""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from detectron2.data import build_detection_test_loader
+from detectron2.evaluation import inference_on_dataset
+from detectron2.modeling import build_model
+
+from panet_d2 import PANetCheckpointer, export
+from panet_d2.data import register_synthetic_dataset
+from panet_d2.evaluation import build_evaluator
+
+from .common import panet_cfg
+from .export_common import assert_equal_fields, instances_fields
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTANCE = "quick_schedules/panet_R_18_synth_instance.yaml"
+PANOPTIC = "quick_schedules/panoptic_panet_R_18_synth.yaml"
+SAMPLE_IMAGE = os.path.join(ROOT, "assets", "demo_images", "img1.jpg")
+DATASET = "test_export_synth_val"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    path = os.path.join(ROOT, "tools", "export_model.py")
+    spec = importlib.util.spec_from_file_location("export_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("datasets"))
+    register_synthetic_dataset(
+        "test_export_synth", root=root, splits={"val": {"num_images": 2, "seed": 3}}
+    )
+    return root
+
+
+def _checkpoint(config, path, opts=()):
+    """A checkpoint as training writes it (PANetCheckpointer) of a freshly built model."""
+    torch.manual_seed(0)
+    PANetCheckpointer(
+        build_model(panet_cfg(config, small=False, opts=opts)), save_dir=str(path)
+    ).save("ckpt")
+    return str(path / "ckpt.pth")
+
+
+def _eager(config, weights, opts=()):
+    cfg = panet_cfg(config, small=False, opts=["MODEL.WEIGHTS", weights] + list(opts))
+    torch.manual_seed(123)  # other random weights than the checkpoint's: all must be loaded
+    model = build_model(cfg).eval()
+    PANetCheckpointer(model).load(weights)
+    return cfg, model
+
+
+def _assert_same_metrics(metrics, expected, abs):
+    assert list(metrics) == list(expected)
+    for task in metrics:
+        assert list(metrics[task]) == list(expected[task])
+        for key, value in metrics[task].items():
+            assert value == pytest.approx(expected[task][key], abs=abs, nan_ok=True), key
+
+
+def test_tracing_to_torchscript_of_a_detectron2_layout_checkpoint(tool, tmp_path):
+    # a checkpoint with single-level box fc1 / mask conv1 (AFP off, Detectron2's layout), exported
+    # with AFP on: the command warm-starts every level from them, as PANetCheckpointer does
+    weights = _checkpoint(INSTANCE, tmp_path, ["MODEL.AFP.ENABLED", False])
+    out = str(tmp_path / "out")
+    tool.main(
+        [
+            "--config-file",
+            os.path.join(ROOT, "configs", INSTANCE),
+            "--format",
+            "torchscript",
+            "--export-method",
+            "tracing",
+            "--sample-image",
+            SAMPLE_IMAGE,
+            "--output",
+            out,
+            "MODEL.WEIGHTS",
+            weights,
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
+    assert {"model.ts", "model_ts_code.txt"} <= set(os.listdir(out))
+    _, model = _eager(INSTANCE, weights)
+    fc1 = model.roi_heads.box_head.fc1.per_level.weight
+    assert torch.equal(fc1[0], fc1[3])  # warm-started: every level the checkpoint's fc1
+    traced = torch.jit.load(os.path.join(out, "model.ts"))
+    img = torch.rand(3, 192, 256) * 255
+    with torch.no_grad():
+        expected = instances_fields(model.inference([{"image": img}], do_postprocess=False)[0])
+        boxes, classes, masks, scores, size = traced(img)  # the fields by name, image_size
+    assert size.tolist() == [192, 256]
+    assert_equal_fields(
+        expected,
+        {"pred_boxes": boxes, "pred_classes": classes, "pred_masks": masks, "scores": scores},
+    )
+
+
+def test_onnx_export_and_its_evaluation(tool, tmp_path, datasets):
+    pytest.importorskip("onnxruntime", reason='pip install -e ".[export]"')
+    weights = _checkpoint(INSTANCE, tmp_path)
+    opts = ["DATASETS.TEST", "('{}',)".format(DATASET), "MODEL.DEVICE", "cpu"]
+    cfg, model = _eager(INSTANCE, weights, opts)
+    out = str(tmp_path / "out")
+    # what main() does after loading the model, the test loader's first image traced
+    args = tool.get_parser().parse_args(
+        ["--config-file", "unused", "--format", "onnx", "--run-eval", "--output", out]
+    )
+    deployed = tool.export_model(cfg, args, model)
+    assert os.path.isfile(os.path.join(out, "model.onnx"))
+    metrics = tool.evaluate(cfg, deployed, out)
+    expected = inference_on_dataset(
+        model, build_detection_test_loader(cfg, DATASET), build_evaluator(cfg, DATASET, out)
+    )
+    assert set(metrics) == {"bbox", "segm"}
+    _assert_same_metrics(metrics, expected, abs=1e-3)  # ONNX Runtime: test_export_onnx.py
+    # what was evaluated: ONNX Runtime's outputs, resized as the eager model resizes them
+    for inputs in build_detection_test_loader(cfg, DATASET):
+        got = deployed(inputs)[0]["instances"]
+        with torch.no_grad():
+            want = model(inputs)[0]["instances"]
+        assert got.image_size == want.image_size == (inputs[0]["height"], inputs[0]["width"])
+        got, want = instances_fields(got), instances_fields(want)
+        masks_got, masks_want = got.pop("pred_masks"), want.pop("pred_masks")
+        assert_equal_fields(want, got, atol={"pred_boxes": 1e-3, "scores": 1e-5})
+        assert (masks_got != masks_want).float().mean() < 1e-3  # pasted at 0.5 probability
+
+
+def test_scripting_of_the_panoptic_model_with_run_eval(tool, tmp_path, datasets):
+    weights = _checkpoint(PANOPTIC, tmp_path)
+    opts = ["DATASETS.TEST", "('{}_panoptic',)".format(DATASET), "MODEL.DEVICE", "cpu"]
+    out = str(tmp_path / "out")
+    metrics = tool.main(
+        [
+            "--config-file",
+            os.path.join(ROOT, "configs", PANOPTIC),
+            "--format",
+            "torchscript",
+            "--export-method",
+            "scripting",
+            "--run-eval",
+            "--output",
+            out,
+            "MODEL.WEIGHTS",
+            weights,
+        ]
+        + opts
+    )
+    cfg, model = _eager(PANOPTIC, weights, opts)
+    dataset = cfg.DATASETS.TEST[0]
+    expected = inference_on_dataset(
+        model, build_detection_test_loader(cfg, dataset), build_evaluator(cfg, dataset, out)
+    )
+    assert "panoptic_seg" in metrics
+    _assert_same_metrics(metrics, expected, abs=0)  # the same outputs: the same metrics
+    scripted = torch.jit.load(os.path.join(out, "model.ts"))
+    img = torch.rand(3, 160, 192) * 255
+    with torch.no_grad():
+        got = scripted([{"image": img}])[0]
+        eager = model([{"image": img}])[0]
+    assert torch.equal(got["panoptic_seg"], eager["panoptic_seg"][0])
+    assert (
+        export.eager_outputs(got, None, None, None)["panoptic_seg"][1] == eager["panoptic_seg"][1]
+    )
+
+
+def test_bad_option(tool, tmp_path):
+    with pytest.raises(ValueError, match="scripting exports to --format torchscript only"):
+        tool.main(
+            [
+                "--config-file",
+                os.path.join(ROOT, "configs", INSTANCE),
+                "--format",
+                "onnx",
+                "--export-method",
+                "scripting",
+                "--output",
+                str(tmp_path),
+                "MODEL.DEVICE",
+                "cpu",
+            ]
+        )

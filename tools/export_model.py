@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+# -*- coding: utf-8 -*-
+"""
+Export a PANet or panoptic PANet model for deployment: Detectron2's tools/deploy/export_model.py
+for this project (same options, without caffe2), on ``panet_d2.export`` (built on
+``detectron2.export``). Checkpoints load with ``PANetCheckpointer`` (panet_d2's and Detectron2's,
+the AFP warm start included).
+
+    python3 tools/export_model.py \\
+        --config-file configs/COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml \\
+        --format onnx --export-method tracing --sample-image input.jpg --output ./output \\
+        MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
+
+Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torchscript_IR``) or
+``model.onnx`` (opset ``panet_d2.export.ONNX_OPSET_VERSION``). What the exported model computes:
+see ``panet_d2/export.py``. ``--run-eval`` evaluates the exported model on cfg.DATASETS.TEST[0]
+with the project's evaluator of that dataset.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+
+import detectron2.data.transforms as T
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_test_loader, detection_utils
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.export import dump_torchscript_IR
+from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from panet_d2 import export  # noqa: E402
+from panet_d2 import PANetCheckpointer, add_panet_config  # noqa: E402
+
+logger = setup_logger(name="panet_d2.export_model")
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description="Export a panet_d2 model for deployment.")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
+    parser.add_argument(
+        "--format", choices=["torchscript", "onnx"], default="torchscript", help="output format"
+    )
+    parser.add_argument(
+        "--export-method",
+        choices=["tracing", "scripting"],
+        default="tracing",
+        help="how to export (onnx: tracing only)",
+    )
+    parser.add_argument(
+        "--sample-image",
+        default=None,
+        help="image to trace with (default: the " "first image of cfg.DATASETS.TEST[0])",
+    )
+    parser.add_argument("--run-eval", action="store_true", help="evaluate the exported model")
+    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument(
+        "opts", default=None, nargs=argparse.REMAINDER, help="config changes: KEY VALUE pairs"
+    )
+    return parser
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_panet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts or [])
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.freeze()
+    return cfg
+
+
+def get_sample_input(cfg, args):
+    """One test input as the test loader gives it: {"image" (resized), "height", "width"}."""
+    if args.sample_image is None:
+        return next(iter(build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])))[0]
+    original = detection_utils.read_image(args.sample_image, format=cfg.INPUT.FORMAT)
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    image = resize.get_transform(original).apply_image(original)
+    image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
+    return {"image": image, "height": original.shape[0], "width": original.shape[1]}
+
+
+def export_model(cfg, args, model):
+    """Writes the exported model; returns a function ``inputs -> outputs`` running it as the eager
+    model runs (for --run-eval)."""
+    PathManager.mkdirs(args.output)
+    path = os.path.join(args.output, "model.ts" if args.format == "torchscript" else "model.onnx")
+    if args.export_method == "scripting":
+        if args.format != "torchscript":
+            raise ValueError("--export-method scripting exports to --format torchscript only")
+        exported = export.script_model(model)
+
+        def run(image, height, width):
+            inputs = {"image": image}
+            if export.is_panoptic(model):
+                inputs.update(height=torch.tensor(height), width=torch.tensor(width))
+            return exported([inputs])[0]
+
+    else:
+        sample = get_sample_input(cfg, args)
+        sample = export.sample_inputs(model, sample["image"], sample["height"], sample["width"])
+        if args.format == "torchscript":
+            exported, schema = export.trace_model(model, sample)
+            run_flat = exported
+        else:
+            schema = export.export_onnx(model, sample, path)
+            run_flat = None  # an ONNX Runtime session, made on first use
+        logger.info("Outputs schema: {}".format(schema))
+
+        def run(image, height, width):
+            nonlocal run_flat
+            if run_flat is None:
+                run_flat = export.OnnxRuntimeModel(path, None)
+            return schema(run_flat(*export.sample_inputs(model, image, height, width)))
+
+    if args.format == "torchscript":
+        with PathManager.open(path, "wb") as f:
+            torch.jit.save(exported, f)
+        dump_torchscript_IR(exported, args.output)
+    logger.info("Wrote {}".format(path))
+
+    def inference(batched_inputs):
+        results = []
+        for inputs in batched_inputs:
+            image = inputs["image"]
+            height = inputs.get("height", image.shape[-2])
+            width = inputs.get("width", image.shape[-1])
+            with torch.no_grad():
+                outputs = run(image, height, width)
+            results.append(export.eager_outputs(outputs, image.shape[-2:], height, width))
+        return results
+
+    return inference
+
+
+def evaluate(cfg, inference, output_dir):
+    """Metrics of ``inference`` (what :func:`export_model` returns) on cfg.DATASETS.TEST[0], by the
+    project's evaluator of that dataset."""
+    from panet_d2.evaluation import build_evaluator
+
+    dataset = cfg.DATASETS.TEST[0]
+    logger.info("Evaluating the exported model on {} ...".format(dataset))
+    evaluator = build_evaluator(cfg, dataset, os.path.join(output_dir, "inference"))
+    metrics = inference_on_dataset(inference, build_detection_test_loader(cfg, dataset), evaluator)
+    print_csv_format(metrics)
+    return metrics
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logger.info("Command line arguments: " + str(args))
+    cfg = setup_cfg(args)
+
+    model = build_model(cfg)
+    PANetCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    model.eval()
+    inference = export_model(cfg, args, model)
+    if args.run_eval:
+        return evaluate(cfg, inference, args.output)
+    logger.info("Success.")
+    return None
+
+
+if __name__ == "__main__":
+    main()  # pragma: no cover
