@@ -20,7 +20,9 @@ the boxes are off by more than 100 pixels. The image size is a dynamic axis.
 
 Models whose norms are SyncBatchNorm (the MBN configs) are exported with BatchNorm2d in their place
 (:func:`convert_sync_batchnorm`: the same computation in inference; TorchScript cannot compile
-SyncBatchNorm).
+SyncBatchNorm). Models built from a LazyConfig (``detectron2.config.instantiate``) keep list and
+dict arguments as omegaconf ListConfig / DictConfig attributes, which TorchScript cannot compile
+either: they are exported as plain lists and dicts (:func:`convert_omegaconf_attributes`).
 """
 
 import copy
@@ -44,6 +46,7 @@ __all__ = [
     "SCRIPTING_FIELDS",
     "SEGMENT_FIELDS",
     "convert_sync_batchnorm",
+    "convert_omegaconf_attributes",
     "deployable_copy",
     "is_panoptic",
     "sample_inputs",
@@ -95,9 +98,46 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+def _plain(value):
+    """``value`` with every omegaconf container in it (nested in lists, tuples and dicts too)
+    converted to plain lists and dicts; ``value`` itself if there is none."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        if any(new is not old for new, old in zip(items, value)):
+            return type(value)(items) if type(value) in (list, tuple) else value
+    if isinstance(value, dict) and type(value) is dict:
+        items = {k: _plain(v) for k, v in value.items()}
+        if any(items[k] is not v for k, v in value.items()):
+            return items
+    return value
+
+
+def convert_omegaconf_attributes(module: nn.Module) -> nn.Module:
+    """
+    Replace, in place, on ``module`` and every submodule, the attributes that hold omegaconf
+    ListConfig / DictConfig (what ``detectron2.config.instantiate`` leaves of a LazyConfig's lists
+    and dicts, e.g. ``ResNet._out_features``) by plain lists and dicts, which TorchScript compiles.
+    Returns ``module``.
+    """
+    for m in module.modules():
+        for name, value in list(vars(m).items()):
+            if name in ("_parameters", "_buffers", "_modules"):
+                continue
+            new = _plain(value)
+            if new is not value:
+                object.__setattr__(m, name, new)
+    return module
+
+
 def deployable_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in inference mode, SyncBatchNorm converted; ``model`` is unchanged."""
-    return convert_sync_batchnorm(copy.deepcopy(model)).eval()
+    """A copy of ``model`` in inference mode, SyncBatchNorm converted and omegaconf attributes made
+    plain (:func:`convert_omegaconf_attributes`); ``model`` is unchanged."""
+    model = convert_omegaconf_attributes(convert_sync_batchnorm(copy.deepcopy(model)))
+    return model.eval()
 
 
 def is_panoptic(model: nn.Module) -> bool:

@@ -214,3 +214,11 @@ def test_bad_values(kwargs, layer):
     with pytest.raises(ValueError) as e:
         layer(32, 32, 4, **kwargs)
     assert repr(list(kwargs.values())[0]) in str(e.value) and "allowed" in str(e.value)
+
+
+@pytest.mark.parametrize("norm", ["GN", "LN", lambda c: torch.nn.GroupNorm(4, c)])
+def test_per_level_layers_script(norm):
+    # TorchScript (Detectron2's scripting export) compiles every per-level norm form
+    layer = AFPConv2d(8, 32, 4, norm=norm).eval()
+    x = torch.randn(2, 4, 8, 5, 5)
+    torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))

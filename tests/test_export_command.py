@@ -2,7 +2,7 @@
 """
 tools/export_model.py (Detectron2's tools/deploy/export_model.py options) on quick-schedule
 checkpoints written by PANetCheckpointer: the exported files give the eager model's outputs, and
---run-eval the eager model's metrics.
+--run-eval the eager model's metrics; the same with a LazyConfig file.
 """
 
 import importlib.util
@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+from detectron2.config import LazyConfig, instantiate
 from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
@@ -19,7 +20,7 @@ from panet_d2 import PANetCheckpointer, export
 from panet_d2.data import register_synthetic_dataset
 from panet_d2.evaluation import build_evaluator
 
-from .common import panet_cfg
+from .common import panet_cfg, random_image
 from .export_common import assert_equal_fields, instances_fields
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANCE = "quick_schedules/panet_R_18_synth_instance.yaml"
 PANOPTIC = "quick_schedules/panoptic_panet_R_18_synth.yaml"
+LAZY = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_lazy.py")
 SAMPLE_IMAGE = os.path.join(ROOT, "assets", "demo_images", "img1.jpg")
 DATASET = "test_export_synth_val"
 
@@ -197,3 +199,34 @@ def test_bad_option(tool, tmp_path):
                 "cpu",
             ]
         )
+
+
+def test_lazyconfig_tracing_and_scripting(tool, tmp_path):
+    # the quick LazyConfig (SyncBN norms, per-level norms of a callable spec, ListConfig
+    # attributes): a checkpoint of a freshly instantiated model, exported both ways with the
+    # LazyConfig's test resize of the sample image, each compared with eager on another size
+    cfg = LazyConfig.load(LAZY)
+    torch.manual_seed(0)
+    PANetCheckpointer(instantiate(cfg.model), save_dir=str(tmp_path)).save("ckpt")
+    weights = str(tmp_path / "ckpt.pth")
+    torch.manual_seed(123)  # other random weights than the checkpoint's: all must be loaded
+    model = instantiate(cfg.model).eval()
+    PANetCheckpointer(model).load(weights)
+    img = random_image(160, 224, seed=2)
+    with torch.no_grad():
+        expected = instances_fields(model.inference([{"image": img}], do_postprocess=False)[0])
+    for method in ("tracing", "scripting"):
+        out = str(tmp_path / method)
+        opts = ["train.init_checkpoint=" + weights, "train.device=cpu"]
+        args = ["--config-file", LAZY, "--export-method", method, "--output", out]
+        tool.main(args + ["--sample-image", SAMPLE_IMAGE] + opts)
+        exported = torch.jit.load(os.path.join(out, "model.ts"))
+        with torch.no_grad():
+            if method == "tracing":
+                boxes, classes, masks, scores, size = exported(img)
+                assert size.tolist() == [160, 224]
+                got = {"pred_boxes": boxes, "pred_classes": classes, "pred_masks": masks}
+                got["scores"] = scores
+            else:
+                got = exported([{"image": img}])[0]
+        assert_equal_fields(expected, got)

@@ -177,6 +177,33 @@ def test_equal_to_detectron2_on_random_cases():
         _assert_same(inst, sem, *args)
 
 
+def test_equal_on_tall_strided_and_sparse_inputs():
+    # taller than the CPU path's row blocks, non-contiguous masks and labels, masks made of
+    # a few pixels far apart (first/last row and column searches), int32 and uint8 labels
+    rng = np.random.default_rng(99)
+    for case in range(24):
+        h, w = int(rng.integers(30, 150)), int(rng.integers(1, 70))
+        n = int(rng.integers(1, 12))
+        masks = torch.zeros(n, h, w, dtype=torch.bool)
+        for i in range(n):
+            for _ in range(int(rng.integers(0, 4))):
+                masks[i, int(rng.integers(0, h)), int(rng.integers(0, w))] = True
+            if rng.random() < 0.5:
+                y0 = int(rng.choice([0, 31, 32, 33, 63, 64, int(rng.integers(0, h))]))
+                y1, x1 = y0 + int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
+                masks[i, y0:y1, :x1] = True
+        if case % 3 == 0:
+            masks = masks.transpose(1, 2).contiguous().transpose(1, 2)
+        elif case % 3 == 1:
+            full = torch.zeros(2 * n, h, w, dtype=torch.bool)
+            full[::2] = masks
+            masks = full[::2]
+        inst = _inst(masks, rng.random(n), rng.integers(0, 80, n))
+        sem = torch.from_numpy(rng.integers(0, 6, (h, w)))
+        sem = [sem, sem.t().contiguous().t(), sem.int(), sem.to(torch.uint8)][case % 4]
+        _assert_same(inst, sem, float(rng.choice([0.0, 0.3, 0.5, 1.0])), 3, 0.0)
+
+
 def test_float_semantic_labels_general_path():
     g = torch.Generator().manual_seed(3)
     h, w = 20, 20
@@ -225,3 +252,24 @@ def test_panoptic_merge_from_config_and_validation():
             PanopticMerge.from_config(bad)
     with pytest.raises(ValueError, match="OVERLAP_THRESH"):
         PanopticMerge(overlap_threshold="0.5")
+
+
+def test_device_things_path_equals_cpu_path():
+    # the accelerator code path (decisions kept on the device) runs here on CPU tensors
+    from panet_d2.modeling.panoptic_merge import _things_cpu, _things_device
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        inst, sem, overlap, _, _ = _random_case(rng)
+        masks = inst.pred_masks.to(torch.bool)
+        rows = torch.argsort(-inst.scores).tolist()
+        pan_dev = torch.zeros(sem.shape, dtype=torch.int32)
+        accepts, tried = _things_device(masks, rows, pan_dev, overlap)
+        acc_dev = [
+            j for j, ok in zip(tried, torch.stack(accepts).tolist() if accepts else []) if ok
+        ]
+        pan_cpu = torch.zeros(sem.shape, dtype=torch.int32)
+        occupied = np.zeros(tuple(sem.shape), dtype=bool)
+        acc_cpu = _things_cpu(masks, rows, pan_cpu.numpy(), occupied, overlap)
+        assert acc_dev == acc_cpu and torch.equal(pan_dev, pan_cpu)
+        assert np.array_equal(occupied, (pan_cpu != 0).numpy())

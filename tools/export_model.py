@@ -11,10 +11,18 @@ the AFP warm start included).
         --format onnx --export-method tracing --sample-image input.jpg --output ./output \\
         MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu
 
+or with a LazyConfig (``configs/new_baselines/*.py``, ``configs/quick_schedules/*.py``; options as
+``key=value``; the weights are ``train.init_checkpoint``, the device ``train.device``, CPU where
+CUDA is absent):
+
+    python3 tools/export_model.py --config-file configs/quick_schedules/panet_R_18_synth_lazy.py \\
+        --export-method scripting --output ./output train.init_checkpoint=model_final.pth
+
 Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torchscript_IR``) or
 ``model.onnx`` (opset ``panet_d2.export.ONNX_OPSET_VERSION``). What the exported model computes:
 see ``panet_d2/export.py``. ``--run-eval`` evaluates the exported model on cfg.DATASETS.TEST[0]
-with the project's evaluator of that dataset.
+with the project's evaluator of that dataset (of a LazyConfig: ``dataloader.evaluator`` on
+``dataloader.test``).
 """
 
 import argparse
@@ -24,9 +32,9 @@ import sys
 import torch
 
 import detectron2.data.transforms as T
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.data import build_detection_test_loader, detection_utils
-from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.export import dump_torchscript_IR
 from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
@@ -60,12 +68,20 @@ def get_parser():
     parser.add_argument("--run-eval", action="store_true", help="evaluate the exported model")
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument(
-        "opts", default=None, nargs=argparse.REMAINDER, help="config changes: KEY VALUE pairs"
+        "opts",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="config changes: KEY VALUE pairs (yacs), key=value (LazyConfig)",
     )
     return parser
 
 
 def setup_cfg(args):
+    """The yacs config (frozen), or the LazyConfig of a ``.py`` file."""
+    if args.config_file.endswith(".py"):
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
+        cfg.dataloader.test.num_workers = 0
+        return cfg
     cfg = get_cfg()
     add_panet_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -77,11 +93,18 @@ def setup_cfg(args):
 
 def get_sample_input(cfg, args):
     """One test input as the test loader gives it: {"image" (resized), "height", "width"}."""
+    lazy = not isinstance(cfg, CfgNode)
     if args.sample_image is None:
+        if lazy:
+            return next(iter(instantiate(cfg.dataloader.test)))[0]
         return next(iter(build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])))[0]
-    original = detection_utils.read_image(args.sample_image, format=cfg.INPUT.FORMAT)
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    image = resize.get_transform(original).apply_image(original)
+    image_format = cfg.model.input_format if lazy else cfg.INPUT.FORMAT
+    original = detection_utils.read_image(args.sample_image, format=image_format)
+    if lazy:
+        resize = T.AugmentationList(instantiate(cfg.dataloader.test.mapper.augmentations))
+    else:
+        resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    image = resize(T.AugInput(original)).apply_image(original)
     image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
     return {"image": image, "height": original.shape[0], "width": original.shape[1]}
 
@@ -141,9 +164,20 @@ def export_model(cfg, args, model):
 
 def evaluate(cfg, inference, output_dir):
     """Metrics of ``inference`` (what :func:`export_model` returns) on cfg.DATASETS.TEST[0], by the
-    project's evaluator of that dataset."""
+    project's evaluator of that dataset; of a LazyConfig, by ``dataloader.evaluator`` (one or a
+    list) on ``dataloader.test``."""
     from panet_d2.evaluation import build_evaluator
 
+    if not isinstance(cfg, CfgNode):
+        logger.info(
+            "Evaluating the exported model on {} ...".format(cfg.dataloader.test.dataset.names)
+        )
+        evaluator = instantiate(cfg.dataloader.evaluator)
+        if not hasattr(evaluator, "process"):  # a list of evaluators
+            evaluator = DatasetEvaluators(list(evaluator))
+        metrics = inference_on_dataset(inference, instantiate(cfg.dataloader.test), evaluator)
+        print_csv_format(metrics)
+        return metrics
     dataset = cfg.DATASETS.TEST[0]
     logger.info("Evaluating the exported model on {} ...".format(dataset))
     evaluator = build_evaluator(cfg, dataset, os.path.join(output_dir, "inference"))
@@ -157,8 +191,12 @@ def main(argv=None):
     logger.info("Command line arguments: " + str(args))
     cfg = setup_cfg(args)
 
-    model = build_model(cfg)
-    PANetCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    if isinstance(cfg, CfgNode):
+        model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
+    else:
+        device = cfg.train.device if torch.cuda.is_available() else "cpu"
+        model, weights = instantiate(cfg.model).to(device), cfg.train.init_checkpoint
+    PANetCheckpointer(model).resume_or_load(weights, resume=False)
     model.eval()
     inference = export_model(cfg, args, model)
     if args.run_eval:

@@ -101,9 +101,13 @@ class LevelwiseNorm(nn.Module):
         self.levels = nn.ModuleList([get_norm(norm, channels) for _ in range(num_levels)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A module of unknown kind cannot be batched over levels: one call per level (L = 4).
+        # A module of unknown kind cannot be batched over levels: one call per level (L = 4),
+        # written as TorchScript compiles it (no zip over a ModuleList).
         chunks = x.chunk(len(self.levels), dim=1)
-        return torch.cat([norm(c) for norm, c in zip(self.levels, chunks)], dim=1)
+        outputs: List[torch.Tensor] = []
+        for i, norm in enumerate(self.levels):
+            outputs.append(norm(chunks[i]))
+        return torch.cat(outputs, dim=1)
 
 
 def per_level_norm(norm, channels: int, num_levels: int):

@@ -9,19 +9,21 @@ signature, same inputs, and bit-for-bit the same outputs (segment map and
 
 Why it is faster:
 
-* every per-instance operation runs on the instance mask's tight bounding box
-  (computed once for all masks with two batched ``any`` reductions) instead of
-  the whole image;
-* the accept/reject decision of an instance and the running segment id stay on
-  the device (0-dim tensors) so nothing synchronises per instance; the overlap
-  test ``intersect / area > overlap_threshold`` is evaluated in float64 exactly
-  like Detectron2's python arithmetic;
-* stuff: one ``bincount`` over the free pixels and one lookup table instead of
-  one full-image pass per semantic label.
-
-The number of host/device synchronisations per image is constant (about 7),
-independent of the number of instances, so the same code path is efficient on
-CUDA tensors too.
+* every per-instance operation runs on the instance mask's tight bounding box instead of the
+  whole image;
+* CPU: the things loop works in numpy on the tensors' memory (no copies, no bool->uint8
+  conversions of whole masks): a mask's box is found by short-circuiting bool ``argmax`` from
+  the top and from the bottom plus one column reduction over the rows in between (about one
+  read of the mask); per instance, two ``count_nonzero`` and, if accepted, one masked write of
+  the id and one update of a bool "occupied" map; decisions are python arithmetic, exactly
+  Detectron2's ``intersect_area * 1.0 / mask_area > overlap_threshold``;
+* accelerators: the boxes come from two batched reductions, and the accept/reject decision and
+  the running segment id stay on the device (0-dim tensors), so nothing synchronises per
+  instance; the overlap test is evaluated in float64 exactly like Detectron2's python
+  arithmetic; the number of host/device synchronisations per image is constant (about 7);
+* stuff: one ``bincount`` over the pixels (bins: label if free, label + L if taken) and one
+  lookup table instead of one full-image pass per semantic label (numpy on the CPU, whose
+  integer reductions are much faster than torch's there).
 
 :func:`merge_panoptic_tensors` is the same merge in tensor form (tensors in, tensors out:
 segment id map and one row per segment, see ``SEGMENT_FIELDS``) for deployment: TorchScript
@@ -98,6 +100,7 @@ def combine_semantic_and_instance_outputs(
     device = panoptic_seg.device
     segments_info = []
     current_segment_id = 0
+    occupied = None  # CPU: (H, W) bool numpy array of the pixels the things took
 
     # ---------------------------------------------------------------- things
     scores = instance_results.scores.detach()
@@ -137,48 +140,22 @@ def combine_semantic_and_instance_outputs(
                 masks[j].copy_(pred_masks[inst_id])
             mask_rows = list(range(len(cand)))
         H, W = panoptic_seg.shape
-        if H > 0 and W > 0:
-            # tight boxes of all masks: two batched reductions (uint8 max is much
-            # faster than bool any on CPU), one transfer
-            u8 = masks.view(torch.uint8)
-            row_any = u8.amax(dim=2).cpu().numpy() > 0  # sync 4
-            col_any = u8.amax(dim=1).cpu().numpy() > 0
-            nonempty = row_any.any(axis=1)
-            y0 = row_any.argmax(axis=1)
-            y1 = H - row_any[:, ::-1].argmax(axis=1)
-            x0 = col_any.argmax(axis=1)
-            x1 = W - col_any[:, ::-1].argmax(axis=1)
+        if device.type == "cpu":
+            # CPU: numpy on the masks' memory, one instance at a time; host decisions are free
+            occupied = np.zeros((H, W), dtype=bool)
+            accepted = _things_cpu(
+                masks, mask_rows, panoptic_seg.numpy(), occupied, overlap_threshold
+            )
+            accepts = []
         else:
-            nonempty = np.zeros(masks.shape[0], dtype=bool)
-
-        # Running segment id kept on the device: no per-instance synchronisation.
-        cur = torch.zeros((), dtype=torch.int32, device=device)
-        accepts, tried = [], []
-        for j in range(len(cand)):
-            r = mask_rows[j]
-            if not nonempty[r]:  # mask_area == 0
-                continue
-            ys, ye, xs, xe = int(y0[r]), int(y1[r]), int(x0[r]), int(x1[r])
-            mask = masks[r, ys:ye, xs:xe]
-            pan_crop = panoptic_seg[ys:ye, xs:xe]
-            free = mask & (pan_crop == 0)
-            area = torch.count_nonzero(mask)
-            free_area = torch.count_nonzero(free)
-            # Detectron2: `intersect_area * 1.0 / mask_area > overlap_threshold`,
-            # evaluated here in float64 as well (exact same IEEE operations).
-            ratio = (area - free_area).to(torch.float64) / area.to(torch.float64)
-            accept = (ratio > overlap_threshold).logical_not_().to(torch.int32)
-            cur = cur + accept
-            # free pixels are 0, so adding writes the id (or 0 if rejected)
-            pan_crop.add_(free * (cur * accept))
-            accepts.append(accept)
-            tried.append(j)
+            accepted = None
+            accepts, tried = _things_device(masks, mask_rows, panoptic_seg, overlap_threshold)
 
         if accepts:
             flags = torch.stack(accepts).cpu().tolist()  # sync 5
-            for j, ok in zip(tried, flags):
-                if not ok:
-                    continue
+            accepted = [j for j, ok in zip(tried, flags) if ok]
+        if accepted:
+            for j in accepted:
                 current_segment_id += 1
                 segments_info.append(
                     {
@@ -192,23 +169,44 @@ def combine_semantic_and_instance_outputs(
 
     # ----------------------------------------------------------------- stuff
     sem = semantic_results
-    free = panoptic_seg == 0
-    direct = None
-    if sem.numel() > 0 and not (
+    stuff_np = None
+    integer_labels = sem.numel() > 0 and not (
         sem.dtype == torch.bool or sem.dtype.is_floating_point or sem.dtype.is_complex
-    ):
+    )
+    direct = None
+    if integer_labels and device.type == "cpu":
+        # CPU, integer labels: numpy (its reductions beat torch's here by far)
+        sem_np = sem.detach().numpy()
+        lo_v, hi_v = int(sem_np.min()), int(sem_np.max())
+        if lo_v >= 0 and hi_v < _DIRECT_LABEL_LIMIT:
+            direct = hi_v + 1
+            if occupied is None:
+                occupied = np.zeros(sem_np.shape, dtype=bool)
+            # bin of a pixel: its label if free, label + L if occupied
+            idx = np.multiply(occupied.view(np.uint8), direct, dtype=np.int64)
+            np.add(idx, sem_np, out=idx, casting="unsafe")
+            stuff_np = idx
+    elif integer_labels:
         lo_v, hi_v = torch.stack(torch.aminmax(sem)).cpu().tolist()  # sync 6
         if lo_v >= 0 and hi_v < _DIRECT_LABEL_LIMIT:
             direct = hi_v + 1
+    if direct is None or stuff_np is None:
+        if occupied is not None:
+            free = torch.from_numpy(occupied).logical_not_()
+        else:
+            free = panoptic_seg == 0
     if direct is not None:
         # Fast path (usual case: small non-negative integer labels): one bincount
         # gives, per label, its free area (bins [0, L)) and its occupied area
         # (bins [L, 2L)); a label is present iff the two sum to > 0.
         num_labels = direct
-        sem_l = sem.long()
-        idx = torch.where(free, sem_l, sem_l + num_labels)
-        counts = torch.bincount(idx.reshape(-1), minlength=2 * num_labels)
-        counts = counts.cpu().tolist()  # sync 7
+        if stuff_np is not None:
+            counts = np.bincount(stuff_np.reshape(-1), minlength=2 * num_labels).tolist()
+        else:
+            sem_l = sem.long()
+            idx = torch.where(free, sem_l, sem_l + num_labels)
+            counts = torch.bincount(idx.reshape(-1), minlength=2 * num_labels)
+            counts = counts.cpu().tolist()  # sync 7
         stuff = [
             (v, v, counts[v])
             for v in range(1, num_labels)
@@ -250,8 +248,126 @@ def combine_semantic_and_instance_outputs(
         )
     if stuff_lut is not None:
         # free pixels are 0 and occupied pixels map to 0: adding writes the stuff ids
-        panoptic_seg += torch.from_numpy(stuff_lut).to(device)[idx]
+        if stuff_np is not None:
+            pan_np = panoptic_seg.numpy()
+            pan_np += stuff_lut.take(stuff_np)
+        else:
+            panoptic_seg += torch.from_numpy(stuff_lut).to(device)[idx]
     return panoptic_seg, segments_info
+
+
+def _things_device(masks, mask_rows, panoptic_seg, overlap_threshold):
+    """Things on an accelerator: every decision stays on the device (no per-instance sync).
+
+    Returns the 0-dim int32 accept flags and the candidate indices they belong to."""
+    H, W = panoptic_seg.shape
+    device = panoptic_seg.device
+    if H > 0 and W > 0:
+        # tight boxes of all masks: two batched reductions (uint8 max is much
+        # faster than bool any on CPU), one transfer
+        u8 = masks.view(torch.uint8)
+        row_any = u8.amax(dim=2).cpu().numpy() > 0  # sync 4
+        col_any = u8.amax(dim=1).cpu().numpy() > 0
+        nonempty = row_any.any(axis=1)
+        y0 = row_any.argmax(axis=1)
+        y1 = H - row_any[:, ::-1].argmax(axis=1)
+        x0 = col_any.argmax(axis=1)
+        x1 = W - col_any[:, ::-1].argmax(axis=1)
+    else:
+        nonempty = np.zeros(masks.shape[0], dtype=bool)
+
+    # Running segment id kept on the device: no per-instance synchronisation.
+    cur = torch.zeros((), dtype=torch.int32, device=device)
+    accepts, tried = [], []
+    for j, r in enumerate(mask_rows):
+        if not nonempty[r]:  # mask_area == 0
+            continue
+        ys, ye, xs, xe = int(y0[r]), int(y1[r]), int(x0[r]), int(x1[r])
+        mask = masks[r, ys:ye, xs:xe]
+        pan_crop = panoptic_seg[ys:ye, xs:xe]
+        free = mask & (pan_crop == 0)
+        area = torch.count_nonzero(mask)
+        free_area = torch.count_nonzero(free)
+        # Detectron2: `intersect_area * 1.0 / mask_area > overlap_threshold`,
+        # evaluated here in float64 as well (exact same IEEE operations).
+        ratio = (area - free_area).to(torch.float64) / area.to(torch.float64)
+        accept = (ratio > overlap_threshold).logical_not_().to(torch.int32)
+        cur = cur + accept
+        # free pixels are 0, so adding writes the id (or 0 if rejected)
+        pan_crop.add_(free * (cur * accept))
+        accepts.append(accept)
+        tried.append(j)
+
+    return accepts, tried
+
+
+# Rows of the first block when searching a mask's last row from the bottom (see _mask_box);
+# each further block is twice as tall.
+_ROW_BLOCK = 16
+
+
+def _mask_box(m, u, H, W):
+    """Tight box ``(y0, y1, x0, x1)`` of the (H, W) C-contiguous bool array ``m`` (``u``: its
+    uint8 view), or None if empty. Reads from the top down to the first foreground pixel, from
+    the bottom up to the last one (short-circuiting bool ``argmax`` on blocks of rows), then
+    only the rows in between for the columns: about one pass over the mask in all."""
+    flat = m.reshape(-1)
+    a = int(flat.argmax())
+    if not flat[a]:
+        return None
+    y0 = a // W
+    e, block = H, _ROW_BLOCK
+    while True:
+        s = max(y0, e - block)
+        blk = m[s:e].reshape(-1)
+        k = int(blk.argmax())
+        if blk[k]:
+            r = s + k // W  # first foreground row of the block; the last one is in [r, e)
+            rows = u[r:e].max(axis=1)
+            y1 = e - int(rows[::-1].argmax())
+            break
+        e, block = s, 2 * block
+    cols = u[y0:y1].max(axis=0)
+    return y0, y1, int(cols.argmax()), W - int(cols[::-1].argmax())
+
+
+def _things_cpu(masks, mask_rows, pan, occupied, overlap_threshold):
+    """Things on the CPU, in numpy on the tensors' memory, each instance on its mask's box.
+
+    ``pan`` (H, W) int32 and ``occupied`` (H, W) bool are written in place. Same decisions as
+    Detectron2 (python ints and floats, the same expression). Returns the accepted candidates."""
+    H, W = pan.shape
+    accepted = []
+    if H == 0 or W == 0:
+        return accepted
+    masks_np = masks.numpy()
+    scratch = np.empty(H * W, dtype=bool)
+    cur = 0
+    for j, r in enumerate(mask_rows):
+        m = masks_np[r]
+        if not m.flags.c_contiguous:
+            m = np.ascontiguousarray(m)
+        box = _mask_box(m, m.view(np.uint8), H, W)
+        if box is None:  # mask_area == 0
+            continue
+        ys, ye, xs, xe = box
+        crop = m[ys:ye, xs:xe]
+        occ = occupied[ys:ye, xs:xe]
+        tmp = scratch[: (ye - ys) * (xe - xs)].reshape(ye - ys, xe - xs)
+        mask_area = int(np.count_nonzero(crop))
+        np.logical_and(crop, occ, out=tmp)
+        intersect_area = int(np.count_nonzero(tmp))
+        if intersect_area * 1.0 / mask_area > overlap_threshold:  # Detectron2's very test
+            continue
+        cur += 1
+        if intersect_area > 0:
+            np.greater(crop, occ, out=tmp)  # mask & ~occupied
+            np.copyto(pan[ys:ye, xs:xe], cur, where=tmp)
+        else:
+            np.copyto(pan[ys:ye, xs:xe], cur, where=crop)
+        np.logical_or(occ, crop, out=occ)
+        accepted.append(j)
+    return accepted
 
 
 # Columns of the per-segment tensor of :func:`merge_panoptic_tensors` (float64, exact for the
