@@ -10,6 +10,7 @@ The model-zoo configs: the canonical files are in <repo>/configs. At build time 
 shipped as package data, so that panet_d2.model_zoo finds them from anywhere (as Detectron2's
 setup.py does for detectron2/model_zoo/configs).
 """
+
 import glob
 import os
 import shutil

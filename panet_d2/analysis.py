@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-FLOP counts of the ops PANet adds, for Detectron2's ``FlopCountAnalysis`` (``tools/analyze_model.py``).
+FLOP counts of the ops PANet adds, for Detectron2's ``FlopCountAnalysis`` (and so its
+``tools/analyze_model.py``).
 
 fvcore counts convolutions, linear layers and matmuls, and Detectron2 ignores element-wise ops;
 the ops below were "unsupported" (skipped, counted as 0): the per-level fc1 (``aten::baddbmm``),
@@ -18,6 +19,7 @@ Counting convention (fvcore's): one multiply-add = one flop.
   output element; with sampling_ratio 0 (adaptive: the samples depend on each box's size, which
   the traced graph does not show) counted as 1 sample per bin, a lower bound.
 """
+
 import importlib
 from numbers import Number
 from typing import Any, List

@@ -7,6 +7,7 @@ The AFP warm start (a Mask R-CNN checkpoint's fc1 / mask conv1 copied to every l
 checkpointer: the per-level layers do it in ``_load_from_state_dict``, so Detectron2's own
 ``DetectionCheckpointer`` (``DefaultPredictor``, ``lazyconfig_train_net.py``) does it as well.
 """
+
 import logging
 import os
 

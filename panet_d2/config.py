@@ -5,6 +5,7 @@ Config keys of the PANet project. Every key has the PANet paper's choice as its 
 Paper: Liu et al., "Path Aggregation Network for Instance Segmentation", CVPR 2018.
 Table numbers in the comments refer to that paper.
 """
+
 from detectron2.config import CfgNode as CN
 
 # Values accepted by the keys below; `check_choice` names them in its errors. Norm keys take any
@@ -85,4 +86,3 @@ def add_panet_config(cfg):
     # The panoptic model (PanopticPANet) reuses Detectron2's MODEL.PANOPTIC_FPN.* keys: instance
     # and semantic loss weights and the merge thresholds (COMBINE.*).
     return cfg
-

@@ -30,6 +30,7 @@ are counted:
 
 The share of tied elements is reported with the tables (``tied_percent``).
 """
+
 import math
 from typing import Dict, List, Optional
 

@@ -1,12 +1,14 @@
 # -*- coding: utf-8 -*-
 """Shared helpers of the tests: small configs, images and annotations."""
+
+import os
+
 import torch
 
 from detectron2.config import get_cfg
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from panet_d2 import add_panet_config
-import os
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 

@@ -1,17 +1,18 @@
 # -*- coding: utf-8 -*-
 """Adaptive feature pooling: all-level pooling, per-level first layers and fusion."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import ShapeSpec
+from detectron2.layers.batch_norm import LayerNorm
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.structures import Boxes
 
 from panet_d2 import AdaptiveFeaturePooler, AFPConv2d, AFPLinear, PANetConvFCHead
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.layers.batch_norm import LayerNorm
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 
@@ -23,7 +24,11 @@ def _features(n=2, c=8, size=64, seed=0):
 
 def _boxes():
     return [
-        Boxes(torch.tensor([[0.0, 0.0, 30.0, 40.0], [100.0, 50.0, 250.0, 240.0], [5.0, 5.0, 12.0, 9.0]])),
+        Boxes(
+            torch.tensor(
+                [[0.0, 0.0, 30.0, 40.0], [100.0, 50.0, 250.0, 240.0], [5.0, 5.0, 12.0, 9.0]]
+            )
+        ),
         Boxes(torch.tensor([[20.0, 30.0, 200.0, 60.0]])),
     ]
 
@@ -44,7 +49,9 @@ def test_pooler_is_one_roialign_call_per_level(monkeypatch):
     afp = AdaptiveFeaturePooler(7, SCALES, sampling_ratio=0, pooler_type="ROIAlignV2")
     for p in afp.level_poolers:
         orig = p.forward
-        monkeypatch.setattr(p, "forward", lambda f, b, orig=orig: calls.append(len(b)) or orig(f, b))
+        monkeypatch.setattr(
+            p, "forward", lambda f, b, orig=orig: calls.append(len(b)) or orig(f, b)
+        )
     afp(_features(), _boxes())
     assert calls == [4, 4, 4, 4]  # all boxes of the batch in each call
 
@@ -71,10 +78,18 @@ def test_per_level_conv_equals_separate_convs(fuse, norm):
         b = conv.bias[l * O : (l + 1) * O] if conv.bias is not None else None
         z = F.conv2d(x[:, l], w, b, padding=1)
         if norm == "GN":  # GroupNorm(32 groups) of that level alone
-            z = F.group_norm(z, 32, conv.norm.weight[l * O : (l + 1) * O], conv.norm.bias[l * O : (l + 1) * O])
+            z = F.group_norm(
+                z, 32, conv.norm.weight[l * O : (l + 1) * O], conv.norm.bias[l * O : (l + 1) * O]
+            )
         elif norm == "BN":  # batch statistics of that level alone
-            z = F.batch_norm(z, None, None, conv.norm.weight[l * O : (l + 1) * O],
-                             conv.norm.bias[l * O : (l + 1) * O], training=True)
+            z = F.batch_norm(
+                z,
+                None,
+                None,
+                conv.norm.weight[l * O : (l + 1) * O],
+                conv.norm.bias[l * O : (l + 1) * O],
+                training=True,
+            )
         per_level.append(F.relu(z))
     stacked = torch.stack(per_level)
     expected = stacked.amax(0) if fuse == "max" else stacked.sum(0)
@@ -86,7 +101,12 @@ def test_per_level_linear_equals_separate_fcs(fuse):
     torch.manual_seed(0)
     layer = AFPLinear(50, 16, 4, fuse_type=fuse)
     x = torch.randn(7, 4, 50)
-    stacked = torch.stack([F.relu(F.linear(x[:, l], layer.per_level.weight[l], layer.per_level.bias[l])) for l in range(4)])
+    stacked = torch.stack(
+        [
+            F.relu(F.linear(x[:, l], layer.per_level.weight[l], layer.per_level.bias[l]))
+            for l in range(4)
+        ]
+    )
     expected = stacked.amax(0) if fuse == "max" else stacked.sum(0)
     torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
     assert layer(x[:0]).shape == (0, 16)
@@ -108,8 +128,14 @@ def test_box_head_fuse_after_fc1_vs_before():
     assert isinstance(after.fc1, AFPLinear) and after.fc1.per_level.weight.shape == (4, 32, 8 * 49)
     assert after(x).shape == (3, 32)
     # "fu.fc1fc2": fuse the grids, then exactly Detectron2's head.
-    before = PANetConvFCHead(shape, conv_dims=[], fc_dims=[32, 32], num_levels=4,
-                             fuse_position="before_first_layer", fuse_type="sum")
+    before = PANetConvFCHead(
+        shape,
+        conv_dims=[],
+        fc_dims=[32, 32],
+        num_levels=4,
+        fuse_position="before_first_layer",
+        fuse_type="sum",
+    )
     d2 = FastRCNNConvFCHead(shape, conv_dims=[], fc_dims=[32, 32])
     d2.load_state_dict(before.state_dict())
     torch.testing.assert_close(before(x), d2(x.sum(1)))
@@ -118,10 +144,20 @@ def test_box_head_fuse_after_fc1_vs_before():
 def test_heavier_head_has_per_level_conv1_then_shared_convs_and_one_fc():
     shape = ShapeSpec(channels=16, height=7, width=7)
     head = PANetConvFCHead(shape, conv_dims=[32] * 4, fc_dims=[64], conv_norm="GN", num_levels=4)
-    assert isinstance(head.conv1, AFPConv2d) and head.conv1.per_level.weight.shape == (4 * 32, 16, 3, 3)
-    assert isinstance(head.conv1.per_level.norm, torch.nn.GroupNorm) and head.conv1.per_level.norm.num_groups == 4 * 32
+    assert isinstance(head.conv1, AFPConv2d) and head.conv1.per_level.weight.shape == (
+        4 * 32,
+        16,
+        3,
+        3,
+    )
+    assert (
+        isinstance(head.conv1.per_level.norm, torch.nn.GroupNorm)
+        and head.conv1.per_level.norm.num_groups == 4 * 32
+    )
     assert not isinstance(head.conv2, AFPConv2d)
-    assert [n for n, _ in head.named_children() if n.startswith("fc") and n[2:].isdigit()] == ["fc1"]
+    assert [n for n, _ in head.named_children() if n.startswith("fc") and n[2:].isdigit()] == [
+        "fc1"
+    ]
     assert head(torch.randn(2, 4, 16, 7, 7)).shape == (2, 64)
 
 

@@ -6,6 +6,7 @@ the weights with torchvision's roi_align and torch.nn.functional; each row sums 
 runs end to end on a checkpoint and writes the JSON and the PNG; it refuses models without AFP
 or with sum fusion.
 """
+
 import copy
 import importlib.util
 import json
@@ -140,18 +141,30 @@ VARIANTS = {
     "2fc": [],
     # MBN-style norms after the per-level layers
     "2fc_gn": [
-        "MODEL.ROI_BOX_HEAD.FC_NORM", "GN", "MODEL.ROI_MASK_HEAD.NORM", "GN",
-        "MODEL.FF.ENABLED", "False",  # its 16-channel conv cannot take GN(32)
+        "MODEL.ROI_BOX_HEAD.FC_NORM",
+        "GN",
+        "MODEL.ROI_MASK_HEAD.NORM",
+        "GN",
+        "MODEL.FF.ENABLED",
+        "False",  # its 16-channel conv cannot take GN(32)
     ],
     # heavier head: per-level conv1 with BN
     "hhd_bn": [
-        "MODEL.ROI_BOX_HEAD.NUM_CONV", "4", "MODEL.ROI_BOX_HEAD.NUM_FC", "1",
-        "MODEL.ROI_BOX_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.NORM", "BN",
+        "MODEL.ROI_BOX_HEAD.NUM_CONV",
+        "4",
+        "MODEL.ROI_BOX_HEAD.NUM_FC",
+        "1",
+        "MODEL.ROI_BOX_HEAD.CONV_DIM",
+        "32",
+        "MODEL.ROI_BOX_HEAD.NORM",
+        "BN",
     ],
     # fu.fc1fc2: the fused elements are the RoIAlign grids
     "fuse_grids": [
-        "MODEL.AFP.BOX_FUSE_POSITION", "before_first_layer",
-        "MODEL.AFP.MASK_FUSE_POSITION", "before_first_layer",
+        "MODEL.AFP.BOX_FUSE_POSITION",
+        "before_first_layer",
+        "MODEL.AFP.MASK_FUSE_POSITION",
+        "before_first_layer",
     ],
 }
 
@@ -261,12 +274,20 @@ def test_tool_end_to_end(tool, tmp_path, monkeypatch):
     out = tmp_path / "fig3"
     result = tool.invoke_main(
         [
-            "--config-file", os.path.join(ROOT, "configs", PANOPTIC),
-            "--dataset", "test_level_usage_synth_val_panoptic",
-            "--output", str(out),
-            "--num-images", "2",
-            "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+            "--config-file",
+            os.path.join(ROOT, "configs", PANOPTIC),
+            "--dataset",
+            "test_level_usage_synth_val_panoptic",
+            "--output",
+            str(out),
+            "--num-images",
+            "2",
+            "MODEL.WEIGHTS",
+            weights,
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            "0.0",
         ]
     )
     with open(out / "level_usage.json") as f:

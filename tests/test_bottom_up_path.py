@@ -1,5 +1,6 @@
 # -*- coding: utf-8 -*-
 """Bottom-up path augmentation: structure of the PAFPN backbone against the paper and FPN."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,7 +15,9 @@ from .common import panet_cfg
 
 
 def _backbones(opts=()):
-    cfg = panet_cfg(opts=["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64] + list(opts))
+    cfg = panet_cfg(
+        opts=["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64] + list(opts)
+    )
     torch.manual_seed(0)
     pafpn = build_backbone(cfg, ShapeSpec(channels=3))
     cfg_fpn = cfg.clone()
@@ -74,7 +77,12 @@ def test_paper_equations():
 
 @pytest.mark.parametrize(
     "activation,norm,relu",
-    [("relu", "", True), ("none", "", False), ("relu_if_norm", "", False), ("relu_if_norm", "GN", True)],
+    [
+        ("relu", "", True),
+        ("none", "", False),
+        ("relu_if_norm", "", False),
+        ("relu_if_norm", "GN", True),
+    ],
 )
 def test_activation_options(activation, norm, relu):
     pafpn, _, _ = _backbones(["MODEL.PAFPN.ACTIVATION", activation, "MODEL.PAFPN.NORM", norm])
@@ -85,7 +93,9 @@ def test_activation_options(activation, norm, relu):
             assert isinstance(conv.norm, torch.nn.GroupNorm) and conv.bias is None
 
 
-@pytest.mark.parametrize("norm,cls", [("BN", torch.nn.BatchNorm2d), ("SyncBN", torch.nn.SyncBatchNorm)])
+@pytest.mark.parametrize(
+    "norm,cls", [("BN", torch.nn.BatchNorm2d), ("SyncBN", torch.nn.SyncBatchNorm)]
+)
 def test_norm_options(norm, cls):
     pafpn, _, _ = _backbones(["MODEL.PAFPN.NORM", norm])
     assert isinstance(pafpn.bpa_down3.norm, cls)

@@ -6,6 +6,7 @@ The configs' structure is kept (meta-architecture, backbone depth and groups, BP
 switches and options, norms, heads' layer counts, class counts); only channel widths are narrowed
 so that ~45 models run in a few seconds each on 2 CPU cores.
 """
+
 import glob
 import os
 
@@ -28,14 +29,22 @@ def test_configs_found():
 
 
 NARROW = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", 32,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-    "MODEL.FPN.OUT_CHANNELS", 64,
-    "MODEL.ROI_BOX_HEAD.CONV_DIM", 64,
-    "MODEL.ROI_BOX_HEAD.FC_DIM", 128,
-    "MODEL.ROI_MASK_HEAD.CONV_DIM", 64,
-    "MODEL.FF.CONV_DIMS", [64, 32],
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32,
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    32,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    64,
+    "MODEL.FPN.OUT_CHANNELS",
+    64,
+    "MODEL.ROI_BOX_HEAD.CONV_DIM",
+    64,
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    128,
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    64,
+    "MODEL.FF.CONV_DIMS",
+    [64, 32],
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+    32,
 ]
 
 
@@ -43,11 +52,16 @@ NARROW = [
 def test_config_trains_one_step_and_infers(config):
     cfg = panet_cfg(config)
     groups = cfg.MODEL.RESNETS.NUM_GROUPS
-    cfg.merge_from_list(NARROW + ["MODEL.RESNETS.WIDTH_PER_GROUP", 16 // groups if groups < 16 else 1])
+    cfg.merge_from_list(
+        NARROW + ["MODEL.RESNETS.WIDTH_PER_GROUP", 16 // groups if groups < 16 else 1]
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     h, w = 64, 96
-    sample = {"image": random_image(h, w), "instances": toy_instances(h, w, cfg.MODEL.ROI_HEADS.NUM_CLASSES)}
+    sample = {
+        "image": random_image(h, w),
+        "instances": toy_instances(h, w, cfg.MODEL.ROI_HEADS.NUM_CLASSES),
+    }
     if cfg.MODEL.META_ARCHITECTURE in ("PanopticPANet", "PanopticFPN"):
         sem = torch.randint(0, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, (h, w))
         sem[:8] = 255  # void

@@ -17,6 +17,7 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 
 from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
 from panet_d2.errors import ConfigError, check_num_classes, check_tta  # noqa: E402
+
 from .common import panet_cfg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

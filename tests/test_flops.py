@@ -3,6 +3,7 @@
 Detectron2's own FLOP counter (detectron2.utils.analysis, used by tools/analyze_model.py) counts
 every op PANet adds, and each component's count equals its arithmetic.
 """
+
 import pytest
 import torch
 
@@ -41,7 +42,7 @@ def _analysis(config, opts=()):
     fca.unsupported_ops_warnings(False)
     fca.uncalled_modules_warnings(False)
     by_module = fca.by_module()
-    return cfg, model, fca, {k[len("model."):]: v for k, v in by_module.items()}, shapes
+    return cfg, model, fca, {k[len("model.") :]: v for k, v in by_module.items()}, shapes
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +98,13 @@ def test_no_op_left_uncounted():
     _, _, ours, _, _ = _analysis("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
     _, _, mask_rcnn, _, _ = _analysis(
         "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",
-        ["MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone", "MODEL.AFP.ENABLED", False,
-         "MODEL.FF.ENABLED", False],
+        [
+            "MODEL.BACKBONE.NAME",
+            "build_resnet_fpn_backbone",
+            "MODEL.AFP.ENABLED",
+            False,
+            "MODEL.FF.ENABLED",
+            False,
+        ],
     )
     assert set(ours.unsupported_ops()) <= set(mask_rcnn.unsupported_ops())

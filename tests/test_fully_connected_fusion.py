@@ -1,5 +1,6 @@
 # -*- coding: utf-8 -*-
 """Fully-connected fusion in the mask head, against the paper's structure and Detectron2's head."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,14 +21,20 @@ SHAPE = ShapeSpec(channels=256, height=14, width=14)
 
 def _head(num_classes=5, **kwargs):
     torch.manual_seed(0)
-    return PANetMaskHead(SHAPE, num_classes=num_classes, conv_dims=[256] * 5, ff_enabled=True, **kwargs)
+    return PANetMaskHead(
+        SHAPE, num_classes=num_classes, conv_dims=[256] * 5, ff_enabled=True, **kwargs
+    )
 
 
 def test_structure_matches_paper():
     head = _head()
     ff = head.fc_fusion
     assert isinstance(ff, FullyConnectedFusion)
-    assert ff.conv1.in_channels == 256 and ff.conv1.out_channels == 256 and ff.conv1.kernel_size == (3, 3)
+    assert (
+        ff.conv1.in_channels == 256
+        and ff.conv1.out_channels == 256
+        and ff.conv1.kernel_size == (3, 3)
+    )
     assert ff.conv2.out_channels == 128 and ff.conv2.kernel_size == (3, 3)  # halves the channels
     assert ff.fc.in_features == 128 * 14 * 14 and ff.fc.out_features == 28 * 28  # one fc, 784-d
     assert [n for n, _ in ff.named_children()] == ["conv1", "conv2", "fc"]
@@ -44,7 +51,9 @@ def test_fusion_of_fcn_and_fc_mask(fuse, start):
     # Independent reference: Detectron2's head with the same weights gives the FCN logits; the
     # fc path is recomputed from the output of conv<start> with plain torch ops.
     d2 = MaskRCNNConvUpsampleHead(SHAPE, num_classes=5, conv_dims=[256] * 5).eval()
-    d2.load_state_dict({k: v for k, v in head.state_dict().items() if not k.startswith("fc_fusion.")})
+    d2.load_state_dict(
+        {k: v for k, v in head.state_dict().items() if not k.startswith("fc_fusion.")}
+    )
     fcn = d2.layers(x)
     h = x
     for k in range(1, start + 1):
@@ -53,7 +62,9 @@ def test_fusion_of_fcn_and_fc_mask(fuse, start):
     h = F.relu(F.conv2d(h, ff.conv1.weight, ff.conv1.bias, padding=1))
     h = F.relu(F.conv2d(h, ff.conv2.weight, ff.conv2.bias, padding=1))
     fc_mask = F.linear(h.flatten(1), ff.fc.weight, ff.fc.bias).view(3, 1, 28, 28)
-    expected = {"sum": fcn + fc_mask, "max": torch.maximum(fcn, fc_mask), "product": fcn * fc_mask}[fuse]
+    expected = {"sum": fcn + fc_mask, "max": torch.maximum(fcn, fc_mask), "product": fcn * fc_mask}[
+        fuse
+    ]
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -93,11 +104,14 @@ def test_output_works_with_detectron2_loss_and_inference():
     assert pred.pred_masks.shape == (2, 1, 28, 28)
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    (dict(ff_start_layer=5), "MODEL.FF.START_LAYER"),
-    (dict(ff_start_layer=0), "MODEL.FF.START_LAYER"),
-    (dict(ff_fuse_type="mean"), "MODEL.FF.FUSE_TYPE"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        (dict(ff_start_layer=5), "MODEL.FF.START_LAYER"),
+        (dict(ff_start_layer=0), "MODEL.FF.START_LAYER"),
+        (dict(ff_fuse_type="mean"), "MODEL.FF.FUSE_TYPE"),
+    ],
+)
 def test_bad_values(kwargs, key):
     with pytest.raises(ValueError) as e:
         _head(**kwargs)

@@ -3,6 +3,7 @@
 Tests of panet_d2.model_zoo and of how the configs are packaged (setup.py): every config under
 configs/ loads by its relative path, from the checkout and from a copy of the tree elsewhere.
 """
+
 import importlib.util
 import os
 import shutil

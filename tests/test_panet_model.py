@@ -1,18 +1,18 @@
 # -*- coding: utf-8 -*-
 """The whole PANet model against Detectron2's Mask R-CNN, checkpoints, edge cases, bad configs."""
+
 import pickle
 
 import pytest
 import torch
 
 from detectron2 import model_zoo as d2_model_zoo
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
-
-from detectron2.checkpoint import DetectionCheckpointer
 
 from panet_d2 import AFPConv2d, AFPLinear, PANetCheckpointer
 from panet_d2.errors import CheckpointError
@@ -22,21 +22,30 @@ from .common import panet_cfg, random_image, toy_instances
 # ResNet-18 (BasicBlock) and fewer sampled RoIs keep the tests fast; the FPN, RPN and heads are
 # the R50 model's.
 SMALL_BACKBONE = [
-    "MODEL.RESNETS.DEPTH", 18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", 100,
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 64,
+    "MODEL.RESNETS.DEPTH",
+    18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    64,
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    100,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    64,
 ]
 ALL_OFF = [
-    "MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone",
-    "MODEL.AFP.ENABLED", False,
-    "MODEL.FF.ENABLED", False,
+    "MODEL.BACKBONE.NAME",
+    "build_resnet_fpn_backbone",
+    "MODEL.AFP.ENABLED",
+    False,
+    "MODEL.FF.ENABLED",
+    False,
 ]
 
 
 def _d2_mask_rcnn():
     cfg = get_cfg()
-    cfg.merge_from_file(d2_model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"))
+    cfg.merge_from_file(
+        d2_model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+    )
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
@@ -50,8 +59,11 @@ def _d2_mask_rcnn():
 
 
 def _panet(opts=()):
-    cfg = panet_cfg("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml", small=False,
-                    opts=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0] + SMALL_BACKBONE + list(opts))
+    cfg = panet_cfg(
+        "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",
+        small=False,
+        opts=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0] + SMALL_BACKBONE + list(opts),
+    )
     torch.manual_seed(1)
     return build_model(cfg)
 
@@ -103,7 +115,7 @@ def test_all_off_is_detectron2_mask_rcnn(d2_model):
 
 
 def _load(checkpointer_cls, model, path):
-    """Load ``path`` as ``checkpointer_cls(model).load(path)`` does; returns the incompatible keys."""
+    """Load ``path`` as ``checkpointer_cls(model).load(path)`` does; returns incompatible keys."""
     checkpointer = checkpointer_cls(model)
     return checkpointer._load_model(checkpointer._load_file(path))
 
@@ -130,7 +142,10 @@ def test_detectron2_checkpoint_warm_starts_full_panet(d2_model, d2_checkpoint, c
     assert new and all(
         k.startswith("backbone.bpa_") or k.startswith("roi_heads.mask_head.fc_fusion.") for k in new
     )
-    assert {k.split(".")[1][:-1] for k in new if k.startswith("backbone.")} == {"bpa_down", "bpa_out"}
+    assert {k.split(".")[1][:-1] for k in new if k.startswith("backbone.")} == {
+        "bpa_down",
+        "bpa_out",
+    }
     d2 = d2_model.state_dict()
     fc1 = ours.roi_heads.box_head.fc1
     conv1 = ours.roi_heads.mask_head.mask_fcn1
@@ -141,7 +156,9 @@ def test_detectron2_checkpoint_warm_starts_full_panet(d2_model, d2_checkpoint, c
         rows = slice(level * 256, (level + 1) * 256)
         assert torch.equal(conv1.per_level.weight[rows], d2["roi_heads.mask_head.mask_fcn1.weight"])
         assert torch.equal(conv1.per_level.bias[rows], d2["roi_heads.mask_head.mask_fcn1.bias"])
-    assert torch.equal(ours.state_dict()["backbone.fpn_output2.weight"], d2["backbone.fpn_output2.weight"])
+    assert torch.equal(
+        ours.state_dict()["backbone.fpn_output2.weight"], d2["backbone.fpn_output2.weight"]
+    )
 
 
 def test_backward_reaches_every_level():
@@ -151,7 +168,16 @@ def test_backward_reaches_every_level():
         losses = model([{"image": random_image(192, 256), "instances": toy_instances(192, 256)}])
     sum(losses.values()).backward()
     bb = model.backbone
-    for name in ("bpa_down3", "bpa_out3", "bpa_down4", "bpa_out4", "bpa_down5", "bpa_out5", "fpn_output2", "fpn_lateral5"):
+    for name in (
+        "bpa_down3",
+        "bpa_out3",
+        "bpa_down4",
+        "bpa_out4",
+        "bpa_down5",
+        "bpa_out5",
+        "fpn_output2",
+        "fpn_lateral5",
+    ):
         assert getattr(bb, name).weight.grad.abs().sum() > 0, name
     fc1 = model.roi_heads.box_head.fc1
     conv1 = model.roi_heads.mask_head.mask_fcn1
@@ -284,10 +310,12 @@ def test_afp_sampling_ratio_reaches_both_all_level_poolers():
 
     cfg = panet_cfg("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
     assert cfg.MODEL.AFP.POOLER_SAMPLING_RATIO == 2  # the authors' release
-    heads = build_model(panet_cfg(
-        "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",
-        opts=SMALL_BACKBONE + ["MODEL.AFP.POOLER_SAMPLING_RATIO", 3],
-    )).roi_heads
+    heads = build_model(
+        panet_cfg(
+            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",
+            opts=SMALL_BACKBONE + ["MODEL.AFP.POOLER_SAMPLING_RATIO", 3],
+        )
+    ).roi_heads
     for pooler in (heads.box_pooler, heads.mask_pooler):
         assert isinstance(pooler, AdaptiveFeaturePooler) and len(pooler.level_poolers) == 4
         assert [p.sampling_ratio for p in pooler.level_poolers] == [3] * 4

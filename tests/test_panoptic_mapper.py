@@ -10,6 +10,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from panopticapi.utils import id2rgb
+from panopticapi.utils import rgb2id as api_rgb2id
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -17,8 +19,6 @@ from detectron2.data import transforms as T
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.structures import Instances
-from panopticapi.utils import id2rgb
-from panopticapi.utils import rgb2id as api_rgb2id
 
 from panet_d2.data import (  # importing registers the lazy builtin names
     PanopticDatasetMapper,
@@ -314,6 +314,7 @@ def test_detectron2_separated_style_dicts(sample, tmp_path):
     """Dicts like Detectron2's builtin *_panoptic_separated ones (instance annotations +
     preprocessed semantic PNG) give the same training data as the panoptic path."""
     from pycocotools import mask as mask_util
+
     from detectron2.structures import BoxMode
 
     space = sample["space"]

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from detectron2.config import get_cfg
 from detectron2.modeling.meta_arch.panoptic_fpn import (
     combine_semantic_and_instance_outputs as d2_combine,

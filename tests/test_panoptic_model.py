@@ -1,5 +1,6 @@
 # -*- coding: utf-8 -*-
 """Panoptic PANet: semantic branch structure, joint loss, one backbone pass, merge, label spaces."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,20 +17,31 @@ from panet_d2 import PAFPN, PANetSemSegHead, PanopticPANet
 from .common import panet_cfg, random_image, toy_instances
 
 SMALL = [
-    "MODEL.RESNETS.DEPTH", 18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS", 64,
-    "MODEL.FPN.OUT_CHANNELS", 64,
-    "MODEL.ROI_BOX_HEAD.FC_DIM", 128,
-    "MODEL.ROI_MASK_HEAD.CONV_DIM", 64,
-    "MODEL.FF.CONV_DIMS", [64, 32],
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", 0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", 16,
+    "MODEL.RESNETS.DEPTH",
+    18,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS",
+    64,
+    "MODEL.FPN.OUT_CHANNELS",
+    64,
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    128,
+    "MODEL.ROI_MASK_HEAD.CONV_DIM",
+    64,
+    "MODEL.FF.CONV_DIMS",
+    [64, 32],
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+    0.0,
+    "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
+    0.0,
+    "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
+    16,
 ]
 
 
 def _model(opts=()):
-    cfg = panet_cfg("COCO-PanopticSegmentation/panoptic_panet_R_50_1x.yaml", opts=SMALL + list(opts))
+    cfg = panet_cfg(
+        "COCO-PanopticSegmentation/panoptic_panet_R_50_1x.yaml", opts=SMALL + list(opts)
+    )
     torch.manual_seed(0)
     return build_model(cfg), cfg
 
@@ -72,7 +84,14 @@ def test_joint_loss_weights_and_semantic_loss():
         torch.manual_seed(1)
         losses = model([sample])
     assert calls == [1]  # one backbone pass for both branches
-    assert set(losses) == {"loss_sem_seg", "loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"}
+    assert set(losses) == {
+        "loss_sem_seg",
+        "loss_cls",
+        "loss_box_reg",
+        "loss_mask",
+        "loss_rpn_cls",
+        "loss_rpn_loc",
+    }
     # lambda_s * per-pixel cross-entropy of the 4x bilinearly upsampled 1/4-scale logits over
     # labelled pixels, void ignored.
     assert logits[0].shape[-2:] == (128 // 4, 160 // 4)
@@ -104,18 +123,27 @@ def test_inference_outputs_and_merge_equal_detectron2():
     seg, info = out["panoptic_seg"]
     c = cfg.MODEL.PANOPTIC_FPN.COMBINE
     ref_seg, ref_info = d2_combine(
-        out["instances"], out["sem_seg"].argmax(0), c.OVERLAP_THRESH, c.STUFF_AREA_LIMIT,
+        out["instances"],
+        out["sem_seg"].argmax(0),
+        c.OVERLAP_THRESH,
+        c.STUFF_AREA_LIMIT,
         c.INSTANCES_CONFIDENCE_THRESH,
     )
     assert torch.equal(seg, ref_seg) and info == ref_info
     assert any(s["isthing"] for s in info) and any(not s["isthing"] for s in info)
 
 
-@pytest.mark.parametrize("opts,key", [
-    (["MODEL.SEM_SEG_HEAD.IN_FEATURES", ["p2", "p7"]], "MODEL.SEM_SEG_HEAD.IN_FEATURES"),
-    (["MODEL.SEM_SEG_HEAD.NORM", "XN"], "MODEL.SEM_SEG_HEAD.NORM"),
-    (["MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 1.5], "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH"),
-])
+@pytest.mark.parametrize(
+    "opts,key",
+    [
+        (["MODEL.SEM_SEG_HEAD.IN_FEATURES", ["p2", "p7"]], "MODEL.SEM_SEG_HEAD.IN_FEATURES"),
+        (["MODEL.SEM_SEG_HEAD.NORM", "XN"], "MODEL.SEM_SEG_HEAD.NORM"),
+        (
+            ["MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 1.5],
+            "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH",
+        ),
+    ],
+)
 def test_bad_values(opts, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         _model(opts)

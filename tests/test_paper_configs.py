@@ -4,6 +4,7 @@ The configs that reproduce the paper's tables: each ablation row differs from it
 the component the row names and in nothing else; the full paper model; the release recipe; the
 Cityscapes rows and their COCO warm start.
 """
+
 import os
 import subprocess
 import sys
@@ -79,7 +80,11 @@ TABLE_ROWS = [
     ("mst.yaml", "rbl.yaml", None),  # input sizes only: no module differs
     ("mst_mbn.yaml", "mst.yaml", _is_norm_change),
     # the backbone itself: FPN -> PAFPN (same FPN children)
-    ("mst_mbn_bpa.yaml", "mst_mbn.yaml", lambda n, a, b: n == "backbone" or n.startswith("backbone.bpa_")),
+    (
+        "mst_mbn_bpa.yaml",
+        "mst_mbn.yaml",
+        lambda n, a, b: n == "backbone" or n.startswith("backbone.bpa_"),
+    ),
     ("mst_mbn_afp.yaml", "mst_mbn.yaml", _under(AFP)),
     ("mst_mbn_bpa_afp.yaml", "mst_mbn_bpa.yaml", _under(AFP)),
     ("mst_mbn_bpa_afp_ff.yaml", "mst_mbn_bpa_afp.yaml", _under(("roi_heads.mask_head.fc_fusion",))),
@@ -92,8 +97,13 @@ TABLE_ROWS += [
     for name in ("afp_before_fc1_max.yaml", "afp_before_fc1_sum.yaml", "afp_after_fc1_sum.yaml")
 ]
 TABLE_ROWS += [
-    ("ff_conv{}_{}.yaml".format(k, op), "mst_mbn_bpa_afp.yaml", _under(("roi_heads.mask_head.fc_fusion",)))
-    for k in (2, 3, 4) for op in ("max", "sum", "product")
+    (
+        "ff_conv{}_{}.yaml".format(k, op),
+        "mst_mbn_bpa_afp.yaml",
+        _under(("roi_heads.mask_head.fc_fusion",)),
+    )
+    for k in (2, 3, 4)
+    for op in ("max", "sum", "product")
 ]
 
 
@@ -116,10 +126,16 @@ def test_mbn_puts_a_norm_after_every_new_layer():
     # every conv / fc of FPN, the bottom-up path, the box head, the mask head (per-level conv1 and
     # FF's convs included) carries a norm; not the predictors, the deconv or Detectron2's RPN
     new_layers = [
-        n for n, m in model_modules.items()
-        if n.startswith(("backbone.fpn_", "backbone.bpa_", "roi_heads.box_head.", "roi_heads.mask_head."))
-        and isinstance(m, (nn.Conv2d, nn.Linear)) and "predictor" not in n and "deconv" not in n
-        and n != "roi_heads.mask_head.fc_fusion.fc" and not n.endswith(".per_level")
+        n
+        for n, m in model_modules.items()
+        if n.startswith(
+            ("backbone.fpn_", "backbone.bpa_", "roi_heads.box_head.", "roi_heads.mask_head.")
+        )
+        and isinstance(m, (nn.Conv2d, nn.Linear))
+        and "predictor" not in n
+        and "deconv" not in n
+        and n != "roi_heads.mask_head.fc_fusion.fc"
+        and not n.endswith(".per_level")
     ]
     per_level = [n for n, m in model_modules.items() if isinstance(m, (AFPConv2d, AFPLinear))]
     assert len(new_layers) > 15 and per_level
@@ -139,7 +155,11 @@ def test_paper_config_is_the_full_panet_row():
     cfg = _cfg("COCO-InstanceSegmentation/panet_R_50_FPN_paper.yaml")
     row = _cfg(ABL + "mst_mbn_bpa_afp_ff_hhd.yaml")
     assert cfg.MODEL.BACKBONE.NAME == "build_resnet_pafpn_backbone" and cfg.MODEL.AFP.ENABLED
-    assert cfg.MODEL.FF.ENABLED and cfg.MODEL.ROI_BOX_HEAD.NUM_CONV == 4 and cfg.MODEL.ROI_BOX_HEAD.NUM_FC == 1
+    assert (
+        cfg.MODEL.FF.ENABLED
+        and cfg.MODEL.ROI_BOX_HEAD.NUM_CONV == 4
+        and cfg.MODEL.ROI_BOX_HEAD.NUM_FC == 1
+    )
     assert cfg.MODEL.RESNETS.NORM == "SyncBN" and cfg.INPUT.MAX_SIZE_TRAIN == 1400
     # same model as the table's last row
     a = _modules("COCO-InstanceSegmentation/panet_R_50_FPN_paper.yaml")
@@ -176,8 +196,12 @@ def test_cityscapes_table9_rows():
         assert isinstance(modules["backbone.bottom_up.stem.conv1"][2].norm, nn.SyncBatchNorm)
         assert isinstance(modules["roi_heads.box_head.fc2"][2].norm, nn.SyncBatchNorm)
     # the difference is PANet's components only
-    stray = [n for n in _diff(base, panet) if n != "backbone" and not n.startswith(
-        ("backbone.bpa_", "roi_heads.mask_head.fc_fusion") + AFP)]
+    stray = [
+        n
+        for n in _diff(base, panet)
+        if n != "backbone"
+        and not n.startswith(("backbone.bpa_", "roi_heads.mask_head.fc_fusion") + AFP)
+    ]
     assert not stray, stray
 
 
@@ -187,8 +211,15 @@ def test_coco_checkpoint_to_cityscapes(tmp_path):
     torch.save({"model": coco.state_dict()}, str(path))
     out = tmp_path / "cityscapes.pth"
     subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "convert_coco_to_cityscapes.py"), str(path), str(out)],
-        check=True, cwd=ROOT, capture_output=True,
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "convert_coco_to_cityscapes.py"),
+            str(path),
+            str(out),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
     )
     cfg = _cfg("Cityscapes/panet_R_50_FPN_coco_pretrained.yaml")
     cfg.MODEL.WEIGHTS = str(out)

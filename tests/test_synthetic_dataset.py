@@ -12,10 +12,11 @@ pytest.importorskip("detectron2")
 pytest.importorskip("panopticapi")
 
 import pycocotools.mask as mask_util  # noqa: E402
+from PIL import Image  # noqa: E402
+
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from panet_d2.data.synthetic import (  # noqa: E402
     DEFAULT_SPLITS,

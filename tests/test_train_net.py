@@ -5,6 +5,7 @@ checkpoints, exact --resume, --eval-only reproducing the training metrics, test-
 augmentation, and the clear errors for bad inputs. Evaluator choice: test_engine_evaluation.py;
 the checks before a run: test_engine_checks.py.
 """
+
 import importlib.util
 import json
 import math
@@ -73,12 +74,18 @@ def _args(
     argv += ["--eval-only"] if eval_only else []
     argv += ["--resume"] if resume else []
     argv += [
-        "OUTPUT_DIR", str(out_dir),
-        "DATASETS.TRAIN", "('{}',)".format(train) if train else "()",
-        "DATASETS.TEST", "('{}',)".format(test) if test else "()",
-        "DATALOADER.NUM_WORKERS", "0",
-        "SEED", "7",
-        "MODEL.DEVICE", "cpu",
+        "OUTPUT_DIR",
+        str(out_dir),
+        "DATASETS.TRAIN",
+        "('{}',)".format(train) if train else "()",
+        "DATASETS.TEST",
+        "('{}',)".format(test) if test else "()",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SEED",
+        "7",
+        "MODEL.DEVICE",
+        "cpu",
     ]
     return default_argument_parser().parse_args(argv + [str(o) for o in opts])
 
@@ -190,8 +197,10 @@ def test_resume_continues_the_same_run(run_a, train_net, tmp_path, monkeypatch):
     assert log["start_iter"] == 3
     with open(out / "log.txt") as f:  # panet_d2's loggers reach log.txt (train_net sets them up)
         text = f.read()
-    assert "panet_d2.engine.resume INFO: Resuming at iteration 3: the training sampler skips " \
+    assert (
+        "panet_d2.engine.resume INFO: Resuming at iteration 3: the training sampler skips "
         "the 6 samples already used." in text
+    )
     assert "Restored the random generator states" in text
     assert sorted(log["lr"]) == [3, 4, 5]
     for it in (3, 4, 5):
@@ -207,8 +216,9 @@ def test_resume_continues_the_same_run(run_a, train_net, tmp_path, monkeypatch):
     assert [g["lr"] for g in opt_a["param_groups"]] == [g["lr"] for g in opt_b["param_groups"]]
     assert set(opt_a["state"]) == set(opt_b["state"])
     for k, st in opt_a["state"].items():  # SGD momentum buffers
-        assert torch.allclose(st["momentum_buffer"], opt_b["state"][k]["momentum_buffer"],
-                              rtol=1e-5, atol=1e-7), k
+        assert torch.allclose(
+            st["momentum_buffer"], opt_b["state"][k]["momentum_buffer"], rtol=1e-5, atol=1e-7
+        ), k
     assert set(a["model"]) == set(b["model"])
     for k, v in a["model"].items():
         assert torch.allclose(v.float(), b["model"][k].float(), rtol=1e-5, atol=1e-7), k
@@ -218,8 +228,16 @@ def test_resume_continues_the_same_run(run_a, train_net, tmp_path, monkeypatch):
 
 def test_test_time_augmentation(run_a, train_net, tmp_path):
     weights = os.path.join(run_a["out"], "model_final.pth")
-    tta = ["TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(160, 192)",
-           "TEST.AUG.MAX_SIZE", "320", "TEST.AUG.FLIP", "True"]
+    tta = [
+        "TEST.AUG.ENABLED",
+        "True",
+        "TEST.AUG.MIN_SIZES",
+        "(160, 192)",
+        "TEST.AUG.MAX_SIZE",
+        "320",
+        "TEST.AUG.FLIP",
+        "True",
+    ]
     res = train_net.main(
         _args(
             tmp_path / "eval", "MODEL.WEIGHTS", weights, *tta, eval_only=True, test=SMALL + "_val"
@@ -238,8 +256,9 @@ def test_test_time_augmentation(run_a, train_net, tmp_path):
 def test_panoptic_main_job(train_net, datasets, tmp_path):
     """The README's main job, for one iteration: trains on the panoptic records, evaluates all."""
     config = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
-    args = _args(tmp_path, "SOLVER.MAX_ITER", 1, train=SMALL + "_val_panoptic",
-                 test=SMALL + "_val_panoptic")
+    args = _args(
+        tmp_path, "SOLVER.MAX_ITER", 1, train=SMALL + "_val_panoptic", test=SMALL + "_val_panoptic"
+    )
     args.config_file = config
     results = train_net.main(args)
     assert set(results) == {"panoptic_seg", "bbox", "segm", "sem_seg"}
@@ -292,8 +311,11 @@ def _register_coco(name, json_file, image_root):
 def test_error_unregistered_dataset(train_net, datasets, tmp_path):
     with pytest.raises(DatasetError, match="'no_such_dataset' in DATASETS.TRAIN is not registered"):
         train_net.main(_args(tmp_path, train="no_such_dataset"))
-    with pytest.raises(DatasetError, match=r"'{}_vall' in DATASETS.TEST is not registered.*"
-                       r"Did you mean: '{}_val'".format(PREFIX, PREFIX)):
+    with pytest.raises(
+        DatasetError,
+        match=r"'{}_vall' in DATASETS.TEST is not registered.*"
+        r"Did you mean: '{}_val'".format(PREFIX, PREFIX),
+    ):
         train_net.main(_args(tmp_path, test=PREFIX + "_vall", eval_only=True))
 
 
@@ -355,8 +377,9 @@ class _Raise(HookBase):
             raise self.error
 
 
-def test_input_error_during_training_is_logged_as_one_line(train_net, datasets, tmp_path,
-                                                             monkeypatch):
+def test_input_error_during_training_is_logged_as_one_line(
+    train_net, datasets, tmp_path, monkeypatch
+):
     error = CheckpointError("Cannot save checkpoint 'model.pth': No space left on device")
     _with_hooks(monkeypatch, train_net, _Raise(error))
     with pytest.raises(CheckpointError):
@@ -380,8 +403,14 @@ def test_error_checkpoints(run_a, train_net, tmp_path):
     weights = os.path.join(run_a["out"], "model_final.pth")
     with pytest.raises(CheckpointError, match="does not fit the model"):
         train_net.main(
-            _args(tmp_path / "d", "MODEL.WEIGHTS", weights, "MODEL.FPN.OUT_CHANNELS", 32,
-                  eval_only=True)
+            _args(
+                tmp_path / "d",
+                "MODEL.WEIGHTS",
+                weights,
+                "MODEL.FPN.OUT_CHANNELS",
+                32,
+                eval_only=True,
+            )
         )
 
 
@@ -401,9 +430,21 @@ def test_error_config_file_and_evaluator(train_net, datasets, tmp_path):
 def test_command_line_error_has_no_traceback(tmp_path):
     env = dict(os.environ, PANET_D2_DATASETS=str(tmp_path / "datasets"))
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file", SMOKE,
-         "OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TRAIN", "('no_such_dataset',)"],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            os.path.join(ROOT, "train_net.py"),
+            "--config-file",
+            SMOKE,
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "DATASETS.TRAIN",
+            "('no_such_dataset',)",
+        ],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "ERROR: Dataset 'no_such_dataset' in DATASETS.TRAIN is not registered" in proc.stderr

@@ -8,6 +8,7 @@ keep the rows of the matching COCO classes (Cityscapes' rider starts from COCO's
 
     python3 tools/convert_coco_to_cityscapes.py COCO_CHECKPOINT OUTPUT.pth
 """
+
 import argparse
 import os
 import pickle
@@ -60,7 +61,9 @@ def convert(state_dict, indices):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="COCO checkpoint (.pth of panet_d2 / Detectron2, or .pkl)")
+    parser.add_argument(
+        "checkpoint", help="COCO checkpoint (.pth of panet_d2 / Detectron2, or .pkl)"
+    )
     parser.add_argument("output", help="where to write the Cityscapes initial weights (.pth)")
     args = parser.parse_args(argv)
     with PathManager.open(args.checkpoint, "rb") as f:
@@ -78,8 +81,14 @@ def main(argv=None):
         )
     converted = convert(state_dict, cityscapes_to_coco_indices())
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    torch.save({"model": converted, "__author__": "panet_d2 convert_coco_to_cityscapes"}, args.output)
-    print("Wrote {} (8 Cityscapes classes from COCO's {}).".format(args.output, cityscapes_to_coco_indices()))
+    torch.save(
+        {"model": converted, "__author__": "panet_d2 convert_coco_to_cityscapes"}, args.output
+    )
+    print(
+        "Wrote {} (8 Cityscapes classes from COCO's {}).".format(
+            args.output, cityscapes_to_coco_indices()
+        )
+    )
 
 
 if __name__ == "__main__":

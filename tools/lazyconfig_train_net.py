@@ -15,6 +15,7 @@ It looks for ``$DETECTRON2_LAZYCONFIG_TRAIN_NET``, else ``tools/lazyconfig_train
 the ``detectron2`` package (a source checkout, or ``site-packages/tools`` where Detectron2's
 setup.py installed its tools), and takes the same command line.
 """
+
 import os
 import sys
 
@@ -45,8 +46,8 @@ def main():
     script = find_detectron2_script()
     if script is None:
         sys.exit(
-            "ERROR: Detectron2's tools/lazyconfig_train_net.py was not found next to the detectron2 "
-            "package ({}); set ${} to the file in your Detectron2 checkout.".format(
+            "ERROR: Detectron2's tools/lazyconfig_train_net.py was not found next to the "
+            "detectron2 package ({}); set ${} to the file in your Detectron2 checkout.".format(
                 os.path.dirname(detectron2.__file__), ENV_VAR
             )
         )

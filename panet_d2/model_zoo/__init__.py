@@ -7,6 +7,7 @@ PANet's model zoo, in the manner of :mod:`detectron2.model_zoo`: the configs of 
     cfg = model_zoo.get_config("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
     model = model_zoo.get("quick_schedules/panet_R_18_synth_instance.yaml", device="cpu")
 """
+
 from .model_zoo import get, get_checkpoint_url, get_config, get_config_file, list_configs
 
 __all__ = ["get", "get_checkpoint_url", "get_config", "get_config_file", "list_configs"]

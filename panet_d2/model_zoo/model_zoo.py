@@ -19,6 +19,7 @@ Detectron2 does for a config without released weights); ``trained=False`` keeps 
 MODEL.WEIGHTS (ImageNet-pretrained backbones for the COCO / Cityscapes configs, "" for the
 quick schedules, which train from scratch).
 """
+
 import os
 from typing import List, Optional
 

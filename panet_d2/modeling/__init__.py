@@ -4,6 +4,7 @@ The model: PANet's backbone (bottom-up path augmentation), poolers (adaptive fea
 box and mask heads (fully-connected fusion), ROI heads, semantic head, the panoptic
 meta-architecture and its merge. Importing it registers them with Detectron2's registries.
 """
+
 from .bottom_up_path import PAFPN, build_resnet_pafpn_backbone
 from .adaptive_feature_pooling import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
 from .fully_connected_fusion import FullyConnectedFusion

@@ -19,6 +19,7 @@ So every loader that goes through ``nn.Module.load_state_dict`` (Detectron2's
 single-level tensors to :meth:`_PerLevelLayer._load_from_state_dict`, which copies them to every
 level (and logs it) instead of leaving the first layers random.
 """
+
 import logging
 import re
 from typing import List
@@ -81,7 +82,9 @@ class AdaptiveFeaturePooler(ROIPooler):
         """
         pooler_fmt_boxes = convert_boxes_to_pooler_format(box_lists)
         # One RoIAlign call per level, each over all boxes of the batch.
-        grids = [pooler(x[level], pooler_fmt_boxes) for level, pooler in enumerate(self.level_poolers)]
+        grids = [
+            pooler(x[level], pooler_fmt_boxes) for level, pooler in enumerate(self.level_poolers)
+        ]
         return torch.stack(grids, dim=1)
 
 
@@ -165,7 +168,7 @@ class _PerLevelLayer(nn.Module):
 
     @staticmethod
     def _single_level_name(name: str) -> str:
-        """"per_level.weight" -> "weight", "norm.levels.2.bias" -> "norm.bias"."""
+        """ "per_level.weight" -> "weight", "norm.levels.2.bias" -> "norm.bias"."""
         return re.sub(r"(^|\.)(per_level|levels\.\d+)\.", r"\1", name)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -229,7 +232,9 @@ class AFPConv2d(_PerLevelLayer):
             activation=nn.ReLU(),
         )
         # Detectron2's c2_msra_fill, level by level (fan-out of one level's conv).
-        for w in self.per_level.weight.data.view(num_levels, out_channels, -1, *([kernel_size] * 2)):
+        for w in self.per_level.weight.data.view(
+            num_levels, out_channels, -1, *([kernel_size] * 2)
+        ):
             nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
         if self.per_level.bias is not None:
             nn.init.constant_(self.per_level.bias, 0)

@@ -7,6 +7,7 @@ The box head of PANet: Detectron2's conv/fc box head with adaptive feature pooli
   by classification and regression, then one fc; with AFP the first conv is per level and the
   fusion follows it.
 """
+
 from typing import List
 
 import numpy as np
@@ -15,10 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec
+from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
-
-from detectron2.layers import get_norm
 
 from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
 from ..errors import check_choice
@@ -94,9 +93,7 @@ class PANetConvFCHead(FastRCNNConvFCHead):
             return
         C, H, W = input_shape.channels, input_shape.height, input_shape.width
         if conv_dims:  # heavier head: conv1 is per level
-            self.conv1 = AFPConv2d(
-                C, conv_dims[0], num_levels, norm=conv_norm, fuse_type=fuse_type
-            )
+            self.conv1 = AFPConv2d(C, conv_dims[0], num_levels, norm=conv_norm, fuse_type=fuse_type)
             self.conv_norm_relus[0] = self.conv1
         else:  # 2fc head: fc1 is per level; the grids are flattened level by level
             self.flatten = nn.Flatten(start_dim=2)

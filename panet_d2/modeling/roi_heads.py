@@ -60,9 +60,9 @@ class PANetROIHeads(StandardROIHeads):
             )
         if len(in_features) < 2:
             raise ConfigError(
-                "MODEL.AFP.ENABLED=True pools every RoI from every pyramid level and needs at least "
-                "2 levels in MODEL.ROI_HEADS.IN_FEATURES, got {} (backbone {}). Use a pyramid "
-                "backbone (build_resnet_pafpn_backbone / build_resnet_fpn_backbone) with "
+                "MODEL.AFP.ENABLED=True pools every RoI from every pyramid level and needs at "
+                "least 2 levels in MODEL.ROI_HEADS.IN_FEATURES, got {} (backbone {}). Use a "
+                "pyramid backbone (build_resnet_pafpn_backbone / build_resnet_fpn_backbone) with "
                 "IN_FEATURES like ['p2', 'p3', 'p4', 'p5'], or set MODEL.AFP.ENABLED=False.".format(
                     in_features, cfg.MODEL.BACKBONE.NAME
                 )
