@@ -87,7 +87,9 @@ if __name__ == "__main__":
         extras_require={
             # shapely: Detectron2's Cityscapes instance loader (polygons from the json files)
             "cityscapes": ["cityscapesscripts", "shapely"],
-            "dev": ["pytest"],
+            # tests and lint (as Detectron2's dev/linter.sh; versions pinned so that .ci/run's
+            # formatting check does not change with a new release)
+            "dev": ["pytest", "black==26.10.1", "isort==9.0.2", "flake8==7.5.0"],
             # ONNX export and ONNX Runtime (tools/export_model.py --format onnx, its tests)
             "export": ["onnx", "onnxruntime"],
         },
