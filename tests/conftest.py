@@ -1,4 +1,5 @@
 # -*- coding: utf-8 -*-
+import logging
 import os
 import sys
 
@@ -29,3 +30,19 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _project_logs_reach_caplog():
+    """
+    train_net.py / demo.py tests set up the "panet_d2" and "detectron2" loggers with Detectron2's
+    setup_logger, which stops them propagating to the root logger, where pytest's caplog listens:
+    let every test see the project's log records whatever ran before it.
+    """
+    loggers = [logging.getLogger(name) for name in ("panet_d2", "detectron2", "fvcore")]
+    saved = [lg.propagate for lg in loggers]
+    for lg in loggers:
+        lg.propagate = True
+    yield
+    for lg, p in zip(loggers, saved):
+        lg.propagate = p
