@@ -1,10 +1,18 @@
 #!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 """
-What RoIAlign's sampling ratio costs in adaptive feature pooling: the box branch's all-level pooler
-(every one of 1000 proposals pooled from N2..N5 of an HxW image, 256 channels, 7x7 bins) and the
-mask branch's (100 detections, 14x14 bins), with MODEL.AFP.POOLER_SAMPLING_RATIO 0 (Detectron2's
-adaptive default) and 2 (the authors' release), alternated, median of the runs.
+What RoIAlign costs in adaptive feature pooling: the box branch's all-level pooler (every one of
+1000 proposals pooled from N2..N5 of an HxW image, 256 channels, 7x7 bins) and the mask branch's
+(100 detections, 14x14 bins):
+
+* MODEL.AFP.POOLER_SAMPLING_RATIO 0 (Detectron2's adaptive default): torchvision's RoIAlign on each
+  level;
+* 2 (the authors' release), torchvision's RoIAlign on each level (what CUDA, tracing, scripting
+  and ONNX use);
+* 2, the batched op that eager mode uses on the CPU (``multilevel_roi_align``).
+
+Forward alone (inference) and forward + backward (training: the gradient of every level), the
+variants alternated, median of the runs.
 
     python3 benchmarks/bench_afp_sampling.py --repeats 5 --threads 2
 """
@@ -38,36 +46,54 @@ def main():
     ]
     scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
     boxes = fixed_proposals(args.height, args.width, 1000, seed=0).proposal_boxes
+    variants = (
+        ("0, torchvision per level", 0, False),
+        ("2, torchvision per level", 2, False),
+        ("2, batched (eager CPU default)", 2, True),
+    )
     rows = {}
     for branch, size, n in (("box", 7, 1000), ("mask", 14, 100)):
-        for ratio in (0, 2):
+        for name, ratio, batched in variants:
             pooler = AdaptiveFeaturePooler(
                 size, scales, sampling_ratio=ratio, pooler_type="ROIAlignV2"
             )
-            rows[(branch, ratio)] = (pooler, [boxes[:n]])
-    times = {k: [] for k in rows}
-    with torch.no_grad():
-        for _ in range(args.repeats + 1):  # the first round warms up
-            for k, (pooler, b) in rows.items():
+            if not batched:  # force the per-level path
+                pooler._use_multilevel_roi_align = lambda x: False
+            rows[(branch, n, name)] = (pooler, [boxes[:n]])
+    fwd = {k: [] for k in rows}
+    fwd_bwd = {k: [] for k in rows}
+    for _ in range(args.repeats + 1):  # the first round warms up
+        for k, (pooler, b) in rows.items():
+            with torch.no_grad():
                 t = time.perf_counter()
                 pooler(feats, b)
-                times[k].append(time.perf_counter() - t)
+                fwd[k].append(time.perf_counter() - t)
+            x = [f.requires_grad_() for f in feats]
+            t = time.perf_counter()
+            out = pooler(x, b)
+            torch.autograd.grad(out, x, torch.ones_like(out))
+            fwd_bwd[k].append(time.perf_counter() - t)
+            for f in feats:
+                f.requires_grad_(False)
     print(
-        "| all-level pooler, {}x{} image | sampling ratio | median s | min s | max s |".format(
-            args.height, args.width
-        )
+        "| all-level pooler, {}x{} image | sampling ratio, op | forward median s (min, max) "
+        "| forward + backward median s (min, max) |".format(args.height, args.width)
     )
-    print("|---|---|---|---|---|")
-    for (branch, ratio), ts in times.items():
-        ts = ts[1:]
+    print("|---|---|---|---|")
+    for k in rows:
+        branch, n, name = k
+        a, b = fwd[k][1:], fwd_bwd[k][1:]
         print(
-            "| {} ({} RoIs) | {} | {:.3f} | {:.3f} | {:.3f} |".format(
+            "| {} ({} RoIs) | {} | {:.3f} ({:.3f}, {:.3f}) | {:.3f} ({:.3f}, {:.3f}) |".format(
                 branch,
-                1000 if branch == "box" else 100,
-                ratio,
-                statistics.median(ts),
-                min(ts),
-                max(ts),
+                n,
+                name,
+                statistics.median(a),
+                min(a),
+                max(a),
+                statistics.median(b),
+                min(b),
+                max(b),
             )
         )
 

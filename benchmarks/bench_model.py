@@ -12,7 +12,7 @@ output is replaced) and 100 detections (SCORE_THRESH_TEST 0, box deltas zeroed s
 pools the same boxes); a training step (forward, backward, SGD step) on 2 images with 512 sampled
 RoIs each (fixed proposals, the same ground truth). Per row: FLOPs (Detectron2's FlopCountAnalysis
 of the inference, and of the training forward), time (median, min, max of the alternated runs) and
-peak memory (CUDA: max allocated; CPU: peak RSS of a child process that runs the model once); the
+peak memory (CUDA: max allocated; CPU: peak RSS of a child process during its second run); the
 ratios to the baseline.
 
     python3 benchmarks/bench_model.py --repeats 5 --threads 2              # everything, CPU
@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import resource
 import statistics
 import sys
 import time
@@ -263,22 +262,48 @@ def training_flops(model, inputs):
     return fca.total()
 
 
+def _vm_hwm():
+    """Peak RSS of this process (bytes) since start or since the last :func:`_reset_hwm`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def _reset_hwm():
+    # Linux >= 4.0: "5" resets the peak RSS to the current RSS
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def _peak_memory_child(spec, task, args, queue):
+    # A fresh interpreter (spawn): the peak of the parent (which holds every model of the group)
+    # is not this process's. ru_maxrss is not used: Linux carries the pre-exec peak of the
+    # forked parent over into it.
     torch.set_num_threads(args.threads)
     cfg = make_cfg(*spec, args.device)
     model = build(cfg, args)
     if task == "inference":
         model.eval()
-        run_inference(model, inference_inputs(args, args.device), args)
+        inputs = inference_inputs(args, args.device)
+        run = lambda: run_inference(model, inputs, args)  # noqa: E731
     else:
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        run_training_step(model, training_inputs(cfg, args, args.device), args, opt)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        inputs = training_inputs(cfg, args, args.device)
+        run = lambda: run_training_step(model, inputs, args, opt)  # noqa: E731
+    run()  # warm-up: lazy allocations, optimizer state
+    _reset_hwm()
+    run()
+    queue.put(_vm_hwm())
 
 
 def peak_memory(model, spec, task, args, run):
-    """Bytes: CUDA max allocated of one run; CPU: peak RSS of a child process running it once."""
+    """
+    Bytes: CUDA max allocated of one run; CPU: peak RSS of a child process during its second run
+    (model, inputs and optimizer state included).
+    """
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         run()

@@ -4,6 +4,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import ShapeSpec
@@ -13,6 +14,7 @@ from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.structures import Boxes
 
 from panet_d2 import AdaptiveFeaturePooler, AFPConv2d, AFPLinear, PANetConvFCHead
+from panet_d2.modeling.adaptive_feature_pooling import multilevel_roi_align
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 
@@ -60,6 +62,68 @@ def test_pooler_no_boxes():
     afp = AdaptiveFeaturePooler(14, SCALES, sampling_ratio=0, pooler_type="ROIAlignV2")
     x = _features()
     assert afp(x, [Boxes(torch.zeros(0, 4)), Boxes(torch.zeros(0, 4))]).shape == (0, 4, 8, 14, 14)
+
+
+def _tv_roi_align_per_level(x, rois, output_size, ratio, aligned):
+    """The independent reference: torchvision's RoIAlign, one call per level, stacked."""
+    return torch.stack(
+        [roi_align(f, rois, output_size, s, ratio, aligned) for f, s in zip(x, SCALES)], dim=1
+    )
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("ratio", [1, 2, 3])
+@pytest.mark.parametrize("output_size", [(7, 7), (14, 14), (5, 3)])
+def test_multilevel_roi_align_equals_torchvision_values_and_gradients(aligned, ratio, output_size):
+    # float64, boxes partly outside the image, sub-pixel boxes, both images of the batch
+    g = torch.Generator().manual_seed(1)
+    x = [f.double().requires_grad_() for f in _features(n=2, c=3, size=64)]
+    xy = torch.rand(40, 2, generator=g, dtype=torch.float64) * 300 - 30
+    wh = torch.rand(40, 2, generator=g, dtype=torch.float64) * 200 + 0.3
+    rois = torch.cat([torch.arange(40).remainder(2)[:, None].double(), xy, xy + wh], dim=1)
+    ours = multilevel_roi_align(x, rois, list(SCALES), output_size, ratio, aligned)
+    ref = _tv_roi_align_per_level(x, rois, output_size, ratio, aligned)
+    assert ours.shape == (40, 4, 3) + output_size
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(ours, x, grad), torch.autograd.grad(ref, x, grad)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_pooler_batches_levels_on_cpu_and_keeps_torchvision_when_traced(monkeypatch):
+    afp = AdaptiveFeaturePooler(7, SCALES, sampling_ratio=2, pooler_type="ROIAlignV2")
+    calls = []
+    for p in afp.level_poolers:
+        orig = p.forward
+        monkeypatch.setattr(p, "forward", lambda f, b, orig=orig: calls.append(1) or orig(f, b))
+    x, boxes = _features(), _boxes()
+    eager = afp(x, boxes)
+    assert calls == []  # one batched op, no per-level RoIAlign
+    ref = torch.stack(
+        [ROIPooler(7, (s,), 2, "ROIAlignV2")([f], boxes) for f, s in zip(x, SCALES)], dim=1
+    )
+    torch.testing.assert_close(eager, ref)
+
+    class Wrap(torch.nn.Module):
+        def forward(self, *feats):
+            return afp(list(feats), boxes)
+
+    traced = torch.jit.trace(Wrap(), tuple(x), check_trace=False)
+    assert calls == [1, 1, 1, 1]
+    assert "roi_align" in str(traced.graph) and "embedding_bag" not in str(traced.graph)
+    torch.testing.assert_close(traced(*x), eager)
+
+
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_pooler_sampling_ratio_zero_keeps_per_level_roialign(sampling_ratio, monkeypatch):
+    afp = AdaptiveFeaturePooler(7, SCALES, sampling_ratio=sampling_ratio, pooler_type="ROIAlignV2")
+    calls = []
+    for p in afp.level_poolers:
+        orig = p.forward
+        monkeypatch.setattr(p, "forward", lambda f, b, orig=orig: calls.append(1) or orig(f, b))
+    afp(_features(), _boxes())
+    # adaptive sampling (0) has no fixed bag size: torchvision's op on each level
+    assert len(calls) == (4 if sampling_ratio == 0 else 0)
 
 
 @pytest.mark.parametrize("fuse", ["max", "sum"])
