@@ -9,9 +9,11 @@ PANet training script, with the command line of Detectron2's tools/train_net.py.
     python3 train_net.py --config-file <cfg.yaml> --resume  # continue from OUTPUT_DIR
 
 The trainer is :class:`panet_d2.engine.PANetTrainer`. A bad input (config, dataset, image,
-checkpoint: :class:`panet_d2.errors.InputError`) stops the run with one line "ERROR: ...", also
+checkpoint: :class:`panet_d2.errors.InputError`) or a diverging run
+(:class:`panet_d2.errors.TrainingDivergedError`) stops the run with one line "ERROR: ...", also
 with several processes (--num-gpus, --num-machines; on CPUs too): the config is checked before
-they start.
+they start. --eval-only needs weights (MODEL.WEIGHTS, or the last checkpoint with --resume) that
+hold every tensor of the model; see docs/reliability.md.
 """
 
 import logging
@@ -87,7 +89,7 @@ def main(args):
 
     check_inputs(cfg, train=False)
     model = Trainer.build_model(cfg)
-    checkpointer = PANetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    checkpointer = PANetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)  # every tensor from the file
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
     results = Trainer.test(cfg, model)
     if cfg.TEST.AUG.ENABLED:
@@ -102,8 +104,8 @@ def _one_line_main(args):
     # torch.multiprocessing would print is of no use), then exit code 1
     try:
         return main(args)
-    except InputError as e:
-        sys.exit("ERROR: " + clean_error_message(e))
+    except (InputError, FloatingPointError) as e:
+        sys.exit("ERROR: " + " ".join(clean_error_message(e).split()))
 
 
 def invoke_main():
@@ -122,8 +124,8 @@ def invoke_main():
             args.dist_url,
             (args,),
         )
-    except InputError as e:
-        sys.exit("ERROR: " + clean_error_message(e))
+    except (InputError, FloatingPointError) as e:  # a divergence: TrainingDivergedError
+        sys.exit("ERROR: " + " ".join(clean_error_message(e).split()))
     except mp.ProcessExitedException as e:  # a process that exited with its "ERROR: ..." line
         sys.exit(e.exit_code if e.exit_code == 1 else "ERROR: {}".format(e))
 

@@ -28,6 +28,8 @@ __all__ = [
     "DatasetError",
     "ImageLoadError",
     "CheckpointError",
+    "TrainingDivergedError",
+    "config_error",
     "check_choice",
     "check_registered",
     "check_dataset_files",
@@ -66,7 +68,34 @@ class ImageLoadError(InputError, OSError):
 
 
 class CheckpointError(InputError, RuntimeError):
-    """A checkpoint that does not exist, cannot be read, or does not fit the model."""
+    """A checkpoint that does not exist, cannot be read, does not fit the model, or cannot be
+    saved."""
+
+
+class TrainingDivergedError(FloatingPointError):
+    """
+    Training diverged (a loss or weight became NaN or inf). A ``FloatingPointError``, as
+    Detectron2 raises it, whose message is one line: the iteration, the loss and the last
+    checkpoint written before it (``last_checkpoint``: its path, or None).
+    """
+
+    def __init__(self, message, last_checkpoint=None):
+        super().__init__(message)
+        self.last_checkpoint = last_checkpoint
+
+
+def config_error(path, e, what="Config file"):
+    """
+    A :class:`ConfigError` for exception ``e`` raised while loading config file ``path``: a
+    Python syntax error (LazyConfig) as "file:line: message", others with their type and message.
+    """
+    if isinstance(e, SyntaxError):
+        where = "{}:{}".format(e.filename or path, e.lineno) if e.lineno else path
+        code = " ({})".format(e.text.strip()) if e.text and e.text.strip() else ""
+        return ConfigError("{} {}: {}: {}{}".format(what, where, type(e).__name__, e.msg, code))
+    return ConfigError(
+        "{} {!r}: {}: {}".format(what, path, type(e).__name__, " ".join(str(e).split()))
+    )
 
 
 logger = logging.getLogger(__name__)
@@ -602,15 +631,16 @@ def clean_error_message(e):
 
 class OneLineInputErrors(logging.Filter):
     """
-    A filter for Detectron2's "detectron2.engine.train_loop" logger: an :class:`InputError` that
-    stops training ("Exception during training:") is logged as one line, without the traceback.
+    A filter for Detectron2's "detectron2.engine.train_loop" logger: an :class:`InputError` or a
+    ``FloatingPointError`` (divergence) that stops training ("Exception during training:") is
+    logged as one line, without the traceback.
     """
 
     def filter(self, record):
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, InputError):
+        if isinstance(exc, (InputError, FloatingPointError)):
             record.msg = "{} {}: {}".format(
-                record.getMessage(), type(exc).__name__, clean_error_message(exc)
+                record.getMessage(), type(exc).__name__, " ".join(clean_error_message(exc).split())
             )
             record.args, record.exc_info, record.exc_text = (), None, None
         return True

@@ -5,7 +5,9 @@
 
 import contextlib
 import logging
+import math
 import os
+import re
 from collections import OrderedDict
 
 import torch
@@ -24,6 +26,7 @@ from ..data import PanopticDatasetMapper
 from ..data.image_io import ImageDatasetMapper
 from ..errors import (
     OneLineInputErrors,
+    TrainingDivergedError,
     check_files,
     check_inputs,
     check_tta,
@@ -38,6 +41,11 @@ from .resume import ResumableSampler, ResumeStateHook, preserved_rng_states
 __all__ = ["PANetTrainer", "adapt_config_to_machine", "uses_panoptic_mapper"]
 
 _ONE_LINE_INPUT_ERRORS = OneLineInputErrors()
+logger = logging.getLogger(__name__)
+
+# The optimizer hyper-parameters that --resume compares (a param group's key, its config key).
+_SOLVER_KEYS = {"initial_lr": "SOLVER.BASE_LR", "momentum": "SOLVER.MOMENTUM"}
+_SOLVER_KEYS.update(weight_decay="SOLVER.WEIGHT_DECAY", nesterov="SOLVER.NESTEROV")
 
 
 def adapt_config_to_machine(cfg):
@@ -110,7 +118,14 @@ class PANetTrainer(DefaultTrainer):
     Detectron2's :class:`DefaultTrainer` with:
 
     * :func:`panet_d2.errors.check_inputs` before anything is built;
-    * :class:`PANetCheckpointer` (atomic saves, clear checkpoint errors);
+    * :class:`PANetCheckpointer` (nothing run from a file, atomic saves, clear checkpoint
+      errors): MODEL.WEIGHTS is a warm start (new layers listed in the log, other class counts
+      allowed), ``--resume`` needs every tensor of the model in the last checkpoint;
+    * ``--resume`` with a config whose solver values (SOLVER.BASE_LR, MOMENTUM, WEIGHT_DECAY,
+      NESTEROV) differ from the checkpoint's: one line each, and the config's are used
+      (:meth:`resume_or_load`);
+    * a diverging run ends with one :class:`TrainingDivergedError` line (a FloatingPointError,
+      as Detectron2's): iteration, loss, last checkpoint; NaN / inf weights are never saved;
     * evaluators by the test datasets' ``evaluator_type`` (:mod:`panet_d2.evaluation`); with
       TEST.AUG.ENABLED, one more evaluation with test-time augmentation after training, its
       results under "<task>_TTA";
@@ -165,7 +180,11 @@ class PANetTrainer(DefaultTrainer):
         # replace it first, so that PeriodicCheckpointer and resume_or_load use ours.
         old = self.checkpointer
         self.checkpointer = PANetCheckpointer(
-            old.model, old.save_dir, save_to_disk=old.save_to_disk, **old.checkpointables
+            old.model,
+            old.save_dir,
+            save_to_disk=old.save_to_disk,
+            warm_start=True,
+            **old.checkpointables,
         )
         per_iter = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         ret = [ResumeStateHook(self.train_sampler, per_iter)] + super().build_hooks()
@@ -182,6 +201,59 @@ class PANetTrainer(DefaultTrainer):
         self._last_eval_results.update(results)
         return results
 
+    def resume_or_load(self, resume=True):
+        """
+        DefaultTrainer's. When resuming from a checkpoint, each solver value of the config that
+        differs from the checkpoint's (SOLVER.BASE_LR, MOMENTUM, WEIGHT_DECAY(_NORM/_BIAS),
+        NESTEROV; Detectron2 would silently take the checkpoint's) is logged in one line, and the
+        run uses the config's: the LR schedule goes on from the checkpoint's iteration with the
+        config's base LR, as its shape (STEPS, MAX_ITER, WARMUP_*, GAMMA) is the config's anyway.
+        """
+        config = [{k: g[k] for k in _SOLVER_KEYS if k in g} for g in self.optimizer.param_groups]
+        base_lrs = list(getattr(self.scheduler, "base_lrs", []))
+        super().resume_or_load(resume=resume)
+        if not (resume and self.checkpointer.has_checkpoint()):
+            return
+        groups = self.optimizer.param_groups  # the optimizer's load_state_dict made new ones
+        path = self.checkpointer.get_checkpoint_file()
+        lines = OrderedDict()
+        for i, (group, ours) in enumerate(zip(groups, config)):
+            for k, value in ours.items():
+                theirs = group.get(k, value)
+                if theirs == value:
+                    continue
+                key = self._solver_key(k, value, i)
+                lines[(key, value, theirs)] = None
+                group[k] = value
+                if k == "initial_lr":  # the checkpoint's LR of this iteration, rescaled
+                    group["lr"] = group["lr"] * value / theirs if theirs else value
+        if base_lrs and hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = base_lrs
+        for key, value, theirs in lines:
+            logger.warning(
+                "--resume: {} is {} in the config, {} in the checkpoint {!r}: the run uses the "
+                "config's {} (from iteration {}).".format(
+                    key, value, theirs, os.path.basename(path), value, self.start_iter
+                )
+            )
+        if self.start_iter >= self.max_iter:
+            logger.warning(
+                "--resume: the checkpoint {!r} is at iteration {}, SOLVER.MAX_ITER={}: nothing "
+                "left to train.".format(os.path.basename(path), self.start_iter, self.max_iter)
+            )
+
+    def _solver_key(self, k, value, index):
+        solver = self.cfg.SOLVER
+        if k == "initial_lr" and not math.isclose(value, solver.BASE_LR):
+            return "the LR of parameter group {} (SOLVER.BASE_LR x SOLVER.BIAS_LR_FACTOR)".format(
+                index
+            )
+        if k == "weight_decay":
+            for name in ("WEIGHT_DECAY", "WEIGHT_DECAY_NORM", "WEIGHT_DECAY_BIAS"):
+                if solver.get(name) is not None and math.isclose(value, solver.get(name)):
+                    return "SOLVER." + name
+        return _SOLVER_KEYS[k]
+
     def train(self):
         """
         Runs training.
@@ -189,9 +261,36 @@ class PANetTrainer(DefaultTrainer):
         Returns:
             OrderedDict or None: the results of the last evaluation, with the "*_TTA" results
             when TEST.AUG.ENABLED.
+
+        Raises:
+            TrainingDivergedError: a FloatingPointError (Detectron2's, when a loss is NaN or
+                inf, or the checkpointer's, when the weights are) as one line: the iteration,
+                the loss, the last checkpoint written before it.
         """
-        super().train()
+        try:
+            super().train()
+        except FloatingPointError as e:
+            raise self._diverged(e) from e
         return getattr(self, "_last_eval_results", None)
+
+    def _diverged(self, e):
+        last = None
+        if self.checkpointer.has_checkpoint():
+            last = self.checkpointer.get_checkpoint_file()
+        found = re.search(r"loss_dict = (\{.*\})", str(e), re.S)
+        if found:
+            losses = " ".join(found.group(1).split())
+            what = "the loss became NaN or infinite: {}".format(losses)
+        else:  # the checkpointer's (weights) or another FloatingPointError
+            what = " ".join(str(e).split())
+        return TrainingDivergedError(
+            "Training diverged at iteration {}: {}. The last checkpoint written before it: {}. "
+            "Try a lower SOLVER.BASE_LR, a longer SOLVER.WARMUP_ITERS or "
+            "SOLVER.CLIP_GRADIENTS.ENABLED True.".format(
+                self.iter, what, repr(last) + " (named by last_checkpoint)" if last else "none"
+            ),
+            last_checkpoint=last,
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
