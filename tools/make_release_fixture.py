@@ -277,6 +277,296 @@ def write_key_lists(config, model_builder, release, out, commit):
         print("{}: {} tensors".format(variant, len(shapes)))
 
 
+# -------------------------------------------------------------------------------------------------
+# The reduced-width models, their seeded weights, and the outputs
+# -------------------------------------------------------------------------------------------------
+SEED = 20
+# ResNet-50 stage outputs 256 / 512 / 1024 / 2048 divided by this (the stem keeps its 64, which
+# the release hard-codes): 32 / 64 / 128 / 256, bottlenecks 8 / 16 / 32 / 64 (WIDTH_PER_GROUP 8).
+RESNET_OUT_DIVISOR = 8
+# Release config keys of the reduced models (the same for the three variants). GroupNorm keeps
+# its 32 groups: 2 channels per group in FPN, the bottom-up path and the heads' convs, 4 in the
+# fcs of the 2fc head.
+REDUCED = (
+    ("RESNETS.WIDTH_PER_GROUP", 8),
+    ("FPN.DIM", 64),
+    ("FAST_RCNN.CONV_HEAD_DIM", 64),
+    ("FAST_RCNN.MLP_HEAD_DIM", 128),
+    ("MRCNN.DIM_REDUCED", 64),
+    ("MRCNN.ROI_XFORM_RESOLUTION", 7),
+    ("MRCNN.RESOLUTION", 14),
+    ("TEST.SCALE", 96),
+    ("TEST.MAX_SIZE", 128),
+)
+# The fixture image: a 96 x 128 crop of a downscaled in-repo COCO image (BGR, uint8).
+IMAGE = os.path.join("assets", "coco_panoptic_sample", "images", "000000439180.jpg")
+IMAGE_SIZE = (96, 128)
+# Fixed RoIs (x0, y0, x1, y1) in image pixels, as the release passes them to its heads: small
+# (level 2 by FPN's rule) to whole-image, fractional corners, one past the image border, one
+# thinner than a pixel at the coarse levels.
+ROIS = (
+    (10.0, 12.0, 40.0, 50.0),
+    (0.0, 0.0, 127.0, 95.0),
+    (55.5, 20.25, 71.75, 33.5),
+    (3.0, 60.0, 9.0, 66.0),
+    (90.0, 50.0, 150.0, 110.0),
+    (30.2, 5.7, 118.9, 88.1),
+    (64.0, 40.0, 64.5, 47.0),
+    (-6.0, 70.0, 20.0, 100.0),
+)
+
+
+def _scaled_resnet(resnet):
+    """Patch the release's ResNet / FPN level info to RESNET_OUT_DIVISOR-times fewer channels."""
+    if getattr(resnet.add_stage, "_reduced", False):
+        return
+    add_stage = resnet.add_stage
+
+    def reduced_add_stage(inplanes, outplanes, innerplanes, nblocks, dilation=1, stride_init=2):
+        return add_stage(
+            inplanes, outplanes // RESNET_OUT_DIVISOR, innerplanes, nblocks, dilation, stride_init
+        )
+
+    reduced_add_stage._reduced = True
+    resnet.add_stage = reduced_add_stage
+    fpn = importlib.import_module("modeling.FPN")
+    level_info = fpn.fpn_level_info_ResNet50_conv5
+
+    def reduced_level_info():
+        info = level_info()
+        return info._replace(dims=tuple(d // RESNET_OUT_DIVISOR for d in info.dims))
+
+    fpn.fpn_level_info_ResNet50_conv5 = reduced_level_info
+
+
+def release_random_weights(shapes, seed=SEED):
+    """
+    Seeded random weights for a release state dict of the given names and shapes, drawn with
+    NumPy's legacy ``RandomState`` (its streams are frozen: the same numbers on every NumPy).
+    Each tensor has its own stream (seed + CRC32 of its name), so the three variants share the
+    values of the parts they share.
+
+    * conv / fc weights: normal(0, sqrt(gain / fan_in)) (gain 2: ReLU follows; 1 for the
+      predictors, the RPN's outputs and the last conv of each residual branch: 0.5);
+    * norm scales (AffineChannel2d, GroupNorm): 1 + normal(0, 0.2); the residual branch's last
+      scale 0.3 + normal(0, 0.05) (so that 16 blocks do not blow the activations up);
+    * biases (norms and layers): normal(0, 0.3).
+
+    Args:
+        shapes (dict[str, list[int]]): release names -> shapes, e.g. ``keys_mask.json``.
+
+    Returns:
+        dict[str, Tensor]: float32 tensors.
+    """
+    import zlib
+
+    out = {}
+    for name, shape in shapes.items():
+        rs = np.random.RandomState((seed * 1000003 + zlib.crc32(name.encode())) % 2**32)
+        z = rs.standard_normal(size=tuple(shape))
+        if len(shape) >= 2:
+            fan_in = shape[0] if name.endswith("upconv.weight") else int(np.prod(shape[1:]))
+            gain = 2.0
+            if name.split(".")[-2] in ("cls_score", "bbox_pred", "classify", "conv3"):
+                gain = 1.0 if name.split(".")[-2] != "conv3" else 0.5
+            if name.startswith("RPN.FPN_RPN_") and "conv" not in name:
+                gain = 1.0
+            value = z * np.sqrt(gain / fan_in)
+        elif name.endswith(".weight"):
+            last_of_branch = name.endswith((".bn3.weight", ".downsample.1.weight"))
+            value = 0.3 + 0.05 * z if last_of_branch else 1.0 + 0.2 * z
+        else:
+            value = 0.3 * z
+        out[name] = torch.from_numpy(value.astype(np.float32))
+    return out
+
+
+def weights_digest(weights):
+    """SHA-256 over the names and float32 bytes of a state dict, in its order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, value in weights.items():
+        h.update(name.encode())
+        h.update(value.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fixture_image(root):
+    """The 96 x 128 BGR uint8 image of the fixture (cv2: the release's own image reader)."""
+    import cv2
+
+    im = cv2.imread(os.path.join(root, IMAGE))
+    if im is None:
+        raise SystemExit("cannot read {}".format(IMAGE))
+    h, w = IMAGE_SIZE
+    scale = max(h / im.shape[0], w / im.shape[1])
+    im = cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    y0, x0 = (im.shape[0] - h) // 2, (im.shape[1] - w) // 2
+    return np.ascontiguousarray(im[y0 : y0 + h, x0 : x0 + w])
+
+
+def release_outputs(model, cfg, blob_utils, im, rois):
+    """
+    Run the release's modules as its test path does (``core/test.py``: ``_get_blobs``,
+    ``convbody_net``, the RPN, ``Box_Head`` / ``Box_Outs`` on given RoIs, ``mask_net``).
+
+    Returns:
+        dict[str, Tensor]: "blob" (1, 3, H, W); "n2".."n6"; "rpn_logits_p{k}" (1, A, Hk, Wk) and
+        "rpn_deltas_p{k}" (1, 4A, Hk, Wk); "cls_prob" (R, 81) and "bbox_pred" (R, 324) (softmax
+        and deltas, background first); "mask_prob" (R, 81, S, S) with a mask head.
+    """
+    blob, _, im_info = blob_utils.get_image_blob(im, cfg.TEST.SCALE, cfg.TEST.MAX_SIZE)
+    x = torch.from_numpy(blob)
+    out = {"blob": x.clone()}
+    with torch.no_grad():
+        blob_conv = model.Conv_Body(x)  # [N6, N5, N4, N3, N2]
+        k_max = cfg.FPN.RPN_MAX_LEVEL
+        for i, t in enumerate(blob_conv):
+            out["n{}".format(k_max - i)] = t.clone()
+        rpn_ret = model.RPN(blob_conv, torch.from_numpy(im_info))
+        for lvl in range(cfg.FPN.RPN_MIN_LEVEL, k_max + 1):
+            out["rpn_logits_p{}".format(lvl)] = rpn_ret["rpn_cls_logits_fpn{}".format(lvl)].clone()
+            out["rpn_deltas_p{}".format(lvl)] = rpn_ret["rpn_bbox_pred_fpn{}".format(lvl)].clone()
+        roi_blobs = blob_conv[-model.num_roi_levels :]
+        rois_np = rois.numpy().astype(np.float32)
+        box_feat = model.Box_Head(list(roi_blobs), {"rois": rois_np})
+        cls_prob, bbox_pred = model.Box_Outs(box_feat)
+        out["cls_prob"], out["bbox_pred"] = cls_prob.clone(), bbox_pred.clone()
+        if cfg.MODEL.MASK_ON:
+            out["mask_prob"] = model.mask_net(list(roi_blobs), {"mask_rois": rois_np}).clone()
+    return out
+
+
+def write_fixture(config, model_builder, release, out, commit, root):
+    _scaled_resnet(importlib.import_module("modeling.ResNet"))
+    blob_utils = importlib.import_module("utils.blob")
+    im = fixture_image(root)
+    rois = torch.tensor([(0.0,) + r for r in ROIS], dtype=torch.float32)
+    doc = {
+        "release_commit": commit,
+        "seed": SEED,
+        "resnet_out_divisor": RESNET_OUT_DIVISOR,
+        "release_overrides": [[k, v] for k, v in REDUCED],
+        "image": torch.from_numpy(im),
+        "rois": rois,
+        "variants": {},
+    }
+    for variant in VARIANTS:
+        model = build_release_model(config, model_builder, release, variant, REDUCED)
+        blob_utils.cfg = config.cfg
+        shapes = key_shapes(model)
+        weights = release_random_weights(shapes)
+        model.load_state_dict(weights, strict=True)
+        outputs = release_outputs(model, config.cfg, blob_utils, im, rois)
+        for name, value in outputs.items():  # the variants share the backbone and the RPN:
+            for other in doc["variants"].values():  # store an equal output once
+                same = other["outputs"].get(name)
+                if same is not None and torch.equal(same, value):
+                    outputs[name] = same
+        doc["variants"][variant] = {
+            "release_config": VARIANTS[variant],
+            "shapes": shapes,
+            "weights_sha256": weights_digest(weights),
+            "outputs": outputs,
+        }
+        stats = ", ".join(
+            "{} {} |max| {:.3g}".format(k, tuple(v.shape), v.abs().max().item())
+            for k, v in outputs.items()
+        )
+        print(
+            "{}: {} tensors, {} parameters; {}".format(
+                variant, len(shapes), sum(int(np.prod(s)) for s in shapes.values()), stats
+            )
+        )
+    path = os.path.join(out, "release_outputs.pt")
+    torch.save(doc, path)
+    print("wrote {} ({:.0f} kB)".format(path, os.path.getsize(path) / 1024))
+    return doc
+
+
+PROVENANCE = """# The authors' PANet release as a reference: provenance of this folder
+
+Written by `tools/make_release_fixture.py` (this repository) from a checkout of the authors'
+release, github.com/ShuLiu1993/PANet (MIT License, see `LICENSE.PANet-release`, copied from
+the release), commit `{commit}`. No code of the release is in this repository; the generator
+imports the release's `lib/` from the checkout and runs it on the CPU of current PyTorch
+({torch}, torchvision {torchvision}, NumPy {numpy}), with stand-ins for its compiled parts
+(RoIAlign: `torchvision.ops.roi_align(..., aligned=False)`, sampling ratio 2; NMS and box
+overlaps with Detectron's "+1" rule in NumPy; RoIPool / RoICrop / multi-GPU DataParallel never
+used) and shims for the APIs it was written against (`Variable(...).cuda()` kept on the CPU,
+`yaml.load` with SafeLoader, NumPy's removed `np.float` / `np.int` aliases), in its own process.
+
+Command:
+
+    git clone https://github.com/ShuLiu1993/PANet /path/to/PANet   # commit {commit_short}
+    python3 tools/make_release_fixture.py --release /path/to/PANet
+
+## keys_det.json, keys_det_2fc.json, keys_mask.json
+
+`state_dict()` names and shapes of the release's `Generalized_RCNN` built from its configs
+`{det}`, `{det_2fc}`, `{mask}` (ResNet-50, 81 COCO classes): {counts} tensors. A release
+checkpoint's `model` has exactly these.
+
+## release_outputs.pt
+
+`torch.load(path, weights_only=True)`: a dict with
+
+* `release_commit`, `seed` ({seed}), `resnet_out_divisor` ({divisor}), `release_overrides`: the
+  reduced-width models. They are the release's modules and structure (ResNet-50 blocks 3, 4, 6,
+  3 with frozen affine BN, stride in the 1x1 conv; FPN with GN; the bottom-up path; the RPN; the
+  variant's heads; 81 classes), with the ResNet stage outputs divided by {divisor} (stem 64,
+  stages {stages}) and these release config keys set: {overrides}.
+* `image`: (96, 128, 3) uint8 BGR, a crop of `{image}` (this repository) downscaled with
+  cv2.INTER_AREA; `rois`: (8, 5) float32 rows (0, x0, y0, x1, y1) given to the heads.
+* `variants[v]` for v in det, det_2fc, mask: `release_config`; `shapes` (the reduced model's
+  state_dict names and shapes); `weights_sha256` of the weights, which are not stored: they are
+  regenerated from the seed by `release_random_weights` of the generator (NumPy's legacy
+  `RandomState`, whose streams are frozen; one stream per tensor from the seed and the tensor's
+  name, so the variants share what their models share); `outputs`, what the release computed:
+  `blob` (its `_get_blobs`: the image minus its pixel mean, TEST.SCALE 96, MAX_SIZE 128: no
+  resize), `n2`..`n6` (`Conv_Body`), `rpn_logits_p2`..`p6` and `rpn_deltas_p2`..`p6` (the RPN's
+  `rpn_cls_logits_fpn*`, `rpn_bbox_pred_fpn*`), `cls_prob` (R, 81) and `bbox_pred` (R, 324)
+  (`Box_Head` + `Box_Outs` on the fixed RoIs, eval mode: softmax; background first), and for the
+  mask model `mask_prob` (R, 81, 14, 14) (`mask_net` on the same RoIs, sigmoid). Equal outputs
+  of the variants (the backbone and RPN) are stored once.
+
+`tests/test_release_parity.py` regenerates the weights, checks their digest, converts them with
+`tools/convert_panet_release.py`, loads them strictly into panet_d2 built from the release
+configs with the matching reduced widths, and compares every output.
+"""
+
+
+def write_provenance(release, out, commit, doc):
+    import shutil
+
+    import torchvision
+
+    with open(os.path.join(out, "PROVENANCE.md"), "w") as f:
+        f.write(
+            PROVENANCE.format(
+                commit=commit,
+                commit_short=commit[:7],
+                torch=torch.__version__,
+                torchvision=torchvision.__version__,
+                numpy=np.__version__,
+                counts=" / ".join(
+                    str(
+                        len(json.load(open(os.path.join(out, "keys_{}.json".format(v))))["tensors"])
+                    )
+                    for v in VARIANTS
+                ),
+                seed=doc["seed"],
+                divisor=RESNET_OUT_DIVISOR,
+                stages=" / ".join(str(c // RESNET_OUT_DIVISOR) for c in (256, 512, 1024, 2048)),
+                overrides=", ".join("`{}` {}".format(k, v) for k, v in REDUCED),
+                image=IMAGE,
+                **{v: path for v, path in VARIANTS.items()},
+            )
+        )
+    shutil.copyfile(os.path.join(release, "LICENSE"), os.path.join(out, "LICENSE.PANet-release"))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--release", required=True, help="a checkout of ShuLiu1993/PANet")
@@ -291,6 +581,9 @@ def main(argv=None):
     write_key_lists(config, model_builder, release, args.out, commit)
     if args.keys_only:
         return 0
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    doc = write_fixture(config, model_builder, release, args.out, commit, root)
+    write_provenance(release, args.out, commit, doc)
     return 0
 
 
