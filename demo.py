@@ -5,6 +5,11 @@ Demo: Detectron2's DefaultPredictor and Visualizer on images (files, glob patter
 video or the webcam, for a yacs (.yaml) or LazyConfig (.py) config; options as Detectron2's demo.
 --output is a folder, or a file for one image or a video (.mp4, .avi); without it the pictures are
 shown in a window, which needs OpenCV with GUI support. README has the commands.
+
+The weights (MODEL.WEIGHTS, or train.init_checkpoint of a LazyConfig) are required and load with
+PANetCheckpointer: nothing in the file is run, and every tensor of the model must come from it.
+An input error is one "ERROR: ..." line and exit code 1; an image that cannot be read is one
+such line, the others are still shown, and the demo exits with 1 at the end.
 """
 
 import argparse
@@ -19,7 +24,6 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
@@ -28,10 +32,10 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
-from panet_d2 import add_panet_config  # importing panet_d2 registers its models and datasets
+from panet_d2 import PANetCheckpointer, add_panet_config  # registers its models and datasets
 from panet_d2.data import PanopticLabelSpace
 from panet_d2.data.image_io import read_image
-from panet_d2.errors import CheckpointError, ConfigError, ImageLoadError, InputError
+from panet_d2.errors import CheckpointError, ConfigError, ImageLoadError, InputError, config_error
 
 logger = logging.getLogger("panet_d2.demo")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -61,6 +65,18 @@ def get_parser():
     return p
 
 
+class Predictor(DefaultPredictor):
+    """DefaultPredictor whose weights load with PANetCheckpointer (nothing run from the file,
+    every tensor of the model from it); Detectron2's DefaultPredictor otherwise."""
+
+    def __init__(self, cfg):
+        weights, cfg = cfg.MODEL.WEIGHTS, cfg.clone()
+        cfg.MODEL.WEIGHTS = ""  # Detectron2's checkpointer loads nothing: ours loads them
+        super().__init__(cfg)
+        PANetCheckpointer(self.model).load(weights)
+        self.cfg.MODEL.WEIGHTS = weights
+
+
 class LazyPredictor(DefaultPredictor):
     """DefaultPredictor's __call__ on a LazyConfig model (its constructor takes a yacs config)."""
 
@@ -70,7 +86,11 @@ class LazyPredictor(DefaultPredictor):
 
 
 def _check_weights(path, key):
-    if path and "://" not in path and not os.path.isfile(path):
+    if not path:
+        raise CheckpointError(
+            "{} is empty: the demo shows a trained model; give its checkpoint.".format(key)
+        )
+    if "://" not in path and not os.path.isfile(path):
         raise CheckpointError("Checkpoint {!r} ({}) does not exist.".format(path, key))
     return path
 
@@ -94,6 +114,8 @@ def build_predictor(args):
             cfg.merge_from_list(args.opts)
     except InputError:
         raise
+    except SyntaxError as e:  # a LazyConfig's Python: file and line
+        raise config_error(path, e) from None
     except Exception as e:  # yacs, omegaconf and hydra errors: name the file and the --opts
         hint = " (--opts of a .py are key=value)" if path.endswith(".py") and args.opts else ""
         raise ConfigError(
@@ -104,7 +126,7 @@ def build_predictor(args):
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score
         cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = score
         cfg.MODEL.DEVICE = _device(cfg.MODEL.DEVICE)
-        return DefaultPredictor(cfg)
+        return Predictor(cfg)
     weights = _check_weights(
         OmegaConf.select(cfg, "train.init_checkpoint", default=""), "train.init_checkpoint"
     )
@@ -112,7 +134,7 @@ def build_predictor(args):
         OmegaConf.update(cfg, key, score)
     device = _device(OmegaConf.select(cfg, "train.device", default="cuda"))
     model = instantiate(cfg.model).to(device).eval()
-    DetectionCheckpointer(model).load(weights)
+    PANetCheckpointer(model).load(weights)
     augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentations")
     augs = instantiate(augs) if augs else [T.ResizeShortestEdge(800, 1333)]
     aug = augs[0] if len(augs) == 1 else T.AugmentationList(augs)
@@ -195,7 +217,8 @@ def show(rgb, wait_ms):
 
 
 def run(args):
-    """Runs the demo; returns the files written."""
+    """Runs the demo; returns the files written. An image that cannot be read is logged as one
+    "ERROR:" line and skipped; then :class:`ImageLoadError` is raised at the end."""
     video = args.video_input
     if not (args.input or video or args.webcam):
         raise InputError("Nothing to do: give --input, --video-input or --webcam.")
@@ -207,8 +230,14 @@ def run(args):
     outputs = output_files(paths, args.output) if paths and args.output else [None] * len(paths)
     predictor = build_predictor(args)
     metadata = getattr(predictor, "metadata", None) or MetadataCatalog.get("__unused")
+    failed = []
     for path, out in zip(paths, outputs):
-        image, start = read_bgr(path), time.time()
+        try:
+            image, start = read_bgr(path), time.time()
+        except ImageLoadError as e:  # reported, and the others are shown
+            print("ERROR: " + " ".join(str(e).split()), file=sys.stderr)
+            failed.append(" ".join(str(e).split()))
+            continue
         predictions = predictor(image)
         logger.info("%s: predicted in %.2fs", path, time.time() - start)
         picture = draw(image[:, :, ::-1], predictions, metadata)
@@ -216,6 +245,11 @@ def run(args):
             raise InputError("Cannot write the picture {!r} (--output).".format(out))
         if not out and show(picture, 0):
             break
+    if failed:
+        raise ImageLoadError(
+            "{} of {} input images could not be read (the others were shown); the first: "
+            "{}".format(len(failed), len(paths), failed[0])
+        )
     return [o for o in outputs if o] if paths else run_video(args, predictor, metadata)
 
 

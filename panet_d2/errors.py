@@ -89,8 +89,11 @@ def config_error(path, e, what="Config file"):
     A :class:`ConfigError` for exception ``e`` raised while loading config file ``path``: a
     Python syntax error (LazyConfig) as "file:line: message", others with their type and message.
     """
+    if isinstance(e, SyntaxError) and e.lineno is None and isinstance(e.__cause__, SyntaxError):
+        e = e.__cause__  # LazyConfig.load's "has syntax error!" drops the line: its cause has it
     if isinstance(e, SyntaxError):
-        where = "{}:{}".format(e.filename or path, e.lineno) if e.lineno else path
+        file = e.filename if e.filename and not e.filename.startswith("<") else path
+        where = "{}:{}".format(file, e.lineno) if e.lineno else path
         code = " ({})".format(e.text.strip()) if e.text and e.text.strip() else ""
         return ConfigError("{} {}: {}: {}{}".format(what, where, type(e).__name__, e.msg, code))
     return ConfigError(

@@ -112,13 +112,12 @@ def main(args):
 
     model = build_model(cfg)
     model.eval()
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: counting a randomly initialised model.")
-    PANetCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     try:
         usage = LevelUsage(model, ties=args.ties)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    # required (a CheckpointError line if empty): every tensor of the model from the file
+    PANetCheckpointer(model).load(cfg.MODEL.WEIGHTS)
 
     loader = build_detection_test_loader(cfg, dataset)
     n = len(loader) if args.num_images <= 0 else min(args.num_images, len(loader))

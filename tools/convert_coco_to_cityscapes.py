@@ -11,14 +11,17 @@ keep the rows of the matching COCO classes (Cityscapes' rider starts from COCO's
 
 import argparse
 import os
-import pickle
 import sys
 
 import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
-from detectron2.utils.file_io import PathManager
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from panet_d2.checkpoint import read_checkpoint  # noqa: E402
+from panet_d2.errors import CheckpointError  # noqa: E402
 
 # Cityscapes thing class -> the COCO class whose predictor rows it starts from
 COCO_NAME = {"rider": "person"}
@@ -66,12 +69,19 @@ def main(argv=None):
     )
     parser.add_argument("output", help="where to write the Cityscapes initial weights (.pth)")
     args = parser.parse_args(argv)
-    with PathManager.open(args.checkpoint, "rb") as f:
-        if args.checkpoint.endswith(".pkl"):  # Detectron2 model zoo: numpy arrays
-            state_dict = pickle.load(f, encoding="latin1")["model"]
-        else:
-            state_dict = torch.load(f, map_location="cpu", weights_only=False)["model"]
-    state_dict = {k: torch.as_tensor(v) for k, v in state_dict.items()}
+    try:  # nothing in the file is run (.pth: weights_only; .pkl: NumPy arrays only)
+        loaded = read_checkpoint(args.checkpoint)
+    except CheckpointError as e:
+        sys.exit("ERROR: " + " ".join(str(e).split()))
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
+        sys.exit("ERROR: {} holds no 'model' state dict.".format(args.checkpoint))
+    state_dict = {k: torch.as_tensor(v) for k, v in loaded["model"].items()}
+    if "roi_heads.box_predictor.cls_score.weight" not in state_dict:
+        sys.exit(
+            "ERROR: {} has no box predictor: not a COCO PANet / Mask R-CNN checkpoint.".format(
+                args.checkpoint
+            )
+        )
     num_classes = state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
     if num_classes != 80:
         sys.exit(

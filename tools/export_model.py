@@ -33,7 +33,7 @@ import torch
 
 import detectron2.data.transforms as T
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
-from detectron2.data import build_detection_test_loader, detection_utils
+from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.export import dump_torchscript_IR
 from detectron2.modeling import build_model
@@ -44,6 +44,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from panet_d2 import export  # noqa: E402
 from panet_d2 import PANetCheckpointer, add_panet_config  # noqa: E402
+from panet_d2.data.image_io import read_image  # noqa: E402
+from panet_d2.engine import adapt_config_to_machine  # noqa: E402
+from panet_d2.errors import ConfigError, InputError, config_error  # noqa: E402
 
 logger = setup_logger(name="panet_d2.export_model")
 
@@ -77,15 +80,28 @@ def get_parser():
 
 
 def setup_cfg(args):
-    """The yacs config (frozen), or the LazyConfig of a ``.py`` file."""
-    if args.config_file.endswith(".py"):
-        cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
-        cfg.dataloader.test.num_workers = 0
-        return cfg
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts or [])
+    """The yacs config (frozen; MODEL.DEVICE "cuda" is the CPU where CUDA is absent, as in
+    train_net.py), or the LazyConfig of a ``.py`` file; an error in either is a ConfigError
+    naming the file (and line, for a LazyConfig's Python)."""
+    if not os.path.isfile(args.config_file):
+        raise ConfigError(
+            "Config file {!r} (--config-file) does not exist.".format(args.config_file)
+        )
+    try:
+        if args.config_file.endswith(".py"):
+            cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
+            cfg.dataloader.test.num_workers = 0
+            return cfg
+        cfg = get_cfg()
+        add_panet_config(cfg)
+        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_list(args.opts or [])
+    except InputError:
+        raise
+    except Exception as e:  # yacs, omegaconf, hydra, a LazyConfig's syntax error
+        raise config_error(args.config_file, e) from None
+    for note in adapt_config_to_machine(cfg):
+        logger.warning(note)
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()
     return cfg
@@ -99,7 +115,7 @@ def get_sample_input(cfg, args):
             return next(iter(instantiate(cfg.dataloader.test)))[0]
         return next(iter(build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])))[0]
     image_format = cfg.model.input_format if lazy else cfg.INPUT.FORMAT
-    original = detection_utils.read_image(args.sample_image, format=image_format)
+    original = read_image(args.sample_image, format=image_format, what="--sample-image")
     if lazy:
         resize = T.AugmentationList(instantiate(cfg.dataloader.test.mapper.augmentations))
     else:
@@ -116,7 +132,7 @@ def export_model(cfg, args, model):
     path = os.path.join(args.output, "model.ts" if args.format == "torchscript" else "model.onnx")
     if args.export_method == "scripting":
         if args.format != "torchscript":
-            raise ValueError("--export-method scripting exports to --format torchscript only")
+            raise ConfigError("--export-method scripting exports to --format torchscript only")
         exported = export.script_model(model)
 
         def run(image, height, width):
@@ -196,7 +212,7 @@ def main(argv=None):
     else:
         device = cfg.train.device if torch.cuda.is_available() else "cpu"
         model, weights = instantiate(cfg.model).to(device), cfg.train.init_checkpoint
-    PANetCheckpointer(model).resume_or_load(weights, resume=False)
+    PANetCheckpointer(model).load(weights)  # required; every tensor of the model from it
     model.eval()
     inference = export_model(cfg, args, model)
     if args.run_eval:
@@ -205,5 +221,13 @@ def main(argv=None):
     return None
 
 
+def cli(argv=None):
+    """:func:`main`, an input error (config, checkpoint, image) as one "ERROR:" line, exit 1."""
+    try:
+        return main(argv)
+    except InputError as e:
+        sys.exit("ERROR: " + " ".join(str(e).split()))
+
+
 if __name__ == "__main__":
-    main()  # pragma: no cover
+    cli()  # pragma: no cover

@@ -7,6 +7,10 @@ Detectron2's ``read_image`` converts with PIL's ``convert``, which clips 16-bit 
 grayscale PNG becomes an all-white image. Here 16-bit images are scaled to 8 bit; 32-bit integer
 and float images are refused with one line; every 8-bit mode (gray, RGB, RGBA, palette, CMYK, ...)
 and the EXIF orientation are read as Detectron2 reads them.
+
+A record whose width / height differ from the image as read (EXIF orientation applied) is one
+:class:`~panet_d2.errors.DatasetError` line naming the image, both sizes and the EXIF orientation
+(:func:`check_image_size`); a record with the upright size of a rotated photo is read as it is.
 """
 
 import contextlib
@@ -19,9 +23,12 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
 
-from ..errors import ImageLoadError, InputError
+from ..errors import DatasetError, ImageLoadError, InputError
 
-__all__ = ["read_image", "ImageDatasetMapper"]
+__all__ = ["read_image", "check_image_size", "ImageDatasetMapper"]
+
+_EXIF_ORIENTATION = 0x0112
+_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 def _is_16_bit(image):
@@ -67,6 +74,48 @@ def read_image(file_name, format=None, what="image"):
         raise ImageLoadError("Cannot read {} {!r}: {}".format(what, file_name, e)) from e
 
 
+def _size_mismatch(dataset_dict):
+    """The DatasetError of a record whose width / height differ from its image file's."""
+    file_name = dataset_dict["file_name"]
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            image = Image.open(f)
+            stored, orientation = image.size, image.getexif().get(_EXIF_ORIENTATION)
+    except (OSError, ValueError, SyntaxError) as e:
+        return ImageLoadError("Cannot read image {!r}: {}".format(file_name, e))
+    read = stored[::-1] if orientation in _ROTATED else stored
+    record = (dataset_dict.get("width"), dataset_dict.get("height"))
+    where = "Image {!r}{}".format(
+        file_name,
+        " (image_id {!r})".format(dataset_dict["image_id"]) if "image_id" in dataset_dict else "",
+    )
+    msg = "{} is {}x{} (width x height) as read, its dataset record says {}x{}".format(
+        where, read[0], read[1], *record
+    )
+    if orientation in _ROTATED:
+        msg += (
+            "; the file is stored {}x{} with EXIF orientation {} (a rotated photo, read upright "
+            "as Detectron2 reads it)".format(stored[0], stored[1], orientation)
+        )
+        if tuple(record) == tuple(stored):
+            msg += ": write its upright size {}x{} in the dataset's JSON".format(*read)
+    elif orientation not in (None, 1):
+        msg += " (EXIF orientation {})".format(orientation)
+    return DatasetError(msg + ". Fix the width / height of the record, or the image file.")
+
+
+def check_image_size(dataset_dict, image):
+    """
+    Detectron2's ``check_image_size`` (the record's width / height against ``image``, HWC as
+    read), whose SizeMismatchError becomes a :class:`DatasetError` naming the image, both sizes
+    and, for a rotated photo, its EXIF orientation.
+    """
+    try:
+        utils.check_image_size(dataset_dict, image)
+    except utils.SizeMismatchError:
+        raise _size_mismatch(dataset_dict) from None
+
+
 _D2_READ_IMAGE = utils.read_image
 _local = threading.local()  # the image file of the record that this thread maps
 _lock = threading.Lock()
@@ -108,9 +157,13 @@ def _images_read_by_panet(image_file):
 class ImageDatasetMapper(DatasetMapper):
     """
     Detectron2's ``DatasetMapper`` (same arguments and outputs) whose image is read by
-    :func:`read_image`: 16-bit images scaled to 8 bit, 32-bit ones refused with one line.
+    :func:`read_image`: 16-bit images scaled to 8 bit, 32-bit ones refused with one line; a
+    record whose size differs from its image's is one line (:func:`check_image_size`).
     """
 
     def __call__(self, dataset_dict):
         with _images_read_by_panet(dataset_dict["file_name"]):
-            return super().__call__(dataset_dict)
+            try:
+                return super().__call__(dataset_dict)
+            except utils.SizeMismatchError:
+                raise _size_mismatch(dataset_dict) from None

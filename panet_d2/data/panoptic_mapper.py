@@ -15,7 +15,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from ..errors import DatasetError, ImageLoadError
-from .image_io import ImageDatasetMapper, read_image
+from .image_io import ImageDatasetMapper, check_image_size, read_image
 from .label_space import PanopticLabelSpace
 
 __all__ = ["PanopticDatasetMapper", "read_panoptic_png"]
@@ -125,7 +125,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
             return super().__call__(dataset_dict)
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image(dataset_dict["file_name"], format=self.image_format)
-        utils.check_image_size(dataset_dict, image)
+        check_image_size(dataset_dict, image)  # one line, with the EXIF orientation
         where = f"image {dataset_dict.get('image_id', dataset_dict['file_name'])!r}"
         where += f" ({dataset_dict['pan_seg_file_name']})"
         pan_ids = read_panoptic_png(dataset_dict["pan_seg_file_name"])
