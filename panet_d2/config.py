@@ -36,6 +36,12 @@ def add_panet_config(cfg):
     # a ReLU"); "none": mmdetection's PAFPN; "relu_if_norm": the authors' release (ReLU only
     # together with a norm).
     cfg.MODEL.PAFPN.ACTIVATION = "relu"
+    # A bias on each new conv even when a norm follows it. False: Detectron2's rule (a bias only
+    # without a norm; the default, and the layout of every checkpoint saved before this key);
+    # True: the authors' release (`panet_buttomup_conv{1,2}_modules`: conv with bias, then GN),
+    # needed to load its trained models (tools/convert_panet_release.py): a bias before GN
+    # shifts the GN statistics of each channel and cannot be folded into other weights.
+    cfg.MODEL.PAFPN.CONV_BIAS = False
 
     # ---------------------------------------------------------------------------------------------
     # Adaptive feature pooling (AFP), Sec. 3.2: every RoI is pooled from every level of

@@ -60,6 +60,7 @@ class PAFPN(FPN):
         *,
         bpa_norm="",
         bpa_activation="relu",
+        bpa_conv_bias=False,
     ):
         """
         Args:
@@ -71,6 +72,8 @@ class PAFPN(FPN):
             bpa_activation (str): "relu" (paper: every conv is followed by a ReLU), "none"
                 (mmdetection's PAFPN) or "relu_if_norm" (the authors' release: a ReLU only when
                 ``bpa_norm`` is set).
+            bpa_conv_bias (bool): a bias on each new conv even when ``bpa_norm`` follows it
+                (the authors' release); False: a bias only without a norm (Detectron2's rule).
         """
         super().__init__(
             bottom_up,
@@ -84,6 +87,14 @@ class PAFPN(FPN):
         check_norm("MODEL.PAFPN.NORM", bpa_norm)
         check_choice("MODEL.PAFPN.ACTIVATION", bpa_activation, PAFPN_ACTIVATIONS)
         use_relu = bpa_activation == "relu" or (bpa_activation == "relu_if_norm" and bpa_norm)
+        if not isinstance(bpa_conv_bias, bool):
+            raise ConfigError(
+                "Invalid config value MODEL.PAFPN.CONV_BIAS={!r}; allowed: True (a bias on every "
+                "new conv, the authors' release) or False (a bias only without a norm).".format(
+                    bpa_conv_bias
+                )
+            )
+        use_bias = bpa_conv_bias or not bpa_norm
 
         strides = [bottom_up.output_shape()[f].stride for f in in_features]
         # Pyramid levels fed by the backbone, low to high resolution, e.g. ["p2", "p3", "p4", "p5"].
@@ -98,7 +109,7 @@ class PAFPN(FPN):
                 kernel_size=3,
                 stride=2,
                 padding=1,
-                bias=not bpa_norm,
+                bias=use_bias,
                 norm=get_norm(bpa_norm, out_channels),
                 activation=nn.ReLU() if use_relu else None,
             )
@@ -108,7 +119,7 @@ class PAFPN(FPN):
                 kernel_size=3,
                 stride=1,
                 padding=1,
-                bias=not bpa_norm,
+                bias=use_bias,
                 norm=get_norm(bpa_norm, out_channels),
                 activation=nn.ReLU() if use_relu else None,
             )
@@ -199,4 +210,5 @@ def build_resnet_pafpn_backbone(cfg, input_shape: ShapeSpec):
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
         bpa_norm=cfg.MODEL.PAFPN.NORM,
         bpa_activation=cfg.MODEL.PAFPN.ACTIVATION,
+        bpa_conv_bias=cfg.MODEL.PAFPN.CONV_BIAS,
     )

@@ -1,0 +1,491 @@
+# -*- coding: utf-8 -*-
+"""
+tools/convert_panet_release.py and the release configs: a checkpoint in the format of the authors'
+release (github.com/ShuLiu1993/PANet; its key names and shapes written here from its
+lib/modeling/{ResNet,FPN,fast_rcnn_heads,mask_rcnn_heads}.py, not from the converter) converts
+into a checkpoint that Detectron2's DetectionCheckpointer loads strictly into each release
+config's model; unknown and missing tensors are refused by name; FrozenBN's scale is the release's
+weight exactly; class rows move (background last); a converted model fine-tunes on the generated
+dataset with another number of classes.
+"""
+
+import importlib.util
+import logging
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+
+from panet_d2.errors import CheckpointError, ConfigError
+
+from .common import panet_cfg, random_image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ("det", "det_2fc", "mask")
+
+
+def _load_tool():
+    path = os.path.join(ROOT, "tools", "convert_panet_release.py")
+    spec = importlib.util.spec_from_file_location("convert_panet_release", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = _load_tool()
+
+# Narrow widths (GN needs multiples of 32; the FF's second conv has half the mask head's channels
+# and GN with 32 groups, as the release's): the same options for the release-format builder and
+# for panet_d2's configs.
+WIDTHS = dict(stem=16, res2=32, bottleneck=8, fpn=32, box_conv=32, fc=64, mask_conv=64, classes=5)
+NARROW = [
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", WIDTHS["stem"],
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", WIDTHS["res2"],
+    "MODEL.RESNETS.WIDTH_PER_GROUP", WIDTHS["bottleneck"],
+    "MODEL.FPN.OUT_CHANNELS", WIDTHS["fpn"],
+    "MODEL.ROI_BOX_HEAD.CONV_DIM", WIDTHS["box_conv"],
+    "MODEL.ROI_BOX_HEAD.FC_DIM", WIDTHS["fc"],
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", WIDTHS["mask_conv"],
+    "MODEL.FF.CONV_DIMS", [WIDTHS["mask_conv"], WIDTHS["mask_conv"] // 2],
+    "MODEL.ROI_HEADS.NUM_CLASSES", WIDTHS["classes"],
+]  # fmt: skip
+OPTS = [str(x) for x in NARROW]  # the same on a command line
+FULL = dict(stem=64, res2=256, bottleneck=64, fpn=256, box_conv=256, fc=1024, mask_conv=256)
+FULL["classes"] = 80
+
+
+def release_shapes(variant, w=WIDTHS, blocks=(3, 4, 6, 3), roi=(7, 14), levels=4):
+    """
+    {key: shape} of a release model (Detectron.pytorch names, ``model.state_dict()``), as its
+    modules build them: ResNet_convX_body (AffineChannel2d: weight, bias), fpn(panet_buttomup=True)
+    with FPN.USE_GN, fpn_rpn_outputs (3 anchors), roi_Xconv1fc_gn_head_panet or
+    roi_2mlp_head_gn_panet, fast_rcnn_outputs (81 classes, class-specific boxes) and
+    mask_rcnn_fcn_head_v1up4convs_gn_adp_ff + mask_rcnn_outputs.
+    """
+    s = {}
+    body = "Conv_Body.conv_body."
+    s[body + "res1.conv1.weight"] = (w["stem"], 3, 7, 7)
+    s[body + "res1.bn1.weight"] = s[body + "res1.bn1.bias"] = (w["stem"],)
+    c_in, outs = w["stem"], []
+    for k, n in enumerate(blocks):
+        inner, out = w["bottleneck"] * 2**k, w["res2"] * 2**k
+        for b in range(n):
+            p = body + "res%d.%d." % (k + 2, b)
+            s[p + "conv1.weight"] = (inner, c_in, 1, 1)
+            s[p + "conv2.weight"] = (inner, inner, 3, 3)
+            s[p + "conv3.weight"] = (out, inner, 1, 1)
+            for i, c in ((1, inner), (2, inner), (3, out)):
+                s[p + "bn%d.weight" % i] = s[p + "bn%d.bias" % i] = (c,)
+            if b == 0:
+                s[p + "downsample.0.weight"] = (out, c_in, 1, 1)
+                s[p + "downsample.1.weight"] = s[p + "downsample.1.bias"] = (out,)
+            c_in = out
+        outs.append(out)
+    F = w["fpn"]
+
+    def gn(prefix, c):
+        s[prefix + "weight"] = s[prefix + "bias"] = (c,)
+
+    s["Conv_Body.conv_top.0.weight"] = (F, outs[3], 1, 1)
+    gn("Conv_Body.conv_top.1.", F)
+    for i in range(3):
+        p = "Conv_Body.topdown_lateral_modules.%d.conv_lateral." % i
+        s[p + "0.weight"] = (F, outs[2 - i], 1, 1)
+        gn(p + "1.", F)
+    for i in range(4):
+        s["Conv_Body.posthoc_modules.%d.0.weight" % i] = (F, F, 3, 3)
+        gn("Conv_Body.posthoc_modules.%d.1." % i, F)
+    for n in (1, 2):
+        for i in range(3):
+            p = "Conv_Body.panet_buttomup_conv%d_modules.%d." % (n, i)
+            s[p + "0.weight"], s[p + "0.bias"] = (F, F, 3, 3), (F,)
+            gn(p + "1.", F)
+    for name, c, k in (("conv", F, 3), ("cls_score", 3, 1), ("bbox_pred", 12, 1)):
+        s["RPN.FPN_RPN_%s.weight" % name], s["RPN.FPN_RPN_%s.bias" % name] = (c, F, k, k), (c,)
+    D, C, K1 = w["fc"], w["box_conv"], w["classes"] + 1
+    if variant in ("det", "mask"):
+        for lv in range(levels):
+            s["Box_Head.conv1_head.%d.0.weight" % lv] = (C, F, 3, 3)
+            gn("Box_Head.conv1_head.%d.1." % lv, C)
+        for j in range(3):
+            s["Box_Head.convs.%d.weight" % (3 * j)] = (C, C, 3, 3)
+            gn("Box_Head.convs.%d." % (3 * j + 1), C)
+        s["Box_Head.fc.weight"], s["Box_Head.fc.bias"] = (D, C * roi[0] ** 2), (D,)
+    else:
+        for lv in range(levels):
+            p = "Box_Head.fc1.%d." % lv
+            s[p + "0.weight"], s[p + "0.bias"] = (D, F * roi[0] ** 2), (D,)
+            gn(p + "1.", D)
+        s["Box_Head.fc2.0.weight"], s["Box_Head.fc2.0.bias"] = (D, D), (D,)
+        gn("Box_Head.fc2.1.", D)
+    s["Box_Outs.cls_score.weight"], s["Box_Outs.cls_score.bias"] = (K1, D), (K1,)
+    s["Box_Outs.bbox_pred.weight"], s["Box_Outs.bbox_pred.bias"] = (4 * K1, D), (4 * K1,)
+    if variant == "mask":
+        M = w["mask_conv"]
+        for lv in range(levels):
+            s["Mask_Head.mask_conv1.%d.0.weight" % lv] = (M, F, 3, 3)
+            gn("Mask_Head.mask_conv1.%d.1." % lv, M)
+        for j in range(2):
+            s["Mask_Head.conv_fcn.%d.weight" % (3 * j)] = (M, M, 3, 3)
+            gn("Mask_Head.conv_fcn.%d." % (3 * j + 1), M)
+        for name, c in (("mask_conv4", M), ("mask_conv4_fc", M), ("mask_conv5_fc", M // 2)):
+            s["Mask_Head.%s.0.weight" % name] = (c, M, 3, 3)
+            gn("Mask_Head.%s.1." % name, c)
+        s["Mask_Head.mask_fc.0.weight"] = ((2 * roi[1]) ** 2, M // 2 * roi[1] ** 2)
+        s["Mask_Head.mask_fc.0.bias"] = ((2 * roi[1]) ** 2,)
+        s["Mask_Head.upconv.weight"], s["Mask_Head.upconv.bias"] = (M, M, 2, 2), (M,)
+        s["Mask_Outs.classify.weight"], s["Mask_Outs.classify.bias"] = (K1, M, 1, 1), (K1,)
+    return s
+
+
+def release_state(variant, w=WIDTHS, seed=0):
+    """Random tensors of :func:`release_shapes` (AffineChannel2d weights positive, as trained)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, shape in release_shapes(variant, w).items():
+        t = torch.randn(shape, generator=g) * 0.1
+        if ".bn" in k or "downsample.1" in k:
+            t = t.abs() + 0.5 if k.endswith("weight") else t
+        out[k] = t
+    return out
+
+
+def _save_release(path, state, legacy=False):
+    """A file as the release's train_net_step.py saves it (numpy lr in the optimizer state)."""
+    ckpt = {
+        "step": 89999,
+        "train_size": 117264,
+        "batch_size": 16,
+        "model": state,
+        "optimizer": {"state": {}, "param_groups": [{"lr": np.float64(0.0002), "params": [0]}]},
+    }
+    torch.save(ckpt, str(path), _use_new_zipfile_serialization=not legacy)
+
+
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, keeping what its load found missing, unexpected or misshapen."""
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
+def _model(variant, opts=()):
+    cfg = panet_cfg(tool.RELEASE_CONFIGS[variant], opts=NARROW + list(opts))
+    torch.manual_seed(0)
+    return build_model(cfg), cfg
+
+
+# ------------------------------------------------------------------------------------------------
+def test_release_key_counts_are_the_releases():
+    # the issue's counts for the released R-50 models (240 / 237 / 273 tensors)
+    assert [len(release_shapes(v, FULL)) for v in VARIANTS] == [240, 237, 273]
+    for v in VARIANTS:
+        assert tool.detect_variant(release_shapes(v, FULL)) == v
+
+
+def test_full_size_converts_to_exactly_the_config_models_keys_and_shapes():
+    for v in VARIANTS:
+        state = {k: torch.empty(s) for k, s in release_shapes(v, FULL).items()}
+        converted = tool.convert_release_state_dict(state)
+        tool.check_against_model(converted, tool.build_release_model_state(v))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_converted_checkpoint_loads_strictly(variant, tmp_path, capsys):
+    release = release_state(variant)
+    src, dst = tmp_path / "release.pth", tmp_path / "converted.pth"
+    _save_release(src, release)
+    assert tool.main([str(src), str(dst)] + OPTS) == 0
+    printed = capsys.readouterr().out
+    assert tool.RELEASE_CONFIGS[variant] in printed
+
+    model, _ = _model(variant)
+    checkpointer = _RecordingCheckpointer(model)
+    checkpointer.load(str(dst))
+    incompatible = checkpointer.incompatible
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+    converted = torch.load(str(dst), weights_only=True)
+    assert converted["matching_heuristics"] is False
+    model.load_state_dict(converted["model"], strict=True)
+
+    sd = model.state_dict()
+    # per-level layers: level l (N2 first) owns rows [l * C, (l + 1) * C) / entry l
+    if variant == "det_2fc":
+        fc1 = sd["roi_heads.box_head.fc1.per_level.weight"]
+        for lv in range(4):
+            assert torch.equal(fc1[lv], release["Box_Head.fc1.%d.0.weight" % lv])
+        gn = sd["roi_heads.box_head.fc1.norm.weight"].view(4, -1)
+        assert torch.equal(gn[2], release["Box_Head.fc1.2.1.weight"])
+        assert torch.equal(sd["roi_heads.box_head.fc2.norm.bias"], release["Box_Head.fc2.1.bias"])
+    else:
+        conv1 = sd["roi_heads.box_head.conv1.per_level.weight"].view(4, WIDTHS["box_conv"], -1)
+        for lv in range(4):
+            assert torch.equal(
+                conv1[lv], release["Box_Head.conv1_head.%d.0.weight" % lv].flatten(1)
+            )
+        assert torch.equal(
+            sd["roi_heads.box_head.conv3.weight"], release["Box_Head.convs.3.weight"]
+        )
+    if variant == "mask":
+        m = sd["roi_heads.mask_head.mask_fcn1.per_level.norm.bias"].view(4, -1)
+        assert torch.equal(m[3], release["Mask_Head.mask_conv1.3.1.bias"])
+        assert torch.equal(
+            sd["roi_heads.mask_head.fc_fusion.conv2.weight"],
+            release["Mask_Head.mask_conv5_fc.0.weight"],
+        )
+        assert torch.equal(
+            sd["roi_heads.mask_head.mask_fcn4.weight"], release["Mask_Head.mask_conv4.0.weight"]
+        )
+    # bottom-up path: module k builds N_{k+3}; its conv keeps its bias before the GN
+    assert torch.equal(
+        sd["backbone.bpa_down3.bias"], release["Conv_Body.panet_buttomup_conv1_modules.0.0.bias"]
+    )
+    assert torch.equal(
+        sd["backbone.bpa_out5.weight"], release["Conv_Body.panet_buttomup_conv2_modules.2.0.weight"]
+    )
+    # FPN: conv_top is res5's lateral, posthoc_modules run from the coarsest level
+    assert torch.equal(sd["backbone.fpn_lateral5.weight"], release["Conv_Body.conv_top.0.weight"])
+    assert torch.equal(
+        sd["backbone.fpn_output2.norm.weight"], release["Conv_Body.posthoc_modules.3.1.weight"]
+    )
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": random_image(64, 96)}])[0]
+    assert "instances" in out
+
+
+def test_frozen_bn_scale_is_the_release_weight_exactly():
+    release = release_state("det")
+    model, _ = _model("det")
+    model.load_state_dict(tool.convert_release_state_dict(release), strict=True)
+    frozen = {n: m for n, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)}
+    assert len(frozen) == 1 + 16 * 3 + 4  # stem, 3 per bottleneck, 4 shortcuts
+    names = {
+        "backbone.bottom_up.stem.conv1.norm": "Conv_Body.conv_body.res1.bn1",
+        "backbone.bottom_up.res3.0.shortcut.norm": "Conv_Body.conv_body.res3.0.downsample.1",
+        "backbone.bottom_up.res4.5.conv2.norm": "Conv_Body.conv_body.res4.5.bn2",
+    }
+    for ours, theirs in names.items():
+        m = frozen[ours]
+        scale = m.weight * (m.running_var + m.eps).rsqrt()
+        assert torch.equal(scale, release[theirs + ".weight"])
+        assert torch.equal(m.bias - m.running_mean * scale, release[theirs + ".bias"])
+        # the release's AffineChannel2d: x * weight + bias
+        x = torch.randn(2, scale.numel(), 3, 3)
+        affine = x * release[theirs + ".weight"].view(1, -1, 1, 1)
+        affine = affine + release[theirs + ".bias"].view(1, -1, 1, 1)
+        torch.testing.assert_close(m(x), affine, rtol=1e-6, atol=1e-6)
+    for m in frozen.values():
+        assert torch.equal(m.weight * (m.running_var + m.eps).rsqrt(), m.weight)
+
+
+def test_class_rows_background_moves_last():
+    release = release_state("mask")
+    K = WIDTHS["classes"]
+    # release row r is class r (0 = background; 1..K = COCO's sorted category ids)
+    D, M = WIDTHS["fc"], WIDTHS["mask_conv"]
+    release["Box_Outs.cls_score.weight"] = torch.arange(K + 1.0)[:, None].expand(K + 1, D)
+    release["Box_Outs.cls_score.bias"] = torch.arange(K + 1.0)
+    release["Box_Outs.bbox_pred.bias"] = torch.arange(4 * (K + 1.0))  # class r: 4r .. 4r + 3
+    release["Box_Outs.bbox_pred.weight"] = torch.arange(4 * (K + 1.0))[:, None].expand(-1, D)
+    release["Mask_Outs.classify.bias"] = torch.arange(K + 1.0)
+    release["Mask_Outs.classify.weight"] = (
+        torch.arange(K + 1.0).view(-1, 1, 1, 1).expand(-1, M, 1, 1)
+    )
+    out = tool.convert_release_state_dict(release)
+    # Detectron2: class i (0-based) is the release's class i + 1; background is the last row
+    assert out["roi_heads.box_predictor.cls_score.bias"].tolist() == list(range(1, K + 1)) + [0]
+    assert out["roi_heads.box_predictor.cls_score.weight"][:, 0].tolist() == list(
+        range(1, K + 1)
+    ) + [0]
+    deltas = [4 * (i + 1) + j for i in range(K) for j in range(4)]  # class i's dx, dy, dw, dh
+    assert out["roi_heads.box_predictor.bbox_pred.bias"].tolist() == deltas
+    assert out["roi_heads.box_predictor.bbox_pred.weight"][:, 0].tolist() == deltas
+    assert out["roi_heads.mask_head.predictor.bias"].tolist() == list(range(1, K + 1))
+    assert out["roi_heads.mask_head.predictor.weight"][:, 0, 0, 0].tolist() == list(range(1, K + 1))
+    # the model's scores: softmax over the same logits, reordered
+    model, _ = _model("mask")
+    model.load_state_dict(tool.convert_release_state_dict(release_state("mask")), strict=True)
+    x = torch.randn(3, D)
+    ours = model.roi_heads.box_predictor(x)[0].softmax(-1)
+    r = release_state("mask")
+    theirs = (x @ r["Box_Outs.cls_score.weight"].T + r["Box_Outs.cls_score.bias"]).softmax(-1)
+    torch.testing.assert_close(ours, torch.cat([theirs[:, 1:], theirs[:, :1]], 1))
+
+
+@pytest.mark.parametrize(
+    "added,removed",
+    [
+        ("Box_Head.extra_fc.weight", None),  # no such layer in the release
+        ("Conv_Body.conv_body.res2.0.bn1.running_mean", None),  # AffineChannel2d has none
+        (None, "Conv_Body.conv_body.res3.1.bn2.bias"),
+        (None, "Box_Head.conv1_head.2.0.weight"),  # one level of a per-level layer
+        (None, "Mask_Head.mask_fc.0.bias"),
+    ],
+)
+def test_unknown_or_missing_tensor_is_refused_by_name(added, removed, tmp_path, capsys):
+    state = release_state("mask")
+    if added:
+        state[added] = torch.zeros(8)
+    else:
+        del state[removed]
+    named = added or removed
+    with pytest.raises(CheckpointError, match=named.replace(".", r"\.")):
+        tool.convert_release_state_dict(state)
+    src = tmp_path / "release.pth"
+    _save_release(src, state)
+    assert tool.main([str(src), str(tmp_path / "out.pth"), "--no-model-check"]) == 1
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_model_tensor_not_filled_is_refused_by_name():
+    converted = tool.convert_release_state_dict(release_state("det"))
+    model_state = _model("det")[0].state_dict()
+    del converted["backbone.bpa_out4.bias"]
+    with pytest.raises(CheckpointError, match=r"not filled: \['backbone\.bpa_out4\.bias'\]"):
+        tool.check_against_model(converted, model_state)
+    # a config without MODEL.PAFPN.CONV_BIAS has no bias there: the release's biases are refused
+    no_bias = _model("det", ["MODEL.PAFPN.CONV_BIAS", False])[0].state_dict()
+    with pytest.raises(CheckpointError, match=r"the model lacks: \['backbone\.bpa_down3\.bias'"):
+        tool.check_against_model(tool.convert_release_state_dict(release_state("det")), no_bias)
+
+
+def test_reading_release_files(tmp_path):
+    state = release_state("det_2fc")
+    # PyTorch 0.4 wrote the legacy (non-zip) format; numpy scalars in the optimizer are allowed
+    legacy = tmp_path / "legacy.pth"
+    _save_release(legacy, state, legacy=True)
+    loaded = tool.load_release_checkpoint(str(legacy))
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert tool.detect_variant(loaded) == "det_2fc"
+    # a file that needs other globals is not loaded (no code from it runs)
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": state, "extra": logging.Formatter()}, str(bad))
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        tool.load_release_checkpoint(str(bad))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        tool.load_release_checkpoint(str(tmp_path / "nowhere.pth"))
+    plain = tmp_path / "plain.pth"
+    torch.save(state, str(plain))  # a bare state dict, no 'model' entry
+    with pytest.raises(CheckpointError, match="'model'"):
+        tool.load_release_checkpoint(str(plain))
+    assert pickle  # (pickle: the error type the weights_only loader raises)
+
+
+def test_detect_variant_refuses_other_models():
+    with pytest.raises(CheckpointError, match="bottom-up path"):
+        tool.detect_variant({"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)})
+    state = release_state("det_2fc")
+    state.update({k: v for k, v in release_state("mask").items() if k.startswith("Mask_")})
+    with pytest.raises(CheckpointError, match="Unknown PANet release model"):
+        tool.detect_variant(state)
+    with pytest.raises(CheckpointError, match="not 'mask'"):
+        tool.convert_release_state_dict(release_state("det"), "mask")
+
+
+# ------------------------------------------------------------------------------------------------
+# the model options of the release configs
+# ------------------------------------------------------------------------------------------------
+def test_release_configs_compute_what_the_release_computes():
+    for v in VARIANTS:
+        model, cfg = _model(v)
+        assert list(cfg.MODEL.PIXEL_MEAN) == [102.9801, 115.9465, 122.7717]
+        assert list(cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0] and cfg.INPUT.FORMAT == "BGR"
+        assert cfg.MODEL.RESNETS.STRIDE_IN_1X1
+        assert model.backbone.bottom_up.res3[0].conv1.stride == (2, 2)  # stride in the 1x1 conv
+        poolers = [model.roi_heads.box_pooler] + (
+            [model.roi_heads.mask_pooler] if v == "mask" else []
+        )
+        for pooler in poolers:  # Detectron's RoIAlign: no half-pixel offset, 2 x 2 samples a bin
+            assert all(not p.aligned and p.sampling_ratio == 2 for p in pooler.level_poolers)
+        for k in (3, 4, 5):
+            for conv in (
+                getattr(model.backbone, "bpa_down%d" % k),
+                getattr(model.backbone, "bpa_out%d" % k),
+            ):
+                assert conv.bias is not None and isinstance(conv.norm, nn.GroupNorm)
+        assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (1000, 1400)
+        assert cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST == 0.5
+    two_fc = _model("det_2fc")[0].roi_heads.box_head
+    assert isinstance(two_fc.fc1.norm, nn.GroupNorm) and isinstance(two_fc.fc2.norm, nn.GroupNorm)
+    det = panet_cfg(tool.RELEASE_CONFIGS["det"])
+    assert (det.SOLVER.MAX_ITER, tuple(det.SOLVER.STEPS)) == (90000, (60000, 80000))
+    mask = panet_cfg(tool.RELEASE_CONFIGS["mask"])
+    assert (mask.SOLVER.MAX_ITER, tuple(mask.SOLVER.STEPS)) == (180000, (120000, 160000))
+
+
+def test_pafpn_conv_bias_default_keeps_todays_layers():
+    cfg = panet_cfg(opts=["MODEL.PAFPN.NORM", "GN", "MODEL.FPN.OUT_CHANNELS", 32])
+    assert cfg.MODEL.PAFPN.CONV_BIAS is False
+    backbone = build_model(cfg).backbone
+    assert backbone.bpa_down3.bias is None  # a norm follows: no bias (Detectron2's rule)
+    plain = build_model(panet_cfg(opts=["MODEL.FPN.OUT_CHANNELS", 32])).backbone
+    assert plain.bpa_down3.bias is not None  # no norm: a bias, with or without the key
+    bad = panet_cfg(opts=["MODEL.FPN.OUT_CHANNELS", 32])
+    bad.MODEL.PAFPN.CONV_BIAS = "yes"  # (a LazyConfig or a Python caller; yacs refuses a str)
+    with pytest.raises(ConfigError, match="MODEL.PAFPN.CONV_BIAS='yes'"):
+        build_model(bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# fine-tuning from a converted model on the generated dataset with another number of classes
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("single_thread")
+def test_fine_tune_from_converted_model(tmp_path, caplog):
+    from panet_d2.data import register_synthetic_dataset
+    from panet_d2.engine import PANetTrainer
+
+    root = str(tmp_path / "datasets")
+    register_synthetic_dataset(
+        "test_release_synth", root=root, splits={"train": {"num_images": 4, "seed": 1}}
+    )
+    src, dst = tmp_path / "release.pth", tmp_path / "converted.pth"
+    _save_release(src, release_state("mask"))
+    assert tool.main([str(src), str(dst)] + OPTS) == 0
+    cfg = panet_cfg(
+        tool.RELEASE_CONFIGS["mask"],
+        opts=NARROW
+        + [
+            "MODEL.WEIGHTS", str(dst),
+            "MODEL.ROI_HEADS.NUM_CLASSES", 3,
+            "DATASETS.TRAIN", ("test_release_synth_train",),
+            "DATASETS.TEST", (),
+            "INPUT.MIN_SIZE_TRAIN", (96,),
+            "INPUT.MAX_SIZE_TRAIN", 128,
+            "INPUT.MASK_FORMAT", "bitmask",
+            "DATALOADER.NUM_WORKERS", 0,
+            "SOLVER.IMS_PER_BATCH", 2,
+            "SOLVER.BASE_LR", 0.001,
+            "SOLVER.MAX_ITER", 3,
+            "SOLVER.WARMUP_ITERS", 0,
+            "SOLVER.STEPS", (),
+            "SOLVER.CHECKPOINT_PERIOD", 1000,
+            "OUTPUT_DIR", str(tmp_path / "out"),
+        ],
+    )  # fmt: skip
+    trainer = PANetTrainer(cfg)
+    with caplog.at_level(logging.WARNING):
+        trainer.resume_or_load(resume=False)
+    model = trainer.model
+    converted = torch.load(str(dst), weights_only=True)["model"]
+    # every tensor but the class-dependent predictors comes from the converted model
+    for k, v in model.state_dict().items():
+        if k.startswith(("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")):
+            assert v.shape != converted[k].shape, k
+        else:
+            assert torch.equal(v, converted[k]), k
+    log = caplog.text
+    for layer in ("roi_heads.box_predictor.cls_score", "roi_heads.mask_head.predictor"):
+        assert layer in log  # Detectron2 reports the skipped (re-initialised) layers
+    trainer.train()
+    assert trainer.iter == 3
