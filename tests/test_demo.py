@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 """
 Tests of demo.py: the pictures it writes for the in-repo photos (small random-weight panoptic
-PANet), images of every mode, a video, a LazyConfig, the window-mode message and its error lines.
+PANet, saved as a checkpoint: the demo needs weights), images of every mode, a video, a
+LazyConfig, the window-mode message and its error lines.
 """
 
 import importlib.util
@@ -27,10 +28,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
-# random weights, small test size, few instances to draw: fast
+# random weights (a checkpoint written by the `weights` fixture), small test size, few instances
+# to draw: fast
 SMALL = [
     "MODEL.WEIGHTS",
-    "",
+    "<written by the weights fixture>",
     "MODEL.DEVICE",
     "cpu",
     "INPUT.MIN_SIZE_TEST",
@@ -79,6 +81,21 @@ def demo():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def weights(tmp_path_factory):
+    """A checkpoint of a freshly built model of PANOPTIC, the MODEL.WEIGHTS of SMALL."""
+    from detectron2.modeling import build_model
+
+    from .common import panet_cfg
+
+    torch.manual_seed(0)
+    model = build_model(panet_cfg(PANOPTIC))
+    path = str(tmp_path_factory.mktemp("demo_weights") / "random_panoptic.pth")
+    torch.save({"model": model.state_dict()}, path)
+    SMALL[1] = path
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -300,3 +317,38 @@ def test_error_lines(demo, photos, tmp_path):
     msg = error_line(demo, "--input", str(broken), "--output", out)
     assert "Cannot read input image" in msg and "broken.jpg" in msg
     assert "Nothing to do" in error_line(demo, "--output", out)
+
+
+def test_weights_and_inputs_errors_issue_17(demo, photos, tmp_path, capsys):
+    """No weights, a truncated checkpoint, a LazyConfig syntax error: one line each; an unreadable
+    image among readable ones: reported, the others drawn, exit code 1 at the end."""
+    folder, names = photos
+    image, out = os.path.join(folder, names[0]), str(tmp_path / "o")
+    msg = error_line(demo, "--input", image, "--output", out, opts=SMALL + ["MODEL.WEIGHTS", ""])
+    assert (
+        msg == "ERROR: MODEL.WEIGHTS is empty: the demo shows a trained model; give its checkpoint."
+    )
+    truncated = tmp_path / "truncated.pth"
+    with open(SMALL[1], "rb") as f:
+        truncated.write_bytes(f.read()[:4096])
+    msg = error_line(
+        demo, "--input", image, "--output", out, opts=SMALL + ["MODEL.WEIGHTS", str(truncated)]
+    )
+    assert msg.startswith("ERROR: Cannot read checkpoint {!r}: ".format(str(truncated)))
+    config = tmp_path / "broken_lazy.py"
+    config.write_text("from detectron2.config import LazyCall as L\nmodel = dict(\ntrain = 1\n")
+    msg = error_line(demo, "--input", image, "--output", out, config=str(config), opts=[])
+    assert msg.startswith("ERROR: Config file {}:2: SyntaxError: ".format(config)), msg
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a_broken.jpg").write_bytes(b"not a jpeg")
+    for name in names[:2]:
+        with open(os.path.join(folder, name), "rb") as f:
+            (mixed / name).write_bytes(f.read())
+    capsys.readouterr()
+    msg = error_line(demo, "--input", str(mixed), "--output", out)
+    assert msg.startswith("ERROR: 1 of 3 input images could not be read (the others were shown)")
+    assert "a_broken.jpg" in msg
+    printed = [line for line in capsys.readouterr().err.splitlines() if "a_broken.jpg" in line]
+    assert len(printed) == 1 and printed[0].startswith("ERROR: Cannot read input image")
+    assert sorted(os.listdir(out)) == sorted(names[:2])  # the readable ones, after the broken one

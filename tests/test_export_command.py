@@ -78,10 +78,17 @@ def _assert_same_metrics(metrics, expected, abs):
 
 
 def test_tracing_to_torchscript_of_a_detectron2_layout_checkpoint(tool, tmp_path):
-    # a checkpoint with single-level box fc1 / mask conv1 (AFP off, Detectron2's layout), exported
-    # with AFP on: the command warm-starts every level from them, as PANetCheckpointer does
+    # a checkpoint with single-level box fc1 / mask conv1 (AFP off, Detectron2's layout): with
+    # AFP on, the command refuses it (AFP would only warm-start from it: not the model trained),
+    # naming the config key that fits; exported with that key
     weights = _checkpoint(INSTANCE, tmp_path, ["MODEL.AFP.ENABLED", False])
     out = str(tmp_path / "out")
+    argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--output", out]
+    with pytest.raises(SystemExit) as e:
+        tool.cli(argv + ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"])
+    assert str(e.value.code).startswith("ERROR: Checkpoint {!r} does not fit".format(weights))
+    assert "set MODEL.AFP.ENABLED False" in str(e.value.code)
+    assert not os.path.exists(os.path.join(out, "model.ts"))
     tool.main(
         [
             "--config-file",
@@ -98,12 +105,12 @@ def test_tracing_to_torchscript_of_a_detectron2_layout_checkpoint(tool, tmp_path
             weights,
             "MODEL.DEVICE",
             "cpu",
+            "MODEL.AFP.ENABLED",
+            "False",
         ]
     )
     assert {"model.ts", "model_ts_code.txt"} <= set(os.listdir(out))
-    _, model = _eager(INSTANCE, weights)
-    fc1 = model.roi_heads.box_head.fc1.per_level.weight
-    assert torch.equal(fc1[0], fc1[3])  # warm-started: every level the checkpoint's fc1
+    _, model = _eager(INSTANCE, weights, ["MODEL.AFP.ENABLED", False])
     traced = torch.jit.load(os.path.join(out, "model.ts"))
     img = torch.rand(3, 192, 256) * 255
     with torch.no_grad():

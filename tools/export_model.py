@@ -205,6 +205,8 @@ def evaluate(cfg, inference, output_dir):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     logger.info("Command line arguments: " + str(args))
+    if args.export_method == "scripting" and args.format != "torchscript":  # before any loading
+        raise ConfigError("--export-method scripting exports to --format torchscript only")
     cfg = setup_cfg(args)
 
     if isinstance(cfg, CfgNode):
