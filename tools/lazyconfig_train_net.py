@@ -11,50 +11,53 @@ them as they are. This launcher only finds that script for a user who runs from 
     python3 tools/lazyconfig_train_net.py --num-gpus 8 \\
         --config-file configs/new_baselines/panet_R_50_FPN_100ep_LSJ.py
 
-It looks for ``$DETECTRON2_LAZYCONFIG_TRAIN_NET``, else ``tools/lazyconfig_train_net.py`` next to
-the ``detectron2`` package (a source checkout, or ``site-packages/tools`` where Detectron2's
-setup.py installed its tools), and takes the same command line.
+It takes ``$DETECTRON2_LAZYCONFIG_TRAIN_NET`` (the script itself) if set, else finds
+``tools/lazyconfig_train_net.py`` as ``tools/run_d2_tool.py`` finds Detectron2's tools
+(``panet_d2.d2_tools``: ``--d2-root DIR`` given first, ``$DETECTRON2_ROOT``, next to the
+``detectron2`` package, the checkout it was installed from), and takes the same command line.
 """
 
 import os
 import sys
 
-import detectron2
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from panet_d2 import d2_tools  # noqa: E402
+
 ENV_VAR = "DETECTRON2_LAZYCONFIG_TRAIN_NET"
+RELPATH = "tools/lazyconfig_train_net.py"
 
 
-def find_detectron2_script():
+def find_detectron2_script(d2_root=None):
     """
     Returns:
         str or None: Detectron2's ``lazyconfig_train_net.py``: ``$DETECTRON2_LAZYCONFIG_TRAIN_NET``
-        (which must exist when set), else ``tools/lazyconfig_train_net.py`` next to the
-        ``detectron2`` package, else None.
+        (which must exist when set), else the first found by ``panet_d2.d2_tools``, else None.
     """
     path = os.environ.get(ENV_VAR)
     if path:
         if not os.path.isfile(path):
             sys.exit("ERROR: ${}={!r} is not a file.".format(ENV_VAR, path))
         return path
-    root = os.path.dirname(os.path.dirname(os.path.abspath(detectron2.__file__)))
-    path = os.path.join(root, "tools", "lazyconfig_train_net.py")
-    return path if os.path.isfile(path) else None
+    return d2_tools.find_detectron2_file(RELPATH, d2_root)
 
 
-def main():
-    script = find_detectron2_script()
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    d2_root = None
+    if argv[:1] == ["--d2-root"] and len(argv) > 1:
+        d2_root, argv = argv[1], argv[2:]
+    script = find_detectron2_script(d2_root)
     if script is None:
-        sys.exit(
-            "ERROR: Detectron2's tools/lazyconfig_train_net.py was not found next to the "
-            "detectron2 package ({}); set ${} to the file in your Detectron2 checkout.".format(
-                os.path.dirname(detectron2.__file__), ENV_VAR
-            )
-        )
+        try:
+            d2_tools.find_detectron2_tool(RELPATH, d2_root)  # raises, naming where it looked
+        except d2_tools.Detectron2ToolNotFoundError as e:
+            sys.exit("ERROR: {} Or set ${} to the script itself.".format(e, ENV_VAR))
     # this process becomes Detectron2's script, with the same arguments
     path = [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(path)
-    os.execv(sys.executable, [sys.executable, script] + sys.argv[1:])
+    os.execv(sys.executable, [sys.executable, script] + argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+"""
+Runs one of Detectron2's own scripts (``tools/*.py``: analyze_model, visualize_data, benchmark,
+train_net, plain_train_net, ...; ``demo/demo.py``) on panet_d2's configs, with nothing to write:
+
+    python3 tools/run_d2_tool.py analyze_model --tasks flop \\
+        --config-file configs/quick_schedules/panet_R_18_synth_instance.yaml
+    python3 tools/run_d2_tool.py visualize_data --source annotation --output-dir out/vis \\
+        --config-file configs/quick_schedules/panoptic_panet_R_18_synth.yaml
+    python3 tools/run_d2_tool.py --d2-root /path/to/detectron2 demo --config-file ... --input ...
+
+``TOOL`` is the script's name ("analyze_model", "tools/train_net.py", "deploy/export_model",
+"demo"); the arguments after it are the script's own. Detectron2's scripts are found by
+``panet_d2.d2_tools`` (``--d2-root`` or ``$DETECTRON2_ROOT``, else next to the installed
+``detectron2`` package, else the source checkout it was installed from); when none holds the
+script, the error names every place looked in.
+
+The script runs in this process, as ``__main__``, after ``import panet_d2`` (its models,
+datasets and FLOP handles registered). For this process only:
+
+* ``detectron2.config.get_cfg()`` returns Detectron2's defaults plus panet_d2's keys
+  (``add_panet_config``), so the scripts read the project's yacs files;
+* when such a config is frozen, ``panet_d2.engine.adapt_config_to_machine`` applies (MODEL.DEVICE
+  "cuda" becomes "cpu" without CUDA; AMP off on the CPU), logged once;
+* ``detectron2.engine.default_setup`` also sets up the "panet_d2" logger into OUTPUT_DIR, as
+  this project's train_net.py does;
+* ``detectron2.engine.launch`` with several processes: each child process applies the same
+  before running the script (they start from this file);
+* ``demo/demo.py`` of current Detectron2 imports its ``predictor.py`` by an internal path
+  (``vision.fair.detectron2.demo.predictor``): that name is made to point to the
+  ``predictor.py`` next to the demo.
+"""
+
+import argparse
+import contextlib
+import importlib.util
+import logging
+import os
+import runpy
+import sys
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# the script a child process of ``launch`` runs, set by the parent (see _launch_patch)
+CHILD_ENV_VAR = "PANET_D2_RUN_D2_TOOL_SCRIPT"
+_CHILD_ENVIRONMENT = None
+logger = logging.getLogger("panet_d2.run_d2_tool")
+
+
+def get_parser():
+    from panet_d2.d2_tools import ENV_VAR
+
+    parser = argparse.ArgumentParser(
+        description="Run one of Detectron2's tools/*.py or demo/demo.py on panet_d2's configs.",
+        usage="%(prog)s [--d2-root DIR] TOOL [TOOL's arguments ...]",
+    )
+    parser.add_argument(
+        "--d2-root",
+        metavar="DIR",
+        help="a Detectron2 source checkout holding tools/ and demo/ (default: ${}, else next to "
+        "the installed detectron2 package, else the checkout it was installed from)".format(
+            ENV_VAR
+        ),
+    )
+    parser.add_argument("--list", action="store_true", help="list the scripts found and exit")
+    parser.add_argument(
+        "tool", nargs="?", help='e.g. analyze_model, visualize_data, benchmark, train_net, "demo"'
+    )
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")
+    return parser
+
+
+def _panet_cfg_node_class():
+    from detectron2.config import CfgNode
+
+    from panet_d2.engine import adapt_config_to_machine
+
+    class PANetToolCfgNode(CfgNode):
+        """Detectron2's CfgNode that adapts itself to the machine when frozen (root node)."""
+
+        def freeze(self):
+            if "MODEL" in self and "SOLVER" in self:
+                for note in adapt_config_to_machine(self):
+                    _log_once(note)
+            super().freeze()
+
+    return PANetToolCfgNode
+
+
+_LOGGED = set()
+
+
+def _log_once(note):
+    if note not in _LOGGED:
+        _LOGGED.add(note)
+        logger.warning(note)
+
+
+def _as_class(node, cls):
+    object.__setattr__(node, "__class__", cls)  # yacs' __setattr__ takes config values only
+    for value in node.values():
+        if isinstance(value, dict):
+            _as_class(value, cls)
+    return node
+
+
+@contextlib.contextmanager
+def _patched(obj, name, value):
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+@contextlib.contextmanager
+def _demo_predictor_alias(script):
+    """Detectron2's demo.py imports ``vision.fair.detectron2.demo.predictor`` (Meta's internal
+    path): while the block runs, that name is the ``predictor`` module next to the script."""
+    name = "vision.fair.detectron2.demo.predictor"
+    if os.path.basename(script) != "demo.py" or importlib.util.find_spec("vision") is not None:
+        yield
+        return
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(os.path.dirname(script), "predictor.py")
+    )
+    predictor = importlib.util.module_from_spec(spec)
+    parts = name.split(".")
+    added = {}
+    for i in range(1, len(parts)):
+        package = types.ModuleType(".".join(parts[:i]))
+        package.__path__ = []
+        added[package.__name__] = package
+    added[name] = predictor
+    sys.modules.update(added)
+    try:
+        spec.loader.exec_module(predictor)
+        yield
+    finally:
+        for key in added:
+            sys.modules.pop(key, None)
+
+
+@contextlib.contextmanager
+def panet_d2_environment(script):
+    """
+    While the block runs: Detectron2's ``get_cfg``, ``default_setup`` and ``launch`` as the
+    module docstring says, the demo's predictor alias, and ``panet_d2`` imported.
+    """
+    import detectron2.config
+    import detectron2.engine
+    import detectron2.engine.defaults
+    import detectron2.engine.launch
+    import detectron2.utils.comm as comm
+    from detectron2.utils.logger import setup_logger
+
+    import panet_d2  # noqa: F401  registers models, datasets, FLOP handles
+    from panet_d2 import add_panet_config
+
+    d2_get_cfg = detectron2.config.get_cfg
+    d2_default_setup = detectron2.engine.default_setup
+    d2_launch = detectron2.engine.launch
+    cfg_class = _panet_cfg_node_class()
+
+    def get_cfg():
+        cfg = d2_get_cfg()
+        add_panet_config(cfg)
+        return _as_class(cfg, cfg_class)
+
+    def default_setup(cfg, args):
+        d2_default_setup(cfg, args)
+        project = logging.getLogger("panet_d2")
+        for handler in list(project.handlers):  # the console handler of main(): replaced
+            project.removeHandler(handler)
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panet_d2")
+
+    def launch(main_func, num_gpus_per_machine, num_machines=1, *args, **kwargs):
+        if num_gpus_per_machine * num_machines > 1:
+            # the child processes start from this file (see _become_tool_in_child)
+            os.environ[CHILD_ENV_VAR] = script
+            sys.modules["__main__"].__file__ = os.path.abspath(__file__)
+        return d2_launch(main_func, num_gpus_per_machine, num_machines, *args, **kwargs)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_patched(detectron2.config, "get_cfg", get_cfg))
+        for module in (detectron2.engine, detectron2.engine.defaults):
+            stack.enter_context(_patched(module, "default_setup", default_setup))
+        stack.enter_context(_patched(detectron2.engine, "launch", launch))
+        stack.enter_context(_demo_predictor_alias(script))
+        yield
+
+
+def run_tool(script, args, run_name="__main__"):
+    """
+    Runs Detectron2's ``script`` with command-line arguments ``args`` in this process, in
+    :func:`panet_d2_environment`.
+
+    Returns:
+        dict: the globals of the script after it ran.
+    """
+    argv, path0 = sys.argv, sys.path[0]
+    sys.argv = [script] + list(args)
+    sys.path[0] = os.path.dirname(script)  # as `python3 script`: e.g. demo.py's predictor.py
+    try:
+        with panet_d2_environment(script):
+            return runpy.run_path(script, run_name=run_name)
+    finally:
+        sys.argv, sys.path[0] = argv, path0
+
+
+def _become_tool_in_child():
+    """
+    In a child process of Detectron2's ``launch`` (multiprocessing's spawn runs this file as
+    ``__mp_main__``): runs the parent's script under the same name, in the same environment,
+    so that the function the parent passed to ``launch`` (pickled as ``__main__.<name>``) is the
+    script's. The script's ``if __name__ == "__main__"`` block does not run here.
+    """
+    global _CHILD_ENVIRONMENT
+    script = os.environ[CHILD_ENV_VAR]
+    sys.path.insert(0, os.path.dirname(script))
+    # for the life of the child process (kept referenced: a collected generator would undo it)
+    _CHILD_ENVIRONMENT = panet_d2_environment(script)
+    _CHILD_ENVIRONMENT.__enter__()
+    globals().update(runpy.run_path(script, run_name="__mp_main__"))
+
+
+def main(argv=None):
+    from panet_d2.d2_tools import (
+        Detectron2ToolNotFoundError,
+        find_detectron2_tool,
+        list_detectron2_tools,
+    )
+
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(list_detectron2_tools(args.d2_root)))
+        return None
+    if not args.tool:
+        parser.error("TOOL is required (e.g. analyze_model); --list lists them")
+    try:
+        script = find_detectron2_tool(args.tool, args.d2_root)
+    except Detectron2ToolNotFoundError as e:
+        sys.exit("ERROR: {}".format(e))
+    from detectron2.utils.logger import setup_logger
+
+    setup_logger(name="panet_d2", abbrev_name="panet_d2")  # until the script sets up its own
+    logger.info("Running {} {}".format(script, " ".join(args.args)))
+    try:
+        return run_tool(script, args.args)
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if not top or importlib.util.find_spec(top) is not None:
+            raise
+        sys.exit(
+            "ERROR: {} needs the Python module {!r}, which is not installed (e.g. pip install "
+            "{}).".format(script, e.name, top)
+        )
+
+
+if __name__ == "__main__":
+    main()  # pragma: no cover
+elif __name__ == "__mp_main__" and os.environ.get(CHILD_ENV_VAR):
+    _become_tool_in_child()  # pragma: no cover
