@@ -70,7 +70,13 @@ if __name__ == "__main__":
         version="0.1.0",
         description="Path Aggregation Network (PANet) and panoptic PANet on Detectron2",
         packages=find_packages(exclude=("tests", "tests.*", "configs", "benchmarks", "tools")),
-        package_data={"panet_d2": ["model_zoo/configs/**/*.yaml", "model_zoo/configs/*.yaml"]},
+        package_data={
+            "panet_d2": [
+                "model_zoo/configs/**/*.yaml",
+                "model_zoo/configs/*.yaml",
+                "model_zoo/configs/**/*.py",  # LazyConfig files
+            ]
+        },
         include_package_data=True,
         python_requires=">=3.8",
         install_requires=[
@@ -83,6 +89,7 @@ if __name__ == "__main__":
             "Pillow",
             "tqdm",
             "matplotlib",  # tools/analyze_level_usage.py (Fig. 3)
+            "psutil",  # Detectron2's tools/benchmark.py (tools/run_d2_tool.py benchmark)
         ],
         extras_require={
             # shapely: Detectron2's Cityscapes instance loader (polygons from the json files)
