@@ -94,6 +94,30 @@ def test_key_list_converts_to_the_config_model(converter, variant):
 
 
 # -------------------------------------------------------------------------------------------------
+# The RPN's anchors
+# -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_anchors_are_the_release_anchors(converter, fixture_doc, variant):
+    """
+    The anchors of every cell of every level are the release's (its ``generate_anchors`` and
+    ``GenerateProposalsOp``: cell anchors in inclusive pixel boxes, shifted by (j * s, i * s)),
+    as boxes of the same pixels: (x0, y0, x1 + 1, y1 + 1).
+    """
+    model = build_model(_release_cfg(converter, variant, reduced_opts(fixture_doc)))
+    gen = model.proposal_generator.anchor_generator
+    grid = (3, 5)  # a 3 x 5 feature map of each level
+    ours = gen([torch.zeros(1, 1, *grid) for _ in model.proposal_generator.in_features])
+    for f, anchors in zip(model.proposal_generator.in_features, ours):
+        cell = fixture_doc["anchors"][f].float()  # (A, 4)
+        stride = 2 ** int(f[1:])
+        ys, xs = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+        shifts = torch.stack([xs, ys, xs, ys], dim=-1).reshape(-1, 1, 4) * stride
+        release = (shifts + cell[None]).reshape(-1, 4)  # cell-major, then anchor: (H * W * A, 4)
+        expected = release + torch.tensor([0.0, 0.0, 1.0, 1.0])
+        assert torch.equal(anchors.tensor, expected), f
+
+
+# -------------------------------------------------------------------------------------------------
 # Parity with the release's outputs
 # -------------------------------------------------------------------------------------------------
 def reduced_opts(doc):

@@ -42,6 +42,7 @@ Usage::
 """
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -452,9 +453,16 @@ def write_fixture(config, model_builder, release, out, commit, root):
         "rois": rois,
         "variants": {},
     }
+    anchors_done = False
     for variant in VARIANTS:
         model = build_release_model(config, model_builder, release, variant, REDUCED)
         blob_utils.cfg = config.cfg
+        if not anchors_done:  # the RPN's cell anchors per level (inclusive pixel boxes)
+            doc["anchors"] = {
+                "p{}".format(config.cfg.FPN.RPN_MIN_LEVEL + i): torch.from_numpy(op._anchors)
+                for i, op in enumerate(model.RPN.GenerateProposals_modules)
+            }
+            anchors_done = True
         shapes = key_shapes(model)
         weights = release_random_weights(shapes)
         model.load_state_dict(weights, strict=True)
@@ -483,6 +491,235 @@ def write_fixture(config, model_builder, release, out, commit, root):
     torch.save(doc, path)
     print("wrote {} ({:.0f} kB)".format(path, os.path.getsize(path) / 1024))
     return doc
+
+
+# -------------------------------------------------------------------------------------------------
+# End to end: the release's whole test path and panet_d2's DefaultPredictor on the same weights
+# -------------------------------------------------------------------------------------------------
+class _DataParallelStandIn(torch.nn.Module):
+    """What the release's test path expects of its model: ``mynn.DataParallel`` on one device."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module = model
+
+    def forward(self, data, im_info, roidb=None):
+        out = self.module(data[0], im_info[0], roidb)
+        # its gather (nn/parallel/scatter_gather.py) turns numpy outputs into tensors
+        return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in out.items()}
+
+
+def _iou(a, b):
+    """IoU matrix of continuous (x0, y0, x1, y1) boxes, numpy."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
+
+
+def _match(ref_boxes, ref_classes, boxes, classes):
+    """Greedy one-to-one matching by IoU (>= 0.5) within a class; pairs (i_ref, j, IoU)."""
+    iou = _iou(ref_boxes, boxes) * (ref_classes[:, None] == classes[None, :])
+    pairs = []
+    while iou.size and iou.max() >= 0.5:
+        i, j = np.unravel_index(iou.argmax(), iou.shape)
+        pairs.append((int(i), int(j), float(iou[i, j])))
+        iou[i, :], iou[:, j] = -1, -1
+    return pairs
+
+
+def _compare(rel, ours, masks):
+    """Statistics of two detection sets of one image (continuous boxes)."""
+    pairs = _match(rel["boxes"], rel["classes"], ours["boxes"], ours["classes"])
+    st = {"release": len(rel["scores"]), "panet_d2": len(ours["scores"]), "matched": len(pairs)}
+    if pairs:
+        ious = np.array([p[2] for p in pairs])
+        ds = np.array([abs(rel["scores"][i] - ours["scores"][j]) for i, j, _ in pairs])
+        st.update(
+            box_iou_mean=float(ious.mean()),
+            box_iou_min=float(ious.min()),
+            score_diff_mean=float(ds.mean()),
+            score_diff_max=float(ds.max()),
+        )
+        if masks:
+            m_ious = []
+            for i, j, _ in pairs:
+                a, b = rel["masks"][i], ours["masks"][j]
+                union = np.logical_or(a, b).sum()
+                m_ious.append(np.logical_and(a, b).sum() / union if union else 1.0)
+            st.update(mask_iou_mean=float(np.mean(m_ious)), mask_iou_min=float(np.min(m_ious)))
+    return st
+
+
+def _proposal_agreement(rel_props, our_props):
+    """For each release proposal (continuous), its best IoU among panet_d2's proposals."""
+    if len(rel_props) == 0 or len(our_props) == 0:
+        return {}
+    best = _iou(rel_props, our_props).max(1)
+    return {
+        "proposals_release": len(rel_props),
+        "proposals_panet_d2": len(our_props),
+        "best_iou_mean": float(best.mean()),
+        "best_iou_ge_0.95": float((best >= 0.95).mean()),
+        "top100_best_iou_mean": float(best[:100].mean()),
+    }
+
+
+def run_end_to_end(config, model_builder, release, root, variant, images, settings):
+    """
+    The release's ``im_detect_all`` and panet_d2's ``DefaultPredictor`` on the same converted
+    seeded weights (full R-50 widths: the release's model of the variant), per image and per
+    panet_d2 setting (a name -> config options).
+    """
+    import tempfile
+
+    import pycocotools.mask as mask_util
+
+    sys.path.insert(0, root)
+    from detectron2.config import get_cfg
+    from detectron2.engine import DefaultPredictor
+
+    from panet_d2 import add_panet_config
+
+    spec = importlib.util.spec_from_file_location(
+        "convert_panet_release", os.path.join(root, "tools", "convert_panet_release.py")
+    )
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+
+    model = build_release_model(config, model_builder, release, variant)
+    cfg = config.cfg
+    weights = release_random_weights(key_shapes(model))
+    model.load_state_dict(weights, strict=True)
+    test = importlib.import_module("core.test")
+    blob_utils = importlib.import_module("utils.blob")
+    test.cfg = blob_utils.cfg = cfg
+    wrapped = _DataParallelStandIn(model).eval()
+    captured = {}
+    rpn_forward = model.RPN.forward
+
+    def rpn_capture(*args, **kwargs):
+        ret = rpn_forward(*args, **kwargs)
+        captured["rois"] = ret["rois"]
+        return ret
+
+    model.RPN.forward = rpn_capture
+
+    tmp = tempfile.mkdtemp()
+    ckpt = os.path.join(tmp, "converted.pth")
+    torch.save({"model": converter.convert_release_state_dict(weights, variant)}, ckpt)
+    results = {}
+    for path in images:
+        im = cv2_imread(os.path.join(root, path))
+        with torch.no_grad():
+            cls_boxes, cls_segms, _ = test.im_detect_all(wrapped, im)
+        # release: inclusive pixel boxes -> continuous (x1 + 1, y1 + 1); class j -> j - 1
+        rel = {"boxes": [], "scores": [], "classes": [], "masks": []}
+        for j in range(1, len(cls_boxes)):
+            for k, det in enumerate(cls_boxes[j]):
+                rel["boxes"].append(det[:4] + np.array([0, 0, 1, 1], np.float32))
+                rel["scores"].append(float(det[4]))
+                rel["classes"].append(j - 1)
+                if cls_segms is not None:
+                    rel["masks"].append(mask_util.decode(cls_segms[j][k]).astype(bool))
+        rel = {k: np.array(v) for k, v in rel.items()}
+        rel["boxes"] = rel["boxes"].reshape(-1, 4)
+        rel_props = captured["rois"][:, 1:5] + np.array([0, 0, 1, 1], np.float32)
+        results[path] = {}
+        for name, opts in settings.items():
+            d2cfg = get_cfg()
+            add_panet_config(d2cfg)
+            d2cfg.merge_from_file(os.path.join(root, "configs", converter.RELEASE_CONFIGS[variant]))
+            d2cfg.merge_from_list(
+                ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ckpt] + list(opts.get("opts", []))
+            )
+            predictor = DefaultPredictor(d2cfg)
+            props = {}
+            hook = predictor.model.proposal_generator.register_forward_hook(
+                lambda m, i, o: props.update(boxes=o[0][0].proposal_boxes.tensor.numpy().copy())
+            )
+            with _InclusiveRois() if opts.get("inclusive_rois") else contextlib.nullcontext():
+                if opts.get("release_resize"):
+                    resized, _ = blob_utils.prep_im_for_blob(
+                        im, np.zeros((1, 1, 3)), [cfg.TEST.SCALE], cfg.TEST.MAX_SIZE
+                    )
+                    inputs = {
+                        "image": torch.as_tensor(resized[0].transpose(2, 0, 1).copy()),
+                        "height": im.shape[0],
+                        "width": im.shape[1],
+                    }
+                    with torch.no_grad():
+                        inst = predictor.model([inputs])[0]["instances"].to("cpu")
+                else:
+                    image = im.astype(np.float32) if opts.get("float_image") else im
+                    inst = predictor(image)["instances"].to("cpu")
+            hook.remove()
+            ours = {
+                "boxes": inst.pred_boxes.tensor.numpy(),
+                "scores": inst.scores.numpy(),
+                "classes": inst.pred_classes.numpy(),
+            }
+            if inst.has("pred_masks"):
+                ours["masks"] = inst.pred_masks.numpy()
+            st = _compare(rel, ours, cls_segms is not None)
+            st.update(_proposal_agreement(rel_props, props.get("boxes", np.zeros((0, 4)))))
+            results[path][name] = st
+            print(variant, path, name, json.dumps(st))
+    return results
+
+
+# panet_d2 settings of the end-to-end comparison, each from "config" on adding to the one before:
+# * "d2_anchors_offset_0": the release config with Detectron2's anchors (DefaultAnchorGenerator,
+#   OFFSET 0), as it was before the end-to-end comparison;
+# * "d2_anchors": Detectron2's anchor shapes, centred as the release's (OFFSET 0.5);
+# * "config": the release config as it is (Detectron's quantised anchors, OFFSET 0.5),
+#   DefaultPredictor on the uint8 image;
+# * "float_image": the image as float32: Detectron2 then resizes it with torch's bilinear
+#   interpolation, as the release does with cv2 on its float image (PIL on uint8 otherwise);
+# * "release_resize" (diagnostic): the image resized by the release's own prep_im_for_blob (its
+#   size rounding and scale), given to the model with the original height and width;
+# * "inclusive_rois" (diagnostic, not a config): the RoIs' x1, y1 minus 1 before RoIAlign,
+#   as the release passes its inclusive boxes.
+_D2_ANCHORS = ["MODEL.ANCHOR_GENERATOR.NAME", "DefaultAnchorGenerator"]
+E2E_SETTINGS = {
+    "d2_anchors_offset_0": {"opts": _D2_ANCHORS + ["MODEL.ANCHOR_GENERATOR.OFFSET", 0.0]},
+    "d2_anchors": {"opts": _D2_ANCHORS},
+    "config": {},
+    "float_image": {"float_image": True},
+    "release_resize": {"release_resize": True},
+    "inclusive_rois": {"release_resize": True, "inclusive_rois": True},
+}
+
+
+class _InclusiveRois:
+    """Diagnostic: AFP's poolers get boxes with x1, y1 lowered by 1 (the release's inclusive
+    boxes of the same pixels)."""
+
+    def __enter__(self):
+        from panet_d2.modeling import adaptive_feature_pooling as afp
+
+        self.afp, self.orig = afp, afp.convert_boxes_to_pooler_format
+
+        def inclusive(box_lists):
+            rois = self.orig(box_lists)
+            return rois - rois.new_tensor([0, 0, 0, 1, 1])
+
+        afp.convert_boxes_to_pooler_format = inclusive
+        return self
+
+    def __exit__(self, *exc):
+        self.afp.convert_boxes_to_pooler_format = self.orig
+        return False
+
+
+def cv2_imread(path):
+    import cv2
+
+    im = cv2.imread(path)
+    if im is None:
+        raise SystemExit("cannot read {}".format(path))
+    return im
 
 
 PROVENANCE = """# The authors' PANet release as a reference: provenance of this folder
@@ -519,6 +756,8 @@ checkpoint's `model` has exactly these.
   stages {stages}) and these release config keys set: {overrides}.
 * `image`: (96, 128, 3) uint8 BGR, a crop of `{image}` (this repository) downscaled with
   cv2.INTER_AREA; `rois`: (8, 5) float32 rows (0, x0, y0, x1, y1) given to the heads.
+* `anchors`: the RPN's cell anchors of each level `p2`..`p6` (its `generate_anchors`, float64
+  (3, 4), inclusive pixel boxes around (s - 1) / 2; the anchor of cell (i, j) adds j * s, i * s).
 * `variants[v]` for v in det, det_2fc, mask: `release_config`; `shapes` (the reduced model's
   state_dict names and shapes); `weights_sha256` of the weights, which are not stored: they are
   regenerated from the seed by `release_random_weights` of the generator (NumPy's legacy
@@ -572,16 +811,38 @@ def main(argv=None):
     parser.add_argument("--release", required=True, help="a checkout of ShuLiu1993/PANet")
     parser.add_argument("--out", default=DEFAULT_OUT, help="fixture folder")
     parser.add_argument("--keys-only", action="store_true", help="write only keys_*.json")
+    parser.add_argument(
+        "--e2e",
+        metavar="JSON",
+        help="instead of the fixture: run the release's whole test path and panet_d2's "
+        "DefaultPredictor on the in-repo COCO images with the same seeded weights (full R-50), "
+        "write the comparison to JSON",
+    )
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
     release = os.path.abspath(args.release)
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(1)
     config, model_builder = install_release(release)
     commit = release_commit(release)
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    if args.e2e:
+        images = sorted(
+            os.path.join(os.path.dirname(IMAGE), f)
+            for f in os.listdir(os.path.join(root, os.path.dirname(IMAGE)))
+            if f.endswith(".jpg")
+        )
+        doc = {"release_commit": commit, "seed": SEED, "settings": E2E_SETTINGS, "variants": {}}
+        for variant in args.variants:
+            doc["variants"][variant] = run_end_to_end(
+                config, model_builder, release, root, variant, images, E2E_SETTINGS
+            )
+        with open(args.e2e, "w") as f:
+            json.dump(doc, f, indent=1)
+        return 0
     write_key_lists(config, model_builder, release, args.out, commit)
     if args.keys_only:
         return 0
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     doc = write_fixture(config, model_builder, release, args.out, commit, root)
     write_provenance(release, args.out, commit, doc)
     return 0

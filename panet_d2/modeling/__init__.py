@@ -6,6 +6,7 @@ meta-architecture and its merge. Importing it registers them with Detectron2's r
 """
 
 from .bottom_up_path import PAFPN, build_resnet_pafpn_backbone
+from .anchor_generator import DetectronAnchorGenerator
 from .adaptive_feature_pooling import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
 from .fully_connected_fusion import FullyConnectedFusion
 from .box_head import PANetConvFCHead

@@ -1,0 +1,67 @@
+# -*- coding: utf-8 -*-
+"""
+Detectron (v1)'s quantised anchors, which the authors' PANet release (Detectron.pytorch) uses.
+
+Detectron2's :class:`DefaultAnchorGenerator` gives an anchor of size S and aspect ratio r (h / w)
+the exact shape w = S / sqrt(r), h = S * sqrt(r). Detectron derives it from a stride-sized square
+with whole-pixel rounding (its ``generate_anchors``): for stride s,
+
+    w0 = round(sqrt(s * s / r)),   h0 = round(w0 * r),   (w, h) = (w0, h0) * S / s
+
+(``round`` halves to even, as NumPy's), so e.g. at stride 4, size 32 and r = 0.5 its anchor is
+48 x 24 where Detectron2's is 45.25 x 22.63 (Detectron2's notes/compatibility.md: "In Detectron,
+the anchors were quantized and do not have accurate areas"). A model trained with Detectron's
+anchors predicts its RPN deltas relative to them; :class:`DetectronAnchorGenerator` gives it those
+anchors back (MODEL.ANCHOR_GENERATOR.NAME "DetectronAnchorGenerator", with OFFSET 0.5: Detectron
+centres its anchors at (s - 1) / 2 in its inclusive pixel coordinates, i.e. s / 2 in Detectron2's).
+"""
+
+import math
+from typing import List
+
+import torch
+
+from detectron2.modeling.anchor_generator import (
+    ANCHOR_GENERATOR_REGISTRY,
+    BufferList,
+    DefaultAnchorGenerator,
+)
+
+__all__ = ["DetectronAnchorGenerator"]
+
+
+@ANCHOR_GENERATOR_REGISTRY.register()
+class DetectronAnchorGenerator(DefaultAnchorGenerator):
+    """
+    :class:`DefaultAnchorGenerator` (same config keys, same anchor order: for each size, for each
+    aspect ratio) whose cell anchors have Detectron's whole-pixel-rounded shapes at each stride.
+    """
+
+    def _calculate_anchors(self, sizes, aspect_ratios):
+        cell_anchors = [
+            self.generate_quantized_cell_anchors(stride, s, a).float()
+            for stride, s, a in zip(self.strides, sizes, aspect_ratios)
+        ]
+        return BufferList(cell_anchors)
+
+    @staticmethod
+    def generate_quantized_cell_anchors(
+        stride: int, sizes: List[float], aspect_ratios: List[float]
+    ) -> torch.Tensor:
+        """
+        Args:
+            stride (int): the feature map's stride s.
+            sizes (list[float]): anchor sizes S (square root of the nominal area) in pixels.
+            aspect_ratios (list[float]): height / width ratios r.
+
+        Returns:
+            Tensor: (len(sizes) * len(aspect_ratios), 4) boxes (x0, y0, x1, y1) centred on 0.
+        """
+        anchors = []
+        for size in sizes:
+            for r in aspect_ratios:
+                w0 = torch.tensor(math.sqrt(stride * stride / r), dtype=torch.float64).round()
+                h0 = (w0 * r).round()  # torch.round halves to even, as NumPy's
+                w, h = float(w0) * size / stride, float(h0) * size / stride
+                anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
+        return torch.tensor(anchors)
