@@ -1,18 +1,19 @@
 # -*- coding: utf-8 -*-
 """
 tools/convert_panet_release.py and the release configs: a checkpoint in the format of the authors'
-release (github.com/ShuLiu1993/PANet; its key names and shapes written here from its
-lib/modeling/{ResNet,FPN,fast_rcnn_heads,mask_rcnn_heads}.py, not from the converter) converts
-into a checkpoint that Detectron2's DetectionCheckpointer loads strictly into each release
-config's model; unknown and missing tensors are refused by name; FrozenBN's scale is the release's
-weight exactly; class rows move (background last); a converted model fine-tunes on the generated
-dataset with another number of classes.
+release (github.com/ShuLiu1993/PANet; its key names and shapes from tests/release_format.py,
+written from the release's code, not from the converter, and equal to the key lists taken from
+the release's own modules in tests/fixtures/panet_release/) converts into a checkpoint that
+Detectron2's DetectionCheckpointer loads strictly into each release config's model; unknown and
+missing tensors are refused by name; FrozenBN's scale is the release's weight exactly; class rows
+move (background last); a converted model fine-tunes on the generated dataset with another number
+of classes.
 """
 
 import importlib.util
+import json
 import logging
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -104,6 +105,15 @@ def test_release_key_counts_are_the_releases():
     assert [len(release_shapes(v, FULL)) for v in VARIANTS] == [240, 237, 273]
     for v in VARIANTS:
         assert tool.detect_variant(release_shapes(v, FULL)) == v
+
+
+def test_release_format_is_the_releases_key_lists():
+    # the key lists that tools/make_release_fixture.py took from the release's own modules
+    for v in VARIANTS:
+        path = os.path.join(ROOT, "tests", "fixtures", "panet_release", "keys_%s.json" % v)
+        with open(path) as f:
+            tensors = json.load(f)["tensors"]
+        assert {k: tuple(s) for k, s in tensors.items()} == release_shapes(v, FULL)
 
 
 def test_full_size_converts_to_exactly_the_config_models_keys_and_shapes():
@@ -294,7 +304,6 @@ def test_reading_release_files(tmp_path):
     torch.save(state, str(plain))  # a bare state dict, no 'model' entry
     with pytest.raises(CheckpointError, match="'model'"):
         tool.load_release_checkpoint(str(plain))
-    assert pickle  # (pickle: the error type the weights_only loader raises)
 
 
 def test_detect_variant_refuses_other_models():
