@@ -26,8 +26,10 @@ with the project's evaluator of that dataset (of a LazyConfig: ``dataloader.eval
 """
 
 import argparse
+import contextlib
 import os
 import sys
+import warnings
 
 import torch
 
@@ -49,6 +51,27 @@ from panet_d2.engine import adapt_config_to_machine  # noqa: E402
 from panet_d2.errors import ConfigError, InputError, config_error  # noqa: E402
 
 logger = setup_logger(name="panet_d2.export_model")
+
+
+@contextlib.contextmanager
+def tracer_warnings_counted():
+    """
+    Tracing warns (``torch.jit.TracerWarning``) wherever a Python value is read from a tensor
+    (shapes, box counts): expected, and checked by the exported model's tests. Inside the block
+    they are caught and logged once, as a count; other warnings are shown as usual.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        yield
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    for w in caught:
+        if not issubclass(w.category, torch.jit.TracerWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if tracer:
+        logger.info(
+            "Tracing: {} TracerWarnings not shown (Python values that the trace records as "
+            "constants: expected for this model)".format(len(tracer))
+        )
 
 
 def get_parser():
@@ -144,12 +167,13 @@ def export_model(cfg, args, model):
     else:
         sample = get_sample_input(cfg, args)
         sample = export.sample_inputs(model, sample["image"], sample["height"], sample["width"])
-        if args.format == "torchscript":
-            exported, schema = export.trace_model(model, sample)
-            run_flat = exported
-        else:
-            schema = export.export_onnx(model, sample, path)
-            run_flat = None  # an ONNX Runtime session, made on first use
+        with tracer_warnings_counted():
+            if args.format == "torchscript":
+                exported, schema = export.trace_model(model, sample)
+                run_flat = exported
+            else:
+                schema = export.export_onnx(model, sample, path)
+                run_flat = None  # an ONNX Runtime session, made on first use
         logger.info("Outputs schema: {}".format(schema))
 
         def run(image, height, width):
@@ -204,6 +228,9 @@ def evaluate(cfg, inference, output_dir):
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    # the loggers of train_net.py --eval-only: the evaluators' tables, print_csv_format's lines
+    for name in ("fvcore", "detectron2", "panet_d2"):
+        setup_logger(name=name)
     logger.info("Command line arguments: " + str(args))
     if args.export_method == "scripting" and args.format != "torchscript":  # before any loading
         raise ConfigError("--export-method scripting exports to --format torchscript only")
