@@ -268,7 +268,7 @@ def test_unknown_or_missing_tensor_is_refused_by_name(added, removed, tmp_path, 
         tool.convert_release_state_dict(state)
     src = tmp_path / "release.pth"
     _save_release(src, state)
-    assert tool.main([str(src), str(tmp_path / "out.pth"), "--no-model-check"]) == 1
+    assert tool.main(["--no-model-check", str(src), str(tmp_path / "out.pth")]) == 1
     assert named in capsys.readouterr().err
     assert not (tmp_path / "out.pth").exists()
 
@@ -413,3 +413,17 @@ def test_fine_tune_from_converted_model(tmp_path, caplog):
         assert layer in log  # Detectron2 reports the skipped (re-initialised) layers
     trainer.train()
     assert trainer.iter == 3
+
+
+def test_command_line_errors(tmp_path, capsys):
+    src = tmp_path / "release.pth"
+    _save_release(src, release_state("det"))
+    out = str(tmp_path / "out.pth")
+    assert tool.main(["--variant", "mask", str(src), out]) == 1  # wrong variant for the file
+    assert "is the release's 'det' model, not 'mask'" in capsys.readouterr().err
+    assert tool.main([str(src), out, "MODEL.NO_SUCH_KEY", "1"]) == 1
+    assert "MODEL.NO_SUCH_KEY" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an option after the config options
+        tool.main([str(src), out] + OPTS + ["--no-model-check"])
+    assert "before the config options" in capsys.readouterr().err
+    assert not os.path.exists(out)

@@ -49,7 +49,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing panet_d2
 
-from panet_d2.errors import CheckpointError  # noqa: E402
+from panet_d2.errors import CheckpointError, ConfigError, InputError  # noqa: E402
 
 __all__ = [
     "RELEASE_CONFIGS",
@@ -531,7 +531,10 @@ def build_release_model_state(variant: str, opts=()) -> Dict[str, torch.Tensor]:
     cfg = get_cfg()
     add_panet_config(cfg)
     cfg.merge_from_file(os.path.join(ROOT, "configs", RELEASE_CONFIGS[variant]))
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + list(opts))
+    try:
+        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + list(opts))
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ConfigError("Invalid config options {}: {}".format(list(opts), e)) from None
     return build_model(cfg).state_dict()
 
 
@@ -551,9 +554,14 @@ def main(argv=None):
         help="do not build the config's model to check every key and shape",
     )
     parser.add_argument(
-        "opts", nargs=argparse.REMAINDER, help="config options for the check (KEY VALUE ...)"
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config options for the check (KEY VALUE ..., after the other arguments)",
     )
     args = parser.parse_args(argv)
+    misplaced = [o for o in args.opts if o in ("--variant", "--no-model-check")]
+    if misplaced:
+        parser.error("give {} before the config options (KEY VALUE ...)".format(misplaced[0]))
     try:
         release = load_release_checkpoint(args.input)
         variant = args.variant or detect_variant(release)
@@ -570,7 +578,7 @@ def main(argv=None):
             },
             args.output,
         )
-    except CheckpointError as e:
+    except InputError as e:  # CheckpointError, ConfigError: one line, no traceback
         print("ERROR: {}".format(e), file=sys.stderr)
         return 1
     config = os.path.join("configs", RELEASE_CONFIGS[variant])
