@@ -35,10 +35,16 @@ What it writes (``--out``, default ``tests/fixtures/panet_release``):
   box class probabilities and deltas, mask probabilities;
 * ``PROVENANCE.md`` and ``LICENSE.PANet-release`` (the release's MIT notice).
 
+With ``--e2e OUT.json`` it writes no fixture; instead it runs, for each variant, the release's
+whole test path (``core/test.py`` ``im_detect_all``) and panet_d2's ``DefaultPredictor`` on the same
+seeded weights (the full R-50 model, converted by ``tools/convert_panet_release.py``) on the in-repo
+COCO images, and compares the final detections (docs/release_parity.md).
+
 Usage::
 
     git clone <PANet release> /path/to/PANet
     python3 tools/make_release_fixture.py --release /path/to/PANet
+    python3 tools/make_release_fixture.py --release /path/to/PANet --e2e e2e.json
 """
 
 import argparse
