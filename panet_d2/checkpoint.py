@@ -118,7 +118,7 @@ class _AtomicWrites:
 NOT_REQUIRED_SUFFIXES = ("num_batches_tracked", "pixel_mean", "pixel_std")
 
 # What a Detectron2 .pkl may hold: NumPy arrays and scalars, numbers, strings and containers.
-_NUMPY_GLOBALS = {"_reconstruct", "scalar"}
+_NUMPY_GLOBALS = {"multiarray": ("_reconstruct", "scalar"), "numeric": ("_frombuffer",)}
 _SAFE_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
@@ -138,11 +138,12 @@ class RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         plain = module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS
-        numpy = (
-            module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in _NUMPY_GLOBALS
+        package, _, submodule = module.rpartition(".")
+        numpy = package in ("numpy.core", "numpy._core") and name in _NUMPY_GLOBALS.get(
+            submodule, ()
         )
         if numpy:  # NumPy 2 moved numpy.core to numpy._core (the old name warns)
-            module = "numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray"
+            module = ("numpy._core." if hasattr(np, "_core") else "numpy.core.") + submodule
         if plain or numpy or (module, name) in _SAFE_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError("refused global {}.{}".format(module, name))

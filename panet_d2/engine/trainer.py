@@ -281,8 +281,13 @@ class PANetTrainer(DefaultTrainer):
         if found:
             losses = " ".join(found.group(1).split())
             what = "the loss became NaN or infinite: {}".format(losses)
-        else:  # the checkpointer's (weights) or another FloatingPointError
-            what = " ".join(str(e).split())
+        else:  # the checkpointer's (weights), or Detectron2's of NaN boxes in the forward pass
+            what = " ".join(str(e).split()).rstrip(".")
+            try:
+                loss, at = self.storage.latest()["total_loss"]
+                what += " (the last total_loss: {:.4g}, at iteration {})".format(loss, at)
+            except (AttributeError, KeyError):
+                pass
         return TrainingDivergedError(
             "Training diverged at iteration {}: {}. The last checkpoint written before it: {}. "
             "Try a lower SOLVER.BASE_LR, a longer SOLVER.WARMUP_ITERS or "
