@@ -1,18 +1,24 @@
 # -*- coding: utf-8 -*-
 """
 Tests of panet_d2.model_zoo and of how the configs are packaged (setup.py): every config under
-configs/ loads by its relative path, from the checkout and from a copy of the tree elsewhere.
+configs/ loads by its relative path, from the checkout and from a copy of the tree elsewhere;
+the LazyConfig files as Detectron2's model_zoo loads its own; trained=True says what exists.
 """
 
+import glob
 import importlib.util
 import os
+import re
 import shutil
 
 import pytest
 
 pytest.importorskip("detectron2")
 
-from detectron2.config import get_cfg  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from detectron2 import model_zoo as d2_model_zoo  # noqa: E402
+from detectron2.config import LazyConfig, get_cfg  # noqa: E402
 
 import panet_d2.model_zoo.model_zoo as zoo_module  # noqa: E402
 from panet_d2 import add_panet_config, model_zoo  # noqa: E402
@@ -21,11 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs")
 
 
-def _all_configs(root=CONFIGS):
+def _all_configs(root=CONFIGS, ext=(".yaml",)):
     out = []
     for dirpath, _, names in os.walk(root):
         for n in names:
-            if n.endswith(".yaml"):
+            if n.endswith(ext):
                 out.append(os.path.relpath(os.path.join(dirpath, n), root).replace(os.sep, "/"))
     return sorted(out)
 
@@ -42,7 +48,10 @@ def test_configs_exist():
     assert "Base-PANet.yaml" in names
     assert "quick_schedules/panet_R_18_synth_instance.yaml" in names
     assert "quick_schedules/panet_R_18_synth_instance_smoke.yaml" in names
-    assert model_zoo.list_configs() == names
+    lazy = _all_configs(ext=(".py",))
+    assert "new_baselines/panet_R_50_FPN_100ep_LSJ.py" in lazy
+    assert "quick_schedules/panet_R_18_synth_lazy.py" in lazy
+    assert model_zoo.list_configs() == sorted(names + lazy)
 
 
 @pytest.mark.parametrize("name", _all_configs())
@@ -68,7 +77,11 @@ def test_configs_load_from_a_copy_elsewhere(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo_module, "_SOURCE_CONFIG_DIR", str(tmp_path / "no_checkout"))
     monkeypatch.chdir(tmp_path)
     names = _all_configs(str(package_configs))
-    assert model_zoo.list_configs() == names == _all_configs()
+    everything = _all_configs(str(package_configs), ext=(".yaml", ".py"))
+    assert model_zoo.list_configs() == everything == _all_configs(ext=(".yaml", ".py"))
+    lazy = "quick_schedules/panet_R_18_synth_lazy.py"  # its relative import resolves there too
+    assert model_zoo.get_config_file(lazy).startswith(str(package_configs))
+    assert model_zoo.get_config(lazy).model.roi_heads.num_classes == 3
     for name in names:
         path = model_zoo.get_config_file(name)
         assert path.startswith(str(package_configs))
@@ -86,6 +99,66 @@ def test_errors():
         model_zoo.get_config("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml", trained=True)
     with pytest.raises(RuntimeError, match="No trained PANet model"):
         model_zoo.get("quick_schedules/panet_R_18_synth_instance.yaml", trained=True)
+
+
+def _py(cfg):
+    """The LazyConfig's contents, without object addresses (norm lambdas)."""
+    return re.sub(r" at 0x[0-9a-f]+", "", str(cfg))
+
+
+@pytest.mark.parametrize("name", _all_configs(ext=(".py",)))
+def test_lazy_configs_as_detectron2_model_zoo(name):
+    """A LazyConfig file gives what LazyConfig.load gives, as Detectron2's get_config does for
+    its own .py files (a DictConfig with model / dataloader / train / optimizer)."""
+    cfg = model_zoo.get_config(name)
+    assert isinstance(cfg, DictConfig)
+    d2_style = d2_model_zoo.get_config("new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py")
+    assert set(d2_style) <= set(cfg)  # the same sections as Detectron2's recipe
+    expected = LazyConfig.load(os.path.join(CONFIGS, name))
+    assert _py(cfg) == _py(expected)
+    with pytest.raises(RuntimeError, match="No trained PANet model"):
+        model_zoo.get_config(name, trained=True)
+
+
+def test_get_builds_a_lazyconfig_model():
+    import torch
+
+    model = model_zoo.get("quick_schedules/panet_R_18_synth_lazy.py", device="cpu")
+    assert isinstance(model, torch.nn.Module) and model.training
+    assert type(model.roi_heads).__name__ == "PANetROIHeads"
+    assert next(model.parameters()).device.type == "cpu"
+
+
+RELEASE_CONFIGS = sorted(
+    os.path.relpath(p, CONFIGS).replace(os.sep, "/")
+    for p in glob.glob(os.path.join(CONFIGS, "*", "panet_*_release_*.yaml"))
+)
+
+
+@pytest.mark.parametrize("name", RELEASE_CONFIGS)
+def test_trained_release_config_says_how_to_get_the_weights(name):
+    """trained=True on a release config: the authors' model (their README's link) and the
+    conversion command, for every release config in configs/."""
+    assert name in model_zoo.RELEASE_MODELS
+    with pytest.raises(RuntimeError) as e:
+        model_zoo.get_config(name, trained=True)
+    msg = str(e.value)
+    assert "drive.google.com/file/d/" in msg and "ShuLiu1993/PANet" in msg
+    assert "python3 tools/convert_panet_release.py model_step*.pth converted.pth" in msg
+    assert "MODEL.WEIGHTS" in msg and name in msg
+    with pytest.raises(RuntimeError, match="convert_panet_release"):
+        model_zoo.get(name, trained=True)
+
+
+def test_release_models_are_the_release_readme_rows():
+    """The three trained models of the release's README (R-50 det, det 2fc, mask 2x): three
+    different links, one per release config (converter's table: tools/convert_panet_release.py)."""
+    assert len(RELEASE_CONFIGS) == 3 and sorted(model_zoo.RELEASE_MODELS) == RELEASE_CONFIGS
+    urls = [url for _, url in model_zoo.RELEASE_MODELS.values()]
+    assert len(set(urls)) == 3
+    converter = open(os.path.join(ROOT, "tools", "convert_panet_release.py")).read()
+    for name in RELEASE_CONFIGS:
+        assert os.path.basename(name) in converter
 
 
 def test_get_builds_the_model():

@@ -11,27 +11,39 @@ Where the configs are found:
 2. ``<repo>/configs`` of a source checkout used without installing (the package directory
    ``panet_d2`` next to ``configs/``).
 
-Every config reaches its bases through relative ``_BASE_`` paths, so a config resolves wherever
-the tree is (package, checkout, or any copy).
+Every config reaches its bases through relative paths (``_BASE_`` of the yacs ``.yaml`` files,
+relative imports of the LazyConfig ``.py`` files), so a config resolves wherever the tree is
+(package, checkout, or any copy). As in Detectron2's model zoo, a ``.yaml`` file gives a yacs
+``CfgNode`` and a ``.py`` file a LazyConfig (``omegaconf.DictConfig``).
 
-Trained weights: no PANet weights are published, so ``trained=True`` raises an error (as
-Detectron2 does for a config without released weights); ``trained=False`` keeps the config's
-MODEL.WEIGHTS (ImageNet-pretrained backbones for the COCO / Cityscapes configs, "" for the
-quick schedules, which train from scratch).
+Trained weights: panet_d2 publishes none, so ``trained=True`` raises an error (as Detectron2 does
+for a config without released weights) saying what exists: for the release configs
+(``*_release_*.yaml``), the authors' trained model and how to convert it
+(``tools/convert_panet_release.py``); ``trained=False`` keeps the config's MODEL.WEIGHTS /
+``train.init_checkpoint`` (ImageNet-pretrained backbones for the COCO / Cityscapes configs, ""
+for the quick schedules, which train from scratch).
 """
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
+from omegaconf import DictConfig
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
 
 from ..checkpoint import PANetCheckpointer
 from ..config import add_panet_config
 
-__all__ = ["get_config_file", "get_config", "get", "get_checkpoint_url", "list_configs"]
+__all__ = [
+    "get_config_file",
+    "get_config",
+    "get",
+    "get_checkpoint_url",
+    "list_configs",
+    "RELEASE_MODELS",
+]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # 1. inside the installed package (a link to or copy of <repo>/configs, made by setup.py)
@@ -40,6 +52,25 @@ _PACKAGE_CONFIG_DIR = os.path.join(_HERE, "configs")
 _SOURCE_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(_HERE)), "configs")
 # a file that only PANet's config tree has (so that e.g. site-packages/configs is never used)
 _MARKER = "Base-PANet.yaml"
+_CONFIG_EXTENSIONS = (".yaml", ".py")  # yacs files and LazyConfig files
+
+# The authors' trained models (github.com/ShuLiu1993/PANet, its README's "Main Results": model,
+# box AP / mask AP on COCO 2017 val, their numbers) and the configs that compute what each computes
+# once converted by tools/convert_panet_release.py.
+RELEASE_MODELS = {
+    "COCO-Detection/panet_R_50_FPN_release_1x.yaml": (
+        "R-50-PANet, Faster, 1x (box AP 39.8)",
+        "https://drive.google.com/file/d/1_ahNQHY3D4mbsMWHR2FwmItBkLwYOrS4/view?usp=sharing",
+    ),
+    "COCO-Detection/panet_R_50_FPN_release_2fc_1x.yaml": (
+        "R-50-PANet-2fc, Faster, 1x (box AP 39.6)",
+        "https://drive.google.com/file/d/1s-xm8GxHbmnt5M3gOMacXIRMvCGaDeRR/view?usp=sharing",
+    ),
+    "COCO-InstanceSegmentation/panet_R_50_FPN_release_2x.yaml": (
+        "R-50-PANet, Mask, 2x (box AP 43.1, mask AP 38.3)",
+        "https://drive.google.com/file/d/1-pVZQ3GR6Aj7KJzH9nWoRQ-Lts8IcdMS/view?usp=sharing",
+    ),
+}
 
 
 def _config_dirs() -> List[str]:
@@ -53,14 +84,15 @@ def _config_dirs() -> List[str]:
 def list_configs() -> List[str]:
     """
     Returns:
-        list[str]: the relative paths of all model-zoo configs (e.g.
-        "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml"), sorted.
+        list[str]: the relative paths of all model-zoo configs, yacs and LazyConfig files (e.g.
+        "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",
+        "new_baselines/panet_R_50_FPN_100ep_LSJ.py"), sorted.
     """
     found = set()
     for d in _config_dirs():
         for dirpath, _, names in os.walk(d, followlinks=True):
             for name in names:
-                if name.endswith(".yaml"):
+                if name.endswith(_CONFIG_EXTENSIONS) and name != "__init__.py":
                     rel = os.path.relpath(os.path.join(dirpath, name), d)
                     found.add(rel.replace(os.sep, "/"))
     return sorted(found)
@@ -97,8 +129,21 @@ def get_config_file(config_path: str) -> str:
 
 def get_checkpoint_url(config_path: str) -> str:
     """
-    No trained PANet weights are published: always raises, naming the alternatives.
+    No trained PANet weights are published by panet_d2: always raises, naming the alternatives
+    (for a release config, the authors' model and its conversion).
     """
+    if config_path in RELEASE_MODELS:
+        what, url = RELEASE_MODELS[config_path]
+        raise RuntimeError(
+            "panet_d2 does not host trained weights for {!r}. The authors' model it computes "
+            "({}) is linked from their release's README (github.com/ShuLiu1993/PANet): {} . "
+            "Download it (model_step*.pth), convert it with\n"
+            "    python3 tools/convert_panet_release.py model_step*.pth converted.pth\n"
+            "and load it with get_config({!r}) and MODEL.WEIGHTS=converted.pth (or "
+            "train_net.py / demo.py ... MODEL.WEIGHTS converted.pth).".format(
+                config_path, what, url, config_path
+            )
+        )
     raise RuntimeError(
         "No trained PANet model is published for {!r}: panet_d2 ships configs only. Train one "
         "with train_net.py and load it with MODEL.WEIGHTS=/path/to/model_final.pth (or "
@@ -107,23 +152,29 @@ def get_checkpoint_url(config_path: str) -> str:
     )
 
 
-def get_config(config_path: str, trained: bool = False) -> CfgNode:
+def get_config(config_path: str, trained: bool = False) -> Union[CfgNode, DictConfig]:
     """
     Returns a config object for a model in model zoo.
 
     Args:
         config_path (str): config file name relative to PANet's "configs/" directory, e.g.,
-            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml".
-        trained (bool): if True, would set MODEL.WEIGHTS to trained weights; none are published,
-            so it raises (:func:`get_checkpoint_url`). If False, the config's MODEL.WEIGHTS is
-            kept.
+            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml" or
+            "new_baselines/panet_R_50_FPN_100ep_LSJ.py".
+        trained (bool): if True, would set MODEL.WEIGHTS (``train.init_checkpoint``) to trained
+            weights; none are published, so it raises (:func:`get_checkpoint_url`: for a release
+            config, how to get and convert the authors' model). If False, the config's weights
+            are kept.
 
     Returns:
-        CfgNode: Detectron2's default config + PANet's keys (:func:`add_panet_config`) + the file.
+        CfgNode or omegaconf.DictConfig: of a ``.yaml`` file, Detectron2's default config +
+        PANet's keys (:func:`add_panet_config`) + the file; of a ``.py`` file, the LazyConfig
+        (``LazyConfig.load``).
     """
     cfg_file = get_config_file(config_path)
     if trained:
         get_checkpoint_url(config_path)
+    if cfg_file.endswith(".py"):
+        return LazyConfig.load(cfg_file)
     cfg = get_cfg()
     add_panet_config(cfg)
     cfg.merge_from_file(cfg_file)
@@ -142,8 +193,10 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
             CUDA is not available).
 
     Returns:
-        nn.Module: a PANet model (with the config's MODEL.WEIGHTS loaded). Will be in training
-        mode.
+        nn.Module: a PANet model (with the config's MODEL.WEIGHTS, or of a LazyConfig its
+        ``train.init_checkpoint``, loaded as a warm start, as training loads them: "" builds it
+        from scratch, a Detectron2 / ImageNet checkpoint fills what it holds). Will be in
+        training mode.
 
     Example:
     ::
@@ -153,8 +206,15 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     cfg = get_config(config_path, trained)
     if device is None and not torch.cuda.is_available():
         device = "cpu"
+    if not isinstance(cfg, CfgNode):  # a LazyConfig, as Detectron2's model_zoo.get
+        model = instantiate(cfg.model)
+        if device is not None:
+            model = model.to(device)
+        if "train" in cfg and "init_checkpoint" in cfg.train:
+            PANetCheckpointer(model, warm_start=True).load(cfg.train.init_checkpoint)
+        return model
     if device is not None:
         cfg.MODEL.DEVICE = device
     model = build_model(cfg)
-    PANetCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    PANetCheckpointer(model, warm_start=True).load(cfg.MODEL.WEIGHTS)
     return model
