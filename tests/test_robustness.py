@@ -592,8 +592,9 @@ def test_full_disk_while_saving(tmp_path, monkeypatch, where):
         monkeypatch.setattr(PathManager, "open", open_full)
     with pytest.raises(CheckpointError) as e:
         checkpointer.save("model_final")
-    expected = "Cannot save checkpoint 'model_final.pth' in {!r}: No space left on device (the "
-    assert str(e.value) == expected.format(str(tmp_path)) + "previous checkpoint is intact)."
+    expected = "Cannot save checkpoint {!r}: No space left on device (the previous checkpoint is "
+    expected += "intact: last_checkpoint names 'model_final.pth')."
+    assert str(e.value) == expected.format(str(tmp_path / "model_final.pth"))
     monkeypatch.undo()
     after = {n: (tmp_path / n).read_bytes() for n in before}
     if where == "tag":  # the checkpoint was saved; its tag still names the same file
@@ -602,3 +603,57 @@ def test_full_disk_while_saving(tmp_path, monkeypatch, where):
         assert after == before
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]  # no partial
     PANetCheckpointer(torch.nn.Linear(3, 2), str(tmp_path)).load(str(tmp_path / "model_final.pth"))
+
+
+# -------------------------------------------------------------------------------------------------
+# Image sizes: a record whose width / height differ from the file (EXIF rotation included)
+# -------------------------------------------------------------------------------------------------
+def _size_record(folder, name, stored_wh, orientation, record_wh):
+    """An image stored ``stored_wh`` (w, h) with an EXIF orientation, its record ``record_wh``."""
+    path = os.path.join(str(folder), name)
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    w, h = stored_wh
+    Image.fromarray(np.full((h, w, 3), 128, np.uint8)).save(path, exif=exif, quality=95)
+    box = [4.0, 4.0, 20.0, 20.0]
+    anno = dict(bbox=box, bbox_mode=0, category_id=0, iscrowd=0, segmentation=[_box_polygon(box)])
+    return dict(
+        file_name=path, image_id=7, width=record_wh[0], height=record_wh[1], annotations=[anno]
+    )
+
+
+def test_image_size_mismatch_is_one_line(tmp_path):
+    cfg = panet_cfg(
+        "quick_schedules/panet_R_18_synth_instance.yaml",
+        opts=["INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.RANDOM_FLIP", "none"],
+    )
+    mapper = ImageDatasetMapper(cfg, True)
+    # a rotated photo whose record has the upright size: read as it is
+    record = _size_record(tmp_path, "upright.jpg", (96, 64), 6, (64, 96))
+    assert tuple(mapper(copy.deepcopy(record))["image"].shape[1:]) == (96, 64)  # (h, w) upright
+    # its record with the stored size (read upright: 64 x 96)
+    record = _size_record(tmp_path, "rotated.jpg", (96, 64), 6, (96, 64))
+    with pytest.raises(DatasetError) as e:
+        mapper(record)
+    assert str(e.value) == (
+        "Image {!r} (image_id 7) is 64x96 (width x height) as read, its dataset record says 96x64; "
+        "the file is stored 96x64 with EXIF orientation 6 (a rotated photo, read upright as "
+        "Detectron2 reads it): write its upright size 64x96 in the dataset's JSON. Fix the width / "
+        "height of the record, or the image file.".format(record["file_name"])
+    )
+    # a plain mismatch, in the panoptic mapper's path as well
+    record = _size_record(tmp_path, "plain.png", (80, 60), None, (81, 60))
+    expected = (
+        "Image {!r} (image_id 7) is 80x60 (width x height) as read, its dataset record says 81x60. "
+        "Fix the width / height of the record, or the image file.".format(record["file_name"])
+    )
+    with pytest.raises(DatasetError) as e:
+        mapper(copy.deepcopy(record))
+    assert str(e.value) == expected
+    panoptic = PanopticDatasetMapper(
+        panet_cfg("quick_schedules/panoptic_panet_R_18_synth.yaml"), False
+    )
+    with pytest.raises(DatasetError) as e:
+        panoptic(record)
+    assert str(e.value) == expected
