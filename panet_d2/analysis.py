@@ -18,6 +18,9 @@ Counting convention (fvcore's): one multiply-add = one flop.
 * ``torchvision::roi_align``: 4 multiply-adds (bilinear) per sample, sampling_ratio^2 samples per
   output element; with sampling_ratio 0 (adaptive: the samples depend on each box's size, which
   the traced graph does not show) counted as 1 sample per bin, a lower bound.
+* ``aten::embedding_bag`` (the all-level RoIAlign of traced CPU graphs, ``multilevel_roi_align``):
+  one multiply-add per index and embedding column, numel(indices) * dim: RoIAlign's count again
+  (each bag is one output bin's sampling_ratio^2 samples x 4 bilinear taps).
 """
 
 import importlib
@@ -29,7 +32,12 @@ from fvcore.nn.jit_handles import get_shape
 # the module (fvcore.nn re-exports a function of the same name)
 _fvcore_flop_count = importlib.import_module("fvcore.nn.flop_count")
 
-__all__ = ["baddbmm_flop_jit", "reduction_flop_jit", "roi_align_flop_jit"]
+__all__ = [
+    "baddbmm_flop_jit",
+    "reduction_flop_jit",
+    "roi_align_flop_jit",
+    "embedding_bag_flop_jit",
+]
 
 
 def _numel(shape) -> int:
@@ -58,11 +66,17 @@ def roi_align_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
     return 4 * samples * _numel(get_shape(outputs[0]))
 
 
+def embedding_bag_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
+    """``embedding_bag(weight (V, D), indices, ...)``: numel(indices) * D multiply-adds."""
+    return _numel(get_shape(inputs[1])) * get_shape(inputs[0])[-1]
+
+
 _fvcore_flop_count._DEFAULT_SUPPORTED_OPS.update(
     {
         "aten::baddbmm": baddbmm_flop_jit,
         "aten::amax": reduction_flop_jit,
         "aten::sum": reduction_flop_jit,
         "torchvision::roi_align": roi_align_flop_jit,
+        "aten::embedding_bag": embedding_bag_flop_jit,
     }
 )

@@ -32,18 +32,6 @@ def single_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture
-def per_level_roi_align(monkeypatch):
-    """
-    Eager AFP with torchvision's RoIAlign on each level: the op that traced, scripted and ONNX
-    graphs hold, so that exports compare with eager exactly. (The batched CPU op that eager uses
-    otherwise equals it to float rounding: tests/test_adaptive_feature_pooling.py.)
-    """
-    from panet_d2.modeling.adaptive_feature_pooling import AdaptiveFeaturePooler
-
-    monkeypatch.setattr(AdaptiveFeaturePooler, "_use_multilevel_roi_align", lambda self, x: False)
-
-
 @pytest.fixture(autouse=True)
 def _project_logs_reach_caplog():
     """

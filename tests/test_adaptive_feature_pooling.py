@@ -90,28 +90,103 @@ def test_multilevel_roi_align_equals_torchvision_values_and_gradients(aligned, r
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_pooler_batches_levels_on_cpu_and_keeps_torchvision_when_traced(monkeypatch):
+def _rois(n, seed, size=300):
+    """n boxes over both images of the batch, partly outside the image, some sub-pixel."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * size - 30
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 200 + 0.3
+    return torch.cat([torch.arange(n).remainder(2)[:, None].double(), xy, xy + wh], dim=1)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_multilevel_roi_align_scripted_and_traced_equals_torchvision(aligned):
+    # What exported graphs hold: the op compiled by TorchScript, and traced on one image size and
+    # number of boxes, then run on others; values and gradients against torchvision's op.
+    args = (list(SCALES), (7, 5), 2, aligned)
+    scripted = torch.jit.script(multilevel_roi_align)
+
+    class Wrap(torch.nn.Module):
+        def forward(self, a, b, c, d, rois):
+            return multilevel_roi_align([a, b, c, d], rois, *args)
+
+    x = [f.double() for f in _features(n=2, c=3, size=64, seed=2)]
+    traced = torch.jit.trace(Wrap(), (*x, _rois(6, 3)), check_trace=False)
+    g = torch.Generator().manual_seed(4)
+    for size, n in ((64, 40), (96, 25)):
+        x = [f.double().requires_grad_() for f in _features(n=2, c=3, size=size, seed=size)]
+        rois = _rois(n, seed=n, size=size * 5)
+        ref = _tv_roi_align_per_level(x, rois, (7, 5), 2, aligned)
+        grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+        ref_grads = torch.autograd.grad(ref, x, grad)
+        for out in (scripted(x, rois, *args), traced(*x, rois)):
+            torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+            for a, b in zip(torch.autograd.grad(out, x, grad), ref_grads):
+                torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+class _PoolerOf4(torch.nn.Module):
+    """The pooler on 4 feature maps and one image's boxes: tensors in, tensor out."""
+
+    def __init__(self, pooler):
+        super().__init__()
+        self.pooler = pooler
+
+    def forward(self, a, b, c, d, boxes):
+        return self.pooler([a, b, c, d], [Boxes(boxes)])
+
+
+def test_pooler_pools_all_levels_at_once_eager_scripted_and_traced_on_cpu(monkeypatch):
     afp = AdaptiveFeaturePooler(7, SCALES, sampling_ratio=2, pooler_type="ROIAlignV2")
+    x, boxes = _features(), _boxes()
+    scripted = torch.jit.script(_PoolerOf4(afp))
+    x1 = [f[:1] for f in _features(size=64, seed=5)]
+    traced = torch.jit.trace(_PoolerOf4(afp), (*x1, boxes[0].tensor), check_trace=False)
     calls = []
     for p in afp.level_poolers:
         orig = p.forward
         monkeypatch.setattr(p, "forward", lambda f, b, orig=orig: calls.append(1) or orig(f, b))
-    x, boxes = _features(), _boxes()
     eager = afp(x, boxes)
     assert calls == []  # one batched op, no per-level RoIAlign
     ref = torch.stack(
         [ROIPooler(7, (s,), 2, "ROIAlignV2")([f], boxes) for f, s in zip(x, SCALES)], dim=1
     )
     torch.testing.assert_close(eager, ref)
+    # the traced graph holds the batched op alone; the scripted one decides by device at run time
+    assert "embedding_bag" in str(scripted.inlined_graph)
+    assert "embedding_bag" in str(traced.inlined_graph)
+    assert "torchvision::roi_align" not in str(traced.inlined_graph)
+    # another image size and number of boxes than traced
+    x2 = [f[1:] for f in _features(size=96, seed=6)]
+    b2 = torch.tensor([[3.0, 7.0, 90.0, 60.0], [40.0, 2.0, 41.0, 95.0], [0.0, 0.0, 96.0, 96.0]])
+    expected = afp(x2, [Boxes(b2)])
+    assert torch.equal(traced(*x2, b2), expected) and torch.equal(scripted(*x2, b2), expected)
+    assert traced(*x2, b2[:0]).shape == (0, 4, 8, 7, 7)
 
-    class Wrap(torch.nn.Module):
-        def forward(self, *feats):
-            return afp(list(feats), boxes)
 
-    traced = torch.jit.trace(Wrap(), tuple(x), check_trace=False)
-    assert calls == [1, 1, 1, 1]
-    assert "roi_align" in str(traced.graph) and "embedding_bag" not in str(traced.graph)
-    torch.testing.assert_close(traced(*x), eager)
+def test_pooler_exports_roialign_per_level_to_onnx(tmp_path):
+    # ONNX export records embedding_bag as a Loop over the output bins: the pooler exports ONNX's
+    # RoiAlign on each level instead (module docstring).
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    afp = AdaptiveFeaturePooler(7, SCALES, sampling_ratio=2, pooler_type="ROIAlignV2")
+    x1 = [f[:1] for f in _features(size=64, seed=5)]
+    path = str(tmp_path / "pooler.onnx")
+    torch.onnx.export(
+        _PoolerOf4(afp),
+        (*x1, _boxes()[0].tensor),
+        path,
+        dynamo=False,
+        opset_version=16,
+        input_names=["a", "b", "c", "d", "boxes"],
+        dynamic_axes={"boxes": {0: "boxes"}},
+    )
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert ops.count("RoiAlign") == 4 and "Loop" not in ops
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    b2 = torch.tensor([[3.0, 7.0, 50.0, 60.0], [40.0, 2.0, 41.0, 63.0]])
+    feed = {k: f.numpy() for k, f in zip("abcd", x1)}
+    got = torch.from_numpy(session.run(None, {**feed, "boxes": b2.numpy()})[0])
+    torch.testing.assert_close(got, afp(x1, [Boxes(b2)]), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("sampling_ratio", [0, 2])

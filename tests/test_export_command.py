@@ -23,8 +23,7 @@ from panet_d2.evaluation import build_evaluator
 from .common import panet_cfg, random_image
 from .export_common import assert_equal_fields, instances_fields
 
-# exported graphs hold torchvision's RoIAlign: compare them with eager on the same op
-pytestmark = pytest.mark.usefixtures("single_thread", "per_level_roi_align")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANCE = "quick_schedules/panet_R_18_synth_instance.yaml"

@@ -26,9 +26,6 @@ from .export_common import (
     small_model,
 )
 
-# exported graphs hold torchvision's RoIAlign: compare them with eager on the same op
-pytestmark = pytest.mark.usefixtures("per_level_roi_align")
-
 if os.environ.get("CI"):  # installed by the README's install command: never skipped in CI
     import onnx
     import onnxruntime  # noqa: F401

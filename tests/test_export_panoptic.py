@@ -6,7 +6,6 @@ possible: Detectron2's ``FlopCountAnalysis`` (which traces the model) on the pan
 """
 
 import numpy as np
-import pytest
 import torch
 
 from detectron2.modeling.meta_arch.panoptic_fpn import (
@@ -24,9 +23,6 @@ from panet_d2.modeling.panoptic_merge import (
 from .common import random_image
 from .export_common import small_model
 from .test_panoptic_merge import _inst, _random_case, _types
-
-# exported graphs hold torchvision's RoIAlign: compare them with eager on the same op
-pytestmark = pytest.mark.usefixtures("per_level_roi_align")
 
 SCRIPTED_MERGE = torch.jit.script(merge_panoptic_tensors)
 

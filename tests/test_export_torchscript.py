@@ -25,9 +25,6 @@ from .export_common import (
     small_model,
 )
 
-# exported graphs hold torchvision's RoIAlign: compare them with eager on the same op
-pytestmark = pytest.mark.usefixtures("per_level_roi_align")
-
 # A handful of the configs (all 45 would take minutes): what each switches on or off.
 INSTANCE_CONFIGS = [
     "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",  # BPA + AFP (after fc1, max) + FF

@@ -12,6 +12,7 @@ from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
 from ..errors import ConfigError, check_choice
 from .adaptive_feature_pooling import AdaptiveFeaturePooler
 from .box_head import PANetConvFCHead
+from .fast_rcnn import PANetFastRCNNOutputLayers
 from .mask_head import PANetMaskHead
 
 __all__ = ["PANetROIHeads"]
@@ -80,6 +81,12 @@ class PANetROIHeads(StandardROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
+        # Detectron2's predictor, whose inference runs NMS per class when traced too; its weights
+        # (and the random stream of the layers built after it) as Detectron2 initialised them
+        with torch.random.fork_rng(devices=[]):
+            predictor = PANetFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        predictor.load_state_dict(ret["box_predictor"].state_dict())
+        ret["box_predictor"] = predictor
         if cfg.MODEL.AFP.ENABLED:
             ret["box_pooler"] = cls._all_level_pooler(cfg.MODEL.ROI_BOX_HEAD, cfg, input_shape)
         return ret
