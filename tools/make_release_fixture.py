@@ -645,6 +645,8 @@ def run_end_to_end(config, model_builder, release, root, variant, images, settin
             hook = predictor.model.proposal_generator.register_forward_hook(
                 lambda m, i, o: props.update(boxes=o[0][0].proposal_boxes.tensor.numpy().copy())
             )
+            if opts.get("padded_clip"):
+                _clip_proposals_to_padded_size(predictor)
             with _InclusiveRois() if opts.get("inclusive_rois") else contextlib.nullcontext():
                 if opts.get("release_resize"):
                     resized, _ = blob_utils.prep_im_for_blob(
@@ -686,7 +688,8 @@ def run_end_to_end(config, model_builder, release, root, variant, images, settin
 # * "release_resize" (diagnostic): the image resized by the release's own prep_im_for_blob (its
 #   size rounding and scale), given to the model with the original height and width;
 # * "inclusive_rois" (diagnostic, not a config): the RoIs' x1, y1 minus 1 before RoIAlign,
-#   as the release passes its inclusive boxes.
+#   as the release passes its inclusive boxes;
+# * "padded_clip" (diagnostic): proposals clipped to the padded input, as the release's.
 _D2_ANCHORS = ["MODEL.ANCHOR_GENERATOR.NAME", "DefaultAnchorGenerator"]
 E2E_SETTINGS = {
     "d2_anchors_offset_0": {"opts": _D2_ANCHORS + ["MODEL.ANCHOR_GENERATOR.OFFSET", 0.0]},
@@ -695,7 +698,24 @@ E2E_SETTINGS = {
     "float_image": {"float_image": True},
     "release_resize": {"release_resize": True},
     "inclusive_rois": {"release_resize": True, "inclusive_rois": True},
+    "padded_clip": {"release_resize": True, "inclusive_rois": True, "padded_clip": True},
 }
+
+
+def _clip_proposals_to_padded_size(predictor):
+    """Diagnostic: the RPN clips its proposals to the padded input (a multiple of 32), as the
+    release clips them to its blob's size (``im_info``), instead of to the resized image."""
+    rpn = predictor.model.proposal_generator
+    predict = rpn.predict_proposals
+
+    def padded(anchors, logits, deltas, image_sizes):
+        sizes = [(-(-h // 32) * 32, -(-w // 32) * 32) for h, w in image_sizes]
+        proposals = predict(anchors, logits, deltas, sizes)
+        for p, size in zip(proposals, image_sizes):  # the heads' clipping and rescaling: as before
+            p._image_size = tuple(size)
+        return proposals
+
+    rpn.predict_proposals = padded
 
 
 class _InclusiveRois:
@@ -825,6 +845,9 @@ def main(argv=None):
         "write the comparison to JSON",
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--settings", nargs="+", default=list(E2E_SETTINGS), choices=list(E2E_SETTINGS)
+    )
     args = parser.parse_args(argv)
     release = os.path.abspath(args.release)
     os.makedirs(args.out, exist_ok=True)
@@ -838,10 +861,11 @@ def main(argv=None):
             for f in os.listdir(os.path.join(root, os.path.dirname(IMAGE)))
             if f.endswith(".jpg")
         )
-        doc = {"release_commit": commit, "seed": SEED, "settings": E2E_SETTINGS, "variants": {}}
+        settings = {k: E2E_SETTINGS[k] for k in args.settings}
+        doc = {"release_commit": commit, "seed": SEED, "settings": settings, "variants": {}}
         for variant in args.variants:
             doc["variants"][variant] = run_end_to_end(
-                config, model_builder, release, root, variant, images, E2E_SETTINGS
+                config, model_builder, release, root, variant, images, settings
             )
         with open(args.e2e, "w") as f:
             json.dump(doc, f, indent=1)
