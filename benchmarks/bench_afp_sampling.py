@@ -7,8 +7,7 @@ What RoIAlign costs in adaptive feature pooling: the box branch's all-level pool
 
 * MODEL.AFP.POOLER_SAMPLING_RATIO 0 (Detectron2's adaptive default): torchvision's RoIAlign on each
   level;
-* 2 (the authors' release), torchvision's RoIAlign on each level (what CUDA, tracing, scripting
-  and ONNX use);
+* 2 (the authors' release), torchvision's RoIAlign on each level (what CUDA and ONNX export use);
 * 2, the batched op that eager mode uses on the CPU (``multilevel_roi_align``).
 
 Forward alone (inference) and forward + backward (training: the gradient of every level), the

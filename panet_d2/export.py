@@ -18,6 +18,13 @@ fails inside Detectron2's RPN) at opset 16 (:data:`ONNX_OPSET_VERSION`): RoIAlig
 ``aligned=True`` (half-pixel coordinates) exists from opset 16 on; at Detectron2's default opset 11
 the boxes are off by more than 100 pixels. The image size is a dynamic axis.
 
+What the graphs hold where eager PyTorch is faster than the generic exported ops
+(docs/deployment.md): AFP's all-level RoIAlign is one batched op in TorchScript graphs on the CPU,
+as in eager mode, and ONNX's RoiAlign per level in ONNX graphs
+(:class:`~panet_d2.modeling.AdaptiveFeaturePooler`); detection post-processing runs one NMS per
+class in every form (:mod:`panet_d2.modeling.fast_rcnn`), never torchvision's traced NMS over all
+(box, class) candidates at once.
+
 Models whose norms are SyncBatchNorm (the MBN configs) are exported with BatchNorm2d in their place
 (:func:`convert_sync_batchnorm`: the same computation in inference; TorchScript cannot compile
 SyncBatchNorm). Models built from a LazyConfig (``detectron2.config.instantiate``) keep list and
