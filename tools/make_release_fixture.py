@@ -685,8 +685,8 @@ def run_end_to_end(config, model_builder, release, root, variant, images, settin
 #   DefaultPredictor on the uint8 image;
 # * "float_image": the image as float32: Detectron2 then resizes it with torch's bilinear
 #   interpolation, as the release does with cv2 on its float image (PIL on uint8 otherwise);
-# * "release_resize" (diagnostic): the image resized by the release's own prep_im_for_blob (its
-#   size rounding and scale), given to the model with the original height and width;
+# * "release_resize" (diagnostic): the image resized by the release's own prep_im_for_blob (cv2
+#   with one scale factor for a rounded size), given to the model with the original size;
 # * "inclusive_rois" (diagnostic, not a config): the RoIs' x1, y1 minus 1 before RoIAlign,
 #   as the release passes its inclusive boxes;
 # * "padded_clip" (diagnostic): proposals clipped to the padded input, as the release's.
