@@ -37,6 +37,9 @@ class DetectronAnchorGenerator(DefaultAnchorGenerator):
     aspect ratio) whose cell anchors have Detectron's whole-pixel-rounded shapes at each stride.
     """
 
+    # A constant for TorchScript (RPN reads it): the parent's Final annotation is not inherited.
+    box_dim: torch.jit.Final[int] = 4
+
     def _calculate_anchors(self, sizes, aspect_ratios):
         cell_anchors = [
             self.generate_quantized_cell_anchors(stride, s, a).float()
