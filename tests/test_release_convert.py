@@ -28,6 +28,7 @@ from panet_d2.errors import CheckpointError, ConfigError
 
 from .common import panet_cfg, random_image
 from .release_format import FULL, release_shapes
+from .test_export_torchscript import test_instance_model_scripts_and_traces as scripts_and_traces
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("det", "det_2fc", "mask")
@@ -427,3 +428,9 @@ def test_command_line_errors(tmp_path, capsys):
         tool.main([str(src), out] + OPTS + ["--no-model-check"])
     assert "before the config options" in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_release_config_scripts_and_traces():
+    # Detectron2's export (scripting_with_instances, TracingAdapter) of the release's mask model,
+    # Detectron's anchors included, equal to eager (the check of tests/test_export_torchscript.py)
+    scripts_and_traces(tool.RELEASE_CONFIGS["mask"])
