@@ -203,14 +203,14 @@ def run_tool(script, args, run_name="__main__"):
     Returns:
         dict: the globals of the script after it ran.
     """
-    argv, path0 = sys.argv, sys.path[0]
+    argv, path = sys.argv, list(sys.path)
     sys.argv = [script] + list(args)
-    sys.path[0] = os.path.dirname(script)  # as `python3 script`: e.g. demo.py's predictor.py
+    sys.path.insert(0, os.path.dirname(script))  # as `python3 script`: e.g. demo's predictor.py
     try:
         with panet_d2_environment(script):
             return runpy.run_path(script, run_name=run_name)
     finally:
-        sys.argv, sys.path[0] = argv, path0
+        sys.argv, sys.path[:] = argv, path
 
 
 def _become_tool_in_child():
