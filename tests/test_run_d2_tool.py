@@ -310,6 +310,13 @@ def test_lazyconfig_launcher_uses_the_same_finder(monkeypatch, tmp_path):
     (tmp_path / "tools" / "lazyconfig_train_net.py").write_text("")
     monkeypatch.setenv(d2_tools.ENV_VAR, str(tmp_path))
     assert launcher.find_detectron2_script() == str(tmp_path / "tools" / "lazyconfig_train_net.py")
+    # not found: the same message, naming where it looked
+    with pytest.raises(SystemExit) as e:
+        launcher.main(["--d2-root", str(tmp_path / "none"), "--config-file", "x.py"])
+    assert str(e.value.code).startswith("ERROR: Detectron2's tools/lazyconfig_train_net.py was")
+    assert os.path.join(str(tmp_path / "none"), "tools", "lazyconfig_train_net.py") in str(
+        e.value.code
+    )
 
 
 FAKE_TOOL = """
