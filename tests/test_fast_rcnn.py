@@ -115,3 +115,38 @@ def test_panet_roi_heads_use_it_with_detectron2s_weights():
     assert list(ours.state_dict()) == list(expected)
     for k, v in ours.state_dict().items():
         assert torch.equal(v, expected[k]), k
+
+
+def test_equal_scores_keep_the_candidates_order_in_every_backend(tmp_path):
+    # eager, scripted, traced and ONNX Runtime order equal scores alike (by candidate index), so
+    # that exported models return eager's detections in eager's order
+    boxes, _, classes = _candidates(60, 3, seed=7)
+    boxes = boxes + torch.arange(60.0)[:, None] * 300  # no overlaps: every candidate is kept
+    scores = torch.tensor([0.5, 0.9, 0.2] * 20)
+
+    class NMS(torch.nn.Module):
+        def forward(self, boxes, scores, classes):
+            return batched_nms(boxes, scores, classes, 0.5, 3)
+
+    ours = batched_nms(boxes, scores, classes, 0.5, 3)
+    index = torch.arange(60)
+    expected = torch.cat([index[1::3], index[0::3], index[2::3]])
+    assert torch.equal(ours, expected)
+    inputs = (boxes, scores, classes)
+    assert torch.equal(torch.jit.script(NMS())(*inputs), expected)
+    assert torch.equal(torch.jit.trace(NMS(), inputs, check_trace=False)(*inputs), expected)
+    onnxruntime = pytest.importorskip("onnxruntime")
+    path = str(tmp_path / "nms.onnx")
+    names = ["boxes", "scores", "classes"]
+    torch.onnx.export(
+        NMS(),
+        inputs,
+        path,
+        dynamo=False,
+        opset_version=16,
+        input_names=names,
+        dynamic_axes={k: {0: "n"} for k in names},
+    )
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = session.run(None, {k: v.numpy() for k, v in zip(names, inputs)})[0]
+    assert got.tolist() == expected.tolist()

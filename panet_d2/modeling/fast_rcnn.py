@@ -47,7 +47,8 @@ def batched_nms(
             holds one NMS per class).
 
     Returns:
-        Tensor: int64 indices of the kept candidates, by decreasing score.
+        Tensor: int64 indices of the kept candidates, by decreasing score (equal scores in the
+        order of the candidates).
     """
     boxes = boxes.float()  # as Detectron2's batched_nms (float16 lacks the range)
     keep = torch.zeros_like(scores, dtype=torch.bool)
@@ -55,7 +56,12 @@ def batched_nms(
         index = torch.where(classes == c)[0]
         keep[index[nms(boxes[index], scores[index], iou_threshold)]] = True
     kept = torch.where(keep)[0]
-    return kept[scores[kept].sort(descending=True)[1]]
+    # by decreasing score, equal scores by index: the same order in every backend (ONNX's TopK
+    # breaks ties so; torch's sort does only when stable, which ONNX export does not take)
+    if not torch.jit.is_scripting():
+        if torch.onnx.is_in_onnx_export():
+            return kept[scores[kept].topk(kept.shape[0])[1]]
+    return kept[scores[kept].sort(descending=True, stable=True)[1]]
 
 
 def fast_rcnn_inference_single_image(
