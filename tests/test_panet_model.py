@@ -115,8 +115,10 @@ def test_all_off_is_detectron2_mask_rcnn(d2_model):
 
 
 def _load(checkpointer_cls, model, path):
-    """Load ``path`` as ``checkpointer_cls(model).load(path)`` does; returns incompatible keys."""
-    checkpointer = checkpointer_cls(model)
+    """Load ``path`` as ``checkpointer_cls(model).load(path)`` does, PANetCheckpointer as the
+    trainer's (a warm start: new layers allowed); returns incompatible keys."""
+    kwargs = {"warm_start": True} if checkpointer_cls is PANetCheckpointer else {}
+    checkpointer = checkpointer_cls(model, **kwargs)
     return checkpointer._load_model(checkpointer._load_file(path))
 
 
