@@ -492,7 +492,7 @@ def load_release_checkpoint(path: str) -> Dict[str, torch.Tensor]:
                 raise CheckpointError(
                     "Cannot read {!r} with torch.load(weights_only=True): it needs {} beyond "
                     "tensors and plain data, and was not loaded (that would run code from the "
-                    "file). If you trust it, load it with weights_only=False yourself and save "
+                    "file). If you trust it, load it yourself without weights_only and save "
                     "{{'model': checkpoint['model']}}; then convert that file.".format(
                         path, names or str(e).splitlines()[0]
                     )
