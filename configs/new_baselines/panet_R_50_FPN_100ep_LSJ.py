@@ -15,6 +15,7 @@ from panet_d2.modeling import (
     PAFPN,
     AdaptiveFeaturePooler,
     PANetConvFCHead,
+    PANetFastRCNNOutputLayers,
     PANetMaskHead,
     PANetROIHeads,
 )
@@ -41,6 +42,10 @@ for _pooler in (model.roi_heads.box_pooler, model.roi_heads.mask_pooler):
     _pooler._target_ = AdaptiveFeaturePooler
     _pooler.sampling_ratio = 2
 NUM_LEVELS = 4  # len(model.roi_heads.box_in_features): p2..p5, i.e. N2..N5
+
+# Box predictor: Detectron2's, whose inference runs one NMS per class in traced and ONNX graphs too
+# (as PANetROIHeads builds it from yacs configs; docs/deployment.md).
+model.roi_heads.box_predictor._target_ = PANetFastRCNNOutputLayers
 
 # Box head: the recipe's 4conv1fc head is the paper's heavier head (HHD): with AFP its conv1 is
 # per level (each level normalised by its own copy of the recipe's head norm, NaiveSyncBatchNorm

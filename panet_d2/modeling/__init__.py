@@ -10,6 +10,7 @@ from .anchor_generator import DetectronAnchorGenerator
 from .adaptive_feature_pooling import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
 from .fully_connected_fusion import FullyConnectedFusion
 from .box_head import PANetConvFCHead
+from .fast_rcnn import PANetFastRCNNOutputLayers
 from .mask_head import PANetMaskHead
 from .roi_heads import PANetROIHeads
 from .semantic_head import PANetSemSegHead
