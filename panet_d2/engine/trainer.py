@@ -280,6 +280,7 @@ class PANetTrainer(DefaultTrainer):
         found = re.search(r"loss_dict = (\{.*\})", str(e), re.S)
         if found:
             losses = " ".join(found.group(1).split())
+            losses = re.sub(r"np\.float\d+\(([^()]*)\)", r"\1", losses)  # NumPy 2's repr
             what = "the loss became NaN or infinite: {}".format(losses)
         else:  # the checkpointer's (weights), or Detectron2's of NaN boxes in the forward pass
             what = " ".join(str(e).split()).rstrip(".")
