@@ -46,6 +46,11 @@ def test_instance_model_in_onnx_runtime(tmp_path):
     assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [16]
     image_dims = graph.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in image_dims[1:]] == ["image_height", "image_width"]
+    # AFP: ONNX's RoiAlign on each of the 4 levels in the box and mask branches; detections: one
+    # NMS per class (not one over all candidates of all classes)
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("RoiAlign") == 8
+    assert ops.count("NonMaxSuppression") >= model.roi_heads.box_predictor.num_classes
 
     deployed = export.OnnxRuntimeModel(path, schema)
     for spec in SIZES:

@@ -14,7 +14,7 @@ import torch
 
 from detectron2.export import scripting_with_instances
 
-from panet_d2 import export
+from panet_d2 import AdaptiveFeaturePooler, export
 
 from .export_common import (
     OTHER_IMAGE,
@@ -58,6 +58,11 @@ def test_instance_model_scripts_and_traces(config):
     traced, schema = export.trace_model(model, export.sample_inputs(model, image(TRACE_IMAGE)))
     traced = _reload(traced)
     assert list(model.state_dict()) == keys_before  # the eager model is left as it was
+    # traced on the CPU: AFP's all-level RoIAlign as one batched op (as eager), one NMS per class
+    graph = str(traced.inlined_graph)
+    afp = isinstance(model.roi_heads.box_pooler, AdaptiveFeaturePooler)
+    assert ("aten::embedding_bag" in graph) == afp and ("torchvision::roi_align" in graph) != afp
+    assert graph.count("torchvision::nms") >= model.roi_heads.num_classes
     for spec in (TRACE_IMAGE, OTHER_IMAGE):
         img = image(spec)
         with torch.no_grad():
