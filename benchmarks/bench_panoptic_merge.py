@@ -28,7 +28,9 @@ from detectron2.modeling.meta_arch.panoptic_fpn import (  # noqa: E402
 )
 from detectron2.structures import Instances  # noqa: E402
 
-from panet_d2.modeling.panoptic_merge import combine_semantic_and_instance_outputs  # noqa: E402
+from panet_d2.modeling.postprocessing.panoptic_merge import (  # noqa: E402
+    combine_semantic_and_instance_outputs,
+)
 
 
 def make_inputs(num_instances, height, width, num_labels, seed, float_masks=False):

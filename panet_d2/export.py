@@ -46,7 +46,7 @@ from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.structures import Boxes, Instances
 
-from .modeling.panoptic_merge import SEGMENT_FIELDS, segments_to_info
+from .modeling.postprocessing.panoptic_merge import SEGMENT_FIELDS, segments_to_info
 
 __all__ = [
     "ONNX_OPSET_VERSION",

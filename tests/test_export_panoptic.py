@@ -13,7 +13,7 @@ from detectron2.modeling.meta_arch.panoptic_fpn import (
 )
 from detectron2.utils.analysis import FlopCountAnalysis
 
-from panet_d2.modeling.panoptic_merge import (
+from panet_d2.modeling.postprocessing.panoptic_merge import (
     SEGMENT_FIELDS,
     PanopticMerge,
     merge_panoptic_tensors,

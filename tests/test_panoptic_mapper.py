@@ -27,7 +27,7 @@ from panet_d2.data import (  # importing registers the lazy builtin names
     register_coco_panoptic_panet,
 )
 from panet_d2.errors import DatasetError, ImageLoadError
-from panet_d2.modeling.panoptic_merge import combine_semantic_and_instance_outputs
+from panet_d2.modeling.postprocessing.panoptic_merge import combine_semantic_and_instance_outputs
 
 NAME = "panet_test_coco_panoptic_sample"
 

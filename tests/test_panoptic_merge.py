@@ -1,5 +1,8 @@
 # -*- coding: utf-8 -*-
-"""panet_d2.modeling.panoptic_merge: one case per rule, and exact equality with Detectron2."""
+"""
+The panoptic merge (panet_d2.modeling.postprocessing.panoptic_merge): one case per rule, and
+exact equality with Detectron2.
+"""
 
 import math
 
@@ -13,7 +16,10 @@ from detectron2.modeling.meta_arch.panoptic_fpn import (
 )
 from detectron2.structures import Instances
 
-from panet_d2.modeling.panoptic_merge import PanopticMerge, combine_semantic_and_instance_outputs
+from panet_d2.modeling.postprocessing.panoptic_merge import (
+    PanopticMerge,
+    combine_semantic_and_instance_outputs,
+)
 
 
 def _inst(masks, scores, classes):
@@ -257,7 +263,7 @@ def test_panoptic_merge_from_config_and_validation():
 
 def test_device_things_path_equals_cpu_path():
     # the accelerator code path (decisions kept on the device) runs here on CPU tensors
-    from panet_d2.modeling.panoptic_merge import _things_cpu, _things_device
+    from panet_d2.modeling.postprocessing.panoptic_merge import _things_cpu, _things_device
 
     rng = np.random.default_rng(5)
     for _ in range(20):

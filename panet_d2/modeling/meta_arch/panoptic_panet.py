@@ -16,7 +16,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
-from .panoptic_merge import PanopticMerge, merge_panoptic_tensors
+from ..postprocessing.panoptic_merge import PanopticMerge, merge_panoptic_tensors
 
 __all__ = ["PanopticPANet"]
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 __all__ = [
     "combine_semantic_and_instance_outputs",
