@@ -35,7 +35,8 @@ from detectron2.utils.visualizer import Visualizer
 from panet_d2 import PANetCheckpointer, add_panet_config  # registers its models and datasets
 from panet_d2.data import PanopticLabelSpace
 from panet_d2.data.image_io import read_image
-from panet_d2.errors import CheckpointError, ConfigError, ImageLoadError, InputError, config_error
+from panet_d2.engine.checks import config_error
+from panet_d2.errors import CheckpointError, ConfigError, ImageLoadError, InputError
 
 logger = logging.getLogger("panet_d2.demo")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")

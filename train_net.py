@@ -29,15 +29,14 @@ from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer, add_panet_config  # registers the models and datasets
 from panet_d2.engine import PANetTrainer, adapt_config_to_machine
-from panet_d2.errors import (
-    ConfigError,
-    InputError,
+from panet_d2.engine.checks import (
     check_config,
     check_config_file,
     check_inputs,
     check_output_dir,
     clean_error_message,
 )
+from panet_d2.errors import ConfigError, InputError
 
 
 class Trainer(PANetTrainer):

@@ -42,10 +42,10 @@ from detectron2 import model_zoo as d2_model_zoo  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
-from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from panet_d2 import add_panet_config  # noqa: E402
+from panet_d2.analysis import FLOP_HANDLES, flop_count_analysis  # noqa: E402
 from panet_d2.model_zoo import get_config_file  # noqa: E402
 
 ALL_OFF = [
@@ -228,7 +228,7 @@ def sync(args):
 
 def inference_flops(model, inputs):
     model.eval()
-    fca = FlopCountAnalysis(model, inputs)
+    fca = flop_count_analysis(model, inputs)
     fca.unsupported_ops_warnings(False)
     fca.uncalled_modules_warnings(False)
     return fca.total()
@@ -256,7 +256,7 @@ def training_flops(model, inputs):
     )
     from detectron2.utils.analysis import _IGNORED_OPS
 
-    fca.set_op_handle(**{k: None for k in _IGNORED_OPS})
+    fca.set_op_handle(**{k: None for k in _IGNORED_OPS}, **FLOP_HANDLES)
     fca.unsupported_ops_warnings(False)
     fca.uncalled_modules_warnings(False)
     return fca.total()

@@ -1,14 +1,14 @@
 # -*- coding: utf-8 -*-
 """
-FLOP counts of the ops PANet adds, for Detectron2's ``FlopCountAnalysis`` (and so its
-``tools/analyze_model.py``).
+FLOP counts of the ops PANet adds, for Detectron2's ``FlopCountAnalysis``: the project's FLOP
+path :func:`flop_count_analysis` (Detectron2's analysis with the handles below, set through
+fvcore's public ``set_op_handle``); tools/run_d2_tool.py gives them to Detectron2's
+``tools/analyze_model.py`` for its command only (:func:`panet_d2.compat.fvcore_op_handles`).
+Importing panet_d2 changes no FLOP count.
 
 fvcore counts convolutions, linear layers and matmuls, and Detectron2 ignores element-wise ops;
-the ops below were "unsupported" (skipped, counted as 0): the per-level fc1 (``aten::baddbmm``),
-the fusion over levels (``aten::amax`` / ``aten::sum``) and RoIAlign. fvcore has no registry of
-op handles: every ``FlopCountAnalysis`` starts from the module-level table
-``fvcore.nn.flop_count._DEFAULT_SUPPORTED_OPS``, so importing panet_d2 adds the handles there and
-the user's own ``FlopCountAnalysis`` / ``flop_count_operators`` count them with no extra step.
+the ops below are "unsupported" there (skipped, counted as 0): the per-level fc1
+(``aten::baddbmm``), the fusion over levels (``aten::amax`` / ``aten::sum``) and RoIAlign.
 
 Counting convention (fvcore's): one multiply-add = one flop.
 
@@ -23,16 +23,16 @@ Counting convention (fvcore's): one multiply-add = one flop.
   (each bag is one output bin's sampling_ratio^2 samples x 4 bilinear taps).
 """
 
-import importlib
 from numbers import Number
 from typing import Any, List
 
 from fvcore.nn.jit_handles import get_shape
 
-# the module (fvcore.nn re-exports a function of the same name)
-_fvcore_flop_count = importlib.import_module("fvcore.nn.flop_count")
+from detectron2.utils.analysis import FlopCountAnalysis
 
 __all__ = [
+    "FLOP_HANDLES",
+    "flop_count_analysis",
     "baddbmm_flop_jit",
     "reduction_flop_jit",
     "roi_align_flop_jit",
@@ -71,12 +71,16 @@ def embedding_bag_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
     return _numel(get_shape(inputs[1])) * get_shape(inputs[0])[-1]
 
 
-_fvcore_flop_count._DEFAULT_SUPPORTED_OPS.update(
-    {
-        "aten::baddbmm": baddbmm_flop_jit,
-        "aten::amax": reduction_flop_jit,
-        "aten::sum": reduction_flop_jit,
-        "torchvision::roi_align": roi_align_flop_jit,
-        "aten::embedding_bag": embedding_bag_flop_jit,
-    }
-)
+# {op name: handle} of the ops above
+FLOP_HANDLES = {
+    "aten::baddbmm": baddbmm_flop_jit,
+    "aten::amax": reduction_flop_jit,
+    "aten::sum": reduction_flop_jit,
+    "torchvision::roi_align": roi_align_flop_jit,
+    "aten::embedding_bag": embedding_bag_flop_jit,
+}
+
+
+def flop_count_analysis(model, inputs) -> FlopCountAnalysis:
+    """Detectron2's ``FlopCountAnalysis(model, inputs)`` that also counts :data:`FLOP_HANDLES`."""
+    return FlopCountAnalysis(model, inputs).set_op_handle(**FLOP_HANDLES)

@@ -3,21 +3,12 @@
 Evaluation: the evaluators of a test dataset, chosen by its metadata's ``evaluator_type`` from a
 table of factories; :class:`PanopticEvaluator` (PQ of the model's label convention on a dataset of
 any convention); :class:`PanopticToSemSeg` (a panoptic model's semantic output in a semantic
-dataset's classes); Detectron2's Cityscapes evaluators with the compatibility fixes below.
+dataset's classes); Detectron2's Cityscapes evaluators with the fixes of :mod:`panet_d2.compat`.
 """
 
-import contextlib
-import functools
-import importlib
-import importlib.abc
-import importlib.util
-import json
 import logging
 import os
-import sys
-import types
 
-import numpy as np
 import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -31,11 +22,12 @@ from detectron2.evaluation import (
     SemSegEvaluator,
 )
 from detectron2.evaluation import cityscapes_evaluation as d2_cityscapes
-from detectron2.modeling import PanopticFPN
+from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.utils.file_io import PathManager
 
-from .data import PanopticLabelSpace
-from .errors import DatasetError, _label_space, _meta_arch
+from .compat import cityscapes_api_alias, cityscapesscripts_fixes
+from .data import PanopticLabelSpace, label_space_of
+from .errors import DatasetError
 
 __all__ = [
     "PanopticEvaluator",
@@ -46,120 +38,46 @@ __all__ = [
     "build_evaluator",
     "check_evaluator_type",
     "panoptic_to_dataset_classes",
+    "meta_architecture",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------------------------
-# Compatibility: Detectron2's Cityscapes code and cityscapesscripts 2.3.0 (the latest release)
-# ------------------------------------------------------------------------------------------------
-class _CityscapesApiAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """
-    Detectron2's Cityscapes loaders and evaluators import cityscapesscripts by Meta's internal path
-    ``deeplearning.projects.cityscapesApi.cityscapesscripts`` (Detectron2 issue #5436): resolves
-    those names to the installed ``cityscapesscripts`` modules themselves (one module object under
-    both names, so that what Detectron2 sets on them, e.g. the evaluation ``args``, is the
-    package's). Installed on import of this module, only where that path does not import.
-    """
-
-    PREFIX = "deeplearning.projects.cityscapesApi"
-
-    def find_spec(self, name, path=None, target=None):
-        if name == self.PREFIX or self.PREFIX.startswith(name + "."):  # the empty parents
-            return importlib.util.spec_from_loader(name, self, is_package=True)
-        if name.startswith(self.PREFIX + "."):
-            real = importlib.import_module(name[len(self.PREFIX) + 1 :])
-            spec = importlib.util.spec_from_loader(name, self, is_package=hasattr(real, "__path__"))
-            spec.loader_state = (real, real.__spec__)
-            return spec
-        return None
-
-    def create_module(self, spec):
-        return spec.loader_state[0] if spec.loader_state else None  # None: an empty parent
-
-    def exec_module(self, module):
-        if module.__spec__.loader_state:  # give back the spec that the import system replaced
-            module.__spec__ = module.__spec__.loader_state[1]
-
-
-def _install_cityscapes_api_alias():
-    try:
-        importlib.import_module(_CityscapesApiAlias.PREFIX + ".cityscapesscripts")
-    except ImportError:
-        if not any(isinstance(f, _CityscapesApiAlias) for f in sys.meta_path):
-            sys.meta_path.insert(0, _CityscapesApiAlias())
-
-
-_install_cityscapes_api_alias()  # a no-op where Meta's path imports
-
-
-class _NumpyWithIn1d(types.ModuleType):
-    """NumPy, plus ``in1d`` (removed in NumPy 2.4) as NumPy's deprecation note defines it."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def in1d(ar1, ar2, assume_unique=False, invert=False):
-        return np.isin(ar1, ar2, assume_unique=assume_unique, invert=invert).ravel()
-
-
-def _write_dict_to_json(d, path, folder=None):
-    """cityscapesscripts' ``writeDict2JSON``, with NumPy scalars (NumPy >= 2 ``count_nonzero``)
-    written as numbers, and a relative ``path`` (its ``"matches.json"``) under ``folder``."""
-
-    def default(o):
-        return o.item() if isinstance(o, np.generic) else o.__dict__
-
-    with PathManager.open(os.path.join(folder or "", path), "w") as f:
-        f.write(json.dumps(d, default=default, sort_keys=True, indent=4))
-
-
-@contextlib.contextmanager
-def _cityscapesscripts_fixes(module, json_folder=None):
-    """
-    While one of cityscapesscripts' evaluation ``module`` runs: ``np.in1d`` for it where NumPy has
-    none (NumPy >= 2.4; cityscapesScripts PR #196); with ``json_folder``, its ``writeDict2JSON``
-    is :func:`_write_dict_to_json` (the instance evaluation's ``matches.json`` in that folder, not
-    the working directory). Everything is put back after.
-    """
-    saved = {name: getattr(module, name) for name in ("np", "writeDict2JSON")}
-    if not hasattr(np, "in1d"):
-        module.np = _NumpyWithIn1d("numpy")
-    if json_folder is not None:
-        module.writeDict2JSON = functools.partial(_write_dict_to_json, folder=json_folder)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
-
-
 class CityscapesInstanceEvaluator(d2_cityscapes.CityscapesInstanceEvaluator):
-    """Detectron2's, with :func:`_cityscapesscripts_fixes`; cityscapesscripts' ``matches.json`` is
+    """Detectron2's, with :func:`~panet_d2.compat.cityscapes_api_alias` and
+    :func:`~panet_d2.compat.cityscapesscripts_fixes`; cityscapesscripts' ``matches.json`` is
     written into ``output_dir`` (default: the temporary folder of the predictions)."""
 
     def __init__(self, dataset_name, output_dir=None):
         super().__init__(dataset_name)
         self._output_dir = output_dir
 
+    def process(self, inputs, outputs):
+        with cityscapes_api_alias():
+            super().process(inputs, outputs)
+
     def evaluate(self):
         from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as module
 
         folder = self._output_dir or self._temp_dir
         PathManager.mkdirs(folder)
-        with _cityscapesscripts_fixes(module, json_folder=folder):
+        with cityscapes_api_alias(), cityscapesscripts_fixes(module, json_folder=folder):
             return super().evaluate()
 
 
 class CityscapesSemSegEvaluator(d2_cityscapes.CityscapesSemSegEvaluator):
-    """Detectron2's, with :func:`_cityscapesscripts_fixes`."""
+    """Detectron2's, with :func:`~panet_d2.compat.cityscapes_api_alias` and
+    :func:`~panet_d2.compat.cityscapesscripts_fixes`."""
+
+    def process(self, inputs, outputs):
+        with cityscapes_api_alias():
+            super().process(inputs, outputs)
 
     def evaluate(self):
         from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as module
 
-        with _cityscapesscripts_fixes(module):
+        with cityscapes_api_alias(), cityscapesscripts_fixes(module):
             return super().evaluate()
 
 
@@ -245,6 +163,15 @@ class PanopticToSemSeg(DatasetEvaluator):
         return one_hot.scatter_(0, labels[None], 1)
 
 
+def meta_architecture(cfg):
+    """The class (or function) registered as ``cfg.MODEL.META_ARCHITECTURE``, or None when no such
+    name is registered (``build_model`` then says so)."""
+    try:
+        return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    except KeyError:
+        return None
+
+
 def panoptic_to_dataset_classes(cfg, dataset_name):
     """
     For a panoptic model (a PanopticFPN, e.g. PanopticPANet) evaluated on a semantic dataset: the
@@ -260,11 +187,11 @@ def panoptic_to_dataset_classes(cfg, dataset_name):
         DatasetError: naming the dataset, the model and their numbers of classes, when the
             model's classes cannot be converted to the dataset's.
     """
-    arch = _meta_arch(cfg)
+    arch = meta_architecture(cfg)
     if not (isinstance(arch, type) and issubclass(arch, PanopticFPN)):
         return None
     classes = list(MetadataCatalog.get(dataset_name).get("stuff_classes", None) or [])
-    spaces = [(name, _label_space(MetadataCatalog.get(name))) for name in cfg.DATASETS.TRAIN]
+    spaces = [(name, label_space_of(MetadataCatalog.get(name))) for name in cfg.DATASETS.TRAIN]
     train, space = next(((n, s) for n, s in spaces if s is not None), (None, None))
     num = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     if (classes == space.stuff_classes) if space else (num == len(classes)):

@@ -39,6 +39,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.datasets import builtin, cityscapes_panoptic  # noqa: E402
 
 from panet_d2 import add_panet_config  # noqa: E402
+from panet_d2.compat import cityscapes_api_alias  # noqa: E402
 from panet_d2.engine import PANetTrainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread", "empty_cwd")
@@ -186,21 +187,25 @@ def empty_cwd(tmp_path_factory, monkeypatch):
 def test_detectron2_cityscapes_import_path():
     """The project's alias for Detectron2's import path: the installed modules themselves."""
     import cityscapesscripts.helpers.labels as labels
-    from deeplearning.projects.cityscapesApi.cityscapesscripts.helpers import labels as alias
+
+    with cityscapes_api_alias():
+        from deeplearning.projects.cityscapesApi.cityscapesscripts.helpers import labels as alias
 
     assert alias is labels and alias.__spec__.name == "cityscapesscripts.helpers.labels"
 
 
 def test_converters_and_loaders(cityscapes):
     """What the converters wrote, as Detectron2's builtin loaders read it."""
-    inst = DatasetCatalog.get("cityscapes_fine_instance_seg_train")
+    with cityscapes_api_alias():  # Detectron2 issue #5436
+        inst = DatasetCatalog.get("cityscapes_fine_instance_seg_train")
     assert len(inst) == 2
     meta = MetadataCatalog.get("cityscapes_fine_instance_seg_train")
     classes = sorted(meta.thing_classes[a["category_id"]] for a in inst[0]["annotations"])
     assert classes == ["bicycle", "car", "car", "person", "person"]  # the crowd too
     assert [a["iscrowd"] for a in inst[0]["annotations"]].count(True) == 1
 
-    sem = DatasetCatalog.get("cityscapes_fine_sem_seg_val")
+    with cityscapes_api_alias():  # Detectron2 issue #5436
+        sem = DatasetCatalog.get("cityscapes_fine_sem_seg_val")
     assert len(sem) == 2
     train_ids = np.asarray(Image.open(sem[0]["sem_seg_file_name"]))
     # trainIds: road 0, sidewalk 1, building 2, vegetation 8, sky 10, person 11, car 13,

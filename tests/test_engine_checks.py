@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 """
-Tests of the checks before a run (panet_d2.errors.check_inputs, used by PANetTrainer and
+Tests of the checks before a run (panet_d2.engine.checks.check_inputs, used by PANetTrainer and
 train_net.py --eval-only): NUM_CLASSES against the datasets' classes, and test-time augmentation
 refused up front for the panoptic model. Nothing here trains.
 """
@@ -16,7 +16,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 
 from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
-from panet_d2.errors import ConfigError, check_num_classes, check_tta  # noqa: E402
+from panet_d2.engine.checks import check_num_classes, check_tta  # noqa: E402
+from panet_d2.errors import ConfigError  # noqa: E402
 
 from .common import panet_cfg  # noqa: E402
 

@@ -24,6 +24,7 @@ from detectron2.evaluation import (  # noqa: E402
 )
 
 import panet_d2.evaluation as evaluation  # noqa: E402
+from panet_d2.compat import cityscapes_api_alias, cityscapesscripts_fixes  # noqa: E402
 from panet_d2.data import register_synthetic_dataset  # noqa: E402
 from panet_d2.errors import DatasetError  # noqa: E402
 from panet_d2.evaluation import PanopticEvaluator, build_evaluator  # noqa: E402
@@ -192,7 +193,7 @@ def test_semantic_evaluation_of_a_panoptic_model(synth, cfg):
 
 def test_semantic_evaluation_refused_up_front(synth, cfg):
     from panet_d2 import add_panet_config
-    from panet_d2.errors import check_inputs
+    from panet_d2.engine.checks import check_inputs
     from panet_d2.model_zoo import get_config_file
 
     add_panet_config(cfg)  # a valid panoptic model, for check_inputs
@@ -238,13 +239,15 @@ def test_cityscapes_evaluators_fixes(tmp_path, monkeypatch):
     """Detectron2's import path of cityscapesscripts resolves; NumPy >= 2.4 fixes and the
     matches.json folder apply during an evaluation only."""
     import cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling as instance_eval
-    from deeplearning.projects.cityscapesApi.cityscapesscripts.evaluation import (
-        evalInstanceLevelSemanticLabeling as alias,
-    )
+
+    with cityscapes_api_alias():
+        from deeplearning.projects.cityscapesApi.cityscapesscripts.evaluation import (
+            evalInstanceLevelSemanticLabeling as alias,
+        )
 
     assert alias is instance_eval
     original = instance_eval.writeDict2JSON, instance_eval.np
-    with evaluation._cityscapesscripts_fixes(instance_eval, json_folder=str(tmp_path)):
+    with cityscapesscripts_fixes(instance_eval, json_folder=str(tmp_path)):
         ones = instance_eval.np.in1d(np.arange(4).reshape(2, 2), [1, 3])
         assert ones.tolist() == [False, True, False, True]
         monkeypatch.chdir(tmp_path / "..")

@@ -11,8 +11,8 @@ import torch
 from detectron2.modeling.meta_arch.panoptic_fpn import (
     combine_semantic_and_instance_outputs as d2_combine,
 )
-from detectron2.utils.analysis import FlopCountAnalysis
 
+from panet_d2.analysis import flop_count_analysis
 from panet_d2.modeling.postprocessing.panoptic_merge import (
     SEGMENT_FIELDS,
     PanopticMerge,
@@ -83,7 +83,7 @@ def test_merge_module_under_tracing_gives_segments_info():
 
 
 def _unsupported_ops(model):
-    fca = FlopCountAnalysis(model, [{"image": random_image(128, 160)}])
+    fca = flop_count_analysis(model, [{"image": random_image(128, 160)}])
     fca.unsupported_ops_warnings(False)
     fca.uncalled_modules_warnings(False)
     return fca.total(), set(fca.unsupported_ops())

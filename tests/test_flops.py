@@ -1,16 +1,16 @@
 # -*- coding: utf-8 -*-
 """
-Detectron2's own FLOP counter (detectron2.utils.analysis, used by tools/analyze_model.py) counts
-every op PANet adds, and each component's count equals its arithmetic.
+Detectron2's own FLOP counter (detectron2.utils.analysis, used by tools/analyze_model.py), with
+the handles of panet_d2.analysis (flop_count_analysis), counts every op PANet adds, and each
+component's count equals its arithmetic.
 """
 
 import pytest
 import torch
 
 from detectron2.modeling import build_model
-from detectron2.utils.analysis import FlopCountAnalysis
 
-import panet_d2  # noqa: F401  (importing panet_d2 is the only step)
+from panet_d2.analysis import flop_count_analysis
 
 from .common import panet_cfg, random_image
 
@@ -38,7 +38,7 @@ def _analysis(config, opts=()):
     ]:
         if module is not None:
             module.register_forward_hook(record(name))
-    fca = FlopCountAnalysis(model, [{"image": random_image(H, W)}])
+    fca = flop_count_analysis(model, [{"image": random_image(H, W)}])
     fca.unsupported_ops_warnings(False)
     fca.uncalled_modules_warnings(False)
     by_module = fca.by_module()

@@ -38,15 +38,12 @@ from panet_d2 import PANetCheckpointer  # noqa: E402
 from panet_d2.data import PanopticDatasetMapper, register_synthetic_dataset  # noqa: E402
 from panet_d2.data.image_io import ImageDatasetMapper, read_image  # noqa: E402
 from panet_d2.engine import PANetTrainer  # noqa: E402
-from panet_d2.errors import (  # noqa: E402
-    CheckpointError,
-    ConfigError,
-    DatasetError,
-    ImageLoadError,
+from panet_d2.engine.checks import (  # noqa: E402
     check_config,
     drop_invalid_annotations,
     drop_invalid_coco_annotations,
 )
+from panet_d2.errors import CheckpointError, ConfigError, DatasetError, ImageLoadError  # noqa: E402
 
 from .common import panet_cfg  # noqa: E402
 
@@ -230,7 +227,7 @@ def test_bad_output_dir(train_net, datasets, tmp_path, monkeypatch):
         def refuse(*args, **kwargs):
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-        monkeypatch.setattr("panet_d2.errors.tempfile.mkstemp", refuse)
+        monkeypatch.setattr("panet_d2.engine.checks.tempfile.mkstemp", refuse)
     with pytest.raises(ConfigError) as e:
         _main(train_net, read_only)
     expected = "OUTPUT_DIR={!r} is not writable: Permission denied. Give a writable folder."
@@ -307,7 +304,7 @@ def _kept_ids(name, json_file, masks):
 def test_invalid_annotations_dropped_alike(bad_annotations):
     name, json_file, bad, annos = bad_annotations
     ids = {a["id"]: what for a in annos for what in [bad.get(a["id"])]}
-    with _records("panet_d2.errors") as logged:
+    with _records("panet_d2.engine.checks") as logged:
         train, evaluation, coco = _kept_ids(name, json_file, masks=True)
     dropped = {"4 coordinates", "odd only", "empty", "zero width"}
     assert train == evaluation == sorted(i for i, what in ids.items() if what not in dropped)

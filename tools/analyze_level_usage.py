@@ -40,7 +40,8 @@ from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer, add_panet_config  # registers the models and datasets
 from panet_d2.engine import adapt_config_to_machine
-from panet_d2.errors import ConfigError, InputError, check_registered, clean_error_message
+from panet_d2.engine.checks import check_registered, clean_error_message
+from panet_d2.errors import ConfigError, InputError
 from panet_d2.level_usage import TIE_RULES, LevelUsage, draw_level_usage, format_table
 
 logger = logging.getLogger("panet_d2.analyze_level_usage")

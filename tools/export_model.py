@@ -48,7 +48,8 @@ from panet_d2 import export  # noqa: E402
 from panet_d2 import PANetCheckpointer, add_panet_config  # noqa: E402
 from panet_d2.data.image_io import read_image  # noqa: E402
 from panet_d2.engine import adapt_config_to_machine  # noqa: E402
-from panet_d2.errors import ConfigError, InputError, config_error  # noqa: E402
+from panet_d2.engine.checks import config_error  # noqa: E402
+from panet_d2.errors import ConfigError, InputError  # noqa: E402
 
 logger = setup_logger(name="panet_d2.export_model")
 

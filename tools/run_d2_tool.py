@@ -16,8 +16,11 @@ train_net, plain_train_net, ...; ``demo/demo.py``) on panet_d2's configs, with n
 ``detectron2`` package, else the source checkout it was installed from); when none holds the
 script, the error names every place looked in.
 
-The script runs in this process, as ``__main__``, after ``import panet_d2`` (its models,
-datasets and FLOP handles registered). For this process only:
+The script runs in this process, as ``__main__``, after ``import panet_d2`` (its models and
+datasets registered). For this process only:
+
+* fvcore's FLOP analyses (so ``analyze_model --tasks flop``) count PANet's ops
+  (``panet_d2.analysis.FLOP_HANDLES``, through ``panet_d2.compat.fvcore_op_handles``);
 
 * ``detectron2.config.get_cfg()`` returns Detectron2's defaults plus panet_d2's keys
   (``add_panet_config``), so the scripts read the project's yacs files;
@@ -150,7 +153,8 @@ def _demo_predictor_alias(script):
 def panet_d2_environment(script):
     """
     While the block runs: Detectron2's ``get_cfg``, ``default_setup`` and ``launch`` as the
-    module docstring says, the demo's predictor alias, and ``panet_d2`` imported.
+    module docstring says, the demo's predictor alias, PANet's FLOP handles in fvcore's table
+    (:func:`panet_d2.compat.fvcore_op_handles`), and ``panet_d2`` imported.
     """
     import detectron2.config
     import detectron2.engine
@@ -159,8 +163,10 @@ def panet_d2_environment(script):
     import detectron2.utils.comm as comm
     from detectron2.utils.logger import setup_logger
 
-    import panet_d2  # noqa: F401  registers models, datasets, FLOP handles
+    import panet_d2  # noqa: F401  registers models and datasets
     from panet_d2 import add_panet_config
+    from panet_d2.analysis import FLOP_HANDLES
+    from panet_d2.compat import fvcore_op_handles
 
     d2_get_cfg = detectron2.config.get_cfg
     d2_default_setup = detectron2.engine.default_setup
@@ -192,6 +198,7 @@ def panet_d2_environment(script):
             stack.enter_context(_patched(module, "default_setup", default_setup))
         stack.enter_context(_patched(detectron2.engine, "launch", launch))
         stack.enter_context(_demo_predictor_alias(script))
+        stack.enter_context(fvcore_op_handles(FLOP_HANDLES))  # analyze_model's FLOP counts
         yield
 
 

@@ -153,3 +153,13 @@ class PanopticLabelSpace:
     def __repr__(self):
         counts = f"{self.num_things} things, {self.num_stuff} stuff"
         return f"PanopticLabelSpace({self.dataset_name!r}, {counts})"
+
+
+def label_space_of(meta):
+    """The :class:`PanopticLabelSpace` of a dataset's metadata, or None when it has no panoptic
+    label space (no ``thing_`` / ``stuff_dataset_id_to_contiguous_id``)."""
+    if meta.get("thing_dataset_id_to_contiguous_id", None) is None:
+        return None
+    if meta.get("stuff_dataset_id_to_contiguous_id", None) is None:
+        return None
+    return PanopticLabelSpace.from_metadata(meta)

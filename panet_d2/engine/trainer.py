@@ -22,11 +22,14 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNNWithTTA
 
 from ..checkpoint import PANetCheckpointer
+from ..compat import cityscapes_api_alias
 from ..data import PanopticDatasetMapper
 from ..data.image_io import ImageDatasetMapper
-from ..errors import (
+from ..errors import TrainingDivergedError
+from ..evaluation import build_evaluator
+from ..modeling import PanopticPANet
+from .checks import (
     OneLineInputErrors,
-    TrainingDivergedError,
     check_files,
     check_inputs,
     check_tta,
@@ -34,8 +37,6 @@ from ..errors import (
     drop_invalid_coco_annotations,
     loading_dataset,
 )
-from ..evaluation import build_evaluator
-from ..modeling import PanopticPANet
 from .resume import ResumableSampler, ResumeStateHook, preserved_rng_states
 
 __all__ = ["PANetTrainer", "adapt_config_to_machine", "uses_panoptic_mapper"]
@@ -117,7 +118,7 @@ class PANetTrainer(DefaultTrainer):
     """
     Detectron2's :class:`DefaultTrainer` with:
 
-    * :func:`panet_d2.errors.check_inputs` before anything is built;
+    * :func:`panet_d2.engine.checks.check_inputs` before anything is built;
     * :class:`PANetCheckpointer` (nothing run from a file, atomic saves, clear checkpoint
       errors): MODEL.WEIGHTS is a warm start (new layers listed in the log, other class counts
       allowed), ``--resume`` needs every tensor of the model in the last checkpoint;
@@ -133,7 +134,7 @@ class PANetTrainer(DefaultTrainer):
     * images read by :func:`panet_d2.data.image_io.read_image` (16-bit scaled, 32-bit refused);
       the training mapper of :func:`uses_panoptic_mapper`, else :class:`ImageDatasetMapper`;
     * invalid annotations dropped, with a count, as the evaluation drops them
-      (:func:`panet_d2.errors.drop_invalid_annotations`);
+      (:func:`panet_d2.engine.checks.drop_invalid_annotations`);
     * exact ``--resume`` (:mod:`panet_d2.engine.resume`): the trainer keeps the sampler of its
       training loader (``train_sampler``) for its :class:`ResumeStateHook`.
     """
@@ -300,15 +301,18 @@ class PANetTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        """Detectron2's test loader with :class:`ImageDatasetMapper` (panet_d2's image reader)."""
-        return build_detection_test_loader(cfg, dataset_name, mapper=ImageDatasetMapper(cfg, False))
+        """Detectron2's test loader with :class:`ImageDatasetMapper` (panet_d2's image reader);
+        Detectron2's Cityscapes loaders import (:func:`~panet_d2.compat.cityscapes_api_alias`)."""
+        with cityscapes_api_alias():
+            mapper = ImageDatasetMapper(cfg, False)
+            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         """
         :func:`panet_d2.evaluation.build_evaluator`; the ground truth of its COCOEvaluators
         without the annotations that training drops (pycocotools would fail on them after the
-        whole inference): :func:`panet_d2.errors.drop_invalid_coco_annotations`.
+        whole inference): :func:`panet_d2.engine.checks.drop_invalid_coco_annotations`.
         """
         evaluator = build_evaluator(cfg, dataset_name, output_folder)
         for e in getattr(evaluator, "_evaluators", [evaluator]):

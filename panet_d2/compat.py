@@ -1,0 +1,162 @@
+# -*- coding: utf-8 -*-
+"""
+Every workaround for another library, each a context manager applied by the code path that needs
+it (never on import), naming the upstream issue or version it is for; tests/test_compat.py has a
+test per workaround that fails once upstream no longer needs it.
+"""
+
+import contextlib
+import functools
+import importlib
+import importlib.abc
+import importlib.util
+import json
+import os
+import sys
+import types
+import warnings
+
+import numpy as np
+
+from detectron2.utils.file_io import PathManager
+
+__all__ = [
+    "quiet_jit_script_deprecation",
+    "cityscapes_api_alias",
+    "cityscapesscripts_fixes",
+    "fvcore_op_handles",
+]
+
+
+@contextlib.contextmanager
+def quiet_jit_script_deprecation():
+    """
+    fvcore 0.1.5.post20221221 (its latest release; ``fvcore.nn.focal_loss``, imported with
+    ``fvcore.nn.weight_init``, so by Detectron2) calls ``torch.jit.script`` at import, which the
+    torch installed here (2.14) reports with a ``FutureWarning``: the block ignores that one
+    warning, so that importing panet_d2 prints nothing. The warning filters are put back after.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+        )
+        yield
+
+
+class _CityscapesApiAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """
+    Resolves Meta's internal import path of cityscapesscripts that Detectron2's Cityscapes loaders
+    and evaluators use, ``deeplearning.projects.cityscapesApi.cityscapesscripts`` (Detectron2
+    issue #5436), to the installed ``cityscapesscripts`` modules themselves (one module object
+    under both names, so that what Detectron2 sets on them, e.g. the evaluation ``args``, is the
+    package's).
+    """
+
+    PREFIX = "deeplearning.projects.cityscapesApi"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == self.PREFIX or self.PREFIX.startswith(name + "."):  # the empty parents
+            return importlib.util.spec_from_loader(name, self, is_package=True)
+        if name.startswith(self.PREFIX + "."):
+            real = importlib.import_module(name[len(self.PREFIX) + 1 :])
+            spec = importlib.util.spec_from_loader(name, self, is_package=hasattr(real, "__path__"))
+            spec.loader_state = (real, real.__spec__)
+            return spec
+        return None
+
+    def create_module(self, spec):
+        return spec.loader_state[0] if spec.loader_state else None  # None: an empty parent
+
+    def exec_module(self, module):
+        if module.__spec__.loader_state:  # give back the spec that the import system replaced
+            module.__spec__ = module.__spec__.loader_state[1]
+
+
+def _meta_path_imports():
+    """Whether Meta's path imports without the alias (a ``deeplearning`` package of its own)."""
+    module = sys.modules.get("deeplearning")
+    if module is not None:
+        return not isinstance(getattr(module.__spec__, "loader", None), _CityscapesApiAlias)
+    return importlib.util.find_spec("deeplearning") is not None
+
+
+@contextlib.contextmanager
+def cityscapes_api_alias():
+    """
+    While the block runs (loading Detectron2's Cityscapes datasets, running its Cityscapes
+    evaluators), Detectron2's import path of cityscapesscripts (Detectron2 issue #5436) resolves
+    to the installed package: a finder on ``sys.meta_path``, removed after (the modules imported
+    through it stay imported, as any import). A no-op where that path imports.
+    """
+    finder = None
+    if not _meta_path_imports():
+        finder = _CityscapesApiAlias()
+        sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        if finder is not None:
+            sys.meta_path.remove(finder)
+
+
+class _NumpyWithIn1d(types.ModuleType):
+    """NumPy, plus ``in1d`` (removed in NumPy 2.4) as NumPy's deprecation note defines it."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def in1d(ar1, ar2, assume_unique=False, invert=False):
+        return np.isin(ar1, ar2, assume_unique=assume_unique, invert=invert).ravel()
+
+
+def _write_dict_to_json(d, path, folder=None):
+    """cityscapesscripts' ``writeDict2JSON``, with NumPy scalars (NumPy >= 2 ``count_nonzero``)
+    written as numbers, and a relative ``path`` (its ``"matches.json"``) under ``folder``."""
+
+    def default(o):
+        return o.item() if isinstance(o, np.generic) else o.__dict__
+
+    with PathManager.open(os.path.join(folder or "", path), "w") as f:
+        f.write(json.dumps(d, default=default, sort_keys=True, indent=4))
+
+
+@contextlib.contextmanager
+def cityscapesscripts_fixes(module, json_folder=None):
+    """
+    While one of cityscapesscripts 2.3.0's evaluation ``module`` runs: ``np.in1d`` for it where
+    NumPy has none (NumPy >= 2.4; cityscapesScripts PR #196); with ``json_folder``, its
+    ``writeDict2JSON`` is :func:`_write_dict_to_json` (NumPy >= 2 scalars; the instance
+    evaluation's ``matches.json`` in that folder, not the working directory). Everything is put
+    back after.
+    """
+    saved = {name: getattr(module, name) for name in ("np", "writeDict2JSON")}
+    if not hasattr(np, "in1d"):
+        module.np = _NumpyWithIn1d("numpy")
+    if json_folder is not None:
+        module.writeDict2JSON = functools.partial(_write_dict_to_json, folder=json_folder)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(module, name, value)
+
+
+@contextlib.contextmanager
+def fvcore_op_handles(handles):
+    """
+    While the block runs, every fvcore ``FlopCountAnalysis`` (so Detectron2's, and its
+    ``tools/analyze_model.py`` run by tools/run_d2_tool.py) counts the ops of ``handles`` ({op
+    name: handle}): fvcore 0.1.5 has no public registry of op handles, only the private table
+    ``fvcore.nn.flop_count._DEFAULT_SUPPORTED_OPS`` that each analysis starts from. The table is put
+    back after. (In the project's own code, :func:`panet_d2.analysis.flop_count_analysis` sets the
+    handles on its analysis with fvcore's public ``set_op_handle`` instead.)
+    """
+    table = importlib.import_module("fvcore.nn.flop_count")._DEFAULT_SUPPORTED_OPS
+    saved = dict(table)
+    table.update(handles)
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(saved)

@@ -1,0 +1,110 @@
+# -*- coding: utf-8 -*-
+"""
+panet_d2.compat: each workaround does its job and puts everything back, and each has a test that
+fails once upstream no longer needs it (then remove the workaround and its test).
+"""
+
+import importlib
+import inspect
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from detectron2.data.datasets import cityscapes as d2_cityscapes_data
+from detectron2.evaluation import cityscapes_evaluation as d2_cityscapes_eval
+
+from panet_d2 import compat
+from panet_d2.analysis import FLOP_HANDLES
+
+cityscapesscripts = pytest.importorskip("cityscapesscripts")
+
+
+# ---- fvcore: torch.jit.script at import ----------------------------------------------------------
+def test_fvcore_still_warns_at_import():
+    """Fails once fvcore.nn imports without torch's FutureWarning: remove
+    compat.quiet_jit_script_deprecation."""
+    out = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-c", "import fvcore.nn"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "torch.jit.script` is deprecated" in out.stderr
+
+
+def test_quiet_jit_script_deprecation_is_scoped():
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with compat.quiet_jit_script_deprecation():
+            warnings.warn("`torch.jit.script` is deprecated. (test)", FutureWarning)
+            warnings.warn("another FutureWarning (test_compat)", FutureWarning)
+        assert [str(w.message) for w in caught] == ["another FutureWarning (test_compat)"]
+    assert warnings.filters == filters
+
+
+# ---- Detectron2: Meta's import path of cityscapesscripts ----------------------------------------
+def test_detectron2_still_imports_meta_path():
+    """Fails once Detectron2 imports cityscapesscripts by its own name (issue #5436) or Meta's
+    path imports: remove compat.cityscapes_api_alias."""
+    for module in (d2_cityscapes_data, d2_cityscapes_eval):
+        assert compat._CityscapesApiAlias.PREFIX in inspect.getsource(module)
+    code = "import {}.cityscapesscripts".format(compat._CityscapesApiAlias.PREFIX)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode != 0 and "ModuleNotFoundError" in out.stderr
+
+
+def test_cityscapes_api_alias_is_scoped():
+    import cityscapesscripts.helpers.labels as labels
+
+    meta_path = list(sys.meta_path)
+    with compat.cityscapes_api_alias():
+        alias = importlib.import_module(
+            compat._CityscapesApiAlias.PREFIX + ".cityscapesscripts.helpers.labels"
+        )
+    assert alias is labels and alias.__spec__.name == "cityscapesscripts.helpers.labels"
+    assert sys.meta_path == meta_path
+
+
+# ---- cityscapesscripts 2.3.0 and NumPy >= 2 ---------------------------------------------------
+def test_cityscapesscripts_still_needs_fixes(tmp_path):
+    """Fails once cityscapesscripts' evaluation runs on this NumPy (no np.in1d call, or NumPy has
+    it) and writes NumPy scalars: remove compat.cityscapesscripts_fixes."""
+    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as instance_eval
+    from cityscapesscripts.helpers.csHelpers import writeDict2JSON
+
+    assert "np.in1d" in inspect.getsource(instance_eval) and not hasattr(np, "in1d")
+    with pytest.raises((TypeError, AttributeError)):  # NumPy scalars: no __dict__
+        writeDict2JSON({"n": np.count_nonzero(np.ones(3))}, str(tmp_path / "matches.json"))
+
+
+def test_cityscapesscripts_fixes_are_scoped(tmp_path):
+    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as instance_eval
+
+    original = instance_eval.writeDict2JSON, instance_eval.np
+    with compat.cityscapesscripts_fixes(instance_eval, json_folder=str(tmp_path)):
+        ones = instance_eval.np.in1d(np.arange(4).reshape(2, 2), [1, 3])
+        assert ones.tolist() == [False, True, False, True]
+        instance_eval.writeDict2JSON({"n": np.count_nonzero(np.ones(3))}, "matches.json")
+    assert (instance_eval.writeDict2JSON, instance_eval.np) == original
+    assert (tmp_path / "matches.json").read_text().split() == ["{", '"n":', "3", "}"]
+    assert not os.path.exists("matches.json")
+
+
+# ---- fvcore: no registry of op handles -----------------------------------------------------------
+def test_fvcore_still_skips_panet_ops():
+    """Fails once fvcore counts every op of PANet by default: remove compat.fvcore_op_handles
+    (and analysis.FLOP_HANDLES)."""
+    table = sys.modules["fvcore.nn.flop_count"]._DEFAULT_SUPPORTED_OPS
+    assert not set(FLOP_HANDLES) <= set(table)
+
+
+def test_fvcore_op_handles_are_scoped():
+    table = sys.modules["fvcore.nn.flop_count"]._DEFAULT_SUPPORTED_OPS
+    before = dict(table)
+    with compat.fvcore_op_handles(FLOP_HANDLES):
+        assert all(table[k] is v for k, v in FLOP_HANDLES.items())
+    assert table == before
