@@ -12,6 +12,8 @@ An input error is one "ERROR: ..." line and exit code 1; an image that cannot be
 such line, the others are still shown, and the demo exits with 1 at the end.
 """
 
+import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
+
 import argparse
 import glob
 import logging
@@ -21,10 +23,9 @@ import time
 
 import cv2
 import numpy as np
-import torch
 from omegaconf import OmegaConf
 
-from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
+from detectron2.config import CfgNode, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
@@ -32,11 +33,11 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
-from panet_d2 import PANetCheckpointer, add_panet_config  # registers its models and datasets
+from panet_d2 import PANetCheckpointer  # registers its models and datasets
 from panet_d2.data import PanopticLabelSpace
 from panet_d2.data.image_io import read_image
-from panet_d2.engine.checks import config_error
-from panet_d2.errors import CheckpointError, ConfigError, ImageLoadError, InputError
+from panet_d2.engine import load_config, one_line_errors
+from panet_d2.errors import CheckpointError, ImageLoadError, InputError
 
 logger = logging.getLogger("panet_d2.demo")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -96,44 +97,23 @@ def _check_weights(path, key):
     return path
 
 
-def _device(device):  # a CUDA config runs on the CPU where CUDA is not available
-    return "cpu" if device.startswith("cuda") and not torch.cuda.is_available() else device
-
-
 def build_predictor(args):
     """A DefaultPredictor (yacs config) or LazyPredictor (LazyConfig) for the parsed arguments."""
-    path, score = args.config_file, args.confidence_threshold
-    if not os.path.isfile(path):
-        raise InputError("Config file {!r} (--config-file) does not exist.".format(path))
-    try:
-        if path.endswith(".py"):
-            cfg = LazyConfig.apply_overrides(LazyConfig.load(path), args.opts)
-        else:
-            cfg = get_cfg()
-            add_panet_config(cfg)
-            cfg.merge_from_file(path)
-            cfg.merge_from_list(args.opts)
-    except InputError:
-        raise
-    except SyntaxError as e:  # a LazyConfig's Python: file and line
-        raise config_error(path, e) from None
-    except Exception as e:  # yacs, omegaconf and hydra errors: name the file and the --opts
-        hint = " (--opts of a .py are key=value)" if path.endswith(".py") and args.opts else ""
-        raise ConfigError(
-            "Config {!r} with --opts {}{}: {}".format(path, args.opts, hint, e)
-        ) from e
+    score = args.confidence_threshold
+    cfg, notes = load_config(args.config_file, args.opts)
+    for note in notes:
+        logger.warning(note)
     if isinstance(cfg, CfgNode):
         _check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score
         cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = score
-        cfg.MODEL.DEVICE = _device(cfg.MODEL.DEVICE)
         return Predictor(cfg)
     weights = _check_weights(
         OmegaConf.select(cfg, "train.init_checkpoint", default=""), "train.init_checkpoint"
     )
     for key in (k for k in LAZY_SCORE_KEYS if OmegaConf.select(cfg, k) is not None):
         OmegaConf.update(cfg, key, score)
-    device = _device(OmegaConf.select(cfg, "train.device", default="cuda"))
+    device = cfg.train.device
     model = instantiate(cfg.model).to(device).eval()
     PANetCheckpointer(model).load(weights)
     augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentations")
@@ -292,10 +272,8 @@ def main(argv=None):
     for name in ("fvcore", "detectron2", "panet_d2"):
         setup_logger(name=name)
     logger.info("Arguments: %s", args)
-    try:
+    with one_line_errors():
         return run(args)
-    except InputError as e:
-        sys.exit("ERROR: " + " ".join(str(e).split()))
 
 
 if __name__ == "__main__":

@@ -16,27 +16,23 @@ they start. --eval-only needs weights (MODEL.WEIGHTS, or the last checkpoint wit
 hold every tensor of the model; see docs/reliability.md.
 """
 
+import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
+
 import logging
 import sys
 
 import torch.multiprocessing as mp
 
 import detectron2.utils.comm as comm
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
-from panet_d2 import PANetCheckpointer, add_panet_config  # registers the models and datasets
-from panet_d2.engine import PANetTrainer, adapt_config_to_machine
-from panet_d2.engine.checks import (
-    check_config,
-    check_config_file,
-    check_inputs,
-    check_output_dir,
-    clean_error_message,
-)
-from panet_d2.errors import ConfigError, InputError
+from panet_d2 import PANetCheckpointer  # registers the models and datasets
+from panet_d2.engine import PANetTrainer
+from panet_d2.engine import load_config as panet_load_config
+from panet_d2.engine import one_line_errors
+from panet_d2.engine.checks import check_config, check_inputs, check_output_dir
 
 
 class Trainer(PANetTrainer):
@@ -49,21 +45,7 @@ def load_config(args):
     files (``_BASE_`` included), keys and OUTPUT_DIR checked, with a :class:`ConfigError` naming
     the file or key.
     """
-    check_config_file(args.config_file)
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    for merge, source, where in [
-        (cfg.merge_from_file, args.config_file, "Config file {!r}".format(args.config_file)),
-        (cfg.merge_from_list, args.opts, "The command-line options {}".format(args.opts)),
-    ]:
-        try:
-            merge(source)
-        except InputError:
-            raise
-        except Exception as e:  # yacs: unknown key, wrong type, odd number of options
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            raise ConfigError("{}: {}".format(where, msg)) from e
-    notes = adapt_config_to_machine(cfg)
+    cfg, notes = panet_load_config(args.config_file, args.opts, lazy=False)
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
     return cfg, notes
@@ -101,10 +83,8 @@ def main(args):
 def _one_line_main(args):
     # main in one of several processes: an InputError as one line (the traceback that
     # torch.multiprocessing would print is of no use), then exit code 1
-    try:
+    with one_line_errors(FloatingPointError):
         return main(args)
-    except (InputError, FloatingPointError) as e:
-        sys.exit("ERROR: " + " ".join(clean_error_message(e).split()))
 
 
 def invoke_main():
@@ -112,19 +92,18 @@ def invoke_main():
     print("Command Line Args:", args)
     world_size = args.num_gpus * args.num_machines
     try:
-        if world_size > 1:  # the config checks before any process starts
-            cfg, _ = load_config(args)
-            check_config(cfg, train=not args.eval_only, world_size=world_size)
-        launch(
-            _one_line_main if world_size > 1 else main,
-            args.num_gpus,
-            args.num_machines,
-            args.machine_rank,
-            args.dist_url,
-            (args,),
-        )
-    except (InputError, FloatingPointError) as e:  # a divergence: TrainingDivergedError
-        sys.exit("ERROR: " + " ".join(clean_error_message(e).split()))
+        with one_line_errors(FloatingPointError):  # a divergence: TrainingDivergedError
+            if world_size > 1:  # the config checks before any process starts
+                cfg, _ = load_config(args)
+                check_config(cfg, train=not args.eval_only, world_size=world_size)
+            launch(
+                _one_line_main if world_size > 1 else main,
+                args.num_gpus,
+                args.num_machines,
+                args.machine_rank,
+                args.dist_url,
+                (args,),
+            )
     except mp.ProcessExitedException as e:  # a process that exited with its "ERROR: ..." line
         sys.exit(e.exit_code if e.exit_code == 1 else "ERROR: {}".format(e))
 

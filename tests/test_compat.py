@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from detectron2.data.datasets import cityscapes as d2_cityscapes_data
 from detectron2.evaluation import cityscapes_evaluation as d2_cityscapes_eval
@@ -108,3 +109,54 @@ def test_fvcore_op_handles_are_scoped():
     with compat.fvcore_op_handles(FLOP_HANDLES):
         assert all(table[k] is v for k, v in FLOP_HANDLES.items())
     assert table == before
+
+
+# ---- Detectron2: create_ddp_model and CPU models -------------------------------------------------
+def _ddp_kwargs(monkeypatch, create_ddp_model):
+    from detectron2.engine import defaults
+
+    seen = {}
+    monkeypatch.setattr(defaults.comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(defaults, "DistributedDataParallel", lambda model, **kw: seen.update(kw))
+    create_ddp_model(torch.nn.Linear(2, 2))
+    return seen
+
+
+def test_detectron2_still_gives_cpu_models_device_ids(monkeypatch):
+    """Fails once Detectron2's create_ddp_model leaves device_ids out for a CPU model: remove
+    compat.ddp_on_cpu."""
+    from detectron2.engine import defaults
+
+    assert _ddp_kwargs(monkeypatch, defaults.create_ddp_model)["device_ids"] is not None
+
+
+def test_ddp_on_cpu_is_scoped(monkeypatch):
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+    with compat.ddp_on_cpu():
+        assert _ddp_kwargs(monkeypatch, defaults.create_ddp_model)["device_ids"] is None
+    assert defaults.create_ddp_model is original
+
+
+# ---- Detectron2: no image-reader hook in DatasetMapper -------------------------------------------
+def test_detectron2_mapper_still_has_no_reader_hook():
+    """Fails once Detectron2's DatasetMapper takes a reader (or reads otherwise): remove
+    compat.detectron2_reads_image_with and give ImageDatasetMapper's reader to it."""
+    from detectron2.data import DatasetMapper
+
+    assert "utils.read_image(" in inspect.getsource(DatasetMapper.__call__)
+    assert "read_image" not in inspect.signature(DatasetMapper.__init__).parameters
+
+
+def test_detectron2_reads_image_with_is_scoped():
+    from detectron2.data import detection_utils as utils
+
+    original = utils.read_image
+    with compat.detectron2_reads_image_with("a.jpg", lambda name, format=None: ("ours", name)):
+        assert utils.read_image("a.jpg") == ("ours", "a.jpg")
+        with compat.detectron2_reads_image_with("b.jpg", lambda name, format=None: "inner"):
+            assert utils.read_image("a.jpg") == ("ours", "a.jpg")  # the outer block's file
+        with pytest.raises(FileNotFoundError):  # any other file: Detectron2's reader
+            utils.read_image("no_such_file.png")
+    assert utils.read_image is original

@@ -112,3 +112,16 @@ def test_the_checker_sees_violations(tmp_path):
     path.write_text("from ..engine import x\n\ndef f():\n    from . import y\n")
     found = list(_imports(str(path), ["panet_d2", "modeling", "m"]))
     assert found == [("panet_d2.engine", True), ("panet_d2.modeling", False)]
+
+
+def test_no_function_over_80_lines():
+    # the panoptic merge (modeling/postprocessing/panoptic_merge.py) has its own limit
+    long = []
+    for path, rel in _modules():
+        if rel[-1] == "panoptic_merge":
+            continue
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.end_lineno - node.lineno + 1 > 80:
+                    long.append("{}.py:{} {}".format("/".join(rel), node.lineno, node.name))
+    assert long == []

@@ -28,20 +28,18 @@ import json
 import logging
 import os
 import re
-import sys
 
 import torch
 from tqdm import tqdm
 
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from panet_d2 import PANetCheckpointer, add_panet_config  # registers the models and datasets
-from panet_d2.engine import adapt_config_to_machine
-from panet_d2.engine.checks import check_registered, clean_error_message
-from panet_d2.errors import ConfigError, InputError
+from panet_d2 import PANetCheckpointer  # registers the models and datasets
+from panet_d2.engine import load_config, one_line_errors
+from panet_d2.engine.checks import check_registered
+from panet_d2.errors import ConfigError
 from panet_d2.level_usage import TIE_RULES, LevelUsage, draw_level_usage, format_table
 
 logger = logging.getLogger("panet_d2.analyze_level_usage")
@@ -68,15 +66,7 @@ def parse_args(argv=None):
 
 def setup(args):
     """The config; refuses one whose model Fig. 3 does not apply to (no AFP, sum fusion)."""
-    if not os.path.isfile(args.config_file):
-        raise InputError(
-            "Config file {!r} (--config-file) does not exist.".format(args.config_file)
-        )
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    notes = adapt_config_to_machine(cfg)
+    cfg, notes = load_config(args.config_file, args.opts, lazy=False)
     cfg.freeze()
     setup_logger(name="detectron2")
     setup_logger(name="panet_d2")
@@ -158,10 +148,8 @@ def main(args):
 
 def invoke_main(argv=None):
     args = parse_args(argv)
-    try:
+    with one_line_errors():
         return main(args)
-    except InputError as e:
-        sys.exit("ERROR: " + clean_error_message(e))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import warnings
 import torch
 
 import detectron2.data.transforms as T
-from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
+from detectron2.config import CfgNode, instantiate
 from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import DatasetEvaluators, inference_on_dataset, print_csv_format
 from detectron2.export import dump_torchscript_IR
@@ -44,12 +44,11 @@ from detectron2.utils.logger import setup_logger
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from panet_d2 import PANetCheckpointer  # noqa: E402
 from panet_d2 import export  # noqa: E402
-from panet_d2 import PANetCheckpointer, add_panet_config  # noqa: E402
 from panet_d2.data.image_io import read_image  # noqa: E402
-from panet_d2.engine import adapt_config_to_machine  # noqa: E402
-from panet_d2.engine.checks import config_error  # noqa: E402
-from panet_d2.errors import ConfigError, InputError  # noqa: E402
+from panet_d2.engine import load_config, one_line_errors  # noqa: E402
+from panet_d2.errors import ConfigError  # noqa: E402
 
 logger = setup_logger(name="panet_d2.export_model")
 
@@ -107,25 +106,12 @@ def setup_cfg(args):
     """The yacs config (frozen; MODEL.DEVICE "cuda" is the CPU where CUDA is absent, as in
     train_net.py), or the LazyConfig of a ``.py`` file; an error in either is a ConfigError
     naming the file (and line, for a LazyConfig's Python)."""
-    if not os.path.isfile(args.config_file):
-        raise ConfigError(
-            "Config file {!r} (--config-file) does not exist.".format(args.config_file)
-        )
-    try:
-        if args.config_file.endswith(".py"):
-            cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config_file), args.opts or [])
-            cfg.dataloader.test.num_workers = 0
-            return cfg
-        cfg = get_cfg()
-        add_panet_config(cfg)
-        cfg.merge_from_file(args.config_file)
-        cfg.merge_from_list(args.opts or [])
-    except InputError:
-        raise
-    except Exception as e:  # yacs, omegaconf, hydra, a LazyConfig's syntax error
-        raise config_error(args.config_file, e) from None
-    for note in adapt_config_to_machine(cfg):
+    cfg, notes = load_config(args.config_file, args.opts)
+    for note in notes:
         logger.warning(note)
+    if not isinstance(cfg, CfgNode):
+        cfg.dataloader.test.num_workers = 0
+        return cfg
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()
     return cfg
@@ -240,8 +226,7 @@ def main(argv=None):
     if isinstance(cfg, CfgNode):
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
     else:
-        device = cfg.train.device if torch.cuda.is_available() else "cpu"
-        model, weights = instantiate(cfg.model).to(device), cfg.train.init_checkpoint
+        model, weights = instantiate(cfg.model).to(cfg.train.device), cfg.train.init_checkpoint
     PANetCheckpointer(model).load(weights)  # required; every tensor of the model from it
     model.eval()
     inference = export_model(cfg, args, model)
@@ -253,10 +238,8 @@ def main(argv=None):
 
 def cli(argv=None):
     """:func:`main`, an input error (config, checkpoint, image) as one "ERROR:" line, exit 1."""
-    try:
+    with one_line_errors():
         return main(argv)
-    except InputError as e:
-        sys.exit("ERROR: " + " ".join(str(e).split()))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 # -*- coding: utf-8 -*-
 """
 The one image reader of panet_d2 (training, evaluation and demo.py): :func:`read_image`, and
-:class:`ImageDatasetMapper`, Detectron2's ``DatasetMapper`` reading its images with it.
+:class:`ImageDatasetMapper`, Detectron2's ``DatasetMapper`` reading its images with it
+(:func:`panet_d2.compat.detectron2_reads_image_with`).
 
 Detectron2's ``read_image`` converts with PIL's ``convert``, which clips 16-bit pixels: a 16-bit
 grayscale PNG becomes an all-white image. Here 16-bit images are scaled to 8 bit; 32-bit integer
@@ -13,9 +14,6 @@ A record whose width / height differ from the image as read (EXIF orientation ap
 (:func:`check_image_size`); a record with the upright size of a rotated photo is read as it is.
 """
 
-import contextlib
-import threading
-
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -23,6 +21,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
 
+from ..compat import detectron2_reads_image_with
 from ..errors import DatasetError, ImageLoadError, InputError
 
 __all__ = ["read_image", "check_image_size", "ImageDatasetMapper"]
@@ -116,44 +115,6 @@ def check_image_size(dataset_dict, image):
         raise _size_mismatch(dataset_dict) from None
 
 
-_D2_READ_IMAGE = utils.read_image
-_local = threading.local()  # the image file of the record that this thread maps
-_lock = threading.Lock()
-_active = 0  # threads mapping a record
-
-
-def _dispatching_read_image(file_name, format=None):
-    # read_image for the image file of the record that this thread maps; Detectron2's for any
-    # other file (segmentation PNGs hold labels: never rescaled) and in other threads
-    if file_name == getattr(_local, "image_file", None):
-        return read_image(file_name, format)
-    return _D2_READ_IMAGE(file_name, format)
-
-
-@contextlib.contextmanager
-def _images_read_by_panet(image_file):
-    # DatasetMapper.__call__ reads the image with detection_utils.read_image and has no hook for
-    # another reader. So that ImageDatasetMapper subclasses DatasetMapper instead of copying its
-    # __call__, detection_utils.read_image is replaced while a record is mapped (for that
-    # record's image file only) and restored when no thread maps one.
-    global _active
-    if getattr(_local, "image_file", None) is not None:  # nested: a subclass calling super()
-        yield
-        return
-    with _lock:
-        _active += 1
-        utils.read_image = _dispatching_read_image
-    _local.image_file = image_file
-    try:
-        yield
-    finally:
-        _local.image_file = None
-        with _lock:
-            _active -= 1
-            if not _active:
-                utils.read_image = _D2_READ_IMAGE
-
-
 class ImageDatasetMapper(DatasetMapper):
     """
     Detectron2's ``DatasetMapper`` (same arguments and outputs) whose image is read by
@@ -162,7 +123,7 @@ class ImageDatasetMapper(DatasetMapper):
     """
 
     def __call__(self, dataset_dict):
-        with _images_read_by_panet(dataset_dict["file_name"]):
+        with detectron2_reads_image_with(dataset_dict["file_name"], read_image):
             try:
                 return super().__call__(dataset_dict)
             except utils.SizeMismatchError:

@@ -3,7 +3,6 @@
 :class:`PANetTrainer`: Detectron2's :class:`DefaultTrainer` for panet_d2.
 """
 
-import contextlib
 import logging
 import math
 import os
@@ -13,7 +12,6 @@ from collections import OrderedDict
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-import detectron2.engine.defaults as d2_defaults
 import detectron2.utils.comm as comm
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data.build import filter_images_with_only_crowd_annotations
@@ -22,7 +20,7 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNNWithTTA
 
 from ..checkpoint import PANetCheckpointer
-from ..compat import cityscapes_api_alias
+from ..compat import cityscapes_api_alias, ddp_on_cpu
 from ..data import PanopticDatasetMapper
 from ..data.image_io import ImageDatasetMapper
 from ..errors import TrainingDivergedError
@@ -39,7 +37,7 @@ from .checks import (
 )
 from .resume import ResumableSampler, ResumeStateHook, preserved_rng_states
 
-__all__ = ["PANetTrainer", "adapt_config_to_machine", "uses_panoptic_mapper"]
+__all__ = ["PANetTrainer", "uses_panoptic_mapper"]
 
 _ONE_LINE_INPUT_ERRORS = OneLineInputErrors()
 logger = logging.getLogger(__name__)
@@ -47,49 +45,6 @@ logger = logging.getLogger(__name__)
 # The optimizer hyper-parameters that --resume compares (a param group's key, its config key).
 _SOLVER_KEYS = {"initial_lr": "SOLVER.BASE_LR", "momentum": "SOLVER.MOMENTUM"}
 _SOLVER_KEYS.update(weight_decay="SOLVER.WEIGHT_DECAY", nesterov="SOLVER.NESTEROV")
-
-
-def adapt_config_to_machine(cfg):
-    """
-    Makes a (not frozen) config runnable here: MODEL.DEVICE "cuda" becomes "cpu" without CUDA;
-    SOLVER.AMP.ENABLED (Detectron2's AMPTrainer, CUDA only) is switched off on the CPU.
-
-    Returns:
-        list[str]: what was changed, to be logged once the logger is set up.
-    """
-    notes = []
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        notes.append(
-            "MODEL.DEVICE={!r}: CUDA is not available, running on the CPU.".format(cfg.MODEL.DEVICE)
-        )
-        cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        notes.append("SOLVER.AMP.ENABLED needs CUDA: training in float32 on " + cfg.MODEL.DEVICE)
-        cfg.SOLVER.AMP.ENABLED = False
-    return notes
-
-
-@contextlib.contextmanager
-def _ddp_on_cpu():
-    """
-    Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]`` to DistributedDataParallel
-    for every model, which DDP refuses for a CPU model: several processes on CPUs (gloo) fail in
-    DefaultTrainer.__init__. Detectron2 has no hook there, so while the block runs (our
-    ``super().__init__``) the function that DefaultTrainer.__init__ calls is replaced by one that
-    gives a CPU model ``device_ids=None``; a GPU model goes to Detectron2's function unchanged.
-    """
-    create_ddp_model = d2_defaults.create_ddp_model
-
-    def create_ddp_model_on_any_device(model, **kwargs):
-        if comm.get_world_size() > 1 and all(p.device.type == "cpu" for p in model.parameters()):
-            kwargs.setdefault("device_ids", None)
-        return create_ddp_model(model, **kwargs)
-
-    d2_defaults.create_ddp_model = create_ddp_model_on_any_device
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = create_ddp_model
 
 
 def _broadcast_buffers(model):
@@ -142,7 +97,7 @@ class PANetTrainer(DefaultTrainer):
     def __init__(self, cfg):
         check_inputs(cfg, train=True)
         logging.getLogger("detectron2.engine.train_loop").addFilter(_ONE_LINE_INPUT_ERRORS)
-        with _ddp_on_cpu():
+        with ddp_on_cpu():
             super().__init__(cfg)
 
     def build_train_loader(self, cfg):

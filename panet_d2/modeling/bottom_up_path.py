@@ -89,10 +89,8 @@ class PAFPN(FPN):
         use_relu = bpa_activation == "relu" or (bpa_activation == "relu_if_norm" and bpa_norm)
         if not isinstance(bpa_conv_bias, bool):
             raise ConfigError(
-                "Invalid config value MODEL.PAFPN.CONV_BIAS={!r}; allowed: True (a bias on every "
-                "new conv, the authors' release) or False (a bias only without a norm).".format(
-                    bpa_conv_bias
-                )
+                f"Invalid config value MODEL.PAFPN.CONV_BIAS={bpa_conv_bias!r}; allowed: True (a "
+                "bias on every new conv, as released) or False (a bias only without a norm)."
             )
         use_bias = bpa_conv_bias or not bpa_norm
 

@@ -8,8 +8,7 @@ import torch
 
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
-from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
-from ..errors import ConfigError, check_choice
+from ..errors import ConfigError
 from .adaptive_feature_pooling import AdaptiveFeaturePooler
 from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers
@@ -49,9 +48,7 @@ class PANetROIHeads(StandardROIHeads):
         afp = cfg.MODEL.AFP
         if not afp.ENABLED:
             return
-        check_choice("MODEL.AFP.FUSE_TYPE", afp.FUSE_TYPE, AFP_FUSE_TYPES)
-        check_choice("MODEL.AFP.BOX_FUSE_POSITION", afp.BOX_FUSE_POSITION, AFP_FUSE_POSITIONS)
-        check_choice("MODEL.AFP.MASK_FUSE_POSITION", afp.MASK_FUSE_POSITION, AFP_FUSE_POSITIONS)
+        # the fusion type and positions: checked by the heads that take them
         if not isinstance(afp.POOLER_SAMPLING_RATIO, int) or afp.POOLER_SAMPLING_RATIO < 0:
             raise ConfigError(
                 "Invalid config value MODEL.AFP.POOLER_SAMPLING_RATIO={!r}; allowed: 0 (adaptive) "
