@@ -33,7 +33,7 @@ from detectron2.structures import Boxes  # noqa: E402
 
 from benchmarks.bench_model import fixed_proposals  # noqa: E402
 from panet_d2.modeling import AdaptiveFeaturePooler  # noqa: E402
-from panet_d2.modeling.adaptive_feature_pooling import multilevel_roi_align  # noqa: E402
+from panet_d2.modeling.poolers import multilevel_roi_align  # noqa: E402
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 

@@ -39,7 +39,8 @@ from torch import nn
 
 from detectron2.modeling.poolers import assign_boxes_to_levels
 
-from .modeling.adaptive_feature_pooling import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
+from .modeling.layers import AFPConv2d, AFPLinear
+from .modeling.poolers import AdaptiveFeaturePooler
 
 __all__ = [
     "BRANCHES",

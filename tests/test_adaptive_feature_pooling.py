@@ -14,7 +14,7 @@ from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.structures import Boxes
 
 from panet_d2 import AdaptiveFeaturePooler, AFPConv2d, AFPLinear, PANetConvFCHead
-from panet_d2.modeling.adaptive_feature_pooling import multilevel_roi_align
+from panet_d2.modeling.poolers import multilevel_roi_align
 
 SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
 

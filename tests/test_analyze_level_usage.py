@@ -26,7 +26,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from panet_d2 import PANetCheckpointer  # noqa: E402
 from panet_d2.data import register_synthetic_dataset  # noqa: E402
 from panet_d2.level_usage import TIE_RULES, LevelUsage, count_level_sources  # noqa: E402
-from panet_d2.modeling.adaptive_feature_pooling import AFPConv2d  # noqa: E402
+from panet_d2.modeling.layers import AFPConv2d  # noqa: E402
 
 from .common import panet_cfg, random_image  # noqa: E402
 

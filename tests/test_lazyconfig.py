@@ -29,7 +29,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 from detectron2.utils.events import EventStorage
 
-from panet_d2.modeling.adaptive_feature_pooling import LevelwiseNorm
+from panet_d2.modeling.layers import LevelwiseNorm
 
 from .common import CONFIG_DIR, panet_cfg, random_image, toy_instances
 

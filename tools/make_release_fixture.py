@@ -723,7 +723,7 @@ class _InclusiveRois:
     boxes of the same pixels)."""
 
     def __enter__(self):
-        from panet_d2.modeling import adaptive_feature_pooling as afp
+        from panet_d2.modeling import poolers as afp
 
         self.afp, self.orig = afp, afp.convert_boxes_to_pooler_format
 

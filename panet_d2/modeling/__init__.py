@@ -5,9 +5,10 @@ box and mask heads (fully-connected fusion), ROI heads, semantic head, the panop
 meta-architecture and its merge. Importing it registers them with Detectron2's registries.
 """
 
-from .bottom_up_path import PAFPN, build_resnet_pafpn_backbone
+from .backbone import PAFPN, build_resnet_pafpn_backbone
 from .anchor_generator import DetectronAnchorGenerator
-from .adaptive_feature_pooling import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
+from .layers import AFPConv2d, AFPLinear
+from .poolers import AdaptiveFeaturePooler
 from .fully_connected_fusion import FullyConnectedFusion
 from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers

@@ -17,8 +17,8 @@ from detectron2.modeling.roi_heads.mask_head import (
 
 from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, FF_START_LAYERS
 from ..errors import ConfigError, check_choice
-from .adaptive_feature_pooling import AFPConv2d, fuse_levels
 from .fully_connected_fusion import FullyConnectedFusion
+from .layers import AFPConv2d, fuse_levels
 from .scripting import add_scripting_lists, scriptable_copy
 
 __all__ = ["PANetMaskHead"]

@@ -9,10 +9,10 @@ import torch
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
 from ..errors import ConfigError
-from .adaptive_feature_pooling import AdaptiveFeaturePooler
 from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers
 from .mask_head import PANetMaskHead
+from .poolers import AdaptiveFeaturePooler
 
 __all__ = ["PANetROIHeads"]
 

@@ -19,7 +19,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.meta_arch.semantic_seg import SEM_SEG_HEADS_REGISTRY, SemSegFPNHead
 
 from ..errors import ConfigError
-from .adaptive_feature_pooling import check_norm
+from .layers import check_norm
 from .scripting import add_scripting_lists, scriptable_copy
 
 __all__ = ["PANetSemSegHead"]

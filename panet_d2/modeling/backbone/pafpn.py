@@ -23,10 +23,10 @@ from detectron2.modeling.backbone import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from ..config import PAFPN_ACTIVATIONS
-from ..errors import ConfigError, check_choice
-from .adaptive_feature_pooling import check_norm
-from .scripting import add_scripting_lists, scriptable_copy
+from ...config import PAFPN_ACTIVATIONS
+from ...errors import ConfigError, check_choice
+from ..layers import check_norm
+from ..scripting import add_scripting_lists, scriptable_copy
 
 __all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
 

@@ -1,0 +1,6 @@
+# -*- coding: utf-8 -*-
+"""PANet's backbone: FPN with bottom-up path augmentation (``pafpn.py``)."""
+
+from .pafpn import PAFPN, build_resnet_pafpn_backbone
+
+__all__ = ["PAFPN", "build_resnet_pafpn_backbone"]

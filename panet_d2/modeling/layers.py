@@ -1,0 +1,275 @@
+# -*- coding: utf-8 -*-
+"""
+The per-level layers of adaptive feature pooling (AFP), Sec. 3.2 of the PANet paper, and the norm
+helpers of the model: each level's pooled grid through its own parametric layer (fc1 in the box
+branch, conv1 in the mask branch), then the element-wise fusion (max or sum).
+
+* :class:`AFPConv2d`, :class:`AFPLinear`: the per-level first layer, run as one batched op over
+  all levels (a grouped conv / a batched matmul), its norm, ReLU, then the fusion
+  (:func:`fuse_levels`); :func:`per_level_norm`, :func:`check_norm` (also used by the backbone
+  and the semantic head).
+
+Warm start: the per-level weights live under ``<layer>.per_level.*``, a name that a single-level
+checkpoint (e.g. Detectron2's Mask R-CNN: ``box_head.fc1.weight`` (1024, 12544)) does not have.
+So every loader that goes through ``nn.Module.load_state_dict`` (Detectron2's
+``DetectionCheckpointer`` included, whose shape filter only sees keys the model has) hands the
+single-level tensors to :meth:`_PerLevelLayer._load_from_state_dict`, which copies them to every
+level (and logs it) instead of leaving the first layers random.
+"""
+
+import logging
+import re
+from typing import List
+
+import torch
+from torch import nn
+
+from detectron2.layers import Conv2d, get_norm
+
+from ..config import AFP_FUSE_TYPES
+from ..errors import ConfigError, check_choice
+
+__all__ = [
+    "AFPConv2d",
+    "AFPLinear",
+    "LevelwiseNorm",
+    "fuse_levels",
+    "per_level_norm",
+    "check_norm",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def fuse_levels(x: torch.Tensor, fuse_type: str, dim: int = 1) -> torch.Tensor:
+    """
+    Element-wise fusion over the level dimension.
+
+    Args:
+        x (Tensor): shape (M, L, ...) for ``dim=1``.
+        fuse_type (str): "max" or "sum".
+
+    Returns:
+        Tensor: shape (M, ...).
+    """
+    if fuse_type == "max":
+        return x.amax(dim=dim)
+    return x.sum(dim=dim)
+
+
+_PER_CHANNEL_NORMS = ("BN", "SyncBN", "FrozenBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
+
+
+class LevelwiseNorm(nn.Module):
+    """
+    One norm module per level, for norms that mix channels (LayerNorm, a callable returning any
+    module): input (M, L * C, H, W), level l owning channels [l * C, (l + 1) * C).
+    """
+
+    def __init__(self, norm, channels: int, num_levels: int):
+        super().__init__()
+        self.levels = nn.ModuleList([get_norm(norm, channels) for _ in range(num_levels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A module of unknown kind cannot be batched over levels: one call per level (L = 4),
+        # written as TorchScript compiles it (no zip over a ModuleList).
+        chunks = x.chunk(len(self.levels), dim=1)
+        outputs: List[torch.Tensor] = []
+        for i, norm in enumerate(self.levels):
+            outputs.append(norm(chunks[i]))
+        return torch.cat(outputs, dim=1)
+
+
+def per_level_norm(norm, channels: int, num_levels: int):
+    """
+    A norm over (M, L * channels, H, W) that normalises each level separately.
+
+    Args:
+        norm (str or callable): any norm spec of Detectron2's ``get_norm``: "" / None (no norm),
+            a name ("GN", "BN", "SyncBN", "LN", ...) or a callable ``channels -> nn.Module``.
+
+    Returns:
+        nn.Module or None: per-channel norms over all L * channels channels; GroupNorm with 32
+        groups per level; else :class:`LevelwiseNorm` (one module per level).
+    """
+    check_norm("the norm of the per-level layer", norm)
+    if norm is None or (isinstance(norm, str) and not norm):
+        return None
+    if norm == "GN":
+        return nn.GroupNorm(32 * num_levels, channels * num_levels)
+    if isinstance(norm, str) and norm in _PER_CHANNEL_NORMS:
+        return get_norm(norm, channels * num_levels)
+    return LevelwiseNorm(norm, channels, num_levels)
+
+
+def check_norm(key: str, norm):
+    """Raise :class:`ConfigError` unless ``norm`` is a norm spec Detectron2's ``get_norm`` takes."""
+    if norm is None or callable(norm) or norm == "":
+        return norm
+    try:
+        get_norm(norm, 32)
+    except (KeyError, TypeError):
+        raise ConfigError(
+            "Invalid config value {}={!r}; allowed: '' (no norm), a norm name of Detectron2's "
+            "get_norm ('GN', 'BN', 'SyncBN', 'naiveSyncBN', 'nnSyncBN', 'FrozenBN', 'LN') or a "
+            "callable returning an nn.Module.".format(key, norm)
+        ) from None
+    return norm
+
+
+class _PerLevelLayer(nn.Module):
+    """
+    Base of the per-level first layers: checks, and the warm start from a single-level layer.
+    Subclasses keep their per-level parameters under names that contain ``per_level`` or
+    ``levels.<l>`` (per-level norm modules).
+    """
+
+    def __init__(self, num_levels: int, fuse_type: str):
+        super().__init__()
+        if num_levels < 2:
+            raise ConfigError(
+                "Adaptive feature pooling needs >= 2 levels, got {}".format(num_levels)
+            )
+        self.num_levels = num_levels
+        self.fuse_type = check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
+
+    @staticmethod
+    def _single_level_name(name: str) -> str:
+        """ "per_level.weight" -> "weight", "norm.levels.2.bias" -> "norm.bias"."""
+        return re.sub(r"(^|\.)(per_level|levels\.\d+)\.", r"\1", name)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Runs before the children load: turn a single-level layer's tensors (a Detectron2
+        # checkpoint: "<prefix>weight", "<prefix>norm.weight") into ours, copied to every level.
+        L, replicated = self.num_levels, []
+        for name, ours in self.state_dict().items():
+            single = prefix + self._single_level_name(name)
+            theirs = state_dict.get(single)
+            if prefix + name in state_dict or not isinstance(theirs, torch.Tensor):
+                continue
+            if theirs.shape == ours.shape:  # a per-level norm module, or an older layout
+                value = theirs
+            elif ours.shape == (L,) + theirs.shape:
+                value = theirs.unsqueeze(0).expand_as(ours)
+            elif theirs.dim() >= 1 and ours.shape == (L * theirs.shape[0],) + theirs.shape[1:]:
+                value = theirs.repeat(L, *([1] * (theirs.dim() - 1)))
+            else:
+                continue  # left to the shape check of the loader
+            state_dict[prefix + name] = value.clone()
+            replicated.append(single)
+        for key in set(replicated):
+            del state_dict[key]
+        if replicated:
+            logger.info(
+                "AFP warm start: {} copied to each of the {} levels of {}".format(
+                    ", ".join(sorted(set(k[len(prefix) :] for k in replicated))), L, prefix[:-1]
+                )
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class AFPConv2d(_PerLevelLayer):
+    """
+    Per-level 3x3 conv (+ norm) + ReLU, followed by element-wise fusion over levels.
+
+    The L convs run as one grouped convolution ``per_level``: weight (L * out_channels,
+    in_channels, k, k), level l owning rows [l * out_channels, (l + 1) * out_channels).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_levels: int,
+        *,
+        norm="",
+        fuse_type: str = "max",
+        kernel_size: int = 3,
+    ):
+        super().__init__(num_levels, fuse_type)
+        self.out_channels = out_channels
+        self.per_level = Conv2d(
+            in_channels * num_levels,
+            out_channels * num_levels,
+            kernel_size=kernel_size,
+            padding=kernel_size // 2,
+            groups=num_levels,
+            bias=not norm,
+            norm=per_level_norm(norm, out_channels, num_levels),
+            activation=nn.ReLU(),
+        )
+        # Detectron2's c2_msra_fill, level by level (fan-out of one level's conv).
+        for w in self.per_level.weight.data.view(
+            num_levels, out_channels, -1, *([kernel_size] * 2)
+        ):
+            nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
+        if self.per_level.bias is not None:
+            nn.init.constant_(self.per_level.bias, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor): level-stacked grids, shape (M, L, C, H, W).
+
+        Returns:
+            Tensor: fused features, shape (M, out_channels, H, W).
+        """
+        M, L, C, H, W = x.shape
+        y = self.per_level(x.reshape(M, L * C, H, W))
+        return fuse_levels(y.view(M, L, self.out_channels, H, W), self.fuse_type)
+
+
+class GroupedLinear(nn.Module):
+    """
+    L independent fully-connected layers as one batched matmul: ``weight`` (L, out, in),
+    ``bias`` (L, out). Input (L, M, in), output (L, M, out).
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_groups: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_groups, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(num_groups, out_features))
+        for w in self.weight.data:  # Detectron2's c2_xavier_fill, group by group
+            nn.init.kaiming_uniform_(w, a=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+    def extra_repr(self):
+        L, out_features, in_features = self.weight.shape
+        return "in_features={}, out_features={}, groups={}".format(in_features, out_features, L)
+
+
+class AFPLinear(_PerLevelLayer):
+    """
+    Per-level fully-connected layer (+ norm) + ReLU, followed by element-wise fusion over levels.
+    The L layers are one :class:`GroupedLinear` ``per_level``; a single-level fc's weights
+    warm-start every level.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_levels: int,
+        *,
+        norm="",
+        fuse_type: str = "max",
+    ):
+        super().__init__(num_levels, fuse_type)
+        self.per_level = GroupedLinear(in_features, out_features, num_levels)
+        self.norm = per_level_norm(norm, out_features, num_levels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            x (Tensor): shape (M, L, in_features) (level-stacked grids, flattened per level).
+
+        Returns:
+            Tensor: fused features, shape (M, out_features).
+        """
+        y = self.per_level(x.transpose(0, 1))  # (L, M, out)
+        if self.norm is not None:
+            L, M, D = y.shape
+            y = self.norm(y.transpose(0, 1).reshape(M, L * D, 1, 1)).view(M, L, D).transpose(0, 1)
+        return fuse_levels(torch.relu(y), self.fuse_type, dim=0)

@@ -1,0 +1,222 @@
+# -*- coding: utf-8 -*-
+"""
+The pooler of adaptive feature pooling (AFP), Sec. 3.2 of the PANet paper: every proposal pooled
+from every pyramid level.
+
+FPN pools each proposal from the single level its size selects. AFP instead pools every proposal
+from every level with RoIAlign (each level at its own scale); the per-level first layers and the
+fusion are in :mod:`panet_d2.modeling.layers`.
+
+* :class:`AdaptiveFeaturePooler`: RoIAlign of all boxes of the batch from every level. Output:
+  (M, L, C, H, W) level-stacked grids. On the CPU with a fixed sampling ratio (the default, 2)
+  all levels are one batched op (:func:`multilevel_roi_align`, equal to torchvision's RoIAlign),
+  in eager mode and in TorchScript (scripted and traced graphs); otherwise (CUDA, ONNX export,
+  sampling ratio 0) one torchvision RoIAlign call per level.
+"""
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.nn.modules.utils import _pair
+
+from detectron2.layers import ROIAlign
+from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
+from detectron2.structures import Boxes
+
+__all__ = ["AdaptiveFeaturePooler", "multilevel_roi_align"]
+
+
+def _bilinear_taps(
+    coord: torch.Tensor, size: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    torchvision's RoIAlign bilinear rule along one axis: for sample coordinates ``coord`` on an
+    axis of ``size`` pixels (broadcastable), the low/high pixel indices (int64) and their
+    weights (both 0 for a sample outside [-1, size]).
+    """
+    inside = (coord >= -1.0) & (coord <= size)
+    c = coord.clamp(min=0.0)
+    low = torch.minimum(c.floor(), size - 1)
+    at_edge = low >= size - 1
+    c = torch.where(at_edge, low, c)
+    high = torch.where(at_edge, low, low + 1)
+    frac = c - low
+    return low.long(), high.long(), (1.0 - frac) * inside, frac * inside
+
+
+def multilevel_roi_align(
+    features: List[torch.Tensor],
+    rois: torch.Tensor,
+    scales: List[float],
+    output_size: Tuple[int, int],
+    sampling_ratio: int,
+    aligned: bool,
+) -> torch.Tensor:
+    """
+    RoIAlign of every box from every level in one batched op: the same values (to float
+    rounding) and gradients as one ``torchvision.ops.roi_align`` call per level, stacked.
+
+    Why: torchvision's CPU RoIAlign is single-threaded, and its backward recomputes the
+    bilinear weights of every sample for every channel, so AFP's L x M pooled grids cost far
+    more than their arithmetic on the CPU (a training step of PANet R50 spent 5.6 of 33 s in
+    its backward). With a fixed sampling ratio s, each output bin is a weighted sum of
+    s * s * 4 feature-map pixels (s x s samples, 4 bilinear taps each), i.e. one bag of
+    ``F.embedding_bag`` over the channels-last pixels of all levels: multi-threaded, no
+    per-channel index arithmetic, and its backward is a weighted scatter of whole C-vectors.
+    (Neither Detectron2's ROIPooler nor torchvision has a multi-level RoIAlign to call.)
+
+    TorchScript scripting compiles it, and tracing records it for any image size and number of
+    boxes (the bags' index arithmetic is scripted when traced). ONNX export records
+    ``embedding_bag`` as a Loop over the bags (one iteration per output bin), far slower than
+    ONNX's RoiAlign: :class:`AdaptiveFeaturePooler` exports RoiAlign per level instead.
+
+    Args:
+        features (list[Tensor]): L maps, level l of shape (N, C, H_l, W_l).
+        rois (Tensor): (M, 5) rows (batch index, x0, y0, x1, y1) in image coordinates.
+        scales (list[float]): L spatial scales (1 / stride).
+        output_size (tuple[int, int]): (P_h, P_w).
+        sampling_ratio (int): s > 0 samples per bin side.
+        aligned (bool): the half-pixel offset of ROIAlignV2 (Detectron2's default pooler).
+
+    Returns:
+        Tensor: (M, L, C, P_h, P_w).
+    """
+    L, C, (ph, pw) = len(features), features[0].shape[1], output_size
+    # channels-last table of all levels, one row per pixel: n * rows + offset_l + y * W_l + x
+    table = torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1).reshape(-1, C)
+    index, offsets, weight = _roi_align_bags(
+        features, rois, scales, output_size, sampling_ratio, aligned
+    )
+    out = F.embedding_bag(
+        index, table, offsets, mode="sum", per_sample_weights=weight.to(table.dtype)
+    )
+    return out.view(L, rois.shape[0], ph, pw, C).permute(1, 0, 4, 2, 3)
+
+
+@torch.jit.script_if_tracing
+def _roi_align_bags(
+    features: List[torch.Tensor],
+    rois: torch.Tensor,
+    scales: List[float],
+    output_size: Tuple[int, int],
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The bags of :func:`multilevel_roi_align`, for ``F.embedding_bag``: one bag per (level, box,
+    bin), in that order, of its s * s * 4 taps: their rows in the channels-last table of all
+    levels (flat), the bags' offsets into them, and the taps' weights (flat). Scripted when
+    traced: a traced graph holds it as one call that works for every image size and number of
+    boxes.
+    """
+    rois = rois.to(dtype=features[0].dtype)  # as Detectron2's ROIAlign
+    dev, dt = rois.device, rois.dtype
+    s, ph, pw, L = sampling_ratio, output_size[0], output_size[1], len(features)
+    H = torch.tensor([f.shape[2] for f in features], device=dev)  # (L,)
+    W = torch.tensor([f.shape[3] for f in features], device=dev)
+    rows = int((H * W).sum())  # rows of the table per image
+    level_offset = torch.cumsum(H * W, 0) - H * W
+    Hf, Wf = H.to(dt).view(L, 1, 1, 1), W.to(dt).view(L, 1, 1, 1)
+
+    # torchvision's arithmetic in its order, for all levels at once: (L, M)
+    scale = torch.tensor(scales, dtype=dt, device=dev)[:, None]
+    offset = 0.5 if aligned else 0.0
+    x0, y0 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
+    roi_w, roi_h = rois[:, 3] * scale - offset - x0, rois[:, 4] * scale - offset - y0
+    if not aligned:
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_w, bin_h = (roi_w / pw)[:, :, None, None], (roi_h / ph)[:, :, None, None]
+    sub = (torch.arange(s, device=dev, dtype=dt) + 0.5)[None, :]  # (1, s)
+    # sample coordinates (L, M, P, s): start + p * bin + (i + .5) * bin / s
+    xs = x0[:, :, None, None] + torch.arange(pw, device=dev, dtype=dt)[:, None] * bin_w
+    xs = xs + sub * bin_w / s
+    ys = y0[:, :, None, None] + torch.arange(ph, device=dev, dtype=dt)[:, None] * bin_h
+    ys = ys + sub * bin_h / s
+    xl, xh, wxl, wxh = _bilinear_taps(xs, Wf)
+    yl, yh, wyl, wyh = _bilinear_taps(ys, Hf)
+    # taps over (L, M, Ph, Pw, s_y, s_x, tap_y, tap_x)
+    ry = torch.stack([yl, yh], -1)[:, :, :, None, :, None, :, None] * W.view(L, 1, 1, 1, 1, 1, 1, 1)
+    rx = torch.stack([xl, xh], -1)[:, :, None, :, None, :, None, :]
+    wy = torch.stack([wyl, wyh], -1)[:, :, :, None, :, None, :, None]
+    wx = torch.stack([wxl, wxh], -1)[:, :, None, :, None, :, None, :]
+    first = rois[:, 0].long() * rows + level_offset[:, None]  # (L, M)
+    index = first[:, :, None, None, None, None, None, None] + ry + rx
+    weight = wy * wx / (s * s)
+    index = index.reshape(-1)
+    offsets = torch.arange(0, index.shape[0], s * s * 4, device=dev)
+    return index, offsets, weight.reshape(-1)
+
+
+class AdaptiveFeaturePooler(ROIPooler):
+    """
+    Pools every box from every feature level (no level assignment).
+
+    Same constructor as Detectron2's :class:`ROIPooler`; ``canonical_box_size`` and
+    ``canonical_level`` are unused since no box is assigned to a level.
+    """
+
+    # whether the level poolers are RoIAlign with a fixed sampling ratio (what
+    # multilevel_roi_align computes), and their arguments, as TorchScript reads them
+    batched_roi_align: bool
+    _scales: List[float]
+    _output_size: Tuple[int, int]
+    _sampling_ratio: int
+    _aligned: bool
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        first = self.level_poolers[0]
+        self.batched_roi_align = all(
+            type(p) is ROIAlign and p.sampling_ratio > 0 for p in self.level_poolers
+        )
+        self._scales = [float(p.spatial_scale) for p in self.level_poolers]
+        size = _pair(first.output_size)
+        self._output_size = (int(size[0]), int(size[1]))
+        self._sampling_ratio = int(getattr(first, "sampling_ratio", 0))
+        self._aligned = bool(getattr(first, "aligned", False))
+
+    def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]):
+        """
+        Args:
+            x (list[Tensor]): L feature maps, each (N, C, Hl, Wl), ordered like the scales.
+            box_lists (list[Boxes]): N lists of boxes in image coordinates.
+
+        Returns:
+            Tensor: shape (M, L, C, output_size, output_size), M boxes over the batch; entry
+            [m, l] is box m pooled from level l with RoIAlign.
+        """
+        pooler_fmt_boxes = convert_boxes_to_pooler_format(box_lists)
+        if self._use_multilevel_roi_align(x):
+            return multilevel_roi_align(
+                x,
+                pooler_fmt_boxes,
+                self._scales,
+                self._output_size,
+                self._sampling_ratio,
+                self._aligned,
+            )
+        # One RoIAlign call per level, each over all boxes of the batch.
+        grids = [
+            pooler(x[level], pooler_fmt_boxes) for level, pooler in enumerate(self.level_poolers)
+        ]
+        return torch.stack(grids, dim=1)
+
+    def _use_multilevel_roi_align(self, x: List[torch.Tensor]) -> bool:
+        """
+        True where :func:`multilevel_roi_align` computes what the level poolers would (RoIAlign
+        with a fixed sampling ratio) and is the faster op: features on the CPU, in eager mode,
+        scripted and traced graphs (a graph traced on the CPU keeps it). CUDA keeps torchvision's
+        op (its kernels are parallel), and so does ONNX export (ONNX's RoiAlign; the exported
+        ``embedding_bag`` is a Loop over bins) and sampling ratio 0 (no fixed number of samples).
+        """
+        if not self.batched_roi_align:
+            return False
+        if not torch.jit.is_scripting():
+            if torch.onnx.is_in_onnx_export():
+                return False
+        return x[0].device.type == "cpu"
+
+
+# Detectron2 norms that normalise each channel on its own: one such norm over the L * C channels
+# of all levels normalises every level separately.
