@@ -11,6 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from .common import load_script  # noqa: E402  (the checkout's package, from the path above)
+
 # In-repo data (assets/): real COCO panoptic samples and demo photos (licenses in assets/README.md).
 SHARED_DATA = os.path.join(ROOT, "assets")
 
@@ -20,6 +22,12 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.fail("assets/ not found in the checkout: " + SHARED_DATA)
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def train_net():
+    """train_net.py as a module, imported anew for each test module that asks for it."""
+    return load_script("train_net.py", "panet_train_net")
 
 
 @pytest.fixture(scope="module")

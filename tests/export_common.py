@@ -6,38 +6,19 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from .common import panet_cfg, random_image
+from .common import NARROW_HEADS, NO_THRESHOLDS, R18, panet_cfg, random_image
 
 # Small and fast, with outputs worth comparing: ResNet-18; GroupNorm in the ResNet, because with
 # random weights its default FrozenBN (identity statistics) lets activations grow so large that
 # every score is 1.0 (ties, whose order is up to each sort implementation); no score thresholds,
 # so that every image has instances and the panoptic merge has things and stuff.
-SMALL = [
-    "MODEL.RESNETS.DEPTH",
-    18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    64,
-    "MODEL.RESNETS.NORM",
-    "GN",
-    "MODEL.FPN.OUT_CHANNELS",
-    64,
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    128,
-    "MODEL.ROI_BOX_HEAD.CONV_DIM",
-    64,
-    "MODEL.ROI_MASK_HEAD.CONV_DIM",
-    64,
-    "MODEL.FF.CONV_DIMS",
-    [64, 32],
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
-    32,
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-    0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
-    0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
-    16,
-]
+SMALL = (
+    R18
+    + ["MODEL.RESNETS.NORM", "GN"]
+    + NARROW_HEADS
+    + ["MODEL.ROI_BOX_HEAD.CONV_DIM", 64, "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32]
+    + NO_THRESHOLDS
+)
 
 # (image height, width, seed): the size exported with, then another one
 TRACE_IMAGE = (128, 160, 1)

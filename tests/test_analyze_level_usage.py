@@ -8,7 +8,6 @@ or with sum fusion.
 """
 
 import copy
-import importlib.util
 import json
 import math
 import os
@@ -28,21 +27,12 @@ from panet_d2.data import register_synthetic_dataset  # noqa: E402
 from panet_d2.level_usage import TIE_RULES, LevelUsage, count_level_sources  # noqa: E402
 from panet_d2.modeling.layers import AFPConv2d  # noqa: E402
 
-from .common import panet_cfg, random_image  # noqa: E402
+from .common import ROOT, load_script, panet_cfg, random_image  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANCE = "quick_schedules/panet_R_18_synth_instance.yaml"
 PANOPTIC = "quick_schedules/panoptic_panet_R_18_synth.yaml"
-
-
-def _load_tool():
-    path = os.path.join(ROOT, "tools", "analyze_level_usage.py")
-    spec = importlib.util.spec_from_file_location("analyze_level_usage", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,7 +246,7 @@ def test_tie_rules():
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tool():
-    return _load_tool()
+    return load_script("tools/analyze_level_usage.py", "analyze_level_usage")
 
 
 def test_tool_end_to_end(tool, tmp_path, monkeypatch):

@@ -11,13 +11,11 @@ from detectron2.modeling.backbone.fpn import FPN
 
 from panet_d2 import PAFPN
 
-from .common import panet_cfg
+from .common import R18, panet_cfg
 
 
 def _backbones(opts=()):
-    cfg = panet_cfg(
-        opts=["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64] + list(opts)
-    )
+    cfg = panet_cfg(opts=R18 + list(opts))
     torch.manual_seed(0)
     pafpn = build_backbone(cfg, ShapeSpec(channels=3))
     cfg_fpn = cfg.clone()

@@ -8,12 +8,9 @@ error lines of train_net.py, demo.py and tools/export_model.py. Small R-18 model
 """
 
 import errno
-import importlib.util
 import io
 import os
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -30,39 +27,30 @@ from detectron2.utils.file_io import PathManager  # noqa: E402
 
 from panet_d2 import PANetCheckpointer  # noqa: E402
 from panet_d2.checkpoint import read_checkpoint  # noqa: E402
-from panet_d2.data import register_synthetic_dataset  # noqa: E402
 from panet_d2.engine import PANetTrainer  # noqa: E402
 from panet_d2.errors import CheckpointError, TrainingDivergedError  # noqa: E402
 
-from .common import panet_cfg  # noqa: E402
+from .common import (  # noqa: E402
+    ROOT,
+    load_script,
+    panet_cfg,
+    start_script,
+    synthetic_datasets,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANCE = "quick_schedules/panet_R_18_synth_instance.yaml"
 PANOPTIC = "quick_schedules/panoptic_panet_R_18_synth.yaml"
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
 PREFIX = "t_ckpt_safety"  # 4 generated validation images
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def train_net():
-    return _load("panet_train_net_i17", "train_net.py")
-
-
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("panet_d2_datasets"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PANET_D2_DATASETS", root)
-        register_synthetic_dataset(PREFIX, root=root, splits={"val": {"num_images": 4, "seed": 3}})
+    with synthetic_datasets(
+        tmp_path_factory, PREFIX, {"val": {"num_images": 4, "seed": 3}}
+    ) as root:
         yield root
 
 
@@ -292,22 +280,16 @@ def test_code_running_checkpoint_from_the_command_line(datasets, instance_state,
         ["tools/export_model.py", "--config-file", config, "--output", str(tmp_path / "export")]
         + ["MODEL.WEIGHTS", pkl],
     ]
-    env = dict(os.environ, PANET_D2_DATASETS=datasets, OMP_NUM_THREADS="1")
-    for argv in commands:
-        argv += ["DATASETS.TEST", "()"] if "train_net" in argv[0] else []  # loading fails first
-        proc = subprocess.run(
-            [sys.executable, os.path.join(ROOT, argv[0])] + argv[1:],
-            cwd=str(tmp_path),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 1, proc.stderr[-3000:]
-        last = proc.stderr.strip().splitlines()[-1]
+    commands[0] += ["DATASETS.TEST", "()"]  # train_net.py: loading the checkpoint fails first
+    # side by side: each process spends seconds importing
+    procs = [start_script(*argv, cwd=tmp_path, PANET_D2_DATASETS=datasets) for argv in commands]
+    for argv, proc in zip(commands, procs):
+        stderr = proc.communicate(timeout=300)[1]
+        assert proc.returncode == 1, stderr[-3000:]
+        last = stderr.strip().splitlines()[-1]
         path = pth if "train_net" in argv[0] else pkl
-        assert last.startswith("ERROR: " + _refused(path)), proc.stderr[-3000:]
-        assert "Traceback" not in proc.stderr
+        assert last.startswith("ERROR: " + _refused(path)), stderr[-3000:]
+        assert "Traceback" not in stderr
     assert not os.path.exists(marker)
 
 
@@ -479,7 +461,7 @@ def test_resume_with_other_solver_values(train_net, datasets, tmp_path):
 # tools/export_model.py: the CPU where CUDA is absent, one line for a LazyConfig syntax error
 # -------------------------------------------------------------------------------------------------
 def test_export_tool_lines(tmp_path):
-    tool = _load("export_model_i17", os.path.join("tools", "export_model.py"))
+    tool = load_script("tools/export_model.py", "export_model_i17")
     config = os.path.join(ROOT, "configs", INSTANCE)
     args = tool.get_parser().parse_args(["--config-file", config, "--output", str(tmp_path)])
     cfg = tool.setup_cfg(args)

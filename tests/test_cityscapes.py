@@ -42,6 +42,8 @@ from panet_d2 import add_panet_config  # noqa: E402
 from panet_d2.compat import cityscapes_api_alias  # noqa: E402
 from panet_d2.engine import PANetTrainer  # noqa: E402
 
+from .common import R18, panoptic_ids  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("single_thread", "empty_cwd")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,10 +235,7 @@ def _cfg(config, output_dir, *opts):
         "cpu",
         "MODEL.WEIGHTS",
         "",
-        "MODEL.RESNETS.DEPTH",
-        18,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS",
-        64,
+        *R18,
         "MODEL.BACKBONE.FREEZE_AT",
         0,
         "MODEL.FPN.OUT_CHANNELS",
@@ -354,12 +353,10 @@ class _Oracle(torch.nn.Module):
         self.records = {r["file_name"]: r for r in records}
 
     def forward(self, batched_inputs):
-        from panopticapi.utils import rgb2id
-
         outputs = []
         for x in batched_inputs:
             record = self.records[x["file_name"]]
-            ids = rgb2id(np.asarray(Image.open(record["pan_seg_file_name"]).convert("RGB")))
+            ids = panoptic_ids(record["pan_seg_file_name"])
             panoptic = torch.zeros(ids.shape, dtype=torch.int32)
             sem_seg = torch.zeros((NUM_STUFF + 1,) + ids.shape)
             segments = []

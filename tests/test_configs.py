@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from detectron2.modeling import build_model
-from detectron2.utils.events import EventStorage
 
-from .common import CONFIG_DIR, panet_cfg, random_image, toy_instances
+from .common import CONFIG_DIR, NARROW_HEADS, panet_cfg, train_step_and_infer
 
 CONFIGS = sorted(
     os.path.relpath(p, CONFIG_DIR)
@@ -28,24 +27,11 @@ def test_configs_found():
     assert "Base-PANet.yaml" in CONFIGS and len(CONFIGS) > 40
 
 
-NARROW = [
-    "MODEL.RESNETS.STEM_OUT_CHANNELS",
-    32,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    64,
-    "MODEL.FPN.OUT_CHANNELS",
-    64,
-    "MODEL.ROI_BOX_HEAD.CONV_DIM",
-    64,
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    128,
-    "MODEL.ROI_MASK_HEAD.CONV_DIM",
-    64,
-    "MODEL.FF.CONV_DIMS",
-    [64, 32],
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM",
-    32,
-]
+NARROW = (
+    ["MODEL.RESNETS.STEM_OUT_CHANNELS", 32, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
+    + NARROW_HEADS
+    + ["MODEL.ROI_BOX_HEAD.CONV_DIM", 64, "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32]
+)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -58,23 +44,9 @@ def test_config_trains_one_step_and_infers(config):
     torch.manual_seed(0)
     model = build_model(cfg)
     h, w = 64, 96
-    sample = {
-        "image": random_image(h, w),
-        "instances": toy_instances(h, w, cfg.MODEL.ROI_HEADS.NUM_CLASSES),
-    }
-    if cfg.MODEL.META_ARCHITECTURE in ("PanopticPANet", "PanopticFPN"):
-        sem = torch.randint(0, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, (h, w))
-        sem[:8] = 255  # void
-        sample["sem_seg"] = sem
-    model.train()
-    with EventStorage(0):
-        losses = model([sample])
-    total = sum(losses.values())
-    assert torch.isfinite(total), losses
-    total.backward()
-    model.eval()
-    with torch.no_grad():
-        out = model([{"image": random_image(h, w, seed=1)}])[0]
+    panoptic = cfg.MODEL.META_ARCHITECTURE in ("PanopticPANet", "PanopticFPN")
+    sem_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES if panoptic else None
+    out = train_step_and_infer(model, cfg.MODEL.ROI_HEADS.NUM_CLASSES, sem_classes, h, w)
     assert "instances" in out
     if cfg.MODEL.META_ARCHITECTURE == "PanopticPANet":
         seg, info = out["panoptic_seg"]

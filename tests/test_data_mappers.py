@@ -10,7 +10,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from panopticapi.utils import rgb2id
 from PIL import Image
 
 from detectron2.config import get_cfg
@@ -26,6 +25,8 @@ from panet_d2.data import PanopticDatasetMapper, register_coco_panoptic_panet
 from panet_d2.data.coco_panoptic import coco_panoptic_separated_metadata
 from panet_d2.data.synthetic import register_synthetic_dataset
 from panet_d2.errors import DatasetError
+
+from .common import panoptic_ids
 
 SYNTH = "test_data_mappers_synth"
 COCO = "test_data_mappers_coco"  # the COCO panoptic sample, without an instances json
@@ -57,7 +58,7 @@ def _instances_json(panoptic, categories, panoptic_root):
     things = {c["id"] for c in categories if c["isthing"]}
     images, anns = [], []
     for a in panoptic["annotations"]:
-        ids = _pan_ids(os.path.join(panoptic_root, a["file_name"]))
+        ids = panoptic_ids(os.path.join(panoptic_root, a["file_name"]))
         name = a["file_name"].replace(".png", ".jpg")
         images.append(
             {"id": a["image_id"], "file_name": name, "height": ids.shape[0], "width": ids.shape[1]}
@@ -76,10 +77,6 @@ def _instances_json(panoptic, categories, panoptic_root):
                 )
     cats = [{"id": c["id"], "name": c["name"]} for c in categories if c["isthing"]]
     return {"images": images, "annotations": anns, "categories": cats}
-
-
-def _pan_ids(path):
-    return rgb2id(np.asarray(Image.open(path).convert("RGB")))
 
 
 def _cfg(name, d):
@@ -113,7 +110,7 @@ def _check_instances(inst, annotations):
 
 def _check_panoptic_targets(out, d, num_stuff):
     """PanopticDatasetMapper's targets against the panoptic PNG and segments_info."""
-    ids = _pan_ids(d["pan_seg_file_name"])
+    ids = panoptic_ids(d["pan_seg_file_name"])
     sem = np.full(ids.shape, 255)
     things = []
     for s in d["segments_info"]:

@@ -5,7 +5,6 @@ PANet, saved as a checkpoint: the demo needs weights), images of every mode, a v
 LazyConfig, the window-mode message and its error lines.
 """
 
-import importlib.util
 import logging
 import os
 import textwrap
@@ -24,9 +23,10 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 
 from panet_d2.errors import ImageLoadError  # noqa: E402
 
+from .common import ROOT, load_script  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
 # random weights (a checkpoint written by the `weights` fixture), small test size, few instances
 # to draw: fast
@@ -77,10 +77,7 @@ dataloader = dict(test=dict(
 
 @pytest.fixture(scope="module")
 def demo():
-    spec = importlib.util.spec_from_file_location("panet_demo", os.path.join(ROOT, "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo.py", "panet_demo")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,7 +8,6 @@ gathers every image (the metrics of a 1-process evaluation of the same checkpoin
 without a GPU, in one launch of 2 processes (each start costs seconds of imports).
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -25,16 +24,13 @@ from detectron2.engine import HookBase, default_argument_parser, launch  # noqa:
 
 from panet_d2.engine import PANetTrainer  # noqa: E402
 
+from .common import R18, ROOT, load_script  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance.yaml")
 # 4 iterations of 2 images (1 per process), checkpoints after iterations 1 and 3, small images
-OPTS = [
-    "MODEL.RESNETS.DEPTH",
-    18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    64,
+OPTS = R18 + [
     "MODEL.DEVICE",
     "cpu",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
@@ -65,11 +61,7 @@ OPTS = [
 
 
 def _load_train_net():
-    path = os.path.join(ROOT, "train_net.py")
-    spec = importlib.util.spec_from_file_location("panet_train_net", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train_net.py", "panet_train_net")
 
 
 def _args(out_dir, *opts, eval_only=False, resume=False):

@@ -5,7 +5,6 @@ train_net.py --eval-only): NUM_CLASSES against the datasets' classes, and test-t
 refused up front for the panoptic model. Nothing here trains.
 """
 
-import importlib.util
 import os
 
 import pytest
@@ -19,21 +18,10 @@ from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
 from panet_d2.engine.checks import check_num_classes, check_tta  # noqa: E402
 from panet_d2.errors import ConfigError  # noqa: E402
 
-from .common import panet_cfg  # noqa: E402
+from .common import ROOT, panet_cfg  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
 PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
-
-
-@pytest.fixture(scope="module")
-def train_net():
-    spec = importlib.util.spec_from_file_location(
-        "panet_train_net", os.path.join(ROOT, "train_net.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _dataset(name, **metadata):

@@ -5,7 +5,6 @@ checkpoints written by PANetCheckpointer: the exported files give the eager mode
 --run-eval the eager model's metrics; the same with a LazyConfig file.
 """
 
-import importlib.util
 import os
 
 import pytest
@@ -20,12 +19,11 @@ from panet_d2 import PANetCheckpointer, export
 from panet_d2.data import register_synthetic_dataset
 from panet_d2.evaluation import build_evaluator
 
-from .common import panet_cfg, random_image
+from .common import ROOT, load_script, panet_cfg, random_image
 from .export_common import assert_equal_fields, instances_fields
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTANCE = "quick_schedules/panet_R_18_synth_instance.yaml"
 PANOPTIC = "quick_schedules/panoptic_panet_R_18_synth.yaml"
 LAZY = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_lazy.py")
@@ -35,11 +33,7 @@ DATASET = "test_export_synth_val"
 
 @pytest.fixture(scope="module")
 def tool():
-    path = os.path.join(ROOT, "tools", "export_model.py")
-    spec = importlib.util.spec_from_file_location("export_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/export_model.py", "export_model")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ lines), and the tracing warnings are one logged count instead of dozens of warni
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,7 +18,7 @@ from detectron2.modeling import build_model
 from panet_d2 import PANetCheckpointer
 from panet_d2.data import register_synthetic_dataset
 
-from .common import panet_cfg
+from .common import panet_cfg, run_script
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -49,15 +47,12 @@ def test_run_eval_prints_the_metrics(tmp_path):
     weights = str(tmp_path / "ckpt.pth")
     datasets = str(tmp_path / "datasets")
 
-    env = dict(os.environ, PANET_D2_DATASETS=datasets, OMP_NUM_THREADS="1")
     # fmt: off
-    proc = subprocess.run(
-        [
-            sys.executable, os.path.join(ROOT, "tools", "export_model.py"),
-            "--config-file", os.path.join(ROOT, "configs", SMOKE), "--run-eval",
-            "--output", str(tmp_path / "out"), "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu",
-        ] + opts,
-        env=env, capture_output=True, text=True, timeout=300,
+    proc = run_script(
+        "tools/export_model.py",
+        "--config-file", os.path.join(ROOT, "configs", SMOKE), "--run-eval",
+        "--output", tmp_path / "out", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", *opts,
+        PANET_D2_DATASETS=datasets,
     )
     # fmt: on
     assert proc.returncode == 0, proc.stderr[-3000:]

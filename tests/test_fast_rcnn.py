@@ -15,7 +15,7 @@ from detectron2.structures import Boxes, Instances
 
 from panet_d2.modeling.fast_rcnn import PANetFastRCNNOutputLayers, batched_nms
 
-from .common import panet_cfg
+from .common import R18, panet_cfg
 
 
 def _candidates(n, num_classes, seed):
@@ -102,7 +102,7 @@ def test_panet_roi_heads_use_it_with_detectron2s_weights():
     # the RBL config (every PANet component off) is Detectron2's Mask R-CNN: with PANetROIHeads or
     # Detectron2's StandardROIHeads, the same seed gives the same weights, predictor included (it
     # is initialised once, as Detectron2 does, so the layers built after it are unchanged too)
-    opts = ["MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.RES2_OUT_CHANNELS", 64]
+    opts = R18
     models = []
     for name in ("PANetROIHeads", "StandardROIHeads"):
         torch.manual_seed(0)

@@ -11,12 +11,9 @@ The LazyConfig files (configs/new_baselines/*.py, configs/quick_schedules/*.py):
 """
 
 import glob
-import importlib.util
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -27,11 +24,10 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
-from detectron2.utils.events import EventStorage
 
 from panet_d2.modeling.layers import LevelwiseNorm
 
-from .common import CONFIG_DIR, panet_cfg, random_image, toy_instances
+from .common import CONFIG_DIR, load_script, panet_cfg, run_script, train_step_and_infer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -128,22 +124,9 @@ def test_lazy_config_trains_one_step_and_infers(config):
     torch.manual_seed(0)
     model = instantiate(cfg.model)
     h, w = 64, 96
-    num_classes = cfg.model.roi_heads.num_classes
-    sample = {"image": random_image(h, w), "instances": toy_instances(h, w, num_classes)}
     panoptic = "sem_seg_head" in cfg.model
-    if panoptic:
-        sem = torch.randint(0, cfg.model.sem_seg_head.num_classes, (h, w))
-        sem[:8] = 255  # void
-        sample["sem_seg"] = sem
-    model.train()
-    with EventStorage(0):
-        losses = model([sample])
-    total = sum(losses.values())
-    assert torch.isfinite(total), losses
-    total.backward()
-    model.eval()
-    with torch.no_grad():
-        out = model([{"image": random_image(h, w, seed=1)}])[0]
+    sem_classes = cfg.model.sem_seg_head.num_classes if panoptic else None
+    out = train_step_and_infer(model, cfg.model.roi_heads.num_classes, sem_classes, h, w)
     assert out["instances"].image_size == (h, w)
     if panoptic:
         seg, info = out["panoptic_seg"]
@@ -280,10 +263,7 @@ def test_lsj_model_is_detectron2s_recipe_with_panets_layers(lsj_model):
 
 
 def _entry_point():
-    spec = importlib.util.spec_from_file_location("panet_lazyconfig_train_net", ENTRY_POINT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ENTRY_POINT, "panet_lazyconfig_train_net")
 
 
 def _metrics(output_dir):
@@ -300,20 +280,14 @@ def quick_run(tmp_path_factory):
     # Detectron2's own script: next to the installed package (its setup.py installs tools/)
     assert script is not None, "Detectron2's tools/lazyconfig_train_net.py not found"
     out = str(tmp_path_factory.mktemp("quick_lazy"))
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
-    )
+    pythonpath = os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     # fmt: off
-    proc = subprocess.run(
-        [
-            sys.executable, script, "--config-file", os.path.join(CONFIG_DIR, QUICK),
-            "train.max_iter=4", "dataloader.train.total_batch_size=2",
-            "model.roi_heads.box_predictor.test_score_thresh=0.0",  # near-random: AP defined
-            "train.output_dir=" + out,
-        ],
-        cwd=out, env=env, capture_output=True, text=True, timeout=300,
+    proc = run_script(
+        script, "--config-file", os.path.join(CONFIG_DIR, QUICK),
+        "train.max_iter=4", "dataloader.train.total_batch_size=2",
+        "model.roi_heads.box_predictor.test_score_thresh=0.0",  # near-random: AP defined
+        "train.output_dir=" + out,
+        cwd=out, PYTHONPATH=pythonpath,
     )
     # fmt: on
     assert proc.returncode == 0, (script, proc.stdout[-3000:], proc.stderr[-3000:])

@@ -6,7 +6,6 @@ the LazyConfig files as Detectron2's model_zoo loads its own; trained=True says 
 """
 
 import glob
-import importlib.util
 import os
 import re
 import shutil
@@ -23,7 +22,8 @@ from detectron2.config import LazyConfig, get_cfg  # noqa: E402
 import panet_d2.model_zoo.model_zoo as zoo_module  # noqa: E402
 from panet_d2 import add_panet_config, model_zoo  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .common import ROOT, load_script  # noqa: E402
+
 CONFIGS = os.path.join(ROOT, "configs")
 
 
@@ -171,10 +171,7 @@ def test_get_builds_the_model():
 
 
 def _load_setup_py():
-    spec = importlib.util.spec_from_file_location("panet_setup", os.path.join(ROOT, "setup.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # setup() itself only runs as __main__
-    return module
+    return load_script("setup.py", "panet_setup")  # setup() itself only runs as __main__
 
 
 def test_setup_links_or_copies_the_configs(tmp_path):

@@ -17,27 +17,19 @@ from detectron2.utils.events import EventStorage
 from panet_d2 import AFPConv2d, AFPLinear, PANetCheckpointer
 from panet_d2.errors import CheckpointError
 
-from .common import panet_cfg, random_image, toy_instances
+from .common import ALL_OFF, NARROW_HEADS, R18, panet_cfg, random_image, toy_instances
 
-# ResNet-18 (BasicBlock) and fewer sampled RoIs keep the tests fast; the FPN, RPN and heads are
-# the R50 model's.
-SMALL_BACKBONE = [
-    "MODEL.RESNETS.DEPTH",
-    18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    64,
+# ResNet-18 (BasicBlock), fewer sampled RoIs, proposals and detections keep the tests fast; the
+# FPN, RPN and heads are the R50 model's.
+SMALL_BACKBONE = R18 + [
     "MODEL.RPN.POST_NMS_TOPK_TRAIN",
     100,
     "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
     64,
-]
-ALL_OFF = [
-    "MODEL.BACKBONE.NAME",
-    "build_resnet_fpn_backbone",
-    "MODEL.AFP.ENABLED",
-    False,
-    "MODEL.FF.ENABLED",
-    False,
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    200,
+    "TEST.DETECTIONS_PER_IMAGE",
+    20,
 ]
 
 
@@ -230,7 +222,7 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_checkpoint_save_is_atomic_and_roundtrips(tmp_path):
-    model = _panet()
+    model = _panet(NARROW_HEADS)  # narrow: 5 saves of a few MB, not of ~200 MB
     ckpt = PANetCheckpointer(model, save_dir=str(tmp_path))
     ckpt.save("model_0000009", iteration=9)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
@@ -251,7 +243,7 @@ def test_checkpoint_save_is_atomic_and_roundtrips(tmp_path):
     PANetCheckpointer(model, save_dir=str(tmp_path))
     assert not (tmp_path / "model_0000011.pth.partial").exists()
     assert ckpt.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
-    other = _panet()
+    other = _panet(NARROW_HEADS)
     extra = PANetCheckpointer(other, save_dir=str(tmp_path)).resume_or_load("", resume=True)
     assert extra["iteration"] == 9
     for k, v in model.state_dict().items():

@@ -29,6 +29,8 @@ from panet_d2.data import (  # importing registers the lazy builtin names
 from panet_d2.errors import DatasetError, ImageLoadError
 from panet_d2.modeling.postprocessing.panoptic_merge import combine_semantic_and_instance_outputs
 
+from .common import panoptic_ids
+
 NAME = "panet_test_coco_panoptic_sample"
 
 
@@ -55,10 +57,6 @@ def sample(shared_data):
         "dicts": DatasetCatalog.get(NAME),
         "space": PanopticLabelSpace.from_metadata(MetadataCatalog.get(NAME)),
     }
-
-
-def _decode(png_path):
-    return api_rgb2id(np.asarray(Image.open(png_path), dtype=np.uint32))
 
 
 def _expected(ids, raw_segments, categories):
@@ -154,7 +152,7 @@ def test_mapper_exact_without_augmentation(sample):
     assert len(sample["dicts"]) == 2
     for d in sample["dicts"]:
         out = mapper(d)
-        ids = _decode(d["pan_seg_file_name"])
+        ids = panoptic_ids(d["pan_seg_file_name"])
         assert tuple(out["image"].shape[1:]) == ids.shape
         _check_output(out, ids, sample["raw"][d["image_id"]]["segments_info"], sample["categories"])
         assert "segments_info" not in out and "sem_seg_file_name" not in out
@@ -253,7 +251,7 @@ def _gt_outputs(sample, d):
     """Model-style outputs from the ground truth: internal ids converted back through
     the label space to the dataset convention."""
     space = sample["space"]
-    ids = _decode(d["pan_seg_file_name"])
+    ids = panoptic_ids(d["pan_seg_file_name"])
     info = []
     for s in d["segments_info"]:
         isthing, internal = space.segment_to_internal(s)
@@ -292,7 +290,7 @@ def test_merge_of_gt_reproduces_panoptic_gt(sample, tmp_path):
         sem[sem == 255] = 0  # a model never predicts void; 0 ("other") leaves pixels empty
         seg, info = combine_semantic_and_instance_outputs(inst, sem, 0.5, 0, 0.5)
         # same segmentation as the GT up to ids (crowd and void pixels -> 0)
-        ids = _decode(d["pan_seg_file_name"])
+        ids = panoptic_ids(d["pan_seg_file_name"])
         by_id = {s["id"]: s for s in d["segments_info"]}
         for s in info:
             (gid,) = np.unique(ids[(seg == s["id"]).numpy()])
@@ -323,7 +321,7 @@ def test_detectron2_separated_style_dicts(sample, tmp_path):
     )
     d = sample["dicts"][0]
     ref = mapper(d)
-    ids = _decode(d["pan_seg_file_name"])
+    ids = panoptic_ids(d["pan_seg_file_name"])
     sem, _ = _expected(ids, sample["raw"][d["image_id"]]["segments_info"], sample["categories"])
     Image.fromarray(sem.astype(np.uint8)).save(tmp_path / "sem.png")
     annos = []

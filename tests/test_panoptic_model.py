@@ -14,28 +14,9 @@ from detectron2.utils.events import EventStorage
 
 from panet_d2 import PAFPN, PANetSemSegHead, PanopticPANet
 
-from .common import panet_cfg, random_image, toy_instances
+from .common import NARROW_HEADS, NO_THRESHOLDS, R18, panet_cfg, random_image, toy_instances
 
-SMALL = [
-    "MODEL.RESNETS.DEPTH",
-    18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS",
-    64,
-    "MODEL.FPN.OUT_CHANNELS",
-    64,
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    128,
-    "MODEL.ROI_MASK_HEAD.CONV_DIM",
-    64,
-    "MODEL.FF.CONV_DIMS",
-    [64, 32],
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-    0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
-    0.0,
-    "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
-    16,
-]
+SMALL = R18 + NARROW_HEADS + NO_THRESHOLDS
 
 
 def _model(opts=()):

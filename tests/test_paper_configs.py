@@ -6,8 +6,6 @@ Cityscapes rows and their COCO warm start.
 """
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from detectron2.modeling.poolers import ROIPooler
 
 from panet_d2 import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
 
-from .common import CONFIG_DIR, panet_cfg
+from .common import CONFIG_DIR, panet_cfg, run_script
 from .test_configs import NARROW
 
 ROOT = os.path.dirname(CONFIG_DIR)
@@ -210,17 +208,8 @@ def test_coco_checkpoint_to_cityscapes(tmp_path):
     path = tmp_path / "coco.pth"
     torch.save({"model": coco.state_dict()}, str(path))
     out = tmp_path / "cityscapes.pth"
-    subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "tools", "convert_coco_to_cityscapes.py"),
-            str(path),
-            str(out),
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-    )
+    proc = run_script("tools/convert_coco_to_cityscapes.py", path, out, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = _cfg("Cityscapes/panet_R_50_FPN_coco_pretrained.yaml")
     cfg.MODEL.WEIGHTS = str(out)
     from panet_d2 import PANetCheckpointer

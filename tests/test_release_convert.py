@@ -10,7 +10,6 @@ move (background last); a converted model fine-tunes on the generated dataset wi
 of classes.
 """
 
-import importlib.util
 import json
 import logging
 import os
@@ -26,23 +25,14 @@ from detectron2.modeling import build_model
 
 from panet_d2.errors import CheckpointError, ConfigError
 
-from .common import panet_cfg, random_image
+from .common import ROOT, load_script, panet_cfg, random_image
 from .release_format import FULL, release_shapes
 from .test_export_torchscript import test_instance_model_scripts_and_traces as scripts_and_traces
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ("det", "det_2fc", "mask")
 
 
-def _load_tool():
-    path = os.path.join(ROOT, "tools", "convert_panet_release.py")
-    spec = importlib.util.spec_from_file_location("convert_panet_release", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+tool = load_script("tools/convert_panet_release.py", "convert_panet_release")
 
 # Narrow widths (GN needs multiples of 32; the FF's second conv has half the mask head's channels
 # and GN with 32 groups, as the release's): the same options for the release-format builder and

@@ -14,7 +14,6 @@ The authors' PANet release (github:ShuLiu1993/PANet) as the reference.
   output's largest magnitude.
 """
 
-import importlib.util
 import json
 import os
 
@@ -25,9 +24,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
-from .common import panet_cfg
+from .common import ROOT, load_script, panet_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "panet_release")
 VARIANTS = ("det", "det_2fc", "mask")
 # Allowed difference of every output: max |panet_d2 - release| <= RTOL * max |release|.
@@ -38,10 +36,7 @@ def _tool(name):
     path = os.path.join(ROOT, "tools", name + ".py")
     if not os.path.isfile(path):
         pytest.skip("tools/{}.py is not there".format(name))
-    spec = importlib.util.spec_from_file_location("panet_tool_" + name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, "panet_tool_" + name)
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,10 @@ checkpoint is saved.
 import contextlib
 import copy
 import errno
-import importlib.util
 import json
 import logging
 import os
 import re
-import subprocess
-import sys
 import types
 
 import cv2
@@ -35,7 +32,7 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 
 from panet_d2 import PANetCheckpointer  # noqa: E402
-from panet_d2.data import PanopticDatasetMapper, register_synthetic_dataset  # noqa: E402
+from panet_d2.data import PanopticDatasetMapper  # noqa: E402
 from panet_d2.data.image_io import ImageDatasetMapper, read_image  # noqa: E402
 from panet_d2.engine import PANetTrainer  # noqa: E402
 from panet_d2.engine.checks import (  # noqa: E402
@@ -45,32 +42,20 @@ from panet_d2.engine.checks import (  # noqa: E402
 )
 from panet_d2.errors import CheckpointError, ConfigError, DatasetError, ImageLoadError  # noqa: E402
 
-from .common import panet_cfg  # noqa: E402
+from .common import ROOT, load_script, panet_cfg, run_script, synthetic_datasets  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
 PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
 PREFIX = "t_robust"  # the generated dataset (4 validation images), registered under this prefix
 
 
 @pytest.fixture(scope="module")
-def train_net():
-    spec = importlib.util.spec_from_file_location(
-        "panet_train_net", os.path.join(ROOT, "train_net.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("panet_d2_datasets"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PANET_D2_DATASETS", root)
-        register_synthetic_dataset(PREFIX, root=root, splits={"val": {"num_images": 4, "seed": 3}})
+    with synthetic_datasets(
+        tmp_path_factory, PREFIX, {"val": {"num_images": 4, "seed": 3}}
+    ) as root:
         DatasetCatalog.get(PREFIX + "_val")  # generated now, into root
         yield root
 
@@ -239,14 +224,7 @@ def test_bad_output_dir(train_net, datasets, tmp_path, monkeypatch):
 def test_command_line_error_with_two_processes(tmp_path):
     """Checked before the processes start: one line, no traceback."""
     argv = ["--num-gpus", "2", "--config-file", SMOKE, "OUTPUT_DIR", str(tmp_path / "o")]
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train_net.py")] + argv + ["SOLVER.BASE_LR", "-0.5"],
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-    )
+    proc = run_script("train_net.py", *argv, "SOLVER.BASE_LR", "-0.5", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert (
         proc.stderr.strip().splitlines()[-1] == "ERROR: SOLVER.BASE_LR=-0.5: must be 0 or positive."
@@ -531,9 +509,7 @@ def test_panoptic_mapper_reads_every_mode(datasets, tmp_path):
 
 
 def test_demo_reads_with_the_shared_reader():
-    spec = importlib.util.spec_from_file_location("panet_demo", os.path.join(ROOT, "demo.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_script("demo.py", "panet_demo")
     assert demo.read_image is read_image
 
 

@@ -9,12 +9,10 @@ registered here; what they log is checked against the model built here and again
 by hand from the paper's structure.
 """
 
-import importlib.util
 import json
 import logging
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -25,11 +23,11 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from panet_d2 import d2_tools, model_zoo
-from panet_d2.data.synthetic import register_synthetic_dataset
+
+from .common import ROOT, load_script, run_script, synthetic_datasets
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY_POINT = os.path.join(ROOT, "tools", "run_d2_tool.py")
 PREFIX = (
     "test_run_d2_tool"  # 4 + 6 generated images (benchmark warms up on 5), in a temporary cache
@@ -40,16 +38,9 @@ CONFIGS = {
 }
 
 
-def _load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def entry():
-    return _load(ENTRY_POINT, "panet_run_d2_tool")
+    return load_script(ENTRY_POINT, "panet_run_d2_tool")
 
 
 def _require(tool):
@@ -64,13 +55,9 @@ def _require(tool):
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("datasets"))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PANET_D2_DATASETS", root)
     splits = {"train": {"num_images": 4, "seed": 1}, "val": {"num_images": 6, "seed": 2}}
-    register_synthetic_dataset(PREFIX, root=root, splits=splits)
-    yield root
-    mp.undo()
+    with synthetic_datasets(tmp_path_factory, PREFIX, splits) as root:
+        yield root
 
 
 @pytest.fixture
@@ -302,7 +289,7 @@ def test_tool_names():
 
 
 def test_lazyconfig_launcher_uses_the_same_finder(monkeypatch, tmp_path):
-    launcher = _load(os.path.join(ROOT, "tools", "lazyconfig_train_net.py"), "panet_lazy_launcher")
+    launcher = load_script("tools/lazyconfig_train_net.py", "panet_lazy_launcher")
     monkeypatch.delenv(launcher.ENV_VAR, raising=False)
     expected = d2_tools.find_detectron2_file("tools/lazyconfig_train_net.py")
     assert launcher.find_detectron2_script() == expected
@@ -350,15 +337,7 @@ def test_launch_children_run_in_the_same_environment(tmp_path):
     (d2_root / "tools").mkdir(parents=True)
     (d2_root / "tools" / "two_processes.py").write_text(FAKE_TOOL)
     config = model_zoo.get_config_file(CONFIGS["instance"][0])
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, ENTRY_POINT, "--d2-root", str(d2_root), "two_processes"]
-        + [config, str(tmp_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_script(ENTRY_POINT, "--d2-root", d2_root, "two_processes", config, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for rank in range(2):

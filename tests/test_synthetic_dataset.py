@@ -12,11 +12,9 @@ pytest.importorskip("detectron2")
 pytest.importorskip("panopticapi")
 
 import pycocotools.mask as mask_util  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.structures import Boxes, BoxMode, Instances  # noqa: E402
-from detectron2.utils.file_io import PathManager  # noqa: E402
 
 from panet_d2.data.synthetic import (  # noqa: E402
     DEFAULT_SPLITS,
@@ -28,17 +26,9 @@ from panet_d2.data.synthetic import (  # noqa: E402
 )
 from panet_d2.errors import DatasetError  # noqa: E402
 
+from .common import panoptic_ids, read_png  # noqa: E402
+
 PREFIX = "test_panet_synth"
-
-
-def _read_png(path):
-    with PathManager.open(path, "rb") as f:
-        return np.asarray(Image.open(f))
-
-
-def _pan_ids(path):
-    rgb = _read_png(path).astype(np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
 def _files(d):
@@ -76,7 +66,7 @@ def test_determinism(tmp_path):
     assert os.path.getmtime(a["instances_json"]) == mtime
     # non-square sizes
     d = generate_synthetic_dataset(str(tmp_path / "a"), "y", 2, seed=3, image_size=(64, 80))
-    assert _read_png(os.path.join(d["image_root"], "000001.png")).shape == (64, 80, 3)
+    assert read_png(os.path.join(d["image_root"], "000001.png")).shape == (64, 80, 3)
 
 
 def test_env_root_and_errors(tmp_path, monkeypatch):
@@ -194,9 +184,9 @@ def test_pixel_agreement(synth_root):
     num_void, boxes_overlap, areas = 0, False, []
     for split in DEFAULT_SPLITS:
         for d in DatasetCatalog.get(f"{PREFIX}_{split}_panoptic"):
-            pan = _pan_ids(d["pan_seg_file_name"])
-            sem = _read_png(d["sem_seg_file_name"])
-            image = _read_png(d["file_name"])
+            pan = panoptic_ids(d["pan_seg_file_name"])
+            sem = read_png(d["sem_seg_file_name"])
+            image = read_png(d["file_name"])
             assert image.shape == (d["height"], d["width"], 3) and image.dtype == np.uint8
             assert sem.shape == pan.shape == (d["height"], d["width"])
             ids = [s["id"] for s in d["segments_info"]]
@@ -255,7 +245,7 @@ def test_panoptic_evaluator_gt_is_perfect(synth_root):
     evaluator = COCOPanopticEvaluator(name)
     evaluator.reset()
     for d in DatasetCatalog.get(name):
-        pan = torch.as_tensor(_pan_ids(d["pan_seg_file_name"]).astype(np.int32))
+        pan = torch.as_tensor(panoptic_ids(d["pan_seg_file_name"]).astype(np.int32))
         segments = [
             {"id": s["id"], "category_id": s["category_id"], "isthing": s["isthing"]}
             for s in d["segments_info"]
@@ -297,7 +287,7 @@ def test_sem_seg_evaluator_gt_is_perfect(synth_root):
         evaluator.reset()
         num_classes = len(MetadataCatalog.get(name).stuff_classes)
         for d in DatasetCatalog.get(name):
-            gt = torch.as_tensor(_read_png(d["sem_seg_file_name"]).astype(np.int64))
+            gt = torch.as_tensor(read_png(d["sem_seg_file_name"]).astype(np.int64))
             gt[gt == 255] = 0  # void: any prediction
             logits = torch.nn.functional.one_hot(gt, num_classes).permute(2, 0, 1).float()
             evaluator.process([d], [{"sem_seg": logits}])

@@ -6,14 +6,11 @@ augmentation, and the clear errors for bad inputs. Evaluator choice: test_engine
 the checks before a run: test_engine_checks.py.
 """
 
-import importlib.util
 import json
 import math
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -34,37 +31,21 @@ from panet_d2.errors import (  # noqa: E402
     InputError,
 )
 
+from .common import ROOT, run_script, synthetic_datasets  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
 PREFIX = "test_train_net_synth"  # the generated dataset, registered with a temporary cache
 SMALL = "test_train_net_small"  # 4 generated validation images (test-time augmentation)
 
 
-def _load_train_net():
-    path = os.path.join(ROOT, "train_net.py")
-    spec = importlib.util.spec_from_file_location("panet_train_net", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def train_net():
-    return _load_train_net()
-
-
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     """The generated dataset in a temporary PANET_D2_DATASETS, under test names."""
-    root = str(tmp_path_factory.mktemp("panet_d2_datasets"))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PANET_D2_DATASETS", root)
-    register_synthetic_dataset(PREFIX, root=root)
-    register_synthetic_dataset(SMALL, root=root, splits={"val": {"num_images": 4, "seed": 3}})
-    yield root
-    mp.undo()
+    with synthetic_datasets(tmp_path_factory, PREFIX) as root:
+        register_synthetic_dataset(SMALL, root=root, splits={"val": {"num_images": 4, "seed": 3}})
+        yield root
 
 
 def _args(
@@ -428,23 +409,16 @@ def test_error_config_file_and_evaluator(train_net, datasets, tmp_path):
 
 
 def test_command_line_error_has_no_traceback(tmp_path):
-    env = dict(os.environ, PANET_D2_DATASETS=str(tmp_path / "datasets"))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "train_net.py"),
-            "--config-file",
-            SMOKE,
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-            "DATASETS.TRAIN",
-            "('no_such_dataset',)",
-        ],
-        cwd=str(tmp_path),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_script(
+        "train_net.py",
+        "--config-file",
+        SMOKE,
+        "OUTPUT_DIR",
+        tmp_path / "out",
+        "DATASETS.TRAIN",
+        "('no_such_dataset',)",
+        cwd=tmp_path,
+        PANET_D2_DATASETS=str(tmp_path / "datasets"),
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "ERROR: Dataset 'no_such_dataset' in DATASETS.TRAIN is not registered" in proc.stderr
