@@ -97,13 +97,11 @@ def fast_rcnn_inference_single_image(
     keep = batched_nms(boxes, scores, index[:, 1], nms_thresh, num_classes)
     if topk_per_image >= 0:
         keep = keep[:topk_per_image]
-    boxes, scores, index = boxes[keep], scores[keep], index[keep]
-
-    result = Instances(image_shape)
-    result.pred_boxes = Boxes(boxes)
-    result.scores = scores
-    result.pred_classes = index[:, 1]
-    return result, index[:, 0]
+    kept = index[keep]  # (D, 2): proposal, class of each detection
+    detections = Instances(
+        image_shape, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=kept[:, 1]
+    )
+    return detections, kept[:, 0]
 
 
 def fast_rcnn_inference(
@@ -136,12 +134,8 @@ class PANetFastRCNNOutputLayers(FastRCNNOutputLayers):
         """Same as :meth:`FastRCNNOutputLayers.inference`."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
-        image_shapes = [x.image_size for x in proposals]
+        shapes = [p.image_size for p in proposals]
+        thresh, nms_thresh = self.test_score_thresh, self.test_nms_thresh
         return fast_rcnn_inference(
-            boxes,
-            scores,
-            image_shapes,
-            self.test_score_thresh,
-            self.test_nms_thresh,
-            self.test_topk_per_image,
+            boxes, scores, shapes, thresh, nms_thresh, self.test_topk_per_image
         )

@@ -53,19 +53,17 @@ class PAFPN(FPN):
         bottom_up,
         in_features,
         out_channels,
-        norm="",
-        top_block=None,
-        fuse_type="sum",
-        square_pad=0,
         *,
         bpa_norm="",
         bpa_activation="relu",
         bpa_conv_bias=False,
+        **fpn_kwargs,
     ):
         """
         Args:
-            bottom_up, in_features, out_channels, norm, top_block, fuse_type, square_pad:
-                see :class:`detectron2.modeling.backbone.fpn.FPN`. ``top_block`` (e.g.
+            bottom_up, in_features, out_channels: see :class:`detectron2.modeling.backbone.fpn.FPN`.
+            fpn_kwargs: ``norm``, ``top_block``, ``fuse_type``, ``square_pad`` of
+                :class:`detectron2.modeling.backbone.fpn.FPN`, by keyword. ``top_block`` (e.g.
                 :class:`LastLevelMaxPool`) is applied to the augmented top level (N5) when its
                 ``in_feature`` is a pyramid level, and to the bottom-up feature otherwise.
             bpa_norm (str): norm after each new conv: "" (none), "GN", "BN", "SyncBN", ...
@@ -75,15 +73,7 @@ class PAFPN(FPN):
             bpa_conv_bias (bool): a bias on each new conv even when ``bpa_norm`` follows it
                 (the authors' release); False: a bias only without a norm (Detectron2's rule).
         """
-        super().__init__(
-            bottom_up,
-            in_features,
-            out_channels,
-            norm=norm,
-            top_block=top_block,
-            fuse_type=fuse_type,
-            square_pad=square_pad,
-        )
+        super().__init__(bottom_up, in_features, out_channels, **fpn_kwargs)
         check_norm("MODEL.PAFPN.NORM", bpa_norm)
         check_choice("MODEL.PAFPN.ACTIVATION", bpa_activation, PAFPN_ACTIVATIONS)
         use_relu = bpa_activation == "relu" or (bpa_activation == "relu_if_norm" and bpa_norm)
