@@ -23,7 +23,7 @@ from torchvision.ops import nms
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["batched_nms", "fast_rcnn_inference", "PANetFastRCNNOutputLayers"]
+__all__ = ["batched_nms", "fast_rcnn_inference_single_image", "PANetFastRCNNOutputLayers"]
 
 
 def batched_nms(
@@ -104,25 +104,6 @@ def fast_rcnn_inference_single_image(
     return detections, kept[:, 0]
 
 
-def fast_rcnn_inference(
-    boxes: List[torch.Tensor],
-    scores: List[torch.Tensor],
-    image_shapes: List[Tuple[int, int]],
-    score_thresh: float,
-    nms_thresh: float,
-    topk_per_image: int,
-):
-    """Detectron2's ``fast_rcnn_inference`` (same arguments and results) with
-    :func:`fast_rcnn_inference_single_image`."""
-    results = [
-        fast_rcnn_inference_single_image(
-            boxes_per_image, scores_per_image, image_shape, score_thresh, nms_thresh, topk_per_image
-        )
-        for scores_per_image, boxes_per_image, image_shape in zip(scores, boxes, image_shapes)
-    ]
-    return [x[0] for x in results], [x[1] for x in results]
-
-
 class PANetFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
     Detectron2's :class:`FastRCNNOutputLayers` (same layers, losses and weights) whose inference
@@ -134,8 +115,15 @@ class PANetFastRCNNOutputLayers(FastRCNNOutputLayers):
         """Same as :meth:`FastRCNNOutputLayers.inference`."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
-        shapes = [p.image_size for p in proposals]
-        thresh, nms_thresh = self.test_score_thresh, self.test_nms_thresh
-        return fast_rcnn_inference(
-            boxes, scores, shapes, thresh, nms_thresh, self.test_topk_per_image
-        )
+        results = [
+            fast_rcnn_inference_single_image(
+                b,
+                s,
+                p.image_size,
+                self.test_score_thresh,
+                self.test_nms_thresh,
+                self.test_topk_per_image,
+            )
+            for b, s, p in zip(boxes, scores, proposals)
+        ]
+        return [r[0] for r in results], [r[1] for r in results]

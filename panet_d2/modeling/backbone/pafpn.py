@@ -91,25 +91,19 @@ class PAFPN(FPN):
         self.bpa_output_convs = []
         for name in self._pyramid_features[1:]:
             stage = int(name[1:])
-            down = Conv2d(
-                out_channels,
-                out_channels,
-                kernel_size=3,
-                stride=2,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm(bpa_norm, out_channels),
-                activation=nn.ReLU() if use_relu else None,
-            )
-            output = Conv2d(
-                out_channels,
-                out_channels,
-                kernel_size=3,
-                stride=1,
-                padding=1,
-                bias=use_bias,
-                norm=get_norm(bpa_norm, out_channels),
-                activation=nn.ReLU() if use_relu else None,
+            # the 3x3 stride-2 conv to the next level, and the 3x3 conv after the sum
+            down, output = (
+                Conv2d(
+                    out_channels,
+                    out_channels,
+                    kernel_size=3,
+                    stride=stride,
+                    padding=1,
+                    bias=use_bias,
+                    norm=get_norm(bpa_norm, out_channels),
+                    activation=nn.ReLU() if use_relu else None,
+                )
+                for stride in (2, 1)
             )
             weight_init.c2_xavier_fill(down)
             weight_init.c2_xavier_fill(output)
