@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import sys
-import threading
 import types
 import warnings
 
@@ -27,7 +26,6 @@ __all__ = [
     "cityscapesscripts_fixes",
     "fvcore_op_handles",
     "ddp_on_cpu",
-    "detectron2_reads_image_with",
 ]
 
 
@@ -190,45 +188,3 @@ def ddp_on_cpu():
         yield
     finally:
         defaults.create_ddp_model = create_ddp_model
-
-
-_reads = threading.local()  # the image file and reader of the record that this thread maps
-_reads_lock = threading.Lock()
-_reads_state = {"active": 0, "original": None}  # threads in a block; Detectron2's read_image
-
-
-@contextlib.contextmanager
-def detectron2_reads_image_with(file_name, reader):
-    """
-    Detectron2's ``DatasetMapper.__call__`` reads a record's image with
-    ``detection_utils.read_image`` and has no hook for another reader (Detectron2 v0.6 and its
-    main branch): while the block runs in this thread, that function reads ``file_name`` with
-    ``reader(file_name, format)``; other files (segmentation PNGs hold labels) and other threads
-    get Detectron2's own. Put back when no thread is in such a block; a nested block (a subclass
-    calling ``super()``) keeps the outer one's file.
-    """
-    from detectron2.data import detection_utils as utils
-
-    if getattr(_reads, "file", None) is not None:
-        yield
-        return
-    with _reads_lock:
-        if not _reads_state["active"]:
-            original = _reads_state["original"] = utils.read_image
-
-            def read_image(name, format=None):
-                if name == getattr(_reads, "file", None):
-                    return _reads.reader(name, format)
-                return original(name, format)
-
-            utils.read_image = read_image
-        _reads_state["active"] += 1
-    _reads.file, _reads.reader = file_name, reader
-    try:
-        yield
-    finally:
-        _reads.file = _reads.reader = None
-        with _reads_lock:
-            _reads_state["active"] -= 1
-            if not _reads_state["active"]:
-                utils.read_image = _reads_state["original"]

@@ -137,26 +137,3 @@ def test_ddp_on_cpu_is_scoped(monkeypatch):
     with compat.ddp_on_cpu():
         assert _ddp_kwargs(monkeypatch, defaults.create_ddp_model)["device_ids"] is None
     assert defaults.create_ddp_model is original
-
-
-# ---- Detectron2: no image-reader hook in DatasetMapper -------------------------------------------
-def test_detectron2_mapper_still_has_no_reader_hook():
-    """Fails once Detectron2's DatasetMapper takes a reader (or reads otherwise): remove
-    compat.detectron2_reads_image_with and give ImageDatasetMapper's reader to it."""
-    from detectron2.data import DatasetMapper
-
-    assert "utils.read_image(" in inspect.getsource(DatasetMapper.__call__)
-    assert "read_image" not in inspect.signature(DatasetMapper.__init__).parameters
-
-
-def test_detectron2_reads_image_with_is_scoped():
-    from detectron2.data import detection_utils as utils
-
-    original = utils.read_image
-    with compat.detectron2_reads_image_with("a.jpg", lambda name, format=None: ("ours", name)):
-        assert utils.read_image("a.jpg") == ("ours", "a.jpg")
-        with compat.detectron2_reads_image_with("b.jpg", lambda name, format=None: "inner"):
-            assert utils.read_image("a.jpg") == ("ours", "a.jpg")  # the outer block's file
-        with pytest.raises(FileNotFoundError):  # any other file: Detectron2's reader
-            utils.read_image("no_such_file.png")
-    assert utils.read_image is original

@@ -213,3 +213,37 @@ def test_coco_panoptic_panet(datasets, name):
         _check_instances(out["instances"], d["annotations"])
     out = PanopticDatasetMapper(cfg, is_train=False)(d)
     assert not {"instances", "sem_seg"} & set(out)
+
+
+def _same_outputs(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        elif k == "instances":
+            assert a[k].image_size == b[k].image_size
+            for field, value in a[k].get_fields().items():
+                other = b[k].get(field)
+                assert torch.equal(getattr(value, "tensor", value), getattr(other, "tensor", other))
+        else:
+            assert a[k] == b[k], k
+
+
+@pytest.mark.parametrize("split", ["val", "val_panoptic", "val_sem_seg"])
+@pytest.mark.parametrize("is_train", [True, False])
+def test_image_mapper_as_detectron2(datasets, split, is_train):
+    """ImageDatasetMapper (the project's reader) maps 8-bit records exactly as Detectron2's
+    DatasetMapper, with its random flip and multi-scale resize (same random draws)."""
+    from panet_d2.data.image_io import ImageDatasetMapper
+
+    name = f"{SYNTH}_{split}"
+    d = DatasetCatalog.get(name)[0]
+    cfg = _cfg(name, d)
+    cfg.INPUT.RANDOM_FLIP = "horizontal"
+    cfg.INPUT.MIN_SIZE_TRAIN = (40, 56, 72)
+    outputs = []
+    for mapper in (DatasetMapper, ImageDatasetMapper):
+        np.random.seed(3)
+        outputs.append(mapper(cfg, is_train=is_train)(dict(d)))
+    _same_outputs(*outputs)
+    assert ("instances" in outputs[0]) == (is_train and split != "val_sem_seg")

@@ -1,8 +1,7 @@
 # -*- coding: utf-8 -*-
 """
 The one image reader of panet_d2 (training, evaluation and demo.py): :func:`read_image`, and
-:class:`ImageDatasetMapper`, Detectron2's ``DatasetMapper`` reading its images with it
-(:func:`panet_d2.compat.detectron2_reads_image_with`).
+:class:`ImageDatasetMapper`, Detectron2's ``DatasetMapper`` reading its images with it.
 
 Detectron2's ``read_image`` converts with PIL's ``convert``, which clips 16-bit pixels: a 16-bit
 grayscale PNG becomes an all-white image. Here 16-bit images are scaled to 8 bit; 32-bit integer
@@ -14,14 +13,17 @@ A record whose width / height differ from the image as read (EXIF orientation ap
 (:func:`check_image_size`); a record with the upright size of a rotated photo is read as it is.
 """
 
+import copy
+
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 
-from ..compat import detectron2_reads_image_with
 from ..errors import DatasetError, ImageLoadError, InputError
 
 __all__ = ["read_image", "check_image_size", "ImageDatasetMapper"]
@@ -120,11 +122,47 @@ class ImageDatasetMapper(DatasetMapper):
     Detectron2's ``DatasetMapper`` (same arguments and outputs) whose image is read by
     :func:`read_image`: 16-bit images scaled to 8 bit, 32-bit ones refused with one line; a
     record whose size differs from its image's is one line (:func:`check_image_size`).
+    ``DatasetMapper.__call__`` has no hook for the reader ("USER: Write your own image loading"),
+    so this ``__call__`` is the mapping written with the same public steps (Detectron2's
+    ``read_image`` for the labels of a semantic PNG, ``AugInput``, ``transform_proposals``,
+    ``_transform_annotations``).
     """
 
     def __call__(self, dataset_dict):
-        with detectron2_reads_image_with(dataset_dict["file_name"], read_image):
-            try:
-                return super().__call__(dataset_dict)
-            except utils.SizeMismatchError:
-                raise _size_mismatch(dataset_dict) from None
+        dataset_dict = copy.deepcopy(dataset_dict)
+        image = self._read_image(dataset_dict)
+        labels = dataset_dict.pop("sem_seg_file_name", None)
+        labels = None if labels is None else utils.read_image(labels, "L")[:, :, 0]
+        aug_input, transforms = self._augment(dataset_dict, image, labels)
+        if aug_input.sem_seg is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype("long"))
+        shape = aug_input.image.shape[:2]
+        if self.proposal_topk is not None:
+            utils.transform_proposals(
+                dataset_dict, shape, transforms, proposal_topk=self.proposal_topk
+            )
+        if not self.is_train:  # evaluators read the annotations from the dataset
+            dataset_dict.pop("annotations", None)
+        elif "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, shape)
+        return dataset_dict
+
+    def _read_image(self, dataset_dict):
+        """The record's image (HWC, ``self.image_format``), its size checked against the record."""
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
+        check_image_size(dataset_dict, image)
+        return image
+
+    def _augment(self, dataset_dict, image, sem_seg=None):
+        """
+        Runs the augmentations on ``image`` (and the (H, W) labels ``sem_seg``, nearest) and puts
+        the (C, H, W) image tensor into ``dataset_dict["image"]``.
+
+        Returns:
+            (AugInput, TransformList): the augmented input, and the transforms applied.
+        """
+        aug_input = T.AugInput(image, sem_seg=sem_seg)
+        transforms = self.augmentations(aug_input)
+        chw = np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
+        dataset_dict["image"] = torch.as_tensor(chw)
+        return aug_input, transforms

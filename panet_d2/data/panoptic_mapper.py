@@ -11,11 +11,10 @@ from panopticapi.utils import rgb2id
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.data import detection_utils as utils
-from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from ..errors import DatasetError, ImageLoadError
-from .image_io import ImageDatasetMapper, check_image_size, read_image
+from .image_io import ImageDatasetMapper
 from .label_space import PanopticLabelSpace
 
 __all__ = ["PanopticDatasetMapper", "read_panoptic_png"]
@@ -124,8 +123,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
         if not (self.is_train and panoptic):
             return super().__call__(dataset_dict)
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = read_image(dataset_dict["file_name"], format=self.image_format)
-        check_image_size(dataset_dict, image)  # one line, with the EXIF orientation
+        image = self._read_image(dataset_dict)
         where = f"image {dataset_dict.get('image_id', dataset_dict['file_name'])!r}"
         where += f" ({dataset_dict['pan_seg_file_name']})"
         pan_ids = read_panoptic_png(dataset_dict["pan_seg_file_name"])
@@ -138,8 +136,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
         lut = np.concatenate([[IGNORE_LABEL], sem])
         # sem_seg for augmentations that read it (e.g. CategoryAreaConstraint crops)
         sem_seg = lut[index].astype(np.uint8) if self.label_space.num_stuff < 255 else None
-        aug_input = T.AugInput(image, sem_seg=sem_seg)
-        transforms = self.augmentations(aug_input)
+        aug_input, transforms = self._augment(dataset_dict, image, sem_seg)
         # the index, as uint8 (<= 255 segments) or 3 uint8 channels like the PNG itself, goes
         # through the transforms as a segmentation (nearest), as DatasetMapper's uint8 sem_seg
         if len(sem) <= 255:
@@ -156,8 +153,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
         instances.gt_classes = torch.as_tensor(cls[keep])
         for key in ("segments_info", "sem_seg_file_name", "annotations"):
             dataset_dict.pop(key, None)
-        image = np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
-        dataset_dict.update(image=torch.as_tensor(image), instances=instances)
+        dataset_dict["instances"] = instances
         dataset_dict["sem_seg"] = torch.as_tensor(lut[index])
         return dataset_dict
 
