@@ -81,7 +81,7 @@ def test_evaluators_by_type(synth, cfg, monkeypatch):
         assert isinstance(build_evaluator(cfg, name), cls)
     pan = build_evaluator(cfg, "cityscapes_fine_panoptic_val")  # Detectron2's registration
     assert isinstance(pan, PanopticEvaluator)
-    monkeypatch.setattr(evaluation, "LVISEvaluator", lambda *args, **kwargs: "lvis")
+    monkeypatch.setattr(evaluation.build, "LVISEvaluator", lambda *args, **kwargs: "lvis")
     assert build_evaluator(cfg, _dataset("t_eval_lvis", evaluator_type="lvis")) == "lvis"
 
 

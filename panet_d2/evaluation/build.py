@@ -1,0 +1,96 @@
+# -*- coding: utf-8 -*-
+"""The evaluator of a test dataset, chosen by its metadata's ``evaluator_type`` from a table."""
+
+import logging
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import (
+    COCOEvaluator,
+    DatasetEvaluators,
+    LVISEvaluator,
+    PascalVOCDetectionEvaluator,
+    SemSegEvaluator,
+)
+
+from ..errors import DatasetError
+from .cityscapes import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
+from .panoptic import PanopticEvaluator, PanopticToSemSeg, panoptic_to_dataset_classes
+
+__all__ = ["EVALUATORS", "SEM_SEG_TYPES", "build_evaluator", "check_evaluator_type"]
+
+logger = logging.getLogger(__name__)
+
+
+def _coco_panoptic(dataset_name, output_dir):
+    """PQ; box and mask AP with an instances json; mIoU when the records have semantic PNGs."""
+    evaluators = [PanopticEvaluator(dataset_name, output_dir)]
+    meta = MetadataCatalog.get(dataset_name)
+    things = sorted(meta.thing_dataset_id_to_contiguous_id.values())
+    if meta.get("json_file", None) and things == list(range(len(things))):
+        evaluators.append(COCOEvaluator(dataset_name, output_dir=output_dir))
+    else:
+        logger.info(
+            "No box/mask AP on {!r}: COCOEvaluator needs an instances json (metadata json_file) "
+            "and thing classes 0..T-1.".format(dataset_name)
+        )
+    records = DatasetCatalog.get(dataset_name)
+    if records and "sem_seg_file_name" in records[0]:
+        evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
+    return DatasetEvaluators(evaluators)
+
+
+# evaluator_type -> factory(dataset_name, output_dir) of the dataset's evaluator
+EVALUATORS = {
+    "coco": lambda name, out: COCOEvaluator(name, output_dir=out),
+    "coco_panoptic_seg": _coco_panoptic,
+    "sem_seg": lambda name, out: SemSegEvaluator(name, output_dir=out),
+    "cityscapes_instance": lambda name, out: CityscapesInstanceEvaluator(name, out),
+    "cityscapes_sem_seg": lambda name, out: CityscapesSemSegEvaluator(name),
+    "cityscapes_panoptic_seg": PanopticEvaluator,
+    "pascal_voc": lambda name, out: PascalVOCDetectionEvaluator(name),
+    "lvis": lambda name, out: LVISEvaluator(name, output_dir=out),
+}
+# the evaluator types that read a model's "sem_seg" as the dataset's classes
+SEM_SEG_TYPES = ("sem_seg", "cityscapes_sem_seg")
+
+
+def check_evaluator_type(dataset_name):
+    """
+    Returns:
+        str: the ``evaluator_type`` of a registered dataset.
+
+    Raises:
+        DatasetError: naming the dataset, its evaluator_type (or its absence) and the supported
+            types, when :data:`EVALUATORS` has none for it.
+    """
+    evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if evaluator_type not in EVALUATORS:
+        found = "evaluator_type {!r}".format(evaluator_type) if evaluator_type else None
+        raise DatasetError(
+            "No evaluator for the test dataset {!r}: it has {}. Supported evaluator types: "
+            "{}.".format(
+                dataset_name, found or "no evaluator_type in its metadata", ", ".join(EVALUATORS)
+            )
+        )
+    return evaluator_type
+
+
+def build_evaluator(cfg, dataset_name, output_folder=None):
+    """
+    Returns:
+        DatasetEvaluator: the evaluator of a test dataset, by its ``evaluator_type``
+        (:data:`EVALUATORS`); its files go to ``output_folder`` (default
+        ``<OUTPUT_DIR>/inference``). A semantic evaluator of a panoptic model is wrapped in
+        :class:`PanopticToSemSeg` where the classes differ (:func:`panoptic_to_dataset_classes`).
+    """
+    if output_folder is None:
+        output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
+    evaluator_type = check_evaluator_type(dataset_name)
+    evaluator = EVALUATORS[evaluator_type](dataset_name, output_folder)
+    if evaluator_type in SEM_SEG_TYPES:
+        conversion = panoptic_to_dataset_classes(cfg, dataset_name)
+        if conversion is not None:
+            classes = MetadataCatalog.get(dataset_name).stuff_classes
+            evaluator = PanopticToSemSeg(evaluator, *conversion, num_classes=len(classes))
+    return evaluator
