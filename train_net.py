@@ -82,7 +82,7 @@ def main(args):
 
 def _one_line_main(args):
     # main in one of several processes: an InputError as one line (the traceback that
-    # torch.multiprocessing would print is of no use), then exit code 1
+    # torch.multiprocessing would print is of no use), then exit code 2 (a divergence: 1)
     with one_line_errors(FloatingPointError):
         return main(args)
 
@@ -105,7 +105,7 @@ def invoke_main():
                 (args,),
             )
     except mp.ProcessExitedException as e:  # a process that exited with its "ERROR: ..." line
-        sys.exit(e.exit_code if e.exit_code == 1 else "ERROR: {}".format(e))
+        sys.exit(e.exit_code if e.exit_code in (1, 2) else "ERROR: {}".format(e))
 
 
 if __name__ == "__main__":

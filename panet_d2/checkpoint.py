@@ -34,7 +34,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from fvcore.common.checkpoint import _strip_prefix_if_present
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
@@ -434,7 +434,7 @@ class PANetCheckpointer(DetectionCheckpointer):
             )
             checkpoint["model"] = state_dict
             checkpoint["matching_heuristics"] = False  # done: DetectionCheckpointer skips it
-        _strip_prefix_if_present(state_dict, "module.")
+        consume_prefix_in_state_dict_if_present(state_dict, "module.")  # as fvcore does
         self._check_fit(state_dict)
         return super()._load_model(checkpoint)
 

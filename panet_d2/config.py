@@ -1,12 +1,20 @@
 # -*- coding: utf-8 -*-
 """
-Config keys of the PANet project. Every key has the PANet paper's choice as its default.
+Config keys of the PANet project (every key has the PANet paper's choice as its default), and
+:func:`load_config_file`, the one loader of a yacs or LazyConfig file with options.
 
 Paper: Liu et al., "Path Aggregation Network for Instance Segmentation", CVPR 2018.
 Table numbers in the comments refer to that paper.
 """
 
+import os
+
+import yaml
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import LazyConfig, get_cfg
+
+from .errors import ConfigError, InputError
 
 # Values accepted by the keys below; `check_choice` names them in its errors. Norm keys take any
 # norm of Detectron2's `get_norm`: "" (none), "GN", "BN", "SyncBN", ..., or a callable (LazyConfig).
@@ -91,4 +99,106 @@ def add_panet_config(cfg):
 
     # The panoptic model (PanopticPANet) reuses Detectron2's MODEL.PANOPTIC_FPN.* keys: instance
     # and semantic loss weights and the merge thresholds (COMBINE.*).
+    return cfg
+
+
+class _CheckedConfigFile(CN):
+    """
+    fvcore's ``load_yaml_with_base`` (called for the file, then by fvcore for each ``_BASE_`` it
+    resolves: relative to the file that names it) with each file checked before fvcore reads it,
+    as data only (``yaml.safe_load``: a Python tag is refused, nothing in a config file runs).
+    """
+
+    _chain = []  # the files being read, outermost first
+
+    @classmethod
+    def load_yaml_with_base(cls, filename, allow_unsafe=False):
+        base_of = cls._chain[-1] if cls._chain else None
+        where = "Config file {!r}".format(filename)
+        if base_of is not None:
+            where = "The _BASE_ {!r} of config file {!r}".format(filename, base_of)
+        if filename in cls._chain:
+            raise ConfigError("{} inherits from itself through _BASE_.".format(where))
+        if not os.path.isfile(filename):
+            raise ConfigError(
+                "{} does not exist{}.".format(
+                    where, " (a _BASE_ is relative to the file that names it)" if base_of else ""
+                )
+            )
+        try:
+            with open(filename) as f:
+                data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            what = "holds a Python tag (config files are read as data, with yaml.safe_load)"
+            what = what if isinstance(e, yaml.constructor.ConstructorError) else "is not valid YAML"
+            raise ConfigError("{} {}: {}".format(where, what, " ".join(str(e).split()))) from None
+        if data is None:
+            raise ConfigError("{} is empty: give it _BASE_ or config keys.".format(where))
+        if not isinstance(data, dict):
+            raise ConfigError(
+                "{} holds a YAML {} instead of config keys.".format(where, type(data).__name__)
+            )
+        cls._chain.append(filename)
+        try:
+            return super().load_yaml_with_base(filename, allow_unsafe=False)
+        finally:
+            cls._chain.pop()
+
+
+def config_error(path, e, what="Config file"):
+    """
+    A :class:`ConfigError` for exception ``e`` raised while loading config file ``path``: a
+    Python syntax error (LazyConfig) as "file:line: message", others with their type and message.
+    """
+    if isinstance(e, SyntaxError) and e.lineno is None and isinstance(e.__cause__, SyntaxError):
+        e = e.__cause__  # LazyConfig.load's "has syntax error!" drops the line: its cause has it
+    if isinstance(e, SyntaxError):
+        file = e.filename if e.filename and not e.filename.startswith("<") else path
+        where = "{}:{}".format(file, e.lineno) if e.lineno else path
+        code = " ({})".format(e.text.strip()) if e.text and e.text.strip() else ""
+        return ConfigError("{} {}: {}: {}{}".format(what, where, type(e).__name__, e.msg, code))
+    return ConfigError(
+        "{} {!r}: {}: {}".format(what, path, type(e).__name__, " ".join(str(e).split()))
+    )
+
+
+def load_config_file(path, opts=(), lazy=True, key="--config-file"):
+    """
+    The config of file ``path`` with the command-line options ``opts`` (not frozen).
+
+    A ``.py`` file (when ``lazy``) is a LazyConfig (options "key=value"); any other a yacs file
+    (options KEY VALUE) on Detectron2's defaults with panet_d2's keys (:func:`add_panet_config`),
+    its ``_BASE_`` files checked as they are read (:class:`_CheckedConfigFile`).
+
+    Raises:
+        ConfigError: naming the file (and line, for a LazyConfig's Python; a base as the base of
+            which file) or the options.
+    """
+    opts = list(opts or [])
+    if not os.path.isfile(path):
+        raise ConfigError("Config file {!r} ({}) does not exist.".format(path, key))
+    if lazy and path.endswith(".py"):
+        try:
+            return LazyConfig.apply_overrides(LazyConfig.load(path), opts)
+        except InputError:
+            raise
+        except Exception as e:  # omegaconf, hydra, the file's syntax error
+            raise config_error(path, e) from None
+    _CheckedConfigFile.load_yaml_with_base(path)
+    cfg = add_panet_config(get_cfg())
+    for merge, source, where in [
+        (
+            lambda p: cfg.merge_from_file(p, allow_unsafe=False),
+            path,
+            "Config file {!r}".format(path),
+        ),
+        (cfg.merge_from_list, opts, "The command-line options {} (on {!r})".format(opts, path)),
+    ]:
+        try:
+            merge(source)
+        except InputError:
+            raise
+        except Exception as e:  # yacs: unknown key, wrong type, odd number of options
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise ConfigError("{}: {}".format(where, msg)) from e
     return cfg

@@ -16,12 +16,11 @@ import torch
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from detectron2.config import get_cfg
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
 
-from panet_d2 import add_panet_config
+from panet_d2.config import load_config_file
 from panet_d2.data import register_synthetic_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,9 +126,7 @@ def panoptic_ids(path):
 
 def panet_cfg(config="Base-PANet.yaml", small=True, opts=()):
     """A PANet config on the CPU; ``small`` shrinks sampling sizes (not the architecture)."""
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIG_DIR, config))
+    cfg = load_config_file(os.path.join(CONFIG_DIR, config))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     if small:
@@ -181,3 +178,14 @@ def train_step_and_infer(model, num_classes, sem_classes=None, h=64, w=96):
     model.eval()
     with torch.no_grad():
         return model([{"image": random_image(h, w, seed=1)}])[0]
+
+
+def error_exit(call, *args, **kwargs):
+    """The one "ERROR: ..." line with which an entry point's ``call`` refuses its input (exit
+    code 2, panet_d2.engine.cli.one_line_errors)."""
+    with pytest.raises(SystemExit) as e:
+        call(*args, **kwargs)
+    assert e.value.code == 2, e.value.code
+    line = str(e.value)
+    assert line.startswith("ERROR: ") and "\n" not in line, line
+    return line

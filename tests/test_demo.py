@@ -23,7 +23,7 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 
 from panet_d2.errors import ImageLoadError  # noqa: E402
 
-from .common import ROOT, load_script  # noqa: E402
+from .common import ROOT, error_exit, load_script  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -109,11 +109,7 @@ def run_demo(demo, *args, config=PANOPTIC, opts=SMALL):
 
 def error_line(demo, *args, **kwargs):
     """The one line `main` exits with (what the command line prints to stderr)."""
-    with pytest.raises(SystemExit) as e:
-        run_demo(demo, *args, **kwargs)
-    msg = str(e.value.code)
-    assert msg.startswith("ERROR: ") and "\n" not in msg, msg
-    return msg
+    return error_exit(run_demo, demo, *args, **kwargs)
 
 
 def image_size(path):
@@ -318,7 +314,7 @@ def test_error_lines(demo, photos, tmp_path):
 
 def test_weights_and_inputs_errors_issue_17(demo, photos, tmp_path, capsys):
     """No weights, a truncated checkpoint, a LazyConfig syntax error: one line each; an unreadable
-    image among readable ones: reported, the others drawn, exit code 1 at the end."""
+    image among readable ones: reported, the others drawn, exit code 2 at the end."""
     folder, names = photos
     image, out = os.path.join(folder, names[0]), str(tmp_path / "o")
     msg = error_line(demo, "--input", image, "--output", out, opts=SMALL + ["MODEL.WEIGHTS", ""])
@@ -347,5 +343,6 @@ def test_weights_and_inputs_errors_issue_17(demo, photos, tmp_path, capsys):
     assert msg.startswith("ERROR: 1 of 3 input images could not be read (the others were shown)")
     assert "a_broken.jpg" in msg
     printed = [line for line in capsys.readouterr().err.splitlines() if "a_broken.jpg" in line]
-    assert len(printed) == 1 and printed[0].startswith("ERROR: Cannot read input image")
+    assert printed[-1] == msg  # the last line: the summary (exit code 2)
+    assert len(printed) == 2 and printed[0].startswith("ERROR: Cannot read input image")
     assert sorted(os.listdir(out)) == sorted(names[:2])  # the readable ones, after the broken one

@@ -14,6 +14,8 @@ from detectron2.config import CfgNode
 from panet_d2.engine import load_config, one_line_errors
 from panet_d2.errors import ConfigError, DatasetError
 
+from .common import error_exit
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YACS = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance.yaml")
 LAZY = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_lazy.py")
@@ -58,13 +60,15 @@ def test_config_errors_name_the_file_or_options(tmp_path):
 
 
 def test_input_errors_as_one_line():
-    with pytest.raises(SystemExit) as e:
+    def refused():
         with one_line_errors():
             raise DatasetError("Dataset 'x'\n  is not registered.")
-    assert e.value.code == "ERROR: Dataset 'x' is not registered."
+
+    assert error_exit(refused) == "ERROR: Dataset 'x' is not registered."  # exit code 2
     with pytest.raises(ValueError):  # not an input error: the traceback stays
         with one_line_errors():
             raise ValueError("a bug")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         with one_line_errors(FloatingPointError):
             raise FloatingPointError("diverged")
+    assert (e.value.code, str(e.value)) == (1, "ERROR: diverged")  # not an input error: 1

@@ -19,7 +19,7 @@ from panet_d2 import PANetCheckpointer, export
 from panet_d2.data import register_synthetic_dataset
 from panet_d2.evaluation import build_evaluator
 
-from .common import ROOT, load_script, panet_cfg, random_image
+from .common import ROOT, error_exit, load_script, panet_cfg, random_image
 from .export_common import assert_equal_fields, instances_fields
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -77,10 +77,9 @@ def test_tracing_to_torchscript_of_a_detectron2_layout_checkpoint(tool, tmp_path
     weights = _checkpoint(INSTANCE, tmp_path, ["MODEL.AFP.ENABLED", False])
     out = str(tmp_path / "out")
     argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--output", out]
-    with pytest.raises(SystemExit) as e:
-        tool.cli(argv + ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"])
-    assert str(e.value.code).startswith("ERROR: Checkpoint {!r} does not fit".format(weights))
-    assert "set MODEL.AFP.ENABLED False" in str(e.value.code)
+    line = error_exit(tool.cli, argv + ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"])
+    assert line.startswith("ERROR: Checkpoint {!r} does not fit".format(weights))
+    assert "set MODEL.AFP.ENABLED False" in line
     assert not os.path.exists(os.path.join(out, "model.ts"))
     tool.main(
         [

@@ -25,7 +25,7 @@ from detectron2.modeling import build_model
 
 from panet_d2.errors import CheckpointError, ConfigError
 
-from .common import ROOT, load_script, panet_cfg, random_image
+from .common import ROOT, error_exit, load_script, panet_cfg, random_image
 from .release_format import FULL, release_shapes
 from .test_export_torchscript import test_instance_model_scripts_and_traces as scripts_and_traces
 
@@ -259,8 +259,7 @@ def test_unknown_or_missing_tensor_is_refused_by_name(added, removed, tmp_path, 
         tool.convert_release_state_dict(state)
     src = tmp_path / "release.pth"
     _save_release(src, state)
-    assert tool.main(["--no-model-check", str(src), str(tmp_path / "out.pth")]) == 1
-    assert named in capsys.readouterr().err
+    assert named in error_exit(tool.main, ["--no-model-check", str(src), str(tmp_path / "out.pth")])
     assert not (tmp_path / "out.pth").exists()
 
 
@@ -410,10 +409,9 @@ def test_command_line_errors(tmp_path, capsys):
     src = tmp_path / "release.pth"
     _save_release(src, release_state("det"))
     out = str(tmp_path / "out.pth")
-    assert tool.main(["--variant", "mask", str(src), out]) == 1  # wrong variant for the file
-    assert "is the release's 'det' model, not 'mask'" in capsys.readouterr().err
-    assert tool.main([str(src), out, "MODEL.NO_SUCH_KEY", "1"]) == 1
-    assert "MODEL.NO_SUCH_KEY" in capsys.readouterr().err
+    line = error_exit(tool.main, ["--variant", "mask", str(src), out])  # wrong variant
+    assert "is the release's 'det' model, not 'mask'" in line
+    assert "MODEL.NO_SUCH_KEY" in error_exit(tool.main, [str(src), out, "MODEL.NO_SUCH_KEY", "1"])
     with pytest.raises(SystemExit):  # an option after the config options
         tool.main([str(src), out] + OPTS + ["--no-model-check"])
     assert "before the config options" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from detectron2.modeling import build_model
 
 from panet_d2 import d2_tools, model_zoo
 
-from .common import ROOT, load_script, run_script, synthetic_datasets
+from .common import ROOT, error_exit, load_script, run_script, synthetic_datasets
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -235,9 +235,7 @@ def test_patches_stay_inside_the_command(entry, datasets):
 
 def test_not_found_names_where_it_looked(entry, tmp_path, monkeypatch, capsys):
     # a checkout given explicitly: only there
-    with pytest.raises(SystemExit) as e:
-        entry.main(["--d2-root", str(tmp_path), "analyze_model", "--tasks", "flop"])
-    msg = str(e.value.code)
+    msg = error_exit(entry.main, ["--d2-root", str(tmp_path), "analyze_model", "--tasks", "flop"])
     assert msg.startswith("ERROR: Detectron2's tools/analyze_model.py was not found")
     assert os.path.join(str(tmp_path), "tools", "analyze_model.py") in msg and "--d2-root" in msg
     # $DETECTRON2_ROOT likewise
@@ -298,12 +296,9 @@ def test_lazyconfig_launcher_uses_the_same_finder(monkeypatch, tmp_path):
     monkeypatch.setenv(d2_tools.ENV_VAR, str(tmp_path))
     assert launcher.find_detectron2_script() == str(tmp_path / "tools" / "lazyconfig_train_net.py")
     # not found: the same message, naming where it looked
-    with pytest.raises(SystemExit) as e:
-        launcher.main(["--d2-root", str(tmp_path / "none"), "--config-file", "x.py"])
-    assert str(e.value.code).startswith("ERROR: Detectron2's tools/lazyconfig_train_net.py was")
-    assert os.path.join(str(tmp_path / "none"), "tools", "lazyconfig_train_net.py") in str(
-        e.value.code
-    )
+    line = error_exit(launcher.main, ["--d2-root", str(tmp_path / "none"), "--config-file", "x.py"])
+    assert line.startswith("ERROR: Detectron2's tools/lazyconfig_train_net.py was")
+    assert os.path.join(str(tmp_path / "none"), "tools", "lazyconfig_train_net.py") in line
 
 
 FAKE_TOOL = """

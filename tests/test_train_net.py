@@ -420,6 +420,6 @@ def test_command_line_error_has_no_traceback(tmp_path):
         cwd=tmp_path,
         PANET_D2_DATASETS=str(tmp_path / "datasets"),
     )
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stderr[-3000:]
     assert "ERROR: Dataset 'no_such_dataset' in DATASETS.TRAIN is not registered" in proc.stderr
     assert "Traceback" not in proc.stderr

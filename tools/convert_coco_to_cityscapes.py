@@ -9,19 +9,22 @@ keep the rows of the matching COCO classes (Cityscapes' rider starts from COCO's
     python3 tools/convert_coco_to_cityscapes.py COCO_CHECKPOINT OUTPUT.pth
 """
 
-import argparse
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
+
+import argparse
 
 import torch
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from panet_d2.checkpoint import read_checkpoint  # noqa: E402
-from panet_d2.errors import CheckpointError  # noqa: E402
+from panet_d2.checkpoint import read_checkpoint
+from panet_d2.engine.cli import one_line_errors
+from panet_d2.errors import CheckpointError
 
 # Cityscapes thing class -> the COCO class whose predictor rows it starts from
 COCO_NAME = {"rider": "person"}
@@ -62,6 +65,28 @@ def convert(state_dict, indices):
     return out
 
 
+def _coco_state_dict(path):
+    """The model state dict of a COCO (80-class) checkpoint; nothing in the file is run (.pth:
+    weights_only; .pkl: NumPy arrays only). Raises CheckpointError naming the file otherwise."""
+    loaded = read_checkpoint(path)
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
+        raise CheckpointError("{} holds no 'model' state dict.".format(path))
+    state_dict = {k: torch.as_tensor(v) for k, v in loaded["model"].items()}
+    key = "roi_heads.box_predictor.cls_score.weight"
+    if key not in state_dict:
+        raise CheckpointError(
+            "{} has no box predictor: not a COCO PANet / Mask R-CNN checkpoint.".format(path)
+        )
+    num_classes = state_dict[key].shape[0] - 1
+    if num_classes != 80:
+        raise CheckpointError(
+            "{} has a {}-class box predictor; expected a COCO (80-class) model.".format(
+                path, num_classes
+            )
+        )
+    return state_dict
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -69,26 +94,8 @@ def main(argv=None):
     )
     parser.add_argument("output", help="where to write the Cityscapes initial weights (.pth)")
     args = parser.parse_args(argv)
-    try:  # nothing in the file is run (.pth: weights_only; .pkl: NumPy arrays only)
-        loaded = read_checkpoint(args.checkpoint)
-    except CheckpointError as e:
-        sys.exit("ERROR: " + " ".join(str(e).split()))
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
-        sys.exit("ERROR: {} holds no 'model' state dict.".format(args.checkpoint))
-    state_dict = {k: torch.as_tensor(v) for k, v in loaded["model"].items()}
-    if "roi_heads.box_predictor.cls_score.weight" not in state_dict:
-        sys.exit(
-            "ERROR: {} has no box predictor: not a COCO PANet / Mask R-CNN checkpoint.".format(
-                args.checkpoint
-            )
-        )
-    num_classes = state_dict["roi_heads.box_predictor.cls_score.weight"].shape[0] - 1
-    if num_classes != 80:
-        sys.exit(
-            "ERROR: {} has a {}-class box predictor; expected a COCO (80-class) model.".format(
-                args.checkpoint, num_classes
-            )
-        )
+    with one_line_errors():  # a CheckpointError: one line, exit code 2
+        state_dict = _coco_state_dict(args.checkpoint)
     converted = convert(state_dict, cityscapes_to_coco_indices())
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     torch.save(

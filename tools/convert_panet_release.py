@@ -49,7 +49,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing panet_d2
 
-from panet_d2.errors import CheckpointError, ConfigError, InputError  # noqa: E402
+from panet_d2.engine.cli import one_line_errors
+from panet_d2.errors import CheckpointError
 
 __all__ = [
     "RELEASE_CONFIGS",
@@ -523,19 +524,13 @@ def _import(module, name):
 
 def build_release_model_state(variant: str, opts=()) -> Dict[str, torch.Tensor]:
     """The state dict (keys and shapes) of the model that RELEASE_CONFIGS[variant] builds."""
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
-    from panet_d2 import add_panet_config
+    from panet_d2.config import load_config_file
 
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", RELEASE_CONFIGS[variant]))
-    try:
-        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + list(opts))
-    except (AssertionError, KeyError, ValueError) as e:
-        raise ConfigError("Invalid config options {}: {}".format(list(opts), e)) from None
-    return build_model(cfg).state_dict()
+    path = os.path.join(ROOT, "configs", RELEASE_CONFIGS[variant])
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + list(opts)
+    return build_model(load_config_file(path, opts)).state_dict()
 
 
 def main(argv=None):
@@ -562,7 +557,7 @@ def main(argv=None):
     misplaced = [o for o in args.opts if o in ("--variant", "--no-model-check")]
     if misplaced:
         parser.error("give {} before the config options (KEY VALUE ...)".format(misplaced[0]))
-    try:
+    with one_line_errors():  # CheckpointError, ConfigError: one line, exit code 2
         release = load_release_checkpoint(args.input)
         variant = args.variant or detect_variant(release)
         converted = convert_release_state_dict(release, variant)
@@ -578,9 +573,6 @@ def main(argv=None):
             },
             args.output,
         )
-    except InputError as e:  # CheckpointError, ConfigError: one line, no traceback
-        print("ERROR: {}".format(e), file=sys.stderr)
-        return 1
     config = os.path.join("configs", RELEASE_CONFIGS[variant])
     print(
         "Converted the release's {!r} model: {} tensors -> {} ({} tensors).".format(

@@ -25,10 +25,14 @@ with the project's evaluator of that dataset (of a LazyConfig: ``dataloader.eval
 ``dataloader.test``).
 """
 
-import argparse
-import contextlib
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
+
+import argparse
+import contextlib
 import warnings
 
 import torch
@@ -42,13 +46,10 @@ from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from panet_d2 import PANetCheckpointer  # noqa: E402
-from panet_d2 import export  # noqa: E402
-from panet_d2.data.image_io import read_image  # noqa: E402
-from panet_d2.engine import load_config, one_line_errors  # noqa: E402
-from panet_d2.errors import ConfigError  # noqa: E402
+from panet_d2 import PANetCheckpointer, export
+from panet_d2.data.image_io import read_image
+from panet_d2.engine import load_config, one_line_errors
+from panet_d2.errors import ConfigError
 
 logger = setup_logger(name="panet_d2.export_model")
 

@@ -23,7 +23,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from panet_d2 import d2_tools  # noqa: E402
+from panet_d2 import d2_tools
+from panet_d2.engine.cli import one_line_errors
+from panet_d2.errors import ConfigError
 
 ENV_VAR = "DETECTRON2_LAZYCONFIG_TRAIN_NET"
 RELPATH = "tools/lazyconfig_train_net.py"
@@ -38,7 +40,7 @@ def find_detectron2_script(d2_root=None):
     path = os.environ.get(ENV_VAR)
     if path:
         if not os.path.isfile(path):
-            sys.exit("ERROR: ${}={!r} is not a file.".format(ENV_VAR, path))
+            raise ConfigError("${}={!r} is not a file.".format(ENV_VAR, path))
         return path
     return d2_tools.find_detectron2_file(RELPATH, d2_root)
 
@@ -48,12 +50,13 @@ def main(argv=None):
     d2_root = None
     if argv[:1] == ["--d2-root"] and len(argv) > 1:
         d2_root, argv = argv[1], argv[2:]
-    script = find_detectron2_script(d2_root)
-    if script is None:
-        try:
-            d2_tools.find_detectron2_tool(RELPATH, d2_root)  # raises, naming where it looked
-        except d2_tools.Detectron2ToolNotFoundError as e:
-            sys.exit("ERROR: {} Or set ${} to the script itself.".format(e, ENV_VAR))
+    with one_line_errors():  # exit code 2
+        script = find_detectron2_script(d2_root)
+        if script is None:
+            try:
+                d2_tools.find_detectron2_tool(RELPATH, d2_root)  # raises, naming where it looked
+            except d2_tools.Detectron2ToolNotFoundError as e:
+                raise type(e)("{} Or set ${} to the script itself.".format(e, ENV_VAR)) from None
     # this process becomes Detectron2's script, with the same arguments
     path = [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(path)

@@ -237,11 +237,8 @@ def _become_tool_in_child():
 
 
 def main(argv=None):
-    from panet_d2.d2_tools import (
-        Detectron2ToolNotFoundError,
-        find_detectron2_tool,
-        list_detectron2_tools,
-    )
+    from panet_d2.d2_tools import find_detectron2_tool, list_detectron2_tools
+    from panet_d2.engine.cli import one_line_errors
 
     parser = get_parser()
     args = parser.parse_args(argv)
@@ -250,10 +247,8 @@ def main(argv=None):
         return None
     if not args.tool:
         parser.error("TOOL is required (e.g. analyze_model); --list lists them")
-    try:
+    with one_line_errors():  # Detectron2ToolNotFoundError: exit code 2
         script = find_detectron2_tool(args.tool, args.d2_root)
-    except Detectron2ToolNotFoundError as e:
-        sys.exit("ERROR: {}".format(e))
     from detectron2.utils.logger import setup_logger
 
     setup_logger(name="panet_d2", abbrev_name="panet_d2")  # until the script sets up its own

@@ -10,13 +10,11 @@ import difflib
 import inspect
 import io
 import logging
-import math
 import os
 import tempfile
 from collections import Counter
 
 import torch
-import yaml
 
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -32,15 +30,14 @@ from ..evaluation import (
     meta_architecture,
     panoptic_to_dataset_classes,
 )
+from ..modeling.validation import check_in_features
 
 __all__ = [
-    "config_error",
     "check_registered",
     "check_dataset_files",
     "check_files",
     "check_num_classes",
     "check_tta",
-    "check_config_file",
     "check_output_dir",
     "check_config",
     "drop_invalid_annotations",
@@ -52,23 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def config_error(path, e, what="Config file"):
-    """
-    A :class:`ConfigError` for exception ``e`` raised while loading config file ``path``: a
-    Python syntax error (LazyConfig) as "file:line: message", others with their type and message.
-    """
-    if isinstance(e, SyntaxError) and e.lineno is None and isinstance(e.__cause__, SyntaxError):
-        e = e.__cause__  # LazyConfig.load's "has syntax error!" drops the line: its cause has it
-    if isinstance(e, SyntaxError):
-        file = e.filename if e.filename and not e.filename.startswith("<") else path
-        where = "{}:{}".format(file, e.lineno) if e.lineno else path
-        code = " ({})".format(e.text.strip()) if e.text and e.text.strip() else ""
-        return ConfigError("{} {}: {}: {}{}".format(what, where, type(e).__name__, e.msg, code))
-    return ConfigError(
-        "{} {!r}: {}: {}".format(what, path, type(e).__name__, " ".join(str(e).split()))
-    )
 
 
 # Metadata keys that name a dataset's files or folders (Detectron2's builtin registrations).
@@ -211,54 +191,6 @@ def check_tta(cfg):
         )
 
 
-def check_config_file(path, key="--config-file"):
-    """
-    Checks a yacs config file and the ``_BASE_`` files it inherits from (resolved as fvcore does:
-    relative to the file that names them).
-
-    Raises:
-        ConfigError: naming the file (a base as the base of which file) that does not exist, is
-            not valid YAML, is empty, is not a mapping of keys, or inherits from itself.
-    """
-
-    def visit(path, base_of, chain):
-        where = "Config file {!r}".format(path)
-        if base_of is not None:
-            where = "The _BASE_ {!r} of config file {!r}".format(path, base_of)
-        if path in chain:
-            raise ConfigError("{} inherits from itself through _BASE_.".format(where))
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except yaml.constructor.ConstructorError:
-            return  # Python tags: Detectron2 loads it with yaml.unsafe_load
-        except yaml.YAMLError as e:
-            raise ConfigError("{} is not valid YAML: {}".format(where, " ".join(str(e).split())))
-        if data is None:
-            raise ConfigError("{} is empty: give it _BASE_ or config keys.".format(where))
-        if not isinstance(data, dict):
-            raise ConfigError(
-                "{} holds a YAML {} instead of config keys.".format(where, type(data).__name__)
-            )
-        bases = data.get("_BASE_", [])
-        for base in [bases] if isinstance(bases, str) else bases:
-            if not isinstance(base, str) or base.startswith(("http://", "https://")):
-                continue
-            resolved = os.path.expanduser(base)
-            if not os.path.isabs(resolved):
-                resolved = os.path.join(os.path.dirname(path), resolved)
-            if not os.path.isfile(resolved):
-                raise ConfigError(
-                    "The _BASE_ {!r} of config file {!r} does not exist (looked for {!r}: a "
-                    "_BASE_ is relative to the file that names it).".format(base, path, resolved)
-                )
-            visit(resolved, path, chain + [path])
-
-    if not os.path.isfile(path):
-        raise ConfigError("Config file {!r} ({}) does not exist.".format(path, key))
-    visit(path, None, [])
-
-
 def check_output_dir(path, key="OUTPUT_DIR"):
     """
     Creates the folder ``path`` (config ``key``) if missing and checks that a file can be written
@@ -289,67 +221,36 @@ def check_output_dir(path, key="OUTPUT_DIR"):
         ) from None
 
 
-def _backbone_strides(cfg):
-    """{feature name: stride} of the backbone of ``cfg``, built on the meta device (no memory,
+def _backbone_shapes(cfg):
+    """{feature name: ShapeSpec} of the backbone of ``cfg``, built on the meta device (no memory,
     no draw from the random generators); None if it cannot be built (build_model then says why)."""
     try:
         with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
-            shapes = build_backbone(cfg).output_shape()
+            return build_backbone(cfg).output_shape()
     except Exception:
         return None
-    return {name: shape.stride for name, shape in shapes.items()}
-
-
-def _check_features(key, features, strides, backbone, pyramid=False):
-    outputs = ", ".join(strides)
-    for f in features:
-        if f not in strides:
-            raise ConfigError(
-                "{}={}: {!r} is not a feature of the backbone {}; its features are: {}.".format(
-                    key, list(features), f, backbone, outputs
-                )
-            )
-    levels = [math.log2(strides[f]) for f in features]
-    if pyramid and levels and levels != [levels[0] + i for i in range(len(levels))]:
-        raise ConfigError(
-            "{}={}: RoI pooling (and adaptive feature pooling) takes consecutive pyramid levels, "
-            "finest first; these have strides {}. Allowed: consecutive features of {} (strides "
-            "{}), finest first.".format(
-                key,
-                list(features),
-                [strides[f] for f in features],
-                outputs,
-                ", ".join(str(v) for v in strides.values()),
-            )
-        )
 
 
 def check_config(cfg, train=True, world_size=None):
     """
     Checks config values that Detectron2 would only reject deep inside building or training:
-    NUM_CLASSES of the heads positive; SOLVER.BASE_LR, MOMENTUM and WEIGHT_DECAY not negative
+    MODEL.ROI_HEADS.NUM_CLASSES positive; SOLVER.BASE_LR, MOMENTUM and WEIGHT_DECAY not negative
     and SOLVER.IMS_PER_BATCH a positive multiple of the number of processes (``world_size``,
-    default the current one; when ``train``); the features of the RPN, the ROI heads (consecutive
-    pyramid levels) and the semantic head among the backbone's.
+    default the current one; when ``train``); the features of Detectron2's RPN among the
+    backbone's. (The project's backbone and heads check their own arguments when built:
+    :mod:`panet_d2.modeling.validation`.)
 
     Raises:
         ConfigError: naming the key, its value and what is allowed.
     """
     arch = meta_architecture(cfg)
     rcnn = isinstance(arch, type) and issubclass(arch, GeneralizedRCNN)
-    semantic = isinstance(arch, type) and (
-        issubclass(arch, PanopticFPN) or arch.__name__ == "SemanticSegmentor"
-    )
-    heads = (["ROI_HEADS"] if rcnn else []) + (["SEM_SEG_HEAD"] if semantic else [])
-    for head in heads:
-        value = cfg.MODEL[head].NUM_CLASSES
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(
-                "MODEL.{}.NUM_CLASSES={!r}: must be a positive integer, the dataset's number of "
-                "{}.".format(
-                    head, value, "thing classes" if head == "ROI_HEADS" else "stuff classes + 1"
-                )
-            )
+    value = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if rcnn and (not isinstance(value, int) or value < 1):
+        raise ConfigError(
+            "MODEL.ROI_HEADS.NUM_CLASSES={!r}: must be a positive integer, the dataset's number "
+            "of thing classes.".format(value)
+        )
     if train:
         for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY"):
             if cfg.SOLVER[k] < 0:
@@ -373,26 +274,12 @@ def check_config(cfg, train=True, world_size=None):
                     batch, world_size
                 )
             )
-    if not (rcnn or semantic):
-        return
-    strides = _backbone_strides(cfg)
-    if strides is None:
-        return
-    backbone = cfg.MODEL.BACKBONE.NAME
-    if rcnn and cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"):
-        _check_features("MODEL.RPN.IN_FEATURES", cfg.MODEL.RPN.IN_FEATURES, strides, backbone)
-    if rcnn:
-        _check_features(
-            "MODEL.ROI_HEADS.IN_FEATURES",
-            cfg.MODEL.ROI_HEADS.IN_FEATURES,
-            strides,
-            backbone,
-            pyramid=True,
-        )
-    if semantic:
-        _check_features(
-            "MODEL.SEM_SEG_HEAD.IN_FEATURES", cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES, strides, backbone
-        )
+    # Detectron2's RPN takes its features unchecked (a KeyError deep in building it); the
+    # project's ROI and semantic heads check theirs when built
+    shapes = _backbone_shapes(cfg) if rcnn else None
+    if shapes is not None and cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"):
+        backbone = "the backbone " + cfg.MODEL.BACKBONE.NAME
+        check_in_features("MODEL.RPN.IN_FEATURES", cfg.MODEL.RPN.IN_FEATURES, shapes, backbone)
 
 
 # Annotation validity, the same for training (dataset dicts) and evaluation (COCO ground truth):

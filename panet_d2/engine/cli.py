@@ -2,23 +2,20 @@
 """
 What every entry point (train_net.py, demo.py, tools/*.py) shares: loading a yacs or LazyConfig
 file with command-line options, the CPU fallback of a CUDA config (noted, for the log), and an
-:class:`~panet_d2.errors.InputError` as one "ERROR:" line.
+:class:`~panet_d2.errors.InputError` as one "ERROR:" line and exit code 2.
 """
 
 import contextlib
-import os
 import sys
 
 import torch
 from omegaconf import OmegaConf
 
-from detectron2.config import LazyConfig, get_cfg
+from ..config import load_config_file
+from ..errors import InputError
+from .checks import clean_error_message
 
-from ..config import add_panet_config
-from ..errors import ConfigError, InputError
-from .checks import check_config_file, clean_error_message, config_error
-
-__all__ = ["adapt_config_to_machine", "load_config", "one_line_errors"]
+__all__ = ["adapt_config_to_machine", "load_config", "one_line_errors", "InputErrorExit"]
 
 
 def adapt_config_to_machine(cfg):
@@ -52,54 +49,39 @@ def adapt_config_to_machine(cfg):
 
 def load_config(path, opts=(), lazy=True, key="--config-file"):
     """
-    The config of file ``path`` with the command-line options ``opts``, made runnable here
-    (:func:`adapt_config_to_machine`); not frozen.
-
-    A ``.py`` file (when ``lazy``) is a LazyConfig (options "key=value"); any other a yacs file
-    with panet_d2's keys (options KEY VALUE), whose ``_BASE_`` files are checked first.
+    :func:`panet_d2.config.load_config_file` (a yacs or LazyConfig file with options), made
+    runnable here (:func:`adapt_config_to_machine`); not frozen.
 
     Returns:
         (cfg, notes): the CfgNode or LazyConfig, and what :func:`adapt_config_to_machine`
         changed (to be logged).
-
-    Raises:
-        ConfigError: naming the file (and line, for a LazyConfig's Python) or the options.
     """
-    opts = list(opts or [])
-    if lazy and path.endswith(".py"):
-        if not os.path.isfile(path):
-            raise ConfigError("Config file {!r} ({}) does not exist.".format(path, key))
-        try:
-            cfg = LazyConfig.apply_overrides(LazyConfig.load(path), opts)
-        except InputError:
-            raise
-        except Exception as e:  # omegaconf, hydra, the file's syntax error
-            raise config_error(path, e) from None
-        return cfg, adapt_config_to_machine(cfg)
-    check_config_file(path, key)
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    for merge, source, where in [
-        (cfg.merge_from_file, path, "Config file {!r}".format(path)),
-        (cfg.merge_from_list, opts, "The command-line options {} (on {!r})".format(opts, path)),
-    ]:
-        try:
-            merge(source)
-        except InputError:
-            raise
-        except Exception as e:  # yacs: unknown key, wrong type, odd number of options
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            raise ConfigError("{}: {}".format(where, msg)) from e
+    cfg = load_config_file(path, opts, lazy=lazy, key=key)
     return cfg, adapt_config_to_machine(cfg)
+
+
+class InputErrorExit(SystemExit):
+    """The exit of an entry point refused by its input: exit code 2 (as argparse's usage errors),
+    after its one line "ERROR: <message>" on stderr; ``str()`` is that line."""
+
+    def __init__(self, line, code=2):
+        super().__init__(code)
+        self.line = line
+
+    def __str__(self):
+        return self.line
 
 
 @contextlib.contextmanager
 def one_line_errors(*types):
     """
-    An :class:`~panet_d2.errors.InputError` (or one of ``types``) raised in the block ends the
-    program with one line "ERROR: <message>" on stderr (exit code 1), without a traceback.
+    An :class:`~panet_d2.errors.InputError` (exit code 2) or one of ``types`` (exit code 1, e.g.
+    a divergence) raised in the block ends the program with one line "ERROR: <message>" on stderr,
+    without a traceback (:class:`InputErrorExit`).
     """
     try:
         yield
     except (InputError,) + types as e:
-        sys.exit("ERROR: " + " ".join(clean_error_message(e).split()))
+        line = "ERROR: " + " ".join(clean_error_message(e).split())
+        print(line, file=sys.stderr, flush=True)
+        raise InputErrorExit(line, 2 if isinstance(e, InputError) else 1) from None

@@ -30,11 +30,11 @@ from typing import List, Optional, Union
 import torch
 from omegaconf import DictConfig
 
-from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
+from detectron2.config import CfgNode, instantiate
 from detectron2.modeling import build_model
 
 from ..checkpoint import PANetCheckpointer
-from ..config import add_panet_config
+from ..config import load_config_file
 
 __all__ = [
     "get_config_file",
@@ -173,12 +173,7 @@ def get_config(config_path: str, trained: bool = False) -> Union[CfgNode, DictCo
     cfg_file = get_config_file(config_path)
     if trained:
         get_checkpoint_url(config_path)
-    if cfg_file.endswith(".py"):
-        return LazyConfig.load(cfg_file)
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    cfg.merge_from_file(cfg_file)
-    return cfg
+    return load_config_file(cfg_file)
 
 
 def get(config_path: str, trained: bool = False, device: Optional[str] = None):

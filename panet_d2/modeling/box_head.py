@@ -21,7 +21,8 @@ from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRC
 
 from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
 from ..errors import check_choice
-from .layers import AFPConv2d, AFPLinear, check_norm, fuse_levels
+from .layers import AFPConv2d, AFPLinear, fuse_levels
+from .validation import check_norm
 
 __all__ = ["PANetConvFCHead", "NormLinear"]
 

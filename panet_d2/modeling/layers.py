@@ -6,8 +6,7 @@ branch, conv1 in the mask branch), then the element-wise fusion (max or sum).
 
 * :class:`AFPConv2d`, :class:`AFPLinear`: the per-level first layer, run as one batched op over
   all levels (a grouped conv / a batched matmul), its norm, ReLU, then the fusion
-  (:func:`fuse_levels`); :func:`per_level_norm`, :func:`check_norm` (also used by the backbone
-  and the semantic head).
+  (:func:`fuse_levels`); :func:`per_level_norm`.
 
 Warm start: the per-level weights live under ``<layer>.per_level.*``, a name that a single-level
 checkpoint (e.g. Detectron2's Mask R-CNN: ``box_head.fc1.weight`` (1024, 12544)) does not have.
@@ -28,6 +27,7 @@ from detectron2.layers import Conv2d, get_norm
 
 from ..config import AFP_FUSE_TYPES
 from ..errors import ConfigError, check_choice
+from .validation import check_norm
 
 __all__ = [
     "AFPConv2d",
@@ -35,7 +35,6 @@ __all__ = [
     "LevelwiseNorm",
     "fuse_levels",
     "per_level_norm",
-    "check_norm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,21 +99,6 @@ def per_level_norm(norm, channels: int, num_levels: int):
     if isinstance(norm, str) and norm in _PER_CHANNEL_NORMS:
         return get_norm(norm, channels * num_levels)
     return LevelwiseNorm(norm, channels, num_levels)
-
-
-def check_norm(key: str, norm):
-    """Raise :class:`ConfigError` unless ``norm`` is a norm spec Detectron2's ``get_norm`` takes."""
-    if norm is None or callable(norm) or norm == "":
-        return norm
-    try:
-        get_norm(norm, 32)
-    except (KeyError, TypeError):
-        raise ConfigError(
-            "Invalid config value {}={!r}; allowed: '' (no norm), a norm name of Detectron2's "
-            "get_norm ('GN', 'BN', 'SyncBN', 'naiveSyncBN', 'nnSyncBN', 'FrozenBN', 'LN') or a "
-            "callable returning an nn.Module.".format(key, norm)
-        ) from None
-    return norm
 
 
 class _PerLevelLayer(nn.Module):

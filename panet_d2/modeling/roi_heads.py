@@ -13,6 +13,7 @@ from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers
 from .mask_head import PANetMaskHead
 from .poolers import AdaptiveFeaturePooler
+from .validation import check_in_features
 
 __all__ = ["PANetROIHeads"]
 
@@ -39,12 +40,13 @@ class PANetROIHeads(StandardROIHeads):
     @classmethod
     def _check_config(cls, cfg, input_shape):
         in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        missing = [f for f in in_features if f not in input_shape]
-        if missing:
-            raise ConfigError(
-                "MODEL.ROI_HEADS.IN_FEATURES={} names {} which the backbone does not output; it "
-                "outputs {}.".format(in_features, missing, sorted(input_shape.keys()))
-            )
+        check_in_features(
+            "MODEL.ROI_HEADS.IN_FEATURES",
+            in_features,
+            input_shape,
+            "the backbone " + cfg.MODEL.BACKBONE.NAME,
+            pyramid=True,
+        )
         afp = cfg.MODEL.AFP
         if not afp.ENABLED:
             return

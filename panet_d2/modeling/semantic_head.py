@@ -19,7 +19,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.meta_arch.semantic_seg import SEM_SEG_HEADS_REGISTRY, SemSegFPNHead
 
 from ..errors import ConfigError
-from .layers import check_norm
+from .validation import check_in_features, check_norm
 from .scripting import add_scripting_lists, scriptable_copy
 
 __all__ = ["PANetSemSegHead"]
@@ -37,22 +37,18 @@ class PANetSemSegHead(SemSegFPNHead):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         head = cfg.MODEL.SEM_SEG_HEAD
-        in_features = list(head.IN_FEATURES)
-        missing = [f for f in in_features if f not in input_shape]
-        if not in_features or missing:
-            raise ConfigError(
-                "MODEL.SEM_SEG_HEAD.IN_FEATURES={} names {} which the backbone does not output; "
-                "it outputs {} (PANet: ['p2', 'p3', 'p4', 'p5']).".format(
-                    in_features, missing, sorted(input_shape)
-                )
-            )
+        check_in_features(
+            "MODEL.SEM_SEG_HEAD.IN_FEATURES",
+            head.IN_FEATURES,
+            input_shape,
+            "the backbone " + cfg.MODEL.BACKBONE.NAME,
+        )
         check_norm("MODEL.SEM_SEG_HEAD.NORM", head.NORM)
-        if head.NUM_CLASSES < 2:
+        if not isinstance(head.NUM_CLASSES, int) or head.NUM_CLASSES < 2:
             raise ConfigError(
-                "MODEL.SEM_SEG_HEAD.NUM_CLASSES={} must count the stuff classes plus the 'other' "
-                "class of thing pixels (COCO: 53 + 1 = 54, Cityscapes: 11 + 1 = 12).".format(
-                    head.NUM_CLASSES
-                )
+                "MODEL.SEM_SEG_HEAD.NUM_CLASSES={!r}: must count the stuff classes plus the "
+                "'other' class of thing pixels, >= 2 (COCO: 53 + 1 = 54, Cityscapes: 11 + 1 = "
+                "12).".format(head.NUM_CLASSES)
             )
         return super().from_config(cfg, input_shape)
 

@@ -25,7 +25,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ...config import PAFPN_ACTIVATIONS
 from ...errors import ConfigError, check_choice
-from ..layers import check_norm
+from ..validation import check_in_features, check_norm
 from ..scripting import add_scripting_lists, scriptable_copy
 
 __all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
@@ -174,15 +174,9 @@ def build_resnet_pafpn_backbone(cfg, input_shape: ShapeSpec):
         PAFPN: a :class:`Backbone` with outputs "p2" ... "p6" (N2 ... N6).
     """
     bottom_up = build_resnet_backbone(cfg, input_shape)
-    available = list(bottom_up.output_shape().keys())
-    missing = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in available]
-    if missing:
-        raise ConfigError(
-            "MODEL.FPN.IN_FEATURES={} names {} which the ResNet does not output; it outputs {} "
-            "(set MODEL.RESNETS.OUT_FEATURES).".format(
-                list(cfg.MODEL.FPN.IN_FEATURES), missing, available
-            )
-        )
+    check_in_features(
+        "MODEL.FPN.IN_FEATURES", cfg.MODEL.FPN.IN_FEATURES, bottom_up.output_shape(), "the ResNet"
+    )
     return PAFPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
