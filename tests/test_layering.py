@@ -28,7 +28,7 @@ LAYERS = {
     "__init__": 6,
 }
 # these depend on the model (and the layers below it) only
-MODEL_ONLY = ("export", "analysis", "level_usage")
+MODEL_ONLY = ("export", "analysis")
 
 
 def _modules():

@@ -13,14 +13,16 @@ for the proposals grouped by the level FPN would assign them to.
 Runs inference on a test dataset (default: the first of DATASETS.TEST) and counts, for every
 proposal, the level each fused element came from: in the box branch after the per-level fc1 (or
 the heavier head's conv1), in the mask branch after the per-level conv1, each after its norm and
-ReLU, as the max fusion sees them (``panet_d2/level_usage.py`` says how ties are counted: by
-default a tie of k levels gives 1/k to each). The box branch counts every RPN proposal that
+ReLU, as the max fusion sees them (``panet_d2/analysis/level_usage.py`` says how ties are counted:
+by default a tie of k levels gives 1/k to each). The box branch counts every RPN proposal that
 reaches the box head, the mask branch every detection that reaches the mask head.
 
 Prints the L x L tables of percentages (rows: the FPN level of the proposal; columns: the level
 the features came from; each row sums to 100), and writes ``level_usage.json`` and the bar chart
 ``level_usage.png`` into --output (default ``<OUTPUT_DIR>/level_usage``).
 """
+
+import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 import argparse
 import itertools
@@ -37,10 +39,10 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer  # registers the models and datasets
+from panet_d2.analysis import TIE_RULES, LevelUsage, draw_level_usage, format_table
 from panet_d2.engine import load_config, one_line_errors
 from panet_d2.engine.checks import check_registered
 from panet_d2.errors import ConfigError
-from panet_d2.level_usage import TIE_RULES, LevelUsage, draw_level_usage, format_table
 
 logger = logging.getLogger("panet_d2.analyze_level_usage")
 
@@ -92,7 +94,7 @@ def main(args):
     """
     Returns:
         dict: what level_usage.json holds ("branches": the tables of
-        :meth:`panet_d2.level_usage.LevelUsage.tables`).
+        :meth:`panet_d2.analysis.LevelUsage.tables`).
     """
     cfg = setup(args)
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)

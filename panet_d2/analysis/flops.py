@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 """
-FLOP counts of the ops PANet adds, for Detectron2's ``FlopCountAnalysis``: the project's FLOP
-path :func:`flop_count_analysis` (Detectron2's analysis with the handles below, set through
-fvcore's public ``set_op_handle``); tools/run_d2_tool.py gives them to Detectron2's
+FLOP counts of the ops PANet adds, for Detectron2's ``FlopCountAnalysis``.
+
+The project's FLOP path :func:`flop_count_analysis` (Detectron2's analysis with the handles below,
+set through fvcore's public ``set_op_handle``); tools/run_d2_tool.py gives them to Detectron2's
 ``tools/analyze_model.py`` for its command only (:func:`panet_d2.compat.fvcore_op_handles`).
 Importing panet_d2 changes no FLOP count.
 

@@ -1,8 +1,9 @@
 # -*- coding: utf-8 -*-
 """
-Fig. 3 of the PANet paper: with adaptive feature pooling (AFP) and max fusion, the share of the
-fused features that comes from each pyramid level, for the proposals grouped by the level FPN
-would have assigned them to.
+Fig. 3 of the PANet paper: the share of AFP's fused features that comes from each pyramid level.
+
+With adaptive feature pooling (AFP) and max fusion, the share is counted for the proposals grouped
+by the level FPN would have assigned them to.
 
 :class:`LevelUsage` counts it during ordinary inference, with forward hooks on the model (the
 model code is not touched):
@@ -39,8 +40,8 @@ from torch import nn
 
 from detectron2.modeling.poolers import assign_boxes_to_levels
 
-from .modeling.layers import AFPConv2d, AFPLinear
-from .modeling.poolers import AdaptiveFeaturePooler
+from ..modeling.layers import AFPConv2d, AFPLinear
+from ..modeling.poolers import AdaptiveFeaturePooler
 
 __all__ = [
     "BRANCHES",
