@@ -27,7 +27,7 @@ from panet_d2.analysis import TIE_RULES, LevelUsage, count_level_sources  # noqa
 from panet_d2.data import register_synthetic_dataset  # noqa: E402
 from panet_d2.modeling.layers import AFPConv2d  # noqa: E402
 
-from .common import ROOT, load_script, panet_cfg, random_image  # noqa: E402
+from .common import ROOT, error_exit, load_script, panet_cfg, random_image  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -307,9 +307,7 @@ def test_tool_end_to_end(tool, tmp_path, monkeypatch):
 )
 def test_tool_refuses_models_without_max_fusion(tool, tmp_path, opts, message):
     argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--output", str(tmp_path)]
-    with pytest.raises(SystemExit) as e:
-        tool.invoke_main(argv + opts)
-    assert str(e.value).startswith("ERROR: ") and message in str(e.value)
+    assert message in error_exit(tool.invoke_main, argv + opts)
     assert not os.listdir(tmp_path)
 
 
