@@ -175,7 +175,7 @@ def test_bad_config_files(train_net, tmp_path):
     listing.write_text("- MODEL\n")
     assert "holds a YAML list instead of config keys" in error(listing)
     tagged = tmp_path / "tagged.yaml"  # nothing in a config file runs
-    tagged.write_text('MODEL:\n  DEVICE: !!python/object/apply:os.getcwd []\n')
+    tagged.write_text("MODEL:\n  DEVICE: !!python/object/apply:os.getcwd []\n")
     assert error(tagged).startswith("Config file {!r} holds a Python tag".format(str(tagged)))
     loop = tmp_path / "loop.yaml"
     loop.write_text('_BASE_: "loop.yaml"\n')

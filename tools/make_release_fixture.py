@@ -583,10 +583,9 @@ def run_end_to_end(config, model_builder, release, root, variant, images, settin
     import pycocotools.mask as mask_util
 
     sys.path.insert(0, root)
-    from detectron2.config import get_cfg
     from detectron2.engine import DefaultPredictor
 
-    from panet_d2 import add_panet_config
+    from panet_d2.config import load_config_file
 
     spec = importlib.util.spec_from_file_location(
         "convert_panet_release", os.path.join(root, "tools", "convert_panet_release.py")
@@ -634,11 +633,9 @@ def run_end_to_end(config, model_builder, release, root, variant, images, settin
         rel_props = captured["rois"][:, 1:5] + np.array([0, 0, 1, 1], np.float32)
         results[path] = {}
         for name, opts in settings.items():
-            d2cfg = get_cfg()
-            add_panet_config(d2cfg)
-            d2cfg.merge_from_file(os.path.join(root, "configs", converter.RELEASE_CONFIGS[variant]))
-            d2cfg.merge_from_list(
-                ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ckpt] + list(opts.get("opts", []))
+            d2cfg = load_config_file(
+                os.path.join(root, "configs", converter.RELEASE_CONFIGS[variant]),
+                ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ckpt] + list(opts.get("opts", [])),
             )
             predictor = DefaultPredictor(d2cfg)
             props = {}
