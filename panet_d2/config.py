@@ -109,15 +109,17 @@ class _CheckedConfigFile(CN):
     as data only (``yaml.safe_load``: a Python tag is refused, nothing in a config file runs).
     """
 
-    _chain = []  # the files being read, outermost first
+    _chain = []  # (path, real path) of the files being read, outermost first
 
     @classmethod
     def load_yaml_with_base(cls, filename, allow_unsafe=False):
-        base_of = cls._chain[-1] if cls._chain else None
+        if not isinstance(filename, str) or "://" in filename:  # a URL: fvcore reads it
+            return super().load_yaml_with_base(filename, allow_unsafe=False)
+        base_of = cls._chain[-1][0] if cls._chain else None
         where = "Config file {!r}".format(filename)
         if base_of is not None:
             where = "The _BASE_ {!r} of config file {!r}".format(filename, base_of)
-        if filename in cls._chain:
+        if os.path.realpath(filename) in (real for _, real in cls._chain):
             raise ConfigError("{} inherits from itself through _BASE_.".format(where))
         if not os.path.isfile(filename):
             raise ConfigError(
@@ -138,7 +140,7 @@ class _CheckedConfigFile(CN):
             raise ConfigError(
                 "{} holds a YAML {} instead of config keys.".format(where, type(data).__name__)
             )
-        cls._chain.append(filename)
+        cls._chain.append((filename, os.path.realpath(filename)))
         try:
             return super().load_yaml_with_base(filename, allow_unsafe=False)
         finally:

@@ -72,3 +72,17 @@ def test_input_errors_as_one_line():
         with one_line_errors(FloatingPointError):
             raise FloatingPointError("diverged")
     assert (e.value.code, str(e.value)) == (1, "ERROR: diverged")  # not an input error: 1
+
+
+def test_base_files_resolved_by_fvcore_and_checked(tmp_path):
+    """_BASE_ relative to the file that names it (fvcore's rule); a cycle is found however its
+    paths are spelled; a base's problem names the file that names it."""
+    (tmp_path / "sub").mkdir()
+    a, b = tmp_path / "sub" / "a.yaml", tmp_path / "sub" / "b.yaml"
+    a.write_text('_BASE_: "../sub/./b.yaml"\n')
+    b.write_text('_BASE_: "a.yaml"\n')
+    with pytest.raises(ConfigError, match=r"a.yaml' of config file .*b.yaml' inherits from itself"):
+        load_config(str(a))
+    b.write_text('_BASE_: "{}"\nSOLVER:\n  MAX_ITER: 3\n'.format(YACS))
+    cfg, _ = load_config(str(a), ["SOLVER.BASE_LR", 0.5])
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR, cfg.MODEL.AFP.ENABLED) == (3, 0.5, True)
