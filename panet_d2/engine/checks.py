@@ -1,8 +1,10 @@
 # -*- coding: utf-8 -*-
 """
-Every check of a run before it starts (config values, config and output files, datasets, class
-counts, TTA), the annotation filters of training and evaluation, and the one-line logging of an
-:class:`~panet_d2.errors.InputError`: each check has its home here only.
+The checks of a run before it starts (solver values, the output folder, datasets, class counts,
+TTA, what Detectron2's own modules leave unchecked), the annotation filters of training and
+evaluation, and the one-line logging of an :class:`~panet_d2.errors.InputError`. Each check has
+one home: config files are checked as they load (:func:`panet_d2.config.load_config_file`), the
+model's own keys by its constructors (:mod:`panet_d2.modeling.validation`).
 """
 
 import contextlib
