@@ -338,3 +338,15 @@ def test_launch_children_run_in_the_same_environment(tmp_path):
     for rank in range(2):
         with open(tmp_path / "rank{}.json".format(rank)) as f:
             assert json.load(f) == dict(device=device, world=2, pafpn=True)
+
+
+def test_tool_needing_a_missing_module(entry, tmp_path, capsys):
+    """A Detectron2 tool that imports a module which is not installed: one line naming it and
+    the install command, exit code 1 (not an input error)."""
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "needs_module.py").write_text("import no_such_module_panet_d2\n")
+    with pytest.raises(SystemExit) as e:
+        entry.main(["--d2-root", str(tmp_path), "needs_module"])
+    assert e.value.code == 1
+    assert str(e.value).startswith("ERROR: ") and "'no_such_module_panet_d2'" in str(e.value)
+    assert "pip install no_such_module_panet_d2" in capsys.readouterr().err

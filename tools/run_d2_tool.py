@@ -236,6 +236,10 @@ def _become_tool_in_child():
     globals().update(runpy.run_path(script, run_name="__mp_main__"))
 
 
+class MissingModuleError(RuntimeError):
+    """A Detectron2 tool that needs a Python module which is not installed."""
+
+
 def main(argv=None):
     from panet_d2.d2_tools import find_detectron2_tool, list_detectron2_tools
     from panet_d2.engine.cli import one_line_errors
@@ -253,16 +257,17 @@ def main(argv=None):
 
     setup_logger(name="panet_d2", abbrev_name="panet_d2")  # until the script sets up its own
     logger.info("Running {} {}".format(script, " ".join(args.args)))
-    try:
-        return run_tool(script, args.args)
-    except ModuleNotFoundError as e:
-        top = (e.name or "").split(".")[0]
-        if not top or importlib.util.find_spec(top) is not None:
-            raise
-        sys.exit(
-            "ERROR: {} needs the Python module {!r}, which is not installed (e.g. pip install "
-            "{}).".format(script, e.name, top)
-        )
+    with one_line_errors(MissingModuleError):  # not an input error: exit code 1
+        try:
+            return run_tool(script, args.args)
+        except ModuleNotFoundError as e:
+            top = (e.name or "").split(".")[0]
+            if not top or importlib.util.find_spec(top) is not None:
+                raise
+            raise MissingModuleError(
+                "{} needs the Python module {!r}, which is not installed (e.g. pip install "
+                "{}).".format(script, e.name, top)
+            ) from None
 
 
 if __name__ == "__main__":
