@@ -30,19 +30,26 @@ from benchmarks.bench_model import fixed_proposals  # noqa: E402
 from panet_d2.modeling import AdaptiveFeaturePooler  # noqa: E402
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def pooler_parser(doc):
+    """The options of the pooler benchmarks: image size, repeats, threads."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1216)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser
+
+
+def pyramid_features(height, width, seed=0):
+    """Seeded N2..N5 features of an HxW image: 4 tensors (1, 256, H / 2^k, W / 2^k), k = 2..5."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 256, height // 2**k, width // 2**k, generator=g) for k in (2, 3, 4, 5)]
+
+
+def main():
+    args = pooler_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
-    feats = [
-        torch.randn(1, 256, args.height // 2**k, args.width // 2**k, generator=g)
-        for k in (2, 3, 4, 5)
-    ]
+    feats = pyramid_features(args.height, args.width)
     scales = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
     boxes = fixed_proposals(args.height, args.width, 1000, seed=0).proposal_boxes
     variants = (

@@ -17,7 +17,6 @@ torchvision's op.
     python3 benchmarks/bench_export_pooler.py --repeats 5 --threads 2
 """
 
-import argparse
 import io
 import os
 import statistics
@@ -31,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectron2.structures import Boxes  # noqa: E402
 
+from benchmarks.bench_afp_sampling import pooler_parser, pyramid_features  # noqa: E402
 from benchmarks.bench_model import fixed_proposals  # noqa: E402
 from panet_d2.modeling import AdaptiveFeaturePooler  # noqa: E402
 from panet_d2.modeling.poolers import multilevel_roi_align  # noqa: E402
@@ -83,19 +83,11 @@ def onnx_session(module, inputs, threads):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--width", type=int, default=1216)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = pooler_parser(__doc__)
     parser.add_argument("--onnx-loop-rois", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
-    feats = [
-        torch.randn(1, 256, args.height // 2**k, args.width // 2**k, generator=g)
-        for k in (2, 3, 4, 5)
-    ]
+    feats = pyramid_features(args.height, args.width)
     boxes = fixed_proposals(args.height, args.width, 1000, seed=0).proposal_boxes.tensor
     rows, ref = {}, {}
     for branch, size, n in (

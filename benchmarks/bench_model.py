@@ -46,16 +46,10 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 from panet_d2 import add_panet_config  # noqa: E402
 from panet_d2.analysis import FLOP_HANDLES, flop_count_analysis  # noqa: E402
+from panet_d2.config import MASK_RCNN_OPTS  # noqa: E402
 from panet_d2.model_zoo import get_config_file  # noqa: E402
 
-ALL_OFF = [
-    "MODEL.BACKBONE.NAME",
-    "build_resnet_fpn_backbone",
-    "MODEL.AFP.ENABLED",
-    False,
-    "MODEL.FF.ENABLED",
-    False,
-]
+ALL_OFF = list(MASK_RCNN_OPTS)  # every PANet component off: Detectron2's Mask R-CNN
 HHD = ["MODEL.ROI_BOX_HEAD.NUM_CONV", 4, "MODEL.ROI_BOX_HEAD.NUM_FC", 1]
 # name -> (config source, overrides); the first row of a group is that group's baseline
 ROWS = {

@@ -24,6 +24,17 @@ AFP_FUSE_POSITIONS = ("after_first_layer", "before_first_layer")
 FF_START_LAYERS = (2, 3, 4)
 FF_FUSE_TYPES = ("sum", "max", "product")
 FF_FC_INITS = ("xavier", "normal")
+# Options that switch every PANet component off (bottom-up path, adaptive feature pooling,
+# fully-connected fusion): with a config's defaults otherwise, Detectron2's Mask R-CNN (same
+# parameter names, shapes and outputs; tests/test_panet_model.py).
+MASK_RCNN_OPTS = (
+    "MODEL.BACKBONE.NAME",
+    "build_resnet_fpn_backbone",
+    "MODEL.AFP.ENABLED",
+    False,
+    "MODEL.FF.ENABLED",
+    False,
+)
 
 
 def add_panet_config(cfg):

@@ -20,7 +20,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
 
-from panet_d2.config import load_config_file
+from panet_d2.config import MASK_RCNN_OPTS, load_config_file
 from panet_d2.data import register_synthetic_dataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,16 +49,7 @@ NO_THRESHOLDS = [
     16,
 ]
 
-# Every PANet component off (bottom-up path, adaptive feature pooling, fully-connected fusion):
-# with a config's defaults otherwise, Detectron2's Mask R-CNN.
-ALL_OFF = [
-    "MODEL.BACKBONE.NAME",
-    "build_resnet_fpn_backbone",
-    "MODEL.AFP.ENABLED",
-    False,
-    "MODEL.FF.ENABLED",
-    False,
-]
+ALL_OFF = list(MASK_RCNN_OPTS)  # every PANet component off: Detectron2's Mask R-CNN
 
 
 def load_script(relpath, name):
