@@ -10,8 +10,8 @@ The authors' PANet release (github:ShuLiu1993/PANet) as the reference.
   each variant with seeded random weights, one image and fixed RoIs, recorded the input blob, the
   pyramid N2..N6, the RPN's logits and deltas, the box head's class probabilities and deltas and
   the mask probabilities (``release_outputs.pt``). The same weights, converted and loaded strictly
-  by Detectron2's ``DetectionCheckpointer``, give the same outputs in panet_d2 within 1e-4 of each
-  output's largest magnitude.
+  by Detectron2's ``DetectionCheckpointer``, give the same outputs in panet_d2 within a few times
+  each output's measured float32 noise, relative to its largest magnitude (``TOLERANCE``).
 """
 
 import json
@@ -28,8 +28,29 @@ from .common import ROOT, load_script, panet_cfg
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "panet_release")
 VARIANTS = ("det", "det_2fc", "mask")
-# Allowed difference of every output: max |panet_d2 - release| <= RTOL * max |release|.
-RTOL = 1e-4
+# Allowed difference of each output, relative: max |panet_d2 - release| / max |release|.
+# (measured, allowed): "measured" is the largest float32 noise of `parity_table` over the three
+# variants, the levels of an output (n2..n6, rpn_*_p2..p6) and OMP_NUM_THREADS 1, 2 and 4 (2-core
+# CPU VM, PyTorch 2.14.1; docs/release_parity.md section 1); "allowed" is 4x that, rounded up, and
+# at most 2e-5. The blob's noise is below one float32 ulp of its largest value (2^-23 = 1.2e-7
+# relative): its floor is 8 ulps. The converter without FrozenBN's eps correction (running_var 1
+# instead of 1 - eps) fails every output but the blob, which it does not change: its smallest
+# relative error, 1.6e-5 (rpn_deltas_p2), is 2.7x that output's bound; the former single bound,
+# 1e-4, let it pass (its largest error: mask_prob 6.2e-5).
+TOLERANCE = {
+    "blob": (2.6e-8, 1e-6),
+    "n": (1.6e-6, 7e-6),
+    "rpn_logits_p": (2.5e-6, 1e-5),
+    "rpn_deltas_p": (1.4e-6, 6e-6),
+    "cls_prob": (1.7e-6, 7e-6),
+    "bbox_pred": (2.5e-6, 1e-5),
+    "mask_prob": (3.5e-6, 2e-5),
+}
+
+
+def allowed_difference(output):
+    """The allowed relative difference of ``output`` ("n3", "rpn_logits_p4", "cls_prob", ...)."""
+    return TOLERANCE[output.rstrip("0123456789")][1]
 
 
 def _tool(name):
@@ -199,5 +220,7 @@ def parity_table(variant, converter, generator, doc):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_outputs_equal_the_release(converter, generator, fixture_doc, variant):
     table = parity_table(variant, converter, generator, fixture_doc)
-    bad = {k: v for k, v in table.items() if not v[1] <= RTOL}
-    assert bad == {}, "outputs differing from the release's (max abs, relative): {}".format(bad)
+    allowed = {k: allowed_difference(k) for k in table}
+    bad = {k: v + (allowed[k],) for k, v in table.items() if not v[1] <= allowed[k]}
+    msg = "outputs differing from the release's (max abs, relative, allowed relative): {}"
+    assert bad == {}, msg.format(bad)
