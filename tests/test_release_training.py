@@ -304,8 +304,6 @@ def test_rpn_labels_before_sampling(tools, doc, variant):
         explained = parts["on_edge"] | parts["best_inside"] | parts["overwritten"]
         differ = ours[i] != theirs[i]
         assert not (differ & ~explained).any(), (differ & ~explained).nonzero()[:10].tolist()
-        # each explained anchor differs unless Detectron2's rule gives the same by other means
-        assert (differ | ~explained | (ours[i] == theirs[i])).all()
         assert differ.sum() > 0  # the batch exercises the differences
 
 
