@@ -24,6 +24,7 @@ AFP_FUSE_POSITIONS = ("after_first_layer", "before_first_layer")
 FF_START_LAYERS = (2, 3, 4)
 FF_FUSE_TYPES = ("sum", "max", "product")
 FF_FC_INITS = ("xavier", "normal")
+MASK_PREDICTOR_INITS = ("normal", "msra")
 # Options that switch every PANet component off (bottom-up path, adaptive feature pooling,
 # fully-connected fusion): with a config's defaults otherwise, Detectron2's Mask R-CNN (same
 # parameter names, shapes and outputs; tests/test_panet_model.py).
@@ -107,10 +108,24 @@ def add_panet_config(cfg):
     # Initialisation of the fc: "xavier" (Detectron2's c2_xavier_fill, as its other fcs; the
     # paper does not say) or "normal" (normal(0, 0.01), the authors' release).
     cfg.MODEL.FF.FC_INIT = "xavier"
+    _add_release_training_keys(cfg)
 
     # The panoptic model (PanopticPANet) reuses Detectron2's MODEL.PANOPTIC_FPN.* keys: instance
     # and semantic loss weights and the merge thresholds (COMBINE.*).
     return cfg
+
+
+def _add_release_training_keys(cfg):
+    """How the authors' release trains where Detectron2 differs (docs/release_parity.md)."""
+    # Initialisation of the mask predictor (PANetMaskHead): "normal" (normal(0, 0.001),
+    # Detectron2's) or "msra" (Detectron's MSRAFill, the authors' release: normal(0,
+    # sqrt(2 / fan_out)), fan_out counting the release's background output when masks are
+    # class-specific).
+    cfg.MODEL.ROI_MASK_HEAD.PREDICTOR_INIT = "normal"
+    # Rescale SGD's momentum buffers by the ratio of the learning rates when the rate steps
+    # (Detectron's SOLVER.SCALE_MOMENTUM, the authors' release): read by train_net.py
+    # (PANetTrainer); Detectron2's own training scripts refuse a config that sets it.
+    cfg.SOLVER.SCALE_MOMENTUM = False
 
 
 class _CheckedConfigFile(CN):

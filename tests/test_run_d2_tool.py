@@ -350,3 +350,14 @@ def test_tool_needing_a_missing_module(entry, tmp_path, capsys):
     assert e.value.code == 1
     assert str(e.value).startswith("ERROR: ") and "'no_such_module_panet_d2'" in str(e.value)
     assert "pip install no_such_module_panet_d2" in capsys.readouterr().err
+
+
+def test_detectron2_train_net_refuses_scale_momentum(entry, datasets, tmp_path):
+    """Detectron2's train_net.py has no momentum rescaling: a config asking for it is refused in
+    one line before training (this project's train_net.py does it)."""
+    _require("train_net")
+    config, opts = _config("instance", "SOLVER.SCALE_MOMENTUM", "True", "OUTPUT_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        entry.main(["train_net", "--config-file", config] + opts)
+    assert "SOLVER.SCALE_MOMENTUM=True" in str(e.value) and "train_net.py" in str(e.value)
+    assert not os.path.exists(tmp_path / "model_final.pth")

@@ -423,3 +423,33 @@ def test_command_line_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "ERROR: Dataset 'no_such_dataset' in DATASETS.TRAIN is not registered" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+class _MomentumBuffer(HookBase):
+    """Records, before each step, the momentum buffer of the first trained tensor."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def before_step(self):
+        opt = self.trainer.optimizer
+        buf = opt.state.get(opt.param_groups[0]["params"][0], {}).get("momentum_buffer")
+        self.log[self.trainer.iter] = None if buf is None else buf.clone()
+
+
+def test_scale_momentum_at_the_lr_step(train_net, datasets, tmp_path):
+    """SOLVER.SCALE_MOMENTUM (Detectron's, the release configs): before the first step at the
+    lowered learning rate, the momentum buffers are those of the same run without it times
+    SOLVER.GAMMA; before that step the two runs are equal."""
+    logs = {}
+    for scale in (False, True):
+        logs[scale] = {}
+        opts = ["SOLVER.MAX_ITER", 3, "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", 0]
+        opts += ["SOLVER.GAMMA", 0.25, "SOLVER.SCALE_MOMENTUM", scale]
+        with pytest.MonkeyPatch.context() as mp:
+            _with_hooks(mp, train_net, _MomentumBuffer(logs[scale]))
+            train_net.main(_args(tmp_path / str(scale), *opts, test=None))
+    plain, scaled = logs[False], logs[True]
+    assert plain[0] is None and torch.equal(plain[1], scaled[1])
+    assert torch.allclose(scaled[2], plain[2] * 0.25, rtol=1e-6, atol=0)
+    assert not torch.allclose(plain[2], plain[1])  # the step in between changed the buffer

@@ -572,6 +572,46 @@ def _proposal_agreement(rel_props, our_props):
     }
 
 
+def release_test_path(model, cfg, im):
+    """
+    The release's whole test path (``core/test.py`` ``im_detect_all``) on a BGR uint8 image:
+    ({"boxes" (N, 4) continuous (x1, y1, x2 + 1, y2 + 1), "scores", "classes" (0-based, no
+    background), "rles" (COCO RLEs of the masks, or empty)}, its proposals (R, 4) continuous).
+    """
+    test = importlib.import_module("core.test")
+    test.cfg = importlib.import_module("utils.blob").cfg = cfg
+    wrapped = _DataParallelStandIn(model).eval()
+    captured = {}
+    rpn_forward = model.RPN.forward
+
+    def rpn_capture(*args, **kwargs):
+        ret = rpn_forward(*args, **kwargs)
+        captured["rois"] = ret["rois"]
+        return ret
+
+    model.RPN.forward = rpn_capture
+    try:
+        with torch.no_grad():
+            cls_boxes, cls_segms, _ = test.im_detect_all(wrapped, im)
+    finally:
+        del model.RPN.forward
+    # inclusive pixel boxes -> continuous (x2 + 1, y2 + 1); class j -> j - 1
+    rel = {"boxes": [], "scores": [], "classes": [], "rles": []}
+    for j in range(1, len(cls_boxes)):
+        for k, det in enumerate(cls_boxes[j]):
+            rel["boxes"].append(det[:4] + np.array([0, 0, 1, 1], np.float32))
+            rel["scores"].append(float(det[4]))
+            rel["classes"].append(j - 1)
+            if cls_segms is not None:
+                rel["rles"].append(cls_segms[j][k])
+    rles = rel.pop("rles")
+    rel = {k: np.array(v) for k, v in rel.items()}
+    rel["boxes"] = rel["boxes"].reshape(-1, 4).astype(np.float32)
+    rel["rles"] = rles
+    props = np.asarray(captured["rois"])[:, 1:5] + np.array([0, 0, 1, 1], np.float32)
+    return rel, props
+
+
 def run_end_to_end(config, model_builder, release, root, variant, images, settings):
     """
     The release's ``im_detect_all`` and panet_d2's ``DefaultPredictor`` on the same converted
@@ -597,40 +637,15 @@ def run_end_to_end(config, model_builder, release, root, variant, images, settin
     cfg = config.cfg
     weights = release_random_weights(key_shapes(model))
     model.load_state_dict(weights, strict=True)
-    test = importlib.import_module("core.test")
     blob_utils = importlib.import_module("utils.blob")
-    test.cfg = blob_utils.cfg = cfg
-    wrapped = _DataParallelStandIn(model).eval()
-    captured = {}
-    rpn_forward = model.RPN.forward
-
-    def rpn_capture(*args, **kwargs):
-        ret = rpn_forward(*args, **kwargs)
-        captured["rois"] = ret["rois"]
-        return ret
-
-    model.RPN.forward = rpn_capture
-
     tmp = tempfile.mkdtemp()
     ckpt = os.path.join(tmp, "converted.pth")
     torch.save({"model": converter.convert_release_state_dict(weights, variant)}, ckpt)
     results = {}
     for path in images:
         im = cv2_imread(os.path.join(root, path))
-        with torch.no_grad():
-            cls_boxes, cls_segms, _ = test.im_detect_all(wrapped, im)
-        # release: inclusive pixel boxes -> continuous (x1 + 1, y1 + 1); class j -> j - 1
-        rel = {"boxes": [], "scores": [], "classes": [], "masks": []}
-        for j in range(1, len(cls_boxes)):
-            for k, det in enumerate(cls_boxes[j]):
-                rel["boxes"].append(det[:4] + np.array([0, 0, 1, 1], np.float32))
-                rel["scores"].append(float(det[4]))
-                rel["classes"].append(j - 1)
-                if cls_segms is not None:
-                    rel["masks"].append(mask_util.decode(cls_segms[j][k]).astype(bool))
-        rel = {k: np.array(v) for k, v in rel.items()}
-        rel["boxes"] = rel["boxes"].reshape(-1, 4)
-        rel_props = captured["rois"][:, 1:5] + np.array([0, 0, 1, 1], np.float32)
+        rel, rel_props = release_test_path(model, cfg, im)
+        rel["masks"] = np.array([mask_util.decode(m).astype(bool) for m in rel.pop("rles")])
         results[path] = {}
         for name, opts in settings.items():
             d2cfg = load_config_file(
@@ -667,11 +682,66 @@ def run_end_to_end(config, model_builder, release, root, variant, images, settin
             }
             if inst.has("pred_masks"):
                 ours["masks"] = inst.pred_masks.numpy()
-            st = _compare(rel, ours, cls_segms is not None)
+            st = _compare(rel, ours, bool(cfg.MODEL.MASK_ON))
             st.update(_proposal_agreement(rel_props, props.get("boxes", np.zeros((0, 4)))))
             results[path][name] = st
             print(variant, path, name, json.dumps(st))
     return results
+
+
+# The test-path fixture (release_test_path.pt): the reduced widths with the mask branch at its
+# released resolutions (14 x 14 RoIs, 28 x 28 masks), tested at a short side of 320 pixels (long
+# side at most 640): both in-repo images are scaled down (by 0.75 and 0.889), so the rescaling of
+# the detections to the image is part of what is compared.
+TEST_PATH_OVERRIDES = tuple(
+    (k, v) for k, v in REDUCED if not k.startswith(("MRCNN.R", "TEST."))
+) + (
+    ("MRCNN.ROI_XFORM_RESOLUTION", 14),
+    ("MRCNN.RESOLUTION", 28),
+    ("TEST.SCALE", 320),
+    ("TEST.MAX_SIZE", 640),
+)
+
+
+def sample_images(root):
+    folder = os.path.dirname(IMAGE)
+    names = sorted(f for f in os.listdir(os.path.join(root, folder)) if f.endswith(".jpg"))
+    return [os.path.join(folder, f) for f in names]
+
+
+def _text(counts):
+    return counts.decode("ascii") if isinstance(counts, bytes) else counts
+
+
+def write_test_path_fixture(config, model_builder, release, root, out, commit):
+    """
+    ``release_test_path.pt``: per variant, the release's final detections (``im_detect_all``)
+    and proposals on the in-repo COCO images, with the reduced model's seeded weights.
+    """
+    images = sample_images(root)
+    doc = {"release_commit": commit, "seed": SEED, "images": images, "variants": {}}
+    doc["release_overrides"] = [list(kv) for kv in TEST_PATH_OVERRIDES]
+    doc["resnet_out_divisor"] = RESNET_OUT_DIVISOR
+    for variant in VARIANTS:
+        model = build_release_model(config, model_builder, release, variant, TEST_PATH_OVERRIDES)
+        weights = release_random_weights(key_shapes(model))
+        model.load_state_dict(weights, strict=True)
+        entry = {"shapes": key_shapes(model), "weights_sha256": weights_digest(weights)}
+        entry["images"] = {}
+        for path in images:
+            rel, props = release_test_path(model, config.cfg, cv2_imread(os.path.join(root, path)))
+            entry["images"][path] = {
+                "boxes": torch.from_numpy(rel["boxes"]),  # (N, 4) continuous
+                "scores": torch.tensor(rel["scores"], dtype=torch.float32),
+                "classes": torch.tensor(rel["classes"], dtype=torch.int64),
+                "masks": [  # COCO RLEs at the image size (mask variant)
+                    {"size": [int(v) for v in m["size"]], "counts": _text(m["counts"])}
+                    for m in rel["rles"]
+                ],
+                "proposals": torch.from_numpy(props.astype(np.float32)),  # (R, 4) continuous
+            }
+        doc["variants"][variant] = entry
+    torch.save(doc, os.path.join(out, "release_test_path.pt"))
 
 
 # panet_d2 settings of the end-to-end comparison, each from "config" on adding to the one before:
@@ -796,10 +866,23 @@ checkpoint's `model` has exactly these.
 `tests/test_release_parity.py` regenerates the weights, checks their digest, converts them with
 `tools/convert_panet_release.py`, loads them strictly into panet_d2 built from the release
 configs with the matching reduced widths, and compares every output.
+
+## release_test_path.pt
+
+`torch.load(path, weights_only=True)`: the release's whole test path (`core/test.py`
+`im_detect_all`) on the in-repo COCO images `{test_images}`, per variant, with a reduced-width model
+(the keys above, but the mask branch at its released 14 x 14 RoIs and 28 x 28 masks) and its seeded
+weights (`shapes`, `weights_sha256`; regenerated as above), tested at `TEST.SCALE` 320,
+`TEST.MAX_SIZE` 640 (`release_overrides`: {test_overrides}). Per image: the final detections
+(`boxes` (N, 4) as continuous boxes of the same pixels, x2 + 1 and y2 + 1 of the release's
+inclusive boxes; `scores`; `classes`, 0-based without background; `masks`, COCO RLEs at the
+image size, mask model) and the release's 1000 proposals (`proposals`, continuous, in the resized
+image). `tests/test_release_test_path.py` runs panet_d2's `DefaultPredictor` on the converted
+weights and compares.
 """
 
 
-def write_provenance(release, out, commit, doc):
+def write_provenance(release, out, commit, doc, root):
     import shutil
 
     import torchvision
@@ -823,6 +906,8 @@ def write_provenance(release, out, commit, doc):
                 stages=" / ".join(str(c // RESNET_OUT_DIVISOR) for c in (256, 512, 1024, 2048)),
                 overrides=", ".join("`{}` {}".format(k, v) for k, v in REDUCED),
                 image=IMAGE,
+                test_images="`, `".join(sample_images(root)),
+                test_overrides=", ".join("`{}` {}".format(k, v) for k, v in TEST_PATH_OVERRIDES),
                 **{v: path for v, path in VARIANTS.items()},
             )
         )
@@ -853,11 +938,7 @@ def main(argv=None):
     commit = release_commit(release)
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     if args.e2e:
-        images = sorted(
-            os.path.join(os.path.dirname(IMAGE), f)
-            for f in os.listdir(os.path.join(root, os.path.dirname(IMAGE)))
-            if f.endswith(".jpg")
-        )
+        images = sample_images(root)
         settings = {k: E2E_SETTINGS[k] for k in args.settings}
         doc = {"release_commit": commit, "seed": SEED, "settings": settings, "variants": {}}
         for variant in args.variants:
@@ -871,7 +952,8 @@ def main(argv=None):
     if args.keys_only:
         return 0
     doc = write_fixture(config, model_builder, release, args.out, commit, root)
-    write_provenance(release, args.out, commit, doc)
+    write_test_path_fixture(config, model_builder, release, root, args.out, commit)
+    write_provenance(release, args.out, commit, doc, root)
     return 0
 
 

@@ -69,6 +69,10 @@ RPN_SEED, ROI_SEED = 7, 11
 # one), chosen by sample_indices from the tensor's panet_d2 name.
 GRAD_SAMPLES = 256
 INIT_SEEDS = 6
+# The reference step runs in float64 (weights, blobs, forward, backward, SGD update): in float32
+# the rounding of either side moves some gradients by up to 4e-3 of their largest entry
+# (docs/release_parity.md, Training), which would hide a real difference of that size.
+DTYPE = torch.float64
 # Iterations at which the learning rate is compared (the release's full schedules).
 LR_ITERS = (0, 1, 2, 250, 498, 499, 500, 501)
 
@@ -256,8 +260,34 @@ def release_batch(roidb, ratios, rpn_sampler):
     dataset = loader.RoiDataLoader(roidb, mrf.NUM_CLASSES, training=True)
     with _patched(rpn, "npr", rpn_sampler):
         items = [dataset[(i, ratios[i])] for i in range(len(roidb))]
-    batch = loader.collate_minibatch(items)
-    return {k: v[0] for k, v in batch.items()}
+    batch = {k: v[0] for k, v in loader.collate_minibatch(items).items()}
+    return {k: _as_dtype(v) for k, v in batch.items()}
+
+
+def _as_dtype(value):
+    if torch.is_tensor(value) and value.is_floating_point():
+        return value.to(DTYPE)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return value.astype(np.float64 if DTYPE == torch.float64 else np.float32)
+    return value
+
+
+@contextlib.contextmanager
+def _numpy_blobs_in_dtype():
+    """The release's heads turn their NumPy float32 blobs (RoIs, targets, weights) into tensors
+    with ``torch.from_numpy``; in this process those tensors are DTYPE while the step runs.
+    """
+    from_numpy = torch.from_numpy
+
+    def in_dtype(array):
+        t = from_numpy(array)
+        return t.to(DTYPE) if t.is_floating_point() else t
+
+    torch.from_numpy = in_dtype
+    try:
+        yield
+    finally:
+        torch.from_numpy = from_numpy
 
 
 def release_step(model, batch, crowd_labels):
@@ -275,7 +305,7 @@ def release_step(model, batch, crowd_labels):
     ctx = contextlib.nullcontext() if crowd_labels else _crowd_not_a_label()
     with _patched(model.RPN, "forward", capture), ctx, _patched(
         fast_rcnn, "npr", np.random.RandomState(ROI_SEED)
-    ):
+    ), _numpy_blobs_in_dtype():
         out = model(**batch)
     losses = {k: v.sum() for k, v in out["losses"].items()}
     sum(losses.values()).backward()
@@ -319,7 +349,7 @@ def rpn_targets(batch, cfg):
         t = torch.as_tensor(np.asarray(batch["rpn_bbox_targets_wide_fpn%d" % lvl]))[:, :, :h, :w]
         t = t.reshape(t.shape[0], -1, 4, h, w).permute(0, 1, 3, 4, 2)  # (N, A, H, W, 4)
         lab = torch.as_tensor(np.asarray(batch["rpn_labels_int32_wide_fpn%d" % lvl]))
-        out["p%d" % lvl] = t[lab[:, :, :h, :w] == 1].float().clone()  # (P, 4)
+        out["p%d" % lvl] = t[lab[:, :, :h, :w] == 1].to(DTYPE).clone()  # (P, 4)
     return out
 
 
@@ -327,9 +357,9 @@ def head_blobs(ret, mask_on):
     """The sampled RoIs and their targets as the release computed them."""
     labels = torch.as_tensor(np.asarray(ret["labels_int32"])).long()
     R = labels.numel()
-    targets = torch.as_tensor(np.asarray(ret["bbox_targets"])).float().view(R, -1, 4)
+    targets = torch.as_tensor(np.asarray(ret["bbox_targets"])).to(DTYPE).view(R, -1, 4)
     doc = {
-        "rois": torch.as_tensor(np.asarray(ret["rois"])).float(),  # (R, 5) inclusive boxes
+        "rois": torch.as_tensor(np.asarray(ret["rois"])).to(DTYPE),  # (R, 5) inclusive boxes
         "labels": labels,  # 0 = background, k = COCO contiguous class k
         "box_targets": targets[torch.arange(R), labels],  # (R, 4) (zero for background)
     }
@@ -339,7 +369,7 @@ def head_blobs(ret, mask_on):
         fg = labels[labels > 0]
         side = int(round(M2**0.5))
         doc["mask_targets"] = masks[torch.arange(len(fg)), fg].view(-1, side, side).to(torch.int8)
-        doc["mask_rois"] = torch.as_tensor(np.asarray(ret["mask_rois"])).float()
+        doc["mask_rois"] = torch.as_tensor(np.asarray(ret["mask_rois"])).to(DTYPE)
     return doc
 
 
@@ -436,13 +466,13 @@ def run_variant(release, config, model_builder, converter, variant, out):
     point_cfg(config)
     weights = mrf.release_random_weights(mrf.key_shapes(model))
     model.load_state_dict(weights, strict=True)
-    model.train()
+    model.to(DTYPE).train()
+    weights = {k: v.to(DTYPE) for k, v in weights.items()}  # as loaded (the digest is float32's)
     roidb, ratios = release_roidb(config, out)
     mask_on = bool(cfg.MODEL.MASK_ON)
 
     full = release_batch(roidb, ratios, _SampleAll())
     batch = release_batch(roidb, ratios, _WithoutReplacement(RPN_SEED))
-    _LAST_BATCH[:] = [batch]
     # Effects, on the release's side, of what the comparison takes out
     with_replacement = release_batch(roidb, ratios, np.random.RandomState(RPN_SEED))
     _, losses_repl, _ = release_step(model, with_replacement, crowd_labels=False)
@@ -454,6 +484,7 @@ def run_variant(release, config, model_builder, converter, variant, out):
         "release_config": mrf.VARIANTS[variant],
         "shapes": mrf.key_shapes(model),
         "weights_sha256": mrf.weights_digest(weights),
+        "dtype": str(DTYPE).replace("torch.", ""),
         "rpn_labels_all": rpn_labels(full, cfg),
         "rpn_labels": rpn_labels(batch, cfg),
         "rpn_targets": rpn_targets(batch, cfg),  # at the positive anchors
@@ -505,16 +536,20 @@ def run_variant(release, config, model_builder, converter, variant, out):
             "SCALE_MOMENTUM": cfg.SOLVER.SCALE_MOMENTUM,
         },
     }
-    doc["sgd_update"] = release_sgd_update(release, model, cfg, converter, variant, weights)
+    doc["sgd_update"] = release_sgd_update(
+        release, model, cfg, (converter, variant), weights, batch
+    )
     doc["init"] = init_statistics(model_builder, converter, variant)
     return doc
 
 
-def release_sgd_update(release, model, cfg, converter, variant, weights):
+def release_sgd_update(release, model, cfg, naming, weights, batch):
     """One SGD step of the release's optimizer at iteration 0 (its warm-up learning rate), from
-    the weights and the reference gradients; the change of every trained tensor (sampled)."""
+    the weights and the reference gradients of ``batch``; the change of every trained tensor
+    (sampled). ``naming``: (converter, variant)."""
+    converter, variant = naming
     model.load_state_dict(weights, strict=True)
-    _, _, grads = release_step(model, _LAST_BATCH[0], crowd_labels=False)
+    _, _, grads = release_step(model, batch, crowd_labels=False)
     optimizer, _ = release_optimizer(release, model, cfg)
     net_utils = importlib.import_module("utils.net")
     warm = cfg.SOLVER.WARM_UP_FACTOR if cfg.SOLVER.WARM_UP_ITERS > 0 else 1.0
@@ -527,9 +562,6 @@ def release_sgd_update(release, model, cfg, converter, variant, weights):
         k: sampled(k, v)[:64].clone()
         for k, v in to_panet(converter, variant, weights, delta).items()
     }
-
-
-_LAST_BATCH = []
 
 
 def write_provenance(out, commit):
@@ -553,7 +585,7 @@ def write_provenance(out, commit):
         )
 
 
-PROVENANCE_TRAINING = """# One training step of the authors' PANet release: provenance
+PROVENANCE_TRAINING = """# One training step of the authors' PANet release: provenance of this folder
 
 Written by `tools/make_release_training_fixture.py` from a checkout of the authors' release,
 github.com/ShuLiu1993/PANet (MIT License, see `../LICENSE.PANet-release`), commit `{commit}`, on
@@ -570,7 +602,8 @@ for the loader's `np.fromstring`. No code of the release is in this repository.
 * `release_training.pt` (`torch.load(weights_only=True)`), per variant (det, det_2fc, mask): the
   reduced-width release model of `../release_outputs.pt` with the mask branch at its released
   resolutions (release config keys: {overrides}), its seeded weights (regenerated, SHA-256
-  checked), and what the release computed for one batch of the two images:
+  checked), and what the release computed for one batch of the two images, in float64 (the
+  weights, blobs, forward, backward and SGD update; `dtype`):
   - `rpn_labels_all`: its anchor labels before sampling (its sampler asked for everything);
     `rpn_labels`, `rpn_targets`: the sampled labels (seed {rpn_seed}, negatives drawn without
     replacement) per level (N, A, H, W), and the regression targets at the positive anchors (P, 4);

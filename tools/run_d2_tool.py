@@ -27,7 +27,8 @@ datasets registered). For this process only:
 * when such a config is frozen, ``panet_d2.engine.adapt_config_to_machine`` applies (MODEL.DEVICE
   "cuda" becomes "cpu" without CUDA; AMP off on the CPU), logged once;
 * ``detectron2.engine.default_setup`` also sets up the "panet_d2" logger into OUTPUT_DIR, as
-  this project's train_net.py does;
+  this project's train_net.py does, and refuses to train a config with SOLVER.SCALE_MOMENTUM
+  True (Detectron2's trainers do not rescale momentum);
 * ``detectron2.engine.launch`` with several processes: each child process applies the same
   before running the script (they start from this file);
 * ``demo/demo.py`` of current Detectron2 imports its ``predictor.py`` by an internal path
@@ -50,6 +51,8 @@ if ROOT not in sys.path:
 
 # the script a child process of ``launch`` runs, set by the parent (see _launch_patch)
 CHILD_ENV_VAR = "PANET_D2_RUN_D2_TOOL_SCRIPT"
+# Detectron2's scripts that train a yacs config (and would ignore SOLVER.SCALE_MOMENTUM)
+TRAINING_SCRIPTS = ("train_net.py", "plain_train_net.py")
 _CHILD_ENVIRONMENT = None
 logger = logging.getLogger("panet_d2.run_d2_tool")
 
@@ -179,6 +182,15 @@ def panet_d2_environment(script):
         return _as_class(cfg, cfg_class)
 
     def default_setup(cfg, args):
+        trains = os.path.basename(script) in TRAINING_SCRIPTS and not getattr(args, "eval_only", 0)
+        if trains and cfg.get("SOLVER", {}).get("SCALE_MOMENTUM"):
+            from panet_d2.errors import ConfigError
+
+            raise ConfigError(
+                "SOLVER.SCALE_MOMENTUM=True: Detectron2's {} does not rescale SGD's momentum "
+                "(this project's train_net.py does); train with train_net.py, or set "
+                "SOLVER.SCALE_MOMENTUM False.".format(os.path.basename(script))
+            )
         d2_default_setup(cfg, args)
         project = logging.getLogger("panet_d2")
         for handler in list(project.handlers):  # the console handler of main(): replaced

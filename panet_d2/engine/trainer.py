@@ -37,7 +37,7 @@ from .checks import (
 )
 from .resume import ResumableSampler, ResumeStateHook, preserved_rng_states
 
-__all__ = ["PANetTrainer", "uses_panoptic_mapper"]
+__all__ = ["PANetTrainer", "MomentumRescale", "uses_panoptic_mapper"]
 
 _ONE_LINE_INPUT_ERRORS = OneLineInputErrors()
 logger = logging.getLogger(__name__)
@@ -45,6 +45,38 @@ logger = logging.getLogger(__name__)
 # The optimizer hyper-parameters that --resume compares (a param group's key, its config key).
 _SOLVER_KEYS = {"initial_lr": "SOLVER.BASE_LR", "momentum": "SOLVER.MOMENTUM"}
 _SOLVER_KEYS.update(weight_decay="SOLVER.WEIGHT_DECAY", nesterov="SOLVER.NESTEROV")
+
+
+class MomentumRescale(hooks.HookBase):
+    """
+    SOLVER.SCALE_MOMENTUM (Detectron's, the authors' release): when a parameter group's learning
+    rate changes by more than a factor of ``THRESHOLD`` between two iterations (the steps, not
+    the warm-up), SGD's momentum buffers of that group are multiplied by new lr / old lr before
+    the step that uses the new rate. Checkpointable: a resumed run knows the last rates.
+    """
+
+    THRESHOLD = 1.1  # Detectron's SOLVER.SCALE_MOMENTUM_THRESHOLD
+
+    def __init__(self, optimizer):
+        self._optimizer = optimizer
+        self._last = None  # the learning rate of each group at the previous step
+
+    def before_step(self):
+        groups = self._optimizer.param_groups
+        for g, old in zip(groups, self._last or ()):
+            new = g["lr"]
+            if old > 1e-7 and max(new / old, old / max(new, 1e-10)) > self.THRESHOLD:
+                for p in g["params"]:
+                    buf = self._optimizer.state.get(p, {}).get("momentum_buffer")
+                    if buf is not None:
+                        buf.mul_(new / old)
+        self._last = [g["lr"] for g in groups]
+
+    def state_dict(self):
+        return {"last_lrs": self._last}
+
+    def load_state_dict(self, state_dict):
+        self._last = state_dict.get("last_lrs")
 
 
 def _broadcast_buffers(model):
@@ -144,6 +176,8 @@ class PANetTrainer(DefaultTrainer):
         )
         per_iter = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         ret = [ResumeStateHook(self.train_sampler, per_iter)] + super().build_hooks()
+        if self.cfg.SOLVER.SCALE_MOMENTUM:
+            ret.insert(1, MomentumRescale(self.optimizer))
         if self.cfg.TEST.AUG.ENABLED:
             # before PeriodicWriter, which closes the writers after training: the "*_TTA" metrics
             # then reach metrics.json

@@ -4,9 +4,11 @@ The mask head of PANet: Mask R-CNN's 4-conv FCN head with adaptive feature pooli
 conv1, fusion before conv2) and fully-connected fusion (:class:`FullyConnectedFusion`).
 """
 
+import math
 from typing import List
 
 import torch
+from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
@@ -15,7 +17,12 @@ from detectron2.modeling.roi_heads.mask_head import (
     MaskRCNNConvUpsampleHead,
 )
 
-from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, FF_START_LAYERS
+from ..config import (
+    AFP_FUSE_POSITIONS,
+    AFP_FUSE_TYPES,
+    FF_START_LAYERS,
+    MASK_PREDICTOR_INITS,
+)
 from ..errors import ConfigError, check_choice
 from .fully_connected_fusion import FullyConnectedFusion
 from .layers import AFPConv2d, fuse_levels
@@ -50,6 +57,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         ff_conv_dims=(256, 128),
         ff_fc_activation: bool = False,
         ff_fc_init: str = "xavier",
+        predictor_init: str = "normal",
         **kwargs,
     ):
         """
@@ -64,12 +72,18 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
             ff_start_layer (int): the FCN conv (1-based) whose output feeds the fc path (paper: 3).
             ff_fuse_type, ff_conv_dims, ff_fc_activation, ff_fc_init: see
                 :class:`FullyConnectedFusion`.
+            predictor_init (str): "normal" (Detectron2's) or "msra" (the release's MSRAFill).
         """
         super().__init__(
             input_shape, num_classes=num_classes, conv_dims=conv_dims, conv_norm=conv_norm, **kwargs
         )
         check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         check_choice("MODEL.AFP.MASK_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
+        check_choice("MODEL.ROI_MASK_HEAD.PREDICTOR_INIT", predictor_init, MASK_PREDICTOR_INITS)
+        if predictor_init == "msra":
+            w = self.predictor.weight  # (K, C, k, k); the release adds a background output
+            fan_out = (w.shape[0] + (1 if num_classes > 1 else 0)) * w.shape[2] * w.shape[3]
+            nn.init.normal_(w, std=math.sqrt(2.0 / fan_out))
         num_conv = len(conv_dims) - 1
         self.num_levels = num_levels
         self.fuse_type = fuse_type
@@ -120,6 +134,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
             ff_conv_dims=tuple(ff.CONV_DIMS),
             ff_fc_activation=ff.FC_ACTIVATION,
             ff_fc_init=ff.FC_INIT,
+            predictor_init=cfg.MODEL.ROI_MASK_HEAD.PREDICTOR_INIT,
         )
         return ret
 

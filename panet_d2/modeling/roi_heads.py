@@ -93,6 +93,17 @@ class PANetROIHeads(StandardROIHeads):
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
         ret = super()._init_mask_head(cfg, input_shape)
+        init = cfg.MODEL.ROI_MASK_HEAD.PREDICTOR_INIT
+        if (
+            init != "normal"
+            and cfg.MODEL.MASK_ON
+            and not isinstance(ret["mask_head"], PANetMaskHead)
+        ):
+            raise ConfigError(
+                "MODEL.ROI_MASK_HEAD.PREDICTOR_INIT={!r} is read by PANetMaskHead only, got "
+                "MODEL.ROI_MASK_HEAD.NAME={!r}: set the name to 'PANetMaskHead' or the init to "
+                "'normal'.".format(init, cfg.MODEL.ROI_MASK_HEAD.NAME)
+            )
         if cfg.MODEL.AFP.ENABLED and ret.get("mask_pooler") is not None:
             ret["mask_pooler"] = cls._all_level_pooler(cfg.MODEL.ROI_MASK_HEAD, cfg, input_shape)
         return ret
