@@ -585,7 +585,7 @@ def write_provenance(out, commit):
         )
 
 
-PROVENANCE_TRAINING = """# One training step of the authors' PANet release: provenance of this folder
+PROVENANCE_TRAINING = """# One training step of the authors' PANet release: provenance
 
 Written by `tools/make_release_training_fixture.py` from a checkout of the authors' release,
 github.com/ShuLiu1993/PANet (MIT License, see `../LICENSE.PANet-release`), commit `{commit}`, on
