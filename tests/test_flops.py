@@ -101,3 +101,50 @@ def test_no_op_left_uncounted():
         ALL_OFF,
     )
     assert set(ours.unsupported_ops()) <= set(mask_rcnn.unsupported_ops())
+
+
+def _matrix_product_arithmetic(model, image):
+    """Multiply-adds of every conv, transposed conv, linear and per-level linear layer of one
+    inference, from the shapes their forward hooks see (independent of the traced graph)."""
+    from torch import nn
+
+    from panet_d2.modeling.layers import GroupedLinear
+
+    total = {"n": 0}
+
+    def hook(module, inputs, output):
+        w = module.weight
+        if isinstance(module, nn.ConvTranspose2d):  # per input element: out / groups x k x k
+            total["n"] += inputs[0].numel() * w.shape[1] * w.shape[2] * w.shape[3]
+        elif isinstance(module, nn.Conv2d):  # per output element: in / groups x k x k
+            total["n"] += output.numel() * w.shape[1] * w.shape[2] * w.shape[3]
+        else:  # nn.Linear (out, in), GroupedLinear (L, out, in): per output element, in
+            total["n"] += output.numel() * w.shape[-1]
+
+    kinds = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, GroupedLinear)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    with torch.no_grad():
+        model([{"image": image}])
+    for h in handles:
+        h.remove()
+    return total["n"]
+
+
+def test_detectron2_flop_count_unpatched_counts_every_matrix_product():
+    """Detectron2's plain FlopCountAnalysis (no project handles) counts PANet's per-level fc1
+    (a bmm), per-level conv1 (a grouped conv) and FF's fc: its count of matrix products is the
+    arithmetic of every layer's shapes, within 1%."""
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    cfg = panet_cfg("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml", opts=SMALL)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    image = random_image(H, W)
+    fca = FlopCountAnalysis(model, [{"image": image}])
+    fca.unsupported_ops_warnings(False)
+    fca.uncalled_modules_warnings(False)
+    products = sum(v for k, v in fca.by_operator().items() if k in ("conv", "linear", "bmm"))
+    arithmetic = _matrix_product_arithmetic(model, image)
+    assert abs(products - arithmetic) <= 0.01 * arithmetic, (products, arithmetic)
+    for name in ("roi_heads.box_head.fc1", "roi_heads.mask_head.mask_fcn1"):
+        assert fca.by_module()["model." + name] > 0, name

@@ -1,27 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-FLOP counts of the ops PANet adds, for Detectron2's ``FlopCountAnalysis``.
-
-The project's FLOP path :func:`flop_count_analysis` (Detectron2's analysis with the handles below,
-set through fvcore's public ``set_op_handle``); tools/run_d2_tool.py gives them to Detectron2's
-``tools/analyze_model.py`` for its command only (:func:`panet_d2.compat.fvcore_op_handles`).
-Importing panet_d2 changes no FLOP count.
-
-fvcore counts convolutions, linear layers and matmuls, and Detectron2 ignores element-wise ops;
-the ops below are "unsupported" there (skipped, counted as 0): the per-level fc1
-(``aten::baddbmm``), the fusion over levels (``aten::amax`` / ``aten::sum``) and RoIAlign.
-
-Counting convention (fvcore's): one multiply-add = one flop.
-
-* ``aten::baddbmm`` (L, M, in) x (L, in, out): L * M * in * out (the bias add is element-wise);
-* ``aten::amax`` / ``aten::sum`` over a dim: one op per input element that is folded into an
-  output element, numel(input) - numel(output) ((L - 1) * M * C * H * W for an L-level fusion);
-* ``torchvision::roi_align``: 4 multiply-adds (bilinear) per sample, sampling_ratio^2 samples per
-  output element; with sampling_ratio 0 (adaptive: the samples depend on each box's size, which
-  the traced graph does not show) counted as 1 sample per bin, a lower bound.
-* ``aten::embedding_bag`` (the all-level RoIAlign of traced CPU graphs, ``multilevel_roi_align``):
-  one multiply-add per index and embedding column, numel(indices) * dim: RoIAlign's count again
-  (each bag is one output bin's sampling_ratio^2 samples x 4 bilinear taps).
+FLOP counts of the ops Detectron2's ``FlopCountAnalysis`` skips in PANet (the fusion over levels,
+RoIAlign), for :func:`flop_count_analysis` (conventions: docs/design.md).
 """
 
 from numbers import Number
@@ -34,7 +14,6 @@ from detectron2.utils.analysis import FlopCountAnalysis
 __all__ = [
     "FLOP_HANDLES",
     "flop_count_analysis",
-    "baddbmm_flop_jit",
     "reduction_flop_jit",
     "roi_align_flop_jit",
     "embedding_bag_flop_jit",
@@ -46,13 +25,6 @@ def _numel(shape) -> int:
     for s in shape:
         n *= s
     return n
-
-
-def baddbmm_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
-    """``baddbmm(bias, (B, N, K), (B, K, P))``: B * N * K * P multiply-adds."""
-    b, n, k = get_shape(inputs[1])
-    p = get_shape(inputs[2])[-1]
-    return b * n * k * p
 
 
 def reduction_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
@@ -74,7 +46,6 @@ def embedding_bag_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
 
 # {op name: handle} of the ops above
 FLOP_HANDLES = {
-    "aten::baddbmm": baddbmm_flop_jit,
     "aten::amax": reduction_flop_jit,
     "aten::sum": reduction_flop_jit,
     "torchvision::roi_align": roi_align_flop_jit,

@@ -1,19 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-The per-level layers of adaptive feature pooling (AFP), Sec. 3.2 of the PANet paper, and the norm
-helpers of the model: each level's pooled grid through its own parametric layer (fc1 in the box
-branch, conv1 in the mask branch), then the element-wise fusion (max or sum).
-
-* :class:`AFPConv2d`, :class:`AFPLinear`: the per-level first layer, run as one batched op over
-  all levels (a grouped conv / a batched matmul), its norm, ReLU, then the fusion
-  (:func:`fuse_levels`); :func:`per_level_norm`.
-
-Warm start: the per-level weights live under ``<layer>.per_level.*``, a name that a single-level
-checkpoint (e.g. Detectron2's Mask R-CNN: ``box_head.fc1.weight`` (1024, 12544)) does not have.
-So every loader that goes through ``nn.Module.load_state_dict`` (Detectron2's
-``DetectionCheckpointer`` included, whose shape filter only sees keys the model has) hands the
-single-level tensors to :meth:`_PerLevelLayer._load_from_state_dict`, which copies them to every
-level (and logs it) instead of leaving the first layers random.
+The per-level layers of adaptive feature pooling (AFP), Sec. 3.2 of the PANet paper, batched over
+levels, their norms and the fusion (warm start from single-level checkpoints: docs/design.md).
 """
 
 import logging
@@ -217,7 +205,8 @@ class GroupedLinear(nn.Module):
             nn.init.kaiming_uniform_(w, a=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        # bmm plus an add, not baddbmm: fvcore's FLOP counter counts bmm and has no baddbmm handle
+        return torch.bmm(x, self.weight.transpose(1, 2)) + self.bias.unsqueeze(1)
 
     def extra_repr(self):
         L, out_features, in_features = self.weight.shape
