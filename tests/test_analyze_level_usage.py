@@ -3,14 +3,15 @@
 Fig. 3 (panet_d2/analysis/level_usage.py, tools/analyze_level_usage.py): the level counts of the
 hooks equal a brute-force count, element by element in Python, over per-level features recomputed
 from the weights with torchvision's roi_align and torch.nn.functional; each row sums to 100; the
-tool runs end to end on a checkpoint and writes the JSON and the PNG; it refuses models without AFP
-or with sum fusion.
+tool runs end to end on a checkpoint and writes the JSON and the PNG, leaving matplotlib's backend
+as it was; the model (not the config) refuses models without AFP or with sum fusion.
 """
 
 import copy
 import json
 import math
 import os
+import sys
 
 import pytest
 import torch
@@ -298,11 +299,32 @@ def test_tool_end_to_end(tool, tmp_path, monkeypatch):
     assert png.stat().st_size > 5000
 
 
+def test_drawing_leaves_matplotlib_as_it_was(tool, tmp_path):
+    """The chart is drawn on a figure of its own (Agg canvas): no backend switched, no pyplot."""
+    matplotlib = pytest.importorskip("matplotlib")
+    backend = dict.__getitem__(matplotlib.rcParams, "backend")  # unresolved: as the user left it
+    pyplot = "matplotlib.pyplot" in sys.modules
+    table = {
+        "layer": "roi_heads.box_head.fc1",
+        "percent": [[40.0, 30.0, 20.0, 10.0], [None] * 4, [25.0] * 4, [10.0, 20.0, 30.0, 40.0]],
+        "proposals": [5, 0, 2, 1],
+        "columns": ["level {}".format(j + 1) for j in range(4)],
+    }
+    png = tmp_path / "fig.png"
+    tool.draw_level_usage({"box": table, "mask": table}, str(png), title="t")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert dict.__getitem__(matplotlib.rcParams, "backend") == backend
+    assert ("matplotlib.pyplot" in sys.modules) == pyplot
+    text = tool.format_table("box", table).splitlines()
+    assert text[2].split()[-4:] == ["40.0", "30.0", "20.0", "10.0"] and text[3].endswith("-")
+
+
 @pytest.mark.parametrize(
     "opts, message",
     [
-        (["MODEL.AFP.ENABLED", "False"], "MODEL.AFP.ENABLED=False"),
-        (["MODEL.AFP.FUSE_TYPE", "sum"], "FUSE_TYPE='sum'. Fig. 3 needs max fusion"),
+        (["MODEL.AFP.ENABLED", "False"], "needs adaptive feature pooling (MODEL.AFP.ENABLED=True)"),
+        (["MODEL.AFP.FUSE_TYPE", "sum"], "needs max fusion: with 'sum' fusion"),
     ],
 )
 def test_tool_refuses_models_without_max_fusion(tool, tmp_path, opts, message):

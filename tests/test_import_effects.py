@@ -3,11 +3,15 @@
 ``import panet_d2`` registers components and datasets and changes nothing else: no attribute of
 Detectron2, fvcore, NumPy or torch replaced, no import hook, no warning filter, no FLOP count
 changed (Detectron2's Mask R-CNN through Detectron2's FlopCountAnalysis), no warning printed.
+Training with ``PANetTrainer`` leaves no log filter of panet_d2 on Detectron2's loggers.
 """
 
+import logging
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,3 +95,63 @@ def test_import_prints_no_warning():
     assert out.returncode == 0, out.stderr[-3000:]
     out = _run(["-W", "default"], "import panet_d2")
     assert (out.returncode, out.stdout, out.stderr) == (0, "", "")
+
+
+def _panet_d2_log_filters():
+    """(logger, filter) of each filter of a panet_d2 class on Detectron2's loggers."""
+    loggers = [logging.getLogger("detectron2")] + [
+        lg
+        for name, lg in logging.root.manager.loggerDict.items()
+        if name.startswith("detectron2.") and isinstance(lg, logging.Logger)
+    ]
+    return [
+        (lg.name, f)
+        for lg in loggers
+        for f in lg.filters
+        if type(f).__module__.split(".")[0] == "panet_d2"
+    ]
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_training_leaves_no_log_filter(tmp_path_factory, tmp_path):
+    """PANetTrainer's one-line error filter is on Detectron2's train loop logger while train()
+    runs only: not after it returns, nor after training stopped by an error."""
+    from detectron2.engine import HookBase
+
+    from panet_d2.engine import PANetTrainer
+    from panet_d2.errors import InputError
+
+    from .common import panet_cfg, synthetic_datasets
+
+    during = []
+
+    class Record(HookBase):
+        def __init__(self, fail_at=None):
+            self.fail_at = fail_at
+
+        def after_step(self):
+            during.append([name for name, _ in _panet_d2_log_filters()])
+            if self.trainer.iter == self.fail_at:
+                raise InputError("stopped by the test")
+
+    splits = {"train": {"num_images": 2, "seed": 1}}
+    with synthetic_datasets(tmp_path_factory, "test_import_effects", splits):
+        # stopped at iteration 1 of 3: at the last one, Detectron2's final log write fails
+        for max_iter, fail_at in ((1, None), (3, 1)):
+            cfg = panet_cfg(
+                "quick_schedules/panet_R_18_synth_instance.yaml",
+                opts=["DATASETS.TRAIN", ("test_import_effects_train",), "DATASETS.TEST", ()]
+                + ["SOLVER.IMS_PER_BATCH", 2, "SOLVER.MAX_ITER", max_iter]
+                + ["OUTPUT_DIR", str(tmp_path / str(max_iter))],
+            )
+            trainer = PANetTrainer(cfg)
+            assert _panet_d2_log_filters() == []
+            trainer.register_hooks([Record(fail_at)])
+            trainer.resume_or_load(resume=False)
+            if fail_at is None:
+                trainer.train()
+            else:
+                with pytest.raises(InputError, match="stopped by the test"):
+                    trainer.train()
+            assert _panet_d2_log_filters() == []
+    assert during == [["detectron2.engine.train_loop"]] * 3

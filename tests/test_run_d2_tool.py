@@ -2,7 +2,7 @@
 """
 tools/run_d2_tool.py: Detectron2's own tools/*.py and demo/demo.py on the project's yacs configs
 (an instance and a panoptic quick schedule), found the way the command finds them
-(panet_d2.d2_tools); skipped only where no Detectron2 tools are installed anywhere findable.
+(tools/d2_tools.py); skipped only where no Detectron2 tools are installed anywhere findable.
 
 The tools run in this process (as the command runs them), on a small generated dataset
 registered here; what they log is checked against the model built here and against counts made
@@ -22,10 +22,11 @@ from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from panet_d2 import d2_tools, model_zoo
+from panet_d2 import model_zoo
 
 from .common import ROOT, error_exit, load_script, run_script, synthetic_datasets
 
+d2_tools = load_script("tools/d2_tools.py", "panet_d2_tools_finder")
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 ENTRY_POINT = os.path.join(ROOT, "tools", "run_d2_tool.py")

@@ -13,13 +13,14 @@ for the proposals grouped by the level FPN would assign them to.
 Runs inference on a test dataset (default: the first of DATASETS.TEST) and counts, for every
 proposal, the level each fused element came from: in the box branch after the per-level fc1 (or
 the heavier head's conv1), in the mask branch after the per-level conv1, each after its norm and
-ReLU, as the max fusion sees them (``panet_d2/analysis/level_usage.py`` says how ties are counted:
-by default a tie of k levels gives 1/k to each). The box branch counts every RPN proposal that
+ReLU, as the max fusion sees them (``docs/level_usage.md`` says how ties are counted: by default a
+tie of k levels gives 1/k to each). The box branch counts every RPN proposal that
 reaches the box head, the mask branch every detection that reaches the mask head.
 
 Prints the L x L tables of percentages (rows: the FPN level of the proposal; columns: the level
 the features came from; each row sums to 100), and writes ``level_usage.json`` and the bar chart
-``level_usage.png`` into --output (default ``<OUTPUT_DIR>/level_usage``).
+``level_usage.png`` into --output (default ``<OUTPUT_DIR>/level_usage``). The model says whether
+Fig. 3 applies to it (adaptive feature pooling with max fusion); one line if not.
 """
 
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import re
+from typing import Dict, Optional
 
 import torch
 from tqdm import tqdm
@@ -39,7 +41,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer  # registers the models and datasets
-from panet_d2.analysis import TIE_RULES, LevelUsage, draw_level_usage, format_table
+from panet_d2.analysis import TIE_RULES, LevelUsage
 from panet_d2.engine import load_config, one_line_errors
 from panet_d2.engine.checks import check_registered
 from panet_d2.errors import ConfigError
@@ -67,27 +69,80 @@ def parse_args(argv=None):
 
 
 def setup(args):
-    """The config; refuses one whose model Fig. 3 does not apply to (no AFP, sum fusion)."""
+    """The config (whether Fig. 3 applies is the model's to say: :class:`LevelUsage`)."""
     cfg, notes = load_config(args.config_file, args.opts, lazy=False)
     cfg.freeze()
     setup_logger(name="detectron2")
     setup_logger(name="panet_d2")
     for note in notes:
         logger.warning(note)
-    if not cfg.MODEL.AFP.ENABLED:
-        raise ConfigError(
-            "{}: MODEL.AFP.ENABLED=False. Fig. 3 counts the levels that adaptive feature "
-            "pooling's max fusion takes each feature from; without AFP every proposal is pooled "
-            "from the one level FPN assigns it to.".format(args.config_file)
-        )
-    if cfg.MODEL.AFP.FUSE_TYPE != "max":
-        raise ConfigError(
-            "{}: MODEL.AFP.FUSE_TYPE={!r}. Fig. 3 needs max fusion, where each fused element "
-            "comes from one level; with sum fusion every level adds to every element.".format(
-                args.config_file, cfg.MODEL.AFP.FUSE_TYPE
-            )
-        )
     return cfg
+
+
+def format_table(name: str, table: dict) -> str:
+    """A branch's table of :meth:`LevelUsage.tables` as text, for printing."""
+    head = "{:<26}".format("{} branch".format(name)) + "".join(
+        "{:>10}".format("level {}".format(j + 1)) for j in range(len(table["columns"]))
+    )
+    lines = [
+        "{} branch, after {}: % of the fused elements from each level (columns), by the level FPN "
+        "assigns the proposal to (rows)".format(name, table["layer"]),
+        head,
+    ]
+    for i, row in enumerate(table["percent"]):
+        label = "level {} (N{}, {} props)".format(i + 1, i + 2, table["proposals"][i])
+        lines.append(
+            "{:<26}".format(label)
+            + "".join("{:>10}".format("-" if v is None else "{:.1f}".format(v)) for v in row)
+        )
+    return "\n".join(lines)
+
+
+def draw_level_usage(tables: Dict[str, dict], path: str, title: Optional[str] = None):
+    """
+    Draws the paper's Fig. 3 as grouped bars into ``path`` (PNG), on a figure of its own with
+    matplotlib's Agg canvas (no pyplot: matplotlib's backend is left as it is): one panel per
+    branch; horizontal axis the level the pooled features come from; one series per group of
+    proposals (the level FPN assigns them to; the paper's "lines"; level 1 blue, level 4 yellow
+    as in the paper's text).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#f2c80f", "#9467bd", "#8c564b"]
+    fig = Figure(figsize=(5.0 * len(tables), 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(tables), squeeze=False)
+    for ax, (name, table) in zip(axes[0], tables.items()):
+        rows = table["percent"]
+        L = len(rows)
+        width = 0.8 / L
+        for i, row in enumerate(rows):
+            xs = [j + (i - (L - 1) / 2) * width for j in range(L)]
+            ys = [0.0 if v is None else v for v in row]
+            label = "level {} ({} proposals)".format(i + 1, table["proposals"][i])
+            ax.bar(xs, ys, width, color=colors[i % len(colors)], label=label)
+        ax.set_xticks(range(L))
+        ax.set_xticklabels(["level {}".format(j + 1) for j in range(L)])
+        ax.set_xlabel("level the pooled features come from")
+        ax.set_ylabel("ratio (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title("{} branch ({})".format(name, table["layer"].split(".")[-1]))
+        ax.legend(title="FPN level of proposal", fontsize=8, title_fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_json(result: dict, path: str):
+    """``result`` as indented JSON, one line per innermost list (a table row)."""
+    text = json.dumps(result, indent=2)
+    text = re.sub(
+        r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text
+    )
+    with open(path, "w") as f:
+        f.write(text + "\n")
 
 
 def main(args):
@@ -134,13 +189,7 @@ def main(args):
     }
     os.makedirs(output, exist_ok=True)
     json_path = os.path.join(output, "level_usage.json")
-    text = json.dumps(result, indent=2)
-    # one line per innermost list (a table row)
-    text = re.sub(
-        r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r"\s+", " ", m.group(1)) + "]", text
-    )
-    with open(json_path, "w") as f:
-        f.write(text + "\n")
+    write_json(result, json_path)
     png_path = os.path.join(output, "level_usage.png")
     title = "{} on {} ({} images)".format(os.path.basename(args.config_file), dataset, n)
     draw_level_usage(tables, png_path, title=title)

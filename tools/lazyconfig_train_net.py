@@ -13,17 +13,21 @@ them as they are. This launcher only finds that script for a user who runs from 
 
 It takes ``$DETECTRON2_LAZYCONFIG_TRAIN_NET`` (the script itself) if set, else finds
 ``tools/lazyconfig_train_net.py`` as ``tools/run_d2_tool.py`` finds Detectron2's tools
-(``panet_d2.d2_tools``: ``--d2-root DIR`` given first, ``$DETECTRON2_ROOT``, next to the
+(``tools/d2_tools.py``: ``--d2-root DIR`` given first, ``$DETECTRON2_ROOT``, next to the
 ``detectron2`` package, the checkout it was installed from), and takes the same command line.
 """
 
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TOOLS)
+for _path in (ROOT, TOOLS):  # the package; d2_tools.py next to this file (also when imported)
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
-from panet_d2 import d2_tools
+import d2_tools
+
 from panet_d2.engine.cli import one_line_errors
 from panet_d2.errors import ConfigError
 
@@ -35,7 +39,7 @@ def find_detectron2_script(d2_root=None):
     """
     Returns:
         str or None: Detectron2's ``lazyconfig_train_net.py``: ``$DETECTRON2_LAZYCONFIG_TRAIN_NET``
-        (which must exist when set), else the first found by ``panet_d2.d2_tools``, else None.
+        (which must exist when set), else the first found by ``d2_tools``, else None.
     """
     path = os.environ.get(ENV_VAR)
     if path:

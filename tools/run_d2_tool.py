@@ -12,7 +12,7 @@ train_net, plain_train_net, ...; ``demo/demo.py``) on panet_d2's configs, with n
 
 ``TOOL`` is the script's name ("analyze_model", "tools/train_net.py", "deploy/export_model",
 "demo"); the arguments after it are the script's own. Detectron2's scripts are found by
-``panet_d2.d2_tools`` (``--d2-root`` or ``$DETECTRON2_ROOT``, else next to the installed
+``tools/d2_tools.py`` (``--d2-root`` or ``$DETECTRON2_ROOT``, else next to the installed
 ``detectron2`` package, else the source checkout it was installed from); when none holds the
 script, the error names every place looked in.
 
@@ -45,9 +45,11 @@ import runpy
 import sys
 import types
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TOOLS)
+for _path in (ROOT, TOOLS):  # the package; d2_tools.py next to this file (also when imported)
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 # the script a child process of ``launch`` runs, set by the parent (see _launch_patch)
 CHILD_ENV_VAR = "PANET_D2_RUN_D2_TOOL_SCRIPT"
@@ -58,7 +60,7 @@ logger = logging.getLogger("panet_d2.run_d2_tool")
 
 
 def get_parser():
-    from panet_d2.d2_tools import ENV_VAR
+    from d2_tools import ENV_VAR
 
     parser = argparse.ArgumentParser(
         description="Run one of Detectron2's tools/*.py or demo/demo.py on panet_d2's configs.",
@@ -253,7 +255,8 @@ class MissingModuleError(RuntimeError):
 
 
 def main(argv=None):
-    from panet_d2.d2_tools import find_detectron2_tool, list_detectron2_tools
+    from d2_tools import find_detectron2_tool, list_detectron2_tools
+
     from panet_d2.engine.cli import one_line_errors
 
     parser = get_parser()

@@ -1,39 +1,12 @@
 # -*- coding: utf-8 -*-
 """
-Fig. 3 of the PANet paper: the share of AFP's fused features that comes from each pyramid level.
-
-With adaptive feature pooling (AFP) and max fusion, the share is counted for the proposals grouped
-by the level FPN would have assigned them to.
-
-:class:`LevelUsage` counts it during ordinary inference, with forward hooks on the model (the
-model code is not touched):
-
-* the all-level pooler of a branch (``roi_heads.box_pooler`` / ``mask_pooler``) gives the boxes,
-  and Detectron2's ``assign_boxes_to_levels`` (the pooler's canonical box size 224 and level 4,
-  FPN's Eqn. 1) the level FPN assigns each to: row 0..L-1 = N2..N5 ("level 1".."level 4");
-* the per-level layer before the fusion gives the L per-level outputs of every fused element,
-  as they enter the max: after the norm and the ReLU of the box head's per-level fc1
-  (``box_head.fc1``, an ``AFPLinear``), of the heavier head's per-level conv1
-  (``box_head.conv1``) or of the mask head's per-level conv1 (``mask_head.mask_fcn1``, both
-  ``AFPConv2d``). With the fusion before the first layer ("fu.fc1fc2"), the fused elements are
-  the RoIAlign grids themselves (the pooler's output).
-
-An element "comes from" the level that holds its maximum (the value max fusion passes on).
-
-Ties: after the ReLU an element that is negative on every level is 0 on all of them, and the max
-picks no level. ``ties`` says how such elements (any element whose maximum several levels hold)
-are counted:
-
-* ``"split"`` (default): 1/k to each of the k levels that hold the maximum, as the gradient of
-  ``torch.amax`` is shared among them;
-* ``"first"``: to the lowest of those levels (``torch.argmax``'s choice);
-* ``"exclude"``: not counted; the shares are those of the elements with a single maximum.
-
-The share of tied elements is reported with the tables (``tied_percent``).
+Fig. 3 of the PANet paper: :class:`LevelUsage` counts, with forward hooks during inference, which
+pyramid level each element fused by adaptive feature pooling's max comes from, for the proposals
+grouped by the level FPN assigns them to. How and where it counts: ``docs/level_usage.md``.
 """
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -43,14 +16,7 @@ from detectron2.modeling.poolers import assign_boxes_to_levels
 from ..modeling.layers import AFPConv2d, AFPLinear
 from ..modeling.poolers import AdaptiveFeaturePooler
 
-__all__ = [
-    "BRANCHES",
-    "TIE_RULES",
-    "LevelUsage",
-    "count_level_sources",
-    "draw_level_usage",
-    "format_table",
-]
+__all__ = ["BRANCHES", "TIE_RULES", "LevelUsage", "count_level_sources"]
 
 BRANCHES = ("box", "mask")
 TIE_RULES = ("split", "first", "exclude")
@@ -62,7 +28,9 @@ def count_level_sources(per_level: torch.Tensor, ties: str = "split") -> torch.T
     Args:
         per_level (Tensor): shape (M, L, E): for M proposals, the L per-level values of each of the
             E elements that the max fusion reduces over the levels.
-        ties (str): one of :data:`TIE_RULES` (module docstring).
+        ties (str): how an element whose maximum k levels hold is counted: "split" (1/k to each,
+            as ``torch.amax``'s gradient), "first" (to the lowest, ``torch.argmax``'s choice) or
+            "exclude" (not counted).
 
     Returns:
         Tensor: float64, shape (M, L): [m, l] = the number of proposal m's elements whose maximum
@@ -155,7 +123,7 @@ class _Branch:
 class LevelUsage:
     """
     Counts, during inference of a PANet model with AFP and max fusion, which level each fused
-    element comes from (module docstring). Use as a context manager around the model's calls::
+    element comes from (``docs/level_usage.md``). A context manager around the model's calls::
 
         with LevelUsage(model) as usage:
             for inputs in data_loader:
@@ -165,7 +133,7 @@ class LevelUsage:
     Args:
         model (nn.Module): a GeneralizedRCNN / PanopticPANet (or a wrapper with ``.module``) whose
             ``roi_heads`` use :class:`AdaptiveFeaturePooler`.
-        ties (str): one of :data:`TIE_RULES`.
+        ties (str): one of :data:`TIE_RULES` (:func:`count_level_sources`).
         branches (tuple[str]): subset of :data:`BRANCHES`; the mask branch is skipped when the
             model has none.
 
@@ -265,59 +233,3 @@ class LevelUsage:
             "rows", "columns": labels}.
         """
         return {name: branch.result() for name, branch in self.branches.items()}
-
-
-def format_table(name: str, table: dict) -> str:
-    """A branch's table as text, for printing."""
-    head = "{:<26}".format("{} branch".format(name)) + "".join(
-        "{:>10}".format("level {}".format(j + 1)) for j in range(len(table["columns"]))
-    )
-    lines = [
-        "{} branch, after {}: % of the fused elements from each level (columns), by the level FPN "
-        "assigns the proposal to (rows)".format(name, table["layer"]),
-        head,
-    ]
-    for i, row in enumerate(table["percent"]):
-        label = "level {} (N{}, {} props)".format(i + 1, i + 2, table["proposals"][i])
-        lines.append(
-            "{:<26}".format(label)
-            + "".join("{:>10}".format("-" if v is None else "{:.1f}".format(v)) for v in row)
-        )
-    return "\n".join(lines)
-
-
-def draw_level_usage(tables: Dict[str, dict], path: str, title: Optional[str] = None):
-    """
-    Draws the paper's Fig. 3 as grouped bars into ``path`` (PNG, matplotlib's Agg backend): one
-    panel per branch; horizontal axis the level the pooled features come from; one series per
-    group of proposals (the level FPN assigns them to; the paper's "lines"; level 1 blue,
-    level 4 yellow as in the paper's text).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#f2c80f", "#9467bd", "#8c564b"]
-    fig, axes = plt.subplots(1, len(tables), figsize=(5.0 * len(tables), 3.6), squeeze=False)
-    for ax, (name, table) in zip(axes[0], tables.items()):
-        rows = table["percent"]
-        L = len(rows)
-        width = 0.8 / L
-        for i, row in enumerate(rows):
-            xs = [j + (i - (L - 1) / 2) * width for j in range(L)]
-            ys = [0.0 if v is None else v for v in row]
-            label = "level {} ({} proposals)".format(i + 1, table["proposals"][i])
-            ax.bar(xs, ys, width, color=colors[i % len(colors)], label=label)
-        ax.set_xticks(range(L))
-        ax.set_xticklabels(["level {}".format(j + 1) for j in range(L)])
-        ax.set_xlabel("level the pooled features come from")
-        ax.set_ylabel("ratio (%)")
-        ax.set_ylim(0, 100)
-        ax.set_title("{} branch ({})".format(name, table["layer"].split(".")[-1]))
-        ax.legend(title="FPN level of proposal", fontsize=8, title_fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

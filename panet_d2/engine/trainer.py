@@ -128,7 +128,6 @@ class PANetTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_inputs(cfg, train=True)
-        logging.getLogger("detectron2.engine.train_loop").addFilter(_ONE_LINE_INPUT_ERRORS)
         with ddp_on_cpu():
             super().__init__(cfg)
 
@@ -256,11 +255,20 @@ class PANetTrainer(DefaultTrainer):
             TrainingDivergedError: a FloatingPointError (Detectron2's, when a loss is NaN or
                 inf, or the checkpointer's, when the weights are) as one line: the iteration,
                 the loss, the last checkpoint written before it.
+
+        While it runs, Detectron2's "Exception during training:" log of such an error (or an
+        :class:`InputError`) is one line (:class:`OneLineInputErrors`, removed at the end).
         """
+        train_loop = logging.getLogger("detectron2.engine.train_loop")
+        added = _ONE_LINE_INPUT_ERRORS not in train_loop.filters
+        train_loop.addFilter(_ONE_LINE_INPUT_ERRORS)
         try:
             super().train()
         except FloatingPointError as e:
             raise self._diverged(e) from e
+        finally:
+            if added:
+                train_loop.removeFilter(_ONE_LINE_INPUT_ERRORS)
         return getattr(self, "_last_eval_results", None)
 
     def _diverged(self, e):

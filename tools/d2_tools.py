@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-Finds Detectron2's own scripts (``tools/*.py``, ``demo/demo.py``): the one implementation used by
-``tools/run_d2_tool.py``, ``tools/lazyconfig_train_net.py`` and the tests.
+Finds Detectron2's own scripts (``tools/*.py``, ``demo/demo.py``) for ``tools/run_d2_tool.py`` and
+``tools/lazyconfig_train_net.py`` (imported by them from this folder; not part of the package).
 
 Where it looks, in order (the first folder that holds the file wins):
 
@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from typing import List, Optional, Tuple
 
-from .errors import InputError
+from panet_d2.errors import InputError
 
 __all__ = [
     "ENV_VAR",
