@@ -45,7 +45,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 LAZY_SCORE_KEYS = (
     "model.roi_heads.box_predictor.test_score_thresh",
     "model.test_score_thresh",
-    "model.panoptic_merge.instances_score_thresh",
     "model.combine_instances_score_thresh",
 )
 
@@ -119,7 +118,9 @@ def build_predictor(args):
     augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentations")
     augs = instantiate(augs) if augs else [T.ResizeShortestEdge(800, 1333)]
     aug = augs[0] if len(augs) == 1 else T.AugmentationList(augs)
-    if len(augs) > 1:  # DefaultPredictor calls get_transform, which AugmentationList has not
+    # UPSTREAM-WORKAROUND augmentation-list-get-transform: Detectron2 0.6 DefaultPredictor calls
+    # aug.get_transform, which its AugmentationList has not.
+    if len(augs) > 1:
         aug.get_transform = lambda image: aug(T.AugInput(image))
     names = OmegaConf.select(cfg, "dataloader.test.dataset.names")
     names = [names] if isinstance(names, str) else names

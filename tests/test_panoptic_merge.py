@@ -4,22 +4,16 @@ The panoptic merge (panet_d2.modeling.postprocessing.panoptic_merge): one case p
 exact equality with Detectron2.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from detectron2.config import get_cfg
 from detectron2.modeling.meta_arch.panoptic_fpn import (
     combine_semantic_and_instance_outputs as d2_combine,
 )
 from detectron2.structures import Instances
 
-from panet_d2.modeling.postprocessing.panoptic_merge import (
-    PanopticMerge,
-    combine_semantic_and_instance_outputs,
-)
+from panet_d2.modeling.postprocessing.panoptic_merge import combine_semantic_and_instance_outputs
 
 
 def _inst(masks, scores, classes):
@@ -238,35 +232,6 @@ def test_cuda_matches_cpu_and_detectron2():
         assert seg.is_cuda and torch.equal(seg, ref_seg) and info == ref_info
         cpu_seg, cpu_info = combine_semantic_and_instance_outputs(inst, sem, *args)
         assert torch.equal(seg.cpu(), cpu_seg) and info == cpu_info
-
-
-def test_panoptic_merge_from_config_and_validation():
-    cfg = get_cfg()
-    merge = PanopticMerge.from_config(cfg)
-    assert (merge.overlap_threshold, merge.stuff_area_thresh, merge.instances_score_thresh) == (
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH,
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT,
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH,
-    )
-    h, w = 16, 16
-    inst = _inst(_box(h, w, 0, 8, 0, 8)[None], [0.9], [3])
-    sem = torch.ones(h, w, dtype=torch.int64)
-    seg, info = merge(inst, sem)
-    ref = d2_combine(inst, sem, 0.5, 4096, 0.5)
-    assert torch.equal(seg, ref[0]) and info == ref[1]
-
-    for key, value, pat in [
-        ("OVERLAP_THRESH", 1.5, r"OVERLAP_THRESH.*1\.5.*\[0, 1\]"),
-        ("INSTANCES_CONFIDENCE_THRESH", -0.1, r"INSTANCES_CONFIDENCE_THRESH.*-0\.1.*\[0, 1\]"),
-        ("STUFF_AREA_LIMIT", -1, r"STUFF_AREA_LIMIT.*-1.*>= 0"),
-        ("OVERLAP_THRESH", math.nan, r"OVERLAP_THRESH.*nan"),
-    ]:
-        bad = cfg.clone()
-        bad.MODEL.PANOPTIC_FPN.COMBINE[key] = value
-        with pytest.raises(ValueError, match=pat):
-            PanopticMerge.from_config(bad)
-    with pytest.raises(ValueError, match="OVERLAP_THRESH"):
-        PanopticMerge(overlap_threshold="0.5")
 
 
 def test_tensor_form_route_equals_detectron2():

@@ -10,9 +10,8 @@
 # and panet_d2.data.PanopticDatasetMapper as dataloader.train.mapper._target_ (with
 # label_space=PanopticLabelSpace.from_metadata(MetadataCatalog.get(<train name>))).
 from detectron2 import model_zoo
-from detectron2.config import LazyCall as L
 
-from panet_d2.modeling import PanopticMerge, PanopticPANet, PANetSemSegHead
+from panet_d2.modeling import PANetSemSegHead, PanopticPANet
 
 from .panet_R_50_FPN_100ep_LSJ import (
     dataloader,
@@ -27,11 +26,11 @@ from .panet_R_50_FPN_100ep_LSJ import (
 model._target_ = PanopticPANet
 model.sem_seg_head = model_zoo.get_config("common/models/panoptic_fpn.py").model.sem_seg_head
 model.sem_seg_head._target_ = PANetSemSegHead  # SemSegFPNHead, checked and scriptable
-# Kirillov et al.'s merge: instances by score (>= 0.5, at most 50% overlap), then stuff regions
-# of at least 4096 pixels.
-model.panoptic_merge = L(PanopticMerge)(
-    overlap_threshold=0.5, stuff_area_thresh=4096, instances_score_thresh=0.5
-)
+# Kirillov et al.'s merge, with Detectron2's keys (yacs MODEL.PANOPTIC_FPN.COMBINE.*): instances
+# by score (>= 0.5, at most 50% overlap), then stuff regions of at least 4096 pixels.
+model.combine_overlap_thresh = 0.5
+model.combine_stuff_area_thresh = 4096
+model.combine_instances_score_thresh = 0.5
 
 # Panoptic data (instances + semantic PNGs, empty images kept) and evaluators (box/mask AP,
 # mIoU, PQ): Detectron2's, with the recipe's LSJ augmentations (FixedSizeCrop pads the semantic

@@ -15,7 +15,7 @@ from .fast_rcnn import PANetFastRCNNOutputLayers
 from .mask_head import PANetMaskHead
 from .roi_heads import PANetROIHeads
 from .semantic_head import PANetSemSegHead
-from .postprocessing import PanopticMerge, combine_semantic_and_instance_outputs
+from .postprocessing import combine_semantic_and_instance_outputs
 from .meta_arch import PanopticPANet
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -5,6 +5,7 @@ pyramid, trained jointly with L = lambda_i * (L_cls + L_box + L_mask) + lambda_s
 into a panoptic segmentation.
 """
 
+from numbers import Real
 from typing import Dict, List, Tuple
 
 import torch
@@ -16,51 +17,59 @@ from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
-from ..postprocessing.panoptic_merge import PanopticMerge, merge_panoptic_tensors
+from ...errors import ConfigError
+from ..postprocessing.panoptic_merge import (
+    combine_semantic_and_instance_outputs,
+    merge_panoptic_tensors,
+)
 
 __all__ = ["PanopticPANet"]
+
+# The merge thresholds, PanopticFPN's attributes (LazyConfig: model.<attribute>): yacs key and
+# the largest value allowed (the smallest is 0).
+COMBINE_KEYS = {
+    "combine_overlap_thresh": ("MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 1),
+    "combine_stuff_area_thresh": ("MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", None),
+    "combine_instances_score_thresh": ("MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", 1),
+}
+
+
+def _check_threshold(attribute, value):
+    key, hi = COMBINE_KEYS[attribute]
+    ok = isinstance(value, Real) and not isinstance(value, bool)
+    if not (ok and value >= 0 and (hi is None or value <= hi)):  # NaN fails value >= 0
+        allowed = f"in the range [0, {hi}]" if hi is not None else ">= 0"
+        raise ConfigError(
+            f"Invalid panoptic merge setting {key} (LazyConfig: model.{attribute}) = {value!r}: "
+            f"must be a number {allowed}."
+        )
 
 
 @META_ARCH_REGISTRY.register()
 class PanopticPANet(PanopticFPN):
     """
-    :class:`PanopticFPN` (backbone, RPN, ROI heads and semantic head on one backbone pass; loss
-    weights MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT and MODEL.SEM_SEG_HEAD.LOSS_WEIGHT) with this
-    project's faster panoptic merge (same results as Detectron2's). Outputs per image, as
-    :class:`PanopticFPN`: "instances", "sem_seg" (NUM_CLASSES, H, W) and "panoptic_seg" (segment
-    map (H, W) int32, segments_info).
+    :class:`PanopticFPN` (one backbone pass for RPN, ROI heads and semantic head; loss weights
+    MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT and MODEL.SEM_SEG_HEAD.LOSS_WEIGHT; merge thresholds
+    ``combine_*``) with the project's faster merge (Detectron2's results). Outputs as
+    :class:`PanopticFPN`: "instances", "sem_seg" (NUM_CLASSES, H, W), "panoptic_seg" (segment map
+    (H, W) int32, segments_info).
 
-    Labels follow Detectron2's Panoptic FPN ("panoptic_separated" convention): thing classes
-    0..T-1; semantic labels 0 = "other" (thing pixels) and 1..S = stuff classes. The model reads
-    no dataset catalog: a dataset with another convention (e.g. Cityscapes trainIds) is converted
-    by the data side (``panet_d2.data.PanopticDatasetMapper`` for training, the project's
-    panoptic evaluator for evaluation).
+    Labels follow Detectron2's "panoptic_separated" convention: thing classes 0..T-1; semantic
+    labels 0 = "other" (thing pixels) and 1..S = stuff classes. Other conventions (e.g. Cityscapes
+    trainIds) are converted by the data side (``PanopticDatasetMapper``, the panoptic evaluator).
 
-    Deployment: :meth:`inference_tensors` is the same inference, panoptic merge included, as
-    tensors in and out; a scripted model's ``forward`` returns it, and tracing and ONNX export
-    record it (``panet_d2.export``).
-
-    Post-processing (resize to the output size, then merge), one route per need, all equal:
-
-    * eager :meth:`inference`: Detectron2's resizing, then the fast CPU merge
-      (:func:`~panet_d2.modeling.postprocessing.panoptic_merge.combine_semantic_and_instance_outputs`,
-      13x Detectron2's speed on the CPU; ``segments_info`` as Detectron2 returns it);
-    * :meth:`inference_tensors`, eager or traced: Detectron2's resizing (its functions trace with
-      dynamic output sizes), then the exportable tensor merge;
-    * :meth:`inference_tensors` scripted: :func:`panoptic_postprocess`, the same resizing in the
-      Python that TorchScript compiles (Detectron2's two functions do not script), then the
-      tensor merge.
+    Post-processing (resize, then merge), one route per need, all equal: eager :meth:`inference`
+    (the fast eager merge); :meth:`inference_tensors` for deployment (tensors in and out: what a
+    scripted model's ``forward`` returns and tracing / ONNX record), through Detectron2's resizing
+    and the tensor merge, or when scripted through :func:`panoptic_postprocess`.
     """
 
     @configurable
-    def __init__(self, *, panoptic_merge: PanopticMerge, **kwargs):
-        """
-        Args:
-            panoptic_merge (PanopticMerge): the merge heuristic with its thresholds.
-            kwargs: see :class:`PanopticFPN`.
-        """
+    def __init__(self, **kwargs):
+        """As :class:`PanopticFPN`; the ``combine_*`` thresholds checked (:data:`COMBINE_KEYS`)."""
         super().__init__(**kwargs)
-        self.panoptic_merge = panoptic_merge
+        for attribute in COMBINE_KEYS:
+            _check_threshold(attribute, getattr(self, attribute))
 
     @classmethod
     def from_config(cls, cfg):
@@ -71,7 +80,6 @@ class PanopticPANet(PanopticFPN):
         ret["roi_heads"].box_predictor.loss_weight.setdefault(
             "loss_cls", cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT
         )
-        ret["panoptic_merge"] = PanopticMerge.from_config(cfg)
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -92,14 +100,19 @@ class PanopticPANet(PanopticFPN):
             )
         return super().forward(batched_inputs)
 
+    def merge_thresholds(self) -> Tuple[float, float, float]:
+        """The merge's overlap, stuff area and instance score thresholds, as floats."""
+        return (
+            float(self.combine_overlap_thresh),
+            float(self.combine_stuff_area_thresh),
+            float(self.combine_instances_score_thresh),
+        )
+
     def _raw_inference(
         self, batched_inputs: List[Dict[str, torch.Tensor]]
     ) -> Tuple[List[Instances], torch.Tensor, List[Tuple[int, int]]]:
-        """
-        Both branches on one backbone pass, before any postprocessing: detector outputs at the
-        network's input size, semantic logits (N, NUM_CLASSES, H', W') of the padded batch, and
-        the image sizes.
-        """
+        """Both branches on one backbone pass, raw: detections at the input size, semantic logits
+        (N, NUM_CLASSES, H', W') of the padded batch, and the image sizes."""
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         sem_seg_results, _ = self.sem_seg_head(features, None)
@@ -109,16 +122,10 @@ class PanopticPANet(PanopticFPN):
 
     def inference(self, batched_inputs, do_postprocess: bool = True):
         """
-        Args:
-            batched_inputs (list[dict]): as :meth:`PanopticFPN.inference`.
-            do_postprocess (bool): resize to the input resolution and merge.
-
-        Returns:
-            list[dict] with "instances", "sem_seg" and "panoptic_seg"; or, without postprocessing,
-            the raw (list[Instances], list[Tensor]) as :class:`PanopticFPN`.
+        As :meth:`PanopticFPN.inference` (which calls Detectron2's merge by its module-level
+        name, no hook to swap it): list[dict] with "instances", "sem_seg" and "panoptic_seg"; or,
+        without postprocessing, the raw (list[Instances], list[Tensor]).
         """
-        # PanopticFPN.inference calls Detectron2's merge function by its module-level name (no
-        # hook to swap it): take the raw outputs and postprocess them here.
         detector_results, sem_seg_results, _ = self._raw_inference(batched_inputs)
         if not do_postprocess:
             return detector_results, sem_seg_results
@@ -135,35 +142,29 @@ class PanopticPANet(PanopticFPN):
         image_size = tuple(inputs["image"].shape[-2:])
         height, width = inputs.get("height", image_size[0]), inputs.get("width", image_size[1])
         instances, sem_seg = _resize(instances, sem_seg, image_size, height, width)
-        return {
-            "sem_seg": sem_seg,
-            "instances": instances,
-            "panoptic_seg": self.panoptic_merge(instances, sem_seg.argmax(dim=0)),
-        }
+        panoptic_seg = combine_semantic_and_instance_outputs(
+            instances, sem_seg.argmax(dim=0), *self.merge_thresholds()
+        )
+        return {"sem_seg": sem_seg, "instances": instances, "panoptic_seg": panoptic_seg}
 
     def inference_tensors(
         self, batched_inputs: List[Dict[str, torch.Tensor]]
     ) -> List[Dict[str, torch.Tensor]]:
         """
-        :meth:`inference` in tensor form, for deployment: what a scripted model's ``forward``
-        returns, and what tracing (:class:`detectron2.export.TracingAdapter`) and ONNX export
-        record. Equal to :meth:`inference`, the panoptic merge included.
+        :meth:`inference` in tensor form, the merge included (scripted ``forward``, tracing with
+        :class:`detectron2.export.TracingAdapter`, ONNX export).
 
         Args:
             batched_inputs (list[dict]): "image" (3, H, W); optionally "height" and "width" (ints,
-                or 0-dim int tensors when scripted or traced): the output size, as in
-                :meth:`inference` (default: the size of "image").
+                or 0-dim int tensors when scripted or traced; default: the size of "image").
 
         Returns:
-            list[dict[str, Tensor]], one per image, at the output size (h, w): "panoptic_seg"
-            (h, w) int32 and "segments" (S, 5) float64, one row per segment
-            (``panoptic_merge.SEGMENT_FIELDS``; ``segments_to_info`` turns them into
-            ``segments_info``); "sem_seg" (NUM_CLASSES, h, w) logits; and the instances as
-            :func:`detector_postprocess` leaves them: "pred_boxes" (R, 4), "scores" (R,),
-            "pred_classes" (R,), "pred_masks" (R, h, w) bool.
+            list[dict[str, Tensor]] at the output size (h, w): "panoptic_seg" (h, w) int32,
+            "segments" (S, 5) float64 (``panoptic_merge.SEGMENT_FIELDS``; ``segments_to_info``
+            makes ``segments_info``), "sem_seg" (NUM_CLASSES, h, w) logits, and the instances of
+            :func:`detector_postprocess`: "pred_boxes", "scores", "pred_classes", "pred_masks".
         """
         detector_results, sem_seg_results, image_sizes = self._raw_inference(batched_inputs)
-        merge = self.panoptic_merge
         results: List[Dict[str, torch.Tensor]] = []
         for k, instances in enumerate(detector_results):
             image_size = image_sizes[k]
@@ -186,9 +187,7 @@ class PanopticPANet(PanopticFPN):
                     sem_seg_results[k],
                     image_size,
                     output_size,
-                    float(merge.overlap_threshold),
-                    float(merge.stuff_area_thresh),
-                    float(merge.instances_score_thresh),
+                    self.merge_thresholds(),
                 )
             else:  # eager or traced: Detectron2's own postprocessing
                 result = self._postprocess_tensors(
@@ -205,8 +204,12 @@ class PanopticPANet(PanopticFPN):
         else:
             image_size, (height, width) = tuple(image_size.tolist()), output_size.tolist()
         instances, sem_seg = _resize(instances, sem_seg, image_size, height, width)
-        panoptic_seg, segments = self.panoptic_merge.merge_tensors(
-            instances.scores, instances.pred_classes, instances.pred_masks, sem_seg.argmax(dim=0)
+        panoptic_seg, segments = merge_panoptic_tensors(
+            instances.scores,
+            instances.pred_classes,
+            instances.pred_masks,
+            sem_seg.argmax(dim=0),
+            *self.merge_thresholds(),
         )
         return {
             "panoptic_seg": panoptic_seg,
@@ -220,12 +223,8 @@ class PanopticPANet(PanopticFPN):
 
 
 def _resize(instances, sem_seg, image_size, height, width):
-    """
-    Detectron2's postprocessing of one image's raw outputs, shared by the eager and traced routes:
-    ``detector_postprocess`` (boxes scaled and clipped to (height, width), masks pasted) and
-    ``sem_seg_postprocess`` (padding cropped, logits (NUM_CLASSES, h, w) resized). Under tracing
-    ``height`` and ``width`` may be 0-dim tensors, and they stay dynamic in the graph.
-    """
+    """Detectron2's ``detector_postprocess`` and ``sem_seg_postprocess`` of one image (eager and
+    traced routes; traced 0-dim ``height`` and ``width`` stay dynamic in the graph)."""
     return (
         detector_postprocess(instances, height, width),
         sem_seg_postprocess(sem_seg, image_size, height, width),
@@ -240,17 +239,12 @@ def panoptic_postprocess(
     sem_seg: torch.Tensor,
     image_size: torch.Tensor,
     output_size: torch.Tensor,
-    overlap_threshold: float,
-    stuff_area_thresh: float,
-    instances_score_thresh: float,
+    thresholds: Tuple[float, float, float],
 ) -> Dict[str, torch.Tensor]:
     """
-    :meth:`PanopticPANet._postprocess_one` in tensor form: Detectron2's ``detector_postprocess``
-    (boxes scaled to the output size, clipped, empty ones dropped, masks pasted) and
-    ``sem_seg_postprocess`` (padding cropped, logits resized), then
-    :func:`merge_panoptic_tensors`, with the same operations in the same order (so the same
-    results), in the Python that TorchScript compiles: what a scripted model runs (those two
-    Detectron2 functions are not scriptable; eager and traced models call them).
+    :meth:`PanopticPANet._postprocess_tensors` in the Python that TorchScript compiles (what a
+    scripted model runs): Detectron2's ``detector_postprocess`` and ``sem_seg_postprocess``, which
+    do not script, operation for operation (so the same results), then the tensor merge.
 
     Args:
         boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M): detector outputs at the
@@ -258,6 +252,7 @@ def panoptic_postprocess(
         sem_seg (NUM_CLASSES, H', W'): semantic logits of the padded image.
         image_size, output_size (Tensor): (2,) ints, height and width of the input image and of
             the outputs.
+        thresholds: overlap, stuff area and instance score thresholds of the merge.
     """
     image_h, image_w = int(image_size[0]), int(image_size[1])
     height, width = int(output_size[0]), int(output_size[1])
@@ -274,14 +269,9 @@ def panoptic_postprocess(
         mode="bilinear",
         align_corners=False,
     )[0]
+    overlap, stuff_area, score = thresholds
     panoptic_seg, segments = merge_panoptic_tensors(
-        scores,
-        classes,
-        masks,
-        sem_seg.argmax(dim=0),
-        overlap_threshold,
-        stuff_area_thresh,
-        instances_score_thresh,
+        scores, classes, masks, sem_seg.argmax(dim=0), overlap, stuff_area, score
     )
     return {
         "panoptic_seg": panoptic_seg,

@@ -1,43 +1,16 @@
 # -*- coding: utf-8 -*-
-"""Panoptic FPN's instance/semantic merge, exactly as Detectron2 computes it, in two forms.
-
-One algorithm (Kirillov et al., "Panoptic Feature Pyramid Networks"; Detectron2's
-``panoptic_fpn.combine_semantic_and_instance_outputs``), one form per need:
-
-* :func:`combine_semantic_and_instance_outputs`, the eager merge (``PanopticPANet.inference``,
-  the evaluators, the demo): a drop-in replacement of Detectron2's function, with bit-for-bit the
-  same outputs (segment map and ``segments_info``: order, ids, Python value types). On the CPU it
-  runs the fast merge below. Why it exists, measured (``flock /tmp/panet_heavy.lock python3
-  benchmarks/bench_panoptic_merge.py --num-instances 100 --height 800 --width 1333 --repeats 21
-  --threads 2 --device cpu``; 2-core CPU VM, no GPU; 54 semantic labels; medians of 21, runs
-  interleaved, outputs checked identical): Detectron2 185.1 ms / this 14.1 ms per image
-  (13.1x) at Detectron2's default thresholds (0.5 / 4096 / 0.5), 236.0 ms / 19.3 ms (12.2x) with
-  every instance kept (score threshold 0). How: each instance is read and written on its mask's
-  tight box only, in NumPy on the tensors' memory (a box from short-circuiting bool ``argmax``;
-  per instance two ``count_nonzero`` and one masked write), with Detectron2's very decision
-  ``intersect_area * 1.0 / mask_area > overlap_threshold`` in Python arithmetic; stuff is one
-  ``bincount`` over the pixels (bin: label if free, label + L if taken) and one lookup table
-  instead of one full-image pass per label.
-* :func:`merge_panoptic_tensors`, the exportable form: tensors in, tensors out (segment map and
-  one row per segment, ``SEGMENT_FIELDS``; :func:`segments_to_info` turns them into
-  ``segments_info``), in the Python that TorchScript compiles (scripting; tracing through
-  ``torch.jit.script_if_tracing``, which keeps its data-dependent loop) and that the ONNX exporter
-  turns into a ``Loop``: what exported panoptic models run. It also serves tensors on an
-  accelerator in :func:`combine_semantic_and_instance_outputs`: a separate accelerator path
-  would need a measured GPU figure, and none is measured (no GPU in this project's runs).
-
-Both take the label maps the model produces (``sem_seg.argmax(dim=0)``: non-negative integer class
-ids) and bool masks (``detector_postprocess`` pastes them so) or numeric ones (non-zero =
-foreground, Detectron2's ``.to(dtype=torch.bool)``).
+"""
+Panoptic FPN's merge of instances and semantic labels, with the results of Detectron2's
+``panoptic_fpn.combine_semantic_and_instance_outputs`` bit for bit, in two forms:
+:func:`combine_semantic_and_instance_outputs` (eager, a drop-in replacement, fast on the CPU) and
+:func:`merge_panoptic_tensors` (tensors in and out: TorchScript, tracing, ONNX). The thresholds
+are the model's (``PanopticPANet.combine_*``). Method and speed: docs/deployment.md.
 """
 
-import math
-from numbers import Real
 from typing import Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from ...errors import ConfigError
 
@@ -46,7 +19,6 @@ __all__ = [
     "merge_panoptic_tensors",
     "segments_to_info",
     "SEGMENT_FIELDS",
-    "PanopticMerge",
 ]
 
 # Semantic labels are class ids of the semantic head's argmax: integers in [0, _LABEL_LIMIT).
@@ -72,8 +44,8 @@ def combine_semantic_and_instance_outputs(
     4. every semantic label except 0 ("other" = things), in ascending order, gets the next id on
        its free pixels if that area is ``>= stuff_area_thresh``.
 
-    CPU tensors take the fast merge (see the module's docstring for its measured speed-up); other
-    devices take :func:`merge_panoptic_tensors`.
+    CPU tensors take the fast merge; other devices, and tracing (e.g. Detectron2's
+    ``FlopCountAnalysis``), take :func:`merge_panoptic_tensors`.
 
     Args:
         instance_results (Instances): N instances with ``scores`` (N,) float, ``pred_classes``
@@ -89,15 +61,12 @@ def combine_semantic_and_instance_outputs(
             "isthing": True, "score": float, "category_id": int, "instance_id": int}``; stuff:
             ``{"id": int, "isthing": False, "category_id": int, "area": int}``.
     """
+    thresholds = (overlap_threshold, stuff_area_thresh, instances_score_thresh)
+    if torch.jit.is_tracing():  # a traced graph holds tensors and compiled code only
+        return _merge_by_tensor_form(instance_results, semantic_results, *thresholds)
     _check_inputs(instance_results.pred_masks, semantic_results)
     if semantic_results.device.type != "cpu":
-        return _merge_by_tensor_form(
-            instance_results,
-            semantic_results,
-            overlap_threshold,
-            stuff_area_thresh,
-            instances_score_thresh,
-        )
+        return _merge_by_tensor_form(instance_results, semantic_results, *thresholds)
     panoptic_seg = torch.zeros_like(semantic_results, dtype=torch.int32)
     pan = panoptic_seg.numpy()
     occupied = np.zeros(pan.shape, dtype=bool)  # the pixels the things took
@@ -105,13 +74,7 @@ def combine_semantic_and_instance_outputs(
     masks, mask_rows = _candidate_masks(instance_results.pred_masks, cand)
     accepted = _things_cpu(masks, mask_rows, pan, occupied, overlap_threshold)
     segments_info = [
-        {
-            "id": k + 1,
-            "isthing": True,
-            "score": cand_scores[j],
-            "category_id": cand_classes[j],
-            "instance_id": cand[j],
-        }
+        _segment_info(k + 1, cand_classes[j], True, cand_scores[j], cand[j])
         for k, j in enumerate(accepted)
     ]
     sem = semantic_results.detach().numpy()
@@ -143,8 +106,7 @@ def _check_inputs(pred_masks, semantic_results):
 
 
 def _merge_by_tensor_form(instances, sem, overlap_threshold, stuff_area, score_thresh):
-    """:func:`combine_semantic_and_instance_outputs` by :func:`merge_panoptic_tensors` (tensors
-    on an accelerator: no accelerator path is measured faster, so the tensor form serves)."""
+    """:func:`combine_semantic_and_instance_outputs` by :func:`merge_panoptic_tensors`."""
     device = sem.device
     panoptic_seg, segments = merge_panoptic_tensors(
         instances.scores.to(device),
@@ -206,7 +168,7 @@ def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
             continue
         seg_id = num_things + len(info) + 1
         lut[label] = seg_id
-        info.append({"id": seg_id, "isthing": False, "category_id": label, "area": area})
+        info.append(_segment_info(seg_id, label, False, area))
     if info:  # free pixels are 0 and taken pixels map to 0: adding writes the stuff ids
         pan += lut.take(bins)
     return info
@@ -319,23 +281,28 @@ def merge_panoptic_tensors(
     panoptic_seg, things = _things_tensors(
         scores, masks.to(torch.bool), H, W, overlap_threshold, instances_score_thresh
     )
-    num_things = things.shape[0]
-    segments = torch.stack(
-        [
-            torch.arange(1, num_things + 1, device=sem_seg.device).to(torch.float64),
-            classes[things].to(torch.float64),
-            torch.ones(num_things, dtype=torch.float64, device=sem_seg.device),
-            scores[things].to(torch.float64),
-            things.to(torch.float64),
-        ],
-        dim=1,
-    )
+    ids = torch.arange(1, things.shape[0] + 1, device=sem_seg.device)
+    segments = _segment_rows(ids, classes[things], 1.0, scores[things], things)
     if H > 0 and W > 0:
         panoptic_seg, stuff_rows = _stuff_tensors(
-            sem_seg, panoptic_seg, num_things, stuff_area_thresh
+            sem_seg, panoptic_seg, things.shape[0], stuff_area_thresh
         )
         segments = torch.cat([segments, stuff_rows])
     return panoptic_seg, segments
+
+
+def _segment_rows(
+    ids: torch.Tensor,
+    categories: torch.Tensor,
+    isthing: float,
+    values: torch.Tensor,
+    instances: torch.Tensor,
+) -> torch.Tensor:
+    """Rows (S, 5) float64 of :data:`SEGMENT_FIELDS`, one per id."""
+    f64 = torch.float64
+    flag = torch.full((ids.shape[0],), isthing, dtype=f64, device=ids.device)
+    columns = [ids.to(f64), categories.to(f64), flag, values.to(f64), instances.to(f64)]
+    return torch.stack(columns, dim=1)
 
 
 def _things_tensors(
@@ -404,22 +371,25 @@ def _stuff_tensors(
     keep = present & torch.logical_not(free_area.to(torch.float64) < stuff_area_thresh)
     keep = keep & (torch.arange(num_labels, device=device) > 0)
     stuff = torch.nonzero(keep)[:, 0]
-    n = stuff.shape[0]
-    ids = torch.arange(n, device=device) + (num_things + 1)
+    ids = torch.arange(stuff.shape[0], device=device) + (num_things + 1)
     lut = torch.zeros(num_labels, dtype=torch.int32, device=device)
     lut = lut.index_put((stuff,), ids.to(torch.int32))
     stuff_ids = torch.where(free, lut[labels], torch.zeros_like(panoptic_seg).reshape(-1))
-    stuff_rows = torch.stack(
-        [
-            ids.to(torch.float64),
-            stuff.to(torch.float64),
-            torch.zeros(n, dtype=torch.float64, device=device),
-            free_area[stuff].to(torch.float64),
-            torch.full((n,), -1.0, dtype=torch.float64, device=device),
-        ],
-        dim=1,
-    )
-    return panoptic_seg + stuff_ids.reshape(H, W), stuff_rows
+    rows = _segment_rows(ids, stuff, 0.0, free_area[stuff], torch.full_like(stuff, -1))
+    return panoptic_seg + stuff_ids.reshape(H, W), rows
+
+
+def _segment_info(seg_id, category, isthing, value, instance=-1):
+    """One dict of Detectron2's ``segments_info``: ``value`` is a thing's score, a stuff's area."""
+    if isthing:
+        return {
+            "id": int(seg_id),
+            "isthing": True,
+            "score": value,
+            "category_id": int(category),
+            "instance_id": int(instance),
+        }
+    return {"id": int(seg_id), "isthing": False, "category_id": int(category), "area": int(value)}
 
 
 def segments_to_info(segments):
@@ -428,123 +398,4 @@ def segments_to_info(segments):
     :func:`combine_semantic_and_instance_outputs`) from the (S, 5) rows of
     :func:`merge_panoptic_tensors` (a tensor or a numpy array, e.g. an ONNX Runtime output).
     """
-    info = []
-    for seg_id, category, isthing, value, instance in np.asarray(segments).tolist():
-        if isthing:
-            info.append(
-                {
-                    "id": int(seg_id),
-                    "isthing": True,
-                    "score": value,
-                    "category_id": int(category),
-                    "instance_id": int(instance),
-                }
-            )
-        else:
-            info.append(
-                {
-                    "id": int(seg_id),
-                    "isthing": False,
-                    "category_id": int(category),
-                    "area": int(value),
-                }
-            )
-    return info
-
-
-# Detectron2 config keys of the thresholds, for error messages.
-_CFG_KEYS = {
-    "overlap_threshold": "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH",
-    "stuff_area_thresh": "MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT",
-    "instances_score_thresh": "MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",
-}
-
-
-def _check_number(name, value, lo, hi):
-    key = _CFG_KEYS[name]
-    allowed = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-    ok = isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
-    if ok:
-        ok = value >= lo and (hi is None or value <= hi)
-    if not ok:
-        raise ConfigError(
-            f"Invalid panoptic merge setting {key} ({name}) = {value!r}: "
-            f"must be a number in the range {allowed}."
-        )
-    return value
-
-
-class PanopticMerge(nn.Module):
-    """The panoptic merge with validated thresholds, as a module without parameters.
-
-    ``PanopticMerge.from_config(cfg)`` reads ``cfg.MODEL.PANOPTIC_FPN.COMBINE``
-    (OVERLAP_THRESH, STUFF_AREA_LIMIT, INSTANCES_CONFIDENCE_THRESH). Thresholds must
-    be in [0, 1] and the area limit >= 0, otherwise ``ValueError`` naming the config
-    key, the value and the allowed range.
-
-    * ``merge(instances, sem_seg)`` -> ``(panoptic_seg (H, W) int32, segments_info)``, see
-      :func:`combine_semantic_and_instance_outputs` (eager; under ``torch.jit.trace``, e.g.
-      Detectron2's ``FlopCountAnalysis``, computed by the tensor form).
-    * ``merge.merge_tensors(scores, classes, masks, sem_seg)`` -> ``(panoptic_seg, segments)``,
-      see :func:`merge_panoptic_tensors` (scripting, tracing, ONNX).
-    """
-
-    def __init__(self, overlap_threshold=0.5, stuff_area_thresh=4096, instances_score_thresh=0.5):
-        super().__init__()
-        self.overlap_threshold = _check_number("overlap_threshold", overlap_threshold, 0, 1)
-        self.stuff_area_thresh = _check_number("stuff_area_thresh", stuff_area_thresh, 0, None)
-        self.instances_score_thresh = _check_number(
-            "instances_score_thresh", instances_score_thresh, 0, 1
-        )
-
-    @classmethod
-    def from_config(cls, cfg):
-        c = cfg.MODEL.PANOPTIC_FPN.COMBINE
-        return cls(
-            overlap_threshold=c.OVERLAP_THRESH,
-            stuff_area_thresh=c.STUFF_AREA_LIMIT,
-            instances_score_thresh=c.INSTANCES_CONFIDENCE_THRESH,
-        )
-
-    @torch.jit.unused
-    def forward(self, instance_results, semantic_results):
-        if torch.jit.is_tracing():  # a traced graph holds tensors and compiled code only
-            panoptic_seg, segments = self.merge_tensors(
-                instance_results.scores,
-                instance_results.pred_classes,
-                instance_results.pred_masks.to(semantic_results.device),
-                semantic_results,
-            )
-            return panoptic_seg, segments_to_info(segments)
-        return combine_semantic_and_instance_outputs(
-            instance_results,
-            semantic_results,
-            self.overlap_threshold,
-            self.stuff_area_thresh,
-            self.instances_score_thresh,
-        )
-
-    def merge_tensors(
-        self,
-        scores: torch.Tensor,
-        classes: torch.Tensor,
-        masks: torch.Tensor,
-        sem_seg: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """:func:`merge_panoptic_tensors` with this module's thresholds."""
-        return merge_panoptic_tensors(
-            scores,
-            classes,
-            masks,
-            sem_seg,
-            float(self.overlap_threshold),
-            float(self.stuff_area_thresh),
-            float(self.instances_score_thresh),
-        )
-
-    def extra_repr(self):
-        return (
-            f"overlap_threshold={self.overlap_threshold}, "
-            f"stuff_area_thresh={self.stuff_area_thresh}, "
-            f"instances_score_thresh={self.instances_score_thresh}"
-        )
+    return [_segment_info(*row) for row in np.asarray(segments).tolist()]
