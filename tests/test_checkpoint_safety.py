@@ -216,7 +216,10 @@ def test_architecture_mismatch(instance_state, tmp_path):
     # but a warm start when training (copied to every level)
     no_afp = _save(tmp_path, "no_afp.pth", no_afp_model.state_dict())
     model = _model(seed=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     assert "set MODEL.AFP.ENABLED False" in _error(model, no_afp)
+    # a refused file leaves the model as it was (the check runs on what fvcore loaded)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     PANetCheckpointer(model, warm_start=True).load(no_afp)
     fc1 = model.roi_heads.box_head.fc1.per_level.weight
     assert torch.equal(fc1[0], no_afp_model.roi_heads.box_head.fc1.weight)
