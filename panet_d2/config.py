@@ -1,10 +1,8 @@
 # -*- coding: utf-8 -*-
 """
-Config keys of the PANet project (every key has the PANet paper's choice as its default), and
-:func:`load_config_file`, the one loader of a yacs or LazyConfig file with options.
-
-Paper: Liu et al., "Path Aggregation Network for Instance Segmentation", CVPR 2018.
-Table numbers in the comments refer to that paper.
+Config keys of PANet (defaults: the paper's choices; table numbers refer to Liu et al., "Path
+Aggregation Network for Instance Segmentation", CVPR 2018) and :func:`load_config_file`, the one
+loader of yacs and LazyConfig files.
 """
 
 import os
@@ -155,6 +153,15 @@ class _CheckedConfigFile(CN):
             )
         try:
             with open(filename) as f:
+                alias = next((e for e in yaml.parse(f) if isinstance(e, yaml.AliasEvent)), None)
+                if alias is not None:  # nested aliases can stand for billions of values
+                    raise ConfigError(
+                        "{} uses a YAML alias (*{}, line {}): config files are plain data, "
+                        "write the value out.".format(
+                            where, alias.anchor, alias.start_mark.line + 1
+                        )
+                    )
+                f.seek(0)
                 data = yaml.safe_load(f)
         except yaml.YAMLError as e:
             what = "holds a Python tag (config files are read as data, with yaml.safe_load)"

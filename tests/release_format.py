@@ -31,24 +31,7 @@ def release_shapes(variant, w, blocks=(3, 4, 6, 3), roi=(7, 14), levels=4):
             heads; levels: RoI levels (N2..N5).
     """
     s = {}
-    body = "Conv_Body.conv_body."
-    s[body + "res1.conv1.weight"] = (w["stem"], 3, 7, 7)
-    s[body + "res1.bn1.weight"] = s[body + "res1.bn1.bias"] = (w["stem"],)
-    c_in, outs = w["stem"], []
-    for k, n in enumerate(blocks):
-        inner, out = w["bottleneck"] * 2**k, w["res2"] * 2**k
-        for b in range(n):
-            p = body + "res%d.%d." % (k + 2, b)
-            s[p + "conv1.weight"] = (inner, c_in, 1, 1)
-            s[p + "conv2.weight"] = (inner, inner, 3, 3)
-            s[p + "conv3.weight"] = (out, inner, 1, 1)
-            for i, c in ((1, inner), (2, inner), (3, out)):
-                s[p + "bn%d.weight" % i] = s[p + "bn%d.bias" % i] = (c,)
-            if b == 0:
-                s[p + "downsample.0.weight"] = (out, c_in, 1, 1)
-                s[p + "downsample.1.weight"] = s[p + "downsample.1.bias"] = (out,)
-            c_in = out
-        outs.append(out)
+    outs = _resnet_shapes(s, w, blocks)
     F = w["fpn"]
 
     def gn(prefix, c):
@@ -89,18 +72,45 @@ def release_shapes(variant, w, blocks=(3, 4, 6, 3), roi=(7, 14), levels=4):
     s["Box_Outs.cls_score.weight"], s["Box_Outs.cls_score.bias"] = (K1, D), (K1,)
     s["Box_Outs.bbox_pred.weight"], s["Box_Outs.bbox_pred.bias"] = (4 * K1, D), (4 * K1,)
     if variant == "mask":
-        M = w["mask_conv"]
-        for lv in range(levels):
-            s["Mask_Head.mask_conv1.%d.0.weight" % lv] = (M, F, 3, 3)
-            gn("Mask_Head.mask_conv1.%d.1." % lv, M)
-        for j in range(2):
-            s["Mask_Head.conv_fcn.%d.weight" % (3 * j)] = (M, M, 3, 3)
-            gn("Mask_Head.conv_fcn.%d." % (3 * j + 1), M)
-        for name, c in (("mask_conv4", M), ("mask_conv4_fc", M), ("mask_conv5_fc", M // 2)):
-            s["Mask_Head.%s.0.weight" % name] = (c, M, 3, 3)
-            gn("Mask_Head.%s.1." % name, c)
-        s["Mask_Head.mask_fc.0.weight"] = ((2 * roi[1]) ** 2, M // 2 * roi[1] ** 2)
-        s["Mask_Head.mask_fc.0.bias"] = ((2 * roi[1]) ** 2,)
-        s["Mask_Head.upconv.weight"], s["Mask_Head.upconv.bias"] = (M, M, 2, 2), (M,)
-        s["Mask_Outs.classify.weight"], s["Mask_Outs.classify.bias"] = (K1, M, 1, 1), (K1,)
+        _mask_shapes(s, gn, w["mask_conv"], F, K1, roi[1], levels)
     return s
+
+
+def _resnet_shapes(s, w, blocks):
+    """ResNet_convX_body's tensors into ``s``; returns the stage output widths."""
+    body = "Conv_Body.conv_body."
+    s[body + "res1.conv1.weight"] = (w["stem"], 3, 7, 7)
+    s[body + "res1.bn1.weight"] = s[body + "res1.bn1.bias"] = (w["stem"],)
+    c_in, outs = w["stem"], []
+    for k, n in enumerate(blocks):
+        inner, out = w["bottleneck"] * 2**k, w["res2"] * 2**k
+        for b in range(n):
+            p = body + "res%d.%d." % (k + 2, b)
+            s[p + "conv1.weight"] = (inner, c_in, 1, 1)
+            s[p + "conv2.weight"] = (inner, inner, 3, 3)
+            s[p + "conv3.weight"] = (out, inner, 1, 1)
+            for i, c in ((1, inner), (2, inner), (3, out)):
+                s[p + "bn%d.weight" % i] = s[p + "bn%d.bias" % i] = (c,)
+            if b == 0:
+                s[p + "downsample.0.weight"] = (out, c_in, 1, 1)
+                s[p + "downsample.1.weight"] = s[p + "downsample.1.bias"] = (out,)
+            c_in = out
+        outs.append(out)
+    return outs
+
+
+def _mask_shapes(s, gn, M, F, K1, roi, levels):
+    """mask_rcnn_fcn_head_v1up4convs_gn_adp_ff + mask_rcnn_outputs' tensors into ``s``."""
+    for lv in range(levels):
+        s["Mask_Head.mask_conv1.%d.0.weight" % lv] = (M, F, 3, 3)
+        gn("Mask_Head.mask_conv1.%d.1." % lv, M)
+    for j in range(2):
+        s["Mask_Head.conv_fcn.%d.weight" % (3 * j)] = (M, M, 3, 3)
+        gn("Mask_Head.conv_fcn.%d." % (3 * j + 1), M)
+    for name, c in (("mask_conv4", M), ("mask_conv4_fc", M), ("mask_conv5_fc", M // 2)):
+        s["Mask_Head.%s.0.weight" % name] = (c, M, 3, 3)
+        gn("Mask_Head.%s.1." % name, c)
+    s["Mask_Head.mask_fc.0.weight"] = ((2 * roi) ** 2, M // 2 * roi**2)
+    s["Mask_Head.mask_fc.0.bias"] = ((2 * roi) ** 2,)
+    s["Mask_Head.upconv.weight"], s["Mask_Head.upconv.bias"] = (M, M, 2, 2), (M,)
+    s["Mask_Outs.classify.weight"], s["Mask_Outs.classify.bias"] = (K1, M, 1, 1), (K1,)

@@ -137,3 +137,30 @@ def test_ddp_on_cpu_is_scoped(monkeypatch):
     with compat.ddp_on_cpu():
         assert _ddp_kwargs(monkeypatch, defaults.create_ddp_model)["device_ids"] is None
     assert defaults.create_ddp_model is original
+
+
+# ---- the list of workarounds (docs/design.md) ----------------------------------------------------
+def test_every_workaround_is_listed_in_the_docs():
+    """Each ``# UPSTREAM-WORKAROUND <id>:`` marker of the repository and each workaround of
+    compat.py has its entry in docs/design.md (Workarounds of upstream behaviour), and each entry
+    names one of them in the file that has it."""
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    markers = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "build")]
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path) as f:
+                    for found in re.findall(r"# UPSTREAM-WORKAROUND ([\w-]+):", f.read()):
+                        assert found not in markers, found  # one marker per workaround
+                        markers[found] = os.path.relpath(path, root)
+    with open(os.path.join(root, "docs", "design.md")) as f:
+        section = f.read().split("## Workarounds of upstream behaviour")[1]
+    listed = dict(re.findall(r"^- `([\w-]+)` \(`([^`]+)`\)", section, re.M))
+    assert listed == markers
+    in_compat = set(re.findall(r"^- `(\w+)`:", section, re.M))
+    assert in_compat == set(compat.__all__)
+    assert len(markers) >= 6  # the ones docs/design.md lists today

@@ -13,7 +13,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 
-from panet_d2.modeling.fast_rcnn import PANetFastRCNNOutputLayers, batched_nms
+from panet_d2.modeling.fast_rcnn import PANetFastRCNNOutputLayers, per_class_nms
 
 from .common import R18, panet_cfg
 
@@ -31,20 +31,20 @@ def _candidates(n, num_classes, seed):
 
 
 @pytest.mark.parametrize("n", [300, 3000])
-def test_batched_nms_equals_torchvision(n):
+def test_per_class_nms_equals_torchvision_batched_nms(n):
     # 3000 candidates: torchvision runs one NMS per class; 300: its coordinate trick (the same
     # result up to float rounding of shifted coordinates, none on these boxes)
     boxes, scores, classes = _candidates(n, 7, seed=n)
-    ours = batched_nms(boxes, scores, classes, 0.5, 7)
+    ours = per_class_nms(boxes, scores, classes, 0.5, 7)
     expected = tv_batched_nms(boxes, scores, classes, 0.5)
     assert 0 < len(ours) < n
     assert torch.equal(ours, expected)
 
 
-def test_traced_batched_nms_is_one_nms_per_class_for_any_number_of_candidates():
+def test_traced_per_class_nms_is_one_nms_per_class_for_any_number_of_candidates():
     class NMS(torch.nn.Module):
         def forward(self, boxes, scores, classes):
-            return batched_nms(boxes, scores, classes, 0.5, 7)
+            return per_class_nms(boxes, scores, classes, 0.5, 7)
 
     traced = torch.jit.trace(NMS(), _candidates(50, 7, seed=0), check_trace=False)
     # the graph: one NMS per class, not one over all candidates with shifted boxes
@@ -52,7 +52,7 @@ def test_traced_batched_nms_is_one_nms_per_class_for_any_number_of_candidates():
     for n in (0, 10, 2000):
         boxes, scores, classes = _candidates(n, 7, seed=n + 1)
         assert torch.equal(
-            traced(boxes, scores, classes), batched_nms(boxes, scores, classes, 0.5, 7)
+            traced(boxes, scores, classes), per_class_nms(boxes, scores, classes, 0.5, 7)
         )
         if n:
             assert torch.equal(
@@ -126,9 +126,9 @@ def test_equal_scores_keep_the_candidates_order_in_every_backend(tmp_path):
 
     class NMS(torch.nn.Module):
         def forward(self, boxes, scores, classes):
-            return batched_nms(boxes, scores, classes, 0.5, 3)
+            return per_class_nms(boxes, scores, classes, 0.5, 3)
 
-    ours = batched_nms(boxes, scores, classes, 0.5, 3)
+    ours = per_class_nms(boxes, scores, classes, 0.5, 3)
     index = torch.arange(60)
     expected = torch.cat([index[1::3], index[0::3], index[2::3]])
     assert torch.equal(ours, expected)

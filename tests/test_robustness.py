@@ -177,6 +177,15 @@ def test_bad_config_files(train_net, tmp_path):
     tagged = tmp_path / "tagged.yaml"  # nothing in a config file runs
     tagged.write_text("MODEL:\n  DEVICE: !!python/object/apply:os.getcwd []\n")
     assert error(tagged).startswith("Config file {!r} holds a Python tag".format(str(tagged)))
+    bomb = tmp_path / "bomb.yaml"  # nested aliases: 10^9 values in 11 lines, refused at once
+    levels = ["L0: &L0 [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]"]
+    for i in range(1, 9):
+        levels.append("L{}: &L{} [{}]".format(i, i, ", ".join(["*L{}".format(i - 1)] * 10)))
+    bomb.write_text("\n".join(levels) + "\nMODEL:\n  PIXEL_MEAN: *L8\n")
+    assert error(bomb) == (
+        "Config file {!r} uses a YAML alias (*L0, line 2): config files are plain data, write "
+        "the value out.".format(str(bomb))
+    )
     loop = tmp_path / "loop.yaml"
     loop.write_text('_BASE_: "loop.yaml"\n')
     assert "inherits from itself" in error(loop)

@@ -354,6 +354,20 @@ def expected_release_keys(release_model_state: Dict[str, torch.Tensor], variant:
     return out  # fmt: skip
 
 
+def _unconvertible(variant, unknown, missing):
+    unknown = (
+        "{} tensor(s) that no rule places: {}. ".format(len(unknown), unknown) if unknown else ""
+    )
+    missing = (
+        "{} tensor(s) of the release's model missing: {}.".format(len(missing), missing)
+        if missing
+        else ""
+    )
+    return CheckpointError(
+        "Cannot convert the PANet release's {!r} model: {}{}".format(variant, unknown, missing)
+    )
+
+
 def convert_release_state_dict(
     release_model_state: Dict[str, torch.Tensor], variant: str = None
 ) -> Dict[str, torch.Tensor]:
@@ -416,21 +430,7 @@ def convert_release_state_dict(
             base = new[: -len("weight")]
             out[base + "running_mean"], out[base + "running_var"] = _frozen_bn_buffers(t)
     if unknown or missing:
-        raise CheckpointError(
-            "Cannot convert the PANet release's {!r} model: {}{}".format(
-                variant,
-                (
-                    "{} tensor(s) that no rule places: {}. ".format(len(unknown), unknown)
-                    if unknown
-                    else ""
-                ),
-                (
-                    "{} tensor(s) of the release's model missing: {}.".format(len(missing), missing)
-                    if missing
-                    else ""
-                ),
-            )
-        )
+        raise _unconvertible(variant, unknown, missing)
     for (new, how), by_level in levels.items():
         L = max(by_level) + 1
         if sorted(by_level) != list(range(L)) or L < 2:

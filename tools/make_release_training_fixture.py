@@ -509,6 +509,18 @@ def run_variant(release, config, model_builder, converter, variant, out):
             },
         },
     }
+    doc["optimizer"] = optimizer_doc(release, model, cfg, (converter, variant), weights)
+    doc["sgd_update"] = release_sgd_update(
+        release, model, cfg, (converter, variant), weights, batch
+    )
+    doc["init"] = init_statistics(model_builder, converter, variant)
+    return doc
+
+
+def optimizer_doc(release, model, cfg, naming, weights):
+    """train_net_step.py's groups (per panet_d2 tensor: lr factor, weight decay), momentum, learning
+    rate schedule and solver settings. ``naming``: (converter, variant)."""
+    converter, variant = naming
     optimizer, _ = release_optimizer(release, model, cfg)
     net_utils = importlib.import_module("utils.net")
     net_utils.update_learning_rate(optimizer, 0.0, cfg.SOLVER.BASE_LR)  # the groups' factors
@@ -523,7 +535,7 @@ def run_variant(release, config, model_builder, converter, variant, out):
     lr = {k: torch.full_like(weights[k], g[0] / base) for k, g in groups.items()}
     wd = {k: torch.full_like(weights[k], g[1]) for k, g in groups.items()}
     lr, wd = (to_panet(converter, variant, weights, d) for d in (lr, wd))
-    doc["optimizer"] = {  # per panet_d2 tensor: (lr factor, weight decay)
+    return {  # per panet_d2 tensor: (lr factor, weight decay)
         "groups": {k: torch.tensor([lr[k].reshape(-1)[0], wd[k].reshape(-1)[0]]) for k in lr},
         "momentum": cfg.SOLVER.MOMENTUM,
         "schedule": {it: torch.tensor(v, dtype=torch.float64) for it, v in schedule.items()},
@@ -536,11 +548,6 @@ def run_variant(release, config, model_builder, converter, variant, out):
             "SCALE_MOMENTUM": cfg.SOLVER.SCALE_MOMENTUM,
         },
     }
-    doc["sgd_update"] = release_sgd_update(
-        release, model, cfg, (converter, variant), weights, batch
-    )
-    doc["init"] = init_statistics(model_builder, converter, variant)
-    return doc
 
 
 def release_sgd_update(release, model, cfg, naming, weights, batch):

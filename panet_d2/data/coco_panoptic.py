@@ -1,11 +1,7 @@
 # -*- coding: utf-8 -*-
-"""Registers COCO-format panoptic datasets in the separated convention, read without preprocessing.
-
-Unlike Detectron2's ``coco_2017_*_panoptic_separated``, no semantic PNG (of its
-``prepare_panoptic_fpn.py``) is needed: the dicts are ``load_coco_panoptic_json``'s (plus the
-instance ``annotations`` when an instances json is given), and :class:`PanopticDatasetMapper`
-makes the semantic targets from the panoptic PNGs. Importing this registers (names only)
-``coco_2017_{train,val}_panoptic_panet`` under ``$DETECTRON2_DATASETS``, as Detectron2 does.
+"""
+Registers COCO-format panoptic datasets in the separated convention, read without preprocessing
+(no semantic PNGs needed; docs/design.md).
 """
 
 import os

@@ -1,16 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-The one image reader of panet_d2 (training, evaluation and demo.py): :func:`read_image`, and
-:class:`ImageDatasetMapper`, Detectron2's ``DatasetMapper`` reading its images with it.
-
-Detectron2's ``read_image`` converts with PIL's ``convert``, which clips 16-bit pixels: a 16-bit
-grayscale PNG becomes an all-white image. Here 16-bit images are scaled to 8 bit; 32-bit integer
-and float images are refused with one line; every 8-bit mode (gray, RGB, RGBA, palette, CMYK, ...)
-and the EXIF orientation are read as Detectron2 reads them.
-
-A record whose width / height differ from the image as read (EXIF orientation applied) is one
-:class:`~panet_d2.errors.DatasetError` line naming the image, both sizes and the EXIF orientation
-(:func:`check_image_size`); a record with the upright size of a rotated photo is read as it is.
+The one image reader of panet_d2 (:func:`read_image`) and :class:`ImageDatasetMapper`,
+Detectron2's ``DatasetMapper`` reading with it (what differs from Detectron2's: docs/design.md).
 """
 
 import copy
@@ -37,6 +28,8 @@ def _is_16_bit(image):
     return image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG")
 
 
+# UPSTREAM-WORKAROUND pil-16-bit-read: Detectron2 0.6 read_image (PIL convert) clips 16-bit pixels:
+# a 16-bit grayscale PNG becomes white.
 def read_image(file_name, format=None, what="image"):
     """
     Args:

@@ -322,6 +322,37 @@ def _log_dropped(where, counts, total, polygons, first, then):
     logger.warning("{}; the first: {}. {}".format(msg, first, then))
 
 
+def _record_box(a):
+    box, mode = a.get("bbox"), a.get("bbox_mode", BoxMode.XYWH_ABS)
+    if box is not None and mode in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS):
+        return BoxMode.convert(list(box), mode, BoxMode.XYXY_ABS)
+    return None
+
+
+def _coco_box(a):
+    box = a.get("bbox")
+    return BoxMode.convert(list(box), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) if box else None
+
+
+def _valid_annotations(annos, box_of, masks, describe):
+    """
+    ``annos`` without the invalid ones (``_annotation_problem``), invalid polygons removed (such
+    annotations copied): (kept, Counter of reasons, polygons removed, ``describe(a)`` of the first
+    annotation with a problem or None).
+    """
+    kept, counts, polygons, first = [], Counter(), 0, None
+    for a in annos:
+        reason, valid, dropped = _annotation_problem(box_of(a), a.get("segmentation"), masks)
+        if reason is not None or dropped:
+            first = first or describe(a)
+        if reason is not None:
+            counts[reason] += 1
+        else:
+            polygons += dropped
+            kept.append(dict(a, segmentation=valid) if dropped else a)
+    return kept, counts, polygons, first
+
+
 def drop_invalid_annotations(dicts, names, key, masks):
     """
     The dataset dicts ``dicts`` (of datasets ``names``, config ``key``) without the invalid
@@ -337,24 +368,10 @@ def drop_invalid_annotations(dicts, names, key, masks):
         if not annos:
             out.append(d)
             continue
-        kept, changed = [], False
-        for a in annos:
-            box = a.get("bbox")
-            mode = a.get("bbox_mode", BoxMode.XYWH_ABS)
-            xyxy = None
-            if box is not None and mode in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS):
-                xyxy = BoxMode.convert(list(box), mode, BoxMode.XYXY_ABS)
-            reason, valid, dropped = _annotation_problem(xyxy, a.get("segmentation"), masks)
-            polygons += dropped if reason is None else 0
-            changed = changed or reason is not None or dropped > 0
-            if reason is not None or dropped:
-                first = first or "image {!r} ({!r})".format(d.get("image_id"), d.get("file_name"))
-            if reason is not None:
-                counts[reason] += 1
-            else:
-                kept.append(dict(a, segmentation=valid) if dropped else a)
-        total += len(annos)
-        out.append(dict(d, annotations=kept) if changed else d)
+        image = "image {!r} ({!r})".format(d.get("image_id"), d.get("file_name"))
+        kept, c, p, f = _valid_annotations(annos, _record_box, masks, lambda a: image)
+        counts, polygons, first, total = counts + c, polygons + p, first or f, total + len(annos)
+        out.append(dict(d, annotations=kept) if (c or p) else d)
     what = "Dataset{} {} ({})".format("s" * (len(names) > 1), ", ".join(map(repr, names)), key)
     files = [MetadataCatalog.get(n).get("json_file", None) for n in names]
     files = [f for f in files if f]
@@ -386,20 +403,10 @@ def drop_invalid_coco_annotations(coco_api, name, masks):
         int: the number of annotations dropped.
     """
     annos = coco_api.dataset.get("annotations", [])
-    kept, counts, polygons, first = [], Counter(), 0, None
-    for a in annos:
-        box = a.get("bbox")
-        xyxy = BoxMode.convert(list(box), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) if box else None
-        reason, valid, dropped = _annotation_problem(xyxy, a.get("segmentation"), masks)
-        if reason is not None or dropped:
-            first = first or "annotation {!r} of image {!r}".format(a.get("id"), a.get("image_id"))
-        if reason is not None:
-            counts[reason] += 1
-            continue
-        if dropped:
-            polygons += dropped
-            a["segmentation"] = valid
-        kept.append(a)
+    describe = "annotation {!r} of image {!r}".format
+    kept, counts, polygons, first = _valid_annotations(
+        annos, _coco_box, masks, lambda a: describe(a.get("id"), a.get("image_id"))
+    )
     if len(kept) != len(annos) or polygons:
         coco_api.dataset["annotations"] = kept
         with contextlib.redirect_stdout(io.StringIO()):

@@ -1,11 +1,7 @@
 # -*- coding: utf-8 -*-
 """
 Exact ``--resume``: the random generator states in every checkpoint and a training sampler that
-skips the samples the interrupted run already used (Detectron2 restores the iteration, model,
-optimizer and LR schedule, but restarts the data stream and the random generators). A resumed run
-is then the interrupted one (same data order, augmentations and RoI sampling): exactly on one
-process with DATALOADER.NUM_WORKERS 0 when the images fall in one aspect-ratio group, as tested;
-otherwise the data stream still continues where it stopped.
+skips the samples the interrupted run already used (docs/design.md).
 """
 
 import contextlib

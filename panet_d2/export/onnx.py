@@ -33,6 +33,8 @@ def _output_names(schema, num_outputs: int) -> List[str]:
     return ["output{}".format(k) for k in range(num_outputs)]
 
 
+# UPSTREAM-WORKAROUND onnx-if-branch-types: Detectron2 0.6 paste_masks_in_image returns uint8 for
+# zero instances and bool otherwise; ONNX Runtime 1.x refuses an If with such branches.
 def _unify_if_branch_types(onnx_model) -> int:
     """
     Give the empty tensor that one branch of an ONNX ``If`` makes (``ConstantOfShape``) the element

@@ -1,12 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-PANet's model zoo, in the manner of :mod:`detectron2.model_zoo`: the configs of ``configs/``
-(shipped inside the package as ``panet_d2/model_zoo/configs``) by their relative path.
-
-    from panet_d2 import model_zoo
-    cfg = model_zoo.get_config("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")  # CfgNode
-    lazy = model_zoo.get_config("new_baselines/panet_R_50_FPN_100ep_LSJ.py")  # LazyConfig
-    model = model_zoo.get("quick_schedules/panet_R_18_synth_instance.yaml", device="cpu")
+PANet's model zoo, as :mod:`detectron2.model_zoo`: the configs of ``configs/`` by relative path,
+e.g. ``model_zoo.get_config("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")``.
 """
 
 from .model_zoo import (

@@ -1,27 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-PANet's model zoo: configs by their path relative to the repository's ``configs/`` directory,
-in the manner of :mod:`detectron2.model_zoo` (same functions and arguments).
-
-Where the configs are found:
-
-1. ``panet_d2/model_zoo/configs`` inside the package: setup.py links (editable / develop
-   installs) or copies (other installs) ``<repo>/configs`` there at build time, as Detectron2's
-   setup.py does for its model zoo; so an installed panet_d2 finds its configs from anywhere.
-2. ``<repo>/configs`` of a source checkout used without installing (the package directory
-   ``panet_d2`` next to ``configs/``).
-
-Every config reaches its bases through relative paths (``_BASE_`` of the yacs ``.yaml`` files,
-relative imports of the LazyConfig ``.py`` files), so a config resolves wherever the tree is
-(package, checkout, or any copy). As in Detectron2's model zoo, a ``.yaml`` file gives a yacs
-``CfgNode`` and a ``.py`` file a LazyConfig (``omegaconf.DictConfig``).
-
-Trained weights: panet_d2 publishes none, so ``trained=True`` raises an error (as Detectron2 does
-for a config without released weights) saying what exists: for the release configs
-(``*_release_*.yaml``), the authors' trained model and how to convert it
-(``tools/convert_panet_release.py``); ``trained=False`` keeps the config's MODEL.WEIGHTS /
-``train.init_checkpoint`` (ImageNet-pretrained backbones for the COCO / Cityscapes configs, ""
-for the quick schedules, which train from scratch).
+PANet's model zoo: configs by their path relative to ``configs/``, with the functions and
+arguments of :mod:`detectron2.model_zoo` (where the configs are found: docs/design.md).
 """
 
 import os

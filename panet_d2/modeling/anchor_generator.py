@@ -1,19 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-Detectron (v1)'s quantised anchors, which the authors' PANet release (Detectron.pytorch) uses.
-
-Detectron2's :class:`DefaultAnchorGenerator` gives an anchor of size S and aspect ratio r (h / w)
-the exact shape w = S / sqrt(r), h = S * sqrt(r). Detectron derives it from a stride-sized square
-with whole-pixel rounding (its ``generate_anchors``): for stride s,
-
-    w0 = round(sqrt(s * s / r)),   h0 = round(w0 * r),   (w, h) = (w0, h0) * S / s
-
-(``round`` halves to even, as NumPy's), so e.g. at stride 4, size 32 and r = 0.5 its anchor is
-48 x 24 where Detectron2's is 45.25 x 22.63 (Detectron2's notes/compatibility.md: "In Detectron,
-the anchors were quantized and do not have accurate areas"). A model trained with Detectron's
-anchors predicts its RPN deltas relative to them; :class:`DetectronAnchorGenerator` gives it those
-anchors back (MODEL.ANCHOR_GENERATOR.NAME "DetectronAnchorGenerator", with OFFSET 0.5: Detectron
-centres its anchors at (s - 1) / 2 in its inclusive pixel coordinates, i.e. s / 2 in Detectron2's).
+Detectron (v1)'s quantised anchors, which the authors' PANet release uses (the rounding rule:
+docs/design.md).
 """
 
 import math

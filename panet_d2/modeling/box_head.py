@@ -1,11 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-The box head of PANet: Detectron2's conv/fc box head with adaptive feature pooling.
-
-* 2fc head (paper default): per-level fc1, max fusion, fc2 ("fc1fu.fc2" in Table 4).
-* Heavier head (HHD, Table 3): MODEL.ROI_BOX_HEAD.NUM_CONV = 4, NUM_FC = 1: four 3x3 convs shared
-  by classification and regression, then one fc; with AFP the first conv is per level and the
-  fusion follows it.
+The box head of PANet: Detectron2's conv/fc box head with adaptive feature pooling (per-level
+first layer, fusion, then the shared layers; the 2fc head and the heavier head of Table 3).
 """
 
 from typing import List

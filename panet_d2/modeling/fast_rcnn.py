@@ -1,19 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-The box predictor's inference with a per-class NMS that traces.
-
-Detectron2's ``fast_rcnn_inference`` calls torchvision's ``batched_nms``, which in eager mode and
-in scripted graphs runs one NMS per class when there are more than 1000 (box, class) candidates,
-but which, when traced (TorchScript tracing and so ONNX export), always runs its "coordinate
-trick": one NMS over all candidates, the boxes of each class shifted apart. NMS is quadratic in
-its candidates, so a traced PANet R50 with every candidate kept (80,000) spent 8.4 s in that one
-call, against a few milliseconds per class in eager mode.
-
-:func:`batched_nms` here runs one NMS per class in every mode: a loop over the classes that
-tracing unrolls (the number of classes is a constant of the model), so traced graphs and ONNX
-graphs cost what eager mode costs. Eager, scripted, traced and ONNX models all use it, so all of
-them keep the same detections (exactly, on the same kernels).
-"""
+"""The box predictor's inference with a per-class NMS that traces (docs/design.md)."""
 
 from typing import List, Tuple
 
@@ -23,10 +9,12 @@ from torchvision.ops import nms
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["batched_nms", "fast_rcnn_inference_single_image", "PANetFastRCNNOutputLayers"]
+__all__ = ["per_class_nms", "fast_rcnn_inference_single_image", "PANetFastRCNNOutputLayers"]
 
 
-def batched_nms(
+# UPSTREAM-WORKAROUND traced-batched-nms: torchvision 0.29 batched_nms, when traced, always runs
+# one NMS over all candidates (its coordinate trick: 8.4 s for PANet R50's 80,000 candidates).
+def per_class_nms(
     boxes: torch.Tensor,
     scores: torch.Tensor,
     classes: torch.Tensor,
@@ -74,7 +62,7 @@ def fast_rcnn_inference_single_image(
 ) -> Tuple[Instances, torch.Tensor]:
     """
     Detectron2's ``fast_rcnn_inference_single_image`` (same arguments and results) with
-    :func:`batched_nms`. Its one data-dependent branch (dropping proposals with non-finite
+    :func:`per_class_nms`. Its one data-dependent branch (dropping proposals with non-finite
     predictions only if there are any) is unconditional here, which gives the same result and
     traces.
     """
@@ -94,7 +82,7 @@ def fast_rcnn_inference_single_image(
     else:
         boxes = boxes[candidates]
     scores = scores[candidates]
-    keep = batched_nms(boxes, scores, index[:, 1], nms_thresh, num_classes)
+    keep = per_class_nms(boxes, scores, index[:, 1], nms_thresh, num_classes)
     if topk_per_image >= 0:
         keep = keep[:topk_per_image]
     kept = index[keep]  # (D, 2): proposal, class of each detection
@@ -107,7 +95,7 @@ def fast_rcnn_inference_single_image(
 class PANetFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
     Detectron2's :class:`FastRCNNOutputLayers` (same layers, losses and weights) whose inference
-    runs NMS per class in every mode (:func:`batched_nms`), so that traced and ONNX graphs cost
+    runs NMS per class in every mode (:func:`per_class_nms`), so that traced and ONNX graphs cost
     what eager mode does.
     """
 

@@ -1,11 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-Fully-connected fusion (FF), Sec. 3.3 of the PANet paper.
-
-The mask FCN predicts K per-class masks with local, position-shared convolutions. FF adds a short
-path from one of its convs (conv3 by default): two 3x3 convs (the second halving the channels) and
-one fc layer producing a 28 x 28 class-agnostic foreground/background mask, fused with every
-class's mask logits (sum by default).
+Fully-connected fusion (FF), Sec. 3.3 of the PANet paper: a conv-conv-fc path from one mask FCN
+conv, a class-agnostic 28 x 28 mask fused with every class's mask logits.
 """
 
 import fvcore.nn.weight_init as weight_init

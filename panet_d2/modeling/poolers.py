@@ -1,17 +1,7 @@
 # -*- coding: utf-8 -*-
 """
 The pooler of adaptive feature pooling (AFP), Sec. 3.2 of the PANet paper: every proposal pooled
-from every pyramid level.
-
-FPN pools each proposal from the single level its size selects. AFP instead pools every proposal
-from every level with RoIAlign (each level at its own scale); the per-level first layers and the
-fusion are in :mod:`panet_d2.modeling.layers`.
-
-* :class:`AdaptiveFeaturePooler`: RoIAlign of all boxes of the batch from every level. Output:
-  (M, L, C, H, W) level-stacked grids. On the CPU with a fixed sampling ratio (the default, 2)
-  all levels are one batched op (:func:`multilevel_roi_align`, equal to torchvision's RoIAlign),
-  in eager mode and in TorchScript (scripted and traced graphs); otherwise (CUDA, ONNX export,
-  sampling ratio 0) one torchvision RoIAlign call per level.
+from every pyramid level, (M, L, C, H, W) (one batched op on the CPU: docs/design.md).
 """
 
 from typing import List, Tuple

@@ -1,19 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-What ``torch.jit.script`` needs from modules that keep their layers in Python lists.
-
-Detectron2's heads keep their layers in Python lists (``conv_norm_relus``, ``scale_heads``, FPN's
-``lateral_convs``) next to named children (``mask_fcn1``, ``p2``, ``fpn_lateral2``: the names of
-the parameters in checkpoints). TorchScript iterates ModuleLists only, so a module gives
-``torch.jit.script`` a copy of itself with ModuleLists, through ``__prepare_scriptable__``, as
-Detectron2 does for its FPN and ResNet (``detectron2.export.torchscript_patch``).
-
-Here the copy is shallow and its ModuleLists are allocated with the module, not during scripting:
-``torch.jit.script`` remembers prepared modules by ``id()``, and Detectron2's own preparation of
-FPN frees a deep copy of the ResNet it has just remembered; a module allocated after that may get
-the freed address and be taken for the prepared ResNet (scripting then fails at random, e.g.
-"Expected at most 2 arguments" for a layer that is not the one called). Allocating nothing that
-the recursion visits keeps every remembered id alive.
+What ``torch.jit.script`` needs from modules that keep their layers in Python lists
+(docs/design.md).
 """
 
 import copy
@@ -38,6 +26,8 @@ def add_scripting_lists(module: nn.Module, names: Iterable[str]):
         module.__dict__[_key(name)] = nn.ModuleList()
 
 
+# UPSTREAM-WORKAROUND scripting-memo-ids: torch 2.14 torch.jit.script remembers prepared modules by
+# id(); Detectron2 0.6 (export/torchscript_patch.py) frees a prepared deep copy of the ResNet.
 def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iterable[str] = ()):
     """
     A shallow copy of ``module`` for ``__prepare_scriptable__``: each Python list of layers in

@@ -1,13 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-The semantic branch of Panoptic FPN (Kirillov et al., CVPR 2019) on PANet's augmented pyramid.
-
-From each level N2..N5: stages of [3x3 conv, 128 channels, GroupNorm(32), ReLU, 2x bilinear
-upsample] until 1/4 scale (N5: 3 stages, N4: 2, N3: 1, N2: one conv without upsampling); the four
-maps are summed; a 1x1 conv predicts the stuff classes plus one "other" class (label 0, every thing
-pixel); 4x bilinear upsampling to the image; per-pixel cross-entropy, void ignored, times
-MODEL.SEM_SEG_HEAD.LOSS_WEIGHT (lambda_s).
-"""
+"""The semantic branch of Panoptic FPN (Kirillov et al., CVPR 2019) on PANet's augmented pyramid."""
 
 from typing import Dict, Optional
 

@@ -1,12 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Draws one image of the generated dataset and its labels: numpy and OpenCV only, no files.
-
-An image has 2 or 3 textured "stuff" bands (sky / grass / road) with wavy boundaries, sometimes a
-void area (a blob or a border strip), and 2 to 8 textured "thing" shapes (square / disk /
-triangle) of ~10 px to half the image, painted in order so that later ones occlude earlier ones.
-An instance is its visible part; one with fewer than ``MIN_VISIBLE_AREA`` visible pixels is
-dropped and its pixels given back to the background.
-"""
+"""Draws one image of the generated dataset and its labels: numpy and OpenCV only, no files."""
 
 import cv2
 import numpy as np

@@ -1,13 +1,7 @@
 # -*- coding: utf-8 -*-
-"""Writes the files of one generated split, once, into a cache folder (atomic, deterministic).
-
-Files of a split, under ``<root>/v<VERSION>_<split>_seed<seed>_n<num_images>_<H>x<W>/``::
-
-    images/000001.png     RGB image
-    panoptic/000001.png   COCO panoptic PNG (segment id = R + 256 * G + 256 * 256 * B, 0 = void)
-    sem_seg/000001.png    uint8 labels, separated convention (0 = thing, 1..3 = stuff, 255 = void)
-    instances.json        COCO instances (RLE masks: train with INPUT.MASK_FORMAT "bitmask")
-    panoptic.json         COCO panoptic (segments_info: id, category_id, iscrowd, bbox, area)
+"""
+Writes the files of one generated split, once, into a cache folder (atomic, deterministic;
+the layout: docs/design.md).
 """
 
 import json

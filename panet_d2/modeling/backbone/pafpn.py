@@ -1,14 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-Bottom-up path augmentation (BPA), Sec. 3.1 of the PANet paper.
-
-FPN builds {P2, P3, P4, P5} top-down. BPA adds a short bottom-up path on top of it:
-
-    N2 = P2
-    N_{i+1} = conv3x3( conv3x3_stride2(N_i) + P_{i+1} ),   i = 2, 3, 4
-
-with 256 channels everywhere, each new conv followed by an optional norm and a ReLU. As FPN's P6
-comes from P5, the coarser level N6 used by the RPN is a max-pool (kernel 1, stride 2) of N5.
+Bottom-up path augmentation (BPA), Sec. 3.1 of the PANet paper: N2 = P2,
+N_{i+1} = conv3x3(conv3x3_stride2(N_i) + P_{i+1}) for i = 2, 3, 4; N6 = max-pool(N5).
 """
 
 import math
@@ -113,6 +106,7 @@ class PAFPN(FPN):
             self.bpa_output_convs.append(output)
         add_scripting_lists(self, self._SCRIPTING_LISTS)
 
+    # UPSTREAM-WORKAROUND fpn-forward-code-object: torch 2.14 TorchScript, Detectron2 0.6 FPN.
     # Detectron2's FPN.forward (its code object, not a copy of its source) as a method of another
     # name: TorchScript compiles no ``super().forward()``, and compiles a method by its __name__.
     _fpn_forward = types.FunctionType(
