@@ -8,8 +8,9 @@ shown in a window, which needs OpenCV with GUI support. README has the commands.
 
 The weights (MODEL.WEIGHTS, or train.init_checkpoint of a LazyConfig) are required and load with
 PANetCheckpointer: nothing in the file is run, and every tensor of the model must come from it.
-An input error is one "ERROR: ..." line and exit code 1; an image that cannot be read is one
-such line, the others are still shown, and the demo exits with 1 at the end.
+An input error is one "ERROR: ..." line and exit code 2; an image that cannot be read is one
+such line, the others are still shown, and the demo exits with 2 at the end (the exit codes:
+docs/reliability.md).
 """
 
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)

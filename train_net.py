@@ -9,16 +9,24 @@ PANet training script, with the command line of Detectron2's tools/train_net.py.
     python3 train_net.py --config-file <cfg.yaml> --resume  # continue from OUTPUT_DIR
 
 The trainer is :class:`panet_d2.engine.PANetTrainer`. A bad input (config, dataset, image,
-checkpoint: :class:`panet_d2.errors.InputError`) or a diverging run
+checkpoint: :class:`panet_d2.errors.InputError`), a full disk or a diverging run
 (:class:`panet_d2.errors.TrainingDivergedError`) stops the run with one line "ERROR: ...", also
 with several processes (--num-gpus, --num-machines; on CPUs too): the config is checked before
-they start. --eval-only needs weights (MODEL.WEIGHTS, or the last checkpoint with --resume) that
-hold every tensor of the model; see docs/reliability.md.
+they start. Ctrl-C ends it with one line naming the checkpoint that --resume continues from. One
+run at a time owns an OUTPUT_DIR (training and --eval-only alike: a second one stops with one
+line naming the first). --eval-only needs weights (MODEL.WEIGHTS, or the last checkpoint with
+--resume) that hold every tensor of the model. Exit codes: 0 done, 1 diverged, 2 input error or
+full disk, 130 Ctrl-C (the table: docs/reliability.md).
 """
 
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
+import contextlib
 import logging
+import multiprocessing
+import os
+import shlex
+import signal
 import sys
 
 import torch.multiprocessing as mp
@@ -29,10 +37,14 @@ from detectron2.evaluation import verify_results
 from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer  # registers the models and datasets
+from panet_d2.compat import atomic_output_files
 from panet_d2.engine import PANetTrainer
 from panet_d2.engine import load_config as panet_load_config
 from panet_d2.engine import one_line_errors
 from panet_d2.engine.checks import check_config, check_inputs, check_output_dir
+from panet_d2.engine.cli import EXIT_INTERRUPTED, output_dir_lock, quiet_log_file_errors
+from panet_d2.engine.resume import check_last_checkpoint
+from panet_d2.engine.trainer import TrainingInterrupted
 
 
 class Trainer(PANetTrainer):
@@ -51,18 +63,40 @@ def load_config(args):
     return cfg, notes
 
 
-def setup(args):
-    """The config of the command line; sets up Detectron2's and panet_d2's loggers."""
-    cfg, notes = load_config(args)
-    default_setup(cfg, args)  # the "detectron2" and "fvcore" loggers, config.yaml, seeds
+def setup(args, loaded=None):
+    """The config of the command line (``loaded``: that of :func:`load_config`); sets up
+    Detectron2's and panet_d2's loggers and writes config.yaml (atomically)."""
+    cfg, notes = loaded or load_config(args)
+    with atomic_output_files():
+        default_setup(cfg, args)  # the "detectron2" and "fvcore" loggers, config.yaml, seeds
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panet_d2")
     for note in notes:
         logging.getLogger("panet_d2").warning(note)
     return cfg
 
 
+@contextlib.contextmanager
+def owning_output_dir(cfg):
+    """
+    While the block runs, this run owns cfg.OUTPUT_DIR (:func:`output_dir_lock`, taken by the
+    main process; the others wait for it) and a log file that cannot be written fails in one line
+    (:func:`quiet_log_file_errors`).
+    """
+    with contextlib.ExitStack() as stack:
+        if comm.is_main_process():
+            stack.enter_context(output_dir_lock(cfg.OUTPUT_DIR))
+        comm.synchronize()
+        stack.enter_context(quiet_log_file_errors())
+        yield
+
+
 def main(args):
-    cfg = setup(args)
+    loaded = load_config(args)
+    with owning_output_dir(loaded[0]):
+        return _run(args, setup(args, loaded))
+
+
+def _run(args, cfg):
     if not args.eval_only:
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
@@ -71,6 +105,8 @@ def main(args):
     check_inputs(cfg, train=False)
     model = Trainer.build_model(cfg)
     checkpointer = PANetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)  # every tensor from the file
+    if args.resume:
+        check_last_checkpoint(checkpointer)
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
     results = Trainer.test(cfg, model)
     if cfg.TEST.AUG.ENABLED:
@@ -82,15 +118,56 @@ def main(args):
 
 def _one_line_main(args):
     # main in one of several processes: an InputError as one line (the traceback that
-    # torch.multiprocessing would print is of no use), then exit code 2 (a divergence: 1)
-    with one_line_errors(FloatingPointError):
-        return main(args)
+    # torch.multiprocessing would print is of no use), then exit code 2 (a divergence: 1); Ctrl-C:
+    # exit code 130, quietly (the launching process prints the line)
+    try:
+        with one_line_errors(FloatingPointError):
+            return main(args)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _last_checkpoint(output_dir):
+    """The checkpoint ``<output_dir>/last_checkpoint`` names, if it exists, else None."""
+    try:
+        with open(os.path.join(output_dir, "last_checkpoint")) as f:
+            path = os.path.join(output_dir, f.read().strip())
+    except OSError:
+        return None
+    return path if os.path.isfile(path) else None
+
+
+def interrupted_line(args, e, output_dir=None):
+    """
+    The line with which Ctrl-C ends the run: where it stopped and, when training, the checkpoint
+    that --resume continues from (``e``'s, a :class:`TrainingInterrupted`; else what
+    ``<output_dir>/last_checkpoint`` names) with the command, or that there is none.
+    """
+    if args.eval_only:
+        return "Interrupted by Ctrl-C during the evaluation: run the command again."
+    if isinstance(e, TrainingInterrupted):
+        at, last = " at iteration {}".format(e.iteration), e.last_checkpoint
+    elif output_dir is not None:  # the launching process of several
+        at, last = "", _last_checkpoint(output_dir)
+    else:
+        return "Interrupted by Ctrl-C before training started: run the command again."
+    if not last:
+        return (
+            "Interrupted by Ctrl-C{}, before the first checkpoint: nothing to resume from; run "
+            "the command again to start over.".format(at)
+        )
+    argv = ["python3", sys.argv[0], "--resume"] + [a for a in sys.argv[1:] if a != "--resume"]
+    return (
+        "Interrupted by Ctrl-C{}. The last checkpoint is {!r}; continue from it with: "
+        "{}".format(at, last, shlex.join(argv))
+    )
 
 
 def invoke_main():
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
     world_size = args.num_gpus * args.num_machines
+    cfg = None
     try:
         with one_line_errors(FloatingPointError):  # a divergence: TrainingDivergedError
             if world_size > 1:  # the config checks before any process starts
@@ -104,8 +181,28 @@ def invoke_main():
                 args.dist_url,
                 (args,),
             )
-    except mp.ProcessExitedException as e:  # a process that exited with its "ERROR: ..." line
-        sys.exit(e.exit_code if e.exit_code in (1, 2) else "ERROR: {}".format(e))
+    except (KeyboardInterrupt, mp.ProcessExitedException) as e:
+        interrupted = (EXIT_INTERRUPTED, -signal.SIGINT)  # exited after Ctrl-C, or killed by it
+        if isinstance(e, mp.ProcessExitedException) and e.exit_code not in interrupted:
+            # a process that exited with its "ERROR: ..." line
+            sys.exit(e.exit_code if e.exit_code in (1, 2) else "ERROR: {}".format(e))
+        if cfg is not None:  # several processes: each stops before the line is written
+            _stop_processes()
+        print(interrupted_line(args, e, cfg and cfg.OUTPUT_DIR), file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _stop_processes(grace_s=2.0, timeout_s=120.0):
+    """The processes that :func:`launch` started, stopped as by Ctrl-C (SIGINT, for those that a
+    Ctrl-C in the terminal did not reach: ``kill -INT`` of this process) and waited for."""
+    children = multiprocessing.active_children()
+    for p in children:
+        p.join(grace_s / len(children))
+    for p in children:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGINT)
+    for p in children:
+        p.join(timeout_s)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ __all__ = [
     "cityscapesscripts_fixes",
     "fvcore_op_handles",
     "ddp_on_cpu",
+    "atomic_output_files",
 ]
 
 
@@ -188,3 +189,88 @@ def ddp_on_cpu():
         yield
     finally:
         defaults.create_ddp_model = create_ddp_model
+
+
+class _AtomicFile:
+    """
+    A file opened for writing as ``<path>.partial`` in the same folder; closing it syncs it to the
+    disk and renames it over ``path`` (``os.replace``). A failure (a write, the last flush, or an
+    exception in its ``with`` block) removes the partial file and leaves ``path`` as it was; an
+    ``OSError`` is raised naming ``path`` (also where torch wrapped its writer's error in a
+    ``RuntimeError``).
+    """
+
+    def __init__(self, open_, path, mode, kwargs):
+        self._path, self._partial = path, path + ".partial"
+        self._file = open_(self._partial, mode, **kwargs)
+        self._error = None  # the first OSError of a write
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+    def write(self, data):
+        try:
+            return self._file.write(data)
+        except OSError as e:
+            self._error = self._error or e
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return False
+        self._discard()
+        error = self._error if self._error is not None else exc
+        if isinstance(error, OSError):
+            raise OSError(error.errno, error.strerror, self._path) from exc
+        return False
+
+    def close(self):
+        if self._file.closed:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self._partial, self._path)
+        except OSError as e:
+            self._discard()
+            raise OSError(e.errno, e.strerror, self._path) from e
+
+    def _discard(self):
+        with contextlib.suppress(Exception):  # closed even when its last flush fails
+            self._file.close()
+        with contextlib.suppress(OSError):
+            os.remove(self._partial)
+
+
+@contextlib.contextmanager
+def atomic_output_files():
+    """
+    Detectron2 0.6's evaluators (COCO, LVIS, semantic, panoptic: ``instances_predictions.pth``,
+    ``coco_instances_results.json``, ``sem_seg_predictions.json``, ...) and ``default_setup``
+    (``config.yaml``) write their files in place with ``PathManager.open(path, "w"/"wb")``: a full
+    disk left a truncated file. While the block runs, such an open of a local path returns an
+    :class:`_AtomicFile` (a temporary file renamed over the path when closed, removed on failure,
+    as the project's checkpoints); reading and appending (the log, ``metrics.json``) are
+    unchanged. ``PathManager.open`` is put back after.
+    """
+    manager = PathManager
+    open_, own = manager.open, "open" in vars(manager)  # own: set on the object (a test's)
+
+    def open_atomically(path, mode="r", **kwargs):
+        if "w" not in mode or "://" in str(path):
+            return open_(path, mode, **kwargs)
+        return _AtomicFile(open_, os.fspath(path), mode, kwargs)
+
+    manager.open = open_atomically
+    try:
+        yield
+    finally:
+        if own:
+            manager.open = open_
+        else:
+            del manager.open  # the method of its class again

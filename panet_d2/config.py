@@ -5,12 +5,16 @@ Aggregation Network for Instance Segmentation", CVPR 2018) and :func:`load_confi
 loader of yacs and LazyConfig files.
 """
 
+import contextlib
 import os
+import re
 
 import yaml
+from omegaconf import OmegaConf
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import LazyConfig, get_cfg
+from detectron2.utils.file_io import PathManager
 
 from .errors import ConfigError, InputError
 
@@ -126,11 +130,50 @@ def _add_release_training_keys(cfg):
     cfg.SOLVER.SCALE_MOMENTUM = False
 
 
+def read_config_data(filename, where=None):
+    """
+    The contents of the YAML config file ``filename`` (a local path, or anything Detectron2's
+    ``PathManager`` opens) as plain data: ``yaml.safe_load``, so a Python tag (``!!python/...``) is
+    refused and nothing in the file runs; a YAML alias (``*name``) is refused before anything is
+    expanded (nested aliases can stand for billions of values). Used for yacs files
+    (:class:`_CheckedConfigFile`) and for LazyConfig ``.yaml`` files (:func:`load_lazy_config`).
+
+    Args:
+        where (str or None): how messages name the file (default "Config file '<filename>'").
+
+    Returns:
+        the parsed data (None for an empty file).
+
+    Raises:
+        ConfigError: one line naming the file (a tag, an alias and its line, invalid YAML, a
+            file that cannot be read).
+    """
+    where = where or "Config file {!r}".format(filename)
+    try:
+        with PathManager.open(filename) as f:
+            alias = next((e for e in yaml.parse(f) if isinstance(e, yaml.AliasEvent)), None)
+            if alias is not None:
+                raise ConfigError(
+                    "{} uses a YAML alias (*{}, line {}): config files are plain data, "
+                    "write the value out.".format(where, alias.anchor, alias.start_mark.line + 1)
+                )
+            f.seek(0)
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        what = "holds a Python tag (config files are read as data, with yaml.safe_load)"
+        what = what if isinstance(e, yaml.constructor.ConstructorError) else "is not valid YAML"
+        raise ConfigError("{} {}: {}".format(where, what, " ".join(str(e).split()))) from None
+    except (OSError, UnicodeError) as e:
+        raise ConfigError("{} cannot be read: {}".format(where, e)) from None
+
+
 class _CheckedConfigFile(CN):
     """
     fvcore's ``load_yaml_with_base`` (called for the file, then by fvcore for each ``_BASE_`` it
     resolves: relative to the file that names it) with each file checked before fvcore reads it,
-    as data only (``yaml.safe_load``: a Python tag is refused, nothing in a config file runs).
+    as data only (:func:`read_config_data`: a Python tag or a YAML alias is refused, nothing in a
+    config file runs). Whatever ``allow_unsafe`` a caller passes (Detectron2's tools pass True),
+    fvcore reads the file with ``allow_unsafe=False``.
     """
 
     _chain = []  # (path, real path) of the files being read, outermost first
@@ -151,22 +194,7 @@ class _CheckedConfigFile(CN):
                     where, " (a _BASE_ is relative to the file that names it)" if base_of else ""
                 )
             )
-        try:
-            with open(filename) as f:
-                alias = next((e for e in yaml.parse(f) if isinstance(e, yaml.AliasEvent)), None)
-                if alias is not None:  # nested aliases can stand for billions of values
-                    raise ConfigError(
-                        "{} uses a YAML alias (*{}, line {}): config files are plain data, "
-                        "write the value out.".format(
-                            where, alias.anchor, alias.start_mark.line + 1
-                        )
-                    )
-                f.seek(0)
-                data = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            what = "holds a Python tag (config files are read as data, with yaml.safe_load)"
-            what = what if isinstance(e, yaml.constructor.ConstructorError) else "is not valid YAML"
-            raise ConfigError("{} {}: {}".format(where, what, " ".join(str(e).split()))) from None
+        data = read_config_data(filename, where)
         if data is None:
             raise ConfigError("{} is empty: give it _BASE_ or config keys.".format(where))
         if not isinstance(data, dict):
@@ -180,13 +208,74 @@ class _CheckedConfigFile(CN):
             cls._chain.pop()
 
 
+# Detectron2's own LazyConfig.load, kept while lazyconfig_files_as_data() stands in for it
+_D2_LAZY_LOAD = LazyConfig.__dict__["load"]
+
+
+def load_lazy_config(filename, keys=None):
+    """
+    Detectron2's ``LazyConfig.load(filename, keys)``, with its ``.yaml`` / ``.yml`` files read as
+    data (:func:`read_config_data`, where Detectron2 uses ``yaml.unsafe_load``) and turned into
+    the config as Detectron2 does (``OmegaConf.create``).
+
+    A LazyConfig ``.py`` file is Python code, run as it loads (as in Detectron2; its relative
+    imports too): load one only from a path the user named (``--config-file``) or from
+    ``configs/`` (:mod:`panet_d2.model_zoo`).
+
+    Raises:
+        ConfigError: one line naming the file (and for a syntax error "file:line",
+            :func:`config_error`).
+    """
+    if os.path.splitext(filename)[1] not in (".yaml", ".yml"):
+        try:
+            return _D2_LAZY_LOAD.__func__(filename, keys)
+        except InputError:
+            raise
+        except Exception as e:  # the file's syntax error or its own exception, omegaconf
+            raise config_error(filename, e) from None
+    data = read_config_data(filename)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            "Config file {!r} holds {} instead of LazyConfig keys (model, train, ...).".format(
+                filename, "nothing" if data is None else "a YAML " + type(data).__name__
+            )
+        )
+    cfg = OmegaConf.create(data, flags={"allow_objects": True})
+    if keys is None:
+        return cfg
+    missing = [k for k in ([keys] if isinstance(keys, str) else keys) if k not in cfg]
+    if missing:
+        raise ConfigError("Config file {!r} has no key {}.".format(filename, missing[0]))
+    return cfg[keys] if isinstance(keys, str) else tuple(cfg[k] for k in keys)
+
+
+# UPSTREAM-WORKAROUND lazyconfig-yaml-unsafe-load: Detectron2 0.6 LazyConfig.load reads a .yaml
+# with yaml.unsafe_load (a Python tag runs).
+@contextlib.contextmanager
+def lazyconfig_files_as_data():
+    """
+    While the block runs, Detectron2's ``LazyConfig.load`` (so also ``LazyConfig.load_rel`` and
+    the calls of Detectron2's scripts and of config files) is :func:`load_lazy_config`.
+    """
+    saved = LazyConfig.__dict__["load"]
+    LazyConfig.load = staticmethod(load_lazy_config)
+    try:
+        yield
+    finally:
+        LazyConfig.load = saved
+
+
 def config_error(path, e, what="Config file"):
     """
     A :class:`ConfigError` for exception ``e`` raised while loading config file ``path``: a
     Python syntax error (LazyConfig) as "file:line: message", others with their type and message.
     """
     if isinstance(e, SyntaxError) and e.lineno is None and isinstance(e.__cause__, SyntaxError):
-        e = e.__cause__  # LazyConfig.load's "has syntax error!" drops the line: its cause has it
+        # LazyConfig's "Config file <file> has syntax error!" (of the file or of a file it
+        # imports) drops the line: its cause has it, the file only in that message
+        named = re.fullmatch(r"Config file (.+) has syntax error!", str(e.msg))
+        path = named.group(1) if named else path
+        e = e.__cause__
     if isinstance(e, SyntaxError):
         file = e.filename if e.filename and not e.filename.startswith("<") else path
         where = "{}:{}".format(file, e.lineno) if e.lineno else path
@@ -201,9 +290,11 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
     """
     The config of file ``path`` with the command-line options ``opts`` (not frozen).
 
-    A ``.py`` file (when ``lazy``) is a LazyConfig (options "key=value"); any other a yacs file
-    (options KEY VALUE) on Detectron2's defaults with panet_d2's keys (:func:`add_panet_config`),
-    its ``_BASE_`` files checked as they are read (:class:`_CheckedConfigFile`).
+    A ``.py`` file (when ``lazy``) is a LazyConfig (options "key=value"): Python code, run as it
+    loads (as in Detectron2), so only from the path the caller names; the YAML files it loads are
+    read as data (:func:`lazyconfig_files_as_data`). Any other is a yacs file (options KEY VALUE)
+    on Detectron2's defaults with panet_d2's keys (:func:`add_panet_config`), its ``_BASE_`` files
+    checked as they are read (:class:`_CheckedConfigFile`).
 
     Raises:
         ConfigError: naming the file (and line, for a LazyConfig's Python; a base as the base of
@@ -214,7 +305,8 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
         raise ConfigError("Config file {!r} ({}) does not exist.".format(path, key))
     if lazy and path.endswith(".py"):
         try:
-            return LazyConfig.apply_overrides(LazyConfig.load(path), opts)
+            with lazyconfig_files_as_data():
+                return LazyConfig.apply_overrides(LazyConfig.load(path), opts)
         except InputError:
             raise
         except Exception as e:  # omegaconf, hydra, the file's syntax error

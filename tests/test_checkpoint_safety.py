@@ -476,3 +476,27 @@ def test_export_tool_lines(tmp_path):
     assert line.startswith("ERROR: Config file {}:1: SyntaxError: ".format(broken))
     line = error_exit(tool.cli, ["--config-file", config, "--output", str(tmp_path / "o")])
     assert line.startswith("ERROR: No checkpoint given (MODEL.WEIGHTS")
+
+
+def test_files_without_a_model_state_dict(tmp_path):
+    """What is inside is named (issue 25: "found dict" named the outer type)."""
+    model = _model(seed=1)
+    cases = [
+        ("list.pth", {"model": [1, 2]}, "(its 'model' is a list, not a dict of tensors)."),
+        ("blobs.pkl", {"blobs": [1, 2]}, "(its 'blobs' is a list, not a dict of arrays)."),
+        ("tuple.pkl", (1, 2), "holds a tuple, not a dict of arrays."),
+    ]
+    for name, content, expected in cases:
+        path = str(tmp_path / name)
+        if name.endswith(".pth"):
+            torch.save(content, path)
+        else:
+            with open(path, "wb") as f:
+                pickle.dump(content, f)
+        msg = _error(model, path)
+        assert msg.startswith("Checkpoint {!r} ".format(path)) and msg.endswith(expected), msg
+    path = _save(tmp_path, "text.pth", {"backbone.x": "not a tensor"})
+    assert _error(model, path) == (
+        "Checkpoint {!r} was not loaded: its model state holds a str as 'backbone.x', not a "
+        "tensor or array.".format(path)
+    )

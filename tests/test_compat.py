@@ -4,6 +4,7 @@ panet_d2.compat: each workaround does its job and puts everything back, and each
 fails once upstream no longer needs it (then remove the workaround and its test).
 """
 
+import errno
 import importlib
 import inspect
 import os
@@ -164,3 +165,73 @@ def test_every_workaround_is_listed_in_the_docs():
     in_compat = set(re.findall(r"^- `(\w+)`:", section, re.M))
     assert in_compat == set(compat.__all__)
     assert len(markers) >= 6  # the ones docs/design.md lists today
+
+
+# ---- Detectron2: evaluation files and config.yaml written in place -------------------------------
+def test_detectron2_still_writes_outputs_in_place():
+    """Fails once Detectron2's evaluators and default_setup stop opening their output files for
+    writing in place: remove compat.atomic_output_files (or keep it, if they still do elsewhere)."""
+    from detectron2.engine import defaults
+    from detectron2.evaluation import coco_evaluation, sem_seg_evaluation
+
+    for module in (coco_evaluation, sem_seg_evaluation):
+        source = inspect.getsource(module)
+        assert 'PathManager.open(file_path, "w")' in source
+        assert 'PathManager.open(file_path, "wb")' in source
+    assert 'PathManager.open(path, "w")' in inspect.getsource(defaults.default_setup)
+
+
+class _FullAfter:
+    """A file whose writes fail with ENOSPC once ``limit`` bytes (or characters) were written."""
+
+    def __init__(self, f, limit):
+        self._f, self._left = f, limit
+
+    def write(self, data):
+        if len(data) > self._left:
+            self._f.write(data[: self._left])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._left -= len(data)
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def test_atomic_output_files_are_atomic_and_scoped(tmp_path, monkeypatch):
+    from detectron2.utils.file_io import PathManager
+
+    json_file, pth = str(tmp_path / "results.json"), str(tmp_path / "predictions.pth")
+    with compat.atomic_output_files():
+        with PathManager.open(json_file, "w") as f:
+            f.write('{"old": 1}')
+        with PathManager.open(pth, "wb") as f:
+            torch.save({"x": torch.zeros(1000)}, f)
+        with PathManager.open(json_file, "a") as f:  # appending: as before
+            f.write("\n")
+    assert sorted(os.listdir(tmp_path)) == ["predictions.pth", "results.json"]
+    assert open(json_file).read() == '{"old": 1}\n'
+    assert "open" not in vars(PathManager)  # put back
+
+    open_ = PathManager.open
+    monkeypatch.setattr(
+        PathManager, "open", lambda p, mode="r", **kw: _FullAfter(open_(p, mode, **kw), 100)
+    )
+    with compat.atomic_output_files():
+        with pytest.raises(OSError) as e:
+            with PathManager.open(json_file, "w") as f:
+                f.write('{"new": "' + "x" * 1000 + '"}')
+        assert (e.value.errno, e.value.filename) == (errno.ENOSPC, json_file)
+        with pytest.raises(OSError) as e:  # torch.save wraps it in a RuntimeError: unwrapped
+            with PathManager.open(pth, "wb") as f:
+                torch.save({"y": torch.ones(1000)}, f)
+        assert (e.value.errno, e.value.filename) == (errno.ENOSPC, pth)
+    assert sorted(os.listdir(tmp_path)) == ["predictions.pth", "results.json"]  # no partial file
+    assert open(json_file).read() == '{"old": 1}\n'
+    assert torch.equal(torch.load(pth, weights_only=True)["x"], torch.zeros(1000))

@@ -4,6 +4,7 @@ PanopticDatasetMapper on one record of every dataset kind the project registers:
 agree with the files (PNG pixels, instance json), or the mapper refuses, naming the dataset."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -23,8 +24,9 @@ from detectron2.utils.visualizer import Visualizer
 
 from panet_d2.data import PanopticDatasetMapper, register_coco_panoptic_panet
 from panet_d2.data.coco_panoptic import coco_panoptic_separated_metadata
+from panet_d2.data.image_io import ImageDatasetMapper, read_image
 from panet_d2.data.synthetic import register_synthetic_dataset
-from panet_d2.errors import DatasetError
+from panet_d2.errors import DatasetError, ImageLoadError
 
 from .common import panoptic_ids
 
@@ -247,3 +249,37 @@ def test_image_mapper_as_detectron2(datasets, split, is_train):
         outputs.append(mapper(cfg, is_train=is_train)(dict(d)))
     _same_outputs(*outputs)
     assert ("instances" in outputs[0]) == (is_train and split != "val_sem_seg")
+
+
+def test_panoptic_png_and_segments_info_that_disagree(datasets, caplog):
+    """Training warns of the ids on one side only (evaluation warns alike: test_hostile_inputs)."""
+    name = f"{SYNTH}_val_panoptic"
+    d = DatasetCatalog.get(name)[0]
+    segments = [dict(s) for s in d["segments_info"]]
+    dropped = segments.pop()["id"]
+    segments.append(dict(segments[0], id=999999))
+    d = dict(d, segments_info=segments)
+    with caplog.at_level(logging.WARNING, logger="panet_d2.data.panoptic_mapper"):
+        PanopticDatasetMapper(_cfg(name, d), is_train=True)(d)
+    where = f"image {d['image_id']!r} ({d['pan_seg_file_name']})"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{where}: segment id(s) [999999] of segments_info are not in the PNG",
+        f"{where}: PNG segment id(s) [{dropped}] not in segments_info: void",
+    ]
+
+
+def test_images_that_resizing_would_make_empty(tmp_path):
+    """An image over 100:1 is refused by the reader; one that the config's sizes resize to no
+    pixel, by the mapper: one line naming it (Detectron2: PIL's ValueError traceback)."""
+    for h, w in [(20, 2001), (2001, 20), (1, 101)]:
+        path = str(tmp_path / f"{h}x{w}.png")
+        Image.fromarray(np.zeros((h, w), dtype=np.uint8)).save(path)
+        with pytest.raises(ImageLoadError, match=f"is {w}x{h} .width x height.: panet_d2 reads"):
+            read_image(path)
+    path = str(tmp_path / "long.png")
+    Image.fromarray(np.zeros((20, 1900), dtype=np.uint8)).save(path)
+    assert read_image(path).shape[:2] == (20, 1900)  # 95:1 is read
+    cfg = get_cfg()
+    cfg.INPUT.MAX_SIZE_TEST = 40
+    with pytest.raises(ImageLoadError, match="cannot be augmented as the config says"):
+        ImageDatasetMapper(cfg, is_train=False)({"file_name": path, "height": 20, "width": 1900})

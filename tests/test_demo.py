@@ -7,6 +7,7 @@ LazyConfig, the window-mode message and its error lines.
 
 import logging
 import os
+import re
 import textwrap
 import types
 
@@ -346,3 +347,13 @@ def test_weights_and_inputs_errors_issue_17(demo, photos, tmp_path, capsys):
     assert printed[-1] == msg  # the last line: the summary (exit code 2)
     assert len(printed) == 2 and printed[0].startswith("ERROR: Cannot read input image")
     assert sorted(os.listdir(out)) == sorted(names[:2])  # the readable ones, after the broken one
+
+
+def test_exit_codes_as_documented(demo, tmp_path):
+    """demo.py's docstring names the exit code it exits with (2, the table of
+    docs/reliability.md; an unreadable image: test_weights_and_inputs_errors_issue_17)."""
+    doc = " ".join(demo.__doc__.split())
+    assert set(re.findall(r"exit(?:s with| code) (\d+)", doc)) == {"2"}
+    with pytest.raises(SystemExit) as e:
+        run_demo(demo, "--output", str(tmp_path))  # nothing to do: an input error
+    assert e.value.code == 2

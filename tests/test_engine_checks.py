@@ -1,13 +1,20 @@
 # -*- coding: utf-8 -*-
 """
 Tests of the checks before a run (panet_d2.engine.checks.check_inputs, used by PANetTrainer and
-train_net.py --eval-only): NUM_CLASSES against the datasets' classes, and test-time augmentation
-refused up front for the panoptic model. Nothing here trains.
+train_net.py --eval-only): NUM_CLASSES against the datasets' classes, test-time augmentation
+refused up front for the panoptic model, and the annotation rule on coordinates and RLE sizes.
+Nothing here trains.
 """
 
+import contextlib
+import io
+import logging
 import os
 
+import numpy as np
+import pycocotools.mask as mask_util
 import pytest
+from pycocotools.coco import COCO
 
 pytest.importorskip("detectron2")
 
@@ -15,7 +22,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 
 from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
-from panet_d2.engine.checks import check_num_classes, check_tta  # noqa: E402
+from panet_d2.engine.checks import (  # noqa: E402
+    check_num_classes,
+    check_tta,
+    drop_invalid_annotations,
+    drop_invalid_coco_annotations,
+)
 from panet_d2.errors import ConfigError  # noqa: E402
 
 from .common import ROOT, panet_cfg  # noqa: E402
@@ -140,3 +152,56 @@ def test_training_mapper_choice():
     assert not uses_panoptic_mapper(
         panoptic, [{"file_name": "a.png", "sem_seg_file_name": "s.png"}]
     )
+
+
+def test_unusable_coordinates_and_rle_sizes_dropped(caplog):
+    """Coordinates that are not finite or lie beyond 4x the image size, and RLE masks of another
+    size than the image: dropped with the other invalid annotations, alike in training (dataset
+    dicts) and evaluation (pycocotools ground truth), before pycocotools sees them (issue 25)."""
+    nan, inf, poly = float("nan"), float("inf"), [1.0, 1.0, 8.0, 1.0, 8.0, 8.0]
+    rle = mask_util.encode(np.asfortranarray(np.ones((40, 30), dtype=np.uint8)))
+    rle = dict(rle, counts=rle["counts"].decode())
+
+    def anno(i):
+        return dict(id=i, image_id=1, bbox=[0, 0, 10, 10], category_id=1, segmentation=[poly])
+
+    cases = [
+        ("NaN", dict(segmentation=[poly[:3] + [nan] + poly[4:]])),
+        ("1e8", dict(segmentation=[poly, poly[:3] + [1e8] + poly[4:]])),
+        ("inf box", dict(bbox=[0, 0, inf, 10])),
+        ("NaN box", dict(bbox=[nan, 0, 10, 10])),
+        ("integer beyond a float", dict(segmentation=[[10**400] * 6])),
+        ("text", dict(segmentation=[[1, 2, "x", 4, 5, 6]])),
+        ("RLE of another size", dict(segmentation=dict(rle, size=[30, 40]))),
+        ("within 4x", dict(segmentation=[poly[:3] + [-159.0] + poly[4:]])),  # 4 * 40
+        ("RLE of the image's size", dict(segmentation=rle)),
+    ]
+    annos = [dict(anno(i), **change) for i, (_, change) in enumerate(cases)]
+    kept = [a["id"] for a in annos[-2:]]
+    record = dict(file_name="a.jpg", image_id=1, height=40, width=30, annotations=annos)
+    reasons = (
+        "6 with a coordinate not finite or beyond 4x the image size, 1 with an RLE mask of "
+        "another size than its image"
+    )
+    with caplog.at_level(logging.WARNING, logger="panet_d2.engine.checks"):
+        records = drop_invalid_annotations([record], ["t_checks_coco"], "DATASETS.TRAIN", True)
+    assert [a["id"] for a in records[0]["annotations"]] == kept
+    assert f"dropped 7 of 9 annotations ({reasons}); the first: image 1 ('a.jpg')" in caplog.text
+    coco = COCO()
+    coco.dataset = dict(images=[dict(id=1, height=40, width=30, file_name="a.jpg")])
+    coco.dataset.update(annotations=annos, categories=[dict(id=1, name="a")])
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panet_d2.engine.checks"):
+        assert drop_invalid_coco_annotations(coco, "t_checks_coco", masks=True) == 7
+    assert sorted(coco.anns) == kept
+    assert f"dropped 7 of 9 annotations ({reasons}); the first: annotation 0 of image 1" in (
+        caplog.text
+    )
+    for a in coco.anns.values():
+        assert mask_util.decode(coco.annToRLE(a)).shape == (40, 30)
+    # where the image size is unknown, only numbers that are not finite (or not numbers) go
+    del record["height"], record["width"]
+    records = drop_invalid_annotations([record], ["t_checks_coco"], "DATASETS.TRAIN", True)
+    assert [a["id"] for a in records[0]["annotations"]] == [1, 6, 7, 8]

@@ -262,6 +262,25 @@ def test_lsj_model_is_detectron2s_recipe_with_panets_layers(lsj_model):
                 )
 
 
+def test_lazyconfig_yaml_read_as_data_is_what_detectron2_reads(tmp_path):
+    """A LazyConfig .yaml file without Python tags: the project's loader (yaml.safe_load, as
+    tools/lazyconfig_train_net.py and tools/run_d2_tool.py read it) gives what Detectron2's
+    LazyConfig.load gives, with and without keys."""
+    from panet_d2.config import lazyconfig_files_as_data, load_lazy_config
+
+    path = str(tmp_path / "cfg.yaml")
+    cfg = _load(QUICK)
+    plain = {k: v for k, v in OmegaConf.to_container(cfg).items() if k in ("train", "optimizer")}
+    plain["optimizer"].pop("params")
+    LazyConfig.save(OmegaConf.create(plain, flags={"allow_objects": True}), path)
+    expected = LazyConfig.load(path)
+    assert OmegaConf.to_container(load_lazy_config(path)) == OmegaConf.to_container(expected)
+    with lazyconfig_files_as_data():
+        train, optimizer = LazyConfig.load(path, ("train", "optimizer"))
+        assert LazyConfig.load(path, "train") == train == expected.train
+    assert optimizer.lr == cfg.optimizer.lr and train.output_dir == cfg.train.output_dir
+
+
 def _entry_point():
     return load_script(ENTRY_POINT, "panet_lazyconfig_train_net")
 

@@ -95,6 +95,13 @@ def test_configs_load_from_a_copy_elsewhere(tmp_path, monkeypatch):
 def test_errors():
     with pytest.raises(RuntimeError, match="no_such.yaml not available.*Base-PANet.yaml"):
         model_zoo.get_config_file("COCO-InstanceSegmentation/no_such.yaml")
+    # configs/ only (tests/test_config_files_are_data.py: a .py elsewhere does not run)
+    for path in (os.path.join(CONFIGS, "Base-PANet.yaml"), "../configs/Base-PANet.yaml"):
+        with pytest.raises(ValueError, match="relative to PANet's configs/ directory"):
+            model_zoo.get_config_file(path)
+    assert model_zoo.get_config_file("COCO-Detection/../Base-PANet.yaml").endswith(
+        os.path.join("configs", "Base-PANet.yaml")
+    )
     with pytest.raises(RuntimeError, match="No trained PANet model"):
         model_zoo.get_config("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml", trained=True)
     with pytest.raises(RuntimeError, match="No trained PANet model"):

@@ -285,6 +285,10 @@ def test_tool_names():
     assert d2_tools.tool_relpath("tools/train_net.py") == "tools/train_net.py"
     assert d2_tools.tool_relpath("deploy/export_model") == "tools/deploy/export_model.py"
     assert d2_tools.tool_relpath("demo") == d2_tools.tool_relpath("demo/demo.py") == "demo/demo.py"
+    # names only: a path is refused (tests/test_config_files_are_data.py: through the command)
+    for path in ("../x", "/abs/x", "./train_net", "tools/../x", "deploy/", "_private", "a\\..\\b"):
+        with pytest.raises(d2_tools.Detectron2ToolNameError, match="not a name"):
+            d2_tools.tool_relpath(path)
 
 
 def test_lazyconfig_launcher_uses_the_same_finder(monkeypatch, tmp_path):

@@ -453,3 +453,38 @@ def test_scale_momentum_at_the_lr_step(train_net, datasets, tmp_path):
     assert plain[0] is None and torch.equal(plain[1], scaled[1])
     assert torch.allclose(scaled[2], plain[2] * 0.25, rtol=1e-6, atol=0)
     assert not torch.allclose(plain[2], plain[1])  # the step in between changed the buffer
+
+
+def test_error_empty_test_dataset(run_a, train_net, tmp_path):
+    """--eval-only on a test dataset without images: one DatasetError (Detectron2: an
+    AssertionError from its loader)."""
+    json_file = tmp_path / "empty.json"
+    categories = MetadataCatalog.get(PREFIX + "_val").thing_classes
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
+    json_file.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    name = _register_coco("t_empty", str(json_file), str(tmp_path))
+    weights = os.path.join(run_a["out"], "model_final.pth")
+    with pytest.raises(DatasetError) as e:
+        train_net.main(_args(tmp_path / "out", "MODEL.WEIGHTS", weights, test=name, eval_only=True))
+    assert str(e.value) == (
+        "Dataset 't_empty' in DATASETS.TEST has no images (json_file={!r}): nothing to evaluate. "
+        "Give it images, or remove it from DATASETS.TEST.".format(str(json_file))
+    )
+
+
+def test_error_last_checkpoint_names_a_missing_file(run_a, train_net, tmp_path):
+    """--resume (training and --eval-only) where last_checkpoint names a file that does not
+    exist: the error names last_checkpoint and the file, not MODEL.WEIGHTS."""
+    shutil.copy(os.path.join(run_a["out"], "model_0000002.pth"), tmp_path)
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
+    expected = (
+        "--resume: {!r} names the checkpoint 'model_0000009.pth', which does not exist. The "
+        "checkpoints in {!r}: model_0000002.pth. Write the name of the checkpoint to resume from "
+        "into last_checkpoint, or remove last_checkpoint to start from MODEL.WEIGHTS.".format(
+            str(tmp_path / "last_checkpoint"), str(tmp_path)
+        )
+    )
+    for eval_only in (False, True):
+        with pytest.raises(CheckpointError) as e:
+            train_net.main(_args(tmp_path, resume=True, eval_only=eval_only, test=None))
+        assert str(e.value) == expected

@@ -13,11 +13,15 @@ Where it looks, in order (the first folder that holds the file wins):
    records it as a ``file://`` URL in the distribution's ``direct_url.json`` (PEP 610).
 
 A file found nowhere raises :class:`Detectron2ToolNotFoundError`, naming every folder looked in.
+Only Detectron2's own scripts run: a tool is a name of a file in ``tools/`` (its sub-folders
+included: "deploy/export_model") or "demo", never a path (no absolute path, no "..", no "./"); any
+other raises :class:`Detectron2ToolNameError`, listing the names found.
 """
 
 import glob
 import json
 import os
+import re
 import urllib.parse
 import urllib.request
 from typing import List, Optional, Tuple
@@ -26,6 +30,7 @@ from panet_d2.errors import InputError
 
 __all__ = [
     "ENV_VAR",
+    "Detectron2ToolNameError",
     "Detectron2ToolNotFoundError",
     "detectron2_roots",
     "find_detectron2_file",
@@ -40,6 +45,16 @@ ENV_VAR = "DETECTRON2_ROOT"
 class Detectron2ToolNotFoundError(InputError, FileNotFoundError):
     """A script of Detectron2 (``tools/*.py``, ``demo/demo.py``) that is in none of the folders
     :func:`detectron2_roots` lists; the message names them."""
+
+
+class Detectron2ToolNameError(InputError, ValueError):
+    """A tool given as a path (absolute, with "..", ...) instead of the name of one of
+    Detectron2's scripts; the message lists the names found."""
+
+
+# one part of a tool's name: a file or folder name of Detectron2's tools/ (not hidden, private
+# or a path step)
+_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _installed_source_checkout() -> Optional[str]:
@@ -88,14 +103,28 @@ def detectron2_roots(d2_root: Optional[str] = None) -> List[Tuple[str, str]]:
     return roots
 
 
-def tool_relpath(name: str) -> str:
+def tool_relpath(name: str, d2_root: Optional[str] = None) -> str:
     """
     The path of a Detectron2 script relative to its checkout, from a short name:
     "analyze_model", "analyze_model.py" or "tools/analyze_model.py" -> "tools/analyze_model.py";
     "deploy/export_model" -> "tools/deploy/export_model.py"; "demo" or "demo/demo.py" ->
     "demo/demo.py".
+
+    Raises:
+        Detectron2ToolNameError: ``name`` is a path (absolute, "..", "./", a hidden or private
+            file), not a name of Detectron2's scripts; the message lists the names found where
+            :func:`detectron2_roots` (of ``d2_root``) looks.
     """
-    rel = name.replace(os.sep, "/").strip("/")
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or not all(_NAME_PART.fullmatch(p) for p in parts):
+        raise Detectron2ToolNameError(
+            "{!r} is not a name of Detectron2's tools: only Detectron2's own scripts run, by "
+            "name (a file of its tools/ without .py, e.g. analyze_model, deploy/export_model, "
+            "or demo), not a path. Found: {} (--list).".format(
+                name, ", ".join(list_detectron2_tools(d2_root)) or "none"
+            )
+        )
+    rel = "/".join(parts)
     if rel in ("demo", "demo.py", "demo/demo", "demo/demo.py"):
         return "demo/demo.py"
     if rel.startswith("tools/"):
@@ -141,10 +170,11 @@ def find_detectron2_tool(name: str, d2_root: Optional[str] = None) -> str:
         str: the path of the script.
 
     Raises:
+        Detectron2ToolNameError: ``name`` is a path, not a name (:func:`tool_relpath`).
         Detectron2ToolNotFoundError: naming every folder looked in and how to point to a
             Detectron2 checkout.
     """
-    relpath = tool_relpath(name)
+    relpath = tool_relpath(name, d2_root)
     path = find_detectron2_file(relpath, d2_root)
     if path is not None:
         return path

@@ -6,7 +6,7 @@ checkout on ``PYTHONPATH``.
 
 Nothing has to be registered first: panet_d2's LazyConfig files (``configs/new_baselines/*.py``,
 ``configs/quick_schedules/*.py``) import panet_d2, so Detectron2's script trains and evaluates
-them as they are. This launcher only finds that script for a user who runs from this checkout:
+them as they are. This launcher finds that script for a user who runs from this checkout:
 
     python3 tools/lazyconfig_train_net.py --num-gpus 8 \\
         --config-file configs/new_baselines/panet_R_50_FPN_100ep_LSJ.py
@@ -15,6 +15,17 @@ It takes ``$DETECTRON2_LAZYCONFIG_TRAIN_NET`` (the script itself) if set, else f
 ``tools/lazyconfig_train_net.py`` as ``tools/run_d2_tool.py`` finds Detectron2's tools
 (``tools/d2_tools.py``: ``--d2-root DIR`` given first, ``$DETECTRON2_ROOT``, next to the
 ``detectron2`` package, the checkout it was installed from), and takes the same command line.
+
+The script runs in this process as ``tools/run_d2_tool.py lazyconfig_train_net`` runs it (that
+command's environment), so the config is read as the project's entry points read theirs:
+
+* a LazyConfig ``.py`` file is Python code, run as it loads (as in Detectron2): give only a
+  file you trust, by its path (``--config-file``); a syntax error in it (or in a file it
+  imports) is one line "ERROR: Config file <file>:<line>: SyntaxError: ...";
+* a LazyConfig ``.yaml`` file (e.g. a run's saved ``config.yaml``) is data: read with
+  ``yaml.safe_load`` where Detectron2 uses ``yaml.unsafe_load``; a Python tag or a YAML alias is
+  refused in one line naming the file, before anything runs
+  (``panet_d2.config.lazyconfig_files_as_data``).
 """
 
 import os
@@ -61,11 +72,13 @@ def main(argv=None):
                 d2_tools.find_detectron2_tool(RELPATH, d2_root)  # raises, naming where it looked
             except d2_tools.Detectron2ToolNotFoundError as e:
                 raise type(e)("{} Or set ${} to the script itself.".format(e, ENV_VAR)) from None
-    # this process becomes Detectron2's script, with the same arguments
-    path = [ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join(path)
-    os.execv(sys.executable, [sys.executable, script] + argv)
+    # the script's child processes (data loaders, launch) import panet_d2 from this checkout too
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in path if p != ROOT])
+    import run_d2_tool
+
+    return run_d2_tool.run_found_tool(script, argv)
 
 
 if __name__ == "__main__":
-    main()
+    main()  # pragma: no cover

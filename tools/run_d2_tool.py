@@ -11,10 +11,11 @@ train_net, plain_train_net, ...; ``demo/demo.py``) on panet_d2's configs, with n
     python3 tools/run_d2_tool.py --d2-root /path/to/detectron2 demo --config-file ... --input ...
 
 ``TOOL`` is the script's name ("analyze_model", "tools/train_net.py", "deploy/export_model",
-"demo"); the arguments after it are the script's own. Detectron2's scripts are found by
-``tools/d2_tools.py`` (``--d2-root`` or ``$DETECTRON2_ROOT``, else next to the installed
-``detectron2`` package, else the source checkout it was installed from); when none holds the
-script, the error names every place looked in.
+"demo"); the arguments after it are the script's own. Only Detectron2's own scripts run: a name
+of its ``tools/`` or "demo", never a path (absolute, "..", "./": refused in one line listing the
+names, ``--list``). Detectron2's scripts are found by ``tools/d2_tools.py`` (``--d2-root`` or
+``$DETECTRON2_ROOT``, else next to the installed ``detectron2`` package, else the source checkout
+it was installed from); when none holds the script, the error names every place looked in.
 
 The script runs in this process, as ``__main__``, after ``import panet_d2`` (its models and
 datasets registered). For this process only:
@@ -23,12 +24,19 @@ datasets registered). For this process only:
   (``panet_d2.analysis.FLOP_HANDLES``, through ``panet_d2.compat.fvcore_op_handles``);
 
 * ``detectron2.config.get_cfg()`` returns Detectron2's defaults plus panet_d2's keys
-  (``add_panet_config``), so the scripts read the project's yacs files;
+  (``add_panet_config``), so the scripts read the project's yacs files; its files (and their
+  ``_BASE_`` files) are read as data, checked as the project's entry points check theirs
+  (``panet_d2.config._CheckedConfigFile``, whatever ``allow_unsafe`` the script passes): a Python
+  tag or a YAML alias is refused in one line naming the file;
+* ``LazyConfig.load`` reads ``.yaml`` files as data too (``yaml.safe_load``, no alias; Detectron2
+  uses ``yaml.unsafe_load``) and gives a config file's syntax error as one line "file:line"
+  (``panet_d2.config.lazyconfig_files_as_data``). A LazyConfig ``.py`` file is Python code, run
+  as it loads (as in Detectron2): give only files you trust, by their path;
 * when such a config is frozen, ``panet_d2.engine.adapt_config_to_machine`` applies (MODEL.DEVICE
   "cuda" becomes "cpu" without CUDA; AMP off on the CPU), logged once;
-* ``detectron2.engine.default_setup`` also sets up the "panet_d2" logger into OUTPUT_DIR, as
-  this project's train_net.py does, and refuses to train a config with SOLVER.SCALE_MOMENTUM
-  True (Detectron2's trainers do not rescale momentum);
+* ``detectron2.engine.default_setup`` also sets up the "panet_d2" logger into OUTPUT_DIR (of a
+  LazyConfig: ``train.output_dir``), as this project's train_net.py does, and refuses to train
+  a config with SOLVER.SCALE_MOMENTUM True (Detectron2's trainers do not rescale momentum);
 * ``detectron2.engine.launch`` with several processes: each child process applies the same
   before running the script (they start from this file);
 * ``demo/demo.py`` of current Detectron2 imports its ``predictor.py`` by an internal path
@@ -85,10 +93,17 @@ def get_parser():
 def _panet_cfg_node_class():
     from detectron2.config import CfgNode
 
+    from panet_d2.config import _CheckedConfigFile
     from panet_d2.engine import adapt_config_to_machine
 
     class PANetToolCfgNode(CfgNode):
-        """Detectron2's CfgNode that adapts itself to the machine when frozen (root node)."""
+        """Detectron2's CfgNode that adapts itself to the machine when frozen (root node), and
+        reads its files as the project's entry points do: as data, checked
+        (``panet_d2.config._CheckedConfigFile``; Detectron2's ``allow_unsafe=True`` ignored)."""
+
+        @classmethod
+        def load_yaml_with_base(cls, filename, allow_unsafe=False):
+            return _CheckedConfigFile.load_yaml_with_base(filename)
 
         def freeze(self):
             if "MODEL" in self and "SOLVER" in self:
@@ -154,6 +169,15 @@ def _demo_predictor_alias(script):
             sys.modules.pop(key, None)
 
 
+def _output_dir(cfg):
+    """OUTPUT_DIR of a yacs config, ``train.output_dir`` of a LazyConfig (None if unset)."""
+    if "OUTPUT_DIR" in cfg:
+        return cfg.OUTPUT_DIR
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, "train.output_dir", default=None)
+
+
 @contextlib.contextmanager
 def panet_d2_environment(script):
     """
@@ -172,6 +196,7 @@ def panet_d2_environment(script):
     from panet_d2 import add_panet_config
     from panet_d2.analysis import FLOP_HANDLES
     from panet_d2.compat import fvcore_op_handles
+    from panet_d2.config import lazyconfig_files_as_data
 
     d2_get_cfg = detectron2.config.get_cfg
     d2_default_setup = detectron2.engine.default_setup
@@ -197,7 +222,7 @@ def panet_d2_environment(script):
         project = logging.getLogger("panet_d2")
         for handler in list(project.handlers):  # the console handler of main(): replaced
             project.removeHandler(handler)
-        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panet_d2")
+        setup_logger(_output_dir(cfg), distributed_rank=comm.get_rank(), name="panet_d2")
 
     def launch(main_func, num_gpus_per_machine, num_machines=1, *args, **kwargs):
         if num_gpus_per_machine * num_machines > 1:
@@ -211,6 +236,7 @@ def panet_d2_environment(script):
         for module in (detectron2.engine, detectron2.engine.defaults):
             stack.enter_context(_patched(module, "default_setup", default_setup))
         stack.enter_context(_patched(detectron2.engine, "launch", launch))
+        stack.enter_context(lazyconfig_files_as_data())  # LazyConfig .yaml files: data
         stack.enter_context(_demo_predictor_alias(script))
         stack.enter_context(fvcore_op_handles(FLOP_HANDLES))  # analyze_model's FLOP counts
         yield
@@ -266,15 +292,26 @@ def main(argv=None):
         return None
     if not args.tool:
         parser.error("TOOL is required (e.g. analyze_model); --list lists them")
-    with one_line_errors():  # Detectron2ToolNotFoundError: exit code 2
+    with one_line_errors():  # Detectron2ToolNameError, Detectron2ToolNotFoundError: exit code 2
         script = find_detectron2_tool(args.tool, args.d2_root)
+    return run_found_tool(script, args.args)
+
+
+def run_found_tool(script, args):
+    """
+    :func:`run_tool` for the command line (also tools/lazyconfig_train_net.py's): the project's
+    input errors (a config file refused, ...) as one line, exit code 2; a module the script needs
+    and that is not installed as one line, exit code 1.
+    """
     from detectron2.utils.logger import setup_logger
 
+    from panet_d2.engine.cli import one_line_errors
+
     setup_logger(name="panet_d2", abbrev_name="panet_d2")  # until the script sets up its own
-    logger.info("Running {} {}".format(script, " ".join(args.args)))
+    logger.info("Running {} {}".format(script, " ".join(args)))
     with one_line_errors(MissingModuleError):  # not an input error: exit code 1
         try:
-            return run_tool(script, args.args)
+            return run_tool(script, args)
         except ModuleNotFoundError as e:
             top = (e.name or "").split(".")[0]
             if not top or importlib.util.find_spec(top) is not None:

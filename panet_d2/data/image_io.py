@@ -17,10 +17,14 @@ from detectron2.utils.file_io import PathManager
 
 from ..errors import DatasetError, ImageLoadError, InputError
 
-__all__ = ["read_image", "check_image_size", "ImageDatasetMapper"]
+__all__ = ["read_image", "check_image_size", "ImageDatasetMapper", "MAX_ASPECT_RATIO"]
 
 _EXIF_ORIENTATION = 0x0112
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+# The longest side of an image that panet_d2 reads, in its shortest sides: resized to a model's
+# input sizes (shortest side MIN_SIZE, longest at most MAX_SIZE) a longer image is a few pixels
+# across, or none (Detectron2's resize then fails with a PIL ValueError).
+MAX_ASPECT_RATIO = 100
 
 
 def _is_16_bit(image):
@@ -49,6 +53,7 @@ def read_image(file_name, format=None, what="image"):
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
+            _check_shape(image.size, file_name, what)
             if _is_16_bit(image):
                 gray = np.asarray(ImageOps.exif_transpose(image), dtype=np.float64) / 257
                 image = Image.fromarray(np.round(gray).astype(np.uint8), mode="L")
@@ -64,8 +69,23 @@ def read_image(file_name, format=None, what="image"):
             return utils.convert_PIL_to_numpy(image, format)
     except InputError:
         raise
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for missing / unreadable files
+    # PIL's errors for missing / unreadable files, and for images over its pixel limit
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageLoadError("Cannot read {} {!r}: {}".format(what, file_name, e)) from e
+
+
+def _check_shape(size, file_name, what):
+    """Raises :class:`ImageLoadError` for an image (``size``: width, height) with no pixels or
+    whose longest side is more than :data:`MAX_ASPECT_RATIO` times its shortest."""
+    w, h = size
+    if min(w, h) < 1 or max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise ImageLoadError(
+            "{} {!r} is {}x{} (width x height): panet_d2 reads images whose longest side is at "
+            "most {} times the shortest (resized to the model's input sizes, this one would be "
+            "a few pixels across or none): crop it or cut it into parts.".format(
+                what[:1].upper() + what[1:], file_name, w, h, MAX_ASPECT_RATIO
+            )
+        )
 
 
 def _size_mismatch(dataset_dict):
@@ -155,7 +175,19 @@ class ImageDatasetMapper(DatasetMapper):
             (AugInput, TransformList): the augmented input, and the transforms applied.
         """
         aug_input = T.AugInput(image, sem_seg=sem_seg)
-        transforms = self.augmentations(aug_input)
+        try:
+            transforms = self.augmentations(aug_input)
+        except ValueError as e:  # e.g. PIL's "height and width must be > 0" of a resize to 0
+            raise ImageLoadError(
+                "Image {!r} ({}x{}, width x height) cannot be augmented as the config says "
+                "(INPUT.MIN_SIZE_* / MAX_SIZE_*, crops): {}: {}.".format(
+                    dataset_dict.get("file_name"),
+                    image.shape[1],
+                    image.shape[0],
+                    type(e).__name__,
+                    e,
+                )
+            ) from None
         chw = np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
         dataset_dict["image"] = torch.as_tensor(chw)
         return aug_input, transforms

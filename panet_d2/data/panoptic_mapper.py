@@ -17,7 +17,12 @@ from ..errors import DatasetError, ImageLoadError
 from .image_io import ImageDatasetMapper
 from .label_space import PanopticLabelSpace
 
-__all__ = ["PanopticDatasetMapper", "read_panoptic_png"]
+__all__ = [
+    "PanopticDatasetMapper",
+    "read_panoptic_png",
+    "segment_mismatch",
+    "warn_segment_mismatch",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +64,34 @@ def _segments(pan_ids, segments_info, space, where):
     index = np.where(hit, pos + 1, 0)
     missing = ids[np.bincount(index, minlength=len(ids) + 1)[1:] == 0].tolist()
     unknown = np.unique(flat[~hit & (flat != 0)]).tolist()
-    if missing:
-        logger.warning(f"{where}: segment id(s) {missing[:10]} of segments_info are not in the PNG")
-    if unknown:
-        logger.warning(f"{where}: PNG segment id(s) {unknown[:10]} not in segments_info: void")
+    warn_segment_mismatch(where, missing, unknown)
     return index.reshape(pan_ids.shape), sem, cls
+
+
+def segment_mismatch(pan_ids, segment_ids):
+    """(the ids of ``segment_ids`` (segments_info) not in the panoptic PNG's ``pan_ids``, the ids
+    of the PNG not in ``segment_ids``, 0 (void) aside), each sorted."""
+    present = np.unique(pan_ids)
+    ids = np.unique(np.asarray(list(segment_ids), dtype=np.int64))
+    unknown = present[(present != 0) & ~np.isin(present, ids)]
+    return ids[~np.isin(ids, present)].tolist(), unknown.tolist()
+
+
+def warn_segment_mismatch(where, missing, unknown, missed="", unlisted="void"):
+    """
+    The warnings of a panoptic PNG and its segments_info that disagree (``where``: the image and
+    its PNG): the ids ``missing`` from the PNG (``missed``: what that means, appended), the ids
+    ``unknown`` to segments_info (``unlisted``: what those pixels become). Training (the mapper)
+    and evaluation (``PanopticEvaluator``) warn with it.
+    """
+    if missing:
+        logger.warning(
+            f"{where}: segment id(s) {missing[:10]} of segments_info are not in the PNG{missed}"
+        )
+    if unknown:
+        logger.warning(
+            f"{where}: PNG segment id(s) {unknown[:10]} not in segments_info: {unlisted}"
+        )
 
 
 class PanopticDatasetMapper(ImageDatasetMapper):

@@ -12,6 +12,7 @@ import difflib
 import inspect
 import io
 import logging
+import math
 import os
 import tempfile
 from collections import Counter
@@ -287,18 +288,50 @@ def check_config(cfg, train=True, world_size=None):
 # Annotation validity, the same for training (dataset dicts) and evaluation (COCO ground truth):
 # a polygon with fewer than 6 coordinates or of odd length is dropped (as Detectron2's
 # load_coco_json does); an annotation is dropped when none of its polygons is left (as
-# load_coco_json), when its segmentation is missing or an empty list while masks are used, or when
-# its box has no area.
+# load_coco_json), when its segmentation is missing or an empty list while masks are used, when
+# its box has no area, when a coordinate of its box or polygons is not a finite number or lies
+# farther than _FAR image sizes from the image (pycocotools, rasterising it, grows to gigabytes or
+# crashes), or when its RLE mask has another size than its image (an AssertionError in the mapper).
+_FAR = 4
 _REASONS = {
     "polygons": "without a valid polygon",
     "empty": "with an empty or no segmentation (MODEL.MASK_ON)",
     "box": "with a box of non-positive size",
+    "coordinates": "with a coordinate not finite or beyond {}x the image size".format(_FAR),
+    "rle": "with an RLE mask of another size than its image",
 }
 
 
-def _annotation_problem(box_xyxy, segm, masks):
-    """(reason or None, the valid polygons or None, number of invalid polygons)"""
+def _far_or_not_finite(values, bound):
+    """Whether a box or polygon (numbers) has a value that is not finite or is beyond ``bound``
+    from 0."""
+    try:
+        finite = math.isfinite(sum(values))  # NaN, inf, or values that overflow when added
+        return bool(values) and not (finite and -bound <= min(values) and max(values) <= bound)
+    except (TypeError, OverflowError):  # not numbers, or integers beyond a float
+        return True
+
+
+def _rle_size_differs(segm, size):
+    """Whether an RLE mask (a dict) has another size than ``size`` (h, w), where known."""
+    if not isinstance(segm, dict) or not size:
+        return False
+    try:
+        return [int(n) for n in segm.get("size")] != [int(size[0]), int(size[1])]
+    except (TypeError, ValueError, OverflowError):  # no size, or not numbers
+        return True
+
+
+def _annotation_problem(box_xyxy, segm, masks, size=None):
+    """(reason or None, the valid polygons or None, number of invalid polygons); ``size`` is the
+    image's (h, w), or None where unknown."""
     polygons, dropped = None, 0
+    bound = _FAR * max(size) if size else math.inf
+    lines = [box_xyxy] + (segm if isinstance(segm, list) else [])
+    if any(_far_or_not_finite(v, bound) for v in lines if v is not None):
+        return "coordinates", polygons, dropped
+    if _rle_size_differs(segm, size):
+        return "rle", polygons, dropped
     if isinstance(segm, list):
         polygons = [p for p in segm if len(p) >= 6 and len(p) % 2 == 0]
         dropped = len(segm) - len(polygons)
@@ -334,15 +367,24 @@ def _coco_box(a):
     return BoxMode.convert(list(box), BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) if box else None
 
 
-def _valid_annotations(annos, box_of, masks, describe):
+def _image_size(record):
+    """(h, w) of an image record (a dataset dict, or a COCO image), or None where unknown."""
+    size = (record or {}).get("height"), (record or {}).get("width")
+    ok = all(isinstance(n, (int, float)) and math.isfinite(n) and n > 0 for n in size)
+    return size if ok else None
+
+
+def _valid_annotations(annos, box_of, masks, describe, size_of):
     """
-    ``annos`` without the invalid ones (``_annotation_problem``), invalid polygons removed (such
-    annotations copied): (kept, Counter of reasons, polygons removed, ``describe(a)`` of the first
-    annotation with a problem or None).
+    ``annos`` without the invalid ones (``_annotation_problem``; ``size_of(a)``: the image size
+    of annotation ``a``), invalid polygons removed (such annotations copied): (kept, Counter of
+    reasons, polygons removed, ``describe(a)`` of the first annotation with a problem or None).
     """
     kept, counts, polygons, first = [], Counter(), 0, None
     for a in annos:
-        reason, valid, dropped = _annotation_problem(box_of(a), a.get("segmentation"), masks)
+        reason, valid, dropped = _annotation_problem(
+            box_of(a), a.get("segmentation"), masks, size_of(a)
+        )
         if reason is not None or dropped:
             first = first or describe(a)
         if reason is not None:
@@ -369,7 +411,10 @@ def drop_invalid_annotations(dicts, names, key, masks):
             out.append(d)
             continue
         image = "image {!r} ({!r})".format(d.get("image_id"), d.get("file_name"))
-        kept, c, p, f = _valid_annotations(annos, _record_box, masks, lambda a: image)
+        size = _image_size(d)
+        kept, c, p, f = _valid_annotations(
+            annos, _record_box, masks, lambda a: image, lambda a: size
+        )
         counts, polygons, first, total = counts + c, polygons + p, first or f, total + len(annos)
         out.append(dict(d, annotations=kept) if (c or p) else d)
     what = "Dataset{} {} ({})".format("s" * (len(names) > 1), ", ".join(map(repr, names)), key)
@@ -404,8 +449,13 @@ def drop_invalid_coco_annotations(coco_api, name, masks):
     """
     annos = coco_api.dataset.get("annotations", [])
     describe = "annotation {!r} of image {!r}".format
+    images = getattr(coco_api, "imgs", {})
     kept, counts, polygons, first = _valid_annotations(
-        annos, _coco_box, masks, lambda a: describe(a.get("id"), a.get("image_id"))
+        annos,
+        _coco_box,
+        masks,
+        lambda a: describe(a.get("id"), a.get("image_id")),
+        lambda a: _image_size(images.get(a.get("image_id"))),
     )
     if len(kept) != len(annos) or polygons:
         coco_api.dataset["annotations"] = kept

@@ -1,12 +1,14 @@
 # -*- coding: utf-8 -*-
 """
 Exact ``--resume``: the random generator states in every checkpoint and a training sampler that
-skips the samples the interrupted run already used (docs/design.md).
+skips the samples the interrupted run already used (docs/design.md); the file ``last_checkpoint``
+names checked before a resume.
 """
 
 import contextlib
 import itertools
 import logging
+import os
 import random
 
 import numpy as np
@@ -16,7 +18,10 @@ import torch.utils.data as torchdata
 import detectron2.utils.comm as comm
 from detectron2.engine import HookBase
 
+from ..errors import CheckpointError
+
 __all__ = [
+    "check_last_checkpoint",
     "ResumableSampler",
     "ResumeStateHook",
     "get_rng_states",
@@ -25,6 +30,37 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def check_last_checkpoint(checkpointer):
+    """
+    Before ``--resume``: the checkpoint that ``<save_dir>/last_checkpoint`` names (the one
+    resumed from), None when there is no ``last_checkpoint`` (the run starts from MODEL.WEIGHTS).
+
+    Raises:
+        CheckpointError: naming ``last_checkpoint`` and the file it names, when that file does
+            not exist (with the checkpoints that do).
+    """
+    if not checkpointer.has_checkpoint():
+        return None
+    path = checkpointer.get_checkpoint_file()
+    if "://" in path or os.path.isfile(path):
+        return path
+    folder = checkpointer.save_dir
+    found = sorted(n for n in os.listdir(folder) if n.endswith((".pth", ".pkl")))
+    raise CheckpointError(
+        "--resume: {!r} names the checkpoint {!r}, which does not exist. {} Write the name of "
+        "the checkpoint to resume from into last_checkpoint, or remove last_checkpoint to start "
+        "from MODEL.WEIGHTS.".format(
+            os.path.join(folder, "last_checkpoint"),
+            os.path.basename(path),
+            (
+                "The checkpoints in {!r}: {}.".format(folder, ", ".join(found))
+                if found
+                else "{!r} holds no checkpoint.".format(folder)
+            ),
+        )
+    )
 
 
 class ResumableSampler(torchdata.Sampler):

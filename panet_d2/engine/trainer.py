@@ -3,6 +3,7 @@
 :class:`PANetTrainer`: Detectron2's :class:`DefaultTrainer` for panet_d2.
 """
 
+import contextlib
 import logging
 import math
 import os
@@ -13,17 +14,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNNWithTTA
 
 from ..checkpoint import PANetCheckpointer
-from ..compat import cityscapes_api_alias, ddp_on_cpu
+from ..compat import atomic_output_files, cityscapes_api_alias, ddp_on_cpu
 from ..data import PanopticDatasetMapper
 from ..data.image_io import ImageDatasetMapper
-from ..errors import TrainingDivergedError
+from ..errors import DatasetError, TrainingDivergedError
 from ..evaluation import build_evaluator
 from ..modeling import PanopticPANet
 from .checks import (
@@ -35,12 +41,51 @@ from .checks import (
     drop_invalid_coco_annotations,
     loading_dataset,
 )
-from .resume import ResumableSampler, ResumeStateHook, preserved_rng_states
+from .cli import disk_full_error, disk_full_message
+from .resume import (
+    ResumableSampler,
+    ResumeStateHook,
+    check_last_checkpoint,
+    preserved_rng_states,
+)
 
-__all__ = ["PANetTrainer", "MomentumRescale", "uses_panoptic_mapper"]
+__all__ = ["PANetTrainer", "MomentumRescale", "TrainingInterrupted", "uses_panoptic_mapper"]
 
-_ONE_LINE_INPUT_ERRORS = OneLineInputErrors()
 logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """
+    Training stopped by Ctrl-C (a ``KeyboardInterrupt``, so anyone catching that still catches
+    it): ``iteration``, the one it stopped in, and ``last_checkpoint``, the file that
+    ``last_checkpoint`` names (what ``--resume`` continues from) or None.
+    """
+
+    def __init__(self, iteration, last_checkpoint):
+        super().__init__(iteration, last_checkpoint)
+        self.iteration, self.last_checkpoint = iteration, last_checkpoint
+
+    def __str__(self):
+        return "Training stopped by Ctrl-C at iteration {}; the last checkpoint: {}.".format(
+            self.iteration, repr(self.last_checkpoint) if self.last_checkpoint else "none"
+        )
+
+
+class _OneLineErrors(OneLineInputErrors):
+    """For Detectron2's "detectron2.engine.train_loop" logger: :class:`OneLineInputErrors`, and a
+    full disk that stops training (an OSError, or an error raised from one:
+    :func:`~panet_d2.engine.cli.disk_full_error`) logged as one line as well, without the
+    traceback."""
+
+    def filter(self, record):
+        full = disk_full_error(record.exc_info[1]) if record.exc_info else None
+        if full is not None:
+            record.msg = "{} {}".format(record.getMessage(), disk_full_message(full))
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return super().filter(record)
+
+
+_ONE_LINE_ERRORS = _OneLineErrors()
 
 # The optimizer hyper-parameters that --resume compares (a param group's key, its config key).
 _SOLVER_KEYS = {"initial_lr": "SOLVER.BASE_LR", "momentum": "SOLVER.MOMENTUM"}
@@ -123,7 +168,13 @@ class PANetTrainer(DefaultTrainer):
     * invalid annotations dropped, with a count, as the evaluation drops them
       (:func:`panet_d2.engine.checks.drop_invalid_annotations`);
     * exact ``--resume`` (:mod:`panet_d2.engine.resume`): the trainer keeps the sampler of its
-      training loader (``train_sampler``) for its :class:`ResumeStateHook`.
+      training loader (``train_sampler``) for its :class:`ResumeStateHook`; a ``last_checkpoint``
+      that names a missing file is refused naming both (:func:`check_last_checkpoint`);
+    * Ctrl-C ends training with :class:`TrainingInterrupted` (the last checkpoint); a full disk
+      that stops it is logged in one line; after training stopped early, the hooks' errors (the
+      writers' on that full disk) do not replace the error that stopped it (:meth:`after_train`);
+    * the evaluators' files written atomically (:func:`~panet_d2.compat.atomic_output_files`);
+      an empty test dataset is one :class:`DatasetError`.
     """
 
     def __init__(self, cfg):
@@ -200,6 +251,8 @@ class PANetTrainer(DefaultTrainer):
         """
         config = [{k: g[k] for k in _SOLVER_KEYS if k in g} for g in self.optimizer.param_groups]
         base_lrs = list(getattr(self.scheduler, "base_lrs", []))
+        if resume:
+            check_last_checkpoint(self.checkpointer)
         super().resume_or_load(resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
             return
@@ -256,25 +309,78 @@ class PANetTrainer(DefaultTrainer):
                 inf, or the checkpointer's, when the weights are) as one line: the iteration,
                 the loss, the last checkpoint written before it.
 
-        While it runs, Detectron2's "Exception during training:" log of such an error (or an
-        :class:`InputError`) is one line (:class:`OneLineInputErrors`, removed at the end).
+            TrainingInterrupted: Ctrl-C (a KeyboardInterrupt), with the iteration and the last
+                checkpoint.
+
+        While it runs, Detectron2's "Exception during training:" log of such an error, an
+        :class:`InputError` or a full disk is one line (:class:`_OneLineErrors`, removed at the
+        end).
         """
         train_loop = logging.getLogger("detectron2.engine.train_loop")
-        added = _ONE_LINE_INPUT_ERRORS not in train_loop.filters
-        train_loop.addFilter(_ONE_LINE_INPUT_ERRORS)
+        added = _ONE_LINE_ERRORS not in train_loop.filters
+        train_loop.addFilter(_ONE_LINE_ERRORS)
         try:
             super().train()
         except FloatingPointError as e:
             raise self._diverged(e) from e
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(self.iter, self._last_checkpoint()) from None
         finally:
             if added:
-                train_loop.removeFilter(_ONE_LINE_INPUT_ERRORS)
+                train_loop.removeFilter(_ONE_LINE_ERRORS)
         return getattr(self, "_last_eval_results", None)
 
-    def _diverged(self, e):
-        last = None
+    def _last_checkpoint(self):
         if self.checkpointer.has_checkpoint():
-            last = self.checkpointer.get_checkpoint_file()
+            return self.checkpointer.get_checkpoint_file()
+        return None
+
+    def build_writers(self):
+        """DefaultTrainer's writers, kept (``event_writers``) for :meth:`after_train`."""
+        self.event_writers = super().build_writers()
+        return self.event_writers
+
+    def after_train(self):
+        """
+        Each hook's ``after_train``, as Detectron2's, with every hook run even when one fails (the
+        first error is raised after the others ran). When training stopped early (an error or
+        Ctrl-C: Detectron2 counts ``iter`` up to ``max_iter`` only when it finished), no
+        evaluation runs, the hooks' errors (the writers' on the full disk that stopped a
+        checkpoint save) are logged in one line each, not raised, and the event writers are
+        closed: the run ends with the error that stopped training.
+        """
+        stopped = self.iter < self.max_iter
+        self.storage.iter = self.iter
+        first = None
+        for h in self._hooks:
+            # UPSTREAM-WORKAROUND hooks-after-failed-training: Detectron2 0.6's EvalHook evaluates
+            # after a failure at the last iteration (its check of a failed training is iter + 1 >=
+            # max_iter), and TrainerBase.after_train stops at the first hook that fails: a
+            # writer's error (a full disk) replaced the error that had stopped training.
+            if stopped and isinstance(h, hooks.EvalHook):
+                continue
+            try:
+                h.after_train()
+            except Exception as e:
+                if first is None and not stopped:
+                    first = e
+                    continue
+                logger.warning(
+                    "After training %s, %s could not finish: %s: %s",
+                    "stopped" if stopped else "failed",
+                    type(h).__name__,
+                    type(e).__name__,
+                    " ".join(str(e).split()),
+                )
+        if stopped or first is not None:
+            for writer in getattr(self, "event_writers", ()):
+                with contextlib.suppress(Exception):  # closed even when its last flush fails
+                    writer.close()
+        if first is not None:
+            raise first
+
+    def _diverged(self, e):
+        last = self._last_checkpoint()
         found = re.search(r"loss_dict = (\{.*\})", str(e), re.S)
         if found:
             losses = " ".join(found.group(1).split())
@@ -299,10 +405,22 @@ class PANetTrainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         """Detectron2's test loader with :class:`ImageDatasetMapper` (panet_d2's image reader);
-        Detectron2's Cityscapes loaders import (:func:`~panet_d2.compat.cityscapes_api_alias`)."""
+        Detectron2's Cityscapes loaders import (:func:`~panet_d2.compat.cityscapes_api_alias`);
+        an empty dataset is one :class:`DatasetError` (Detectron2: an AssertionError)."""
         with cityscapes_api_alias():
             mapper = ImageDatasetMapper(cfg, False)
-            return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+            try:
+                return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+            except AssertionError:
+                if DatasetCatalog.get(dataset_name):
+                    raise
+        json_file = MetadataCatalog.get(dataset_name).get("json_file", None)
+        raise DatasetError(
+            "Dataset {!r} in DATASETS.TEST has no images{}: nothing to evaluate. Give it images, "
+            "or remove it from DATASETS.TEST.".format(
+                dataset_name, " (json_file={!r})".format(json_file) if json_file else ""
+            )
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -319,10 +437,12 @@ class PANetTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
+        """DefaultTrainer's, with the evaluators' files written atomically
+        (:func:`~panet_d2.compat.atomic_output_files`: a full disk leaves no truncated file)."""
         if isinstance(model, DistributedDataParallel):  # during training, several processes
             _broadcast_buffers(model)
         # evaluation draws from the global random generators: keep training's stream as it was
-        with preserved_rng_states():
+        with preserved_rng_states(), atomic_output_files():
             return super().test(cfg, model, evaluators)
 
     @classmethod

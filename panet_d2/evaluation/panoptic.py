@@ -1,13 +1,21 @@
 # -*- coding: utf-8 -*-
 """PQ on a dataset of any label convention; a panoptic model's sem_seg in a dataset's classes."""
 
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
+import detectron2.utils.comm as comm
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluator
 from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
+from detectron2.utils.file_io import PathManager
 
 from ..data import PanopticLabelSpace, label_space_of
+from ..data.panoptic_mapper import read_panoptic_png, segment_mismatch, warn_segment_mismatch
 from ..errors import DatasetError
 
 __all__ = [
@@ -16,6 +24,16 @@ __all__ = [
     "meta_architecture",
     "panoptic_to_dataset_classes",
 ]
+
+
+logger = logging.getLogger(__name__)
+
+# What PQ makes of a ground-truth PNG that disagrees with its segments_info (panopticapi's
+# pq_compute): a listed segment missing from the PNG is never matched; pixels of an id that is not
+# listed are neither ground truth nor void. The images warned of one by one; then a count.
+_MISSED = ": PQ counts them as missed"
+_UNLISTED = "neither ground truth nor void for PQ (predictions there count as false positives)"
+_WARNED_IMAGES = 10
 
 
 class PanopticEvaluator(COCOPanopticEvaluator):
@@ -35,6 +53,42 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         if self._label_space is not None:
             outputs = [self._to_dataset_ids(output) for output in outputs]
         super().process(inputs, outputs)
+
+    def evaluate(self):
+        """Detectron2's, after warning, as training does, of each ground-truth PNG that disagrees
+        with its segments_info (panopticapi's PQ reads them without a word)."""
+        mismatches = comm.gather(self._ground_truth_mismatches(), dst=0)
+        mismatches = [m for part in mismatches for m in part]
+        for where, missing, unknown in mismatches[:_WARNED_IMAGES]:
+            warn_segment_mismatch(where, missing, unknown, _MISSED, _UNLISTED)
+        if len(mismatches) > _WARNED_IMAGES:
+            logger.warning(
+                f"Dataset {self._metadata.name!r}: {len(mismatches) - _WARNED_IMAGES} more "
+                "ground-truth panoptic PNG(s) disagree with their segments_info "
+                f"({self._metadata.panoptic_json})"
+            )
+        return super().evaluate()
+
+    def _ground_truth_mismatches(self):
+        """(where, ids missing from the PNG, ids unknown to segments_info) of each image that
+        this process predicted whose ground truth (panoptic_json, panoptic_root: what PQ reads)
+        disagrees."""
+        image_ids = {p["image_id"] for p in self._predictions}
+        if not image_ids:
+            return []
+        with PathManager.open(self._metadata.panoptic_json) as f:
+            annotations = json.load(f).get("annotations", [])
+        annotations = [a for a in annotations if a.get("image_id") in image_ids]
+
+        def mismatch(a):
+            path = os.path.join(self._metadata.panoptic_root, a["file_name"])
+            ids = [s["id"] for s in a.get("segments_info", [])]
+            missing, unknown = segment_mismatch(read_panoptic_png(path), ids)
+            where = f"image {a['image_id']!r} ({path})"
+            return (where, missing, unknown) if missing or unknown else None
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return [m for m in pool.map(mismatch, annotations) if m]
 
     def _to_dataset_ids(self, output):
         panoptic_img, segments_info = output["panoptic_seg"]

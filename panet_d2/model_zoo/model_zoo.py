@@ -15,6 +15,7 @@ from detectron2.modeling import build_model
 
 from ..checkpoint import PANetCheckpointer
 from ..config import load_config_file
+from ..errors import ConfigError
 
 __all__ = [
     "get_config_file",
@@ -78,21 +79,54 @@ def list_configs() -> List[str]:
     return sorted(found)
 
 
+def _check_config_name(config_path: str) -> str:
+    """``config_path`` if it names a file inside ``configs/`` (a relative path that stays there,
+    ending in .yaml or .py); else a :class:`ConfigError` (a ValueError) naming the allowed form."""
+    rel = os.path.normpath(config_path) if isinstance(config_path, str) and config_path else ""
+    if (
+        not rel
+        or os.path.isabs(rel)
+        or rel.split(os.sep)[0] == os.pardir
+        or not rel.endswith(_CONFIG_EXTENSIONS)
+    ):
+        raise ConfigError(
+            "model_zoo takes a config's path relative to PANet's configs/ directory, ending in "
+            ".yaml or .py (e.g. 'COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml'; "
+            "list_configs() lists them), not {!r}; load another file with "
+            "panet_d2.config.load_config_file(path).".format(config_path)
+        )
+    return rel
+
+
 def get_config_file(config_path: str) -> str:
     """
     Returns path to a builtin config file.
 
     Args:
         config_path (str): config file name relative to PANet's "configs/" directory, e.g.,
-            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml".
+            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml". Only files inside that
+            directory are resolved (as Detectron2's model_zoo resolves only its own configs): an
+            absolute path, or one that leaves it ("../", a link out of it), is refused.
 
     Returns:
         str: the real path to the config file.
+
+    Raises:
+        ConfigError: (a ValueError) ``config_path`` is not a path inside ``configs/``.
+        RuntimeError: no such config.
     """
+    rel = _check_config_name(config_path)
     dirs = _config_dirs()
     for d in dirs:
-        cfg_file = os.path.join(d, config_path)
+        cfg_file = os.path.join(d, rel)
         if os.path.isfile(cfg_file):
+            real_dir = os.path.realpath(d)
+            real = os.path.realpath(cfg_file)
+            if os.path.commonpath([real_dir, real]) != real_dir:  # a link out of configs/
+                raise ConfigError(
+                    "model_zoo resolves only files inside PANet's configs/ directory: {!r} "
+                    "leads to {} (outside {}).".format(config_path, real, real_dir)
+                )
             return cfg_file
     if not dirs:
         raise RuntimeError(
@@ -148,7 +182,8 @@ def get_config(config_path: str, trained: bool = False) -> Union[CfgNode, DictCo
     Returns:
         CfgNode or omegaconf.DictConfig: of a ``.yaml`` file, Detectron2's default config +
         PANet's keys (:func:`add_panet_config`) + the file; of a ``.py`` file, the LazyConfig
-        (``LazyConfig.load``).
+        (``LazyConfig.load``: Python code, run as it loads, as in Detectron2; only files of
+        ``configs/`` are loaded here, :func:`get_config_file`).
     """
     cfg_file = get_config_file(config_path)
     if trained:
