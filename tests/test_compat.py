@@ -208,6 +208,7 @@ def test_atomic_output_files_are_atomic_and_scoped(tmp_path, monkeypatch):
     from detectron2.utils.file_io import PathManager
 
     json_file, pth = str(tmp_path / "results.json"), str(tmp_path / "predictions.pth")
+    before = vars(PathManager).get("open")  # another test's monkeypatch may leave a bound method
     with compat.atomic_output_files():
         with PathManager.open(json_file, "w") as f:
             f.write('{"old": 1}')
@@ -217,7 +218,7 @@ def test_atomic_output_files_are_atomic_and_scoped(tmp_path, monkeypatch):
             f.write("\n")
     assert sorted(os.listdir(tmp_path)) == ["predictions.pth", "results.json"]
     assert open(json_file).read() == '{"old": 1}\n'
-    assert "open" not in vars(PathManager)  # put back
+    assert vars(PathManager).get("open") is before  # put back
 
     open_ = PathManager.open
     monkeypatch.setattr(
