@@ -30,6 +30,7 @@ import sys
 import textwrap
 import types
 import zlib
+from unittest import mock
 
 import numpy as np
 import torch
@@ -213,16 +214,6 @@ class _WithoutReplacement:
 
 
 @contextlib.contextmanager
-def _patched(module, name, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
-
-
-@contextlib.contextmanager
 def _crowd_not_a_label():
     """The release labels proposals against crowd boxes too (add_proposals with crowd_thresh 0);
     this hides the crowd boxes from that labelling only, as Detectron2 has no crowd boxes."""
@@ -237,7 +228,7 @@ def _crowd_not_a_label():
         for e, s in zip(roidb, saved):
             e["gt_classes"][: len(s)] = s
 
-    with _patched(jd, "_merge_proposal_boxes_into_roidb", merge_without_crowd):
+    with mock.patch.object(jd, "_merge_proposal_boxes_into_roidb", merge_without_crowd):
         yield
 
 
@@ -258,7 +249,7 @@ def release_batch(roidb, ratios, rpn_sampler):
     loader = importlib.import_module("roi_data.loader")
     rpn = importlib.import_module("roi_data.rpn")
     dataset = loader.RoiDataLoader(roidb, mrf.NUM_CLASSES, training=True)
-    with _patched(rpn, "npr", rpn_sampler):
+    with mock.patch.object(rpn, "npr", rpn_sampler):
         items = [dataset[(i, ratios[i])] for i in range(len(roidb))]
     batch = {k: v[0] for k, v in loader.collate_minibatch(items).items()}
     return {k: _as_dtype(v) for k, v in batch.items()}
@@ -303,7 +294,7 @@ def release_step(model, batch, crowd_labels):
 
     model.zero_grad()
     ctx = contextlib.nullcontext() if crowd_labels else _crowd_not_a_label()
-    with _patched(model.RPN, "forward", capture), ctx, _patched(
+    with mock.patch.object(model.RPN, "forward", capture), ctx, mock.patch.object(
         fast_rcnn, "npr", np.random.RandomState(ROI_SEED)
     ), _numpy_blobs_in_dtype():
         out = model(**batch)
