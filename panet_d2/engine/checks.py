@@ -1,7 +1,4 @@
-"""
-The checks of the data and run values before a run starts, each failing in one line that names
-the key, dataset, file or value, and the annotation rule of training and evaluation.
-"""
+"""The checks of the data and run values before a run, and the annotation rule."""
 
 import contextlib
 import difflib
@@ -62,8 +59,10 @@ def check_registered(name, key):
 
 
 def check_files(dicts, name, key):
-    """Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` naming the first image
-    or PNG of the records ``dicts`` (of ``name``, config ``key``) that does not exist."""
+    """
+    Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` naming the first
+    missing image or PNG of the records ``dicts`` (of ``name``, config ``key``).
+    """
     keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
     missing = [d[k] for d in dicts for k in keys if _local(d.get(k)) and not os.path.isfile(d[k])]
     if not missing:
@@ -77,8 +76,7 @@ def check_files(dicts, name, key):
 
 @contextlib.contextmanager
 def loading_dataset(names, key):
-    """Raises what fails inside the block (loading ``names``) as one :class:`DatasetError`, with
-    the datasets' files; Detectron2's Cityscapes loaders import there."""
+    """Raises what fails in the block (loading ``names``) as one :class:`DatasetError`."""
     try:
         with cityscapes_api_alias():
             yield
@@ -95,8 +93,7 @@ def loading_dataset(names, key):
 
 
 def _num_classes(meta, head):
-    """(number, description) of a dataset's classes for ``head``'s NUM_CLASSES, or None; a
-    panoptic dataset's thing_classes may list every class (coco_2017_*_panoptic)."""
+    """(number, description) of the classes of dataset ``meta`` for ``head``, or None."""
     space, things = label_space_of(meta), meta.get("thing_classes", None)
     if head == "SEM_SEG_HEAD":
         if space is None:
@@ -107,9 +104,7 @@ def _num_classes(meta, head):
 
 
 def check_num_classes(cfg, datasets):
-    """Raises :class:`ConfigError` if MODEL.ROI_HEADS.NUM_CLASSES (the thing classes) or, of a
-    PanopticFPN, MODEL.SEM_SEG_HEAD.NUM_CLASSES (stuff + 1) does not fit one of ``datasets``
-    (pairs of name and config key)."""
+    """Raises :class:`ConfigError` if a NUM_CLASSES does not fit one of ``datasets`` (name, key)."""
     arch = _rcnn(cfg)
     if arch is None:
         return
@@ -126,8 +121,7 @@ def check_num_classes(cfg, datasets):
 
 
 def check_tta(cfg):
-    """Raises :class:`ConfigError` if TEST.AUG.ENABLED is set for a model that Detectron2's
-    ``GeneralizedRCNNWithTTA`` cannot run (its ``inference`` takes no ``detected_instances``)."""
+    """Raises :class:`ConfigError` if TEST.AUG.ENABLED is set for a model TTA cannot run."""
     if not cfg.TEST.AUG.ENABLED or meta_architecture(cfg) is None:
         return
     arch = _rcnn(cfg)
@@ -140,8 +134,7 @@ def check_tta(cfg):
 
 
 def check_output_dir(path, key="OUTPUT_DIR"):
-    """Creates the local folder ``path`` (config ``key``) if missing; raises
-    :class:`ConfigError` if it is a file, cannot be created or is not writable."""
+    """Creates the local folder ``path`` (config ``key``); :class:`ConfigError` if not writable."""
     if not _local(path):
         return
     if os.path.exists(path) and not os.path.isdir(path):
@@ -183,9 +176,9 @@ def _check_solver(cfg, world_size):
 
 
 def check_config(cfg, train=True, world_size=None):
-    """Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
-    building or training: MODEL.ROI_HEADS.NUM_CLASSES, the SOLVER values when ``train``
-    (IMS_PER_BATCH for ``world_size`` processes, default the current ones), MODEL.RPN.IN_FEATURES.
+    """
+    Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
+    building or training (``world_size``: the number of processes, default the current one).
     """
     rcnn = _rcnn(cfg) is not None
     value = cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -239,8 +232,7 @@ def _rle_size_differs(segm, size):
 
 
 def _problem(a, masks, image):
-    """(why annotation ``a`` of ``image`` (a dataset dict or a COCO image) is invalid or None,
-    its valid polygons or None)."""
+    """(why annotation ``a`` of ``image`` is invalid or None, its valid polygons or None)."""
     size = (image or {}).get("height"), (image or {}).get("width")
     ok = all(isinstance(n, (int, float)) and math.isfinite(n) and n > 0 for n in size)
     size = size if ok else None
@@ -268,11 +260,10 @@ def _problem(a, masks, image):
 
 def _drop_invalid(annos, masks, image_of):
     """
-    ``annos`` without the invalid ones (``image_of(a)``: the image of annotation ``a``), polygons
-    with fewer than 6 coordinates or of odd length removed (such annotations copied).
+    ``annos`` without the invalid ones and polygons (``image_of(a)``: ``a``'s image).
 
     Returns:
-        (kept, Counter of reasons, number of polygons removed, first annotation with a problem)
+        (kept, Counter of reasons, polygons removed, first annotation with a problem or None)
     """
     kept, counts, removed, first = [], Counter(), 0, None
     for a in annos:
@@ -306,10 +297,7 @@ def _log_dropped(where, counts, total, polygons, first, then):
 def drop_invalid_annotations(dicts, names, key, masks):
     """
     The dataset dicts ``dicts`` (of datasets ``names``, config ``key``) without the invalid
-    annotations and polygons, logged with a count; the dicts that change are copies.
-
-    Raises:
-        DatasetError: when every annotation is invalid (e.g. none has a mask while ``masks``).
+    annotations and polygons, logged; a :class:`DatasetError` if all are invalid.
     """
     out, counts, total, polygons, first = [], Counter(), 0, 0, None
     for d in dicts:
@@ -335,8 +323,7 @@ def drop_invalid_annotations(dicts, names, key, masks):
 
 
 def drop_invalid_coco_annotations(coco_api, name, masks):
-    """Drops the invalid annotations and polygons from an evaluator's pycocotools ``COCO`` of
-    dataset ``name``, as training drops them, logged with a count; returns how many."""
+    """Drops the invalid annotations and polygons of an evaluator's pycocotools ``COCO``."""
     annos = coco_api.dataset.get("annotations", [])
     images = getattr(coco_api, "imgs", {})
     kept, counts, polygons, first = _drop_invalid(
@@ -354,9 +341,7 @@ def drop_invalid_coco_annotations(coco_api, name, masks):
 
 
 def check_inputs(cfg, train=True):
-    """The checks before a training (``train``) or evaluation run: the config values, the
-    datasets of DATASETS.TRAIN and DATASETS.TEST (registered, their files, the test datasets'
-    evaluator_type, records and images), the classes, TEST.AUG.ENABLED."""
+    """The checks before a training (``train``) or evaluation run of ``cfg``."""
     check_config(cfg, train=train)
     datasets = [(name, "DATASETS.TEST") for name in cfg.DATASETS.TEST]
     if train:

@@ -1,8 +1,4 @@
-"""
-What the entry points (train_net.py, demo.py, tools/) share: a config file made runnable here,
-an input error or a full disk as one "ERROR:" line (exit codes: docs/reliability.md), one run at
-a time in an OUTPUT_DIR, and log files that fail in one line.
-"""
+"""What the entry points share: config loading, one-line errors, the OUTPUT_DIR lock."""
 
 import contextlib
 import errno
@@ -32,8 +28,7 @@ LOCK_FILE = "panet_d2_run.lock"  # in OUTPUT_DIR (output_dir_lock)
 
 def adapt_config_to_machine(cfg):
     """
-    Makes a config (not frozen) runnable here: without CUDA, a "cuda" yacs MODEL.DEVICE or
-    LazyConfig ``train.device`` (default "cuda") becomes "cpu"; SOLVER.AMP.ENABLED is off on a CPU.
+    Makes ``cfg`` (not frozen) runnable here: the CPU without CUDA, no AMP on a CPU.
 
     Returns:
         list[str]: what was changed, to be logged once the logger is set up.
@@ -54,19 +49,13 @@ def adapt_config_to_machine(cfg):
 
 
 def load_config(path, opts=(), lazy=True, key="--config-file"):
-    """
-    :func:`panet_d2.config.load_config_file` made runnable here (not frozen).
-
-    Returns:
-        (cfg, notes): the CfgNode or LazyConfig, and :func:`adapt_config_to_machine`'s notes.
-    """
+    """:func:`panet_d2.config.load_config_file` made runnable here: (cfg, notes), not frozen."""
     cfg = load_config_file(path, opts, lazy=lazy, key=key)
     return cfg, adapt_config_to_machine(cfg)
 
 
 class InputErrorExit(SystemExit):
-    """The exit (code 2, as argparse's usage errors; 1 for a divergence) after the one line
-    "ERROR: <message>" on stderr, which ``str()`` is."""
+    """The exit (code 2; 1 for ``types``) after its line "ERROR: ...", which ``str()`` is."""
 
     def __init__(self, line, code=2):
         super().__init__(code)
@@ -77,8 +66,7 @@ class InputErrorExit(SystemExit):
 
 
 def clean_error_message(e):
-    """The message of ``e`` without the traceback that PyTorch's DataLoader puts into the message
-    of an exception raised in a worker process."""
+    """The message of ``e`` without the traceback of a DataLoader worker's exception."""
     msg = str(e).strip()
     if "Original Traceback" in msg:
         last = msg.splitlines()[-1]
@@ -87,39 +75,32 @@ def clean_error_message(e):
     return msg
 
 
-def disk_full_error(e):
-    """The OSError of a full disk (ENOSPC, EDQUOT) that ``e`` is or was raised from (torch wraps
-    its writer's OSError in a RuntimeError), else None."""
-    for _ in range(8):  # the chain of causes and contexts, not a cycle
-        if e is None or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)):
-            return e
-        e = e.__cause__ or e.__context__
-    return None
-
-
 def disk_full_message(e):
-    """The one-line message of a full disk's OSError ``e``."""
-    where = f" {e.filename!r}" if e.filename else " an output file"
-    return (
-        f"Cannot write{where}: {e.strerror or os.strerror(e.errno)}. Free some space, or give an "
-        "output folder on another disk, and run again."
-    )
+    """The one-line message of a full disk that ``e`` is or was raised from, else None."""
+    for _ in range(8):  # the chain of causes and contexts, not a cycle
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = f" {e.filename!r}" if e.filename else " an output file"
+            return (
+                f"Cannot write{where}: {e.strerror or os.strerror(e.errno)}. Free some space, or "
+                "give an output folder on another disk, and run again."
+            )
+        e = getattr(e, "__cause__", None) or getattr(e, "__context__", None)
+    return None
 
 
 @contextlib.contextmanager
 def one_line_errors(*types):
     """
-    An :class:`~panet_d2.errors.InputError` or a full disk (exit code 2) or one of ``types``
-    (exit code 1, e.g. a divergence) raised in the block ends the program with one line
-    "ERROR: <message>" on stderr, without a traceback (:class:`InputErrorExit`).
+    An :class:`InputError`, a full disk (exit code 2) or one of ``types`` (exit code 1)
+    raised in the block ends the program with one line "ERROR: <message>" on stderr.
     """
     try:
         yield
     except Exception as e:
         if isinstance(e, (InputError,) + types):
             message = clean_error_message(e)
-        elif disk_full_error(e) is not None:
-            message = disk_full_message(disk_full_error(e))
+        elif disk_full_message(e) is not None:
+            message = disk_full_message(e)
         else:
             raise
         line = "ERROR: " + " ".join(message.split())
@@ -148,47 +129,39 @@ def _forget_locks_in_child():
             os.close(_HELD_LOCKS.pop())
 
 
-def _lock(path, key):
-    """The descriptor of the locked :data:`LOCK_FILE` in ``path``, or None where not locked."""
-    fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        owner = _owner(fd)
-        os.close(fd)
-        raise ConfigError(
-            f"{key}={path!r} is in use by another run: {owner}. One run at a time writes to an "
-            f"{key}: wait for it to end (or stop it), or give another {key}."
-        ) from None
-    except OSError as e:  # e.g. ENOLCK: a file system without locks
-        os.close(fd)
-        logger.warning("%s=%r is not locked against a second run: %s.", key, path, e)
-        return None
-    if not _AT_FORK:
-        os.register_at_fork(after_in_child=_forget_locks_in_child)
-        _AT_FORK.append(True)
-    _HELD_LOCKS.add(fd)
-    info = {"pid": os.getpid(), "host": socket.gethostname()}
-    info.update(started=time.strftime("%Y-%m-%d %H:%M:%S %z"), command=" ".join(sys.argv))
-    with contextlib.suppress(OSError):  # a full disk: locked all the same, without details
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
-    return fd
-
-
 @contextlib.contextmanager
 def output_dir_lock(path, key="OUTPUT_DIR"):
     """
-    While the block runs, this process owns the existing folder ``path`` (config ``key``): an
-    exclusive ``fcntl.flock`` on its :data:`LOCK_FILE`, which names this run (pid, host, start,
-    command). The system releases it when the process ends, however it ends; on exit from the
-    block the file is emptied and released. Another storage (``://``), a system without
-    ``fcntl`` or a file system without locks (a warning) is not locked.
-
-    Raises:
-        ConfigError: naming the run that holds the lock.
+    While the block runs, this process owns the folder ``path`` (config ``key``): an
+    exclusive ``fcntl.flock`` on its :data:`LOCK_FILE`, which names this run; else a
+    :class:`ConfigError` naming the run that holds it.
     """
-    fd = _lock(path, key) if fcntl is not None and "://" not in path else None
+    fd = None
+    if fcntl is not None and "://" not in path:
+        fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _owner(fd)
+            os.close(fd)
+            raise ConfigError(
+                f"{key}={path!r} is in use by another run: {owner}. One run at a time writes to "
+                f"an {key}: wait for it to end (or stop it), or give another {key}."
+            ) from None
+        except OSError as e:  # e.g. ENOLCK: a file system without locks
+            os.close(fd)
+            fd = None
+            logger.warning("%s=%r is not locked against a second run: %s.", key, path, e)
+    if fd is not None:
+        if not _AT_FORK:
+            os.register_at_fork(after_in_child=_forget_locks_in_child)
+            _AT_FORK.append(True)
+        _HELD_LOCKS.add(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname()}
+        info.update(started=time.strftime("%Y-%m-%d %H:%M:%S %z"), command=" ".join(sys.argv))
+        with contextlib.suppress(OSError):  # a full disk: locked all the same, without details
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
     try:
         yield
     finally:
@@ -202,10 +175,8 @@ def output_dir_lock(path, key="OUTPUT_DIR"):
 @contextlib.contextmanager
 def quiet_log_file_errors():
     """
-    While the block runs, a log handler that cannot write its file (a full disk) prints one line
-    "WARNING: Cannot write the log file ..." on stderr, closes its file and drops the records
-    that follow (the terminal still shows them); other handlers' errors are logging's. Put back
-    after.
+    While the block runs, a log file that cannot be written (a full disk) is closed with one
+    line "WARNING: Cannot write the log file ..."; the terminal still shows the log.
     """
     handle_error = logging.StreamHandler.handleError
 

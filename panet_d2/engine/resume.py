@@ -1,7 +1,4 @@
-"""
-Exact ``--resume`` (docs/design.md): the random generator states in every checkpoint, a training
-sampler that skips the samples already used, and the file that ``last_checkpoint`` names checked.
-"""
+"""Exact ``--resume``: random generator states in checkpoints, a sampler that skips."""
 
 import contextlib
 import itertools
@@ -23,11 +20,8 @@ logger = logging.getLogger(__name__)
 
 def check_last_checkpoint(checkpointer):
     """
-    Returns the checkpoint that ``<save_dir>/last_checkpoint`` names (the one ``--resume`` takes),
-    or None without ``last_checkpoint``.
-
-    Raises:
-        CheckpointError: when that file does not exist, naming the checkpoints that do.
+    The checkpoint that ``last_checkpoint`` names (``--resume``), or None without one;
+    a :class:`CheckpointError` if that file does not exist.
     """
     if not checkpointer.has_checkpoint():
         return None
@@ -60,8 +54,7 @@ class ResumableSampler(torchdata.Sampler):
 
 
 def get_rng_states():
-    """The states of Python's, NumPy's and PyTorch's (CPU, CUDA) global random generators, as
-    tensors and Python scalars (loadable with ``torch.load(weights_only=True)``)."""
+    """The global random generators' states, loadable with ``torch.load(weights_only=True)``."""
     py_version, py_state, py_gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     np_keys = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
@@ -100,10 +93,8 @@ def preserved_rng_states():
 
 class ResumeStateHook(HookBase):
     """
-    Checkpointable: every checkpoint holds the random generator states at the end of its
-    iteration. In a resumed run, before the first step, the training ``sampler`` (a
-    ResumableSampler or None) skips ``samples_per_iter`` (per process) per iteration done and,
-    on one process, the random states are restored.
+    Saves the random generator states in every checkpoint; in a resumed run, the ``sampler``
+    skips ``samples_per_iter`` per iteration done, and the states are restored (one process).
     """
 
     def __init__(self, sampler, samples_per_iter):

@@ -37,15 +37,14 @@ from .checks import (
     drop_invalid_coco_annotations,
     loading_dataset,
 )
-from .cli import clean_error_message, disk_full_error, disk_full_message
+from .cli import clean_error_message, disk_full_message
 from .resume import ResumableSampler, ResumeStateHook, check_last_checkpoint, preserved_rng_states
 
 logger = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by Ctrl-C at ``iteration``; ``last_checkpoint``: the file that
-    ``last_checkpoint`` names (what ``--resume`` continues from) or None."""
+    """Training stopped by Ctrl-C at ``iteration``; ``last_checkpoint``: the file or None."""
 
     def __init__(self, iteration, last_checkpoint):
         super().__init__(iteration, last_checkpoint)
@@ -58,19 +57,16 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class _OneLineErrors(logging.Filter):
-    """For Detectron2's "detectron2.engine.train_loop" logger while training runs: an
-    :class:`InputError`, a divergence or a full disk that stops training is logged as one line."""
+    """Logs an input error, a divergence or a full disk that stops training in one line."""
 
     def filter(self, record):
         e = record.exc_info[1] if record.exc_info else None
-        if disk_full_error(e) is not None:
-            line = disk_full_message(disk_full_error(e))
-        elif isinstance(e, (InputError, FloatingPointError)):
+        line = disk_full_message(e)
+        if line is None and isinstance(e, (InputError, FloatingPointError)):
             line = f"{type(e).__name__}: {' '.join(clean_error_message(e).split())}"
-        else:
-            return True
-        record.msg = f"{record.getMessage()} {line}"
-        record.args, record.exc_info, record.exc_text = (), None, None
+        if line is not None:
+            record.msg = f"{record.getMessage()} {line}"
+            record.args, record.exc_info, record.exc_text = (), None, None
         return True
 
 
@@ -83,9 +79,8 @@ _SOLVER_KEYS.update(weight_decay="SOLVER.WEIGHT_DECAY", nesterov="SOLVER.NESTERO
 
 class MomentumRescale(hooks.HookBase):
     """
-    SOLVER.SCALE_MOMENTUM (Detectron's): when a parameter group's learning rate changes by more
-    than ``THRESHOLD`` times between two iterations, its SGD momentum buffers are multiplied by
-    new lr / old lr before the step. Checkpointable.
+    SOLVER.SCALE_MOMENTUM (Detectron's): a parameter group's SGD momentum buffers scaled by
+    new lr / old lr when its learning rate changes by more than ``THRESHOLD`` times.
     """
 
     THRESHOLD = 1.1  # Detectron's SOLVER.SCALE_MOMENTUM_THRESHOLD
@@ -113,8 +108,7 @@ class MomentumRescale(hooks.HookBase):
 
 
 def uses_panoptic_mapper(cfg, dataset_dicts):
-    """Whether to train with :class:`PanopticDatasetMapper` (semantic targets from the panoptic
-    PNGs): a PanopticPANet on records with "pan_seg_file_name"."""
+    """Whether a PanopticPANet trains on panoptic records (:class:`PanopticDatasetMapper`)."""
     arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     panoptic_records = bool(dataset_dicts) and "pan_seg_file_name" in dataset_dicts[0]
     return panoptic_records and issubclass(arch, PanopticPANet)
@@ -122,9 +116,8 @@ def uses_panoptic_mapper(cfg, dataset_dicts):
 
 class PANetTrainer(DefaultTrainer):
     """
-    Detectron2's :class:`DefaultTrainer` with the checks of :func:`~.checks.check_inputs` before
-    anything is built, :class:`PANetCheckpointer`, exact ``--resume``, one-line errors, panet_d2's
-    data mappers and evaluators, and outputs written atomically (docs/design.md lists them).
+    Detectron2's :class:`DefaultTrainer` for panet_d2: input checks, exact ``--resume``, one-line
+    errors, panet_d2's mappers and evaluators (docs/design.md).
     """
 
     def __init__(self, cfg):
@@ -133,11 +126,7 @@ class PANetTrainer(DefaultTrainer):
             super().__init__(cfg)
 
     def build_train_loader(self, cfg):
-        """
-        Detectron2's train loader with :func:`uses_panoptic_mapper` (else
-        :class:`ImageDatasetMapper`), the invalid annotations dropped, a :class:`ResumableSampler`
-        (the first one kept as ``self.train_sampler``) and worker seeds of its own generator.
-        """
+        """Detectron2's train loader, valid annotations only, with a :class:`ResumableSampler`."""
         with loading_dataset(cfg.DATASETS.TRAIN, "DATASETS.TRAIN"):
             kwargs = build_detection_train_loader.from_config(cfg)
         dicts = kwargs["dataset"]
@@ -189,11 +178,7 @@ class PANetTrainer(DefaultTrainer):
         return results
 
     def resume_or_load(self, resume=True):
-        """
-        DefaultTrainer's; when resuming, each solver value of the config (SOLVER.BASE_LR,
-        MOMENTUM, WEIGHT_DECAY(_NORM/_BIAS), NESTEROV) that differs from the checkpoint's is
-        logged in one line and used, from the checkpoint's iteration on.
-        """
+        """DefaultTrainer's; the config's solver values replace the checkpoint's, one line each."""
         config = [{k: g[k] for k in _SOLVER_KEYS if k in g} for g in self.optimizer.param_groups]
         base_lrs = list(getattr(self.scheduler, "base_lrs", []))
         if resume:
@@ -238,14 +223,10 @@ class PANetTrainer(DefaultTrainer):
 
     def train(self):
         """
-        Runs training; Detectron2's log of an error that stops it is one line while it runs.
-
-        Returns:
-            OrderedDict or None: the last evaluation's results (with "*_TTA" ones).
+        Runs training; returns the last evaluation's results.
 
         Raises:
-            TrainingDivergedError: a FloatingPointError (a NaN or infinite loss or weights), with
-                the iteration, the loss and the last checkpoint.
+            TrainingDivergedError: a NaN or infinite loss or weights, in one line.
             TrainingInterrupted: Ctrl-C, with the iteration and the last checkpoint.
         """
         train_loop = logging.getLogger("detectron2.engine.train_loop")
@@ -270,9 +251,8 @@ class PANetTrainer(DefaultTrainer):
 
     def after_train(self):
         """
-        Each hook's ``after_train``, every hook run even when one fails (the first error raised
-        after). After training stopped early (``iter < max_iter``), no evaluation runs, the
-        hooks' errors are logged in one line each and the event writers are closed.
+        Every hook's ``after_train``, even after one fails; after training stopped early, no
+        evaluation, and the hooks' errors logged in one line.
         """
         stopped = self.iter < self.max_iter
         self.storage.iter = self.iter
@@ -328,8 +308,7 @@ class PANetTrainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        """Detectron2's test loader with :class:`ImageDatasetMapper`; an empty dataset is one
-        :class:`DatasetError`."""
+        """Detectron2's test loader; an empty dataset is one :class:`DatasetError`."""
         with cityscapes_api_alias():
             mapper = ImageDatasetMapper(cfg, False)
             try:
@@ -346,8 +325,7 @@ class PANetTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """:func:`panet_d2.evaluation.build_evaluator`, its COCOEvaluators' ground truth without
-        the annotations that training drops (pycocotools would fail on them)."""
+        """:func:`panet_d2.evaluation.build_evaluator`; ground truth without invalid annotations."""
         evaluator = build_evaluator(cfg, dataset_name, output_folder)
         for e in getattr(evaluator, "_evaluators", [evaluator]):
             if isinstance(e, COCOEvaluator) and hasattr(e, "_coco_api"):
@@ -356,8 +334,7 @@ class PANetTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """DefaultTrainer's, with the evaluators' files written atomically and the global random
-        generators as they were."""
+        """DefaultTrainer's, writing files atomically, the random generators kept."""
         if isinstance(model, DistributedDataParallel):
             # Detectron2's DDP does not broadcast buffers: every process evaluates rank 0's
             # BatchNorm statistics, those of the checkpoint
@@ -368,13 +345,7 @@ class PANetTrainer(DefaultTrainer):
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
-        """
-        :meth:`test` of ``model`` in Detectron2's ``GeneralizedRCNNWithTTA``, the evaluators'
-        files under ``<OUTPUT_DIR>/inference_TTA``.
-
-        Returns:
-            OrderedDict: the results, under "<task>_TTA".
-        """
+        """Results of Detectron2's ``GeneralizedRCNNWithTTA``, under "<task>_TTA"."""
         check_tta(cfg)
         folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
         evaluators = [cls.build_evaluator(cfg, name, folder) for name in cfg.DATASETS.TEST]
