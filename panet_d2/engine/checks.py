@@ -59,10 +59,8 @@ def check_registered(name, key):
 
 
 def check_files(dicts, name, key):
-    """
-    Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` naming the first
-    missing image or PNG of the records ``dicts`` (of ``name``, config ``key``).
-    """
+    """Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` naming the first
+    missing image or PNG of the records ``dicts`` (of ``name``, config ``key``)."""
     keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
     missing = [d[k] for d in dicts for k in keys if _local(d.get(k)) and not os.path.isfile(d[k])]
     if not missing:
@@ -176,10 +174,8 @@ def _check_solver(cfg, world_size):
 
 
 def check_config(cfg, train=True, world_size=None):
-    """
-    Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
-    building or training (``world_size``: the number of processes, default the current one).
-    """
+    """Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
+    building or training (``world_size``: the number of processes, default the current one)."""
     rcnn = _rcnn(cfg) is not None
     value = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if rcnn and (not isinstance(value, int) or value < 1):
@@ -259,12 +255,8 @@ def _problem(a, masks, image):
 
 
 def _drop_invalid(annos, masks, image_of):
-    """
-    ``annos`` without the invalid ones and polygons (``image_of(a)``: ``a``'s image).
-
-    Returns:
-        (kept, Counter of reasons, polygons removed, first annotation with a problem or None)
-    """
+    """(``annos`` without the invalid ones and polygons, Counter of reasons, polygons removed,
+    the first annotation with a problem or None); ``image_of(a)``: the image of ``a``."""
     kept, counts, removed, first = [], Counter(), 0, None
     for a in annos:
         reason, polygons = _problem(a, masks, image_of(a))
@@ -295,10 +287,8 @@ def _log_dropped(where, counts, total, polygons, first, then):
 
 
 def drop_invalid_annotations(dicts, names, key, masks):
-    """
-    The dataset dicts ``dicts`` (of datasets ``names``, config ``key``) without the invalid
-    annotations and polygons, logged; a :class:`DatasetError` if all are invalid.
-    """
+    """The dataset dicts ``dicts`` (of datasets ``names``, config ``key``) without the invalid
+    annotations and polygons, logged; a :class:`DatasetError` if all are invalid."""
     out, counts, total, polygons, first = [], Counter(), 0, 0, None
     for d in dicts:
         annos = d.get("annotations")

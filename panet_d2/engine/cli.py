@@ -27,12 +27,8 @@ LOCK_FILE = "panet_d2_run.lock"  # in OUTPUT_DIR (output_dir_lock)
 
 
 def adapt_config_to_machine(cfg):
-    """
-    Makes ``cfg`` (not frozen) runnable here: the CPU without CUDA, no AMP on a CPU.
-
-    Returns:
-        list[str]: what was changed, to be logged once the logger is set up.
-    """
+    """Makes ``cfg`` (not frozen) runnable here: the CPU without CUDA, no AMP on a CPU. Returns
+    what it changed (list[str]), to be logged once the logger is set up."""
     notes, lazy = [], not hasattr(cfg, "MODEL")
     key = "train.device" if lazy else "MODEL.DEVICE"
     device = (OmegaConf.select(cfg, key, default=None) or "cuda") if lazy else cfg.MODEL.DEVICE
@@ -55,7 +51,7 @@ def load_config(path, opts=(), lazy=True, key="--config-file"):
 
 
 class InputErrorExit(SystemExit):
-    """The exit (code 2; 1 for ``types``) after its line "ERROR: ...", which ``str()`` is."""
+    """The exit with ``code`` after the line "ERROR: ..." on stderr, which ``str()`` is."""
 
     def __init__(self, line, code=2):
         super().__init__(code)
@@ -90,18 +86,14 @@ def disk_full_message(e):
 
 @contextlib.contextmanager
 def one_line_errors(*types):
-    """
-    An :class:`InputError`, a full disk (exit code 2) or one of ``types`` (exit code 1)
-    raised in the block ends the program with one line "ERROR: <message>" on stderr.
-    """
+    """An :class:`InputError`, a full disk (exit code 2) or one of ``types`` (exit code 1)
+    raised in the block ends the program with one line "ERROR: <message>" on stderr."""
     try:
         yield
     except Exception as e:
-        if isinstance(e, (InputError,) + types):
-            message = clean_error_message(e)
-        elif disk_full_message(e) is not None:
-            message = disk_full_message(e)
-        else:
+        known = isinstance(e, (InputError,) + types)
+        message = clean_error_message(e) if known else disk_full_message(e)
+        if message is None:
             raise
         line = "ERROR: " + " ".join(message.split())
         print(line, file=sys.stderr, flush=True)
@@ -131,11 +123,9 @@ def _forget_locks_in_child():
 
 @contextlib.contextmanager
 def output_dir_lock(path, key="OUTPUT_DIR"):
-    """
-    While the block runs, this process owns the folder ``path`` (config ``key``): an
+    """While the block runs, this process owns the folder ``path`` (config ``key``): an
     exclusive ``fcntl.flock`` on its :data:`LOCK_FILE`, which names this run; else a
-    :class:`ConfigError` naming the run that holds it.
-    """
+    :class:`ConfigError` naming the run that holds it."""
     fd = None
     if fcntl is not None and "://" not in path:
         fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
@@ -174,10 +164,8 @@ def output_dir_lock(path, key="OUTPUT_DIR"):
 
 @contextlib.contextmanager
 def quiet_log_file_errors():
-    """
-    While the block runs, a log file that cannot be written (a full disk) is closed with one
-    line "WARNING: Cannot write the log file ..."; the terminal still shows the log.
-    """
+    """While the block runs, a log file that cannot be written (a full disk) is closed with one
+    line "WARNING: Cannot write the log file ..."; the terminal still shows the log."""
     handle_error = logging.StreamHandler.handleError
 
     def one_line(handler, record):

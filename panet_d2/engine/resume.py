@@ -19,10 +19,8 @@ logger = logging.getLogger(__name__)
 
 
 def check_last_checkpoint(checkpointer):
-    """
-    The checkpoint that ``last_checkpoint`` names (``--resume``), or None without one;
-    a :class:`CheckpointError` if that file does not exist.
-    """
+    """The checkpoint that ``last_checkpoint`` names (``--resume``), or None without one;
+    a :class:`CheckpointError` if that file does not exist."""
     if not checkpointer.has_checkpoint():
         return None
     path = checkpointer.get_checkpoint_file()
@@ -92,10 +90,8 @@ def preserved_rng_states():
 
 
 class ResumeStateHook(HookBase):
-    """
-    Saves the random generator states in every checkpoint; in a resumed run, the ``sampler``
-    skips ``samples_per_iter`` per iteration done, and the states are restored (one process).
-    """
+    """Saves the random generator states in every checkpoint; in a resumed run, the ``sampler``
+    skips ``samples_per_iter`` per iteration done, and the states are restored (one process)."""
 
     def __init__(self, sampler, samples_per_iter):
         self.sampler, self.samples_per_iter = sampler, samples_per_iter

@@ -78,10 +78,8 @@ _SOLVER_KEYS.update(weight_decay="SOLVER.WEIGHT_DECAY", nesterov="SOLVER.NESTERO
 
 
 class MomentumRescale(hooks.HookBase):
-    """
-    SOLVER.SCALE_MOMENTUM (Detectron's): a parameter group's SGD momentum buffers scaled by
-    new lr / old lr when its learning rate changes by more than ``THRESHOLD`` times.
-    """
+    """SOLVER.SCALE_MOMENTUM (Detectron's): a parameter group's SGD momentum buffers scaled by
+    new lr / old lr when its learning rate changes by more than ``THRESHOLD`` times."""
 
     THRESHOLD = 1.1  # Detectron's SOLVER.SCALE_MOMENTUM_THRESHOLD
 
@@ -115,10 +113,8 @@ def uses_panoptic_mapper(cfg, dataset_dicts):
 
 
 class PANetTrainer(DefaultTrainer):
-    """
-    Detectron2's :class:`DefaultTrainer` for panet_d2: input checks, exact ``--resume``, one-line
-    errors, panet_d2's mappers and evaluators (docs/design.md).
-    """
+    """Detectron2's :class:`DefaultTrainer` for panet_d2: input checks, exact ``--resume``, one-line
+    errors, panet_d2's mappers and evaluators (docs/design.md)."""
 
     def __init__(self, cfg):
         check_inputs(cfg, train=True)
@@ -153,13 +149,8 @@ class PANetTrainer(DefaultTrainer):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling build_hooks:
         # replaced first, so that PeriodicCheckpointer and resume_or_load use ours
         old = self.checkpointer
-        self.checkpointer = PANetCheckpointer(
-            old.model,
-            old.save_dir,
-            save_to_disk=old.save_to_disk,
-            warm_start=True,
-            **old.checkpointables,
-        )
+        kwargs = dict(old.checkpointables, save_to_disk=old.save_to_disk, warm_start=True)
+        self.checkpointer = PANetCheckpointer(old.model, old.save_dir, **kwargs)
         per_iter = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
         ret = [ResumeStateHook(self.train_sampler, per_iter)] + super().build_hooks()
         if self.cfg.SOLVER.SCALE_MOMENTUM:
@@ -222,15 +213,10 @@ class PANetTrainer(DefaultTrainer):
         return _SOLVER_KEYS[k]
 
     def train(self):
-        """
-        Runs training; returns the last evaluation's results.
-
-        Raises:
-            TrainingDivergedError: a NaN or infinite loss or weights, in one line.
-            TrainingInterrupted: Ctrl-C, with the iteration and the last checkpoint.
+        """Runs training; returns the last evaluation's results. Raises TrainingDivergedError (a
+        NaN or infinite loss or weights) or TrainingInterrupted (Ctrl-C), with the last checkpoint.
         """
         train_loop = logging.getLogger("detectron2.engine.train_loop")
-        added = _ONE_LINE_ERRORS not in train_loop.filters
         train_loop.addFilter(_ONE_LINE_ERRORS)
         try:
             super().train()
@@ -240,8 +226,7 @@ class PANetTrainer(DefaultTrainer):
             last = self.checkpointer.get_checkpoint_file() or None
             raise TrainingInterrupted(self.iter, last) from None
         finally:
-            if added:
-                train_loop.removeFilter(_ONE_LINE_ERRORS)
+            train_loop.removeFilter(_ONE_LINE_ERRORS)
         return getattr(self, "_last_eval_results", None)
 
     def build_writers(self):
@@ -250,10 +235,8 @@ class PANetTrainer(DefaultTrainer):
         return self.event_writers
 
     def after_train(self):
-        """
-        Every hook's ``after_train``, even after one fails; after training stopped early, no
-        evaluation, and the hooks' errors logged in one line.
-        """
+        """Every hook's ``after_train``, even after one fails; after training stopped early, no
+        evaluation, and the hooks' errors logged in one line."""
         stopped = self.iter < self.max_iter
         self.storage.iter = self.iter
         first = None
@@ -270,12 +253,10 @@ class PANetTrainer(DefaultTrainer):
                 if first is None and not stopped:
                     first = e
                     continue
+                how, why = "stopped" if stopped else "failed", " ".join(str(e).split())
                 logger.warning(
-                    "After training %s, %s could not finish: %s: %s",
-                    "stopped" if stopped else "failed",
-                    type(h).__name__,
-                    type(e).__name__,
-                    " ".join(str(e).split()),
+                    f"After training {how}, {type(h).__name__} could not finish: "
+                    f"{type(e).__name__}: {why}"
                 )
         if stopped or first is not None:
             for writer in getattr(self, "event_writers", ()):
