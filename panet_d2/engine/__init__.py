@@ -1,9 +1,4 @@
-# -*- coding: utf-8 -*-
-"""
-The engine: :class:`PANetTrainer`, Detectron2's DefaultTrainer for panet_d2 (``trainer.py``);
-exact ``--resume`` (``resume.py``); every check before a run (``checks.py``); what the entry
-points share: config loading, CPU fallback, one-line errors (``cli.py``).
-"""
+"""The engine: PANetTrainer, exact --resume, the checks before a run, what entry points share."""
 
 from .cli import adapt_config_to_machine, load_config, one_line_errors
 from .resume import ResumableSampler, ResumeStateHook, preserved_rng_states

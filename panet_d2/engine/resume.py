@@ -1,9 +1,4 @@
-# -*- coding: utf-8 -*-
-"""
-Exact ``--resume``: the random generator states in every checkpoint and a training sampler that
-skips the samples the interrupted run already used (docs/design.md); the file ``last_checkpoint``
-names checked before a resume.
-"""
+"""Exact ``--resume``: random generator states in checkpoints, a sampler that skips."""
 
 import contextlib
 import itertools
@@ -20,27 +15,12 @@ from detectron2.engine import HookBase
 
 from ..errors import CheckpointError
 
-__all__ = [
-    "check_last_checkpoint",
-    "ResumableSampler",
-    "ResumeStateHook",
-    "get_rng_states",
-    "set_rng_states",
-    "preserved_rng_states",
-]
-
 logger = logging.getLogger(__name__)
 
 
 def check_last_checkpoint(checkpointer):
-    """
-    Before ``--resume``: the checkpoint that ``<save_dir>/last_checkpoint`` names (the one
-    resumed from), None when there is no ``last_checkpoint`` (the run starts from MODEL.WEIGHTS).
-
-    Raises:
-        CheckpointError: naming ``last_checkpoint`` and the file it names, when that file does
-            not exist (with the checkpoints that do).
-    """
+    """The checkpoint that ``last_checkpoint`` names (``--resume``), or None without one;
+    a :class:`CheckpointError` if that file does not exist."""
     if not checkpointer.has_checkpoint():
         return None
     path = checkpointer.get_checkpoint_file()
@@ -48,18 +28,15 @@ def check_last_checkpoint(checkpointer):
         return path
     folder = checkpointer.save_dir
     found = sorted(n for n in os.listdir(folder) if n.endswith((".pth", ".pkl")))
+    if found:
+        there = f"The checkpoints in {folder!r}: {', '.join(found)}."
+    else:
+        there = f"{folder!r} holds no checkpoint."
+    last = os.path.join(folder, "last_checkpoint")
     raise CheckpointError(
-        "--resume: {!r} names the checkpoint {!r}, which does not exist. {} Write the name of "
-        "the checkpoint to resume from into last_checkpoint, or remove last_checkpoint to start "
-        "from MODEL.WEIGHTS.".format(
-            os.path.join(folder, "last_checkpoint"),
-            os.path.basename(path),
-            (
-                "The checkpoints in {!r}: {}.".format(folder, ", ".join(found))
-                if found
-                else "{!r} holds no checkpoint.".format(folder)
-            ),
-        )
+        f"--resume: {last!r} names the checkpoint {os.path.basename(path)!r}, which does not "
+        f"exist. {there} Write the name of the checkpoint to resume from into last_checkpoint, or "
+        "remove last_checkpoint to start from MODEL.WEIGHTS."
     )
 
 
@@ -75,21 +52,13 @@ class ResumableSampler(torchdata.Sampler):
 
 
 def get_rng_states():
-    """
-    The states of Python's, NumPy's and PyTorch's (CPU and CUDA) global random generators, as
-    tensors and Python scalars (loadable with ``torch.load(weights_only=True)``).
-    """
+    """The global random generators' states, loadable with ``torch.load(weights_only=True)``."""
     py_version, py_state, py_gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    np_keys = torch.from_numpy(np.asarray(np_keys, dtype=np.int64))
     states = {
         "python": [py_version, torch.tensor(py_state, dtype=torch.int64), py_gauss],
-        "numpy": [
-            np_name,
-            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-            int(np_pos),
-            int(np_has_gauss),
-            float(np_gauss),
-        ],
+        "numpy": [np_name, np_keys, int(np_pos), int(np_has_gauss), float(np_gauss)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -102,9 +71,8 @@ def set_rng_states(states):
     py_version, py_state, py_gauss = states["python"]
     random.setstate((py_version, tuple(int(x) for x in py_state.tolist()), py_gauss))
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = states["numpy"]
-    np.random.set_state(
-        (np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss)
-    )
+    np_keys = np_keys.numpy().astype(np.uint32)
+    np.random.set_state((np_name, np_keys, np_pos, np_has_gauss, np_gauss))
     torch.set_rng_state(states["torch"])
     cuda = states.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
@@ -122,12 +90,8 @@ def preserved_rng_states():
 
 
 class ResumeStateHook(HookBase):
-    """
-    A checkpointable hook: every checkpoint holds the random generator states at the end of its
-    iteration. When a run is resumed (``trainer.start_iter`` > 0), before the first step the
-    training ``sampler`` (a ResumableSampler or None) skips ``samples_per_iter`` (per process)
-    for each iteration before ``start_iter``, and (one process) the random states are restored.
-    """
+    """Saves the random generator states in every checkpoint; in a resumed run, the ``sampler``
+    skips ``samples_per_iter`` per iteration done, and the states are restored (one process)."""
 
     def __init__(self, sampler, samples_per_iter):
         self.sampler, self.samples_per_iter = sampler, samples_per_iter
@@ -144,8 +108,8 @@ class ResumeStateHook(HookBase):
         if start_iter > 0 and self.sampler is not None:
             self.sampler.start = start_iter * self.samples_per_iter
             logger.info(
-                "Resuming at iteration {}: the training sampler skips the {} samples already "
-                "used.".format(start_iter, self.sampler.start)
+                f"Resuming at iteration {start_iter}: the training sampler skips the "
+                f"{self.sampler.start} samples already used."
             )
         if self._rng is not None and comm.get_world_size() == 1:
             set_rng_states(self._rng)
