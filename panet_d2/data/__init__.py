@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Datasets and the panoptic dataset mapper. Importing this registers the datasets (names only)."""
 
 from . import coco_panoptic as _  # only registration: coco_2017_{train,val}_panoptic_panet
