@@ -9,19 +9,11 @@ __all__ = ["PanopticLabelSpace", "label_space_of"]
 
 class PanopticLabelSpace:
     """
-    The thing and stuff categories of a panoptic dataset (its metadata's
-    ``{thing,stuff}_dataset_id_to_contiguous_id``). The model's ids are Detectron2's separated
-    ones: things ``0..T-1``, stuff ``1..S`` (0: any thing pixel). In a dataset of one contiguous
-    space (``coco_2017_*_panoptic``, ``cityscapes_fine_panoptic_*``) model thing ``i`` is the
-    ``i``-th smallest thing contiguous id, model stuff ``s`` the ``s``-th smallest stuff one.
-
-    Attributes:
-        thing_dataset_ids, stuff_dataset_ids, thing_contiguous_ids, stuff_contiguous_ids (list[int])
-        thing_classes (list[str]): T names; stuff_classes (list[str]): ``["things"]`` + S names.
-        num_things, num_stuff, num_sem_classes (int): T, S, S + 1.
-        is_separated (bool): whether the model's ids are the dataset's contiguous ids.
-        contiguous_segments (bool): whether ``segments_info`` entries without ``"isthing"`` have
-            contiguous ids (Detectron2's Cityscapes loader), not dataset ids (raw COCO json).
+    The thing and stuff categories of a panoptic dataset. The model's ids are Detectron2's
+    separated ones (things ``0..T-1``, stuff ``1..S``): model thing ``i`` is the ``i``-th smallest
+    thing contiguous id, model stuff ``s`` the ``s``-th smallest stuff one. ``is_separated``: the
+    model's ids are the dataset's; ``contiguous_segments``: ``segments_info`` without
+    ``"isthing"`` has contiguous ids (Detectron2's Cityscapes loader), not dataset ids.
     """
 
     def __init__(

@@ -16,13 +16,6 @@ from ..errors import DatasetError, ImageLoadError
 from .image_io import ImageDatasetMapper
 from .label_space import PanopticLabelSpace
 
-__all__ = [
-    "PanopticDatasetMapper",
-    "read_panoptic_png",
-    "segment_mismatch",
-    "warn_segment_mismatch",
-]
-
 logger = logging.getLogger(__name__)
 
 IGNORE_LABEL = 255
@@ -39,13 +32,9 @@ def read_panoptic_png(path):
 
 
 def _segments(pan_ids, segments_info, space, where):
-    """
-    Returns:
-        index (int64 (H, W)): 1 + the pixel's position in the segments sorted by id; 0 = void or
-            an id that segments_info does not list.
-        sem, cls (int64 (N,)): per segment, the semantic label, and the model thing class of an
-            instance (a non-crowd thing) else -1.
-    """
+    """(index: int64 (H, W), 1 + the pixel's position in the segments sorted by id, 0 = void or
+    unlisted; sem, cls: int64 (N,) per segment, its semantic label and the model thing class of
+    a non-crowd thing, else -1)."""
     rows = []
     for s in segments_info:
         try:

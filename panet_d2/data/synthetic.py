@@ -1,8 +1,4 @@
-"""The generated dataset "panet_synth": drawing, its files in a cache folder, and registration.
-
-Registering generates nothing and reads no environment variable: a split is generated (into
-``$PANET_D2_DATASETS`` as set then) when its dicts, or a file of its metadata, are first asked for.
-"""
+"""The generated dataset "panet_synth": drawing, its files in a cache folder, and registration."""
 
 import json
 import logging
@@ -23,18 +19,6 @@ from detectron2.utils.file_io import PathManager
 
 from ..errors import DatasetError
 from .coco_panoptic import coco_panoptic_separated_metadata
-
-__all__ = [
-    "DEFAULT_SPLITS",
-    "SYNTHETIC_CATEGORIES",
-    "SYNTHETIC_STUFF_CLASSES",
-    "SYNTHETIC_THING_CLASSES",
-    "generate_synthetic_dataset",
-    "get_synthetic_dataset_root",
-    "get_synthetic_metadata",
-    "get_synthetic_split_paths",
-    "register_synthetic_dataset",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -160,16 +144,8 @@ def _thing_texture(rng, cls, box):
 
 
 def draw_synthetic_image(rng, h, w, force_void=False):
-    """
-    Draws one image and its labels with ``rng`` (a ``np.random.Generator``).
-
-    Returns:
-        image: uint8 (h, w, 3), RGB.
-        pan: int32 (h, w) segment ids, 0 = void.
-        sem: uint8 (h, w) in Detectron2's separated convention: 0 = thing, 1..3 = stuff, 255 = void.
-        segments: list of dicts with "id", "category_id" (dataset id) and "mask" (bool (h, w)),
-            things first in paint order, then stuff.
-    """
+    """Draws with ``rng``: image (uint8 (h, w, 3), RGB), pan (int32 (h, w) segment ids, 0 = void),
+    sem (uint8 (h, w), separated labels, 255 = void), segments ("id", "category_id", "mask")."""
     stuff = _stuff_layout(rng, h, w)
     image = np.zeros((h, w, 3), np.float32)
     for i, name in enumerate(SYNTHETIC_STUFF_CLASSES):
@@ -254,20 +230,18 @@ def _hw(image_size):
     return int(h), int(w)
 
 
-def _write_png(path, array):
-    if not cv2.imwrite(path, cv2.cvtColor(array, cv2.COLOR_RGB2BGR) if array.ndim == 3 else array):
-        raise OSError(f"Failed to write {path}")
-
-
 def _write_split(d, split, num_images, seed, h, w):
     images, inst_anns, pan_anns = [], [], []
     for index in range(num_images):
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
         image, pan, sem, segments = draw_synthetic_image(rng, h, w, force_void=index == 0)
         image_id, file_name = index + 1, f"{index + 1:06d}.png"
-        for folder, array in zip(_FOLDERS.values(), (image, id2rgb(pan).astype(np.uint8), sem)):
+        for folder, array in zip(
+            _FOLDERS.values(), (image[..., ::-1], id2rgb(pan)[..., ::-1], sem)
+        ):
             os.makedirs(os.path.join(d, folder), exist_ok=True)
-            _write_png(os.path.join(d, folder, file_name), array)
+            if not cv2.imwrite(os.path.join(d, folder, file_name), array.astype(np.uint8)):
+                raise OSError(f"Failed to write {os.path.join(d, folder, file_name)}")
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
         pan_anns.append({"image_id": image_id, "file_name": file_name, "segments_info": []})
         for seg in segments:
@@ -316,14 +290,8 @@ def _check_split(paths, num_images):
 def generate_synthetic_dataset(
     root, split, num_images, seed, image_size=DEFAULT_IMAGE_SIZE
 ) -> dict:
-    """
-    Generates a split (byte-identical for the same arguments) unless it is in the cache, through
-    a temporary folder renamed into place; returns :func:`get_synthetic_split_paths`.
-
-    Args:
-        root (str or None): cache folder; None: :func:`get_synthetic_dataset_root`, read now.
-        image_size (int or (H, W)): in pixels.
-    """
+    """Generates a split (the same files for the same arguments) into ``root`` (None:
+    :func:`get_synthetic_dataset_root`) unless it is there; returns its paths."""
     if int(num_images) < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
     paths = get_synthetic_split_paths(root, split, int(num_images), int(seed), image_size)
@@ -404,17 +372,9 @@ class _SyntheticMetadata(Metadata):
 def register_synthetic_dataset(
     name_prefix="panet_synth", root=None, splits=None, image_size=DEFAULT_IMAGE_SIZE
 ):
-    """
-    Registers the views of each split, except names already registered: instances
-    ``{prefix}_{split}``, panoptic ``{prefix}_{split}_panoptic``, semantic ``..._sem_seg``.
-
-    Args:
-        root (str or None): cache folder; None: :func:`get_synthetic_dataset_root` when generated.
-        splits (dict or None): split -> {"num_images": int, "seed": int}; None: DEFAULT_SPLITS.
-
-    Returns:
-        list[str]: the names registered by this call.
-    """
+    """Registers the views ``{prefix}_{split}{,_panoptic,_sem_seg}`` of each split of ``splits``
+    (split -> {"num_images", "seed"}; None: DEFAULT_SPLITS) not registered yet; returns their
+    names. ``root``: as :func:`generate_synthetic_dataset`'s, when a split is generated."""
     meta = get_synthetic_metadata()
     things = {k: v for k, v in meta.items() if k.startswith("thing_")}
     stuff = {k: v for k, v in meta.items() if k.startswith("stuff_") or k == "ignore_label"}

@@ -18,15 +18,6 @@ from ..compat import cityscapes_api_alias, cityscapesscripts_fixes
 from ..errors import DatasetError
 from .panoptic import PanopticEvaluator, PanopticToSemSeg, panoptic_to_dataset_classes
 
-__all__ = [
-    "CityscapesInstanceEvaluator",
-    "CityscapesSemSegEvaluator",
-    "EVALUATORS",
-    "SEM_SEG_TYPES",
-    "build_evaluator",
-    "check_evaluator_type",
-]
-
 logger = logging.getLogger(__name__)
 
 

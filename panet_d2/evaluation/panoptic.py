@@ -17,13 +17,6 @@ from ..data import PanopticLabelSpace, label_space_of
 from ..data.panoptic_mapper import read_panoptic_png, segment_mismatch, warn_segment_mismatch
 from ..errors import DatasetError
 
-__all__ = [
-    "PanopticEvaluator",
-    "PanopticToSemSeg",
-    "meta_architecture",
-    "panoptic_to_dataset_classes",
-]
-
 logger = logging.getLogger(__name__)
 
 # What panopticapi's PQ makes of a ground-truth PNG that disagrees with its segments_info
@@ -90,12 +83,9 @@ class PanopticEvaluator(COCOPanopticEvaluator):
 
 
 class PanopticToSemSeg(DatasetEvaluator):
-    """
-    A semantic ``evaluator`` of a panoptic model whose "sem_seg" (0 = things, 1..S stuff) is not in
-    the dataset's classes: it gets one-hot scores of the dataset's classes, where stuff label ``s``
-    is class ``stuff_to_class[s - 1]`` and a "things" pixel is ``thing_to_class[c]`` of the thing
-    segment (class ``c``) covering it, else the class of its most likely stuff label.
-    """
+    """A semantic ``evaluator`` given a panoptic model's output as one-hot scores of the dataset's
+    classes: stuff label ``s`` is ``stuff_to_class[s - 1]``, a "things" pixel ``thing_to_class[c]``
+    of the thing segment covering it, else the class of its most likely stuff label."""
 
     def __init__(self, evaluator, stuff_to_class, thing_to_class, num_classes):
         self._evaluator, self._num_classes = evaluator, num_classes
@@ -134,17 +124,9 @@ def meta_architecture(cfg):
 
 
 def panoptic_to_dataset_classes(cfg, dataset_name):
-    """
-    For a panoptic model (a PanopticFPN) evaluated on a semantic dataset: the dataset class (index
-    of its ``stuff_classes``) of each model stuff and thing class (those of the panoptic label space
-    of DATASETS.TRAIN), by name.
-
-    Returns:
-        None when nothing is to be converted, else (stuff_to_class, thing_to_class).
-
-    Raises:
-        DatasetError: when the model's classes cannot be converted to the dataset's.
-    """
+    """For a panoptic model on a semantic dataset: (stuff_to_class, thing_to_class), the dataset
+    class of each model class (of DATASETS.TRAIN's label space) by name; None if nothing is to be
+    converted; a :class:`DatasetError` if they cannot be."""
     arch = meta_architecture(cfg)
     if not (isinstance(arch, type) and issubclass(arch, PanopticFPN)):
         return None

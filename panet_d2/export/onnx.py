@@ -65,17 +65,8 @@ def _unify_if_branch_types(onnx_model):
 
 
 def export_onnx(model: nn.Module, inputs, f, opset_version: int = ONNX_OPSET_VERSION):
-    """
-    ONNX export of a copy of ``model`` by tracing, with dynamic image size (and panoptic height /
-    width) and dynamic numbers of instances and segments.
-
-    Args:
-        inputs (tuple[Tensor]): :func:`sample_inputs`.
-        f (str or file): where to write the model.
-
-    Returns:
-        Schema: rebuilds the outputs (in the model's order) into ``Instances`` or the panoptic dict.
-    """
+    """ONNX export to ``f`` of a copy of ``model`` traced on ``inputs`` (:func:`sample_inputs`),
+    every size dynamic; returns the schema that rebuilds its outputs."""
     import onnx
 
     model = deployable_copy(model)

@@ -14,20 +14,6 @@ from detectron2.structures import Boxes, Instances
 
 from ..modeling.postprocessing.panoptic_merge import segments_to_info
 
-__all__ = [
-    "SCRIPTING_FIELDS",
-    "ScriptableInstanceModel",
-    "convert_omegaconf_attributes",
-    "convert_sync_batchnorm",
-    "deployable_copy",
-    "eager_outputs",
-    "inference_function",
-    "is_panoptic",
-    "sample_inputs",
-    "script_model",
-    "trace_model",
-]
-
 # The fields of Instances in PANet's inference, for detectron2.export.scripting_with_instances.
 SCRIPTING_FIELDS = {
     "proposal_boxes": Boxes,
@@ -40,9 +26,8 @@ SCRIPTING_FIELDS = {
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replaces, in place, each SyncBatchNorm (torch's, Detectron2's NaiveSyncBatchNorm) by the
-    BatchNorm2d of the same state, which TorchScript compiles; returns ``module`` or its
-    replacement."""
+    """Replaces, in place, each SyncBatchNorm (torch's, Detectron2's) by the BatchNorm2d of the
+    same state; returns ``module`` or its replacement."""
     if isinstance(module, (nn.SyncBatchNorm, NaiveSyncBatchNorm)):
         args = ("num_features", "eps", "momentum", "affine", "track_running_stats")
         bn = nn.BatchNorm2d(*(getattr(module, a) for a in args))
@@ -70,9 +55,8 @@ def _plain(value):
 
 
 def convert_omegaconf_attributes(module: nn.Module) -> nn.Module:
-    """Replaces, in place, the omegaconf attributes of ``module`` and its submodules (what
-    ``instantiate`` leaves of a LazyConfig, e.g. ``ResNet._out_features``) by plain lists and
-    dicts, which TorchScript compiles; returns ``module``."""
+    """Replaces, in place, the omegaconf attributes of ``module`` and its submodules (left by a
+    LazyConfig's ``instantiate``) by plain lists and dicts; returns ``module``."""
     for m in module.modules():
         for name, value in list(vars(m).items()):
             new = _plain(value) if name not in ("_parameters", "_buffers", "_modules") else value
@@ -82,7 +66,7 @@ def convert_omegaconf_attributes(module: nn.Module) -> nn.Module:
 
 
 def deployable_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in inference mode, SyncBatchNorm and omegaconf attributes converted."""
+    """A copy of ``model`` in inference mode, that TorchScript compiles."""
     return convert_omegaconf_attributes(convert_sync_batchnorm(copy.deepcopy(model))).eval()
 
 
@@ -92,11 +76,8 @@ def is_panoptic(model: nn.Module) -> bool:
 
 
 def sample_inputs(model: nn.Module, image: torch.Tensor, height=None, width=None):
-    """
-    The flat inputs of the exported ``model`` for one image (3, H, W) as the model takes it:
-    ``(image,)`` (float32), and for a panoptic model ``(image, height, width)`` (0-dim int64;
-    default: the image's size).
-    """
+    """The flat inputs of the exported ``model`` for one image (3, H, W): ``(image,)`` (float32),
+    for a panoptic model ``(image, height, width)`` (0-dim int64; default: the image's size)."""
     image = image.to(torch.float32)
     if not is_panoptic(model):
         return (image,)
@@ -126,16 +107,8 @@ def inference_function(model: nn.Module):
 
 
 def trace_model(model: nn.Module, inputs):
-    """
-    TorchScript by tracing (``TracingAdapter``) of a copy of ``model``.
-
-    Args:
-        inputs (tuple[Tensor]): :func:`sample_inputs`; the traced model takes other image sizes.
-
-    Returns:
-        (ScriptModule, Schema): the traced model (tensors in, a tuple of tensors out) and the
-        schema that rebuilds its outputs (``Instances``, or the panoptic dict).
-    """
+    """TorchScript by tracing (``TracingAdapter``) of a copy of ``model`` on ``inputs``
+    (:func:`sample_inputs`); returns the traced model and the schema of its outputs."""
     model = deployable_copy(model)
     adapter = TracingAdapter(model, tuple(inputs), inference_function(model)).eval()
     with torch.no_grad():
@@ -157,11 +130,8 @@ class ScriptableInstanceModel(nn.Module):
 
 
 def script_model(model: nn.Module) -> torch.jit.ScriptModule:
-    """
-    TorchScript by scripting (``scripting_with_instances``) of a copy of ``model``: takes
-    ``list[dict[str, Tensor]]`` ("image"; "height", "width" optional for a panoptic model) and
-    returns per image a ``dict[str, Tensor]``: the instance fields, or the panoptic tensor form.
-    """
+    """TorchScript by scripting (``scripting_with_instances``) of a copy of ``model``: per input
+    dict ("image"; panoptic: "height", "width" optional), a dict of tensors."""
     model = deployable_copy(model)
     if not is_panoptic(model):
         inference_function(model)  # checks the type
@@ -171,17 +141,9 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
 
 def eager_outputs(outputs, image_size, height: int, width: int):
     """
-    The eager model's output for one image from an exported model's outputs.
-
-    Args:
-        outputs: of an instance model, ``Instances`` or a dict of its fields at the input size;
-            of a panoptic model, the panoptic dict at its output size.
-        image_size (tuple[int]): the size of the image given to the exported model.
-        height, width (int): the output size, as Detectron2's inputs' "height" and "width".
-
-    Returns:
-        dict: ``{"instances"}`` resized by ``detector_postprocess``, or
-        ``{"panoptic_seg": (Tensor, segments_info), "sem_seg", "instances"}``.
+    The eager model's output for one image from an exported model's ``outputs`` (``Instances``
+    or a dict of its fields at ``image_size``, the exported model's input; or the panoptic dict),
+    instances resized to ``height``, ``width`` as by ``detector_postprocess``.
     """
     fields = dict(outputs.get_fields()) if isinstance(outputs, Instances) else dict(outputs)
     panoptic = "panoptic_seg" in fields
