@@ -32,9 +32,8 @@ def read_panoptic_png(path):
 
 
 def _segments(pan_ids, segments_info, space, where):
-    """(index: int64 (H, W), 1 + the pixel's position in the segments sorted by id, 0 = void or
-    unlisted; sem, cls: int64 (N,) per segment, its semantic label and the model thing class of
-    a non-crowd thing, else -1)."""
+    """:func:`segment_index` of the sorted segments, and per segment (int64 (N,)) its semantic
+    label and the model thing class of a non-crowd thing, else -1."""
     rows = []
     for s in segments_info:
         try:
@@ -46,20 +45,28 @@ def _segments(pan_ids, segments_info, space, where):
     ids, sem, cls = np.array(sorted(rows), dtype=np.int64).reshape(-1, 3).T
     if (np.diff(ids) == 0).any():
         raise DatasetError(f"duplicate segment id {ids[1:][np.diff(ids) == 0][0]} in {where}")
+    index, missing, unknown = segment_index(pan_ids, ids)
+    warn_segment_mismatch(where, missing, unknown)
+    return index, sem, cls
+
+
+def segment_index(pan_ids, ids):
+    """
+    Args:
+        pan_ids (ndarray (H, W)): the segment ids of a panoptic PNG.
+        ids (int64 ndarray (N,)): the sorted ids of its segments_info.
+
+    Returns:
+        index (int64 (H, W)): 1 + the position in ``ids`` of each pixel's id, 0 = not in ``ids``;
+        missing, unknown (list[int]): the ids not in the PNG; the PNG's ids (but 0) not in ``ids``.
+    """
     flat = pan_ids.reshape(-1).astype(np.int64)
     pos = np.searchsorted(ids, flat)
     hit = np.append(ids, -1)[pos] == flat
-    warn_segment_mismatch(where, *segment_mismatch(pan_ids, ids))
-    return np.where(hit, pos + 1, 0).reshape(pan_ids.shape), sem, cls
-
-
-def segment_mismatch(pan_ids, segment_ids):
-    """(the ids of ``segment_ids`` not in the panoptic PNG's ``pan_ids``, the ids of the PNG not in
-    ``segment_ids``, 0 (void) aside), each sorted."""
-    present = np.unique(pan_ids)
-    ids = np.unique(np.asarray(list(segment_ids), dtype=np.int64))
-    unknown = present[(present != 0) & ~np.isin(present, ids)]
-    return ids[~np.isin(ids, present)].tolist(), unknown.tolist()
+    index = np.where(hit, pos + 1, 0)
+    missing = ids[np.bincount(index, minlength=len(ids) + 1)[1:] == 0].tolist()
+    unknown = np.unique(flat[~hit & (flat != 0)]).tolist()
+    return index.reshape(pan_ids.shape), missing, unknown
 
 
 def warn_segment_mismatch(where, missing, unknown, missed="", unlisted="void"):

@@ -5,6 +5,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 import detectron2.utils.comm as comm
@@ -14,7 +15,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.utils.file_io import PathManager
 
 from ..data import PanopticLabelSpace, label_space_of
-from ..data.panoptic_mapper import read_panoptic_png, segment_mismatch, warn_segment_mismatch
+from ..data.panoptic_mapper import read_panoptic_png, segment_index, warn_segment_mismatch
 from ..errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ class PanopticEvaluator(COCOPanopticEvaluator):
 
         def mismatch(a):
             path = os.path.join(self._metadata.panoptic_root, a["file_name"])
-            ids = [s["id"] for s in a.get("segments_info", [])]
-            missing, unknown = segment_mismatch(read_panoptic_png(path), ids)
+            ids = np.unique([s["id"] for s in a.get("segments_info", [])]).astype(np.int64)
+            _, missing, unknown = segment_index(read_panoptic_png(path), ids)
             where = f"image {a['image_id']!r} ({path})"
             return (where, missing, unknown) if missing or unknown else None
 
