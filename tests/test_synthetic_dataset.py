@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Tests of the generated dataset (panet_d2/data/synthetic/): files, views, evaluators."""
+"""Tests of the generated dataset (panet_d2/data/synthetic.py): files, views, evaluators."""
 
 import filecmp
 import os

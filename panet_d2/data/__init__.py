@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Datasets and the panoptic dataset mapper. Importing this registers the datasets (names only)."""
 
 from . import coco_panoptic as _  # only registration: coco_2017_{train,val}_panoptic_panet
@@ -9,13 +8,5 @@ from .synthetic import generate_synthetic_dataset, register_synthetic_dataset
 
 register_synthetic_dataset()  # panet_synth_{train,val}{,_panoptic,_sem_seg}
 
-__all__ = [
-    "PanopticDatasetMapper",
-    "PanopticLabelSpace",
-    "coco_panoptic_separated_metadata",
-    "generate_synthetic_dataset",
-    "label_space_of",
-    "read_panoptic_png",
-    "register_coco_panoptic_panet",
-    "register_synthetic_dataset",
-]
+_MODULES = ("coco_panoptic", "image_io", "label_space", "panoptic_mapper", "synthetic")
+__all__ = [k for k in globals() if k[0] != "_" and k not in _MODULES]

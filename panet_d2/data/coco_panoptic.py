@@ -1,8 +1,4 @@
-# -*- coding: utf-8 -*-
-"""
-Registers COCO-format panoptic datasets in the separated convention, read without preprocessing
-(no semantic PNGs needed; docs/design.md).
-"""
+"""COCO-format panoptic datasets in the separated convention, read without preprocessing."""
 
 import os
 
@@ -29,11 +25,8 @@ _PREDEFINED_SPLITS = {
 
 
 def coco_panoptic_separated_metadata(categories=None) -> dict:
-    """
-    Separated metadata from a COCO panoptic ``categories`` list (dicts with id, name, isthing,
-    color; default: Detectron2's COCO_CATEGORIES): the same as Detectron2's
-    ``_get_builtin_metadata("coco_panoptic_separated")`` for COCO's.
-    """
+    """Separated metadata of COCO panoptic ``categories`` (default: Detectron2's COCO_CATEGORIES,
+    giving ``_get_builtin_metadata("coco_panoptic_separated")``)."""
     if categories is None:
         from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES as categories
     cats = sorted(categories, key=lambda c: c["id"])
@@ -52,12 +45,8 @@ def coco_panoptic_separated_metadata(categories=None) -> dict:
 
 
 def _load(name, metadata, image_root, panoptic_root, panoptic_json, instances_json):
-    """
-    The dicts of Detectron2's ``load_coco_panoptic_json`` (``pan_seg_file_name``, ``segments_info``
-    with contiguous ``category_id`` and ``isthing``), merged with ``load_coco_json``'s when an
-    instances json is given, as ``register_coco_panoptic_separated`` does; a missing file, bad json
-    or unknown category id raises :class:`DatasetError` naming them and the dataset.
-    """
+    """``load_coco_panoptic_json``'s dicts, merged with ``load_coco_json``'s of an instances json;
+    a missing file, bad json or unknown category id is a :class:`DatasetError`."""
     where = f"Dataset {name!r}"
     hint = " (under $DETECTRON2_DATASETS, default ./datasets)" if name in _PREDEFINED_SPLITS else ""
     for path in (panoptic_json, image_root, panoptic_root, instances_json):
@@ -85,18 +74,9 @@ def _load(name, metadata, image_root, panoptic_root, panoptic_json, instances_js
 def register_coco_panoptic_panet(
     name, metadata, image_root, panoptic_root, panoptic_json, instances_json=None, replace=False
 ):
-    """
-    Registers a COCO-format panoptic dataset ``name`` in the separated convention, as Detectron2's
-    ``register_coco_panoptic`` does (evaluator_type "coco_panoptic_seg").
-
-    Args:
-        metadata (dict or None): separated metadata, e.g. :func:`coco_panoptic_separated_metadata`
-            (None: COCO's).
-        image_root, panoptic_root, panoptic_json: COCO panoptic layout.
-        instances_json (str or None): COCO instances json: dicts get its ``annotations`` and the
-            metadata its ``json_file`` (else COCOEvaluator makes its ground truth from the dicts).
-        replace (bool): re-register ``name`` if it exists (else Detectron2 raises).
-    """
+    """Registers a COCO-format panoptic dataset as Detectron2's ``register_coco_panoptic`` does,
+    with separated ``metadata`` (None: COCO's), the ``annotations`` of ``instances_json`` in its
+    dicts; ``replace``: re-register ``name`` if it exists."""
     metadata = dict(coco_panoptic_separated_metadata() if metadata is None else metadata)
     if not PanopticLabelSpace.from_metadata(dict(metadata, name=name)).is_separated:
         raise DatasetError(

@@ -1,38 +1,19 @@
-# -*- coding: utf-8 -*-
-"""Converts category ids between a panoptic dataset's convention and the model's (separated) one.
-
-The model's convention is Detectron2's ``*_panoptic_separated`` one: thing classes ``0..T-1``
-(``gt_classes``); semantic labels ``0`` = any thing pixel, ``1..S`` = stuff, ``255`` = void.
-"""
+"""Category ids between a panoptic dataset's convention and the model's (separated) one."""
 
 from typing import List, Tuple
 
 from ..errors import DatasetError
 
-__all__ = ["PanopticLabelSpace"]
+__all__ = ["PanopticLabelSpace", "label_space_of"]
 
 
 class PanopticLabelSpace:
     """
-    The thing and stuff categories of a panoptic dataset, from its metadata's
-    ``{thing,stuff}_dataset_id_to_contiguous_id``, in one of Detectron2's conventions:
-
-    * separated (``coco_2017_*_panoptic_separated``, this project's datasets): things ``0..T-1``,
-      stuff ``1..S`` (its "things" entry ``0 -> 0`` skipped): the model's ids are the dataset's;
-    * one contiguous space (``coco_2017_*_panoptic``, ``cityscapes_fine_panoptic_*``), whose
-      stuff entries that are things are skipped: model thing ``i`` is the ``i``-th smallest thing
-      contiguous id, model stuff ``s`` the ``s``-th smallest stuff contiguous id.
-
-    Attributes:
-        dataset_name (str)
-        thing_dataset_ids, stuff_dataset_ids (list[int]): sorted dataset category ids.
-        thing_contiguous_ids, stuff_contiguous_ids (list[int]): sorted contiguous ids.
-        thing_classes (list[str]): T names; stuff_classes (list[str]): ``["things"]`` + S names.
-        num_things, num_stuff (int); num_sem_classes (int): S + 1.
-        is_separated (bool): whether the model's ids are the dataset's contiguous ids.
-        contiguous_segments (bool): whether the dataset's ``segments_info`` entries without
-            ``"isthing"`` have contiguous ids (Detectron2's ``load_cityscapes_panoptic``), not
-            dataset ids (raw COCO panoptic json).
+    The thing and stuff categories of a panoptic dataset. The model's ids are Detectron2's
+    separated ones (things ``0..T-1``, stuff ``1..S``): model thing ``i`` is the ``i``-th smallest
+    thing contiguous id, model stuff ``s`` the ``s``-th smallest stuff one. ``is_separated``: the
+    model's ids are the dataset's; ``contiguous_segments``: ``segments_info`` without
+    ``"isthing"`` has contiguous ids (Detectron2's Cityscapes loader), not dataset ids.
     """
 
     def __init__(
@@ -47,8 +28,7 @@ class PanopticLabelSpace:
         self.dataset_name = dataset_name
         self.contiguous_segments = bool(contiguous_segments)
         things = {int(k): int(v) for k, v in thing_map.items()}
-        stuff = {int(k): int(v) for k, v in stuff_map.items()}
-        stuff = {k: v for k, v in stuff.items() if k not in things}
+        stuff = {int(k): int(v) for k, v in stuff_map.items() if int(k) not in things}
         self._maps = (things, stuff)
         self.thing_dataset_ids, self.stuff_dataset_ids = sorted(things), sorted(stuff)
         self.thing_contiguous_ids = sorted(set(things.values()))
@@ -57,9 +37,9 @@ class PanopticLabelSpace:
             {c: i for i, c in enumerate(self.thing_contiguous_ids)},
             {c: s + 1 for s, c in enumerate(self.stuff_contiguous_ids)},
         )
-        self._dataset_to_internal = (
-            {k: self._contiguous_to_internal[0][v] for k, v in things.items()},
-            {k: self._contiguous_to_internal[1][v] for k, v in stuff.items()},
+        self._dataset_to_internal = tuple(
+            {k: table[v] for k, v in maps.items()}
+            for maps, table in zip(self._maps, self._contiguous_to_internal)
         )
         self.num_things = len(self.thing_contiguous_ids)
         self.num_stuff = len(self.stuff_contiguous_ids)
@@ -116,12 +96,8 @@ class PanopticLabelSpace:
         return table[int(category_id)]
 
     def segment_to_internal(self, segment_info: dict) -> Tuple[bool, int]:
-        """
-        A ``segments_info`` entry -> (isthing, model id). An entry with ``"isthing"`` (Detectron2's
-        COCO loaders) has a contiguous ``category_id``; one without has a contiguous id on a
-        dataset with :attr:`contiguous_segments` (Detectron2's Cityscapes loader: ``isthing`` is
-        whether the id is a thing contiguous id), else a dataset id (raw COCO json).
-        """
+        """A ``segments_info`` entry -> (isthing, model id); its ``category_id`` is contiguous
+        with ``"isthing"`` or :attr:`contiguous_segments`, else a dataset id."""
         if "isthing" in segment_info:
             isthing = bool(segment_info["isthing"])
         elif self.contiguous_segments:
@@ -138,10 +114,8 @@ class PanopticLabelSpace:
         return ids[int(category_id)]
 
     def segments_info_to_dataset(self, segments_info: List[dict]) -> List[dict]:
-        """
-        A copy of the model's ``segments_info`` (model ids, with ``isthing``) with the dataset's
-        contiguous ``category_id``, as ``COCOPanopticEvaluator`` expects with its metadata.
-        """
+        """A copy of the model's ``segments_info`` with the dataset's contiguous ``category_id``
+        (what ``COCOPanopticEvaluator`` reads)."""
         return [
             dict(s, category_id=self.internal_to_contiguous(s["category_id"], bool(s["isthing"])))
             for s in segments_info
@@ -156,10 +130,8 @@ class PanopticLabelSpace:
 
 
 def label_space_of(meta):
-    """The :class:`PanopticLabelSpace` of a dataset's metadata, or None when it has no panoptic
-    label space (no ``thing_`` / ``stuff_dataset_id_to_contiguous_id``)."""
-    if meta.get("thing_dataset_id_to_contiguous_id", None) is None:
+    """The :class:`PanopticLabelSpace` of a dataset's metadata, or None if it has none."""
+    try:
+        return PanopticLabelSpace.from_metadata(meta)
+    except DatasetError:
         return None
-    if meta.get("stuff_dataset_id_to_contiguous_id", None) is None:
-        return None
-    return PanopticLabelSpace.from_metadata(meta)

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Detectron2's DatasetMapper that also makes the training targets from COCO panoptic PNGs."""
 
 import copy
@@ -17,13 +16,6 @@ from ..errors import DatasetError, ImageLoadError
 from .image_io import ImageDatasetMapper
 from .label_space import PanopticLabelSpace
 
-__all__ = [
-    "PanopticDatasetMapper",
-    "read_panoptic_png",
-    "segment_mismatch",
-    "warn_segment_mismatch",
-]
-
 logger = logging.getLogger(__name__)
 
 IGNORE_LABEL = 255
@@ -40,13 +32,8 @@ def read_panoptic_png(path):
 
 
 def _segments(pan_ids, segments_info, space, where):
-    """
-    Returns:
-        index (int64 (H, W)): 1 + the pixel's position in the segments sorted by id; 0 = void or
-            an id that segments_info does not list.
-        sem, cls (int64 arrays): per position, the semantic label and the model thing class of an
-            instance (a thing that is not crowd), else -1.
-    """
+    """:func:`segment_index` of the sorted segments, and per segment (int64 (N,)) its semantic
+    label and the model thing class of a non-crowd thing, else -1."""
     rows = []
     for s in segments_info:
         try:
@@ -58,32 +45,33 @@ def _segments(pan_ids, segments_info, space, where):
     ids, sem, cls = np.array(sorted(rows), dtype=np.int64).reshape(-1, 3).T
     if (np.diff(ids) == 0).any():
         raise DatasetError(f"duplicate segment id {ids[1:][np.diff(ids) == 0][0]} in {where}")
+    index, missing, unknown = segment_index(pan_ids, ids)
+    warn_segment_mismatch(where, missing, unknown)
+    return index, sem, cls
+
+
+def segment_index(pan_ids, ids):
+    """
+    Args:
+        pan_ids (ndarray (H, W)): the segment ids of a panoptic PNG.
+        ids (int64 ndarray (N,)): the sorted ids of its segments_info.
+
+    Returns:
+        index (int64 (H, W)): 1 + the position in ``ids`` of each pixel's id, 0 = not in ``ids``;
+        missing, unknown (list[int]): the ids not in the PNG; the PNG's ids (but 0) not in ``ids``.
+    """
     flat = pan_ids.reshape(-1).astype(np.int64)
     pos = np.searchsorted(ids, flat)
     hit = np.append(ids, -1)[pos] == flat
     index = np.where(hit, pos + 1, 0)
     missing = ids[np.bincount(index, minlength=len(ids) + 1)[1:] == 0].tolist()
     unknown = np.unique(flat[~hit & (flat != 0)]).tolist()
-    warn_segment_mismatch(where, missing, unknown)
-    return index.reshape(pan_ids.shape), sem, cls
-
-
-def segment_mismatch(pan_ids, segment_ids):
-    """(the ids of ``segment_ids`` (segments_info) not in the panoptic PNG's ``pan_ids``, the ids
-    of the PNG not in ``segment_ids``, 0 (void) aside), each sorted."""
-    present = np.unique(pan_ids)
-    ids = np.unique(np.asarray(list(segment_ids), dtype=np.int64))
-    unknown = present[(present != 0) & ~np.isin(present, ids)]
-    return ids[~np.isin(ids, present)].tolist(), unknown.tolist()
+    return index.reshape(pan_ids.shape), missing, unknown
 
 
 def warn_segment_mismatch(where, missing, unknown, missed="", unlisted="void"):
-    """
-    The warnings of a panoptic PNG and its segments_info that disagree (``where``: the image and
-    its PNG): the ids ``missing`` from the PNG (``missed``: what that means, appended), the ids
-    ``unknown`` to segments_info (``unlisted``: what those pixels become). Training (the mapper)
-    and evaluation (``PanopticEvaluator``) warn with it.
-    """
+    """Warns of the ids of segments_info ``missing`` from the PNG (``missed``: what that means)
+    and the PNG's ids ``unknown`` to segments_info (``unlisted``: what those pixels become)."""
     if missing:
         logger.warning(
             f"{where}: segment id(s) {missing[:10]} of segments_info are not in the PNG{missed}"
@@ -96,24 +84,16 @@ def warn_segment_mismatch(where, missing, unknown, missed="", unlisted="void"):
 
 class PanopticDatasetMapper(ImageDatasetMapper):
     """
-    Detectron2's ``DatasetMapper`` (images read by ``image_io.read_image``; instance masks as
-    ``BitMasks`` with tight boxes), whose training path also takes panoptic dicts: a dict with
-    ``pan_seg_file_name`` and ``segments_info`` (contiguous ids with ``isthing``, as Detectron2's
-    loaders give them, or raw COCO dataset ids without it) gives ``instances`` (non-crowd things
-    whose mask survived the augmentation: ``gt_boxes`` tight boxes, ``gt_classes`` model thing
-    index, ``gt_masks``) and ``sem_seg`` (int64 (H, W): things, crowd included, 0; stuff 1..S;
-    void 255). The panoptic ids go through the image's transforms as a segmentation (nearest).
-    Other dicts (e.g. Detectron2's ``*_panoptic_separated``) go through ``DatasetMapper``, with
-    thing ids mapped to the model's.
+    :class:`ImageDatasetMapper` (instance masks as ``BitMasks`` with tight boxes) that in training
+    makes the targets of a panoptic dict (``pan_seg_file_name``, ``segments_info``) from its PNG:
+    ``instances`` (non-crowd things that survive the augmentation) and ``sem_seg`` (int64 (H, W):
+    things 0, stuff 1..S, void 255). Other dicts get their thing ids mapped to the model's.
     """
 
     @configurable
     def __init__(self, is_train, *, augmentations, image_format, label_space=None, **kwargs):
-        """
-        Args:
-            label_space (PanopticLabelSpace): needed in training.
-            others: as ``DatasetMapper``'s; instance masks are on by default, as bitmasks.
-        """
+        """``label_space`` (:class:`PanopticLabelSpace`): needed in training; others: as
+        ``DatasetMapper``'s."""
         if is_train and label_space is None:
             raise ValueError("PanopticDatasetMapper(is_train=True) needs a label_space")
         kwargs = {**_MASKS, **kwargs}
@@ -142,11 +122,6 @@ class PanopticDatasetMapper(ImageDatasetMapper):
         return ret
 
     def __call__(self, dataset_dict):
-        """
-        Returns:
-            dict: as ``DatasetMapper``'s; in training, the ``instances`` and ``sem_seg`` of a
-            panoptic dict are made from its PNG (its ``annotations`` and semantic PNG not read).
-        """
         panoptic = "pan_seg_file_name" in dataset_dict and "segments_info" in dataset_dict
         if not (self.is_train and panoptic):
             return super().__call__(dataset_dict)
@@ -165,8 +140,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
         # sem_seg for augmentations that read it (e.g. CategoryAreaConstraint crops)
         sem_seg = lut[index].astype(np.uint8) if self.label_space.num_stuff < 255 else None
         aug_input, transforms = self._augment(dataset_dict, image, sem_seg)
-        # the index, as uint8 (<= 255 segments) or 3 uint8 channels like the PNG itself, goes
-        # through the transforms as a segmentation (nearest), as DatasetMapper's uint8 sem_seg
+        # the index goes through the transforms as a uint8 segmentation (3 channels if > 255)
         if len(sem) <= 255:
             index = transforms.apply_segmentation(index.astype(np.uint8)).astype(np.int64)
         else:
@@ -186,8 +160,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
         return dataset_dict
 
     def _transform_annotations(self, dataset_dict, transforms, image_shape):
-        # DatasetMapper's, after mapping thing ids to the model's; without a non-crowd annotation,
-        # empty targets (DatasetMapper's recompute_boxes would look for masks that are not there)
+        # thing ids mapped to the model's; without a non-crowd annotation, empty targets
         annos = [a for a in dataset_dict["annotations"] if not a.get("iscrowd", 0)]
         for a in annos:
             try:

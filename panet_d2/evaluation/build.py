@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """The evaluator of a test dataset, chosen by its metadata's ``evaluator_type`` from a table."""
 
 import logging
@@ -12,14 +11,49 @@ from detectron2.evaluation import (
     PascalVOCDetectionEvaluator,
     SemSegEvaluator,
 )
+from detectron2.evaluation import cityscapes_evaluation as d2_cityscapes
+from detectron2.utils.file_io import PathManager
 
+from ..compat import cityscapes_api_alias, cityscapesscripts_fixes
 from ..errors import DatasetError
-from .cityscapes import CityscapesInstanceEvaluator, CityscapesSemSegEvaluator
 from .panoptic import PanopticEvaluator, PanopticToSemSeg, panoptic_to_dataset_classes
 
-__all__ = ["EVALUATORS", "SEM_SEG_TYPES", "build_evaluator", "check_evaluator_type"]
-
 logger = logging.getLogger(__name__)
+
+
+class CityscapesInstanceEvaluator(d2_cityscapes.CityscapesInstanceEvaluator):
+    """Detectron2's, with the fixes of :mod:`panet_d2.compat`; cityscapesscripts' ``matches.json``
+    goes to ``output_dir`` (default: the temporary folder of the predictions)."""
+
+    def __init__(self, dataset_name, output_dir=None):
+        super().__init__(dataset_name)
+        self._output_dir = output_dir
+
+    def process(self, inputs, outputs):
+        with cityscapes_api_alias():
+            super().process(inputs, outputs)
+
+    def evaluate(self):
+        from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as module
+
+        folder = self._output_dir or self._temp_dir
+        PathManager.mkdirs(folder)
+        with cityscapes_api_alias(), cityscapesscripts_fixes(module, json_folder=folder):
+            return super().evaluate()
+
+
+class CityscapesSemSegEvaluator(d2_cityscapes.CityscapesSemSegEvaluator):
+    """Detectron2's, with the fixes of :mod:`panet_d2.compat`."""
+
+    def process(self, inputs, outputs):
+        with cityscapes_api_alias():
+            super().process(inputs, outputs)
+
+    def evaluate(self):
+        from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as module
+
+        with cityscapes_api_alias(), cityscapesscripts_fixes(module):
+            return super().evaluate()
 
 
 def _coco_panoptic(dataset_name, output_dir):
@@ -56,14 +90,8 @@ SEM_SEG_TYPES = ("sem_seg", "cityscapes_sem_seg")
 
 
 def check_evaluator_type(dataset_name):
-    """
-    Returns:
-        str: the ``evaluator_type`` of a registered dataset.
-
-    Raises:
-        DatasetError: naming the dataset, its evaluator_type (or its absence) and the supported
-            types, when :data:`EVALUATORS` has none for it.
-    """
+    """The ``evaluator_type`` of a registered dataset; a :class:`DatasetError` naming it and the
+    supported types when :data:`EVALUATORS` has none for it."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type not in EVALUATORS:
         found = "evaluator_type {!r}".format(evaluator_type) if evaluator_type else None
@@ -77,13 +105,9 @@ def check_evaluator_type(dataset_name):
 
 
 def build_evaluator(cfg, dataset_name, output_folder=None):
-    """
-    Returns:
-        DatasetEvaluator: the evaluator of a test dataset, by its ``evaluator_type``
-        (:data:`EVALUATORS`); its files go to ``output_folder`` (default
-        ``<OUTPUT_DIR>/inference``). A semantic evaluator of a panoptic model is wrapped in
-        :class:`PanopticToSemSeg` where the classes differ (:func:`panoptic_to_dataset_classes`).
-    """
+    """The evaluator of a test dataset by its ``evaluator_type``, writing to ``output_folder``
+    (default ``<OUTPUT_DIR>/inference``); a semantic evaluator of a panoptic model is wrapped in
+    :class:`PanopticToSemSeg` where the classes differ."""
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     evaluator_type = check_evaluator_type(dataset_name)

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """PQ on a dataset of any label convention; a panoptic model's sem_seg in a dataset's classes."""
 
 import json
@@ -6,6 +5,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 import detectron2.utils.comm as comm
@@ -15,34 +15,20 @@ from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.utils.file_io import PathManager
 
 from ..data import PanopticLabelSpace, label_space_of
-from ..data.panoptic_mapper import read_panoptic_png, segment_mismatch, warn_segment_mismatch
+from ..data.panoptic_mapper import read_panoptic_png, segment_index, warn_segment_mismatch
 from ..errors import DatasetError
-
-__all__ = [
-    "PanopticEvaluator",
-    "PanopticToSemSeg",
-    "meta_architecture",
-    "panoptic_to_dataset_classes",
-]
-
 
 logger = logging.getLogger(__name__)
 
-# What PQ makes of a ground-truth PNG that disagrees with its segments_info (panopticapi's
-# pq_compute): a listed segment missing from the PNG is never matched; pixels of an id that is not
-# listed are neither ground truth nor void. The images warned of one by one; then a count.
+# What panopticapi's PQ makes of a ground-truth PNG that disagrees with its segments_info
 _MISSED = ": PQ counts them as missed"
 _UNLISTED = "neither ground truth nor void for PQ (predictions there count as false positives)"
 _WARNED_IMAGES = 10
 
 
 class PanopticEvaluator(COCOPanopticEvaluator):
-    """
-    Detectron2's :class:`COCOPanopticEvaluator` for a model whose ``panoptic_seg`` segments follow
-    Panoptic FPN's "separated" convention (things 0..T-1, stuff 1..S), as PanopticPANet's do: on a
-    dataset of another convention (``coco_2017_val_panoptic``, ``cityscapes_fine_panoptic_val``)
-    the segments' category ids are first converted to the dataset's (:class:`PanopticLabelSpace`).
-    """
+    """Detectron2's ``COCOPanopticEvaluator`` for segments in the separated convention (things
+    0..T-1, stuff 1..S), converted to the dataset's ids on a dataset of another convention."""
 
     def __init__(self, dataset_name, output_dir=None):
         super().__init__(dataset_name, output_dir)
@@ -55,8 +41,8 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         super().process(inputs, outputs)
 
     def evaluate(self):
-        """Detectron2's, after warning, as training does, of each ground-truth PNG that disagrees
-        with its segments_info (panopticapi's PQ reads them without a word)."""
+        """Detectron2's, after warning of each ground-truth PNG that disagrees with its
+        segments_info (as training does)."""
         mismatches = comm.gather(self._ground_truth_mismatches(), dst=0)
         mismatches = [m for part in mismatches for m in part]
         for where, missing, unknown in mismatches[:_WARNED_IMAGES]:
@@ -70,9 +56,8 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         return super().evaluate()
 
     def _ground_truth_mismatches(self):
-        """(where, ids missing from the PNG, ids unknown to segments_info) of each image that
-        this process predicted whose ground truth (panoptic_json, panoptic_root: what PQ reads)
-        disagrees."""
+        """(where, ids missing from the PNG, ids unknown to segments_info) of each predicted
+        image whose ground truth (panoptic_json, panoptic_root) disagrees."""
         image_ids = {p["image_id"] for p in self._predictions}
         if not image_ids:
             return []
@@ -82,8 +67,8 @@ class PanopticEvaluator(COCOPanopticEvaluator):
 
         def mismatch(a):
             path = os.path.join(self._metadata.panoptic_root, a["file_name"])
-            ids = [s["id"] for s in a.get("segments_info", [])]
-            missing, unknown = segment_mismatch(read_panoptic_png(path), ids)
+            ids = np.unique([s["id"] for s in a.get("segments_info", [])]).astype(np.int64)
+            _, missing, unknown = segment_index(read_panoptic_png(path), ids)
             where = f"image {a['image_id']!r} ({path})"
             return (where, missing, unknown) if missing or unknown else None
 
@@ -99,14 +84,9 @@ class PanopticEvaluator(COCOPanopticEvaluator):
 
 
 class PanopticToSemSeg(DatasetEvaluator):
-    """
-    A semantic segmentation ``evaluator`` (e.g. :class:`CityscapesSemSegEvaluator`) of a panoptic
-    model (PanopticPANet) whose "sem_seg" (0 = things, 1..S stuff) is not in the dataset's
-    classes: the evaluator gets one-hot scores of the dataset's classes, where a pixel of stuff
-    label ``s`` is class ``stuff_to_class[s - 1]``, a "things" pixel the class
-    ``thing_to_class[c]`` of the thing segment of class ``c`` that covers it in "panoptic_seg",
-    or, where none does, of its most likely stuff label.
-    """
+    """A semantic ``evaluator`` given a panoptic model's output as one-hot scores of the dataset's
+    classes: stuff label ``s`` is ``stuff_to_class[s - 1]``, a "things" pixel ``thing_to_class[c]``
+    of the thing segment covering it, else the class of its most likely stuff label."""
 
     def __init__(self, evaluator, stuff_to_class, thing_to_class, num_classes):
         self._evaluator, self._num_classes = evaluator, num_classes
@@ -137,8 +117,7 @@ class PanopticToSemSeg(DatasetEvaluator):
 
 
 def meta_architecture(cfg):
-    """The class (or function) registered as ``cfg.MODEL.META_ARCHITECTURE``, or None when no such
-    name is registered (``build_model`` then says so)."""
+    """What is registered as ``cfg.MODEL.META_ARCHITECTURE``, or None (``build_model`` says so)."""
     try:
         return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
     except KeyError:
@@ -146,20 +125,9 @@ def meta_architecture(cfg):
 
 
 def panoptic_to_dataset_classes(cfg, dataset_name):
-    """
-    For a panoptic model (a PanopticFPN, e.g. PanopticPANet) evaluated on a semantic dataset: the
-    dataset class (an index of its metadata's ``stuff_classes``) of each of the model's stuff and
-    thing classes, by name; the model's classes are those of its training data (the panoptic
-    label space of DATASETS.TRAIN).
-
-    Returns:
-        None when nothing is to be converted (not a panoptic model, or the dataset's classes are
-        the model's: "things" + stuff), else (stuff_to_class, thing_to_class).
-
-    Raises:
-        DatasetError: naming the dataset, the model and their numbers of classes, when the
-            model's classes cannot be converted to the dataset's.
-    """
+    """For a panoptic model on a semantic dataset: (stuff_to_class, thing_to_class), the dataset
+    class of each model class (of DATASETS.TRAIN's label space) by name; None if nothing is to be
+    converted; a :class:`DatasetError` if they cannot be."""
     arch = meta_architecture(cfg)
     if not (isinstance(arch, type) and issubclass(arch, PanopticFPN)):
         return None

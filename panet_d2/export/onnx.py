@@ -1,9 +1,7 @@
-# -*- coding: utf-8 -*-
 """ONNX export by torch's TorchScript-based exporter, and the exported model in ONNX Runtime."""
 
 import io
 import logging
-from typing import List
 
 import torch
 from torch import nn
@@ -11,23 +9,20 @@ from torch import nn
 from detectron2.export import TracingAdapter
 from detectron2.export.flatten import DictSchema, InstancesSchema
 
-from .tracing import deployable_copy, inference_function
+from .torchscript import deployable_copy, inference_function
 
 __all__ = ["ONNX_OPSET_VERSION", "export_onnx", "OnnxRuntimeModel"]
 
 logger = logging.getLogger(__name__)
 
-# The ONNX opset of the project's exports: RoIAlign with aligned=True (half-pixel coordinates)
-# exists from opset 16 on; at Detectron2's default opset 11 the boxes are off by > 100 pixels.
+# RoIAlign with aligned=True exists from opset 16 on (docs/deployment.md)
 ONNX_OPSET_VERSION = 16
 
 
-def _output_names(schema, num_outputs: int) -> List[str]:
+def _output_names(schema, num_outputs):
     """Names of the flat outputs: the dict keys / Instances fields (then "image_size")."""
     if isinstance(schema, DictSchema) and all(s == 1 for s in schema.sizes):
-        names = list(schema.keys)
-        if isinstance(schema, InstancesSchema):
-            names.append("image_size")
+        names = list(schema.keys) + (["image_size"] if isinstance(schema, InstancesSchema) else [])
         if len(names) == num_outputs:
             return names
     return ["output{}".format(k) for k in range(num_outputs)]
@@ -35,17 +30,12 @@ def _output_names(schema, num_outputs: int) -> List[str]:
 
 # UPSTREAM-WORKAROUND onnx-if-branch-types: Detectron2 0.6 paste_masks_in_image returns uint8 for
 # zero instances and bool otherwise; ONNX Runtime 1.x refuses an If with such branches.
-def _unify_if_branch_types(onnx_model) -> int:
-    """
-    Give the empty tensor that one branch of an ONNX ``If`` makes (``ConstantOfShape``) the element
-    type of the other branch's output. Detectron2's ``paste_masks_in_image`` returns uint8 for
-    zero instances and bool otherwise, which ONNX Runtime refuses to load. Returns the number of
-    outputs changed.
-    """
+def _unify_if_branch_types(onnx_model):
+    """Gives the empty tensor (``ConstantOfShape``) of one branch of each ONNX ``If`` the element
+    type of the other branch's output."""
     import onnx
     from onnx import helper, numpy_helper
 
-    changed = 0
     graphs = [onnx_model.graph]
     while graphs:
         graph = graphs.pop()
@@ -56,8 +46,7 @@ def _unify_if_branch_types(onnx_model) -> int:
             branches = {a.name: a.g for a in node.attribute}
             then_g, else_g = branches["then_branch"], branches["else_branch"]
             for then_out, else_out in zip(then_g.output, else_g.output):
-                pairs = ((then_g, then_out, else_out), (else_g, else_out, then_out))
-                for g, out, other in pairs:
+                for g, out, other in ((then_g, then_out, else_out), (else_g, else_out, then_out)):
                     elem_type = other.type.tensor_type.elem_type
                     if out.type.tensor_type.elem_type == elem_type:
                         break
@@ -72,36 +61,22 @@ def _unify_if_branch_types(onnx_model) -> int:
                             if a.name == "value":
                                 a.t.CopyFrom(numpy_helper.from_array(zero))
                         out.type.tensor_type.elem_type = elem_type
-                        changed += 1
                         break
-    return changed
 
 
 def export_onnx(model: nn.Module, inputs, f, opset_version: int = ONNX_OPSET_VERSION):
-    """
-    ONNX export of a copy of ``model`` by tracing (the TorchScript-based exporter), with dynamic
-    image size (and height / width of a panoptic model) and dynamic numbers of instances and
-    segments.
-
-    Args:
-        inputs (tuple[Tensor]): :func:`sample_inputs`.
-        f (str or file): where to write the model.
-
-    Returns:
-        Schema: rebuilds the outputs (a list of numpy arrays or tensors, in the order of the
-        model's outputs) into ``Instances`` or the panoptic dict.
-    """
+    """ONNX export to ``f`` of a copy of ``model`` traced on ``inputs`` (:func:`sample_inputs`),
+    every size dynamic; returns the schema that rebuilds its outputs."""
     import onnx
 
     model = deployable_copy(model)
     adapter = TracingAdapter(model, tuple(inputs), inference_function(model)).eval()
-    with torch.no_grad():
-        num_outputs = len(adapter(*adapter.flattened_inputs))
     input_names = ["image", "height", "width"][: len(adapter.flattened_inputs)]
-    output_names = _output_names(adapter.outputs_schema, num_outputs)
-    dynamic_axes = {"image": {1: "image_height", 2: "image_width"}}
     with torch.no_grad():
-        for name, value in zip(output_names, adapter(*adapter.flattened_inputs)):
+        outputs = adapter(*adapter.flattened_inputs)
+        output_names = _output_names(adapter.outputs_schema, len(outputs))
+        dynamic_axes = {"image": {1: "image_height", 2: "image_width"}}
+        for name, value in zip(output_names, outputs):
             dynamic_axes[name] = {d: "{}_{}".format(name, d) for d in range(value.dim())}
         buffer = io.BytesIO()
         torch.onnx.export(
@@ -122,11 +97,8 @@ def export_onnx(model: nn.Module, inputs, f, opset_version: int = ONNX_OPSET_VER
 
 
 class OnnxRuntimeModel:
-    """
-    An exported ONNX model in ONNX Runtime, called like the traced model: ``model(*inputs)`` with
-    the tensors of :func:`sample_inputs`, returning the outputs rebuilt by ``schema`` (the value
-    :func:`export_onnx` returned), or the flat list of output tensors if ``schema`` is None.
-    """
+    """An ONNX model in ONNX Runtime, called like the traced model (``model(*sample_inputs)``);
+    returns the outputs rebuilt by ``schema`` (:func:`export_onnx`'s), or flat if it is None."""
 
     def __init__(self, path_or_bytes, schema, providers=("CPUExecutionProvider",)):
         import onnxruntime
