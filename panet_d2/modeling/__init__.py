@@ -5,17 +5,17 @@ box and mask heads (fully-connected fusion), ROI heads, semantic head, the panop
 meta-architecture and its merge. Importing it registers them with Detectron2's registries.
 """
 
-from .backbone import PAFPN, build_resnet_pafpn_backbone
 from .anchor_generator import DetectronAnchorGenerator
-from .layers import AFPConv2d, AFPLinear
-from .poolers import AdaptiveFeaturePooler
-from .fully_connected_fusion import FullyConnectedFusion
+from .backbone import PAFPN, build_resnet_pafpn_backbone
 from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers
+from .fully_connected_fusion import FullyConnectedFusion
+from .layers import AFPConv2d, AFPLinear
 from .mask_head import PANetMaskHead
+from .meta_arch import PanopticPANet
+from .poolers import AdaptiveFeaturePooler
+from .postprocessing import combine_semantic_and_instance_outputs
 from .roi_heads import PANetROIHeads
 from .semantic_head import PANetSemSegHead
-from .postprocessing import combine_semantic_and_instance_outputs
-from .meta_arch import PanopticPANet
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -1,8 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-PANet's ROI heads: Detectron2's :class:`StandardROIHeads` (sampling, losses, inference) with
-adaptive feature pooling wired into the box and mask branches.
-"""
+"""PANet's ROI heads: Detectron2's :class:`StandardROIHeads` with adaptive feature pooling."""
 
 import torch
 
@@ -21,14 +18,11 @@ __all__ = ["PANetROIHeads"]
 @ROI_HEADS_REGISTRY.register()
 class PANetROIHeads(StandardROIHeads):
     """
-    :class:`StandardROIHeads` whose poolers, when MODEL.AFP.ENABLED, pool every RoI from every
-    level of MODEL.ROI_HEADS.IN_FEATURES (:class:`AdaptiveFeaturePooler`) and hand the
-    level-stacked grids (M, L, C, H, W) to heads that fuse them (:class:`PANetConvFCHead`,
-    :class:`PANetMaskHead`). With AFP off it is exactly :class:`StandardROIHeads`.
+    :class:`StandardROIHeads` whose poolers, with MODEL.AFP.ENABLED, pool every RoI from every
+    level (:class:`AdaptiveFeaturePooler`) for heads that fuse the (M, L, C, H, W) grids.
     """
 
-    # Constants for TorchScript, so that scripting compiles the absent branches away:
-    # detectron2.export annotates StandardROIHeads so, and a subclass does not inherit it.
+    # TorchScript constants, as detectron2.export annotates StandardROIHeads (not inherited)
     mask_on: torch.jit.Final[bool]
     keypoint_on: torch.jit.Final[bool]
 
@@ -50,7 +44,6 @@ class PANetROIHeads(StandardROIHeads):
         afp = cfg.MODEL.AFP
         if not afp.ENABLED:
             return
-        # the fusion type and positions: checked by the heads that take them
         if not isinstance(afp.POOLER_SAMPLING_RATIO, int) or afp.POOLER_SAMPLING_RATIO < 0:
             raise ConfigError(
                 "Invalid config value MODEL.AFP.POOLER_SAMPLING_RATIO={!r}; allowed: 0 (adaptive) "
@@ -80,8 +73,7 @@ class PANetROIHeads(StandardROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
-        # Detectron2's predictor, whose inference runs NMS per class when traced too; its weights
-        # (and the random stream of the layers built after it) as Detectron2 initialised them
+        # the predictor with per-class NMS when traced; weights and random stream as Detectron2's
         with torch.random.fork_rng(devices=[]):
             predictor = PANetFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
         predictor.load_state_dict(ret["box_predictor"].state_dict())
@@ -110,10 +102,7 @@ class PANetROIHeads(StandardROIHeads):
 
     @staticmethod
     def _all_level_pooler(head_cfg, cfg, input_shape):
-        """
-        An :class:`AdaptiveFeaturePooler` with one head's resolution and pooler type, and
-        MODEL.AFP.POOLER_SAMPLING_RATIO (the head's POOLER_SAMPLING_RATIO stays for AFP off).
-        """
+        """An :class:`AdaptiveFeaturePooler` with a head's resolution and pooler type."""
         return AdaptiveFeaturePooler(
             output_size=head_cfg.POOLER_RESOLUTION,
             scales=tuple(1.0 / input_shape[k].stride for k in cfg.MODEL.ROI_HEADS.IN_FEATURES),

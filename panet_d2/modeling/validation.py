@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Checks of the model's constructor arguments that the backbone and the heads share (a norm spec,
-the input features of a head); each raises one :class:`~panet_d2.errors.ConfigError` line."""
+"""Checks of constructor arguments shared by the backbone and the heads (one ConfigError line)."""
 
 import math
 from typing import Dict, Sequence
@@ -30,12 +29,8 @@ def check_norm(key: str, norm):
 def check_in_features(
     key: str, features: Sequence[str], input_shape: Dict[str, ShapeSpec], source: str, pyramid=False
 ):
-    """
-    Raise :class:`ConfigError` (naming config ``key``, its value and the allowed features of
-    ``source``, e.g. the backbone's name) unless ``features`` is a non-empty list of features of
-    ``input_shape``; with ``pyramid``, consecutive pyramid levels, finest first (RoI pooling, and
-    adaptive feature pooling, maps an RoI to a level by log2 of its stride).
-    """
+    """Raise :class:`ConfigError` unless ``features`` is a non-empty list of features of
+    ``input_shape`` (of ``source``); with ``pyramid``, consecutive pyramid levels, finest first."""
     features, names = list(features), ", ".join(input_shape)
     for f in features or [None]:
         if f not in input_shape:

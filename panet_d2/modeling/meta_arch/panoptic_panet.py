@@ -1,9 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-Panoptic PANet: PANet's instance branch and Panoptic FPN's semantic branch on one shared augmented
-pyramid, trained jointly with L = lambda_i * (L_cls + L_box + L_mask) + lambda_s * L_sem, and merged
-into a panoptic segmentation.
-"""
+"""Panoptic PANet: PANet's instance branch and Panoptic FPN's semantic branch on one pyramid."""
 
 from numbers import Real
 from typing import Dict, List, Tuple
@@ -25,8 +21,7 @@ from ..postprocessing.panoptic_merge import (
 
 __all__ = ["PanopticPANet"]
 
-# The merge thresholds, PanopticFPN's attributes (LazyConfig: model.<attribute>): yacs key and
-# the largest value allowed (the smallest is 0).
+# PanopticFPN's merge thresholds (LazyConfig: model.<attribute>): yacs key, largest value (or None)
 COMBINE_KEYS = {
     "combine_overlap_thresh": ("MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 1),
     "combine_stuff_area_thresh": ("MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", None),
@@ -48,20 +43,9 @@ def _check_threshold(attribute, value):
 @META_ARCH_REGISTRY.register()
 class PanopticPANet(PanopticFPN):
     """
-    :class:`PanopticFPN` (one backbone pass for RPN, ROI heads and semantic head; loss weights
-    MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT and MODEL.SEM_SEG_HEAD.LOSS_WEIGHT; merge thresholds
-    ``combine_*``) with the project's faster merge (Detectron2's results). Outputs as
-    :class:`PanopticFPN`: "instances", "sem_seg" (NUM_CLASSES, H, W), "panoptic_seg" (segment map
-    (H, W) int32, segments_info).
-
-    Labels follow Detectron2's "panoptic_separated" convention: thing classes 0..T-1; semantic
-    labels 0 = "other" (thing pixels) and 1..S = stuff classes. Other conventions (e.g. Cityscapes
-    trainIds) are converted by the data side (``PanopticDatasetMapper``, the panoptic evaluator).
-
-    Post-processing (resize, then merge), one route per need, all equal: eager :meth:`inference`
-    (the fast eager merge); :meth:`inference_tensors` for deployment (tensors in and out: what a
-    scripted model's ``forward`` returns and tracing / ONNX record), through Detectron2's resizing
-    and the tensor merge, or when scripted through :func:`panoptic_postprocess`.
+    :class:`PanopticFPN` (same inputs, outputs, losses and ``combine_*`` thresholds) with the
+    project's faster merge; :meth:`inference_tensors` is the form for deployment. Labels as
+    Detectron2's "panoptic_separated": semantic label 0 = "other" (thing pixels), 1..S = stuff.
     """
 
     @configurable
@@ -74,20 +58,14 @@ class PanopticPANet(PanopticFPN):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        # L = lambda_i * (L_cls + L_box + L_mask) + lambda_s * L_sem. PanopticFPN.from_config
-        # scales the keys of box_predictor.loss_weight, which Detectron2 builds with
-        # "loss_box_reg" only, so L_cls would stay unweighted: give it lambda_i too.
+        # PanopticFPN scales box_predictor.loss_weight's keys ("loss_box_reg" only): L_cls too
         ret["roi_heads"].box_predictor.loss_weight.setdefault(
             "loss_cls", cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT
         )
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
-        """
-        As :meth:`PanopticFPN.forward`. A TorchScript-compiled model (scripting) returns
-        :meth:`inference_tensors` instead, as Detectron2's scripted RetinaNet returns its raw
-        outputs: TorchScript has no type for ``segments_info``.
-        """
+        """As :meth:`PanopticFPN.forward`; a scripted model returns :meth:`inference_tensors`."""
         if torch.jit.is_scripting():
             return self.inference_tensors(batched_inputs)
         if self.training and batched_inputs and "sem_seg" not in batched_inputs[0]:
@@ -111,8 +89,8 @@ class PanopticPANet(PanopticFPN):
     def _raw_inference(
         self, batched_inputs: List[Dict[str, torch.Tensor]]
     ) -> Tuple[List[Instances], torch.Tensor, List[Tuple[int, int]]]:
-        """Both branches on one backbone pass, raw: detections at the input size, semantic logits
-        (N, NUM_CLASSES, H', W') of the padded batch, and the image sizes."""
+        """Detections at the input size, semantic logits (N, NUM_CLASSES, H', W') of the padded
+        batch, and the image sizes."""
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         sem_seg_results, _ = self.sem_seg_head(features, None)
@@ -121,11 +99,7 @@ class PanopticPANet(PanopticFPN):
         return detector_results, sem_seg_results, images.image_sizes
 
     def inference(self, batched_inputs, do_postprocess: bool = True):
-        """
-        As :meth:`PanopticFPN.inference` (which calls Detectron2's merge by its module-level
-        name, no hook to swap it): list[dict] with "instances", "sem_seg" and "panoptic_seg"; or,
-        without postprocessing, the raw (list[Instances], list[Tensor]).
-        """
+        """As :meth:`PanopticFPN.inference`, with the project's merge."""
         detector_results, sem_seg_results, _ = self._raw_inference(batched_inputs)
         if not do_postprocess:
             return detector_results, sem_seg_results
@@ -135,10 +109,7 @@ class PanopticPANet(PanopticFPN):
         ]
 
     def _postprocess_one(self, inputs, instances, sem_seg):
-        """
-        Resize one image's raw outputs to its original size (``inputs["height"]``, ``["width"]``)
-        and merge them. ``sem_seg``: (NUM_CLASSES, h, w) logits at the network's input size.
-        """
+        """One image's outputs resized to ``inputs["height"], ["width"]`` and merged."""
         image_size = tuple(inputs["image"].shape[-2:])
         height, width = inputs.get("height", image_size[0]), inputs.get("width", image_size[1])
         instances, sem_seg = _resize(instances, sem_seg, image_size, height, width)
@@ -151,18 +122,16 @@ class PanopticPANet(PanopticFPN):
         self, batched_inputs: List[Dict[str, torch.Tensor]]
     ) -> List[Dict[str, torch.Tensor]]:
         """
-        :meth:`inference` in tensor form, the merge included (scripted ``forward``, tracing with
-        :class:`detectron2.export.TracingAdapter`, ONNX export).
+        :meth:`inference` in tensor form (scripting, tracing, ONNX export).
 
         Args:
             batched_inputs (list[dict]): "image" (3, H, W); optionally "height" and "width" (ints,
-                or 0-dim int tensors when scripted or traced; default: the size of "image").
+                or 0-dim int tensors when scripted or traced).
 
         Returns:
             list[dict[str, Tensor]] at the output size (h, w): "panoptic_seg" (h, w) int32,
-            "segments" (S, 5) float64 (``panoptic_merge.SEGMENT_FIELDS``; ``segments_to_info``
-            makes ``segments_info``), "sem_seg" (NUM_CLASSES, h, w) logits, and the instances of
-            :func:`detector_postprocess`: "pred_boxes", "scores", "pred_classes", "pred_masks".
+            "segments" (S, 5) float64 (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w),
+            "pred_boxes", "scores", "pred_classes", "pred_masks".
         """
         detector_results, sem_seg_results, image_sizes = self._raw_inference(batched_inputs)
         results: List[Dict[str, torch.Tensor]] = []
@@ -198,7 +167,7 @@ class PanopticPANet(PanopticFPN):
 
     @torch.jit.unused
     def _postprocess_tensors(self, instances, sem_seg, image_size, output_size):
-        """:meth:`_postprocess_one` in the form of :meth:`inference_tensors` (eager, tracing)."""
+        """:meth:`_postprocess_one` for :meth:`inference_tensors` (eager, tracing)."""
         if torch.jit.is_tracing():  # sizes as traced tensors: they stay dynamic
             height, width = output_size[0], output_size[1]
         else:
@@ -223,8 +192,7 @@ class PanopticPANet(PanopticFPN):
 
 
 def _resize(instances, sem_seg, image_size, height, width):
-    """Detectron2's ``detector_postprocess`` and ``sem_seg_postprocess`` of one image (eager and
-    traced routes; traced 0-dim ``height`` and ``width`` stay dynamic in the graph)."""
+    """Detectron2's ``detector_postprocess`` and ``sem_seg_postprocess`` of one image."""
     return (
         detector_postprocess(instances, height, width),
         sem_seg_postprocess(sem_seg, image_size, height, width),
@@ -242,17 +210,13 @@ def panoptic_postprocess(
     thresholds: Tuple[float, float, float],
 ) -> Dict[str, torch.Tensor]:
     """
-    :meth:`PanopticPANet._postprocess_tensors` in the Python that TorchScript compiles (what a
-    scripted model runs): Detectron2's ``detector_postprocess`` and ``sem_seg_postprocess``, which
-    do not script, operation for operation (so the same results), then the tensor merge.
+    :meth:`PanopticPANet._postprocess_tensors` as TorchScript compiles it: Detectron2's
+    ``detector_postprocess`` and ``sem_seg_postprocess`` (which do not script) op for op.
 
     Args:
-        boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M): detector outputs at the
-            input size.
+        boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M): at the input size.
         sem_seg (NUM_CLASSES, H', W'): semantic logits of the padded image.
-        image_size, output_size (Tensor): (2,) ints, height and width of the input image and of
-            the outputs.
-        thresholds: overlap, stuff area and instance score thresholds of the merge.
+        image_size, output_size (Tensor): (2,) ints, (height, width).
     """
     image_h, image_w = int(image_size[0]), int(image_size[1])
     height, width = int(output_size[0]), int(output_size[1])

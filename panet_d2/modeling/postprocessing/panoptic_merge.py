@@ -1,18 +1,11 @@
 # -*- coding: utf-8 -*-
-"""
-Panoptic FPN's merge of instances and semantic labels, with the results of Detectron2's
-``panoptic_fpn.combine_semantic_and_instance_outputs`` bit for bit, in two forms:
-:func:`combine_semantic_and_instance_outputs` (eager, a drop-in replacement, fast on the CPU) and
-:func:`merge_panoptic_tensors` (tensors in and out: TorchScript, tracing, ONNX). The thresholds
-are the model's (``PanopticPANet.combine_*``). Method and speed: docs/deployment.md.
-"""
+"""Detectron2's panoptic merge, bit for bit: eager (fast on the CPU) and in tensor form
+(TorchScript, tracing, ONNX). Method and speed: docs/deployment.md."""
 
 from typing import Tuple
 
 import numpy as np
 import torch
-
-from ...errors import ConfigError
 
 __all__ = [
     "combine_semantic_and_instance_outputs",
@@ -21,45 +14,23 @@ __all__ = [
     "SEGMENT_FIELDS",
 ]
 
-# Semantic labels are class ids of the semantic head's argmax: integers in [0, _LABEL_LIMIT).
-_LABEL_LIMIT = 1 << 16
+_LABEL_LIMIT = 1 << 16  # semantic labels: the semantic head's class ids, in [0, _LABEL_LIMIT)
 
 
 def combine_semantic_and_instance_outputs(
-    instance_results,
-    semantic_results,
-    overlap_threshold,
-    stuff_area_thresh,
-    instances_score_thresh,
+    instance_results, semantic_results, overlap_threshold, stuff_area_thresh, instances_score_thresh
 ):
     """
-    Merge instance and semantic predictions into a panoptic segmentation: the contract and the
-    results, bit for bit, of Detectron2's ``panoptic_fpn.combine_semantic_and_instance_outputs``:
-
-    1. instances are visited by descending score (``torch.argsort(-scores)``); the loop stops at
-       the first score ``< instances_score_thresh``;
-    2. an instance with an empty mask is skipped;
-    3. an instance whose already-taken fraction ``intersect / area`` exceeds ``overlap_threshold``
-       is dropped; otherwise it gets the next segment id on its still-free pixels;
-    4. every semantic label except 0 ("other" = things), in ascending order, gets the next id on
-       its free pixels if that area is ``>= stuff_area_thresh``.
-
-    CPU tensors take the fast merge; other devices, and tracing (e.g. Detectron2's
-    ``FlopCountAnalysis``), take :func:`merge_panoptic_tensors`.
+    Detectron2's ``panoptic_fpn.combine_semantic_and_instance_outputs`` (same arguments and
+    results). CPU tensors take the fast merge; other devices and tracing the tensor form.
 
     Args:
-        instance_results (Instances): N instances with ``scores`` (N,) float, ``pred_classes``
-            (N,) int and ``pred_masks`` (N, H, W) bool or numbers (non-zero = foreground); moved
-            to ``semantic_results.device``.
+        instance_results (Instances): ``scores`` (N,), ``pred_classes`` (N,), ``pred_masks``
+            (N, H, W) bool or numbers (non-zero = foreground).
         semantic_results (Tensor): (H, W) integer class ids in [0, 65536), 0 = things/"other".
-        overlap_threshold (float), stuff_area_thresh (int/float),
-        instances_score_thresh (float): see above.
 
     Returns:
-        panoptic_seg (Tensor): (H, W) int32 on ``semantic_results.device``; 0 = void, 1.. = ids.
-        segments_info (list[dict]): one dict per segment, in id order. Things: ``{"id": int,
-            "isthing": True, "score": float, "category_id": int, "instance_id": int}``; stuff:
-            ``{"id": int, "isthing": False, "category_id": int, "area": int}``.
+        panoptic_seg (Tensor): (H, W) int32, 0 = void; segments_info (list[dict]) in id order.
     """
     thresholds = (overlap_threshold, stuff_area_thresh, instances_score_thresh)
     if torch.jit.is_tracing():  # a traced graph holds tensors and compiled code only
@@ -86,20 +57,20 @@ def _check_inputs(pred_masks, semantic_results):
     """Masks (N, H, W) of the label map's size; labels integer class ids in [0, _LABEL_LIMIT)."""
     sem = semantic_results
     if sem.dim() != 2 or pred_masks.dim() != 3 or pred_masks.shape[1:] != sem.shape:
-        raise ConfigError(
+        raise ValueError(
             f"The panoptic merge needs pred_masks (N, H, W) and semantic_results (H, W) of the "
             f"same H, W; got {tuple(pred_masks.shape)} and {tuple(sem.shape)}."
         )
     dtype = sem.dtype
     if dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
-        raise ConfigError(
+        raise ValueError(
             f"The panoptic merge needs semantic_results of integer class ids (the semantic "
             f"head's argmax); got dtype {dtype}."
         )
     if sem.numel() > 0:
         lo, hi = torch.stack(torch.aminmax(sem)).tolist()
         if lo < 0 or hi >= _LABEL_LIMIT:
-            raise ConfigError(
+            raise ValueError(
                 f"The panoptic merge needs semantic_results in [0, {_LABEL_LIMIT}) (class ids); "
                 f"got values from {lo} to {hi}."
             )
@@ -121,8 +92,8 @@ def _merge_by_tensor_form(instances, sem, overlap_threshold, stuff_area, score_t
 
 
 def _candidates(instance_results, instances_score_thresh):
-    """The instances by descending score (Detectron2's very ``argsort`` call, so the same tie
-    order) up to the first score below the threshold: their indices, scores and classes."""
+    """Indices, scores and classes of the instances by descending score (Detectron2's ``argsort``,
+    so the same tie order) up to the first score below the threshold."""
     scores = instance_results.scores.detach()
     sorted_inds = torch.argsort(-scores)
     order = sorted_inds.tolist()
@@ -135,10 +106,8 @@ def _candidates(instance_results, instances_score_thresh):
 
 
 def _candidate_masks(pred_masks, cand):
-    """Bool masks of the candidates: ``pred_masks`` itself if bool (no copy; candidate j is row
-    ``cand[j]``), else the candidates converted one at a time as Detectron2's
-    ``.to(dtype=torch.bool)`` (non-zero and NaN -> True). Returns the masks and the row of each
-    candidate."""
+    """Bool masks of the candidates (``pred_masks`` itself if bool, else converted as Detectron2's
+    ``.to(torch.bool)``) and the row of each candidate."""
     if pred_masks.dtype == torch.bool and pred_masks.device.type == "cpu":
         return pred_masks.detach(), cand
     masks = torch.empty((len(cand),) + tuple(pred_masks.shape[1:]), dtype=torch.bool)
@@ -148,11 +117,8 @@ def _candidate_masks(pred_masks, cand):
 
 
 def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
-    """
-    Stuff on the CPU: one ``bincount`` gives, per label, its free area (bins [0, L)) and its
-    taken area (bins [L, 2L)), a label is present iff the two sum to > 0; kept labels' ids are
-    written into ``pan`` (H, W) int32 through one lookup table. Returns their ``segments_info``.
-    """
+    """Stuff on the CPU: one ``bincount`` (free area of label l in bin l, taken area in bin l + L),
+    ids written into ``pan`` (H, W) through a lookup table. Returns their ``segments_info``."""
     if sem.size == 0:
         return []
     num_labels = int(sem.max()) + 1
@@ -174,16 +140,12 @@ def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
     return info
 
 
-# Rows of the first block when searching a mask's last row from the bottom (see _mask_box);
-# each further block is twice as tall.
-_ROW_BLOCK = 16
+_ROW_BLOCK = 16  # rows of the first block searched from the bottom; each next one twice as tall
 
 
 def _mask_box(m, u, H, W):
-    """Tight box ``(y0, y1, x0, x1)`` of the (H, W) C-contiguous bool array ``m`` (``u``: its
-    uint8 view), or None if empty. Reads from the top down to the first foreground pixel, from
-    the bottom up to the last one (short-circuiting bool ``argmax`` on blocks of rows), then
-    only the rows in between for the columns: about one pass over the mask in all."""
+    """Tight box ``(y0, y1, x0, x1)`` of the (H, W) C-contiguous bool array ``m`` (``u``: its uint8
+    view), or None if empty, in about one pass (short-circuiting ``argmax`` from both ends)."""
     flat = m.reshape(-1)
     a = int(flat.argmax())
     if not flat[a]:
@@ -205,10 +167,8 @@ def _mask_box(m, u, H, W):
 
 
 def _things_cpu(masks, mask_rows, pan, occupied, overlap_threshold):
-    """Things on the CPU, in numpy on the tensors' memory, each instance on its mask's box.
-
-    ``pan`` (H, W) int32 and ``occupied`` (H, W) bool are written in place. Same decisions as
-    Detectron2 (python ints and floats, the same expression). Returns the accepted candidates."""
+    """Things on the CPU, each on its mask's box; writes ``pan`` (H, W) int32 and ``occupied``
+    (H, W) bool in place with Detectron2's decisions. Returns the accepted candidates."""
     H, W = pan.shape
     accepted = []
     if H == 0 or W == 0:
@@ -243,9 +203,7 @@ def _things_cpu(masks, mask_rows, pan, occupied, overlap_threshold):
     return accepted
 
 
-# Columns of the per-segment tensor of :func:`merge_panoptic_tensors` (float64, exact for the
-# float32 scores and for ids, labels and areas below 2**53). "score_or_area": the instance's score
-# for a thing, the segment's area in pixels for stuff; "instance_id": -1 for stuff.
+# Columns of the (S, 5) float64 segments of merge_panoptic_tensors ("instance_id": -1 for stuff).
 SEGMENT_FIELDS = ("id", "category_id", "isthing", "score_or_area", "instance_id")
 
 
@@ -260,22 +218,16 @@ def merge_panoptic_tensors(
     instances_score_thresh: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
-    :func:`combine_semantic_and_instance_outputs` in tensor form: tensors in, tensors out, in the
-    subset of Python that TorchScript compiles and that the ONNX exporter turns into ONNX ops (a
-    ``Loop`` for the instances: no Python lists, no ``tolist``).
+    :func:`combine_semantic_and_instance_outputs` in tensor form, in the Python that TorchScript
+    compiles and the ONNX exporter records (a ``Loop`` over the instances).
 
     Args:
-        scores (Tensor): (N,) float instance scores.
-        classes (Tensor): (N,) int instance classes.
-        masks (Tensor): (N, H, W) instance masks, bool (or numbers, non-zero = foreground).
+        scores (N,), classes (N,), masks (N, H, W) (non-zero = foreground): the instances.
         sem_seg (Tensor): (H, W) semantic labels, integers >= 0 (0 = "other", the things).
-        overlap_threshold, stuff_area_thresh, instances_score_thresh: the merge thresholds.
 
     Returns:
-        panoptic_seg (Tensor): (H, W) int32, 0 = void, 1.. = segment ids.
-        segments (Tensor): (S, 5) float64, one row per segment in id order, columns
-            ``SEGMENT_FIELDS``: id, category_id, isthing (1.0 / 0.0), score (things) or area
-            (stuff), instance_id (index into the N instances; -1 for stuff).
+        panoptic_seg (Tensor): (H, W) int32, 0 = void.
+        segments (Tensor): (S, 5) float64, one row per segment in id order (``SEGMENT_FIELDS``).
     """
     H, W = sem_seg.shape[0], sem_seg.shape[1]
     panoptic_seg, things = _things_tensors(
@@ -313,14 +265,10 @@ def _things_tensors(
     overlap_threshold: float,
     instances_score_thresh: float,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """
-    The things of :func:`merge_panoptic_tensors`: the (H, W) int32 map of their ids and the
-    indices (T,) of the accepted instances, in id order. ``masks``: (N, H, W) bool.
-    """
+    """The (H, W) int32 map of the things' ids and the accepted instances (T,) in id order."""
     device = masks.device
     panoptic_seg = torch.zeros((H, W), dtype=torch.int32, device=device)
-    # By descending score (Detectron2's very call, so ties break the same way); stop at the
-    # first score below the threshold (compared in float64, as Python compares floats).
+    # Detectron2's order; stop at the first score below the threshold (in float64, as Python)
     sorted_inds = torch.argsort(-scores)
     below = torch.nonzero(scores[sorted_inds].to(torch.float64) < instances_score_thresh)
     num = int(below[0, 0]) if below.shape[0] > 0 else int(sorted_inds.shape[0])
@@ -355,11 +303,8 @@ def _things_tensors(
 def _stuff_tensors(
     sem_seg: torch.Tensor, panoptic_seg: torch.Tensor, num_things: int, stuff_area_thresh: float
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """
-    The stuff of :func:`merge_panoptic_tensors`: every label present in ``sem_seg`` (H, W) except
-    0, ascending, takes its free pixels if they are at least ``stuff_area_thresh`` (Detectron2
-    visits ``torch.unique(sem_seg)`` one by one). Returns the map with their ids and their rows.
-    """
+    """The map with the stuff ids (every label present but 0, ascending, whose free area is at
+    least ``stuff_area_thresh``) and their rows."""
     H, W = sem_seg.shape[0], sem_seg.shape[1]
     device = sem_seg.device
     labels = sem_seg.reshape(-1).to(torch.int64)
@@ -393,9 +338,6 @@ def _segment_info(seg_id, category, isthing, value, instance=-1):
 
 
 def segments_to_info(segments):
-    """
-    Detectron2's ``segments_info`` (list[dict], the same keys, values and Python types as
-    :func:`combine_semantic_and_instance_outputs`) from the (S, 5) rows of
-    :func:`merge_panoptic_tensors` (a tensor or a numpy array, e.g. an ONNX Runtime output).
-    """
+    """Detectron2's ``segments_info`` from the (S, 5) rows of :func:`merge_panoptic_tensors` (a
+    tensor or a numpy array)."""
     return [_segment_info(*row) for row in np.asarray(segments).tolist()]
