@@ -1,9 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-The model: PANet's backbone (bottom-up path augmentation), poolers (adaptive feature pooling),
-box and mask heads (fully-connected fusion), ROI heads, semantic head, the panoptic
-meta-architecture and its merge. Importing it registers them with Detectron2's registries.
-"""
+"""PANet's model parts, registered with Detectron2's registries on import."""
 
 from .anchor_generator import DetectronAnchorGenerator
 from .backbone import PAFPN, build_resnet_pafpn_backbone

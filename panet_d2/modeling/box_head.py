@@ -49,22 +49,17 @@ class PANetConvFCHead(FastRCNNConvFCHead):
         fuse_type: str = "max",
         fuse_position: str = "after_first_layer",
     ):
-        """
-        Args:
-            input_shape, conv_dims, fc_dims, conv_norm: see :class:`FastRCNNConvFCHead`;
-                ``input_shape`` is one level's pooled grid (C, H, W).
-            fc_norm (str or callable): norm after every fc ("": none), MODEL.ROI_BOX_HEAD.FC_NORM.
-            num_levels (int): 1 without AFP; else L, and the input is (M, L, C, H, W).
-            fuse_type, fuse_position: MODEL.AFP.FUSE_TYPE and BOX_FUSE_POSITION.
-        """
+        """As :class:`FastRCNNConvFCHead` (``input_shape``: one level's grid), plus ``fc_norm`` (a
+        norm after every fc), ``num_levels`` (L, 1 without AFP) and MODEL.AFP's fusion."""
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
-        check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         check_choice("MODEL.AFP.BOX_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
         check_norm("MODEL.ROI_BOX_HEAD.FC_NORM", fc_norm)
         self.num_levels = num_levels
         self.fuse_type = fuse_type
         self.fuse_position = fuse_position
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
+        if not self.per_level_first_layer:  # else checked by the per-level layer that fuses
+            check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         if fc_norm:
             for k, fc in enumerate(self.fcs):
                 normed = NormLinear(fc.in_features, fc.out_features, fc_norm)

@@ -4,6 +4,7 @@
 from typing import List, Tuple
 
 import torch
+from torch import Tensor
 from torchvision.ops import nms
 
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
@@ -15,22 +16,10 @@ __all__ = ["per_class_nms", "fast_rcnn_inference_single_image", "PANetFastRCNNOu
 # UPSTREAM-WORKAROUND traced-batched-nms: torchvision 0.29 batched_nms, when traced, always runs
 # one NMS over all candidates (docs/design.md).
 def per_class_nms(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    iou_threshold: float,
-    num_classes: int,
-) -> torch.Tensor:
-    """
-    torchvision's ``batched_nms`` as one ``nms`` per class, in every mode.
-
-    Args:
-        boxes (R, 4), scores (R,), classes (R,) int64 in [0, num_classes): the candidates.
-        num_classes (int): a constant of the model (a traced graph holds one NMS per class).
-
-    Returns:
-        Tensor: indices of the kept candidates by decreasing score (ties in candidate order).
-    """
+    boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float, num_classes: int
+) -> Tensor:
+    """torchvision's ``batched_nms`` of boxes (R, 4), scores (R,) and classes (R,) in
+    [0, num_classes) as one ``nms`` per class in every mode: kept indices by decreasing score."""
     boxes = boxes.float()  # as Detectron2's batched_nms (float16 lacks the range)
     keep = torch.zeros_like(scores, dtype=torch.bool)
     for c in range(num_classes):
@@ -45,13 +34,13 @@ def per_class_nms(
 
 
 def fast_rcnn_inference_single_image(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
+    boxes: Tensor,
+    scores: Tensor,
     image_shape: Tuple[int, int],
     score_thresh: float,
     nms_thresh: float,
     topk_per_image: int,
-) -> Tuple[Instances, torch.Tensor]:
+) -> Tuple[Instances, Tensor]:
     """Detectron2's ``fast_rcnn_inference_single_image`` (same arguments and results) with
     :func:`per_class_nms`, and no data-dependent branch (it traces)."""
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
@@ -62,7 +51,6 @@ def fast_rcnn_inference_single_image(
     clipped.clip(image_shape)
     boxes = clipped.tensor.view(-1, num_bbox_reg_classes, 4)  # (R, K or 1, 4)
 
-    # (proposal, class) candidates above the score threshold, then NMS per class
     candidates = scores > score_thresh  # (R, K)
     index = candidates.nonzero()  # (R', 2): proposal, class
     if num_bbox_reg_classes == 1:
@@ -83,7 +71,7 @@ def fast_rcnn_inference_single_image(
 class PANetFastRCNNOutputLayers(FastRCNNOutputLayers):
     """:class:`FastRCNNOutputLayers` whose inference runs :func:`per_class_nms` in every mode."""
 
-    def inference(self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]):
+    def inference(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]):
         """Same as :meth:`FastRCNNOutputLayers.inference`."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)

@@ -28,13 +28,8 @@ class FullyConnectedFusion(nn.Module):
         fc_activation: bool = False,
         fc_init: str = "xavier",
     ):
-        """
-        Args:
-            input_shape (ShapeSpec): the FCN feature the path starts from (C, H, W).
-            mask_size (int): side of the predicted masks (28).
-            conv_dims, conv_norm: channels and norm of the two convs.
-            fuse_type, fc_activation, fc_init: MODEL.FF.FUSE_TYPE, FC_ACTIVATION, FC_INIT.
-        """
+        """``input_shape``: the FCN feature the path starts from (C, H, W); ``mask_size``: 28;
+        the others: MODEL.FF.* (``conv_norm``: the mask head's)."""
         super().__init__()
         self.fuse_type = check_choice("MODEL.FF.FUSE_TYPE", fuse_type, FF_FUSE_TYPES)
         check_choice("MODEL.FF.FC_INIT", fc_init, FF_FC_INITS)

@@ -10,6 +10,8 @@ from torch import nn
 
 from detectron2.layers import Conv2d, get_norm
 
+from ..config import AFP_FUSE_TYPES
+from ..errors import check_choice
 from .validation import check_norm
 
 __all__ = ["AFPConv2d", "AFPLinear", "LevelwiseNorm", "fuse_levels", "per_level_norm"]
@@ -59,12 +61,12 @@ def per_level_norm(norm, channels: int, num_levels: int):
 
 class _PerLevelLayer(nn.Module):
     """Base of the per-level first layers (parameters under ``per_level`` or ``levels.<l>``):
-    the warm start from a single-level layer. ``fuse_type`` is checked by the heads."""
+    the warm start from a single-level layer."""
 
     def __init__(self, num_levels: int, fuse_type: str):
         super().__init__()
         self.num_levels = num_levels
-        self.fuse_type = fuse_type
+        self.fuse_type = check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
 
     @staticmethod
     def _single_level_name(name: str) -> str:

@@ -23,10 +23,8 @@ __all__ = ["PANetMaskHead"]
 
 @ROI_MASK_HEAD_REGISTRY.register()
 class PANetMaskHead(MaskRCNNConvUpsampleHead):
-    """
-    :class:`MaskRCNNConvUpsampleHead` (same outputs, (M, K, 2H, 2W) logits) plus adaptive feature
-    pooling and fully-connected fusion; with both off exactly Detectron2's head.
-    """
+    """:class:`MaskRCNNConvUpsampleHead` (same (M, K, 2H, 2W) logits) plus adaptive feature
+    pooling and fully-connected fusion; with both off exactly Detectron2's head."""
 
     @configurable
     def __init__(
@@ -48,19 +46,12 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         predictor_init: str = "normal",
         **kwargs,
     ):
-        """
-        Args:
-            input_shape, num_classes, conv_dims, conv_norm: see
-                :class:`MaskRCNNConvUpsampleHead`; ``input_shape`` is one level's grid (C, H, W).
-            num_levels (int): 1 without AFP; else L, and the input is (M, L, C, H, W).
-            fuse_type, fuse_position: MODEL.AFP.FUSE_TYPE and MASK_FUSE_POSITION.
-            ff_*: MODEL.FF.* (:class:`FullyConnectedFusion`); ff_start_layer: the 1-based FCN conv.
-            predictor_init (str): "normal" (Detectron2's) or "msra" (the release's MSRAFill).
-        """
+        """As :class:`MaskRCNNConvUpsampleHead` (``input_shape``: one level's grid), plus
+        ``num_levels`` (L, 1 without AFP), MODEL.AFP's fusion, MODEL.FF.* (``ff_*``) and
+        MODEL.ROI_MASK_HEAD.PREDICTOR_INIT."""
         super().__init__(
             input_shape, num_classes=num_classes, conv_dims=conv_dims, conv_norm=conv_norm, **kwargs
         )
-        check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         check_choice("MODEL.AFP.MASK_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
         check_choice("MODEL.ROI_MASK_HEAD.PREDICTOR_INIT", predictor_init, MASK_PREDICTOR_INITS)
         if predictor_init == "msra":
@@ -71,6 +62,8 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         self.num_levels = num_levels
         self.fuse_type = fuse_type
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
+        if not self.per_level_first_layer:  # else checked by the per-level layer that fuses
+            check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         if self.per_level_first_layer:
             if num_conv < 1:
                 raise ConfigError(

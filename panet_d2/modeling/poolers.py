@@ -5,6 +5,7 @@ from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from detectron2.layers import ROIAlign
@@ -14,9 +15,7 @@ from detectron2.structures import Boxes
 __all__ = ["AdaptiveFeaturePooler", "multilevel_roi_align"]
 
 
-def _bilinear_taps(
-    coord: torch.Tensor, size: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bilinear_taps(coord: Tensor, size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """torchvision's RoIAlign bilinear rule along one axis of ``size`` pixels: low and high pixel
     indices of the samples ``coord`` and their weights (0 outside [-1, size])."""
     inside = (coord >= -1.0) & (coord <= size)
@@ -30,25 +29,22 @@ def _bilinear_taps(
 
 
 def multilevel_roi_align(
-    features: List[torch.Tensor],
-    rois: torch.Tensor,
+    features: List[Tensor],
+    rois: Tensor,
     scales: List[float],
     output_size: Tuple[int, int],
     sampling_ratio: int,
     aligned: bool,
-) -> torch.Tensor:
+) -> Tensor:
     """
-    RoIAlign of every box from every level in one ``F.embedding_bag`` (one bag of s * s * 4 taps
-    per output bin): the values (to float rounding) and gradients of one
-    ``torchvision.ops.roi_align`` per level, stacked, faster on the CPU (docs/design.md).
+    RoIAlign of every box from every level in one ``F.embedding_bag`` (a bag of s * s * 4 taps per
+    output bin): one ``torchvision.ops.roi_align`` per level, stacked (values to float rounding,
+    and gradients), faster on the CPU (docs/design.md).
 
     Args:
-        features (list[Tensor]): L maps, level l of shape (N, C, H_l, W_l).
+        features (list[Tensor]): L maps (N, C, H_l, W_l); ``scales``: their 1 / stride.
         rois (Tensor): (M, 5) rows (batch index, x0, y0, x1, y1) in image coordinates.
-        scales (list[float]): L spatial scales (1 / stride).
-        output_size (tuple[int, int]): (P_h, P_w).
-        sampling_ratio (int): s > 0 samples per bin side.
-        aligned (bool): the half-pixel offset of ROIAlignV2 (Detectron2's default pooler).
+        output_size, sampling_ratio (s > 0), aligned: as ``roi_align``'s.
 
     Returns:
         Tensor: (M, L, C, P_h, P_w).
@@ -67,13 +63,13 @@ def multilevel_roi_align(
 
 @torch.jit.script_if_tracing
 def _roi_align_bags(
-    features: List[torch.Tensor],
-    rois: torch.Tensor,
+    features: List[Tensor],
+    rois: Tensor,
     scales: List[float],
     output_size: Tuple[int, int],
     sampling_ratio: int,
     aligned: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor]:
     """The bags of :func:`multilevel_roi_align`, one per (level, box, bin): the taps' rows in the
     channels-last table, the bags' offsets and the taps' weights. Scripted when traced, so a
     traced graph works for every image size and number of boxes."""
@@ -138,15 +134,9 @@ class AdaptiveFeaturePooler(ROIPooler):
         self._sampling_ratio = int(getattr(first, "sampling_ratio", 0))
         self._aligned = bool(getattr(first, "aligned", False))
 
-    def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]):
-        """
-        Args:
-            x (list[Tensor]): L feature maps, each (N, C, Hl, Wl).
-            box_lists (list[Boxes]): N lists of boxes in image coordinates.
-
-        Returns:
-            Tensor: (M, L, C, output_size, output_size): box m pooled from level l at [m, l].
-        """
+    def forward(self, x: List[Tensor], box_lists: List[Boxes]):
+        """L feature maps (N, C, Hl, Wl) and N lists of boxes -> (M, L, C, output_size,
+        output_size): box m pooled from level l at [m, l]."""
         pooler_fmt_boxes = convert_boxes_to_pooler_format(box_lists)
         if self._use_multilevel_roi_align(x):
             return multilevel_roi_align(
@@ -162,7 +152,7 @@ class AdaptiveFeaturePooler(ROIPooler):
         ]
         return torch.stack(grids, dim=1)
 
-    def _use_multilevel_roi_align(self, x: List[torch.Tensor]) -> bool:
+    def _use_multilevel_roi_align(self, x: List[Tensor]) -> bool:
         """Whether :func:`multilevel_roi_align` computes the level poolers and is faster: CPU
         features, not in ONNX export (docs/deployment.md)."""
         if not self.batched_roi_align:

@@ -17,10 +17,8 @@ __all__ = ["PANetROIHeads"]
 
 @ROI_HEADS_REGISTRY.register()
 class PANetROIHeads(StandardROIHeads):
-    """
-    :class:`StandardROIHeads` whose poolers, with MODEL.AFP.ENABLED, pool every RoI from every
-    level (:class:`AdaptiveFeaturePooler`) for heads that fuse the (M, L, C, H, W) grids.
-    """
+    """:class:`StandardROIHeads` whose poolers, with MODEL.AFP.ENABLED, pool every RoI from every
+    level (:class:`AdaptiveFeaturePooler`) for heads that fuse the (M, L, C, H, W) grids."""
 
     # TorchScript constants, as detectron2.export annotates StandardROIHeads (not inherited)
     mask_on: torch.jit.Final[bool]
@@ -28,37 +26,28 @@ class PANetROIHeads(StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        cls._check_config(cfg, input_shape)
+        in_features, backbone = list(cfg.MODEL.ROI_HEADS.IN_FEATURES), cfg.MODEL.BACKBONE.NAME
+        key = "MODEL.ROI_HEADS.IN_FEATURES"
+        check_in_features(key, in_features, input_shape, "the backbone " + backbone, pyramid=True)
+        if cfg.MODEL.AFP.ENABLED:
+            cls._check_afp(cfg, in_features, backbone)
         return super().from_config(cfg, input_shape)
 
-    @classmethod
-    def _check_config(cls, cfg, input_shape):
-        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        check_in_features(
-            "MODEL.ROI_HEADS.IN_FEATURES",
-            in_features,
-            input_shape,
-            "the backbone " + cfg.MODEL.BACKBONE.NAME,
-            pyramid=True,
-        )
-        afp = cfg.MODEL.AFP
-        if not afp.ENABLED:
-            return
-        if not isinstance(afp.POOLER_SAMPLING_RATIO, int) or afp.POOLER_SAMPLING_RATIO < 0:
+    @staticmethod
+    def _check_afp(cfg, in_features, backbone):
+        ratio = cfg.MODEL.AFP.POOLER_SAMPLING_RATIO
+        if not isinstance(ratio, int) or ratio < 0:
             raise ConfigError(
-                "Invalid config value MODEL.AFP.POOLER_SAMPLING_RATIO={!r}; allowed: 0 (adaptive) "
-                "or a positive number of samples per bin side (authors' release: 2).".format(
-                    afp.POOLER_SAMPLING_RATIO
-                )
+                f"Invalid config value MODEL.AFP.POOLER_SAMPLING_RATIO={ratio!r}; allowed: 0 "
+                "(adaptive) or a positive number of samples per bin side (authors' release: 2)."
             )
         if len(in_features) < 2:
             raise ConfigError(
                 "MODEL.AFP.ENABLED=True pools every RoI from every pyramid level and needs at "
-                "least 2 levels in MODEL.ROI_HEADS.IN_FEATURES, got {} (backbone {}). Use a "
-                "pyramid backbone (build_resnet_pafpn_backbone / build_resnet_fpn_backbone) with "
-                "IN_FEATURES like ['p2', 'p3', 'p4', 'p5'], or set MODEL.AFP.ENABLED=False.".format(
-                    in_features, cfg.MODEL.BACKBONE.NAME
-                )
+                f"least 2 levels in MODEL.ROI_HEADS.IN_FEATURES, got {in_features} (backbone "
+                f"{backbone}). Use a pyramid backbone (build_resnet_pafpn_backbone / "
+                "build_resnet_fpn_backbone) with IN_FEATURES like ['p2', 'p3', 'p4', 'p5'], or "
+                "set MODEL.AFP.ENABLED=False."
             )
         heads = [("MODEL.ROI_BOX_HEAD.NAME", cfg.MODEL.ROI_BOX_HEAD.NAME, PANetConvFCHead)]
         if cfg.MODEL.MASK_ON:

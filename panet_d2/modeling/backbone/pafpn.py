@@ -22,10 +22,8 @@ __all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
 
 
 class PAFPN(FPN):
-    """
-    Detectron2's :class:`FPN` (same parameters and names) plus, above the lowest level, the convs
-    ``bpa_down{k}`` (3x3, stride 2, from N_{k-1}) and ``bpa_out{k}`` (3x3, on the sum with P_k).
-    Its outputs keep FPN's names "p2" ... "p6", strides and channels and hold N2 ... N6.
+    """Detectron2's :class:`FPN` (same parameters and names) plus ``bpa_down{k}`` (3x3, stride 2,
+    from N_{k-1}) and ``bpa_out{k}`` (3x3, on the sum with P_k); outputs "p2" ... "p6" hold N2..N6.
     """
 
     _SCRIPTING_LISTS = ("lateral_convs", "output_convs", "bpa_down_convs", "bpa_output_convs")
@@ -41,12 +39,8 @@ class PAFPN(FPN):
         bpa_conv_bias=False,
         **fpn_kwargs,
     ):
-        """
-        Args:
-            bottom_up, in_features, out_channels, fpn_kwargs: see :class:`FPN`; ``top_block``
-                reads N5 when its ``in_feature`` is a pyramid level.
-            bpa_norm, bpa_activation, bpa_conv_bias: MODEL.PAFPN.NORM, ACTIVATION, CONV_BIAS.
-        """
+        """As :class:`FPN` (``top_block`` reads N5 when its ``in_feature`` is a pyramid level),
+        plus MODEL.PAFPN.NORM, ACTIVATION and CONV_BIAS."""
         super().__init__(bottom_up, in_features, out_channels, **fpn_kwargs)
         check_norm("MODEL.PAFPN.NORM", bpa_norm)
         check_choice("MODEL.PAFPN.ACTIVATION", bpa_activation, PAFPN_ACTIVATIONS)

@@ -5,6 +5,7 @@ from numbers import Real
 from typing import Dict, List, Tuple
 
 import torch
+from torch import Tensor
 from torch.nn import functional as F
 
 from detectron2.config import configurable
@@ -42,11 +43,8 @@ def _check_threshold(attribute, value):
 
 @META_ARCH_REGISTRY.register()
 class PanopticPANet(PanopticFPN):
-    """
-    :class:`PanopticFPN` (same inputs, outputs, losses and ``combine_*`` thresholds) with the
-    project's faster merge; :meth:`inference_tensors` is the form for deployment. Labels as
-    Detectron2's "panoptic_separated": semantic label 0 = "other" (thing pixels), 1..S = stuff.
-    """
+    """:class:`PanopticFPN` (same inputs, outputs, losses and ``combine_*``) with the project's
+    faster merge, and :meth:`inference_tensors` for deployment (docs/design.md)."""
 
     @configurable
     def __init__(self, **kwargs):
@@ -64,7 +62,7 @@ class PanopticPANet(PanopticFPN):
         )
         return ret
 
-    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
         """As :meth:`PanopticFPN.forward`; a scripted model returns :meth:`inference_tensors`."""
         if torch.jit.is_scripting():
             return self.inference_tensors(batched_inputs)
@@ -87,8 +85,8 @@ class PanopticPANet(PanopticFPN):
         )
 
     def _raw_inference(
-        self, batched_inputs: List[Dict[str, torch.Tensor]]
-    ) -> Tuple[List[Instances], torch.Tensor, List[Tuple[int, int]]]:
+        self, batched_inputs: List[Dict[str, Tensor]]
+    ) -> Tuple[List[Instances], Tensor, List[Tuple[int, int]]]:
         """Detections at the input size, semantic logits (N, NUM_CLASSES, H', W') of the padded
         batch, and the image sizes."""
         images = self.preprocess_image(batched_inputs)
@@ -112,15 +110,14 @@ class PanopticPANet(PanopticFPN):
         """One image's outputs resized to ``inputs["height"], ["width"]`` and merged."""
         image_size = tuple(inputs["image"].shape[-2:])
         height, width = inputs.get("height", image_size[0]), inputs.get("width", image_size[1])
-        instances, sem_seg = _resize(instances, sem_seg, image_size, height, width)
+        instances = detector_postprocess(instances, height, width)
+        sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
         panoptic_seg = combine_semantic_and_instance_outputs(
             instances, sem_seg.argmax(dim=0), *self.merge_thresholds()
         )
         return {"sem_seg": sem_seg, "instances": instances, "panoptic_seg": panoptic_seg}
 
-    def inference_tensors(
-        self, batched_inputs: List[Dict[str, torch.Tensor]]
-    ) -> List[Dict[str, torch.Tensor]]:
+    def inference_tensors(self, batched_inputs: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
         """
         :meth:`inference` in tensor form (scripting, tracing, ONNX export).
 
@@ -134,16 +131,16 @@ class PanopticPANet(PanopticFPN):
             "pred_boxes", "scores", "pred_classes", "pred_masks".
         """
         detector_results, sem_seg_results, image_sizes = self._raw_inference(batched_inputs)
-        results: List[Dict[str, torch.Tensor]] = []
+        results: List[Dict[str, Tensor]] = []
         for k, instances in enumerate(detector_results):
             image_size = image_sizes[k]
-            if not isinstance(image_size, torch.Tensor):  # a Tensor (2,) when tracing
+            if not isinstance(image_size, Tensor):  # a Tensor (2,) when tracing
                 image_size = torch.tensor([image_size[0], image_size[1]])
             output_size = image_size
             inputs = batched_inputs[k]
             if "height" in inputs and "width" in inputs:
                 height, width = inputs["height"], inputs["width"]
-                if isinstance(height, torch.Tensor) and isinstance(width, torch.Tensor):
+                if isinstance(height, Tensor) and isinstance(width, Tensor):
                     output_size = torch.stack([height.reshape(()), width.reshape(())])
                 else:  # eager, ints
                     output_size = torch.tensor([height, width])
@@ -172,7 +169,8 @@ class PanopticPANet(PanopticFPN):
             height, width = output_size[0], output_size[1]
         else:
             image_size, (height, width) = tuple(image_size.tolist()), output_size.tolist()
-        instances, sem_seg = _resize(instances, sem_seg, image_size, height, width)
+        instances = detector_postprocess(instances, height, width)
+        sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
         panoptic_seg, segments = merge_panoptic_tensors(
             instances.scores,
             instances.pred_classes,
@@ -191,32 +189,21 @@ class PanopticPANet(PanopticFPN):
         }
 
 
-def _resize(instances, sem_seg, image_size, height, width):
-    """Detectron2's ``detector_postprocess`` and ``sem_seg_postprocess`` of one image."""
-    return (
-        detector_postprocess(instances, height, width),
-        sem_seg_postprocess(sem_seg, image_size, height, width),
-    )
-
-
 def panoptic_postprocess(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    roi_masks: torch.Tensor,
-    sem_seg: torch.Tensor,
-    image_size: torch.Tensor,
-    output_size: torch.Tensor,
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    roi_masks: Tensor,
+    sem_seg: Tensor,
+    image_size: Tensor,
+    output_size: Tensor,
     thresholds: Tuple[float, float, float],
-) -> Dict[str, torch.Tensor]:
+) -> Dict[str, Tensor]:
     """
     :meth:`PanopticPANet._postprocess_tensors` as TorchScript compiles it: Detectron2's
-    ``detector_postprocess`` and ``sem_seg_postprocess`` (which do not script) op for op.
-
-    Args:
-        boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M): at the input size.
-        sem_seg (NUM_CLASSES, H', W'): semantic logits of the padded image.
-        image_size, output_size (Tensor): (2,) ints, (height, width).
+    ``detector_postprocess`` and ``sem_seg_postprocess`` (which do not script) op for op, for
+    boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M) at the input size, sem_seg
+    (NUM_CLASSES, H', W') of the padded image; image_size, output_size (2,): (height, width).
     """
     image_h, image_w = int(image_size[0]), int(image_size[1])
     height, width = int(output_size[0]), int(output_size[1])
@@ -227,12 +214,8 @@ def panoptic_postprocess(
     boxes = Boxes(boxes.tensor[keep])
     scores, classes = scores[keep], classes[keep]
     masks = paste_masks_in_image(roi_masks[keep][:, 0, :, :], boxes.tensor, (height, width), 0.5)
-    sem_seg = F.interpolate(
-        sem_seg[:, :image_h, :image_w].expand(1, -1, -1, -1),
-        size=(height, width),
-        mode="bilinear",
-        align_corners=False,
-    )[0]
+    sem_seg = sem_seg[:, :image_h, :image_w].expand(1, -1, -1, -1)
+    sem_seg = F.interpolate(sem_seg, size=(height, width), mode="bilinear", align_corners=False)[0]
     overlap, stuff_area, score = thresholds
     panoptic_seg, segments = merge_panoptic_tensors(
         scores, classes, masks, sem_seg.argmax(dim=0), overlap, stuff_area, score

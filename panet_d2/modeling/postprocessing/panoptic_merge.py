@@ -6,6 +6,7 @@ from typing import Tuple
 
 import numpy as np
 import torch
+from torch import Tensor
 
 __all__ = [
     "combine_semantic_and_instance_outputs",
@@ -22,15 +23,8 @@ def combine_semantic_and_instance_outputs(
 ):
     """
     Detectron2's ``panoptic_fpn.combine_semantic_and_instance_outputs`` (same arguments and
-    results). CPU tensors take the fast merge; other devices and tracing the tensor form.
-
-    Args:
-        instance_results (Instances): ``scores`` (N,), ``pred_classes`` (N,), ``pred_masks``
-            (N, H, W) bool or numbers (non-zero = foreground).
-        semantic_results (Tensor): (H, W) integer class ids in [0, 65536), 0 = things/"other".
-
-    Returns:
-        panoptic_seg (Tensor): (H, W) int32, 0 = void; segments_info (list[dict]) in id order.
+    results: (H, W) int32 segment map, segments_info): on CPU tensors the fast merge, else (other
+    devices, tracing) the tensor form. ``semantic_results``: (H, W) class ids in [0, 65536).
     """
     thresholds = (overlap_threshold, stuff_area_thresh, instances_score_thresh)
     if torch.jit.is_tracing():  # a traced graph holds tensors and compiled code only
@@ -42,8 +36,7 @@ def combine_semantic_and_instance_outputs(
     pan = panoptic_seg.numpy()
     occupied = np.zeros(pan.shape, dtype=bool)  # the pixels the things took
     cand, cand_scores, cand_classes = _candidates(instance_results, instances_score_thresh)
-    masks, mask_rows = _candidate_masks(instance_results.pred_masks, cand)
-    accepted = _things_cpu(masks, mask_rows, pan, occupied, overlap_threshold)
+    accepted = _things_cpu(instance_results.pred_masks, cand, pan, occupied, overlap_threshold)
     segments_info = [
         _segment_info(k + 1, cand_classes[j], True, cand_scores[j], cand[j])
         for k, j in enumerate(accepted)
@@ -76,17 +69,11 @@ def _check_inputs(pred_masks, semantic_results):
             )
 
 
-def _merge_by_tensor_form(instances, sem, overlap_threshold, stuff_area, score_thresh):
+def _merge_by_tensor_form(instances, sem, *thresholds):
     """:func:`combine_semantic_and_instance_outputs` by :func:`merge_panoptic_tensors`."""
-    device = sem.device
+    scores, classes = instances.scores.to(sem.device), instances.pred_classes.to(sem.device)
     panoptic_seg, segments = merge_panoptic_tensors(
-        instances.scores.to(device),
-        instances.pred_classes.to(device),
-        instances.pred_masks.to(device),
-        sem,
-        float(overlap_threshold),
-        float(stuff_area),
-        float(score_thresh),
+        scores, classes, instances.pred_masks.to(sem.device), sem, *[float(t) for t in thresholds]
     )
     return panoptic_seg, segments_to_info(segments.cpu())
 
@@ -98,22 +85,9 @@ def _candidates(instance_results, instances_score_thresh):
     sorted_inds = torch.argsort(-scores)
     order = sorted_inds.tolist()
     sorted_scores = scores[sorted_inds].tolist()
-    k = 0
-    while k < len(order) and not (sorted_scores[k] < instances_score_thresh):
-        k += 1
+    k = next((i for i, s in enumerate(sorted_scores) if s < instances_score_thresh), len(order))
     classes = instance_results.pred_classes[sorted_inds[:k]].tolist()
     return order[:k], sorted_scores[:k], classes
-
-
-def _candidate_masks(pred_masks, cand):
-    """Bool masks of the candidates (``pred_masks`` itself if bool, else converted as Detectron2's
-    ``.to(torch.bool)``) and the row of each candidate."""
-    if pred_masks.dtype == torch.bool and pred_masks.device.type == "cpu":
-        return pred_masks.detach(), cand
-    masks = torch.empty((len(cand),) + tuple(pred_masks.shape[1:]), dtype=torch.bool)
-    for j, inst_id in enumerate(cand):
-        masks[j].copy_(pred_masks[inst_id])
-    return masks, list(range(len(cand)))
 
 
 def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
@@ -166,20 +140,18 @@ def _mask_box(m, u, H, W):
     return y0, y1, int(cols.argmax()), W - int(cols[::-1].argmax())
 
 
-def _things_cpu(masks, mask_rows, pan, occupied, overlap_threshold):
-    """Things on the CPU, each on its mask's box; writes ``pan`` (H, W) int32 and ``occupied``
-    (H, W) bool in place with Detectron2's decisions. Returns the accepted candidates."""
+def _things_cpu(pred_masks, cand, pan, occupied, overlap_threshold):
+    """Things on the CPU, each on its mask's box (masks converted to bool one at a time, as
+    Detectron2's ``.to(torch.bool)``); writes ``pan`` (H, W) int32 and ``occupied`` (H, W) bool
+    in place with Detectron2's decisions. Returns the accepted candidates."""
     H, W = pan.shape
     accepted = []
     if H == 0 or W == 0:
         return accepted
-    masks_np = masks.numpy()
     scratch = np.empty(H * W, dtype=bool)
     cur = 0
-    for j, r in enumerate(mask_rows):
-        m = masks_np[r]
-        if not m.flags.c_contiguous:
-            m = np.ascontiguousarray(m)
+    for j, inst_id in enumerate(cand):
+        m = np.ascontiguousarray(pred_masks[inst_id].detach().to("cpu", torch.bool).numpy())
         box = _mask_box(m, m.view(np.uint8), H, W)
         if box is None:  # mask_area == 0
             continue
@@ -209,25 +181,18 @@ SEGMENT_FIELDS = ("id", "category_id", "isthing", "score_or_area", "instance_id"
 
 @torch.jit.script_if_tracing
 def merge_panoptic_tensors(
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    masks: torch.Tensor,
-    sem_seg: torch.Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    masks: Tensor,
+    sem_seg: Tensor,
     overlap_threshold: float,
     stuff_area_thresh: float,
     instances_score_thresh: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[Tensor, Tensor]:
     """
-    :func:`combine_semantic_and_instance_outputs` in tensor form, in the Python that TorchScript
-    compiles and the ONNX exporter records (a ``Loop`` over the instances).
-
-    Args:
-        scores (N,), classes (N,), masks (N, H, W) (non-zero = foreground): the instances.
-        sem_seg (Tensor): (H, W) semantic labels, integers >= 0 (0 = "other", the things).
-
-    Returns:
-        panoptic_seg (Tensor): (H, W) int32, 0 = void.
-        segments (Tensor): (S, 5) float64, one row per segment in id order (``SEGMENT_FIELDS``).
+    :func:`combine_semantic_and_instance_outputs` in tensor form (TorchScript, tracing, ONNX) for
+    scores (N,), classes (N,), masks (N, H, W) and labels sem_seg (H, W): the (H, W) int32
+    segment map and the (S, 5) float64 segments in id order (``SEGMENT_FIELDS``).
     """
     H, W = sem_seg.shape[0], sem_seg.shape[1]
     panoptic_seg, things = _things_tensors(
@@ -244,12 +209,8 @@ def merge_panoptic_tensors(
 
 
 def _segment_rows(
-    ids: torch.Tensor,
-    categories: torch.Tensor,
-    isthing: float,
-    values: torch.Tensor,
-    instances: torch.Tensor,
-) -> torch.Tensor:
+    ids: Tensor, categories: Tensor, isthing: float, values: Tensor, instances: Tensor
+) -> Tensor:
     """Rows (S, 5) float64 of :data:`SEGMENT_FIELDS`, one per id."""
     f64 = torch.float64
     flag = torch.full((ids.shape[0],), isthing, dtype=f64, device=ids.device)
@@ -258,19 +219,14 @@ def _segment_rows(
 
 
 def _things_tensors(
-    scores: torch.Tensor,
-    masks: torch.Tensor,
-    H: int,
-    W: int,
-    overlap_threshold: float,
-    instances_score_thresh: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    scores: Tensor, masks: Tensor, H: int, W: int, overlap: float, score_thresh: float
+) -> Tuple[Tensor, Tensor]:
     """The (H, W) int32 map of the things' ids and the accepted instances (T,) in id order."""
     device = masks.device
     panoptic_seg = torch.zeros((H, W), dtype=torch.int32, device=device)
     # Detectron2's order; stop at the first score below the threshold (in float64, as Python)
     sorted_inds = torch.argsort(-scores)
-    below = torch.nonzero(scores[sorted_inds].to(torch.float64) < instances_score_thresh)
+    below = torch.nonzero(scores[sorted_inds].to(torch.float64) < score_thresh)
     num = int(below[0, 0]) if below.shape[0] > 0 else int(sorted_inds.shape[0])
     if H == 0 or W == 0:
         num = 0
@@ -290,10 +246,9 @@ def _things_tensors(
         free = mask & (crop == 0)
         area = mask.sum()
         free_area = free.sum()
-        # Detectron2: an empty mask is skipped; else rejected if
-        # intersect_area * 1.0 / mask_area > overlap_threshold (in float64)
-        overlap = (area - free_area).to(torch.float64) / area.clamp(min=1).to(torch.float64)
-        accept = (area > 0) & torch.logical_not(overlap > overlap_threshold)
+        # Detectron2: an empty mask is skipped; else rejected if intersect / area > overlap
+        taken = (area - free_area).to(torch.float64) / area.clamp(min=1).to(torch.float64)
+        accept = (area > 0) & torch.logical_not(taken > overlap)
         current_id = current_id + accept.to(torch.int32)
         panoptic_seg[y0:y1, x0:x1] = torch.where(free & accept, current_id, crop)
         accepted[k] = accept
@@ -301,8 +256,8 @@ def _things_tensors(
 
 
 def _stuff_tensors(
-    sem_seg: torch.Tensor, panoptic_seg: torch.Tensor, num_things: int, stuff_area_thresh: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    sem_seg: Tensor, panoptic_seg: Tensor, num_things: int, stuff_area_thresh: float
+) -> Tuple[Tensor, Tensor]:
     """The map with the stuff ids (every label present but 0, ascending, whose free area is at
     least ``stuff_area_thresh``) and their rows."""
     H, W = sem_seg.shape[0], sem_seg.shape[1]
