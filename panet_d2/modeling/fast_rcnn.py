@@ -75,15 +75,10 @@ class PANetFastRCNNOutputLayers(FastRCNNOutputLayers):
         """Same as :meth:`FastRCNNOutputLayers.inference`."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
+        score_thresh, nms_thresh = self.test_score_thresh, self.test_nms_thresh
+        topk = self.test_topk_per_image
         results = [
-            fast_rcnn_inference_single_image(
-                b,
-                s,
-                p.image_size,
-                self.test_score_thresh,
-                self.test_nms_thresh,
-                self.test_topk_per_image,
-            )
+            fast_rcnn_inference_single_image(b, s, p.image_size, score_thresh, nms_thresh, topk)
             for b, s, p in zip(boxes, scores, proposals)
         ]
         return [r[0] for r in results], [r[1] for r in results]

@@ -41,7 +41,6 @@ class FullyConnectedFusion(nn.Module):
         self.mask_size = mask_size
         self.fc_activation = fc_activation
         channels = input_shape.channels
-        self.convs = []
         for k, dim in enumerate(conv_dims):
             conv = Conv2d(
                 channels,
@@ -54,7 +53,6 @@ class FullyConnectedFusion(nn.Module):
             )
             weight_init.c2_msra_fill(conv)
             self.add_module("conv{}".format(k + 1), conv)
-            self.convs.append(conv)
             channels = dim
         self.fc = nn.Linear(channels * input_shape.height * input_shape.width, mask_size**2)
         if fc_init == "normal":

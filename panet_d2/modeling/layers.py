@@ -94,10 +94,9 @@ class _PerLevelLayer(nn.Module):
         for key in set(replicated):
             del state_dict[key]
         if replicated:
+            names = ", ".join(sorted(set(k[len(prefix) :] for k in replicated)))
             logger.info(
-                "AFP warm start: {} copied to each of the {} levels of {}".format(
-                    ", ".join(sorted(set(k[len(prefix) :] for k in replicated))), L, prefix[:-1]
-                )
+                f"AFP warm start: {names} copied to each of the {L} levels of {prefix[:-1]}"
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -130,9 +129,8 @@ class AFPConv2d(_PerLevelLayer):
             activation=nn.ReLU(),
         )
         # Detectron2's c2_msra_fill, level by level
-        for w in self.per_level.weight.data.view(
-            num_levels, out_channels, -1, *([kernel_size] * 2)
-        ):
+        k = kernel_size
+        for w in self.per_level.weight.data.view(num_levels, out_channels, -1, k, k):
             nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
         if self.per_level.bias is not None:
             nn.init.constant_(self.per_level.bias, 0)

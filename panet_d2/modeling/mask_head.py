@@ -80,13 +80,10 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         if ff_enabled:
             allowed = tuple(k for k in FF_START_LAYERS if k <= num_conv)
             check_choice("MODEL.FF.START_LAYER", ff_start_layer, allowed)
+            H, W = input_shape.height, input_shape.width
             self.fc_fusion = FullyConnectedFusion(
-                ShapeSpec(
-                    channels=conv_dims[ff_start_layer - 1],
-                    height=input_shape.height,
-                    width=input_shape.width,
-                ),
-                mask_size=2 * input_shape.height,  # the deconv doubles the resolution
+                ShapeSpec(channels=conv_dims[ff_start_layer - 1], height=H, width=W),
+                mask_size=2 * H,  # the deconv doubles the resolution
                 conv_dims=ff_conv_dims,
                 conv_norm=conv_norm,
                 fuse_type=ff_fuse_type,
@@ -129,7 +126,5 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
 
     def __prepare_scriptable__(self):
         """The copy that ``torch.jit.script`` compiles, with a ModuleList ``conv_norm_relus``."""
-        num_conv = len(self.conv_norm_relus)
-        return scriptable_copy(
-            self, ["conv_norm_relus"], ["mask_fcn{}".format(k + 1) for k in range(num_conv)]
-        )
+        names = ["mask_fcn{}".format(k + 1) for k in range(len(self.conv_norm_relus))]
+        return scriptable_copy(self, ["conv_norm_relus"], names)

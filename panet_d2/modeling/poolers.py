@@ -39,15 +39,9 @@ def multilevel_roi_align(
     """
     RoIAlign of every box from every level in one ``F.embedding_bag`` (a bag of s * s * 4 taps per
     output bin): one ``torchvision.ops.roi_align`` per level, stacked (values to float rounding,
-    and gradients), faster on the CPU (docs/design.md).
-
-    Args:
-        features (list[Tensor]): L maps (N, C, H_l, W_l); ``scales``: their 1 / stride.
-        rois (Tensor): (M, 5) rows (batch index, x0, y0, x1, y1) in image coordinates.
-        output_size, sampling_ratio (s > 0), aligned: as ``roi_align``'s.
-
-    Returns:
-        Tensor: (M, L, C, P_h, P_w).
+    and gradients), faster on the CPU (docs/design.md). ``features``: L maps (N, C, H_l, W_l) at
+    ``scales``; ``rois``: (M, 5) (batch index, x0, y0, x1, y1); the others as ``roi_align``'s
+    (``sampling_ratio`` s > 0). Returns (M, L, C, P_h, P_w).
     """
     L, C, (ph, pw) = len(features), features[0].shape[1], output_size
     # channels-last table of all levels, one row per pixel: n * rows + offset_l + y * W_l + x
@@ -137,19 +131,12 @@ class AdaptiveFeaturePooler(ROIPooler):
     def forward(self, x: List[Tensor], box_lists: List[Boxes]):
         """L feature maps (N, C, Hl, Wl) and N lists of boxes -> (M, L, C, output_size,
         output_size): box m pooled from level l at [m, l]."""
-        pooler_fmt_boxes = convert_boxes_to_pooler_format(box_lists)
+        rois = convert_boxes_to_pooler_format(box_lists)
         if self._use_multilevel_roi_align(x):
             return multilevel_roi_align(
-                x,
-                pooler_fmt_boxes,
-                self._scales,
-                self._output_size,
-                self._sampling_ratio,
-                self._aligned,
+                x, rois, self._scales, self._output_size, self._sampling_ratio, self._aligned
             )
-        grids = [
-            pooler(x[level], pooler_fmt_boxes) for level, pooler in enumerate(self.level_poolers)
-        ]
+        grids = [pooler(x[level], rois) for level, pooler in enumerate(self.level_poolers)]
         return torch.stack(grids, dim=1)
 
     def _use_multilevel_roi_align(self, x: List[Tensor]) -> bool:

@@ -10,15 +10,14 @@ from torch import nn
 __all__ = ["add_scripting_lists", "scriptable_copy"]
 
 
-def _key(name: str) -> str:
-    return "_scripting_list_" + name
+_PREFIX = "_scripting_list_"  # of the ModuleLists allocated by add_scripting_lists
 
 
 def add_scripting_lists(module: nn.Module, names: Iterable[str]):
     """In ``__init__``: one empty ModuleList per list of layers ``names``, outside the children
     (in no state_dict), for :func:`scriptable_copy`."""
     for name in names:
-        module.__dict__[_key(name)] = nn.ModuleList()
+        module.__dict__[_PREFIX + name] = nn.ModuleList()
 
 
 # UPSTREAM-WORKAROUND scripting-memo-ids: torch 2.14 torch.jit.script remembers prepared modules by
@@ -33,7 +32,7 @@ def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iter
         if name in ret._modules:  # already a ModuleList: ``module`` is a prepared copy
             continue
         layers = ret.__dict__.pop(name)
-        module_list = ret.__dict__.pop(_key(name), None)
+        module_list = ret.__dict__.pop(_PREFIX + name, None)
         if module_list is None:  # a module made without add_scripting_lists
             module_list = nn.ModuleList()
         module_list._modules.clear()
@@ -41,6 +40,6 @@ def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iter
             module_list._modules[str(k)] = layer
         ret._modules[name] = module_list
     for name in list(ret.__dict__):
-        if name.startswith(_key("")):
+        if name.startswith(_PREFIX):
             del ret.__dict__[name]
     return ret

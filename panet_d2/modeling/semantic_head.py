@@ -24,24 +24,18 @@ class PANetSemSegHead(SemSegFPNHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        head = cfg.MODEL.SEM_SEG_HEAD
-        check_in_features(
-            "MODEL.SEM_SEG_HEAD.IN_FEATURES",
-            head.IN_FEATURES,
-            input_shape,
-            "the backbone " + cfg.MODEL.BACKBONE.NAME,
-        )
+        head, src = cfg.MODEL.SEM_SEG_HEAD, "the backbone " + cfg.MODEL.BACKBONE.NAME
+        check_in_features("MODEL.SEM_SEG_HEAD.IN_FEATURES", head.IN_FEATURES, input_shape, src)
         check_norm("MODEL.SEM_SEG_HEAD.NORM", head.NORM)
         if not isinstance(head.NUM_CLASSES, int) or head.NUM_CLASSES < 2:
             raise ConfigError(
-                "MODEL.SEM_SEG_HEAD.NUM_CLASSES={!r}: must count the stuff classes plus the "
-                "'other' class of thing pixels, >= 2 (COCO: 53 + 1 = 54, Cityscapes: 11 + 1 = "
-                "12).".format(head.NUM_CLASSES)
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={head.NUM_CLASSES!r}: must count the stuff "
+                "classes plus the 'other' class of thing pixels, >= 2 (COCO: 53 + 1 = 54, "
+                "Cityscapes: 11 + 1 = 12)."
             )
         return super().from_config(cfg, input_shape)
 
     def __init__(self, *args, **kwargs):
-        """Same arguments as :class:`SemSegFPNHead`."""
         super().__init__(*args, **kwargs)
         # the ReLU as a module (TorchScript holds no function as an attribute); same state_dict
         for module in self.modules():

@@ -14,7 +14,7 @@ __all__ = ["check_norm", "check_in_features"]
 def check_norm(key: str, norm):
     """Raise :class:`ConfigError` unless ``norm`` is a norm spec Detectron2's ``get_norm`` takes."""
     if norm is None or callable(norm) or norm == "":
-        return norm
+        return
     try:
         get_norm(norm, 32)
     except (KeyError, TypeError):
@@ -23,7 +23,6 @@ def check_norm(key: str, norm):
             "get_norm ('GN', 'BN', 'SyncBN', 'naiveSyncBN', 'nnSyncBN', 'FrozenBN', 'LN') or a "
             "callable returning an nn.Module.".format(key, norm)
         ) from None
-    return norm
 
 
 def check_in_features(
@@ -35,16 +34,14 @@ def check_in_features(
     for f in features or [None]:
         if f not in input_shape:
             raise ConfigError(
-                "{}={}: {!r} is not a feature of {}; its features are: {}.".format(
-                    key, features, f, source, names
-                )
+                f"{key}={features}: {f!r} is not a feature of {source}; its features are: {names}."
             )
     strides = [input_shape[f].stride for f in features]
     levels = [math.log2(s) for s in strides]
     all_strides = ", ".join(str(s.stride) for s in input_shape.values())
     if pyramid and levels != [levels[0] + i for i in range(len(levels))]:
         raise ConfigError(
-            "{}={}: RoI pooling (and adaptive feature pooling) takes consecutive pyramid levels, "
-            "finest first; these have strides {}. Allowed: consecutive features of {} (strides "
-            "{}), finest first.".format(key, features, strides, names, all_strides)
+            f"{key}={features}: RoI pooling (and adaptive feature pooling) takes consecutive "
+            f"pyramid levels, finest first; these have strides {strides}. Allowed: consecutive "
+            f"features of {names} (strides {all_strides}), finest first."
         )

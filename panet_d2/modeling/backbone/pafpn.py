@@ -23,8 +23,7 @@ __all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
 
 class PAFPN(FPN):
     """Detectron2's :class:`FPN` (same parameters and names) plus ``bpa_down{k}`` (3x3, stride 2,
-    from N_{k-1}) and ``bpa_out{k}`` (3x3, on the sum with P_k); outputs "p2" ... "p6" hold N2..N6.
-    """
+    from N_{k-1}) and ``bpa_out{k}`` (3x3, on the sum with P_k); "p2".."p6" hold N2..N6."""
 
     _SCRIPTING_LISTS = ("lateral_convs", "output_convs", "bpa_down_convs", "bpa_output_convs")
 
@@ -51,27 +50,20 @@ class PAFPN(FPN):
                 "bias on every new conv, as released) or False (a bias only without a norm)."
             )
         use_bias = bpa_conv_bias or not bpa_norm
-
         strides = [bottom_up.output_shape()[f].stride for f in in_features]
         # pyramid levels fed by the backbone, finest first, e.g. ["p2", "p3", "p4", "p5"]
         self._pyramid_features = ["p{}".format(int(math.log2(s))) for s in strides]
         self.bpa_down_convs = []
         self.bpa_output_convs = []
+        C = out_channels
+
+        def bpa_conv(s):  # 3x3, stride s (+ norm) (+ ReLU)
+            norm, act = get_norm(bpa_norm, C), nn.ReLU() if use_relu else None
+            return Conv2d(C, C, 3, stride=s, padding=1, bias=use_bias, norm=norm, activation=act)
+
         for name in self._pyramid_features[1:]:
             stage = int(name[1:])
-            down, output = (
-                Conv2d(
-                    out_channels,
-                    out_channels,
-                    kernel_size=3,
-                    stride=stride,
-                    padding=1,
-                    bias=use_bias,
-                    norm=get_norm(bpa_norm, out_channels),
-                    activation=nn.ReLU() if use_relu else None,
-                )
-                for stride in (2, 1)
-            )
+            down, output = bpa_conv(2), bpa_conv(1)  # to P_k's resolution; after the sum with P_k
             weight_init.c2_xavier_fill(down)
             weight_init.c2_xavier_fill(output)
             self.add_module("bpa_down{}".format(stage), down)

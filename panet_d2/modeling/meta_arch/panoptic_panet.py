@@ -57,9 +57,8 @@ class PanopticPANet(PanopticFPN):
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         # PanopticFPN scales box_predictor.loss_weight's keys ("loss_box_reg" only): L_cls too
-        ret["roi_heads"].box_predictor.loss_weight.setdefault(
-            "loss_cls", cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT
-        )
+        loss_weight = ret["roi_heads"].box_predictor.loss_weight
+        loss_weight.setdefault("loss_cls", cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT)
         return ret
 
     def forward(self, batched_inputs: List[Dict[str, Tensor]]):
@@ -87,8 +86,7 @@ class PanopticPANet(PanopticFPN):
     def _raw_inference(
         self, batched_inputs: List[Dict[str, Tensor]]
     ) -> Tuple[List[Instances], Tensor, List[Tuple[int, int]]]:
-        """Detections at the input size, semantic logits (N, NUM_CLASSES, H', W') of the padded
-        batch, and the image sizes."""
+        """Detections, semantic logits (N, NUM_CLASSES, H', W') of the padded batch, image sizes."""
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         sem_seg_results, _ = self.sem_seg_head(features, None)
@@ -119,16 +117,10 @@ class PanopticPANet(PanopticFPN):
 
     def inference_tensors(self, batched_inputs: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
         """
-        :meth:`inference` in tensor form (scripting, tracing, ONNX export).
-
-        Args:
-            batched_inputs (list[dict]): "image" (3, H, W); optionally "height" and "width" (ints,
-                or 0-dim int tensors when scripted or traced).
-
-        Returns:
-            list[dict[str, Tensor]] at the output size (h, w): "panoptic_seg" (h, w) int32,
-            "segments" (S, 5) float64 (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w),
-            "pred_boxes", "scores", "pred_classes", "pred_masks".
+        :meth:`inference` in tensor form (scripting, tracing, ONNX export). Inputs: "image"
+        (3, H, W), optionally "height", "width" (ints or 0-dim tensors). Returns per image, at
+        the output size (h, w): "panoptic_seg" (h, w) int32, "segments" (S, 5) float64
+        (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w) and the detector's outputs.
         """
         detector_results, sem_seg_results, image_sizes = self._raw_inference(batched_inputs)
         results: List[Dict[str, Tensor]] = []
@@ -156,9 +148,8 @@ class PanopticPANet(PanopticFPN):
                     self.merge_thresholds(),
                 )
             else:  # eager or traced: Detectron2's own postprocessing
-                result = self._postprocess_tensors(
-                    instances, sem_seg_results[k], image_size, output_size
-                )
+                sem_seg = sem_seg_results[k]
+                result = self._postprocess_tensors(instances, sem_seg, image_size, output_size)
             results.append(result)
         return results
 

@@ -46,9 +46,8 @@ def combine_semantic_and_instance_outputs(
     return panoptic_seg, segments_info
 
 
-def _check_inputs(pred_masks, semantic_results):
+def _check_inputs(pred_masks, sem):
     """Masks (N, H, W) of the label map's size; labels integer class ids in [0, _LABEL_LIMIT)."""
-    sem = semantic_results
     if sem.dim() != 2 or pred_masks.dim() != 3 or pred_masks.shape[1:] != sem.shape:
         raise ValueError(
             f"The panoptic merge needs pred_masks (N, H, W) and semantic_results (H, W) of the "
@@ -96,7 +95,6 @@ def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
     if sem.size == 0:
         return []
     num_labels = int(sem.max()) + 1
-    # bin of a pixel: its label if free, label + L if taken
     bins = np.multiply(occupied.view(np.uint8), num_labels, dtype=np.int64)
     np.add(bins, sem, out=bins, casting="unsafe")
     counts = np.bincount(bins.reshape(-1), minlength=2 * num_labels).tolist()
@@ -141,9 +139,8 @@ def _mask_box(m, u, H, W):
 
 
 def _things_cpu(pred_masks, cand, pan, occupied, overlap_threshold):
-    """Things on the CPU, each on its mask's box (masks converted to bool one at a time, as
-    Detectron2's ``.to(torch.bool)``); writes ``pan`` (H, W) int32 and ``occupied`` (H, W) bool
-    in place with Detectron2's decisions. Returns the accepted candidates."""
+    """Things on the CPU, each on its mask's box, masks made bool one at a time: writes ``pan``
+    (H, W) int32 and ``occupied`` (H, W) bool with Detectron2's decisions; the accepted."""
     H, W = pan.shape
     accepted = []
     if H == 0 or W == 0:
@@ -281,15 +278,10 @@ def _stuff_tensors(
 
 def _segment_info(seg_id, category, isthing, value, instance=-1):
     """One dict of Detectron2's ``segments_info``: ``value`` is a thing's score, a stuff's area."""
+    info = {"id": int(seg_id), "isthing": bool(isthing)}
     if isthing:
-        return {
-            "id": int(seg_id),
-            "isthing": True,
-            "score": value,
-            "category_id": int(category),
-            "instance_id": int(instance),
-        }
-    return {"id": int(seg_id), "isthing": False, "category_id": int(category), "area": int(value)}
+        return {**info, "score": value, "category_id": int(category), "instance_id": int(instance)}
+    return {**info, "category_id": int(category), "area": int(value)}
 
 
 def segments_to_info(segments):
