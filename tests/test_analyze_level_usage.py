@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 """
-Fig. 3 (panet_d2/analysis/level_usage.py, tools/analyze_level_usage.py): the level counts of the
+Fig. 3 (tools/level_usage.py, tools/analyze_level_usage.py): the level counts of the
 hooks equal a brute-force count, element by element in Python, over per-level features recomputed
 from the weights with torchvision's roi_align and torch.nn.functional; each row sums to 100; the
 tool runs end to end on a checkpoint and writes the JSON and the PNG, leaving matplotlib's backend
@@ -24,11 +24,14 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 
 from panet_d2 import PANetCheckpointer  # noqa: E402
-from panet_d2.analysis import TIE_RULES, LevelUsage, count_level_sources  # noqa: E402
 from panet_d2.data import register_synthetic_dataset  # noqa: E402
 from panet_d2.modeling.layers import AFPConv2d  # noqa: E402
 
 from .common import ROOT, error_exit, load_script, panet_cfg, random_image  # noqa: E402
+
+_level_usage = load_script("tools/level_usage.py", "panet_d2_level_usage")
+TIE_RULES, LevelUsage = _level_usage.TIE_RULES, _level_usage.LevelUsage
+count_level_sources = _level_usage.count_level_sources
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

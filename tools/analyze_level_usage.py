@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import re
+import sys
 from typing import Dict, Optional
 
 import torch
@@ -41,10 +42,14 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer  # registers the models and datasets
-from panet_d2.analysis import TIE_RULES, LevelUsage
 from panet_d2.engine import load_config, one_line_errors
 from panet_d2.engine.checks import check_registered
 from panet_d2.errors import ConfigError
+
+_TOOLS = os.path.dirname(os.path.abspath(__file__))
+if _TOOLS not in sys.path:  # level_usage.py next to this file (also when imported)
+    sys.path.insert(0, _TOOLS)
+from level_usage import TIE_RULES, LevelUsage  # noqa: E402  isort: skip
 
 logger = logging.getLogger("panet_d2.analyze_level_usage")
 
@@ -149,7 +154,7 @@ def main(args):
     """
     Returns:
         dict: what level_usage.json holds ("branches": the tables of
-        :meth:`panet_d2.analysis.LevelUsage.tables`).
+        :meth:`level_usage.LevelUsage.tables`).
     """
     cfg = setup(args)
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)

@@ -1,9 +1,7 @@
 # -*- coding: utf-8 -*-
-"""
-FLOP counts of the ops Detectron2's ``FlopCountAnalysis`` skips in PANet (the fusion over levels,
-RoIAlign), for :func:`flop_count_analysis` (conventions: docs/design.md).
-"""
+"""FLOP handles of the ops Detectron2's ``FlopCountAnalysis`` skips in PANet (docs/design.md)."""
 
+from math import prod
 from numbers import Number
 from typing import Any, List
 
@@ -20,31 +18,23 @@ __all__ = [
 ]
 
 
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
 def reduction_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
     """A reduction (max or sum) over some dims: numel(input) - numel(output) ops."""
-    return _numel(get_shape(inputs[0])) - _numel(get_shape(outputs[0]))
+    return prod(get_shape(inputs[0])) - prod(get_shape(outputs[0]))
 
 
 def roi_align_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
     """``roi_align(input, rois, scale, h, w, sampling_ratio, aligned)``: 4 * samples per output."""
     ratio = inputs[5].toIValue() if len(inputs) > 5 else 0
     samples = ratio * ratio if isinstance(ratio, int) and ratio > 0 else 1
-    return 4 * samples * _numel(get_shape(outputs[0]))
+    return 4 * samples * prod(get_shape(outputs[0]))
 
 
 def embedding_bag_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
     """``embedding_bag(weight (V, D), indices, ...)``: numel(indices) * D multiply-adds."""
-    return _numel(get_shape(inputs[1])) * get_shape(inputs[0])[-1]
+    return prod(get_shape(inputs[1])) * get_shape(inputs[0])[-1]
 
 
-# {op name: handle} of the ops above
 FLOP_HANDLES = {
     "aten::amax": reduction_flop_jit,
     "aten::sum": reduction_flop_jit,

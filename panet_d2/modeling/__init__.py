@@ -1,21 +1,17 @@
 # -*- coding: utf-8 -*-
-"""
-The model: PANet's backbone (bottom-up path augmentation), poolers (adaptive feature pooling),
-box and mask heads (fully-connected fusion), ROI heads, semantic head, the panoptic
-meta-architecture and its merge. Importing it registers them with Detectron2's registries.
-"""
+"""PANet's model parts, registered with Detectron2's registries on import."""
 
-from .backbone import PAFPN, build_resnet_pafpn_backbone
 from .anchor_generator import DetectronAnchorGenerator
-from .layers import AFPConv2d, AFPLinear
-from .poolers import AdaptiveFeaturePooler
-from .fully_connected_fusion import FullyConnectedFusion
+from .backbone import PAFPN, build_resnet_pafpn_backbone
 from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers
+from .fully_connected_fusion import FullyConnectedFusion
+from .layers import AFPConv2d, AFPLinear
 from .mask_head import PANetMaskHead
+from .meta_arch import PanopticPANet
+from .poolers import AdaptiveFeaturePooler
+from .postprocessing import combine_semantic_and_instance_outputs
 from .roi_heads import PANetROIHeads
 from .semantic_head import PANetSemSegHead
-from .postprocessing import combine_semantic_and_instance_outputs
-from .meta_arch import PanopticPANet
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

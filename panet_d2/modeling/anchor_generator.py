@@ -1,8 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-Detectron (v1)'s quantised anchors, which the authors' PANet release uses (the rounding rule:
-docs/design.md).
-"""
+"""Detectron (v1)'s quantised anchors, as the authors' PANet release uses (docs/design.md)."""
 
 import math
 from typing import List
@@ -20,12 +17,9 @@ __all__ = ["DetectronAnchorGenerator"]
 
 @ANCHOR_GENERATOR_REGISTRY.register()
 class DetectronAnchorGenerator(DefaultAnchorGenerator):
-    """
-    :class:`DefaultAnchorGenerator` (same config keys, same anchor order: for each size, for each
-    aspect ratio) whose cell anchors have Detectron's whole-pixel-rounded shapes at each stride.
-    """
+    """:class:`DefaultAnchorGenerator` (same keys and anchor order) with Detectron's rounding."""
 
-    # A constant for TorchScript (RPN reads it): the parent's Final annotation is not inherited.
+    # a TorchScript constant (RPN reads it): the parent's Final annotation is not inherited
     box_dim: torch.jit.Final[int] = 4
 
     def _calculate_anchors(self, sizes, aspect_ratios):
@@ -39,15 +33,8 @@ class DetectronAnchorGenerator(DefaultAnchorGenerator):
     def generate_quantized_cell_anchors(
         stride: int, sizes: List[float], aspect_ratios: List[float]
     ) -> torch.Tensor:
-        """
-        Args:
-            stride (int): the feature map's stride s.
-            sizes (list[float]): anchor sizes S (square root of the nominal area) in pixels.
-            aspect_ratios (list[float]): height / width ratios r.
-
-        Returns:
-            Tensor: (len(sizes) * len(aspect_ratios), 4) boxes (x0, y0, x1, y1) centred on 0.
-        """
+        """(len(sizes) * len(aspect_ratios), 4) boxes (x0, y0, x1, y1) centred on 0, for anchor
+        sizes S (pixels) and height / width ratios r at the stride s."""
         anchors = []
         for size in sizes:
             for r in aspect_ratios:

@@ -1,12 +1,8 @@
 # -*- coding: utf-8 -*-
-"""
-The box head of PANet: Detectron2's conv/fc box head with adaptive feature pooling (per-level
-first layer, fusion, then the shared layers; the 2fc head and the heavier head of Table 3).
-"""
+"""PANet's box head: Detectron2's conv/fc box head with adaptive feature pooling."""
 
 from typing import List
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -24,11 +20,7 @@ __all__ = ["PANetConvFCHead", "NormLinear"]
 
 
 class NormLinear(nn.Linear):
-    """
-    ``nn.Linear`` followed by a norm (as Detectron2's ``Conv2d`` takes one): parameters
-    ``weight``, ``bias`` like ``nn.Linear`` (a Detectron2 fc warm-starts it), norm under ``norm``.
-    Input (M, in_features), output (M, out_features); the norm sees (M, out_features, 1, 1).
-    """
+    """``nn.Linear`` (same parameters) followed by a norm ``norm`` on (M, out_features, 1, 1)."""
 
     def __init__(self, in_features: int, out_features: int, norm):
         super().__init__(in_features, out_features)
@@ -41,10 +33,8 @@ class NormLinear(nn.Linear):
 
 @ROI_BOX_HEAD_REGISTRY.register()
 class PANetConvFCHead(FastRCNNConvFCHead):
-    """
-    :class:`FastRCNNConvFCHead` whose input may be the level-stacked grids of adaptive feature
-    pooling. With ``num_levels == 1`` it is exactly Detectron2's head (same layers, same names).
-    """
+    """:class:`FastRCNNConvFCHead` taking AFP's level-stacked grids; with ``num_levels == 1`` and
+    no ``fc_norm`` exactly Detectron2's head."""
 
     @configurable
     def __init__(
@@ -59,28 +49,18 @@ class PANetConvFCHead(FastRCNNConvFCHead):
         fuse_type: str = "max",
         fuse_position: str = "after_first_layer",
     ):
-        """
-        Args:
-            input_shape, conv_dims, fc_dims, conv_norm: see :class:`FastRCNNConvFCHead`.
-                ``input_shape`` is the shape of ONE level's pooled grid (C, H, W).
-            fc_norm (str or callable): norm after every fc of the head (the per-level fc1
-                included): "" (none, Detectron2's head), or a norm of Detectron2's ``get_norm``;
-                the paper's MBN uses SyncBN, the authors' release GN.
-            num_levels (int): 1 without AFP; else the number of pooled levels L, and the input of
-                :meth:`forward` is (M, L, C, H, W).
-            fuse_type (str): "max" or "sum".
-            fuse_position (str): "after_first_layer" (paper: per-level first layer, then fusion)
-                or "before_first_layer" (fuse the RoIAlign grids, then a shared head).
-        """
+        """As :class:`FastRCNNConvFCHead` (``input_shape``: one level's grid), plus ``fc_norm`` (a
+        norm after every fc), ``num_levels`` (L, 1 without AFP) and MODEL.AFP's fusion."""
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
-        check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         check_choice("MODEL.AFP.BOX_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
         check_norm("MODEL.ROI_BOX_HEAD.FC_NORM", fc_norm)
         self.num_levels = num_levels
         self.fuse_type = fuse_type
         self.fuse_position = fuse_position
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
-        if fc_norm:  # MBN: a norm after every fc (Detectron2's fcs have none)
+        if not self.per_level_first_layer:  # else checked by the per-level layer that fuses
+            check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
+        if fc_norm:
             for k, fc in enumerate(self.fcs):
                 normed = NormLinear(fc.in_features, fc.out_features, fc_norm)
                 normed.load_state_dict(fc.state_dict(), strict=False)  # same initialisation
@@ -95,7 +75,7 @@ class PANetConvFCHead(FastRCNNConvFCHead):
         else:  # 2fc head: fc1 is per level; the grids are flattened level by level
             self.flatten = nn.Flatten(start_dim=2)
             self.fc1 = AFPLinear(
-                int(np.prod((C, H, W))), fc_dims[0], num_levels, norm=fc_norm, fuse_type=fuse_type
+                C * H * W, fc_dims[0], num_levels, norm=fc_norm, fuse_type=fuse_type
             )
             self.fcs[0] = self.fc1
             self.fc_relu1 = nn.Identity()  # the ReLU is inside AFPLinear, before the fusion
@@ -113,15 +93,9 @@ class PANetConvFCHead(FastRCNNConvFCHead):
         return ret
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x (Tensor): (M, C, H, W) pooled grids, or (M, L, C, H, W) with AFP.
-
-        Returns:
-            Tensor: (M, FC_DIM) box features (or (M, C', H, W) for a conv-only head).
-        """
+        """(M, C, H, W) pooled grids, or (M, L, C, H, W) with AFP -> (M, FC_DIM) box features."""
         if self.num_levels > 1 and not self.per_level_first_layer:
-            x = fuse_levels(x, self.fuse_type)  # "fu.fc1fc2": fuse the RoIAlign grids
+            x = fuse_levels(x, self.fuse_type)
         for layer in self:
             x = layer(x)
         return x

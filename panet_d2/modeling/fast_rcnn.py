@@ -4,6 +4,7 @@
 from typing import List, Tuple
 
 import torch
+from torch import Tensor
 from torchvision.ops import nms
 
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
@@ -13,39 +14,19 @@ __all__ = ["per_class_nms", "fast_rcnn_inference_single_image", "PANetFastRCNNOu
 
 
 # UPSTREAM-WORKAROUND traced-batched-nms: torchvision 0.29 batched_nms, when traced, always runs
-# one NMS over all candidates (its coordinate trick: 8.4 s for PANet R50's 80,000 candidates).
+# one NMS over all candidates (docs/design.md).
 def per_class_nms(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    iou_threshold: float,
-    num_classes: int,
-) -> torch.Tensor:
-    """
-    NMS of each class on its own, as torchvision's ``batched_nms`` defines it (and computes it
-    in eager mode for more than 1000 candidates: one ``torchvision.ops.nms`` per class).
-
-    Args:
-        boxes (Tensor): (R, 4) in (x0, y0, x1, y1).
-        scores (Tensor): (R,).
-        classes (Tensor): (R,) int64 in [0, num_classes).
-        iou_threshold (float): a box is dropped when its IoU with a kept box of its class, of a
-            higher score, is above it.
-        num_classes (int): the number of classes (a constant of the model: a traced graph
-            holds one NMS per class).
-
-    Returns:
-        Tensor: int64 indices of the kept candidates, by decreasing score (equal scores in the
-        order of the candidates).
-    """
+    boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float, num_classes: int
+) -> Tensor:
+    """torchvision's ``batched_nms`` of boxes (R, 4), scores (R,) and classes (R,) in
+    [0, num_classes) as one ``nms`` per class in every mode: kept indices by decreasing score."""
     boxes = boxes.float()  # as Detectron2's batched_nms (float16 lacks the range)
     keep = torch.zeros_like(scores, dtype=torch.bool)
     for c in range(num_classes):
         index = torch.where(classes == c)[0]
         keep[index[nms(boxes[index], scores[index], iou_threshold)]] = True
     kept = torch.where(keep)[0]
-    # by decreasing score, equal scores by index: the same order in every backend (ONNX's TopK
-    # breaks ties so; torch's sort does only when stable, which ONNX export does not take)
+    # ties by index in every backend (ONNX's TopK does so; ONNX export takes no stable sort)
     if not torch.jit.is_scripting():
         if torch.onnx.is_in_onnx_export():
             return kept[scores[kept].topk(kept.shape[0])[1]]
@@ -53,19 +34,15 @@ def per_class_nms(
 
 
 def fast_rcnn_inference_single_image(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
+    boxes: Tensor,
+    scores: Tensor,
     image_shape: Tuple[int, int],
     score_thresh: float,
     nms_thresh: float,
     topk_per_image: int,
-) -> Tuple[Instances, torch.Tensor]:
-    """
-    Detectron2's ``fast_rcnn_inference_single_image`` (same arguments and results) with
-    :func:`per_class_nms`. Its one data-dependent branch (dropping proposals with non-finite
-    predictions only if there are any) is unconditional here, which gives the same result and
-    traces.
-    """
+) -> Tuple[Instances, Tensor]:
+    """Detectron2's ``fast_rcnn_inference_single_image`` (same arguments and results) with
+    :func:`per_class_nms`, and no data-dependent branch (it traces)."""
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     boxes, scores = boxes[valid], scores[valid][:, :-1]  # drop the background column
     num_classes = scores.shape[1]
@@ -74,7 +51,6 @@ def fast_rcnn_inference_single_image(
     clipped.clip(image_shape)
     boxes = clipped.tensor.view(-1, num_bbox_reg_classes, 4)  # (R, K or 1, 4)
 
-    # (proposal, class) candidates above the score threshold, then NMS per class
     candidates = scores > score_thresh  # (R, K)
     index = candidates.nonzero()  # (R', 2): proposal, class
     if num_bbox_reg_classes == 1:
@@ -93,25 +69,16 @@ def fast_rcnn_inference_single_image(
 
 
 class PANetFastRCNNOutputLayers(FastRCNNOutputLayers):
-    """
-    Detectron2's :class:`FastRCNNOutputLayers` (same layers, losses and weights) whose inference
-    runs NMS per class in every mode (:func:`per_class_nms`), so that traced and ONNX graphs cost
-    what eager mode does.
-    """
+    """:class:`FastRCNNOutputLayers` whose inference runs :func:`per_class_nms` in every mode."""
 
-    def inference(self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]):
+    def inference(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]):
         """Same as :meth:`FastRCNNOutputLayers.inference`."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
+        score_thresh, nms_thresh = self.test_score_thresh, self.test_nms_thresh
+        topk = self.test_topk_per_image
         results = [
-            fast_rcnn_inference_single_image(
-                b,
-                s,
-                p.image_size,
-                self.test_score_thresh,
-                self.test_nms_thresh,
-                self.test_topk_per_image,
-            )
+            fast_rcnn_inference_single_image(b, s, p.image_size, score_thresh, nms_thresh, topk)
             for b, s, p in zip(boxes, scores, proposals)
         ]
         return [r[0] for r in results], [r[1] for r in results]

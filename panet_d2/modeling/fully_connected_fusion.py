@@ -1,8 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-Fully-connected fusion (FF), Sec. 3.3 of the PANet paper: a conv-conv-fc path from one mask FCN
-conv, a class-agnostic 28 x 28 mask fused with every class's mask logits.
-"""
+"""Fully-connected fusion (FF), Sec. 3.3 of the PANet paper (docs/design.md)."""
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -17,12 +14,8 @@ __all__ = ["FullyConnectedFusion"]
 
 
 class FullyConnectedFusion(nn.Module):
-    """
-    The fc short path of the mask branch and its fusion with the FCN's mask logits.
-
-    Layers: ``conv1`` (3x3, conv_dims[0]), ``conv2`` (3x3, conv_dims[1]), each + norm + ReLU;
-    ``fc`` (conv_dims[1] * H * W -> mask_size ** 2).
-    """
+    """The mask branch's fc path (``conv1``, ``conv2``: 3x3 + norm + ReLU; ``fc`` to a
+    class-agnostic mask_size ** 2 mask), fused with the FCN's mask logits."""
 
     def __init__(
         self,
@@ -35,17 +28,8 @@ class FullyConnectedFusion(nn.Module):
         fc_activation: bool = False,
         fc_init: str = "xavier",
     ):
-        """
-        Args:
-            input_shape (ShapeSpec): shape of the FCN feature the path starts from (C, H, W).
-            mask_size (int): side of the predicted masks (28 in Mask R-CNN).
-            conv_dims (tuple[int]): channels of the two convs (paper: 256, 128).
-            conv_norm (str): norm of the two convs ("" for none).
-            fuse_type (str): "sum" (paper), "max" or "product".
-            fc_activation (bool): ReLU on the fc output (the authors' release) or not (paper).
-            fc_init (str): "xavier" (Detectron2's c2_xavier_fill) or "normal" (normal(0, 0.01),
-                the authors' release).
-        """
+        """``input_shape``: the FCN feature the path starts from (C, H, W); ``mask_size``: 28;
+        the others: MODEL.FF.* (``conv_norm``: the mask head's)."""
         super().__init__()
         self.fuse_type = check_choice("MODEL.FF.FUSE_TYPE", fuse_type, FF_FUSE_TYPES)
         check_choice("MODEL.FF.FC_INIT", fc_init, FF_FC_INITS)
@@ -57,7 +41,6 @@ class FullyConnectedFusion(nn.Module):
         self.mask_size = mask_size
         self.fc_activation = fc_activation
         channels = input_shape.channels
-        self.convs = []
         for k, dim in enumerate(conv_dims):
             conv = Conv2d(
                 channels,
@@ -70,7 +53,6 @@ class FullyConnectedFusion(nn.Module):
             )
             weight_init.c2_msra_fill(conv)
             self.add_module("conv{}".format(k + 1), conv)
-            self.convs.append(conv)
             channels = dim
         self.fc = nn.Linear(channels * input_shape.height * input_shape.width, mask_size**2)
         if fc_init == "normal":
@@ -80,16 +62,8 @@ class FullyConnectedFusion(nn.Module):
             weight_init.c2_xavier_fill(self.fc)
 
     def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x (Tensor): FCN features where the short path starts, shape (M, C, H, W).
-            mask_logits (Tensor): the FCN's per-class mask logits, shape (M, K, S, S),
-                S = mask_size; K = 1 for class-agnostic masks.
-
-        Returns:
-            Tensor: fused mask logits, shape (M, K, S, S).
-        """
-        x = self.conv2(self.conv1(x))  # (named layers: TorchScript compiles no list of modules)
+        """(M, C, H, W) features and (M, K, S, S) mask logits -> (M, K, S, S) fused logits."""
+        x = self.conv2(self.conv1(x))
         fc_mask = self.fc(x.flatten(1))
         if self.fc_activation:
             fc_mask = torch.relu(fc_mask)

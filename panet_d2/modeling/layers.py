@@ -1,8 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-The per-level layers of adaptive feature pooling (AFP), Sec. 3.2 of the PANet paper, batched over
-levels, their norms and the fusion (warm start from single-level checkpoints: docs/design.md).
-"""
+"""AFP's per-level first layers batched over levels, their norms and the fusion (docs/design.md)."""
 
 import logging
 import re
@@ -14,52 +11,34 @@ from torch import nn
 from detectron2.layers import Conv2d, get_norm
 
 from ..config import AFP_FUSE_TYPES
-from ..errors import ConfigError, check_choice
+from ..errors import check_choice
 from .validation import check_norm
 
-__all__ = [
-    "AFPConv2d",
-    "AFPLinear",
-    "LevelwiseNorm",
-    "fuse_levels",
-    "per_level_norm",
-]
+__all__ = ["AFPConv2d", "AFPLinear", "LevelwiseNorm", "fuse_levels", "per_level_norm"]
 
 logger = logging.getLogger(__name__)
 
 
 def fuse_levels(x: torch.Tensor, fuse_type: str, dim: int = 1) -> torch.Tensor:
-    """
-    Element-wise fusion over the level dimension.
-
-    Args:
-        x (Tensor): shape (M, L, ...) for ``dim=1``.
-        fuse_type (str): "max" or "sum".
-
-    Returns:
-        Tensor: shape (M, ...).
-    """
+    """Max or sum over the level dimension: (M, L, ...) -> (M, ...) for ``dim=1``."""
     if fuse_type == "max":
         return x.amax(dim=dim)
     return x.sum(dim=dim)
 
 
+# norms of each channel on its own: one over the L * C channels normalises each level separately
 _PER_CHANNEL_NORMS = ("BN", "SyncBN", "FrozenBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
 
 
 class LevelwiseNorm(nn.Module):
-    """
-    One norm module per level, for norms that mix channels (LayerNorm, a callable returning any
-    module): input (M, L * C, H, W), level l owning channels [l * C, (l + 1) * C).
-    """
+    """One norm per level over (M, L * C, H, W), level l owning channels [l * C, (l + 1) * C)."""
 
     def __init__(self, norm, channels: int, num_levels: int):
         super().__init__()
         self.levels = nn.ModuleList([get_norm(norm, channels) for _ in range(num_levels)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # A module of unknown kind cannot be batched over levels: one call per level (L = 4),
-        # written as TorchScript compiles it (no zip over a ModuleList).
+        # one call per level, as TorchScript compiles it (no zip over a ModuleList)
         chunks = x.chunk(len(self.levels), dim=1)
         outputs: List[torch.Tensor] = []
         for i, norm in enumerate(self.levels):
@@ -68,17 +47,8 @@ class LevelwiseNorm(nn.Module):
 
 
 def per_level_norm(norm, channels: int, num_levels: int):
-    """
-    A norm over (M, L * channels, H, W) that normalises each level separately.
-
-    Args:
-        norm (str or callable): any norm spec of Detectron2's ``get_norm``: "" / None (no norm),
-            a name ("GN", "BN", "SyncBN", "LN", ...) or a callable ``channels -> nn.Module``.
-
-    Returns:
-        nn.Module or None: per-channel norms over all L * channels channels; GroupNorm with 32
-        groups per level; else :class:`LevelwiseNorm` (one module per level).
-    """
+    """A norm over (M, L * channels, H, W) normalising each level separately (None for no norm);
+    ``norm``: any norm spec of Detectron2's ``get_norm``."""
     check_norm("the norm of the per-level layer", norm)
     if norm is None or (isinstance(norm, str) and not norm):
         return None
@@ -90,18 +60,11 @@ def per_level_norm(norm, channels: int, num_levels: int):
 
 
 class _PerLevelLayer(nn.Module):
-    """
-    Base of the per-level first layers: checks, and the warm start from a single-level layer.
-    Subclasses keep their per-level parameters under names that contain ``per_level`` or
-    ``levels.<l>`` (per-level norm modules).
-    """
+    """Base of the per-level first layers (parameters under ``per_level`` or ``levels.<l>``):
+    the warm start from a single-level layer."""
 
     def __init__(self, num_levels: int, fuse_type: str):
         super().__init__()
-        if num_levels < 2:
-            raise ConfigError(
-                "Adaptive feature pooling needs >= 2 levels, got {}".format(num_levels)
-            )
         self.num_levels = num_levels
         self.fuse_type = check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
 
@@ -111,8 +74,7 @@ class _PerLevelLayer(nn.Module):
         return re.sub(r"(^|\.)(per_level|levels\.\d+)\.", r"\1", name)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Runs before the children load: turn a single-level layer's tensors (a Detectron2
-        # checkpoint: "<prefix>weight", "<prefix>norm.weight") into ours, copied to every level.
+        # before the children load: a single-level layer's tensors copied to every level
         L, replicated = self.num_levels, []
         for name, ours in self.state_dict().items():
             single = prefix + self._single_level_name(name)
@@ -132,20 +94,16 @@ class _PerLevelLayer(nn.Module):
         for key in set(replicated):
             del state_dict[key]
         if replicated:
+            names = ", ".join(sorted(set(k[len(prefix) :] for k in replicated)))
             logger.info(
-                "AFP warm start: {} copied to each of the {} levels of {}".format(
-                    ", ".join(sorted(set(k[len(prefix) :] for k in replicated))), L, prefix[:-1]
-                )
+                f"AFP warm start: {names} copied to each of the {L} levels of {prefix[:-1]}"
             )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class AFPConv2d(_PerLevelLayer):
-    """
-    Per-level 3x3 conv (+ norm) + ReLU, followed by element-wise fusion over levels.
-
-    The L convs run as one grouped convolution ``per_level``: weight (L * out_channels,
-    in_channels, k, k), level l owning rows [l * out_channels, (l + 1) * out_channels).
+    """Per-level conv (+ norm) + ReLU, then the fusion over levels; the L convs are one grouped
+    conv ``per_level`` (level l owning output channels [l * out_channels, (l + 1) * out_channels)).
     """
 
     def __init__(
@@ -170,32 +128,23 @@ class AFPConv2d(_PerLevelLayer):
             norm=per_level_norm(norm, out_channels, num_levels),
             activation=nn.ReLU(),
         )
-        # Detectron2's c2_msra_fill, level by level (fan-out of one level's conv).
-        for w in self.per_level.weight.data.view(
-            num_levels, out_channels, -1, *([kernel_size] * 2)
-        ):
+        # Detectron2's c2_msra_fill, level by level
+        k = kernel_size
+        for w in self.per_level.weight.data.view(num_levels, out_channels, -1, k, k):
             nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
         if self.per_level.bias is not None:
             nn.init.constant_(self.per_level.bias, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x (Tensor): level-stacked grids, shape (M, L, C, H, W).
-
-        Returns:
-            Tensor: fused features, shape (M, out_channels, H, W).
-        """
+        """(M, L, C, H, W) level-stacked grids -> (M, out_channels, H, W) fused features."""
         M, L, C, H, W = x.shape
         y = self.per_level(x.reshape(M, L * C, H, W))
         return fuse_levels(y.view(M, L, self.out_channels, H, W), self.fuse_type)
 
 
 class GroupedLinear(nn.Module):
-    """
-    L independent fully-connected layers as one batched matmul: ``weight`` (L, out, in),
-    ``bias`` (L, out). Input (L, M, in), output (L, M, out).
-    """
+    """L fully-connected layers as one ``bmm``: weight (L, out, in), bias (L, out); (L, M, in) ->
+    (L, M, out)."""
 
     def __init__(self, in_features: int, out_features: int, num_groups: int):
         super().__init__()
@@ -214,11 +163,7 @@ class GroupedLinear(nn.Module):
 
 
 class AFPLinear(_PerLevelLayer):
-    """
-    Per-level fully-connected layer (+ norm) + ReLU, followed by element-wise fusion over levels.
-    The L layers are one :class:`GroupedLinear` ``per_level``; a single-level fc's weights
-    warm-start every level.
-    """
+    """Per-level fc (one :class:`GroupedLinear` ``per_level``) (+ norm) + ReLU, then the fusion."""
 
     def __init__(
         self,
@@ -234,13 +179,7 @@ class AFPLinear(_PerLevelLayer):
         self.norm = per_level_norm(norm, out_features, num_levels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x (Tensor): shape (M, L, in_features) (level-stacked grids, flattened per level).
-
-        Returns:
-            Tensor: fused features, shape (M, out_features).
-        """
+        """(M, L, in_features) flattened level-stacked grids -> (M, out_features)."""
         y = self.per_level(x.transpose(0, 1))  # (L, M, out)
         if self.norm is not None:
             L, M, D = y.shape

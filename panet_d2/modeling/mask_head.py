@@ -1,8 +1,6 @@
 # -*- coding: utf-8 -*-
-"""
-The mask head of PANet: Mask R-CNN's 4-conv FCN head with adaptive feature pooling (per-level
-conv1, fusion before conv2) and fully-connected fusion (:class:`FullyConnectedFusion`).
-"""
+"""PANet's mask head: Mask R-CNN's FCN head with adaptive feature pooling and fully-connected
+fusion."""
 
 import math
 from typing import List
@@ -12,17 +10,9 @@ from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
-from detectron2.modeling.roi_heads.mask_head import (
-    ROI_MASK_HEAD_REGISTRY,
-    MaskRCNNConvUpsampleHead,
-)
+from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
 
-from ..config import (
-    AFP_FUSE_POSITIONS,
-    AFP_FUSE_TYPES,
-    FF_START_LAYERS,
-    MASK_PREDICTOR_INITS,
-)
+from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, FF_START_LAYERS, MASK_PREDICTOR_INITS
 from ..errors import ConfigError, check_choice
 from .fully_connected_fusion import FullyConnectedFusion
 from .layers import AFPConv2d, fuse_levels
@@ -33,12 +23,8 @@ __all__ = ["PANetMaskHead"]
 
 @ROI_MASK_HEAD_REGISTRY.register()
 class PANetMaskHead(MaskRCNNConvUpsampleHead):
-    """
-    :class:`MaskRCNNConvUpsampleHead` plus PANet's adaptive feature pooling and fully-connected
-    fusion. Its output has the shape of Detectron2's mask head, (M, K, 2H, 2W) logits, so that
-    Detectron2's ``mask_rcnn_loss`` and ``mask_rcnn_inference`` apply unchanged. With AFP and FF
-    off it is exactly Detectron2's head (same layers, same names).
-    """
+    """:class:`MaskRCNNConvUpsampleHead` (same (M, K, 2H, 2W) logits) plus adaptive feature
+    pooling and fully-connected fusion; with both off exactly Detectron2's head."""
 
     @configurable
     def __init__(
@@ -60,24 +46,12 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         predictor_init: str = "normal",
         **kwargs,
     ):
-        """
-        Args:
-            input_shape, num_classes, conv_dims, conv_norm: see
-                :class:`MaskRCNNConvUpsampleHead`; ``input_shape`` is one level's grid (C, H, W).
-            num_levels (int): 1 without AFP; else L, and the input is (M, L, C, H, W).
-            fuse_type (str): AFP fusion, "max" or "sum".
-            fuse_position (str): "after_first_layer" (paper: per-level conv1, fusion before
-                conv2) or "before_first_layer" (fuse the RoIAlign grids).
-            ff_enabled (bool): add the fully-connected fusion path.
-            ff_start_layer (int): the FCN conv (1-based) whose output feeds the fc path (paper: 3).
-            ff_fuse_type, ff_conv_dims, ff_fc_activation, ff_fc_init: see
-                :class:`FullyConnectedFusion`.
-            predictor_init (str): "normal" (Detectron2's) or "msra" (the release's MSRAFill).
-        """
+        """As :class:`MaskRCNNConvUpsampleHead` (``input_shape``: one level's grid), plus
+        ``num_levels`` (L, 1 without AFP), MODEL.AFP's fusion, MODEL.FF.* (``ff_*``) and
+        MODEL.ROI_MASK_HEAD.PREDICTOR_INIT."""
         super().__init__(
             input_shape, num_classes=num_classes, conv_dims=conv_dims, conv_norm=conv_norm, **kwargs
         )
-        check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         check_choice("MODEL.AFP.MASK_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
         check_choice("MODEL.ROI_MASK_HEAD.PREDICTOR_INIT", predictor_init, MASK_PREDICTOR_INITS)
         if predictor_init == "msra":
@@ -88,6 +62,8 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         self.num_levels = num_levels
         self.fuse_type = fuse_type
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
+        if not self.per_level_first_layer:  # else checked by the per-level layer that fuses
+            check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         if self.per_level_first_layer:
             if num_conv < 1:
                 raise ConfigError(
@@ -102,16 +78,12 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         self.ff_start_layer = ff_start_layer if ff_enabled else 0
         self.fc_fusion = None
         if ff_enabled:
-            # the paper's choices (Table 5): conv2, conv3, conv4 of the FCN
             allowed = tuple(k for k in FF_START_LAYERS if k <= num_conv)
             check_choice("MODEL.FF.START_LAYER", ff_start_layer, allowed)
+            H, W = input_shape.height, input_shape.width
             self.fc_fusion = FullyConnectedFusion(
-                ShapeSpec(
-                    channels=conv_dims[ff_start_layer - 1],
-                    height=input_shape.height,
-                    width=input_shape.width,
-                ),
-                mask_size=2 * input_shape.height,  # the deconv doubles the resolution
+                ShapeSpec(channels=conv_dims[ff_start_layer - 1], height=H, width=W),
+                mask_size=2 * H,  # the deconv doubles the resolution
                 conv_dims=ff_conv_dims,
                 conv_norm=conv_norm,
                 fuse_type=ff_fuse_type,
@@ -139,13 +111,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         return ret
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            x (Tensor): (M, C, H, W) pooled grids, or (M, L, C, H, W) with AFP.
-
-        Returns:
-            Tensor: mask logits, shape (M, K, 2H, 2W); K = 1 for class-agnostic masks.
-        """
+        """(M, C, H, W) pooled grids, or (M, L, C, H, W) with AFP -> (M, K, 2H, 2W) logits."""
         if self.num_levels > 1 and not self.per_level_first_layer:
             x = fuse_levels(x, self.fuse_type)
         ff_input = x
@@ -159,12 +125,6 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         return x
 
     def __prepare_scriptable__(self):
-        """
-        The copy that ``torch.jit.script`` compiles: the Python list of convs as a ModuleList
-        ``conv_norm_relus`` (as Detectron2 prepares its FPN), so the scripted model's parameter
-        names are ``conv_norm_relus.<k>.*`` instead of ``mask_fcn<k+1>.*``.
-        """
-        num_conv = len(self.conv_norm_relus)
-        return scriptable_copy(
-            self, ["conv_norm_relus"], ["mask_fcn{}".format(k + 1) for k in range(num_conv)]
-        )
+        """The copy that ``torch.jit.script`` compiles, with a ModuleList ``conv_norm_relus``."""
+        names = ["mask_fcn{}".format(k + 1) for k in range(len(self.conv_norm_relus))]
+        return scriptable_copy(self, ["conv_norm_relus"], names)

@@ -1,13 +1,11 @@
 # -*- coding: utf-8 -*-
-"""
-The pooler of adaptive feature pooling (AFP), Sec. 3.2 of the PANet paper: every proposal pooled
-from every pyramid level, (M, L, C, H, W) (one batched op on the CPU: docs/design.md).
-"""
+"""AFP's pooler: every proposal pooled from every pyramid level (docs/design.md)."""
 
 from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.nn.modules.utils import _pair
 
 from detectron2.layers import ROIAlign
@@ -17,14 +15,9 @@ from detectron2.structures import Boxes
 __all__ = ["AdaptiveFeaturePooler", "multilevel_roi_align"]
 
 
-def _bilinear_taps(
-    coord: torch.Tensor, size: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    torchvision's RoIAlign bilinear rule along one axis: for sample coordinates ``coord`` on an
-    axis of ``size`` pixels (broadcastable), the low/high pixel indices (int64) and their
-    weights (both 0 for a sample outside [-1, size]).
-    """
+def _bilinear_taps(coord: Tensor, size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """torchvision's RoIAlign bilinear rule along one axis of ``size`` pixels: low and high pixel
+    indices of the samples ``coord`` and their weights (0 outside [-1, size])."""
     inside = (coord >= -1.0) & (coord <= size)
     c = coord.clamp(min=0.0)
     low = torch.minimum(c.floor(), size - 1)
@@ -36,41 +29,19 @@ def _bilinear_taps(
 
 
 def multilevel_roi_align(
-    features: List[torch.Tensor],
-    rois: torch.Tensor,
+    features: List[Tensor],
+    rois: Tensor,
     scales: List[float],
     output_size: Tuple[int, int],
     sampling_ratio: int,
     aligned: bool,
-) -> torch.Tensor:
+) -> Tensor:
     """
-    RoIAlign of every box from every level in one batched op: the same values (to float
-    rounding) and gradients as one ``torchvision.ops.roi_align`` call per level, stacked.
-
-    Why: torchvision's CPU RoIAlign is single-threaded, and its backward recomputes the
-    bilinear weights of every sample for every channel, so AFP's L x M pooled grids cost far
-    more than their arithmetic on the CPU (a training step of PANet R50 spent 5.6 of 33 s in
-    its backward). With a fixed sampling ratio s, each output bin is a weighted sum of
-    s * s * 4 feature-map pixels (s x s samples, 4 bilinear taps each), i.e. one bag of
-    ``F.embedding_bag`` over the channels-last pixels of all levels: multi-threaded, no
-    per-channel index arithmetic, and its backward is a weighted scatter of whole C-vectors.
-    (Neither Detectron2's ROIPooler nor torchvision has a multi-level RoIAlign to call.)
-
-    TorchScript scripting compiles it, and tracing records it for any image size and number of
-    boxes (the bags' index arithmetic is scripted when traced). ONNX export records
-    ``embedding_bag`` as a Loop over the bags (one iteration per output bin), far slower than
-    ONNX's RoiAlign: :class:`AdaptiveFeaturePooler` exports RoiAlign per level instead.
-
-    Args:
-        features (list[Tensor]): L maps, level l of shape (N, C, H_l, W_l).
-        rois (Tensor): (M, 5) rows (batch index, x0, y0, x1, y1) in image coordinates.
-        scales (list[float]): L spatial scales (1 / stride).
-        output_size (tuple[int, int]): (P_h, P_w).
-        sampling_ratio (int): s > 0 samples per bin side.
-        aligned (bool): the half-pixel offset of ROIAlignV2 (Detectron2's default pooler).
-
-    Returns:
-        Tensor: (M, L, C, P_h, P_w).
+    RoIAlign of every box from every level in one ``F.embedding_bag`` (a bag of s * s * 4 taps per
+    output bin): one ``torchvision.ops.roi_align`` per level, stacked (values to float rounding,
+    and gradients), faster on the CPU (docs/design.md). ``features``: L maps (N, C, H_l, W_l) at
+    ``scales``; ``rois``: (M, 5) (batch index, x0, y0, x1, y1); the others as ``roi_align``'s
+    (``sampling_ratio`` s > 0). Returns (M, L, C, P_h, P_w).
     """
     L, C, (ph, pw) = len(features), features[0].shape[1], output_size
     # channels-last table of all levels, one row per pixel: n * rows + offset_l + y * W_l + x
@@ -86,20 +57,16 @@ def multilevel_roi_align(
 
 @torch.jit.script_if_tracing
 def _roi_align_bags(
-    features: List[torch.Tensor],
-    rois: torch.Tensor,
+    features: List[Tensor],
+    rois: Tensor,
     scales: List[float],
     output_size: Tuple[int, int],
     sampling_ratio: int,
     aligned: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """
-    The bags of :func:`multilevel_roi_align`, for ``F.embedding_bag``: one bag per (level, box,
-    bin), in that order, of its s * s * 4 taps: their rows in the channels-last table of all
-    levels (flat), the bags' offsets into them, and the taps' weights (flat). Scripted when
-    traced: a traced graph holds it as one call that works for every image size and number of
-    boxes.
-    """
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The bags of :func:`multilevel_roi_align`, one per (level, box, bin): the taps' rows in the
+    channels-last table, the bags' offsets and the taps' weights. Scripted when traced, so a
+    traced graph works for every image size and number of boxes."""
     rois = rois.to(dtype=features[0].dtype)  # as Detectron2's ROIAlign
     dev, dt = rois.device, rois.dtype
     s, ph, pw, L = sampling_ratio, output_size[0], output_size[1], len(features)
@@ -139,15 +106,10 @@ def _roi_align_bags(
 
 
 class AdaptiveFeaturePooler(ROIPooler):
-    """
-    Pools every box from every feature level (no level assignment).
+    """:class:`ROIPooler` (same constructor) that pools every box from every level."""
 
-    Same constructor as Detectron2's :class:`ROIPooler`; ``canonical_box_size`` and
-    ``canonical_level`` are unused since no box is assigned to a level.
-    """
-
-    # whether the level poolers are RoIAlign with a fixed sampling ratio (what
-    # multilevel_roi_align computes), and their arguments, as TorchScript reads them
+    # whether multilevel_roi_align computes the level poolers (RoIAlign, fixed sampling ratio),
+    # and their arguments, typed for TorchScript
     batched_roi_align: bool
     _scales: List[float]
     _output_size: Tuple[int, int]
@@ -166,47 +128,23 @@ class AdaptiveFeaturePooler(ROIPooler):
         self._sampling_ratio = int(getattr(first, "sampling_ratio", 0))
         self._aligned = bool(getattr(first, "aligned", False))
 
-    def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]):
-        """
-        Args:
-            x (list[Tensor]): L feature maps, each (N, C, Hl, Wl), ordered like the scales.
-            box_lists (list[Boxes]): N lists of boxes in image coordinates.
-
-        Returns:
-            Tensor: shape (M, L, C, output_size, output_size), M boxes over the batch; entry
-            [m, l] is box m pooled from level l with RoIAlign.
-        """
-        pooler_fmt_boxes = convert_boxes_to_pooler_format(box_lists)
+    def forward(self, x: List[Tensor], box_lists: List[Boxes]):
+        """L feature maps (N, C, Hl, Wl) and N lists of boxes -> (M, L, C, output_size,
+        output_size): box m pooled from level l at [m, l]."""
+        rois = convert_boxes_to_pooler_format(box_lists)
         if self._use_multilevel_roi_align(x):
             return multilevel_roi_align(
-                x,
-                pooler_fmt_boxes,
-                self._scales,
-                self._output_size,
-                self._sampling_ratio,
-                self._aligned,
+                x, rois, self._scales, self._output_size, self._sampling_ratio, self._aligned
             )
-        # One RoIAlign call per level, each over all boxes of the batch.
-        grids = [
-            pooler(x[level], pooler_fmt_boxes) for level, pooler in enumerate(self.level_poolers)
-        ]
+        grids = [pooler(x[level], rois) for level, pooler in enumerate(self.level_poolers)]
         return torch.stack(grids, dim=1)
 
-    def _use_multilevel_roi_align(self, x: List[torch.Tensor]) -> bool:
-        """
-        True where :func:`multilevel_roi_align` computes what the level poolers would (RoIAlign
-        with a fixed sampling ratio) and is the faster op: features on the CPU, in eager mode,
-        scripted and traced graphs (a graph traced on the CPU keeps it). CUDA keeps torchvision's
-        op (its kernels are parallel), and so does ONNX export (ONNX's RoiAlign; the exported
-        ``embedding_bag`` is a Loop over bins) and sampling ratio 0 (no fixed number of samples).
-        """
+    def _use_multilevel_roi_align(self, x: List[Tensor]) -> bool:
+        """Whether :func:`multilevel_roi_align` computes the level poolers and is faster: CPU
+        features, not in ONNX export (docs/deployment.md)."""
         if not self.batched_roi_align:
             return False
         if not torch.jit.is_scripting():
             if torch.onnx.is_in_onnx_export():
                 return False
         return x[0].device.type == "cpu"
-
-
-# Detectron2 norms that normalise each channel on its own: one such norm over the L * C channels
-# of all levels normalises every level separately.

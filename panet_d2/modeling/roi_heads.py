@@ -1,8 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-PANet's ROI heads: Detectron2's :class:`StandardROIHeads` (sampling, losses, inference) with
-adaptive feature pooling wired into the box and mask branches.
-"""
+"""PANet's ROI heads: Detectron2's :class:`StandardROIHeads` with adaptive feature pooling."""
 
 import torch
 
@@ -20,52 +17,37 @@ __all__ = ["PANetROIHeads"]
 
 @ROI_HEADS_REGISTRY.register()
 class PANetROIHeads(StandardROIHeads):
-    """
-    :class:`StandardROIHeads` whose poolers, when MODEL.AFP.ENABLED, pool every RoI from every
-    level of MODEL.ROI_HEADS.IN_FEATURES (:class:`AdaptiveFeaturePooler`) and hand the
-    level-stacked grids (M, L, C, H, W) to heads that fuse them (:class:`PANetConvFCHead`,
-    :class:`PANetMaskHead`). With AFP off it is exactly :class:`StandardROIHeads`.
-    """
+    """:class:`StandardROIHeads` whose poolers, with MODEL.AFP.ENABLED, pool every RoI from every
+    level (:class:`AdaptiveFeaturePooler`) for heads that fuse the (M, L, C, H, W) grids."""
 
-    # Constants for TorchScript, so that scripting compiles the absent branches away:
-    # detectron2.export annotates StandardROIHeads so, and a subclass does not inherit it.
+    # TorchScript constants, as detectron2.export annotates StandardROIHeads (not inherited)
     mask_on: torch.jit.Final[bool]
     keypoint_on: torch.jit.Final[bool]
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        cls._check_config(cfg, input_shape)
+        in_features, backbone = list(cfg.MODEL.ROI_HEADS.IN_FEATURES), cfg.MODEL.BACKBONE.NAME
+        key = "MODEL.ROI_HEADS.IN_FEATURES"
+        check_in_features(key, in_features, input_shape, "the backbone " + backbone, pyramid=True)
+        if cfg.MODEL.AFP.ENABLED:
+            cls._check_afp(cfg, in_features, backbone)
         return super().from_config(cfg, input_shape)
 
-    @classmethod
-    def _check_config(cls, cfg, input_shape):
-        in_features = list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        check_in_features(
-            "MODEL.ROI_HEADS.IN_FEATURES",
-            in_features,
-            input_shape,
-            "the backbone " + cfg.MODEL.BACKBONE.NAME,
-            pyramid=True,
-        )
-        afp = cfg.MODEL.AFP
-        if not afp.ENABLED:
-            return
-        # the fusion type and positions: checked by the heads that take them
-        if not isinstance(afp.POOLER_SAMPLING_RATIO, int) or afp.POOLER_SAMPLING_RATIO < 0:
+    @staticmethod
+    def _check_afp(cfg, in_features, backbone):
+        ratio = cfg.MODEL.AFP.POOLER_SAMPLING_RATIO
+        if not isinstance(ratio, int) or ratio < 0:
             raise ConfigError(
-                "Invalid config value MODEL.AFP.POOLER_SAMPLING_RATIO={!r}; allowed: 0 (adaptive) "
-                "or a positive number of samples per bin side (authors' release: 2).".format(
-                    afp.POOLER_SAMPLING_RATIO
-                )
+                f"Invalid config value MODEL.AFP.POOLER_SAMPLING_RATIO={ratio!r}; allowed: 0 "
+                "(adaptive) or a positive number of samples per bin side (authors' release: 2)."
             )
         if len(in_features) < 2:
             raise ConfigError(
                 "MODEL.AFP.ENABLED=True pools every RoI from every pyramid level and needs at "
-                "least 2 levels in MODEL.ROI_HEADS.IN_FEATURES, got {} (backbone {}). Use a "
-                "pyramid backbone (build_resnet_pafpn_backbone / build_resnet_fpn_backbone) with "
-                "IN_FEATURES like ['p2', 'p3', 'p4', 'p5'], or set MODEL.AFP.ENABLED=False.".format(
-                    in_features, cfg.MODEL.BACKBONE.NAME
-                )
+                f"least 2 levels in MODEL.ROI_HEADS.IN_FEATURES, got {in_features} (backbone "
+                f"{backbone}). Use a pyramid backbone (build_resnet_pafpn_backbone / "
+                "build_resnet_fpn_backbone) with IN_FEATURES like ['p2', 'p3', 'p4', 'p5'], or "
+                "set MODEL.AFP.ENABLED=False."
             )
         heads = [("MODEL.ROI_BOX_HEAD.NAME", cfg.MODEL.ROI_BOX_HEAD.NAME, PANetConvFCHead)]
         if cfg.MODEL.MASK_ON:
@@ -80,8 +62,7 @@ class PANetROIHeads(StandardROIHeads):
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
-        # Detectron2's predictor, whose inference runs NMS per class when traced too; its weights
-        # (and the random stream of the layers built after it) as Detectron2 initialised them
+        # the predictor with per-class NMS when traced; weights and random stream as Detectron2's
         with torch.random.fork_rng(devices=[]):
             predictor = PANetFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
         predictor.load_state_dict(ret["box_predictor"].state_dict())
@@ -110,10 +91,7 @@ class PANetROIHeads(StandardROIHeads):
 
     @staticmethod
     def _all_level_pooler(head_cfg, cfg, input_shape):
-        """
-        An :class:`AdaptiveFeaturePooler` with one head's resolution and pooler type, and
-        MODEL.AFP.POOLER_SAMPLING_RATIO (the head's POOLER_SAMPLING_RATIO stays for AFP off).
-        """
+        """An :class:`AdaptiveFeaturePooler` with a head's resolution and pooler type."""
         return AdaptiveFeaturePooler(
             output_size=head_cfg.POOLER_RESOLUTION,
             scales=tuple(1.0 / input_shape[k].stride for k in cfg.MODEL.ROI_HEADS.IN_FEATURES),

@@ -1,8 +1,5 @@
 # -*- coding: utf-8 -*-
-"""
-What ``torch.jit.script`` needs from modules that keep their layers in Python lists
-(docs/design.md).
-"""
+"""What ``torch.jit.script`` needs from modules with layers in Python lists (docs/design.md)."""
 
 import copy
 from collections import OrderedDict
@@ -13,30 +10,21 @@ from torch import nn
 __all__ = ["add_scripting_lists", "scriptable_copy"]
 
 
-def _key(name: str) -> str:
-    return "_scripting_list_" + name
+_PREFIX = "_scripting_list_"  # of the ModuleLists allocated by add_scripting_lists
 
 
 def add_scripting_lists(module: nn.Module, names: Iterable[str]):
-    """
-    Allocate, outside the module's children (so in no state_dict), one empty ModuleList per Python
-    list of layers ``names``, for :func:`scriptable_copy`. Call it in ``__init__``.
-    """
+    """In ``__init__``: one empty ModuleList per list of layers ``names``, outside the children
+    (in no state_dict), for :func:`scriptable_copy`."""
     for name in names:
-        module.__dict__[_key(name)] = nn.ModuleList()
+        module.__dict__[_PREFIX + name] = nn.ModuleList()
 
 
 # UPSTREAM-WORKAROUND scripting-memo-ids: torch 2.14 torch.jit.script remembers prepared modules by
 # id(); Detectron2 0.6 (export/torchscript_patch.py) frees a prepared deep copy of the ResNet.
 def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iterable[str] = ()):
-    """
-    A shallow copy of ``module`` for ``__prepare_scriptable__``: each Python list of layers in
-    ``lists`` becomes a child ModuleList (filled with the list's current layers), and the
-    children ``drop_children`` (the same layers under their checkpoint names) are left out.
-    The layers themselves are shared with ``module``, which is left unchanged. (``torch.jit.script``
-    puts the copies in place of the modules in their parents, as it does with Detectron2's FPN, so
-    a model scripted in place keeps working, with these names, and scripts again.)
-    """
+    """A shallow copy of ``module`` for ``__prepare_scriptable__``: the lists ``lists`` as child
+    ModuleLists, without the children ``drop_children`` (the same layers); ``module`` unchanged."""
     drop = set(drop_children)
     ret = copy.copy(module)  # a new __dict__ holding the same values
     ret._modules = OrderedDict((k, v) for k, v in module._modules.items() if k not in drop)
@@ -44,7 +32,7 @@ def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iter
         if name in ret._modules:  # already a ModuleList: ``module`` is a prepared copy
             continue
         layers = ret.__dict__.pop(name)
-        module_list = ret.__dict__.pop(_key(name), None)
+        module_list = ret.__dict__.pop(_PREFIX + name, None)
         if module_list is None:  # a module made without add_scripting_lists
             module_list = nn.ModuleList()
         module_list._modules.clear()
@@ -52,6 +40,6 @@ def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iter
             module_list._modules[str(k)] = layer
         ret._modules[name] = module_list
     for name in list(ret.__dict__):
-        if name.startswith(_key("")):
+        if name.startswith(_PREFIX):
             del ret.__dict__[name]
     return ret

@@ -19,36 +19,25 @@ __all__ = ["PANetSemSegHead"]
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class PANetSemSegHead(SemSegFPNHead):
-    """
-    Detectron2's :class:`SemSegFPNHead` (which is Panoptic FPN's semantic branch) reading the
-    augmented levels N2..N5 (named "p2".."p5" by :class:`PAFPN`), with its config checked up front.
-    Forward: features dict -> logits (N, NUM_CLASSES, H, W) at image resolution, and losses
-    {"loss_sem_seg"} in training.
-    """
+    """Detectron2's :class:`SemSegFPNHead` (Panoptic FPN's semantic branch), its config checked and
+    scriptable: features -> (N, NUM_CLASSES, H, W) logits and {"loss_sem_seg"} in training."""
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        head = cfg.MODEL.SEM_SEG_HEAD
-        check_in_features(
-            "MODEL.SEM_SEG_HEAD.IN_FEATURES",
-            head.IN_FEATURES,
-            input_shape,
-            "the backbone " + cfg.MODEL.BACKBONE.NAME,
-        )
+        head, src = cfg.MODEL.SEM_SEG_HEAD, "the backbone " + cfg.MODEL.BACKBONE.NAME
+        check_in_features("MODEL.SEM_SEG_HEAD.IN_FEATURES", head.IN_FEATURES, input_shape, src)
         check_norm("MODEL.SEM_SEG_HEAD.NORM", head.NORM)
         if not isinstance(head.NUM_CLASSES, int) or head.NUM_CLASSES < 2:
             raise ConfigError(
-                "MODEL.SEM_SEG_HEAD.NUM_CLASSES={!r}: must count the stuff classes plus the "
-                "'other' class of thing pixels, >= 2 (COCO: 53 + 1 = 54, Cityscapes: 11 + 1 = "
-                "12).".format(head.NUM_CLASSES)
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={head.NUM_CLASSES!r}: must count the stuff "
+                "classes plus the 'other' class of thing pixels, >= 2 (COCO: 53 + 1 = 54, "
+                "Cityscapes: 11 + 1 = 12)."
             )
         return super().from_config(cfg, input_shape)
 
     def __init__(self, *args, **kwargs):
-        """Same arguments as :class:`SemSegFPNHead`."""
         super().__init__(*args, **kwargs)
-        # The same ReLU as a module (TorchScript holds no function as an attribute); no
-        # parameters, so the same state_dict as Detectron2's head.
+        # the ReLU as a module (TorchScript holds no function as an attribute); same state_dict
         for module in self.modules():
             if isinstance(module, Conv2d) and module.activation is F.relu:
                 module.activation = nn.ReLU()
@@ -62,10 +51,7 @@ class PANetSemSegHead(SemSegFPNHead):
         return super().forward(features, targets)
 
     def _logits(self, features: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """
-        The inference of :meth:`SemSegFPNHead.forward` in the Python that TorchScript compiles
-        (the copy made by :meth:`__prepare_scriptable__`): logits (N, NUM_CLASSES, H, W).
-        """
+        """The inference of :meth:`SemSegFPNHead.forward` as TorchScript compiles it."""
         x = features[self.in_features[0]]
         for k, head in enumerate(self.scale_heads):  # TorchScript unrolls a ModuleList
             y = head(features[self.in_features[k]])
@@ -75,8 +61,5 @@ class PANetSemSegHead(SemSegFPNHead):
         return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
 
     def __prepare_scriptable__(self):
-        """
-        The copy that ``torch.jit.script`` compiles: the per-level heads as a ModuleList
-        ``scale_heads`` (as Detectron2 prepares its FPN) instead of children named by level.
-        """
+        """The copy that ``torch.jit.script`` compiles, with a ModuleList ``scale_heads``."""
         return scriptable_copy(self, ["scale_heads"], self.in_features)

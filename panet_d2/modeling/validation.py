@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Checks of the model's constructor arguments that the backbone and the heads share (a norm spec,
-the input features of a head); each raises one :class:`~panet_d2.errors.ConfigError` line."""
+"""Checks of constructor arguments shared by the backbone and the heads (one ConfigError line)."""
 
 import math
 from typing import Dict, Sequence
@@ -15,7 +14,7 @@ __all__ = ["check_norm", "check_in_features"]
 def check_norm(key: str, norm):
     """Raise :class:`ConfigError` unless ``norm`` is a norm spec Detectron2's ``get_norm`` takes."""
     if norm is None or callable(norm) or norm == "":
-        return norm
+        return
     try:
         get_norm(norm, 32)
     except (KeyError, TypeError):
@@ -24,32 +23,25 @@ def check_norm(key: str, norm):
             "get_norm ('GN', 'BN', 'SyncBN', 'naiveSyncBN', 'nnSyncBN', 'FrozenBN', 'LN') or a "
             "callable returning an nn.Module.".format(key, norm)
         ) from None
-    return norm
 
 
 def check_in_features(
     key: str, features: Sequence[str], input_shape: Dict[str, ShapeSpec], source: str, pyramid=False
 ):
-    """
-    Raise :class:`ConfigError` (naming config ``key``, its value and the allowed features of
-    ``source``, e.g. the backbone's name) unless ``features`` is a non-empty list of features of
-    ``input_shape``; with ``pyramid``, consecutive pyramid levels, finest first (RoI pooling, and
-    adaptive feature pooling, maps an RoI to a level by log2 of its stride).
-    """
+    """Raise :class:`ConfigError` unless ``features`` is a non-empty list of features of
+    ``input_shape`` (of ``source``); with ``pyramid``, consecutive pyramid levels, finest first."""
     features, names = list(features), ", ".join(input_shape)
     for f in features or [None]:
         if f not in input_shape:
             raise ConfigError(
-                "{}={}: {!r} is not a feature of {}; its features are: {}.".format(
-                    key, features, f, source, names
-                )
+                f"{key}={features}: {f!r} is not a feature of {source}; its features are: {names}."
             )
     strides = [input_shape[f].stride for f in features]
     levels = [math.log2(s) for s in strides]
     all_strides = ", ".join(str(s.stride) for s in input_shape.values())
     if pyramid and levels != [levels[0] + i for i in range(len(levels))]:
         raise ConfigError(
-            "{}={}: RoI pooling (and adaptive feature pooling) takes consecutive pyramid levels, "
-            "finest first; these have strides {}. Allowed: consecutive features of {} (strides "
-            "{}), finest first.".format(key, features, strides, names, all_strides)
+            f"{key}={features}: RoI pooling (and adaptive feature pooling) takes consecutive "
+            f"pyramid levels, finest first; these have strides {strides}. Allowed: consecutive "
+            f"features of {names} (strides {all_strides}), finest first."
         )

@@ -2,5 +2,3 @@
 """PANet's backbone: FPN with bottom-up path augmentation (``pafpn.py``)."""
 
 from .pafpn import PAFPN, build_resnet_pafpn_backbone
-
-__all__ = ["PAFPN", "build_resnet_pafpn_backbone"]

@@ -1,14 +1,11 @@
 # -*- coding: utf-8 -*-
-"""
-Panoptic PANet: PANet's instance branch and Panoptic FPN's semantic branch on one shared augmented
-pyramid, trained jointly with L = lambda_i * (L_cls + L_box + L_mask) + lambda_s * L_sem, and merged
-into a panoptic segmentation.
-"""
+"""Panoptic PANet: PANet's instance branch and Panoptic FPN's semantic branch on one pyramid."""
 
 from numbers import Real
 from typing import Dict, List, Tuple
 
 import torch
+from torch import Tensor
 from torch.nn import functional as F
 
 from detectron2.config import configurable
@@ -25,8 +22,7 @@ from ..postprocessing.panoptic_merge import (
 
 __all__ = ["PanopticPANet"]
 
-# The merge thresholds, PanopticFPN's attributes (LazyConfig: model.<attribute>): yacs key and
-# the largest value allowed (the smallest is 0).
+# PanopticFPN's merge thresholds (LazyConfig: model.<attribute>): yacs key, largest value (or None)
 COMBINE_KEYS = {
     "combine_overlap_thresh": ("MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 1),
     "combine_stuff_area_thresh": ("MODEL.PANOPTIC_FPN.COMBINE.STUFF_AREA_LIMIT", None),
@@ -47,22 +43,8 @@ def _check_threshold(attribute, value):
 
 @META_ARCH_REGISTRY.register()
 class PanopticPANet(PanopticFPN):
-    """
-    :class:`PanopticFPN` (one backbone pass for RPN, ROI heads and semantic head; loss weights
-    MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT and MODEL.SEM_SEG_HEAD.LOSS_WEIGHT; merge thresholds
-    ``combine_*``) with the project's faster merge (Detectron2's results). Outputs as
-    :class:`PanopticFPN`: "instances", "sem_seg" (NUM_CLASSES, H, W), "panoptic_seg" (segment map
-    (H, W) int32, segments_info).
-
-    Labels follow Detectron2's "panoptic_separated" convention: thing classes 0..T-1; semantic
-    labels 0 = "other" (thing pixels) and 1..S = stuff classes. Other conventions (e.g. Cityscapes
-    trainIds) are converted by the data side (``PanopticDatasetMapper``, the panoptic evaluator).
-
-    Post-processing (resize, then merge), one route per need, all equal: eager :meth:`inference`
-    (the fast eager merge); :meth:`inference_tensors` for deployment (tensors in and out: what a
-    scripted model's ``forward`` returns and tracing / ONNX record), through Detectron2's resizing
-    and the tensor merge, or when scripted through :func:`panoptic_postprocess`.
-    """
+    """:class:`PanopticFPN` (same inputs, outputs, losses and ``combine_*``) with the project's
+    faster merge, and :meth:`inference_tensors` for deployment (docs/design.md)."""
 
     @configurable
     def __init__(self, **kwargs):
@@ -74,20 +56,13 @@ class PanopticPANet(PanopticFPN):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        # L = lambda_i * (L_cls + L_box + L_mask) + lambda_s * L_sem. PanopticFPN.from_config
-        # scales the keys of box_predictor.loss_weight, which Detectron2 builds with
-        # "loss_box_reg" only, so L_cls would stay unweighted: give it lambda_i too.
-        ret["roi_heads"].box_predictor.loss_weight.setdefault(
-            "loss_cls", cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT
-        )
+        # PanopticFPN scales box_predictor.loss_weight's keys ("loss_box_reg" only): L_cls too
+        loss_weight = ret["roi_heads"].box_predictor.loss_weight
+        loss_weight.setdefault("loss_cls", cfg.MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT)
         return ret
 
-    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
-        """
-        As :meth:`PanopticFPN.forward`. A TorchScript-compiled model (scripting) returns
-        :meth:`inference_tensors` instead, as Detectron2's scripted RetinaNet returns its raw
-        outputs: TorchScript has no type for ``segments_info``.
-        """
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        """As :meth:`PanopticFPN.forward`; a scripted model returns :meth:`inference_tensors`."""
         if torch.jit.is_scripting():
             return self.inference_tensors(batched_inputs)
         if self.training and batched_inputs and "sem_seg" not in batched_inputs[0]:
@@ -109,10 +84,9 @@ class PanopticPANet(PanopticFPN):
         )
 
     def _raw_inference(
-        self, batched_inputs: List[Dict[str, torch.Tensor]]
-    ) -> Tuple[List[Instances], torch.Tensor, List[Tuple[int, int]]]:
-        """Both branches on one backbone pass, raw: detections at the input size, semantic logits
-        (N, NUM_CLASSES, H', W') of the padded batch, and the image sizes."""
+        self, batched_inputs: List[Dict[str, Tensor]]
+    ) -> Tuple[List[Instances], Tensor, List[Tuple[int, int]]]:
+        """Detections, semantic logits (N, NUM_CLASSES, H', W') of the padded batch, image sizes."""
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         sem_seg_results, _ = self.sem_seg_head(features, None)
@@ -121,11 +95,7 @@ class PanopticPANet(PanopticFPN):
         return detector_results, sem_seg_results, images.image_sizes
 
     def inference(self, batched_inputs, do_postprocess: bool = True):
-        """
-        As :meth:`PanopticFPN.inference` (which calls Detectron2's merge by its module-level
-        name, no hook to swap it): list[dict] with "instances", "sem_seg" and "panoptic_seg"; or,
-        without postprocessing, the raw (list[Instances], list[Tensor]).
-        """
+        """As :meth:`PanopticFPN.inference`, with the project's merge."""
         detector_results, sem_seg_results, _ = self._raw_inference(batched_inputs)
         if not do_postprocess:
             return detector_results, sem_seg_results
@@ -135,46 +105,34 @@ class PanopticPANet(PanopticFPN):
         ]
 
     def _postprocess_one(self, inputs, instances, sem_seg):
-        """
-        Resize one image's raw outputs to its original size (``inputs["height"]``, ``["width"]``)
-        and merge them. ``sem_seg``: (NUM_CLASSES, h, w) logits at the network's input size.
-        """
+        """One image's outputs resized to ``inputs["height"], ["width"]`` and merged."""
         image_size = tuple(inputs["image"].shape[-2:])
         height, width = inputs.get("height", image_size[0]), inputs.get("width", image_size[1])
-        instances, sem_seg = _resize(instances, sem_seg, image_size, height, width)
+        instances = detector_postprocess(instances, height, width)
+        sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
         panoptic_seg = combine_semantic_and_instance_outputs(
             instances, sem_seg.argmax(dim=0), *self.merge_thresholds()
         )
         return {"sem_seg": sem_seg, "instances": instances, "panoptic_seg": panoptic_seg}
 
-    def inference_tensors(
-        self, batched_inputs: List[Dict[str, torch.Tensor]]
-    ) -> List[Dict[str, torch.Tensor]]:
+    def inference_tensors(self, batched_inputs: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
         """
-        :meth:`inference` in tensor form, the merge included (scripted ``forward``, tracing with
-        :class:`detectron2.export.TracingAdapter`, ONNX export).
-
-        Args:
-            batched_inputs (list[dict]): "image" (3, H, W); optionally "height" and "width" (ints,
-                or 0-dim int tensors when scripted or traced; default: the size of "image").
-
-        Returns:
-            list[dict[str, Tensor]] at the output size (h, w): "panoptic_seg" (h, w) int32,
-            "segments" (S, 5) float64 (``panoptic_merge.SEGMENT_FIELDS``; ``segments_to_info``
-            makes ``segments_info``), "sem_seg" (NUM_CLASSES, h, w) logits, and the instances of
-            :func:`detector_postprocess`: "pred_boxes", "scores", "pred_classes", "pred_masks".
+        :meth:`inference` in tensor form (scripting, tracing, ONNX export). Inputs: "image"
+        (3, H, W), optionally "height", "width" (ints or 0-dim tensors). Returns per image, at
+        the output size (h, w): "panoptic_seg" (h, w) int32, "segments" (S, 5) float64
+        (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w) and the detector's outputs.
         """
         detector_results, sem_seg_results, image_sizes = self._raw_inference(batched_inputs)
-        results: List[Dict[str, torch.Tensor]] = []
+        results: List[Dict[str, Tensor]] = []
         for k, instances in enumerate(detector_results):
             image_size = image_sizes[k]
-            if not isinstance(image_size, torch.Tensor):  # a Tensor (2,) when tracing
+            if not isinstance(image_size, Tensor):  # a Tensor (2,) when tracing
                 image_size = torch.tensor([image_size[0], image_size[1]])
             output_size = image_size
             inputs = batched_inputs[k]
             if "height" in inputs and "width" in inputs:
                 height, width = inputs["height"], inputs["width"]
-                if isinstance(height, torch.Tensor) and isinstance(width, torch.Tensor):
+                if isinstance(height, Tensor) and isinstance(width, Tensor):
                     output_size = torch.stack([height.reshape(()), width.reshape(())])
                 else:  # eager, ints
                     output_size = torch.tensor([height, width])
@@ -190,20 +148,20 @@ class PanopticPANet(PanopticFPN):
                     self.merge_thresholds(),
                 )
             else:  # eager or traced: Detectron2's own postprocessing
-                result = self._postprocess_tensors(
-                    instances, sem_seg_results[k], image_size, output_size
-                )
+                sem_seg = sem_seg_results[k]
+                result = self._postprocess_tensors(instances, sem_seg, image_size, output_size)
             results.append(result)
         return results
 
     @torch.jit.unused
     def _postprocess_tensors(self, instances, sem_seg, image_size, output_size):
-        """:meth:`_postprocess_one` in the form of :meth:`inference_tensors` (eager, tracing)."""
+        """:meth:`_postprocess_one` for :meth:`inference_tensors` (eager, tracing)."""
         if torch.jit.is_tracing():  # sizes as traced tensors: they stay dynamic
             height, width = output_size[0], output_size[1]
         else:
             image_size, (height, width) = tuple(image_size.tolist()), output_size.tolist()
-        instances, sem_seg = _resize(instances, sem_seg, image_size, height, width)
+        instances = detector_postprocess(instances, height, width)
+        sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
         panoptic_seg, segments = merge_panoptic_tensors(
             instances.scores,
             instances.pred_classes,
@@ -222,37 +180,21 @@ class PanopticPANet(PanopticFPN):
         }
 
 
-def _resize(instances, sem_seg, image_size, height, width):
-    """Detectron2's ``detector_postprocess`` and ``sem_seg_postprocess`` of one image (eager and
-    traced routes; traced 0-dim ``height`` and ``width`` stay dynamic in the graph)."""
-    return (
-        detector_postprocess(instances, height, width),
-        sem_seg_postprocess(sem_seg, image_size, height, width),
-    )
-
-
 def panoptic_postprocess(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    roi_masks: torch.Tensor,
-    sem_seg: torch.Tensor,
-    image_size: torch.Tensor,
-    output_size: torch.Tensor,
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    roi_masks: Tensor,
+    sem_seg: Tensor,
+    image_size: Tensor,
+    output_size: Tensor,
     thresholds: Tuple[float, float, float],
-) -> Dict[str, torch.Tensor]:
+) -> Dict[str, Tensor]:
     """
-    :meth:`PanopticPANet._postprocess_tensors` in the Python that TorchScript compiles (what a
-    scripted model runs): Detectron2's ``detector_postprocess`` and ``sem_seg_postprocess``, which
-    do not script, operation for operation (so the same results), then the tensor merge.
-
-    Args:
-        boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M): detector outputs at the
-            input size.
-        sem_seg (NUM_CLASSES, H', W'): semantic logits of the padded image.
-        image_size, output_size (Tensor): (2,) ints, height and width of the input image and of
-            the outputs.
-        thresholds: overlap, stuff area and instance score thresholds of the merge.
+    :meth:`PanopticPANet._postprocess_tensors` as TorchScript compiles it: Detectron2's
+    ``detector_postprocess`` and ``sem_seg_postprocess`` (which do not script) op for op, for
+    boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M) at the input size, sem_seg
+    (NUM_CLASSES, H', W') of the padded image; image_size, output_size (2,): (height, width).
     """
     image_h, image_w = int(image_size[0]), int(image_size[1])
     height, width = int(output_size[0]), int(output_size[1])
@@ -263,12 +205,8 @@ def panoptic_postprocess(
     boxes = Boxes(boxes.tensor[keep])
     scores, classes = scores[keep], classes[keep]
     masks = paste_masks_in_image(roi_masks[keep][:, 0, :, :], boxes.tensor, (height, width), 0.5)
-    sem_seg = F.interpolate(
-        sem_seg[:, :image_h, :image_w].expand(1, -1, -1, -1),
-        size=(height, width),
-        mode="bilinear",
-        align_corners=False,
-    )[0]
+    sem_seg = sem_seg[:, :image_h, :image_w].expand(1, -1, -1, -1)
+    sem_seg = F.interpolate(sem_seg, size=(height, width), mode="bilinear", align_corners=False)[0]
     overlap, stuff_area, score = thresholds
     panoptic_seg, segments = merge_panoptic_tensors(
         scores, classes, masks, sem_seg.argmax(dim=0), overlap, stuff_area, score

@@ -1,18 +1,12 @@
 # -*- coding: utf-8 -*-
-"""
-Panoptic FPN's merge of instances and semantic labels, with the results of Detectron2's
-``panoptic_fpn.combine_semantic_and_instance_outputs`` bit for bit, in two forms:
-:func:`combine_semantic_and_instance_outputs` (eager, a drop-in replacement, fast on the CPU) and
-:func:`merge_panoptic_tensors` (tensors in and out: TorchScript, tracing, ONNX). The thresholds
-are the model's (``PanopticPANet.combine_*``). Method and speed: docs/deployment.md.
-"""
+"""Detectron2's panoptic merge, bit for bit: eager (fast on the CPU) and in tensor form
+(TorchScript, tracing, ONNX). Method and speed: docs/deployment.md."""
 
 from typing import Tuple
 
 import numpy as np
 import torch
-
-from ...errors import ConfigError
+from torch import Tensor
 
 __all__ = [
     "combine_semantic_and_instance_outputs",
@@ -21,45 +15,16 @@ __all__ = [
     "SEGMENT_FIELDS",
 ]
 
-# Semantic labels are class ids of the semantic head's argmax: integers in [0, _LABEL_LIMIT).
-_LABEL_LIMIT = 1 << 16
+_LABEL_LIMIT = 1 << 16  # semantic labels: the semantic head's class ids, in [0, _LABEL_LIMIT)
 
 
 def combine_semantic_and_instance_outputs(
-    instance_results,
-    semantic_results,
-    overlap_threshold,
-    stuff_area_thresh,
-    instances_score_thresh,
+    instance_results, semantic_results, overlap_threshold, stuff_area_thresh, instances_score_thresh
 ):
     """
-    Merge instance and semantic predictions into a panoptic segmentation: the contract and the
-    results, bit for bit, of Detectron2's ``panoptic_fpn.combine_semantic_and_instance_outputs``:
-
-    1. instances are visited by descending score (``torch.argsort(-scores)``); the loop stops at
-       the first score ``< instances_score_thresh``;
-    2. an instance with an empty mask is skipped;
-    3. an instance whose already-taken fraction ``intersect / area`` exceeds ``overlap_threshold``
-       is dropped; otherwise it gets the next segment id on its still-free pixels;
-    4. every semantic label except 0 ("other" = things), in ascending order, gets the next id on
-       its free pixels if that area is ``>= stuff_area_thresh``.
-
-    CPU tensors take the fast merge; other devices, and tracing (e.g. Detectron2's
-    ``FlopCountAnalysis``), take :func:`merge_panoptic_tensors`.
-
-    Args:
-        instance_results (Instances): N instances with ``scores`` (N,) float, ``pred_classes``
-            (N,) int and ``pred_masks`` (N, H, W) bool or numbers (non-zero = foreground); moved
-            to ``semantic_results.device``.
-        semantic_results (Tensor): (H, W) integer class ids in [0, 65536), 0 = things/"other".
-        overlap_threshold (float), stuff_area_thresh (int/float),
-        instances_score_thresh (float): see above.
-
-    Returns:
-        panoptic_seg (Tensor): (H, W) int32 on ``semantic_results.device``; 0 = void, 1.. = ids.
-        segments_info (list[dict]): one dict per segment, in id order. Things: ``{"id": int,
-            "isthing": True, "score": float, "category_id": int, "instance_id": int}``; stuff:
-            ``{"id": int, "isthing": False, "category_id": int, "area": int}``.
+    Detectron2's ``panoptic_fpn.combine_semantic_and_instance_outputs`` (same arguments and
+    results: (H, W) int32 segment map, segments_info): on CPU tensors the fast merge, else (other
+    devices, tracing) the tensor form. ``semantic_results``: (H, W) class ids in [0, 65536).
     """
     thresholds = (overlap_threshold, stuff_area_thresh, instances_score_thresh)
     if torch.jit.is_tracing():  # a traced graph holds tensors and compiled code only
@@ -71,8 +36,7 @@ def combine_semantic_and_instance_outputs(
     pan = panoptic_seg.numpy()
     occupied = np.zeros(pan.shape, dtype=bool)  # the pixels the things took
     cand, cand_scores, cand_classes = _candidates(instance_results, instances_score_thresh)
-    masks, mask_rows = _candidate_masks(instance_results.pred_masks, cand)
-    accepted = _things_cpu(masks, mask_rows, pan, occupied, overlap_threshold)
+    accepted = _things_cpu(instance_results.pred_masks, cand, pan, occupied, overlap_threshold)
     segments_info = [
         _segment_info(k + 1, cand_classes[j], True, cand_scores[j], cand[j])
         for k, j in enumerate(accepted)
@@ -82,81 +46,55 @@ def combine_semantic_and_instance_outputs(
     return panoptic_seg, segments_info
 
 
-def _check_inputs(pred_masks, semantic_results):
+def _check_inputs(pred_masks, sem):
     """Masks (N, H, W) of the label map's size; labels integer class ids in [0, _LABEL_LIMIT)."""
-    sem = semantic_results
     if sem.dim() != 2 or pred_masks.dim() != 3 or pred_masks.shape[1:] != sem.shape:
-        raise ConfigError(
+        raise ValueError(
             f"The panoptic merge needs pred_masks (N, H, W) and semantic_results (H, W) of the "
             f"same H, W; got {tuple(pred_masks.shape)} and {tuple(sem.shape)}."
         )
     dtype = sem.dtype
     if dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
-        raise ConfigError(
+        raise ValueError(
             f"The panoptic merge needs semantic_results of integer class ids (the semantic "
             f"head's argmax); got dtype {dtype}."
         )
     if sem.numel() > 0:
         lo, hi = torch.stack(torch.aminmax(sem)).tolist()
         if lo < 0 or hi >= _LABEL_LIMIT:
-            raise ConfigError(
+            raise ValueError(
                 f"The panoptic merge needs semantic_results in [0, {_LABEL_LIMIT}) (class ids); "
                 f"got values from {lo} to {hi}."
             )
 
 
-def _merge_by_tensor_form(instances, sem, overlap_threshold, stuff_area, score_thresh):
+def _merge_by_tensor_form(instances, sem, *thresholds):
     """:func:`combine_semantic_and_instance_outputs` by :func:`merge_panoptic_tensors`."""
-    device = sem.device
+    scores, classes = instances.scores.to(sem.device), instances.pred_classes.to(sem.device)
     panoptic_seg, segments = merge_panoptic_tensors(
-        instances.scores.to(device),
-        instances.pred_classes.to(device),
-        instances.pred_masks.to(device),
-        sem,
-        float(overlap_threshold),
-        float(stuff_area),
-        float(score_thresh),
+        scores, classes, instances.pred_masks.to(sem.device), sem, *[float(t) for t in thresholds]
     )
     return panoptic_seg, segments_to_info(segments.cpu())
 
 
 def _candidates(instance_results, instances_score_thresh):
-    """The instances by descending score (Detectron2's very ``argsort`` call, so the same tie
-    order) up to the first score below the threshold: their indices, scores and classes."""
+    """Indices, scores and classes of the instances by descending score (Detectron2's ``argsort``,
+    so the same tie order) up to the first score below the threshold."""
     scores = instance_results.scores.detach()
     sorted_inds = torch.argsort(-scores)
     order = sorted_inds.tolist()
     sorted_scores = scores[sorted_inds].tolist()
-    k = 0
-    while k < len(order) and not (sorted_scores[k] < instances_score_thresh):
-        k += 1
+    k = next((i for i, s in enumerate(sorted_scores) if s < instances_score_thresh), len(order))
     classes = instance_results.pred_classes[sorted_inds[:k]].tolist()
     return order[:k], sorted_scores[:k], classes
 
 
-def _candidate_masks(pred_masks, cand):
-    """Bool masks of the candidates: ``pred_masks`` itself if bool (no copy; candidate j is row
-    ``cand[j]``), else the candidates converted one at a time as Detectron2's
-    ``.to(dtype=torch.bool)`` (non-zero and NaN -> True). Returns the masks and the row of each
-    candidate."""
-    if pred_masks.dtype == torch.bool and pred_masks.device.type == "cpu":
-        return pred_masks.detach(), cand
-    masks = torch.empty((len(cand),) + tuple(pred_masks.shape[1:]), dtype=torch.bool)
-    for j, inst_id in enumerate(cand):
-        masks[j].copy_(pred_masks[inst_id])
-    return masks, list(range(len(cand)))
-
-
 def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
-    """
-    Stuff on the CPU: one ``bincount`` gives, per label, its free area (bins [0, L)) and its
-    taken area (bins [L, 2L)), a label is present iff the two sum to > 0; kept labels' ids are
-    written into ``pan`` (H, W) int32 through one lookup table. Returns their ``segments_info``.
-    """
+    """Stuff on the CPU: one ``bincount`` (free area of label l in bin l, taken area in bin l + L),
+    ids written into ``pan`` (H, W) through a lookup table. Returns their ``segments_info``."""
     if sem.size == 0:
         return []
     num_labels = int(sem.max()) + 1
-    # bin of a pixel: its label if free, label + L if taken
     bins = np.multiply(occupied.view(np.uint8), num_labels, dtype=np.int64)
     np.add(bins, sem, out=bins, casting="unsafe")
     counts = np.bincount(bins.reshape(-1), minlength=2 * num_labels).tolist()
@@ -174,16 +112,12 @@ def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
     return info
 
 
-# Rows of the first block when searching a mask's last row from the bottom (see _mask_box);
-# each further block is twice as tall.
-_ROW_BLOCK = 16
+_ROW_BLOCK = 16  # rows of the first block searched from the bottom; each next one twice as tall
 
 
 def _mask_box(m, u, H, W):
-    """Tight box ``(y0, y1, x0, x1)`` of the (H, W) C-contiguous bool array ``m`` (``u``: its
-    uint8 view), or None if empty. Reads from the top down to the first foreground pixel, from
-    the bottom up to the last one (short-circuiting bool ``argmax`` on blocks of rows), then
-    only the rows in between for the columns: about one pass over the mask in all."""
+    """Tight box ``(y0, y1, x0, x1)`` of the (H, W) C-contiguous bool array ``m`` (``u``: its uint8
+    view), or None if empty, in about one pass (short-circuiting ``argmax`` from both ends)."""
     flat = m.reshape(-1)
     a = int(flat.argmax())
     if not flat[a]:
@@ -204,22 +138,17 @@ def _mask_box(m, u, H, W):
     return y0, y1, int(cols.argmax()), W - int(cols[::-1].argmax())
 
 
-def _things_cpu(masks, mask_rows, pan, occupied, overlap_threshold):
-    """Things on the CPU, in numpy on the tensors' memory, each instance on its mask's box.
-
-    ``pan`` (H, W) int32 and ``occupied`` (H, W) bool are written in place. Same decisions as
-    Detectron2 (python ints and floats, the same expression). Returns the accepted candidates."""
+def _things_cpu(pred_masks, cand, pan, occupied, overlap_threshold):
+    """Things on the CPU, each on its mask's box, masks made bool one at a time: writes ``pan``
+    (H, W) int32 and ``occupied`` (H, W) bool with Detectron2's decisions; the accepted."""
     H, W = pan.shape
     accepted = []
     if H == 0 or W == 0:
         return accepted
-    masks_np = masks.numpy()
     scratch = np.empty(H * W, dtype=bool)
     cur = 0
-    for j, r in enumerate(mask_rows):
-        m = masks_np[r]
-        if not m.flags.c_contiguous:
-            m = np.ascontiguousarray(m)
+    for j, inst_id in enumerate(cand):
+        m = np.ascontiguousarray(pred_masks[inst_id].detach().to("cpu", torch.bool).numpy())
         box = _mask_box(m, m.view(np.uint8), H, W)
         if box is None:  # mask_area == 0
             continue
@@ -243,39 +172,24 @@ def _things_cpu(masks, mask_rows, pan, occupied, overlap_threshold):
     return accepted
 
 
-# Columns of the per-segment tensor of :func:`merge_panoptic_tensors` (float64, exact for the
-# float32 scores and for ids, labels and areas below 2**53). "score_or_area": the instance's score
-# for a thing, the segment's area in pixels for stuff; "instance_id": -1 for stuff.
+# Columns of the (S, 5) float64 segments of merge_panoptic_tensors ("instance_id": -1 for stuff).
 SEGMENT_FIELDS = ("id", "category_id", "isthing", "score_or_area", "instance_id")
 
 
 @torch.jit.script_if_tracing
 def merge_panoptic_tensors(
-    scores: torch.Tensor,
-    classes: torch.Tensor,
-    masks: torch.Tensor,
-    sem_seg: torch.Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    masks: Tensor,
+    sem_seg: Tensor,
     overlap_threshold: float,
     stuff_area_thresh: float,
     instances_score_thresh: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> Tuple[Tensor, Tensor]:
     """
-    :func:`combine_semantic_and_instance_outputs` in tensor form: tensors in, tensors out, in the
-    subset of Python that TorchScript compiles and that the ONNX exporter turns into ONNX ops (a
-    ``Loop`` for the instances: no Python lists, no ``tolist``).
-
-    Args:
-        scores (Tensor): (N,) float instance scores.
-        classes (Tensor): (N,) int instance classes.
-        masks (Tensor): (N, H, W) instance masks, bool (or numbers, non-zero = foreground).
-        sem_seg (Tensor): (H, W) semantic labels, integers >= 0 (0 = "other", the things).
-        overlap_threshold, stuff_area_thresh, instances_score_thresh: the merge thresholds.
-
-    Returns:
-        panoptic_seg (Tensor): (H, W) int32, 0 = void, 1.. = segment ids.
-        segments (Tensor): (S, 5) float64, one row per segment in id order, columns
-            ``SEGMENT_FIELDS``: id, category_id, isthing (1.0 / 0.0), score (things) or area
-            (stuff), instance_id (index into the N instances; -1 for stuff).
+    :func:`combine_semantic_and_instance_outputs` in tensor form (TorchScript, tracing, ONNX) for
+    scores (N,), classes (N,), masks (N, H, W) and labels sem_seg (H, W): the (H, W) int32
+    segment map and the (S, 5) float64 segments in id order (``SEGMENT_FIELDS``).
     """
     H, W = sem_seg.shape[0], sem_seg.shape[1]
     panoptic_seg, things = _things_tensors(
@@ -292,12 +206,8 @@ def merge_panoptic_tensors(
 
 
 def _segment_rows(
-    ids: torch.Tensor,
-    categories: torch.Tensor,
-    isthing: float,
-    values: torch.Tensor,
-    instances: torch.Tensor,
-) -> torch.Tensor:
+    ids: Tensor, categories: Tensor, isthing: float, values: Tensor, instances: Tensor
+) -> Tensor:
     """Rows (S, 5) float64 of :data:`SEGMENT_FIELDS`, one per id."""
     f64 = torch.float64
     flag = torch.full((ids.shape[0],), isthing, dtype=f64, device=ids.device)
@@ -306,23 +216,14 @@ def _segment_rows(
 
 
 def _things_tensors(
-    scores: torch.Tensor,
-    masks: torch.Tensor,
-    H: int,
-    W: int,
-    overlap_threshold: float,
-    instances_score_thresh: float,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """
-    The things of :func:`merge_panoptic_tensors`: the (H, W) int32 map of their ids and the
-    indices (T,) of the accepted instances, in id order. ``masks``: (N, H, W) bool.
-    """
+    scores: Tensor, masks: Tensor, H: int, W: int, overlap: float, score_thresh: float
+) -> Tuple[Tensor, Tensor]:
+    """The (H, W) int32 map of the things' ids and the accepted instances (T,) in id order."""
     device = masks.device
     panoptic_seg = torch.zeros((H, W), dtype=torch.int32, device=device)
-    # By descending score (Detectron2's very call, so ties break the same way); stop at the
-    # first score below the threshold (compared in float64, as Python compares floats).
+    # Detectron2's order; stop at the first score below the threshold (in float64, as Python)
     sorted_inds = torch.argsort(-scores)
-    below = torch.nonzero(scores[sorted_inds].to(torch.float64) < instances_score_thresh)
+    below = torch.nonzero(scores[sorted_inds].to(torch.float64) < score_thresh)
     num = int(below[0, 0]) if below.shape[0] > 0 else int(sorted_inds.shape[0])
     if H == 0 or W == 0:
         num = 0
@@ -342,10 +243,9 @@ def _things_tensors(
         free = mask & (crop == 0)
         area = mask.sum()
         free_area = free.sum()
-        # Detectron2: an empty mask is skipped; else rejected if
-        # intersect_area * 1.0 / mask_area > overlap_threshold (in float64)
-        overlap = (area - free_area).to(torch.float64) / area.clamp(min=1).to(torch.float64)
-        accept = (area > 0) & torch.logical_not(overlap > overlap_threshold)
+        # Detectron2: an empty mask is skipped; else rejected if intersect / area > overlap
+        taken = (area - free_area).to(torch.float64) / area.clamp(min=1).to(torch.float64)
+        accept = (area > 0) & torch.logical_not(taken > overlap)
         current_id = current_id + accept.to(torch.int32)
         panoptic_seg[y0:y1, x0:x1] = torch.where(free & accept, current_id, crop)
         accepted[k] = accept
@@ -353,13 +253,10 @@ def _things_tensors(
 
 
 def _stuff_tensors(
-    sem_seg: torch.Tensor, panoptic_seg: torch.Tensor, num_things: int, stuff_area_thresh: float
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """
-    The stuff of :func:`merge_panoptic_tensors`: every label present in ``sem_seg`` (H, W) except
-    0, ascending, takes its free pixels if they are at least ``stuff_area_thresh`` (Detectron2
-    visits ``torch.unique(sem_seg)`` one by one). Returns the map with their ids and their rows.
-    """
+    sem_seg: Tensor, panoptic_seg: Tensor, num_things: int, stuff_area_thresh: float
+) -> Tuple[Tensor, Tensor]:
+    """The map with the stuff ids (every label present but 0, ascending, whose free area is at
+    least ``stuff_area_thresh``) and their rows."""
     H, W = sem_seg.shape[0], sem_seg.shape[1]
     device = sem_seg.device
     labels = sem_seg.reshape(-1).to(torch.int64)
@@ -381,21 +278,13 @@ def _stuff_tensors(
 
 def _segment_info(seg_id, category, isthing, value, instance=-1):
     """One dict of Detectron2's ``segments_info``: ``value`` is a thing's score, a stuff's area."""
+    info = {"id": int(seg_id), "isthing": bool(isthing)}
     if isthing:
-        return {
-            "id": int(seg_id),
-            "isthing": True,
-            "score": value,
-            "category_id": int(category),
-            "instance_id": int(instance),
-        }
-    return {"id": int(seg_id), "isthing": False, "category_id": int(category), "area": int(value)}
+        return {**info, "score": value, "category_id": int(category), "instance_id": int(instance)}
+    return {**info, "category_id": int(category), "area": int(value)}
 
 
 def segments_to_info(segments):
-    """
-    Detectron2's ``segments_info`` (list[dict], the same keys, values and Python types as
-    :func:`combine_semantic_and_instance_outputs`) from the (S, 5) rows of
-    :func:`merge_panoptic_tensors` (a tensor or a numpy array, e.g. an ONNX Runtime output).
-    """
+    """Detectron2's ``segments_info`` from the (S, 5) rows of :func:`merge_panoptic_tensors` (a
+    tensor or a numpy array)."""
     return [_segment_info(*row) for row in np.asarray(segments).tolist()]

@@ -1,8 +1,8 @@
 # -*- coding: utf-8 -*-
 """
-Fig. 3 of the PANet paper: :class:`LevelUsage` counts, with forward hooks during inference, which
-pyramid level each element fused by adaptive feature pooling's max comes from, for the proposals
-grouped by the level FPN assigns them to. How and where it counts: ``docs/level_usage.md``.
+Fig. 3 of the PANet paper for tools/analyze_level_usage.py: :class:`LevelUsage` counts, with
+forward hooks during inference, which pyramid level each element fused by AFP's max comes from
+(``docs/level_usage.md``).
 """
 
 import math
@@ -13,8 +13,7 @@ from torch import nn
 
 from detectron2.modeling.poolers import assign_boxes_to_levels
 
-from ..modeling.layers import AFPConv2d, AFPLinear
-from ..modeling.poolers import AdaptiveFeaturePooler
+from panet_d2.modeling import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
 
 __all__ = ["BRANCHES", "TIE_RULES", "LevelUsage", "count_level_sources"]
 
