@@ -8,6 +8,8 @@ shown in a window, which needs OpenCV with GUI support. README has the commands.
 
 The weights (MODEL.WEIGHTS, or train.init_checkpoint of a LazyConfig) are required and load with
 PANetCheckpointer: nothing in the file is run, and every tensor of the model must come from it.
+Per image it logs what it found, as Detectron2's demo: "detected 3 instances", and of a panoptic
+model "4 panoptic segments (3 things, 1 stuff)" (none: nothing above --confidence-threshold).
 An input error is one "ERROR: ..." line and exit code 2; an image that cannot be read is one
 such line, the others are still shown, and the demo exits with 2 at the end (the exit codes:
 docs/reliability.md).
