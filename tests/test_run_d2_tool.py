@@ -120,7 +120,10 @@ def _cpu_note_checked(entry, logs, run):
 def test_analyze_model(entry, datasets, logs, kind):
     """analyze_model --tasks flop parameter structure: the project's model, counted."""
     _require("analyze_model")
-    config, opts = _config(kind)
+    # every detection of the randomly initialised model kept, so that the mask head (and its FF
+    # path) runs whatever the random state left by earlier tests (with 0.05, after
+    # test_export_torchscript.py's seeded tests, the instance model detected nothing)
+    config, opts = _config(kind, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     argv = ["analyze_model", "--tasks", "flop", "parameter", "structure", "-n", "1"]
     _cpu_note_checked(entry, logs, lambda: entry.main(argv + ["--config-file", config] + opts))
     text = "\n".join(logs)
