@@ -8,6 +8,8 @@ shown in a window, which needs OpenCV with GUI support. README has the commands.
 
 The weights (MODEL.WEIGHTS, or train.init_checkpoint of a LazyConfig) are required and load with
 PANetCheckpointer: nothing in the file is run, and every tensor of the model must come from it.
+Per image it logs what it found, as Detectron2's demo: "detected 3 instances", and of a panoptic
+model "4 panoptic segments (3 things, 1 stuff)" (none: nothing above --confidence-threshold).
 An input error is one "ERROR: ..." line and exit code 2; an image that cannot be read is one
 such line, the others are still shown, and the demo exits with 2 at the end (the exit codes:
 docs/reliability.md).
@@ -30,6 +32,7 @@ from detectron2.config import CfgNode, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
@@ -69,14 +72,20 @@ def get_parser():
 
 class Predictor(DefaultPredictor):
     """DefaultPredictor whose weights load with PANetCheckpointer (nothing run from the file,
-    every tensor of the model from it); Detectron2's DefaultPredictor otherwise."""
+    every tensor of the model from it); Detectron2's DefaultPredictor otherwise (its constructor
+    without its own checkpointer)."""
 
     def __init__(self, cfg):
-        weights, cfg = cfg.MODEL.WEIGHTS, cfg.clone()
-        cfg.MODEL.WEIGHTS = ""  # Detectron2's checkpointer loads nothing: ours loads them
-        super().__init__(cfg)
-        PANetCheckpointer(self.model).load(weights)
-        self.cfg.MODEL.WEIGHTS = weights
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        if len(cfg.DATASETS.TEST):
+            self.metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0])
+        PANetCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+        self.input_format = cfg.INPUT.FORMAT
+        assert self.input_format in ["RGB", "BGR"], self.input_format
 
 
 class LazyPredictor(DefaultPredictor):
@@ -128,6 +137,29 @@ def build_predictor(args):
     metadata = MetadataCatalog.get(names[0]) if names else None
     input_format = OmegaConf.select(cfg, "model.input_format", default="BGR")
     return LazyPredictor(model, aug, input_format, metadata, device)
+
+
+def found(predictions):
+    """
+    What the model found, as Detectron2's demo says it: "detected 3 instances" (those with a score
+    of at least --confidence-threshold), and of a panoptic model also "4 panoptic segments (3
+    things, 1 stuff)"; of a semantic model "2 classes in the semantic segmentation".
+    """
+    parts = []
+    if "instances" in predictions:
+        parts.append("detected {} instances".format(len(predictions["instances"])))
+    if "panoptic_seg" in predictions:
+        segments = predictions["panoptic_seg"][1]
+        things = sum(1 for s in segments if s["isthing"])
+        parts.append(
+            "{} panoptic segments ({} things, {} stuff)".format(
+                len(segments), things, len(segments) - things
+            )
+        )
+    elif "sem_seg" in predictions:
+        classes = predictions["sem_seg"].argmax(dim=0).unique().numel()
+        parts.append("{} classes in the semantic segmentation".format(classes))
+    return ", ".join(parts)
 
 
 def draw(rgb, predictions, metadata, video_visualizer=None):
@@ -222,7 +254,7 @@ def run(args):
             failed.append(" ".join(str(e).split()))
             continue
         predictions = predictor(image)
-        logger.info("%s: predicted in %.2fs", path, time.time() - start)
+        logger.info("%s: %s in %.2fs", path, found(predictions), time.time() - start)
         picture = draw(image[:, :, ::-1], predictions, metadata)
         if out and not cv2.imwrite(out, cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
             raise InputError("Cannot write the picture {!r} (--output).".format(out))

@@ -659,6 +659,9 @@ class PANetCheckpointer(DetectionCheckpointer):
                 "load). Give a local .pth/.pkl file, a Detectron2 model-zoo URL, or '' to start "
                 "from scratch."
             )
+        if not path:  # a warm start from scratch (Detectron2 would log "Loading from  ...")
+            logger.info("No weights (MODEL.WEIGHTS is empty): random initialisation.")
+            return {}
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)

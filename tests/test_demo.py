@@ -130,6 +130,45 @@ def test_photos_folder_to_folder(demo, photos, tmp_path):
     assert logging.getLogger("panet_d2").handlers and logging.getLogger("detectron2").handlers
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_says_what_it_found_per_image(demo, photos, tmp_path):
+    # per image, as Detectron2's demo: the instances found and the panoptic segments; the
+    # checkpoint's path (never an empty one: "Loading from  ...")
+    folder, names = photos
+    records = _Records()
+    loggers = [logging.getLogger(n) for n in ("panet_d2", "detectron2", "fvcore")]
+    for logger in loggers:
+        logger.addHandler(records)
+    try:
+        run_demo(demo, "--input", folder, "--output", str(tmp_path / "vis"))
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    args = demo.get_parser().parse_args(["--config-file", PANOPTIC, "--opts", *SMALL])
+    predictor = demo.build_predictor(args)
+    for name in names:
+        path = os.path.join(folder, name)
+        outputs = predictor(demo.read_bgr(path))
+        segments = outputs["panoptic_seg"][1]
+        things = len([s for s in segments if s["isthing"]])
+        expected = (
+            "{}: detected {} instances, {} panoptic segments ({} things, {} stuff) in".format(
+                path, len(outputs["instances"]), len(segments), things, len(segments) - things
+            )
+        )
+        assert [m for m in records.messages if m.startswith(expected)], (expected, records.messages)
+    assert not [m for m in records.messages if re.search(r"Loading from\s+\.\.\.", m)]
+    assert [m for m in records.messages if "Loading from {} ...".format(SMALL[1]) in m]
+
+
 def test_glob_and_file_name_output(demo, photos, tmp_path):
     folder, names = photos
     pattern = os.path.join(folder, "img[12].jpg")

@@ -13,6 +13,8 @@ of classes.
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -122,6 +124,11 @@ def test_converted_checkpoint_loads_strictly(variant, tmp_path, capsys):
     assert tool.main([str(src), str(dst)] + OPTS) == 0
     printed = capsys.readouterr().out
     assert tool.RELEASE_CONFIGS[variant] in printed
+    # its own output given again: already a Detectron2 checkpoint, in one line, nothing written
+    again = tmp_path / "again.pth"
+    line = error_exit(tool.main, [str(dst), str(again)] + OPTS)
+    assert "already a Detectron2 checkpoint" in line and "pass it as MODEL.WEIGHTS" in line
+    assert not again.exists()
 
     model, _ = _model(variant)
     checkpointer = _RecordingCheckpointer(model)
@@ -294,6 +301,55 @@ def test_reading_release_files(tmp_path):
     torch.save(state, str(plain))  # a bare state dict, no 'model' entry
     with pytest.raises(CheckpointError, match="'model'"):
         tool.load_release_checkpoint(str(plain))
+
+
+def test_detectron2_checkpoints_are_named_as_such(tmp_path):
+    # train_net.py's checkpoints ({'model': ..., 'iteration': ...}) and a bare state dict
+    names = {"backbone.bottom_up.stem.conv1.weight": torch.zeros(2), "roi_heads.x": torch.ones(1)}
+    for i, data in enumerate(({"model": names, "iteration": 99}, names)):
+        path = tmp_path / "model_{}.pth".format(i)
+        torch.save(data, str(path))
+        with pytest.raises(CheckpointError, match="already a Detectron2 checkpoint") as e:
+            tool.load_release_checkpoint(str(path))
+        assert "pass it as MODEL.WEIGHTS" in str(e.value) and "'backbone.bottom_up" in str(e.value)
+
+
+def _run_tool_script(*args):
+    """The tool as a command, with Python's import log (-X importtime) on stderr."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    script = os.path.join(ROOT, "tools", "convert_panet_release.py")
+    cmd = [sys.executable, "-X", "importtime", script] + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_wrong_input_files_are_reported_before_torch_is_imported(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("step: 179999\nmodel: e2e_panet_R-50-FPN_2x_mask\n")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    cases = {
+        tmp_path / "nowhere.pth": "Release checkpoint '{}' does not exist.",
+        text: "'{}' is a text file (it begins 'step: 179999'): expected a trained model of the "
+        "PANet release",
+        empty: "'{}' is an empty file: expected",
+        tmp_path: "Release checkpoint '{}' is a folder",
+    }
+    for path, expected in cases.items():
+        out = _run_tool_script(path, tmp_path / "out.pth")
+        errors = [line for line in out.stderr.splitlines() if not line.startswith("import time")]
+        assert out.returncode == 2 and len(errors) == 1, out.stderr[-2000:]
+        assert errors[0].startswith("ERROR: " + expected.format(path)), errors[0]
+        imported = [line.split("|")[-1].strip() for line in out.stderr.splitlines()]
+        assert "torch" not in imported and "detectron2" not in imported
+    assert not (tmp_path / "out.pth").exists()
+    # the same lines from main() (a script importing the tool)
+    assert "is a text file" in error_exit(tool.main, [str(text), str(tmp_path / "o.pth")])
+    # a real checkpoint goes on to torch (here: one that is not the release's)
+    plain = tmp_path / "plain.pth"
+    torch.save({"model": {"x": torch.zeros(1)}}, str(plain))
+    out = _run_tool_script(plain, tmp_path / "out.pth")
+    assert out.returncode == 2 and "bottom-up path" in out.stderr.splitlines()[-1]
+    assert "torch" in [line.split("|")[-1].strip() for line in out.stderr.splitlines()]
 
 
 def test_detect_variant_refuses_other_models():

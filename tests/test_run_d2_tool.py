@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 
 import pytest
 import torch
@@ -119,7 +120,10 @@ def _cpu_note_checked(entry, logs, run):
 def test_analyze_model(entry, datasets, logs, kind):
     """analyze_model --tasks flop parameter structure: the project's model, counted."""
     _require("analyze_model")
-    config, opts = _config(kind)
+    # every detection of the randomly initialised model kept, so that the mask head (and its FF
+    # path) runs whatever the random state left by earlier tests (with 0.05, after
+    # test_export_torchscript.py's seeded tests, the instance model detected nothing)
+    config, opts = _config(kind, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     argv = ["analyze_model", "--tasks", "flop", "parameter", "structure", "-n", "1"]
     _cpu_note_checked(entry, logs, lambda: entry.main(argv + ["--config-file", config] + opts))
     text = "\n".join(logs)
@@ -144,6 +148,36 @@ def test_analyze_model(entry, datasets, logs, kind):
         assert type(model).__name__ == "PanopticPANet"
         assert _size(_table_row(text, "sem_seg_head")[1]) > 0
     assert re.search(r"Total GFlops: [0-9.]+", text)
+
+
+def test_analyze_model_activations_of_the_panoptic_model(entry, datasets, logs):
+    """--tasks activation on the panoptic config (Detectron2's tracer alone cannot flatten its
+    segments_info), without torch's "torch.jit.script is deprecated" warnings."""
+    _require("analyze_model")
+    config, opts = _config("panoptic")
+    argv = ["analyze_model", "--tasks", "activation", "-n", "2", "--config-file", config]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        entry.main(argv + opts)
+    assert not [w for w in caught if "torch.jit.script` is deprecated" in str(w.message)]
+    totals = re.findall(r"Total \(Million\) Activations: ([0-9.e+-]+)", "\n".join(logs))
+    assert len(totals) == 1, logs[-5:]
+    # at least the FPN's outputs at stride 4 of a 192x192 test image (the other levels, the
+    # bottom-up path and the heads come on top)
+    cfg = model_zoo.get_config(CONFIGS["panoptic"][0])
+    side = cfg.INPUT.MIN_SIZE_TEST // 4
+    assert float(totals[0]) * 1e6 > cfg.MODEL.FPN.OUT_CHANNELS * side * side
+
+
+def test_list_says_where_the_tools_were_found(entry, capsys):
+    entry.main(["--list"])
+    lines = capsys.readouterr().out.splitlines()
+    roots = d2_tools.detectron2_roots()
+    assert len(lines) == len(roots)
+    for line, (root, how) in zip(lines, roots):
+        assert line.startswith("In {} ({}): ".format(root, how)), line
+        has = os.path.isfile(os.path.join(root, "tools", "analyze_model.py"))
+        assert ("analyze_model" in line.split(": ", 1)[1].split()) == has, line
 
 
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
@@ -218,6 +252,17 @@ def test_demo(entry, datasets, tmp_path):
         ["demo", "--config-file", config, "--input", image, "--output", str(out), "--opts"] + opts
     )
     assert out.is_file() and not any(k.startswith("vision") for k in sys.modules)
+    # an --output folder that does not exist yet: created (Detectron2's demo needs it)
+    images = [d["file_name"] for d in DatasetCatalog.get(PREFIX + "_val")[:2]]
+    folder = tmp_path / "new" / "demo"
+    entry.main(
+        ["demo", "--config-file", config, "--input"]
+        + images
+        + ["--output", str(folder)]
+        + ["--opts"]
+        + opts
+    )
+    assert sorted(os.listdir(folder)) == sorted(os.path.basename(i) for i in images)
 
 
 def test_patches_stay_inside_the_command(entry, datasets):
@@ -226,12 +271,17 @@ def test_patches_stay_inside_the_command(entry, datasets):
     import detectron2.engine
 
     _require("visualize_data")
+    import detectron2.utils.analysis
+
     before = (detectron2.config.get_cfg, detectron2.engine.default_setup, detectron2.engine.launch)
+    adapter, filters = detectron2.utils.analysis.TracingAdapter, list(warnings.filters)
     with entry.panet_d2_environment(d2_tools.find_detectron2_tool("visualize_data")):
         cfg = detectron2.config.get_cfg()
         assert "PAFPN" in cfg.MODEL and detectron2.config.get_cfg is not before[0]
+        assert detectron2.utils.analysis.TracingAdapter is not adapter
     after = (detectron2.config.get_cfg, detectron2.engine.default_setup, detectron2.engine.launch)
     assert after == before and "PAFPN" not in d2_get_cfg().MODEL
+    assert detectron2.utils.analysis.TracingAdapter is adapter and warnings.filters == filters
 
 
 def test_not_found_names_where_it_looked(entry, tmp_path, monkeypatch, capsys):

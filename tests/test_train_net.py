@@ -141,6 +141,9 @@ def test_train_evaluates_and_saves_checkpoints(run_a):
         text = f.read()
     assert "eta:" in text and "iter: 5" in text and "total_loss" in text and "lr:" in text
     assert "Evaluation results for {}_val".format(PREFIX) in text
+    # MODEL.WEIGHTS "": said once, not as Detectron2's "Loading from  ..." with an empty path
+    assert not re.search(r"Loading from\s+\.\.\.", text), "an empty path was logged"
+    assert text.count("No weights (MODEL.WEIGHTS is empty): random initialisation.") == 1
     with open(os.path.join(out, "metrics.json")) as f:
         metrics = [json.loads(line) for line in f if line.strip()]
     last = [m for m in metrics if "bbox/AP" in m][-1]

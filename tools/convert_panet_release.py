@@ -34,6 +34,11 @@ Any tensor it cannot place, or any tensor of the release's model that is missing
 that lists them; the result is then checked against the model its config builds (every key and
 shape), and written as ``{"model": ..., "__author__": ..., "matching_heuristics": False}``, which
 Detectron2's ``DetectionCheckpointer`` and ``train_net.py`` load as they are (no name matching).
+
+A wrong input is one line "ERROR: ..." (exit code 2): a missing file, a folder, or a file that
+``torch.save`` did not write (a text file, e.g.) before torch and Detectron2 are imported; a
+Detectron2 checkpoint (this tool's output, train_net.py's ``model_final.pth``) as "already a
+Detectron2 checkpoint: pass it as MODEL.WEIGHTS".
 """
 
 import argparse
@@ -42,7 +47,78 @@ import pickle
 import re
 import sys
 from collections import OrderedDict, defaultdict
-from typing import Dict, List
+from typing import Dict, List, Optional
+
+# the first bytes of a file that torch.save wrote: a zip archive (torch >= 1.6) or a pickle
+# (the legacy format of PyTorch 0.4, protocol 2 and up)
+_TORCH_FILE_MAGIC = (b"PK\x03\x04", b"\x80")
+_DETECTRON2_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.", "sem_seg_head.")
+
+
+def input_file_problem(path: str) -> Optional[str]:
+    """
+    What is wrong with the input file, found before torch and Detectron2 are imported (which
+    takes 10-45 s): it does not exist, is a folder, or is not a file that ``torch.save`` wrote
+    (a text file, e.g.). None when it may be a checkpoint.
+    """
+    if not os.path.exists(path):
+        return "Release checkpoint {!r} does not exist.".format(path)
+    if os.path.isdir(path):
+        return "Release checkpoint {!r} is a folder; give the .pth file.".format(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as e:
+        return "Cannot read release checkpoint {!r}: {}.".format(path, e.strerror or e)
+    if head.startswith(_TORCH_FILE_MAGIC):
+        return None
+    kind = "an empty file" if not head else "not a file that torch.save wrote"
+    text = head.decode("utf-8", errors="replace").strip()
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        kind = "a text file (it begins {!r})".format(text.splitlines()[0][:40])
+    return (
+        "{!r} is {}: expected a trained model of the PANet release (github.com/ShuLiu1993/PANet), "
+        "the .pth file that torch.save wrote ({{'model': state_dict, 'step': ...}}).".format(
+            path, kind
+        )
+    )
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        description="Convert a trained model of the PANet release (ShuLiu1993/PANet) into a "
+        "Detectron2 checkpoint of panet_d2."
+    )
+    parser.add_argument("input", help="release checkpoint (.pth: {'model': ..., 'step': ...})")
+    parser.add_argument("output", help="Detectron2 checkpoint to write (.pth)")
+    parser.add_argument(
+        "--variant", choices=sorted(RELEASE_CONFIGS), help="default: recognised from the keys"
+    )
+    parser.add_argument(
+        "--no-model-check",
+        action="store_true",
+        help="do not build the config's model to check every key and shape",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config options for the check (KEY VALUE ..., after the other arguments)",
+    )
+    return parser
+
+
+# variant -> config (relative to configs/) that computes what the release's model computes
+RELEASE_CONFIGS = {
+    "det": "COCO-Detection/panet_R_50_FPN_release_1x.yaml",
+    "det_2fc": "COCO-Detection/panet_R_50_FPN_release_2fc_1x.yaml",
+    "mask": "COCO-InstanceSegmentation/panet_R_50_FPN_release_2x.yaml",
+}
+
+if __name__ == "__main__":  # a wrong input file in one line, before the imports below
+    _problem = input_file_problem(_parser().parse_known_args()[0].input)
+    if _problem:
+        print("ERROR: " + _problem, file=sys.stderr)
+        sys.exit(2)  # an input error (docs/reliability.md)
 
 import torch
 
@@ -60,13 +136,6 @@ __all__ = [
     "check_against_model",
     "main",
 ]
-
-# variant -> config (relative to configs/) that computes what the release's model computes
-RELEASE_CONFIGS = {
-    "det": "COCO-Detection/panet_R_50_FPN_release_1x.yaml",
-    "det_2fc": "COCO-Detection/panet_R_50_FPN_release_2fc_1x.yaml",
-    "mask": "COCO-InstanceSegmentation/panet_R_50_FPN_release_2x.yaml",
-}
 
 # Detectron2's FrozenBatchNorm2d eps (detectron2.layers.FrozenBatchNorm2d(num_features, eps=1e-5))
 FROZEN_BN_EPS = 1e-5
@@ -504,6 +573,7 @@ def load_release_checkpoint(path: str) -> Dict[str, torch.Tensor]:
                 "Cannot read release checkpoint {!r}: {}: {}".format(path, type(e).__name__, e)
             ) from e
     model = loaded.get("model") if isinstance(loaded, dict) else None
+    _refuse_detectron2_checkpoint(path, model if isinstance(model, dict) else loaded)
     if not isinstance(model, dict):
         raise CheckpointError(
             "{!r} is not a PANet release checkpoint: expected a dict with a 'model' state dict "
@@ -513,6 +583,19 @@ def load_release_checkpoint(path: str) -> Dict[str, torch.Tensor]:
             )
         )
     return model
+
+
+def _refuse_detectron2_checkpoint(path, state):
+    """A checkpoint with Detectron2's parameter names (e.g. this tool's output, or train_net.py's
+    model_final.pth) is refused in one line: it needs no conversion."""
+    names = [k for k in state if isinstance(k, str)] if isinstance(state, dict) else []
+    if any(k.startswith(_DETECTRON2_PREFIXES) for k in names):
+        raise CheckpointError(
+            "{!r} is already a Detectron2 checkpoint (parameters named as Detectron2's, e.g. "
+            "{!r}): pass it as MODEL.WEIGHTS, it needs no conversion.".format(
+                path, min(k for k in names if k.startswith(_DETECTRON2_PREFIXES))
+            )
+        )
 
 
 def _import(module, name):
@@ -534,30 +617,15 @@ def build_release_model_state(variant: str, opts=()) -> Dict[str, torch.Tensor]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Convert a trained model of the PANet release (ShuLiu1993/PANet) into a "
-        "Detectron2 checkpoint of panet_d2."
-    )
-    parser.add_argument("input", help="release checkpoint (.pth: {'model': ..., 'step': ...})")
-    parser.add_argument("output", help="Detectron2 checkpoint to write (.pth)")
-    parser.add_argument(
-        "--variant", choices=sorted(RELEASE_CONFIGS), help="default: recognised from the keys"
-    )
-    parser.add_argument(
-        "--no-model-check",
-        action="store_true",
-        help="do not build the config's model to check every key and shape",
-    )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="config options for the check (KEY VALUE ..., after the other arguments)",
-    )
+    parser = _parser()
     args = parser.parse_args(argv)
     misplaced = [o for o in args.opts if o in ("--variant", "--no-model-check")]
     if misplaced:
         parser.error("give {} before the config options (KEY VALUE ...)".format(misplaced[0]))
     with one_line_errors():  # CheckpointError, ConfigError: one line, exit code 2
+        problem = input_file_problem(args.input)
+        if problem:
+            raise CheckpointError(problem)
         release = load_release_checkpoint(args.input)
         variant = args.variant or detect_variant(release)
         converted = convert_release_state_dict(release, variant)

@@ -147,17 +147,29 @@ def find_detectron2_file(relpath: str, d2_root: Optional[str] = None) -> Optiona
     return None
 
 
-def list_detectron2_tools(d2_root: Optional[str] = None) -> List[str]:
-    """The short names of the scripts found (``tools/*.py``, ``tools/deploy/*.py``, "demo")."""
-    names = set()
-    for root, _ in detectron2_roots(d2_root):
+def list_detectron2_tools_by_folder(d2_root: Optional[str] = None):
+    """
+    Returns:
+        list[(str, str, list[str])]: for each folder of :func:`detectron2_roots`: the folder,
+        where it comes from, and the short names of the scripts found in it (``tools/*.py``,
+        ``tools/deploy/*.py``, "demo"), sorted.
+    """
+    found = []
+    for root, how in detectron2_roots(d2_root):
+        names = set()
         for path in glob.glob(os.path.join(root, "tools", "**", "*.py"), recursive=True):
             rel = os.path.relpath(path, os.path.join(root, "tools")).replace(os.sep, "/")
             if not os.path.basename(rel).startswith("_"):
                 names.add(rel[: -len(".py")])
         if os.path.isfile(os.path.join(root, "demo", "demo.py")):
             names.add("demo")
-    return sorted(names)
+        found.append((root, how, sorted(names)))
+    return found
+
+
+def list_detectron2_tools(d2_root: Optional[str] = None) -> List[str]:
+    """The short names of the scripts found (``tools/*.py``, ``tools/deploy/*.py``, "demo")."""
+    return sorted({n for _, _, names in list_detectron2_tools_by_folder(d2_root) for n in names})
 
 
 def find_detectron2_tool(name: str, d2_root: Optional[str] = None) -> str:

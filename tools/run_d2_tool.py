@@ -41,7 +41,15 @@ datasets registered). For this process only:
   before running the script (they start from this file);
 * ``demo/demo.py`` of current Detectron2 imports its ``predictor.py`` by an internal path
   (``vision.fair.detectron2.demo.predictor``): that name is made to point to the
-  ``predictor.py`` next to the demo.
+  ``predictor.py`` next to the demo; its ``--output`` folder is created when it does not exist
+  (Detectron2's demo needs it: it writes a file of that name otherwise, or stops with an
+  AssertionError for several inputs);
+* ``analyze_model --tasks activation`` traces the model with the non-tensor outputs left out, as
+  its ``--tasks flop`` does (Detectron2's ``activation_count_operators`` traces it with
+  ``TracingAdapter(allow_non_tensor=False)``, which a panoptic model's ``segments_info`` stops);
+* torch's ``FutureWarning`` "``torch.jit.script`` is deprecated", which Detectron2's tracing
+  (``analyze_model``'s counts, ``deploy/export_model``) gives for each ``@script_if_tracing``
+  helper it scripts, is not shown.
 """
 
 import argparse
@@ -52,6 +60,7 @@ import os
 import runpy
 import sys
 import types
+import warnings
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
@@ -169,6 +178,52 @@ def _demo_predictor_alias(script):
             sys.modules.pop(key, None)
 
 
+@contextlib.contextmanager
+def _demo_output_folder(script, args):
+    """Detectron2's demo.py writes into ``--output`` when it is a folder: one that does not exist
+    (a name without an extension) is created, and the folder of a file name too."""
+    out = args[args.index("--output") + 1] if "--output" in args[:-1] else None
+    if os.path.basename(script) == "demo.py" and out and not os.path.exists(out):
+        folder = os.path.dirname(out) if os.path.splitext(out.rstrip("/"))[1] else out
+        if folder and not os.path.isdir(folder):
+            os.makedirs(folder)
+            logger.info("Created the --output folder %s", folder)
+    yield
+
+
+@contextlib.contextmanager
+def _activation_count_traces_non_tensor_outputs():
+    """
+    Detectron2's ``activation_count_operators`` (``analyze_model --tasks activation``) traces
+    the model with ``TracingAdapter(model, inputs)``, which refuses outputs that are not tensors
+    (a panoptic model's ``segments_info``): "Model cannot be traced because some model outputs
+    cannot flatten to tensors". While the block runs it leaves them out, as Detectron2's
+    ``FlopCountAnalysis`` (``--tasks flop``) does; the count covers the same computation.
+    """
+    import functools
+
+    import detectron2.utils.analysis as d2_analysis
+
+    # UPSTREAM-WORKAROUND analyze-activation-non-tensor: Detectron2 0.6's
+    # activation_count_operators traces without allow_non_tensor (its FLOP count passes True)
+    adapter = functools.partial(d2_analysis.TracingAdapter, allow_non_tensor=True)
+    with _patched(d2_analysis, "TracingAdapter", adapter):
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_tracing_deprecation():
+    """Detectron2's tracing (analyze_model's counts, deploy/export_model) scripts its
+    ``@torch.jit.script_if_tracing`` helpers; torch >= 2.10 warns at each that
+    ``torch.jit.script`` is deprecated. Detectron2 has no other way to trace its models: that one
+    warning is not shown while the block runs (the filters are put back after)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+        )
+        yield
+
+
 def _output_dir(cfg):
     """OUTPUT_DIR of a yacs config, ``train.output_dir`` of a LazyConfig (None if unset)."""
     if "OUTPUT_DIR" in cfg:
@@ -239,6 +294,8 @@ def panet_d2_environment(script):
         stack.enter_context(lazyconfig_files_as_data())  # LazyConfig .yaml files: data
         stack.enter_context(_demo_predictor_alias(script))
         stack.enter_context(fvcore_op_handles(FLOP_HANDLES))  # analyze_model's FLOP counts
+        stack.enter_context(_activation_count_traces_non_tensor_outputs())
+        stack.enter_context(_quiet_tracing_deprecation())
         yield
 
 
@@ -254,7 +311,7 @@ def run_tool(script, args, run_name="__main__"):
     sys.argv = [script] + list(args)
     sys.path.insert(0, os.path.dirname(script))  # as `python3 script`: e.g. demo's predictor.py
     try:
-        with panet_d2_environment(script):
+        with panet_d2_environment(script), _demo_output_folder(script, args):
             return runpy.run_path(script, run_name=run_name)
     finally:
         sys.argv, sys.path[:] = argv, path
@@ -281,14 +338,15 @@ class MissingModuleError(RuntimeError):
 
 
 def main(argv=None):
-    from d2_tools import find_detectron2_tool, list_detectron2_tools
+    from d2_tools import find_detectron2_tool, list_detectron2_tools_by_folder
 
     from panet_d2.engine.cli import one_line_errors
 
     parser = get_parser()
     args = parser.parse_args(argv)
     if args.list:
-        print("\n".join(list_detectron2_tools(args.d2_root)))
+        for root, how, names in list_detectron2_tools_by_folder(args.d2_root):
+            print("In {} ({}): {}".format(root, how, " ".join(names) or "no scripts"))
         return None
     if not args.tool:
         parser.error("TOOL is required (e.g. analyze_model); --list lists them")
