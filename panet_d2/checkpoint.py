@@ -93,15 +93,25 @@ class _Refused(pickle.UnpicklingError):
     """What a file holds that panet_d2 does not read (completes "was not loaded: ")."""
 
 
+def _count_nested(tuples, t, limit, size):
+    """Returns tuple ``t``, noted in ``tuples`` (id -> (tuple, its items nested, counted with
+    repeats)); refused beyond ``limit`` items (hashing it would not end)."""
+    n = 1 + sum(tuples.get(id(c), (c, 1))[1] for c in t if type(c) is tuple)
+    if n > limit:
+        raise _Refused(
+            f"it makes tuples nested to {n} items (hashing them would not end), more than the "
+            f"file's own {size} bytes"
+        )
+    tuples[id(t)] = (t, n)
+    return t
+
+
 def _size_left(f):
     """The bytes of file ``f`` from its position to its end."""
-    try:
-        return os.fstat(f.fileno()).st_size - f.tell()
-    except (AttributeError, OSError, ValueError):
-        position = f.tell()
-        end = f.seek(0, os.SEEK_END)
-        f.seek(position)
-        return end - position
+    position = f.tell()
+    size = f.seek(0, os.SEEK_END) - position
+    f.seek(position)
+    return size
 
 
 class _BoundedReader:
@@ -124,9 +134,6 @@ class _BoundedReader:
         line = self._file.readline(self.left if limit is None or limit < 0 else limit)
         self.left -= len(line)
         return line
-
-    def tell(self):
-        return self._file.tell()
 
 
 def _ndarray(*args):
@@ -187,7 +194,7 @@ class RestrictedUnpickler(pickle._Unpickler):
     def __init__(self, file, *, size=None, **kwargs):
         size = _size_left(file) if size is None else size
         self._size, self._limit = size, max(size, _MIN_LIMIT)
-        self._tuples = {}  # id -> (tuple, its items nested, counted with repeats)
+        self._tuples = {}  # (_count_nested)
         super().__init__(_BoundedReader(file, size), **kwargs)
 
     def find_class(self, module, name):
@@ -260,12 +267,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         return array.reshape(shape, order=order)
 
     def _count(self, t):
-        """Returns tuple ``t``, refused if its items, nested and counted with repeats, exceed the
-        file's size (hashing it would not end)."""
-        n = 1 + sum(self._tuples.get(id(c), (c, 1))[1] for c in t if type(c) is tuple)
-        self._too_large(n, f"tuples nested to {n} items (hashing them would not end)")
-        self._tuples[id(t)] = (t, n)
-        return t
+        return _count_nested(self._tuples, t, self._limit, self._size)
 
     def load_build(self):
         inst, state = self.stack[-2], self.stack[-1]
@@ -326,15 +328,8 @@ def _torch_call(func, args, size):
         raise _Refused(f"it calls _codecs.encode with the codec {str(args[1:])[:30]}")
 
 
-_SCAN_VALUES = {
-    "BININT",
-    "BININT1",
-    "BININT2",
-    "LONG1",
-    "BINFLOAT",
-    "BINUNICODE",
-    "SHORT_BINSTRING",
-}
+_SCAN_VALUES = ("BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "BINUNICODE")
+_SCAN_VALUES += ("SHORT_BINSTRING",)
 _SCAN_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
 
 
@@ -358,15 +353,8 @@ def _scan_torch_pickle(file, size):
             marks.append(len(stack))
         elif name.startswith("TUPLE"):
             at = marks.pop() if name == "TUPLE" else len(stack) - int(name[-1])
-            t = tuple(stack[at:])
+            t = _count_nested(tuples, tuple(stack[at:]), limit, size)
             del stack[at:]
-            n = 1 + sum(tuples.get(id(c), (c, 1))[1] for c in t if type(c) is tuple)
-            if n > limit:
-                raise _Refused(
-                    f"it makes tuples nested to {n} items (hashing them would not end), more "
-                    f"than the file's own {size} bytes"
-                )
-            tuples[id(t)] = (t, n)
             stack.append(t)
         elif name in ("APPENDS", "SETITEMS"):
             del stack[marks.pop() :]
@@ -477,15 +465,13 @@ def _names(keys, n=3):
 def _hints(missing, unexpected, model_keys, file_keys):
     """The hints of :data:`_HINTS` that hold: the config keys that would fit the file."""
 
-    def has(keys, part):
-        return any(part in k for k in keys)
+    def holds(where, part):
+        if where == "single":
+            return any(part in k and k.replace(part, ".") in file_keys for k in missing)
+        keys, others = (missing, file_keys) if where == "missing" else (unexpected, model_keys)
+        return any(part in k for k in keys) and not any(part in k for k in others)
 
-    holds = {
-        "missing": lambda p: has(missing, p) and not has(file_keys, p),
-        "unexpected": lambda p: has(unexpected, p) and not has(model_keys, p),
-        "single": lambda p: any(p in k and k.replace(p, ".") in file_keys for k in missing),
-    }
-    return ["the file has " + hint for where, part, hint in _HINTS if holds[where](part)]
+    return ["the file has " + hint for where, part, hint in _HINTS if holds(where, part)]
 
 
 def _class_mismatch(wrong):
@@ -732,19 +718,14 @@ class PANetCheckpointer(DetectionCheckpointer):
     def _check_loaded_finite(self, targets):
         """Refuses NaN or inf in the model's tensors ``targets`` (those the file loaded)."""
         state, targets = self.model.state_dict(), set(targets)
-        bad = []
-        for k in (k for k in state if k in targets and state[k].is_floating_point()):
-            if torch.isfinite(state[k].sum()):  # NaN and inf carry into a sum (which is fast)
-                continue
-            n = state[k].numel() - int(torch.isfinite(state[k]).sum())
-            if n:  # (not a sum of large values that overflowed)
-                bad.append((k, n, state[k].numel()))
+        floats = [k for k in state if k in targets and state[k].is_floating_point()]
+        bad = [k for k in floats if not state[k].isfinite().all()]
         if bad:
-            k, n, total = bad[0]
+            n, total = int((~state[bad[0]].isfinite()).sum()), state[bad[0]].numel()
             raise self._refused(
-                f"was not loaded: its weights hold NaN or inf: {k} has {n} of {total} values not "
-                f"finite ({len(bad)} tensor(s) in all): the weights of a diverged or damaged run; "
-                "give an earlier checkpoint."
+                f"was not loaded: its weights hold NaN or inf: {bad[0]} has {n} of {total} values "
+                f"not finite ({len(bad)} tensor(s) in all): the weights of a diverged or damaged "
+                "run; give an earlier checkpoint."
             )
 
     def _check_fit(self, incompatible, file_keys):
