@@ -81,8 +81,7 @@ _CONTAINERS = (list, tuple, dict, set, frozenset)
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy.core or numpy._core, as this NumPy has
 _SCALAR = np.float32(0).__reduce__()[0]
 _MIN_LIMIT = 1 << 20  # what a file may make at least: bytes, elements, nested tuple items
-# torch's legacy format: 5 pickles; torch's rebuilds of a tensor of the size in their 3rd argument
-_LEGACY_PICKLES = 5
+# torch's rebuilds of a tensor of the size in their 3rd argument
 _SIZED_REBUILDS = {
     "torch._utils._rebuild_" + name
     for name in ("tensor", "tensor_v2", "tensor_v3", "qtensor", "wrapper_subclass")
@@ -191,8 +190,8 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, *, size=None, **kwargs):
-        size = _size_left(file) if size is None else size
+    def __init__(self, file, **kwargs):
+        size = _size_left(file)
         self._size, self._limit = size, max(size, _MIN_LIMIT)
         self._tuples = {}  # (_count_nested)
         super().__init__(_BoundedReader(file, size), **kwargs)
@@ -404,7 +403,7 @@ def _scan_torch_file(f):
         else:
             f.seek(start)
             reader = _BoundedReader(f, size)
-            for _ in range(_LEGACY_PICKLES):
+            for _ in range(5):  # magic number, protocol, system info, the object, storage keys
                 if not _scan_torch_pickle(reader, size):
                     break
     except _Refused:
