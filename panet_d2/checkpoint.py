@@ -66,7 +66,6 @@ _HINTS = (
 # fmt: on
 # An AFP layer's per-level tensor name -> its single-level one (modeling/layers.py)
 _PER_LEVEL = re.compile(r"(^|\.)(per_level|levels\.\d+)\.")
-PARTIAL_SUFFIX = ".partial"  # of a file being saved (compat._AtomicFile)
 
 # What a .pkl may hold: NumPy arrays and scalars of plain dtypes, numbers, strings, containers.
 _NUMPY_GLOBALS = {"multiarray": ("_reconstruct", "scalar"), "numeric": ("_frombuffer",)}
@@ -509,7 +508,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         self._loading = None
         if self.save_dir and self.save_to_disk and self.path_manager.isdir(self.save_dir):
             for name in self.path_manager.ls(self.save_dir):
-                if name.endswith(PARTIAL_SUFFIX):
+                if name.endswith(_AtomicFile.SUFFIX):
                     logger.info(f"Removing {name} left by an interrupted save")
                     self.path_manager.rm(os.path.join(self.save_dir, name))
 
@@ -551,7 +550,7 @@ class PANetCheckpointer(DetectionCheckpointer):
             with _AtomicFile(self.path_manager.open, path, mode, {}) as f:
                 write(f)
             return
-        tmp = path + PARTIAL_SUFFIX
+        tmp = path + _AtomicFile.SUFFIX
         try:
             with self.path_manager.open(tmp, mode) as f:
                 write(f)

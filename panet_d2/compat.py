@@ -168,8 +168,10 @@ class _AtomicFile:
     (``os.replace``). A failure removes the partial file, leaves ``path`` as it was and raises an
     ``OSError`` naming ``path`` (also where torch wrapped its writer's error in a RuntimeError)."""
 
+    SUFFIX = ".partial"
+
     def __init__(self, open_, path, mode, kwargs):
-        self._path, self._partial = path, path + ".partial"
+        self._path, self._partial = path, path + self.SUFFIX
         self._file = open_(self._partial, mode, **kwargs)
         self._error = None  # the first OSError of a write
 
