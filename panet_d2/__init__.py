@@ -1,10 +1,6 @@
 # -*- coding: utf-8 -*-
-"""
-PANet (Path Aggregation Network, CVPR 2018) and panoptic PANet as a Detectron2 project.
-
-Importing this package registers its components with Detectron2's registries and its datasets
-with Detectron2's catalogs, and changes nothing else (tests/test_import_effects.py).
-"""
+"""PANet and panoptic PANet as a Detectron2 project. Importing it registers its components and
+datasets with Detectron2 and changes nothing else (tests/test_import_effects.py)."""
 
 from .compat import quiet_jit_script_deprecation
 

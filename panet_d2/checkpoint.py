@@ -1,10 +1,8 @@
 # -*- coding: utf-8 -*-
 """
-:class:`PANetCheckpointer`: Detectron2's :class:`DetectionCheckpointer` that reads files as data,
-never code, and nothing larger than the file (:func:`read_checkpoint`), checks what a file loads
-(floating weights without NaN or inf; fvcore's report of what it loaded: refusing weights that do
-not fit, naming the config keys that would) and saves atomically. Why, and every message:
-docs/reliability.md.
+:class:`PANetCheckpointer`: Detectron2's checkpointer that reads files as data, never code, and
+nothing larger than the file (:func:`read_checkpoint`), verifies what it loaded against fvcore's
+report and saves atomically. Why, and every message: docs/reliability.md.
 """
 
 import builtins
@@ -28,16 +26,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import PathManager
 
+from .compat import _AtomicFile
 from .errors import CheckpointError, TrainingDivergedError
 
 __all__ = ["PANetCheckpointer", "RestrictedUnpickler", "read_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
-# Tensors of the model a file need not hold: a counter inference does not use, the config's pixel
-# normalisation. Everything else, BatchNorm statistics included, must come from the file.
+# Tensors of the model a file need not hold (a counter, the config's pixel normalisation).
 NOT_REQUIRED_SUFFIXES = ("num_batches_tracked", "pixel_mean", "pixel_std")
-
 # Class-dependent tensors (a warm start may start them new): key prefix -> (config key, the classes
 # of a tensor of n rows, None where n says nothing).
 _ROI, _SEM = "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.SEM_SEG_HEAD.NUM_CLASSES"
@@ -47,8 +44,6 @@ _CLASS_KEYS = {
     "roi_heads.mask_head.predictor.": (_ROI, lambda n: n if n > 1 else None),
     "sem_seg_head.predictor.": (_SEM, lambda n: n),
 }
-CLASS_DEPENDENT_PREFIXES = tuple(_CLASS_KEYS)
-
 # What mismatched keys mean: (where, key part, what the file has: what to set). "missing": a tensor
 # of the model with that part is not in the file, which has none; "unexpected": the file has one,
 # the model none; "single": a per-level tensor is missing, the file has its single-level version.
@@ -69,66 +64,56 @@ _HINTS = (
     ("missing", "roi_heads.mask_head.", "no mask head: set MODEL.MASK_ON False"),
 )
 # fmt: on
+# An AFP layer's per-level tensor name -> its single-level one (modeling/layers.py)
+_PER_LEVEL = re.compile(r"(^|\.)(per_level|levels\.\d+)\.")
 
-# What a Detectron2 .pkl may hold: NumPy arrays and scalars of plain dtypes, numbers, strings and
-# containers; the globals that rebuild them, each checking its arguments (RestrictedUnpickler).
+# What a .pkl may hold: NumPy arrays and scalars of plain dtypes, numbers, strings, containers.
 _NUMPY_GLOBALS = {"multiarray": ("_reconstruct", "scalar"), "numeric": ("_frombuffer",)}
 _SAFE_BUILTINS = {"set", "frozenset", "complex", "bytearray", "int", "float", "str", "bytes"}
 _SAFE_BUILTINS |= {"list", "dict", "tuple", "bool", "slice"}
 _PLAIN_DTYPES = frozenset("b1 i1 i2 i4 i8 u1 u2 u4 u8 f2 f4 f8".split())  # as NumPy pickles them
-_DTYPE_KINDS = {
-    "O": "object",
-    "V": "void / structured",
-    "U": "string",
-    "S": "string",
-    "c": "complex",
-    "M": "date / time",
-    "m": "date / time",
-}
+_DTYPE_KINDS = dict(O="object", V="void / structured", U="string", S="string", c="complex")
+_DTYPE_KINDS.update(M="date / time", m="date / time")
 _TEXT_CODECS = ("latin1", "latin-1", "utf-8", "utf8", "ascii")
 _FLAT = (str, bytes, int, float, complex, bool, type(None))
 _CONTAINERS = (list, tuple, dict, set, frozenset)
-# NumPy's own rebuilding functions (numpy.core or numpy._core, whichever this NumPy has)
-_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy.core or numpy._core, as this NumPy has
 _SCALAR = np.float32(0).__reduce__()[0]
-# What a file may make, at least: bytes, elements, items of nested tuples (else its own size).
-_MIN_LIMIT = 1 << 20
-# The pickles of torch's legacy (not zip) format: magic number, protocol, system info, the object,
-# the storage keys; torch's functions that rebuild a tensor of the size in their 3rd argument.
-_LEGACY_PICKLES = 5
+_MIN_LIMIT = 1 << 20  # what a file may make at least: bytes, elements, nested tuple items
+# torch's rebuilds of a tensor of the size in their 3rd argument
 _SIZED_REBUILDS = {
-    "torch._utils." + name
+    "torch._utils._rebuild_" + name
     for name in ("tensor", "tensor_v2", "tensor_v3", "qtensor", "wrapper_subclass")
-    for name in ["_rebuild_" + name]
 }
-
-# An AFP layer's per-level tensor name -> its single-level one, which the layer takes when loading
-# (modeling/layers.py, _PerLevelLayer._single_level_name)
-_PER_LEVEL = re.compile(r"(^|\.)(per_level|levels\.\d+)\.")
-
-# Suffix of the file a save writes in the checkpoint's folder before renaming it over the file.
-PARTIAL_SUFFIX = ".partial"
 
 
 class _Refused(pickle.UnpicklingError):
-    """Something a file holds that panet_d2 does not read; the message completes "was not loaded:
-    "."""
+    """What a file holds that panet_d2 does not read (completes "was not loaded: ")."""
+
+
+def _count_nested(tuples, t, limit, size):
+    """Returns tuple ``t``, noted in ``tuples`` (id -> (tuple, its items nested, counted with
+    repeats)); refused beyond ``limit`` items (hashing it would not end)."""
+    n = 1 + sum(tuples.get(id(c), (c, 1))[1] for c in t if type(c) is tuple)
+    if n > limit:
+        raise _Refused(
+            f"it makes tuples nested to {n} items (hashing them would not end), more than the "
+            f"file's own {size} bytes"
+        )
+    tuples[id(t)] = (t, n)
+    return t
 
 
 def _size_left(f):
     """The bytes of file ``f`` from its position to its end."""
-    try:
-        return os.fstat(f.fileno()).st_size - f.tell()
-    except (AttributeError, OSError, ValueError):
-        position = f.tell()
-        end = f.seek(0, os.SEEK_END)
-        f.seek(position)
-        return end - position
+    position = f.tell()
+    size = f.seek(0, os.SEEK_END) - position
+    f.seek(position)
+    return size
 
 
 class _BoundedReader:
-    """The reading methods of a file that refuse to read more than the ``size`` bytes it has left:
-    a pickle cannot make the reader allocate what it declares beyond the file's end."""
+    """A file's reading methods that refuse to read beyond the ``size`` bytes it has left."""
 
     def __init__(self, file, size):
         self._file, self.left = file, size
@@ -148,31 +133,14 @@ class _BoundedReader:
         self.left -= len(line)
         return line
 
-    def tell(self):
-        return self._file.tell()
 
-
-class _Call:
-    """What :class:`RestrictedUnpickler` gives for an allowed global: calling it checks the
-    arguments, then makes the value."""
-
-    def __init__(self, name, make):
-        self.name, self._make = name, make
-
-    def __call__(self, *args):
-        return self._make(*args)
-
-
-def _refuse_call(*args):
+def _ndarray(*args):
+    """What ``numpy.ndarray`` of a .pkl is: only an argument of ``_reconstruct``."""
     raise _Refused("it calls numpy.ndarray itself (NumPy's pickles do not)")
 
 
-_NDARRAY = _Call("numpy.ndarray", _refuse_call)
-
-
 def _plain_dtype(obj, align=False, copy=True):
-    """numpy.dtype(obj) for a plain bool, integer or float dtype (a new object: its state, set
-    next, cannot change NumPy's own)."""
+    """A new ``numpy.dtype(obj)`` of a plain bool, integer or float dtype."""
     name = obj.decode("latin1") if isinstance(obj, bytes) else obj
     if not isinstance(name, str) or name not in _PLAIN_DTYPES or align:
         what = _DTYPE_KINDS.get(str(name)[:1], "not a plain one")
@@ -214,36 +182,30 @@ def _check_array_state(state):
 
 class RestrictedUnpickler(pickle._Unpickler):
     """
-    An unpickler that rebuilds NumPy arrays and scalars of plain dtypes (bool, integers, floats),
-    numbers, strings and containers only (what Detectron2's model-zoo and Caffe2 ``.pkl`` files
-    hold), within the file's size. Any other global raises ``pickle.UnpicklingError`` naming it;
-    other dtypes or dtype states, calls with other arguments, data declared beyond the file and
-    anything larger than the file (a ``bytearray(10**9)``, shared tuples nested to billions of
-    items) raise one naming what. Python's own unpickler, whose BUILD can be checked (NumPy
-    dtypes and arrays get their state there): docs/reliability.md.
+    Python's unpickler of what Detectron2's model-zoo and Caffe2 ``.pkl`` files hold: NumPy arrays
+    and scalars of plain dtypes (bool, integers, floats), numbers, strings and containers, within
+    the file's size; anything else raises ``pickle.UnpicklingError`` naming it.
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, *, size=None, **kwargs):
-        size = _size_left(file) if size is None else size
+    def __init__(self, file, **kwargs):
+        size = _size_left(file)
         self._size, self._limit = size, max(size, _MIN_LIMIT)
-        self._tuples = {}  # id -> (tuple, its items nested, counted with repeats)
+        self._tuples = {}  # (_count_nested)
         super().__init__(_BoundedReader(file, size), **kwargs)
 
     def find_class(self, module, name):
         package, _, submodule = module.rpartition(".")
         if package in ("numpy.core", "numpy._core") and name in _NUMPY_GLOBALS.get(submodule, ()):
-            return _Call(f"numpy.{name}", getattr(self, "_numpy" + name.lstrip("_")))
+            return getattr(self, "_numpy" + name.lstrip("_"))
         if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
-            return _Call(name, lambda *args: self._builtin(name, args))
+            return lambda *args: self._builtin(name, args)
         known = {
-            ("numpy", "ndarray"): _NDARRAY,
-            ("numpy", "dtype"): _Call("numpy.dtype", _plain_dtype),
-            ("collections", "OrderedDict"): _Call(
-                "OrderedDict", lambda *args: self._builtin("OrderedDict", args, OrderedDict)
-            ),
-            ("_codecs", "encode"): _Call("_codecs.encode", self._encode),
+            ("numpy", "ndarray"): _ndarray,
+            ("numpy", "dtype"): _plain_dtype,
+            ("collections", "OrderedDict"): self._ordered_dict,
+            ("_codecs", "encode"): self._encode,
         }
         if (module, name) in known:
             return known[(module, name)]
@@ -253,10 +215,12 @@ class RestrictedUnpickler(pickle._Unpickler):
         if n > self._limit:
             raise _Refused(f"it makes {what}, more than the file's own {self._size} bytes")
 
+    def _ordered_dict(self, *args):
+        return self._builtin("OrderedDict", args, OrderedDict)
+
     def _builtin(self, name, args, make=None):
-        """``name(*args)`` for a builtin of :data:`_SAFE_BUILTINS` (or OrderedDict): numbers and
-        strings from flat values, containers from containers, bytes from bytes, text or a size
-        within the file's."""
+        """``name(*args)``: numbers and strings from flat values, containers from containers,
+        bytes from bytes, text or a size within the file's."""
         make = make or getattr(builtins, name)
         if name in ("bytes", "bytearray") and len(args) == 1 and type(args[0]) is int:
             self._too_large(args[0], f"a {name} of {args[0]} bytes")
@@ -281,7 +245,7 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def _numpyreconstruct(self, subtype, shape, typecode):
         # NumPy pickles an array as _reconstruct(ndarray, (0,), b"b") and its state (BUILD)
-        if subtype is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
+        if subtype is not _ndarray or shape != (0,) or typecode not in (b"b", "b"):
             raise _Refused("it makes a NumPy array another way than NumPy pickles one")
         return _RECONSTRUCT(np.ndarray, (0,), b"b")
 
@@ -301,12 +265,7 @@ class RestrictedUnpickler(pickle._Unpickler):
         return array.reshape(shape, order=order)
 
     def _count(self, t):
-        """Refuses a tuple whose items, nested and counted with repeats, exceed the file's size
-        (hashing it, as a dict key, would not end); returns it."""
-        n = 1 + sum(self._tuples.get(id(c), (c, 1))[1] for c in t if type(c) is tuple)
-        self._too_large(n, f"tuples nested to {n} items (hashing them would not end)")
-        self._tuples[id(t)] = (t, n)
-        return t
+        return _count_nested(self._tuples, t, self._limit, self._size)
 
     def load_build(self):
         inst, state = self.stack[-2], self.stack[-1]
@@ -328,21 +287,18 @@ class RestrictedUnpickler(pickle._Unpickler):
     def load_newobj(self):
         raise _Refused("it creates a class instance (NEWOBJ)")
 
-
-def _counted(load):
-    def load_tuple(self):
+    def _counted_tuple(self, load):
         load(self)
         self._count(self.stack[-1])
 
-    return load_tuple
 
-
-RestrictedUnpickler.dispatch[pickle.BUILD[0]] = RestrictedUnpickler.load_build
-RestrictedUnpickler.dispatch[pickle.BYTEARRAY8[0]] = RestrictedUnpickler.load_bytearray8
+_dispatch = RestrictedUnpickler.dispatch
+_dispatch[pickle.BUILD[0]] = RestrictedUnpickler.load_build
+_dispatch[pickle.BYTEARRAY8[0]] = RestrictedUnpickler.load_bytearray8
 for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX):
-    RestrictedUnpickler.dispatch[_op[0]] = RestrictedUnpickler.load_newobj
+    _dispatch[_op[0]] = RestrictedUnpickler.load_newobj
 for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
-    RestrictedUnpickler.dispatch[_op[0]] = _counted(pickle._Unpickler.dispatch[_op[0]])
+    _dispatch[_op[0]] = lambda self, load=_dispatch[_op[0]]: self._counted_tuple(load)
 
 
 class _Global(str):
@@ -351,8 +307,7 @@ class _Global(str):
 
 def _torch_call(func, args, size):
     """Refuses a call of a torch pickle that would make more bytes or elements than the file's
-    ``size`` (at least 1 MiB): a bytearray, a legacy tensor or storage of a given size, a tensor
-    rebuilt to a size (an expanded view, which loading may copy); text in a codec that grows it."""
+    ``size`` (at least 1 MiB), or text in a codec that grows it."""
     if not isinstance(func, _Global) or not isinstance(args, tuple):
         return
     ints = [a for a in args if type(a) is int] + [
@@ -371,22 +326,23 @@ def _torch_call(func, args, size):
         raise _Refused(f"it calls _codecs.encode with the codec {str(args[1:])[:30]}")
 
 
+_SCAN_VALUES = ("BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "BINUNICODE")
+_SCAN_VALUES += ("SHORT_BINSTRING",)
+_SCAN_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
+
+
 def _scan_torch_pickle(file, size):
     """
-    Follows one pickle of a torch file as torch's weights-only unpickler reads it (its opcodes
-    only: any other ends the scan, torch refuses it) and refuses (:class:`_Refused`) before torch
-    runs it what would make more than the file's ``size`` (at least 1 MiB): calls
-    (:func:`_torch_call`), a storage of more elements (the legacy format allocates it as
-    declared), tuples nested to more items (hashed as dict keys, they would take for ever).
+    Follows one pickle of a torch file through the opcodes of torch's weights-only unpickler (any
+    other ends the scan: torch refuses it) and refuses what would make more than the file's
+    ``size``: calls (:func:`_torch_call`), storages, nested tuples. Returns whether it ended.
     """
     stack, marks, memo, tuples, other = [], [], {}, {}, object()
     limit = max(size, _MIN_LIMIT)
-    constants = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
-    values = {"BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "BINUNICODE", "SHORT_BINSTRING"}
     for op, arg, _ in pickletools.genops(file):
         name = op.name
-        if name in values or name in constants:
-            stack.append(arg if name in values else constants[name])
+        if name in _SCAN_VALUES or name in _SCAN_CONSTANTS:
+            stack.append(arg if name in _SCAN_VALUES else _SCAN_CONSTANTS[name])
         elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
             stack.append(other)
         elif name == "GLOBAL":
@@ -395,15 +351,8 @@ def _scan_torch_pickle(file, size):
             marks.append(len(stack))
         elif name.startswith("TUPLE"):
             at = marks.pop() if name == "TUPLE" else len(stack) - int(name[-1])
-            t = tuple(stack[at:])
+            t = _count_nested(tuples, tuple(stack[at:]), limit, size)
             del stack[at:]
-            n = 1 + sum(tuples.get(id(c), (c, 1))[1] for c in t if type(c) is tuple)
-            if n > limit:
-                raise _Refused(
-                    f"it makes tuples nested to {n} items (hashing them would not end), more "
-                    f"than the file's own {size} bytes"
-                )
-            tuples[id(t)] = (t, n)
             stack.append(t)
         elif name in ("APPENDS", "SETITEMS"):
             del stack[marks.pop() :]
@@ -426,20 +375,15 @@ def _scan_torch_pickle(file, size):
                     "bytes"
                 )
             stack.append(other)
-        elif name == "STOP":
-            return True
         elif name != "PROTO":
-            return False
+            return name == "STOP"
     return False
 
 
 def _scan_torch_file(f):
-    """
-    Refuses (:class:`_Refused`) a file that ``torch.load(weights_only=True)`` would let allocate
-    more than the file's size: zip members declared larger than the file, and what
-    :func:`_scan_torch_pickle` finds in its pickles (``data.pkl`` of a zip file; the pickles of
-    the legacy format). A file torch cannot read is left to torch to say why.
-    """
+    """Refuses (:class:`_Refused`) a file that ``torch.load(weights_only=True)`` would let
+    allocate more than its size: zip members declared larger, or what :func:`_scan_torch_pickle`
+    finds in its pickles. A file torch cannot read is left to torch to say why."""
     start, size = f.tell(), _size_left(f)
     try:
         if f.read(4) == b"PK\x03\x04":  # torch's test for its zip format
@@ -458,7 +402,7 @@ def _scan_torch_file(f):
         else:
             f.seek(start)
             reader = _BoundedReader(f, size)
-            for _ in range(_LEGACY_PICKLES):
+            for _ in range(5):  # magic number, protocol, system info, the object, storage keys
                 if not _scan_torch_pickle(reader, size):
                     break
     except _Refused:
@@ -472,9 +416,11 @@ def read_checkpoint(path):
     """
     Returns the object in a checkpoint file, read as data, never code: a ``.pkl`` with
     :class:`RestrictedUnpickler`, anything else with ``torch.load(weights_only=True)`` after
-    :func:`_scan_torch_file`. Raises :class:`CheckpointError` (one line) naming what the file
-    holds that loading would call or that panet_d2 does not read (other NumPy dtypes, more than
-    the file's size), or why it cannot be read (missing, truncated, not a checkpoint).
+    :func:`_scan_torch_file`.
+
+    Raises:
+        CheckpointError: one line naming what loading would call or what panet_d2 does not read,
+            or why the file cannot be read.
     """
     try:
         with PathManager.open(path, "rb") as f:
@@ -517,15 +463,13 @@ def _names(keys, n=3):
 def _hints(missing, unexpected, model_keys, file_keys):
     """The hints of :data:`_HINTS` that hold: the config keys that would fit the file."""
 
-    def has(keys, part):
-        return any(part in k for k in keys)
+    def holds(where, part):
+        if where == "single":
+            return any(part in k and k.replace(part, ".") in file_keys for k in missing)
+        keys, others = (missing, file_keys) if where == "missing" else (unexpected, model_keys)
+        return any(part in k for k in keys) and not any(part in k for k in others)
 
-    holds = {
-        "missing": lambda p: has(missing, p) and not has(file_keys, p),
-        "unexpected": lambda p: has(unexpected, p) and not has(model_keys, p),
-        "single": lambda p: any(p in k and k.replace(p, ".") in file_keys for k in missing),
-    }
-    return ["the file has " + hint for where, part, hint in _HINTS if holds[where](part)]
+    return ["the file has " + hint for where, part, hint in _HINTS if holds(where, part)]
 
 
 def _class_mismatch(wrong):
@@ -545,14 +489,14 @@ def _class_mismatch(wrong):
 
 class PANetCheckpointer(DetectionCheckpointer):
     """
-    Drop-in replacement of :class:`DetectionCheckpointer` (same constructor and methods). Partial
-    files left by an interrupted save are removed when it is created.
+    Detectron2's :class:`DetectionCheckpointer` (same constructor and methods) that reads files
+    as data, verifies what it loaded and saves atomically; creating it removes the partial files
+    of an interrupted save.
 
     Args:
         warm_start (bool): False (default): every tensor of the model must come from the file
             loaded, and a path must be given. True: a warm start for training (MODEL.WEIGHTS):
-            new layers and other class counts allowed, "" starts from scratch. Resuming
-            (``resume_or_load(..., resume=True)`` with a checkpoint in ``save_dir``) is strict
+            new layers and other class counts allowed, "" starts from scratch. Resuming is strict
             in both cases.
     """
 
@@ -564,13 +508,13 @@ class PANetCheckpointer(DetectionCheckpointer):
         self._loading = None
         if self.save_dir and self.save_to_disk and self.path_manager.isdir(self.save_dir):
             for name in self.path_manager.ls(self.save_dir):
-                if name.endswith(PARTIAL_SUFFIX):
+                if name.endswith(_AtomicFile.SUFFIX):
                     logger.info(f"Removing {name} left by an interrupted save")
                     self.path_manager.rm(os.path.join(self.save_dir, name))
 
     def save(self, name: str, **kwargs) -> None:
-        """fvcore's save, each file written by :meth:`_write`; refuses the weights of a diverged
-        model, and a failed write is one :class:`CheckpointError`."""
+        """fvcore's save, written atomically; refuses the weights of a diverged model, and a
+        failed write is one :class:`CheckpointError`."""
         if not self.save_dir or not self.save_to_disk:
             return
         self._check_finite(name)
@@ -596,29 +540,24 @@ class PANetCheckpointer(DetectionCheckpointer):
             ) from None
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        """fvcore's, written by :meth:`_write`: ``last_checkpoint`` names the old or new file."""
         path = os.path.join(self.save_dir, "last_checkpoint")
         self._write(path, "w", lambda f: f.write(last_filename_basename))
 
     def _write(self, path, mode, write):
-        """Calls ``write(f)`` on ``<path>.partial`` in the same folder, syncs it to the disk and
-        renames it over ``path``; a failure removes it and leaves ``path`` as it was."""
-        tmp = path + PARTIAL_SUFFIX
+        """Calls ``write(f)`` on a partial file renamed (on another iopath storage: copied) over
+        ``path`` once complete; a failure leaves ``path`` as it was."""
+        if "://" not in path:
+            with _AtomicFile(self.path_manager.open, path, mode, {}) as f:
+                write(f)
+            return
+        tmp = path + _AtomicFile.SUFFIX
         try:
             with self.path_manager.open(tmp, mode) as f:
                 write(f)
-                if "://" not in path:  # a local file: its bytes on the disk before the rename
-                    f.flush()
-                    os.fsync(f.fileno())
-            if "://" in path:  # another iopath storage, without a rename over a file
-                self.path_manager.copy(tmp, path, overwrite=True)
-                self.path_manager.rm(tmp)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
+            self.path_manager.copy(tmp, path, overwrite=True)
+        finally:
             if self.path_manager.exists(tmp):
                 self.path_manager.rm(tmp)
-            raise
 
     def _check_finite(self, name):
         """Refuses to save the weights of a diverged model (NaN or inf)."""
@@ -634,8 +573,7 @@ class PANetCheckpointer(DetectionCheckpointer):
             )
 
     def resume_or_load(self, path, *, resume=True):
-        """fvcore's: the last checkpoint of ``save_dir`` when ``resume`` and there is one (every
-        tensor from it), else ``path`` (model only; a warm start if ``warm_start``)."""
+        """fvcore's; resuming from the last checkpoint of ``save_dir`` is never a warm start."""
         if resume and self.has_checkpoint():
             warm_start, self.warm_start = self.warm_start, False
             try:
@@ -667,6 +605,9 @@ class PANetCheckpointer(DetectionCheckpointer):
             return super().load(path, *args, **kwargs)
         finally:
             self._loading = None
+
+    def _refused(self, reason):
+        return CheckpointError(f"Checkpoint {self._loading or 'the checkpoint'!r} {reason}")
 
     def _load_file(self, filename):
         """DetectionCheckpointer's formats, each read by :func:`read_checkpoint`."""
@@ -716,23 +657,28 @@ class PANetCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         """
-        Detectron2's loading between the checks of the values and the fit: before, every tensor
-        that goes into a floating tensor of the model is floating (:meth:`_check_dtypes`); after,
-        :meth:`_check_fit` on its report and no NaN or inf in what was loaded
-        (:meth:`_check_loaded_finite`). A refused file leaves the model as it was. The file's
-        tensor names are noted first: the AFP layers take single-level tensors while loading
-        (the AFP warm start), so the report alone does not show them.
+        Detectron2's loading, then verified: before it, every tensor that goes into a floating
+        tensor of the model is floating; after it, fvcore's report and the file's tensor names
+        fit (:meth:`_check_fit`) and nothing loaded is NaN or inf. A refused file leaves the model
+        as it was.
         """
         state = checkpoint["model"]
-        self._to_tensors(state)
+        for k, v in list(state.items()):  # fvcore's conversion of NumPy arrays, in native order
+            if isinstance(v, np.ndarray):
+                v = v if v.dtype.isnative else v.astype(v.dtype.newbyteorder("="))
+                state[k] = torch.from_numpy(v)
+            elif not isinstance(v, torch.Tensor):
+                raise self._refused(
+                    f"was not loaded: its model state holds a {type(v).__name__} as "
+                    f"{str(k)[:100]!r}, not a tensor or array."
+                )
         if checkpoint.get("matching_heuristics", False):  # another code base's names: ours first
             caffe2 = checkpoint.get("__author__") == "Caffe2"
-            state = align_and_update_state_dicts(
-                self.model.state_dict(), state, c2_conversion=caffe2
-            )
+            model_state = self.model.state_dict()
+            state = align_and_update_state_dicts(model_state, state, c2_conversion=caffe2)
             checkpoint.update(model=state, matching_heuristics=False)  # done: D2 skips it
         consume_prefix_in_state_dict_if_present(state, "module.")  # as fvcore does
-        file_keys = set(state)
+        file_keys = set(state)  # (the AFP layers take single-level tensors while loading)
         targets = self._check_dtypes(state)
         before = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
         incompatible = super()._load_model(checkpoint)
@@ -744,28 +690,10 @@ class PANetCheckpointer(DetectionCheckpointer):
             raise
         return incompatible
 
-    def _to_tensors(self, state):
-        """fvcore's conversion of NumPy arrays (in place; another byte order first made native),
-        refusing in one line a value that is neither a tensor nor an array."""
-        for k, v in list(state.items()):
-            if isinstance(v, np.ndarray):
-                state[k] = torch.from_numpy(
-                    v if v.dtype.isnative else v.astype(v.dtype.newbyteorder("="))
-                )
-            elif not isinstance(v, torch.Tensor):
-                raise CheckpointError(
-                    f"Checkpoint {self._loading or 'the checkpoint'!r} was not loaded: its model "
-                    f"state holds a {type(v).__name__} as {str(k)[:100]!r}, not a tensor or array."
-                )
-
     def _check_dtypes(self, state):
-        """
-        Raises :class:`CheckpointError` naming the first tensor of ``state`` that loading would
-        put into a floating tensor of the model and that is not floating (an integer or bool,
-        which Detectron2 would cast without a word) or not a plain tensor (sparse, meta). Returns
-        the model's tensors that get a value: same name and shape, or, for an AFP layer, the
-        single-level name of a per-level tensor.
-        """
+        """Refuses the first tensor of ``state`` that loading would put into a floating tensor of
+        the model and that is not a plain floating tensor. Returns the model's tensors that get a
+        value: same name and shape, or the per-level tensor of an AFP layer's single-level one."""
         model = self.model.state_dict()
         singles = {}
         for k in model:
@@ -781,54 +709,45 @@ class PANetCheckpointer(DetectionCheckpointer):
             plain = v.layout == torch.strided and v.device.type != "meta"
             if ours.is_floating_point() and not (v.is_floating_point() and plain):
                 found = str(v.dtype) + ("" if plain else f" ({v.layout}, {v.device.type})")
-                raise CheckpointError(
-                    f"Checkpoint {self._loading or 'the checkpoint'!r} was not loaded: its tensor "
-                    f"{k!r} is {found} where the model's is {ours.dtype}: weights are floating "
-                    "point (a file whose weights were cast to integers or bool is damaged; give "
-                    "the float one)."
+                raise self._refused(
+                    f"was not loaded: its tensor {k!r} is {found} where the model's is "
+                    f"{ours.dtype}: weights are floating point (a file whose weights were cast to "
+                    "integers or bool is damaged; give the float one)."
                 )
         return list(targets.values())
 
     def _check_loaded_finite(self, targets):
-        """Raises :class:`CheckpointError` naming the first of the model's tensors ``targets``
-        (those the file loaded) that holds NaN or inf, how many values, how many such tensors."""
+        """Refuses NaN or inf in the model's tensors ``targets`` (those the file loaded)."""
         state, targets = self.model.state_dict(), set(targets)
-        bad = []
-        for k in (k for k in state if k in targets and state[k].is_floating_point()):
-            if torch.isfinite(state[k].sum()):  # NaN and inf carry into a sum (which is fast)
-                continue
-            n = state[k].numel() - int(torch.isfinite(state[k]).sum())
-            if n:  # (not a sum of large values that overflowed)
-                bad.append((k, n, state[k].numel()))
+        floats = [k for k in state if k in targets and state[k].is_floating_point()]
+        bad = [k for k in floats if not state[k].isfinite().all()]
         if bad:
-            k, n, total = bad[0]
-            raise CheckpointError(
-                f"Checkpoint {self._loading or 'the checkpoint'!r} was not loaded: its weights "
-                f"hold NaN or inf: {k} has {n} of {total} values not finite ({len(bad)} "
-                "tensor(s) in all): the weights of a diverged or damaged run; give an earlier "
-                "checkpoint."
+            n, total = int((~state[bad[0]].isfinite()).sum()), state[bad[0]].numel()
+            raise self._refused(
+                f"was not loaded: its weights hold NaN or inf: {bad[0]} has {n} of {total} values "
+                f"not finite ({len(bad)} tensor(s) in all): the weights of a diverged or damaged "
+                "run; give an earlier checkpoint."
             )
 
     def _check_fit(self, incompatible, file_keys):
         """
-        Raises :class:`CheckpointError` when the file (its tensor names ``file_keys``, fvcore's
-        report ``incompatible``) does not make the model: none of its tensors; a tensor of another
-        shape (but the class-dependent predictors of a warm start); without ``warm_start``, any
-        tensor of the model missing.
+        Refuses a file (its tensor names ``file_keys``, fvcore's report ``incompatible``) with
+        none of the model's tensors, or a tensor of another shape (but the class-dependent
+        predictors of a warm start), or, but for a warm start, a tensor of the model missing.
         """
-        path = self._loading or "the checkpoint"
         model_keys = list(self.model.state_dict())
         required = [k for k in model_keys if not k.endswith(NOT_REQUIRED_SUFFIXES)]
         if required and not file_keys.intersection(required):
-            raise CheckpointError(
-                f"Checkpoint {path!r} holds none of the model's {len(required)} tensors (it holds "
-                f"{len(file_keys)} tensor(s): {_names(file_keys) or 'nothing'}): it is not a "
-                "checkpoint of this model."
+            raise self._refused(
+                f"holds none of the model's {len(required)} tensors (it holds {len(file_keys)} "
+                f"tensor(s): {_names(file_keys) or 'nothing'}): it is not a checkpoint of this "
+                "model."
             )
-        wrong = incompatible.incorrect_shapes
-        wrong = [w for w in wrong if not w[0].endswith(NOT_REQUIRED_SUFFIXES)]
-        classes = [w for w in wrong if w[0].startswith(CLASS_DEPENDENT_PREFIXES)]
-        others = [w for w in wrong if not w[0].startswith(CLASS_DEPENDENT_PREFIXES)]
+        wrong = [
+            w for w in incompatible.incorrect_shapes if not w[0].endswith(NOT_REQUIRED_SUFFIXES)
+        ]
+        classes = [w for w in wrong if w[0].startswith(tuple(_CLASS_KEYS))]
+        others = [w for w in wrong if not w[0].startswith(tuple(_CLASS_KEYS))]
         missing = [k for k in required if k not in file_keys]
         hints = _hints(missing, incompatible.unexpected_keys, model_keys, file_keys)
         if others:
@@ -841,23 +760,22 @@ class PANetCheckpointer(DetectionCheckpointer):
                 "MODEL.AFP / MODEL.FF settings)? Only the class-dependent predictors may differ, "
                 "when training"
             )
-            raise CheckpointError(
-                f"Checkpoint {path!r} does not fit the model: {len(others)} tensor(s) have other "
-                f"shapes: {listed}: {advice}."
+            raise self._refused(
+                f"does not fit the model: {len(others)} tensor(s) have other shapes: {listed}: "
+                f"{advice}."
             )
         if self.warm_start:
             return
         if classes:
-            raise CheckpointError(
-                f"Checkpoint {path!r} does not fit the model: {_class_mismatch(classes)} "
-                f"({len(classes)} class-dependent tensor(s) differ: "
-                f"{_names(c[0] for c in classes)}). Only training may start new predictors "
-                "(fine-tuning to other classes)."
+            raise self._refused(
+                f"does not fit the model: {_class_mismatch(classes)} ({len(classes)} "
+                f"class-dependent tensor(s) differ: {_names(c[0] for c in classes)}). Only "
+                "training may start new predictors (fine-tuning to other classes)."
             )
         if missing:
-            raise CheckpointError(
-                f"Checkpoint {path!r} does not fit the model: {len(missing)} of its "
-                f"{len(required)} tensors are not in the file ({_names(missing)})"
-                f"{': ' + '; '.join(hints) if hints else ''}. Give the checkpoint of this model, "
-                "or the config it was trained with."
+            hints = ": " + "; ".join(hints) if hints else ""
+            raise self._refused(
+                f"does not fit the model: {len(missing)} of its {len(required)} tensors are not in "
+                f"the file ({_names(missing)}){hints}. Give the checkpoint of this model, or the "
+                "config it was trained with."
             )

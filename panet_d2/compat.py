@@ -1,9 +1,7 @@
 # -*- coding: utf-8 -*-
-"""
-Every workaround for another library, each a context manager applied by the code path that needs
-it (never on import), naming the upstream issue or version it is for; tests/test_compat.py has a
-test per workaround that fails once upstream no longer needs it.
-"""
+"""Workarounds for other libraries, each a context manager applied by the code path that needs it
+(never on import) that puts everything back; docs/design.md lists them, tests/test_compat.py tests
+each and fails once upstream no longer needs it."""
 
 import contextlib
 import functools
@@ -32,12 +30,8 @@ __all__ = [
 
 @contextlib.contextmanager
 def quiet_jit_script_deprecation():
-    """
-    fvcore 0.1.5.post20221221 (its latest release; ``fvcore.nn.focal_loss``, imported with
-    ``fvcore.nn.weight_init``, so by Detectron2) calls ``torch.jit.script`` at import, which the
-    torch installed here (2.14) reports with a ``FutureWarning``: the block ignores that one
-    warning, so that importing panet_d2 prints nothing. The warning filters are put back after.
-    """
+    """Ignores the one ``FutureWarning`` of torch 2.14 about ``torch.jit.script``, which fvcore
+    0.1.5.post20221221 calls at import (``fvcore.nn.focal_loss``, imported by Detectron2)."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
@@ -46,13 +40,8 @@ def quiet_jit_script_deprecation():
 
 
 class _CityscapesApiAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """
-    Resolves Meta's internal import path of cityscapesscripts that Detectron2's Cityscapes loaders
-    and evaluators use, ``deeplearning.projects.cityscapesApi.cityscapesscripts`` (Detectron2
-    issue #5436), to the installed ``cityscapesscripts`` modules themselves (one module object
-    under both names, so that what Detectron2 sets on them, e.g. the evaluation ``args``, is the
-    package's).
-    """
+    """Resolves ``deeplearning.projects.cityscapesApi.cityscapesscripts`` (Detectron2 issue #5436)
+    to the installed ``cityscapesscripts`` modules themselves (one module object, two names)."""
 
     PREFIX = "deeplearning.projects.cityscapesApi"
 
@@ -75,7 +64,7 @@ class _CityscapesApiAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _meta_path_imports():
-    """Whether Meta's path imports without the alias (a ``deeplearning`` package of its own)."""
+    """Whether Meta's path imports without the alias."""
     module = sys.modules.get("deeplearning")
     if module is not None:
         return not isinstance(getattr(module.__spec__, "loader", None), _CityscapesApiAlias)
@@ -84,12 +73,9 @@ def _meta_path_imports():
 
 @contextlib.contextmanager
 def cityscapes_api_alias():
-    """
-    While the block runs (loading Detectron2's Cityscapes datasets, running its Cityscapes
-    evaluators), Detectron2's import path of cityscapesscripts (Detectron2 issue #5436) resolves
-    to the installed package: a finder on ``sys.meta_path``, removed after (the modules imported
-    through it stay imported, as any import). A no-op where that path imports.
-    """
+    """While the block runs, Detectron2's import path of cityscapesscripts (Detectron2 issue
+    #5436) resolves to the installed package (:class:`_CityscapesApiAlias` on ``sys.meta_path``).
+    A no-op where that path imports."""
     finder = None
     if not _meta_path_imports():
         finder = _CityscapesApiAlias()
@@ -125,13 +111,9 @@ def _write_dict_to_json(d, path, folder=None):
 
 @contextlib.contextmanager
 def cityscapesscripts_fixes(module, json_folder=None):
-    """
-    While one of cityscapesscripts 2.3.0's evaluation ``module`` runs: ``np.in1d`` for it where
-    NumPy has none (NumPy >= 2.4; cityscapesScripts PR #196); with ``json_folder``, its
-    ``writeDict2JSON`` is :func:`_write_dict_to_json` (NumPy >= 2 scalars; the instance
-    evaluation's ``matches.json`` in that folder, not the working directory). Everything is put
-    back after.
-    """
+    """While cityscapesscripts 2.3.0's evaluation ``module`` runs: ``np.in1d`` for it where NumPy
+    has none (NumPy >= 2.4; cityscapesScripts PR #196); with ``json_folder``, its
+    ``writeDict2JSON`` is :func:`_write_dict_to_json` (``matches.json`` in that folder)."""
     saved = {name: getattr(module, name) for name in ("np", "writeDict2JSON")}
     if not hasattr(np, "in1d"):
         module.np = _NumpyWithIn1d("numpy")
@@ -146,14 +128,9 @@ def cityscapesscripts_fixes(module, json_folder=None):
 
 @contextlib.contextmanager
 def fvcore_op_handles(handles):
-    """
-    While the block runs, every fvcore ``FlopCountAnalysis`` (so Detectron2's, and its
-    ``tools/analyze_model.py`` run by tools/run_d2_tool.py) counts the ops of ``handles`` ({op
-    name: handle}): fvcore 0.1.5 has no public registry of op handles, only the private table
-    ``fvcore.nn.flop_count._DEFAULT_SUPPORTED_OPS`` that each analysis starts from. The table is put
-    back after. (In the project's own code, :func:`panet_d2.analysis.flop_count_analysis` sets the
-    handles on its analysis with fvcore's public ``set_op_handle`` instead.)
-    """
+    """While the block runs, every fvcore ``FlopCountAnalysis`` (Detectron2's
+    ``tools/analyze_model.py`` through tools/run_d2_tool.py) counts the ops of ``handles`` ({op
+    name: handle}): fvcore 0.1.5 has no public registry, only ``_DEFAULT_SUPPORTED_OPS``."""
     table = importlib.import_module("fvcore.nn.flop_count")._DEFAULT_SUPPORTED_OPS
     saved = dict(table)
     table.update(handles)
@@ -166,14 +143,9 @@ def fvcore_op_handles(handles):
 
 @contextlib.contextmanager
 def ddp_on_cpu():
-    """
-    Detectron2's ``create_ddp_model`` passes ``device_ids=[local_rank]`` to DistributedDataParallel
-    for every model, which DDP refuses for a CPU model: several processes on CPUs (gloo) fail in
-    DefaultTrainer.__init__ (Detectron2 v0.6 and its main branch). Detectron2 has no hook there,
-    so while the block runs (PANetTrainer's ``super().__init__``) the function that
-    DefaultTrainer.__init__ calls is replaced by one that gives a CPU model ``device_ids=None``; a
-    GPU model goes to Detectron2's function unchanged. Put back after.
-    """
+    """While the block runs, Detectron2's ``create_ddp_model`` (called by DefaultTrainer) gives a
+    CPU model ``device_ids=None``: Detectron2 v0.6 passes ``device_ids=[local_rank]`` for every
+    model, which DistributedDataParallel refuses for a CPU model (gloo)."""
     import detectron2.utils.comm as comm
     from detectron2.engine import defaults  # here: importing compat imports no model code
 
@@ -192,16 +164,14 @@ def ddp_on_cpu():
 
 
 class _AtomicFile:
-    """
-    A file opened for writing as ``<path>.partial`` in the same folder; closing it syncs it to the
-    disk and renames it over ``path`` (``os.replace``). A failure (a write, the last flush, or an
-    exception in its ``with`` block) removes the partial file and leaves ``path`` as it was; an
-    ``OSError`` is raised naming ``path`` (also where torch wrapped its writer's error in a
-    ``RuntimeError``).
-    """
+    """A file written as ``<path>.partial``; closing it syncs it and renames it over ``path``
+    (``os.replace``). A failure removes the partial file, leaves ``path`` as it was and raises an
+    ``OSError`` naming ``path`` (also where torch wrapped its writer's error in a RuntimeError)."""
+
+    SUFFIX = ".partial"
 
     def __init__(self, open_, path, mode, kwargs):
-        self._path, self._partial = path, path + ".partial"
+        self._path, self._partial = path, path + self.SUFFIX
         self._file = open_(self._partial, mode, **kwargs)
         self._error = None  # the first OSError of a write
 
@@ -249,15 +219,9 @@ class _AtomicFile:
 
 @contextlib.contextmanager
 def atomic_output_files():
-    """
-    Detectron2 0.6's evaluators (COCO, LVIS, semantic, panoptic: ``instances_predictions.pth``,
-    ``coco_instances_results.json``, ``sem_seg_predictions.json``, ...) and ``default_setup``
-    (``config.yaml``) write their files in place with ``PathManager.open(path, "w"/"wb")``: a full
-    disk left a truncated file. While the block runs, such an open of a local path returns an
-    :class:`_AtomicFile` (a temporary file renamed over the path when closed, removed on failure,
-    as the project's checkpoints); reading and appending (the log, ``metrics.json``) are
-    unchanged. ``PathManager.open`` is put back after.
-    """
+    """While the block runs, ``PathManager.open(path, "w"/"wb")`` of a local path (Detectron2
+    0.6's evaluators and ``default_setup`` write in place) returns an :class:`_AtomicFile`;
+    reading and appending are unchanged."""
     manager = PathManager
     open_, own = manager.open, "open" in vars(manager)  # own: set on the object (a test's)
 

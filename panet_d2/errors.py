@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
-"""The project's error types (each message one line naming the bad value and what is allowed) and
-:func:`check_choice`; the checks of a run that raise them live in :mod:`panet_d2.engine.checks`."""
+"""The project's error types, each message one line naming the bad value and what is allowed."""
 
 __all__ = [
     "InputError",
@@ -14,10 +13,8 @@ __all__ = [
 
 
 class InputError(Exception):
-    """
-    An error in the inputs of a run (config, dataset, image, checkpoint) whose message says what
-    is wrong and where. ``train_net.py`` and ``demo.py`` print it as one line, without a traceback.
-    """
+    """An error in the inputs of a run (config, dataset, image, checkpoint); ``train_net.py`` and
+    ``demo.py`` print its message as one line, without a traceback."""
 
 
 class ConfigError(InputError, ValueError):
@@ -33,16 +30,12 @@ class ImageLoadError(InputError, OSError):
 
 
 class CheckpointError(InputError, RuntimeError):
-    """A checkpoint that does not exist, cannot be read, does not fit the model, or cannot be
-    saved."""
+    """A checkpoint that does not exist, cannot be read, does not fit the model or be saved."""
 
 
 class TrainingDivergedError(FloatingPointError):
-    """
-    Training diverged (a loss or weight became NaN or inf). A ``FloatingPointError``, as
-    Detectron2 raises it, whose message is one line: the iteration, the loss and the last
-    checkpoint written before it (``last_checkpoint``: its path, or None).
-    """
+    """A loss or weight became NaN or inf (Detectron2's type); ``last_checkpoint``: the path of
+    the last checkpoint written before it, or None."""
 
     def __init__(self, message, last_checkpoint=None):
         super().__init__(message)
@@ -50,10 +43,7 @@ class TrainingDivergedError(FloatingPointError):
 
 
 def check_choice(key, value, allowed):
-    """
-    Returns ``value`` if it is one of ``allowed``; else raises :class:`ConfigError` naming the
-    config key, the bad value and the allowed values.
-    """
+    """Returns ``value`` if it is one of ``allowed``, else raises :class:`ConfigError`."""
     if value not in allowed:
         raise ConfigError(
             "Invalid config value {}={!r}; allowed values are: {}.".format(

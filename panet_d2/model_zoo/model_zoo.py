@@ -1,8 +1,6 @@
 # -*- coding: utf-8 -*-
-"""
-PANet's model zoo: configs by their path relative to ``configs/``, with the functions and
-arguments of :mod:`detectron2.model_zoo` (where the configs are found: docs/design.md).
-"""
+"""PANet's model zoo: configs by their path relative to ``configs/``, with the functions and
+arguments of :mod:`detectron2.model_zoo` (where the configs are found: docs/design.md)."""
 
 import os
 from typing import List, Optional, Union
@@ -17,27 +15,16 @@ from ..checkpoint import PANetCheckpointer
 from ..config import load_config_file
 from ..errors import ConfigError
 
-__all__ = [
-    "get_config_file",
-    "get_config",
-    "get",
-    "get_checkpoint_url",
-    "list_configs",
-    "RELEASE_MODELS",
-]
+__all__ = ["get_config_file", "get_config", "get", "list_configs", "RELEASE_MODELS"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# 1. inside the installed package (a link to or copy of <repo>/configs, made by setup.py)
-_PACKAGE_CONFIG_DIR = os.path.join(_HERE, "configs")
-# 2. <repo>/configs of a source checkout: <repo>/panet_d2/model_zoo/model_zoo.py
+_PACKAGE_CONFIG_DIR = os.path.join(_HERE, "configs")  # made by setup.py
 _SOURCE_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(_HERE)), "configs")
-# a file that only PANet's config tree has (so that e.g. site-packages/configs is never used)
-_MARKER = "Base-PANet.yaml"
-_CONFIG_EXTENSIONS = (".yaml", ".py")  # yacs files and LazyConfig files
+_MARKER = "Base-PANet.yaml"  # only PANet's config tree has it
+_CONFIG_EXTENSIONS = (".yaml", ".py")
 
-# The authors' trained models (github.com/ShuLiu1993/PANet, its README's "Main Results": model,
-# box AP / mask AP on COCO 2017 val, their numbers) and the configs that compute what each computes
-# once converted by tools/convert_panet_release.py.
+# The authors' trained models (their README's "Main Results", COCO 2017 val) and the configs that
+# compute them once converted by tools/convert_panet_release.py.
 RELEASE_MODELS = {
     "COCO-Detection/panet_R_50_FPN_release_1x.yaml": (
         "R-50-PANet, Faster, 1x (box AP 39.8)",
@@ -55,19 +42,15 @@ RELEASE_MODELS = {
 
 
 def _config_dirs() -> List[str]:
-    dirs = []
-    for d in (_PACKAGE_CONFIG_DIR, _SOURCE_CONFIG_DIR):
-        if os.path.isfile(os.path.join(d, _MARKER)) and d not in dirs:
-            dirs.append(d)
-    return dirs
+    dirs = (_PACKAGE_CONFIG_DIR, _SOURCE_CONFIG_DIR)
+    found = [d for d in dirs if os.path.isfile(os.path.join(d, _MARKER))]
+    return list(dict.fromkeys(found))
 
 
 def list_configs() -> List[str]:
     """
     Returns:
-        list[str]: the relative paths of all model-zoo configs, yacs and LazyConfig files (e.g.
-        "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",
-        "new_baselines/panet_R_50_FPN_100ep_LSJ.py"), sorted.
+        list[str]: the sorted relative paths of all model-zoo configs, yacs and LazyConfig files.
     """
     found = set()
     for d in _config_dirs():
@@ -79,9 +62,18 @@ def list_configs() -> List[str]:
     return sorted(found)
 
 
-def _check_config_name(config_path: str) -> str:
-    """``config_path`` if it names a file inside ``configs/`` (a relative path that stays there,
-    ending in .yaml or .py); else a :class:`ConfigError` (a ValueError) naming the allowed form."""
+def get_config_file(config_path: str) -> str:
+    """
+    Returns path to a builtin config file.
+
+    Args:
+        config_path (str): config file name relative to PANet's "configs/" directory, e.g.,
+            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml"; a path out of it is refused.
+
+    Raises:
+        ConfigError: (a ValueError) ``config_path`` is not a path inside ``configs/``.
+        RuntimeError: no such config.
+    """
     rel = os.path.normpath(config_path) if isinstance(config_path, str) and config_path else ""
     if (
         not rel
@@ -95,33 +87,11 @@ def _check_config_name(config_path: str) -> str:
             "list_configs() lists them), not {!r}; load another file with "
             "panet_d2.config.load_config_file(path).".format(config_path)
         )
-    return rel
-
-
-def get_config_file(config_path: str) -> str:
-    """
-    Returns path to a builtin config file.
-
-    Args:
-        config_path (str): config file name relative to PANet's "configs/" directory, e.g.,
-            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml". Only files inside that
-            directory are resolved (as Detectron2's model_zoo resolves only its own configs): an
-            absolute path, or one that leaves it ("../", a link out of it), is refused.
-
-    Returns:
-        str: the real path to the config file.
-
-    Raises:
-        ConfigError: (a ValueError) ``config_path`` is not a path inside ``configs/``.
-        RuntimeError: no such config.
-    """
-    rel = _check_config_name(config_path)
     dirs = _config_dirs()
     for d in dirs:
         cfg_file = os.path.join(d, rel)
         if os.path.isfile(cfg_file):
-            real_dir = os.path.realpath(d)
-            real = os.path.realpath(cfg_file)
+            real_dir, real = os.path.realpath(d), os.path.realpath(cfg_file)
             if os.path.commonpath([real_dir, real]) != real_dir:  # a link out of configs/
                 raise ConfigError(
                     "model_zoo resolves only files inside PANet's configs/ directory: {!r} "
@@ -141,27 +111,25 @@ def get_config_file(config_path: str) -> str:
     )
 
 
-def get_checkpoint_url(config_path: str) -> str:
-    """
-    No trained PANet weights are published by panet_d2: always raises, naming the alternatives
-    (for a release config, the authors' model and its conversion).
-    """
+def _no_trained_weights(config_path: str) -> RuntimeError:
+    """The one-line refusal of ``trained=True``: panet_d2 publishes no trained weights."""
     if config_path in RELEASE_MODELS:
         what, url = RELEASE_MODELS[config_path]
-        raise RuntimeError(
+        return RuntimeError(
             "panet_d2 does not host trained weights for {!r}. The authors' model it computes "
             "({}) is linked from their release's README (github.com/ShuLiu1993/PANet): {} . "
-            "Download it (model_step*.pth), convert it with\n"
-            "    python3 tools/convert_panet_release.py model_step*.pth converted.pth\n"
+            "Download it (model_step*.pth), convert it with "
+            "python3 tools/convert_panet_release.py model_step*.pth converted.pth "
             "and load it with get_config({!r}) and MODEL.WEIGHTS=converted.pth (or "
             "train_net.py / demo.py ... MODEL.WEIGHTS converted.pth).".format(
                 config_path, what, url, config_path
             )
         )
-    raise RuntimeError(
+    return RuntimeError(
         "No trained PANet model is published for {!r}: panet_d2 ships configs only. Train one "
         "with train_net.py and load it with MODEL.WEIGHTS=/path/to/model_final.pth (or "
-        "PANetCheckpointer(model).load(path)); use trained=False for the config's own "
+        "PANetCheckpointer(model).load(path)), or convert the authors' release model with "
+        "tools/convert_panet_release.py; use trained=False for the config's own "
         "MODEL.WEIGHTS (ImageNet-pretrained backbone or from scratch).".format(config_path)
     )
 
@@ -171,23 +139,17 @@ def get_config(config_path: str, trained: bool = False) -> Union[CfgNode, DictCo
     Returns a config object for a model in model zoo.
 
     Args:
-        config_path (str): config file name relative to PANet's "configs/" directory, e.g.,
-            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml" or
-            "new_baselines/panet_R_50_FPN_100ep_LSJ.py".
-        trained (bool): if True, would set MODEL.WEIGHTS (``train.init_checkpoint``) to trained
-            weights; none are published, so it raises (:func:`get_checkpoint_url`: for a release
-            config, how to get and convert the authors' model). If False, the config's weights
-            are kept.
+        config_path (str): config file name relative to PANet's "configs/" directory.
+        trained (bool): True asks for trained weights, which panet_d2 does not publish: a
+            RuntimeError says how to get them (the release configs: the authors' model).
 
     Returns:
-        CfgNode or omegaconf.DictConfig: of a ``.yaml`` file, Detectron2's default config +
-        PANet's keys (:func:`add_panet_config`) + the file; of a ``.py`` file, the LazyConfig
-        (``LazyConfig.load``: Python code, run as it loads, as in Detectron2; only files of
-        ``configs/`` are loaded here, :func:`get_config_file`).
+        CfgNode (a ``.yaml``: Detectron2's defaults + PANet's keys + the file) or
+        omegaconf.DictConfig (a ``.py`` LazyConfig, Python code run as it loads).
     """
     cfg_file = get_config_file(config_path)
     if trained:
-        get_checkpoint_url(config_path)
+        raise _no_trained_weights(config_path)
     return load_config_file(cfg_file)
 
 
@@ -196,22 +158,14 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     Get a model specified by relative path under PANet's ``configs/`` directory.
 
     Args:
-        config_path (str): config file name relative to PANet's "configs/" directory, e.g.,
-            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml".
+        config_path (str): config file name relative to PANet's "configs/" directory.
         trained (bool): see :func:`get_config`.
         device (str or None): overwrite the device in config, if given ("cpu" when None and
             CUDA is not available).
 
     Returns:
-        nn.Module: a PANet model (with the config's MODEL.WEIGHTS, or of a LazyConfig its
-        ``train.init_checkpoint``, loaded as a warm start, as training loads them: "" builds it
-        from scratch, a Detectron2 / ImageNet checkpoint fills what it holds). Will be in
-        training mode.
-
-    Example:
-    ::
-        from panet_d2 import model_zoo
-        model = model_zoo.get("quick_schedules/panet_R_18_synth_instance.yaml", device="cpu")
+        nn.Module: in training mode, with the config's MODEL.WEIGHTS (a LazyConfig's
+        ``train.init_checkpoint``) loaded as a warm start ("" builds it from scratch).
     """
     cfg = get_config(config_path, trained)
     if device is None and not torch.cuda.is_available():
