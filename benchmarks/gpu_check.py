@@ -4,7 +4,7 @@
 The GPU check: every CUDA path of panet_d2 on one GPU, in a few minutes, with one line per check.
 
     bash benchmarks/gpu_check.sh            # on a machine with a GPU (R50, 800 x 1216)
-    python3 benchmarks/gpu_check.py --dry   # the same on the CPU, small (tests/test_gpu_check.py)
+    python3 benchmarks/gpu_check.py --dry   # the same on the CPU, small (tests/tools/)
 
 Checks: the forward and backward of the backbone (FPN + bottom-up path) and of both heads on the
 same RoIs equal the CPU's within float tolerance (TF32 off), which exercises CUDA RoIAlign (one

@@ -38,7 +38,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from benchmarks.bench_model import fixed_proposals  # noqa: E402
 from panet_d2 import add_panet_config  # noqa: E402
-from tests.release_format import FULL, release_shapes  # noqa: E402
+from tests.release.release_format import FULL, release_shapes  # noqa: E402
 
 
 def _tool():

@@ -23,7 +23,7 @@ from detectron2.utils.file_io import PathManager
 from panet_d2.config import MASK_RCNN_OPTS, load_config_file
 from panet_d2.data import register_synthetic_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 
 # ResNet-18 (BasicBlock; its res2 has 64 channels) in place of a config's ResNet-50/101.

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 # Tests import the package from this checkout (also without `pip install -e .`).
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 

@@ -147,7 +147,7 @@ def test_every_workaround_is_listed_in_the_docs():
     names one of them in the file that has it."""
     import re
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
     markers = {}
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "build")]

@@ -9,7 +9,7 @@ No function-level import of the package (one that would dodge a cycle).
 import ast
 import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PACKAGE = os.path.join(ROOT, "panet_d2")
 
 # the top-level part of panet_d2 -> its layer; a module imports from lower layers (and its own

@@ -2,7 +2,7 @@
 # -*- coding: utf-8 -*-
 """
 Record what the authors' PANet release (github:ShuLiu1993/PANet, MIT) computes, as the reference of
-``tests/test_release_parity.py``.
+``tests/release/test_parity.py``.
 
 The release is Detectron.pytorch on PyTorch 0.4 with compiled CUDA / cython extensions; it does not
 build on current PyTorch. This script runs its own module code (``lib/``) on the CPU of current
@@ -863,7 +863,7 @@ checkpoint's `model` has exactly these.
   mask model `mask_prob` (R, 81, 14, 14) (`mask_net` on the same RoIs, sigmoid). Equal outputs
   of the variants (the backbone and RPN) are stored once.
 
-`tests/test_release_parity.py` regenerates the weights, checks their digest, converts them with
+`tests/release/test_parity.py` regenerates the weights, checks their digest, converts them with
 `tools/convert_panet_release.py`, loads them strictly into panet_d2 built from the release
 configs with the matching reduced widths, and compares every output.
 
@@ -877,7 +877,7 @@ weights (`shapes`, `weights_sha256`; regenerated as above), tested at `TEST.SCAL
 (`boxes` (N, 4) as continuous boxes of the same pixels, x2 + 1 and y2 + 1 of the release's
 inclusive boxes; `scores`; `classes`, 0-based without background; `masks`, COCO RLEs at the
 image size, mask model) and the release's 1000 proposals (`proposals`, continuous, in the resized
-image). `tests/test_release_test_path.py` runs panet_d2's `DefaultPredictor` on the converted
+image). `tests/release/test_test_path.py` runs panet_d2's `DefaultPredictor` on the converted
 weights and compares.
 """
 

@@ -2,7 +2,7 @@
 # -*- coding: utf-8 -*-
 """
 Record one training step of the authors' PANet release (github:ShuLiu1993/PANet, MIT) as the
-reference of ``tests/test_release_training.py``; the sibling of ``make_release_fixture.py``, whose
+reference of ``tests/release/test_training.py``; the sibling of ``make_release_fixture.py``, whose
 stand-ins (RoIAlign, NMS, box overlaps, old APIs) it reuses, in its own process only.
 
 It runs the release's own training code on the CPU: its dataset and roidb code

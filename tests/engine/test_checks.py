@@ -1,0 +1,207 @@
+# -*- coding: utf-8 -*-
+"""
+Tests of the checks before a run (panet_d2.engine.checks.check_inputs, used by PANetTrainer and
+train_net.py --eval-only): NUM_CLASSES against the datasets' classes, test-time augmentation
+refused up front for the panoptic model, and the annotation rule on coordinates and RLE sizes.
+Nothing here trains.
+"""
+
+import contextlib
+import io
+import logging
+import os
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+from pycocotools.coco import COCO
+
+pytest.importorskip("detectron2")
+
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.engine import default_argument_parser  # noqa: E402
+
+from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
+from panet_d2.engine.checks import (  # noqa: E402
+    check_num_classes,
+    check_tta,
+    drop_invalid_annotations,
+    drop_invalid_coco_annotations,
+)
+from panet_d2.errors import ConfigError  # noqa: E402
+
+from ..common import ROOT, panet_cfg  # noqa: E402
+
+SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
+PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
+
+
+def _dataset(name, **metadata):
+    """A registered dataset without records or files, with the given metadata."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: [])
+    MetadataCatalog.get(name).set(**metadata)
+    return name
+
+
+# 3 thing classes and 3 stuff classes, in Detectron2's separated panoptic convention
+INSTANCES = _dataset("t_checks_3_things", thing_classes=["a", "b", "c"], evaluator_type="coco")
+PANOPTIC_DATASET = _dataset(
+    "t_checks_panoptic",
+    evaluator_type="coco_panoptic_seg",
+    thing_classes=["a", "b", "c"],
+    thing_dataset_id_to_contiguous_id={1: 0, 2: 1, 3: 2},
+    stuff_classes=["things", "x", "y", "z"],
+    stuff_dataset_id_to_contiguous_id={0: 0, 4: 1, 5: 2, 6: 3},
+)
+
+
+def _main(train_net, tmp_path, config, *opts, eval_only=False):
+    argv = ["--config-file", config] + (["--eval-only"] if eval_only else [])
+    argv += ["OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu"] + [str(o) for o in opts]
+    return train_net.main(default_argument_parser().parse_args(argv))
+
+
+def test_roi_heads_num_classes_against_dataset(train_net, tmp_path):
+    expected = (
+        "MODEL.ROI_HEADS.NUM_CLASSES=2 does not fit dataset 't_checks_3_things' ({}) with 3 thing "
+        "classes: set MODEL.ROI_HEADS.NUM_CLASSES 3."
+    )
+    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", 2, "DATASETS.TEST", "()"]
+    with pytest.raises(ConfigError) as e:  # refused before anything is built
+        _main(train_net, tmp_path, SMOKE, "DATASETS.TRAIN", "('t_checks_3_things',)", *opts)
+    assert str(e.value) == expected.format("DATASETS.TRAIN")
+    assert not os.path.exists(tmp_path / "model_final.pth")
+    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", 2, "DATASETS.TEST", "('t_checks_3_things',)"]
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path, SMOKE, *opts, eval_only=True)
+    assert str(e.value) == expected.format("DATASETS.TEST")
+
+
+def test_sem_seg_head_num_classes_against_dataset(train_net, tmp_path):
+    opts = ["DATASETS.TRAIN", "('t_checks_panoptic',)", "DATASETS.TEST", "()"]
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path, PANOPTIC, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 3, *opts)
+    assert str(e.value) == (
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES=3 does not fit dataset 't_checks_panoptic' "
+        "(DATASETS.TRAIN) with 3 stuff classes + 1 (things): set MODEL.SEM_SEG_HEAD.NUM_CLASSES 4."
+    )
+
+
+@pytest.mark.parametrize(
+    "dataset, things, sem_classes",
+    [
+        ("coco_2017_val", 80, None),
+        ("coco_2017_val_panoptic_separated", 80, 54),
+        ("coco_2017_val_panoptic", 80, 54),  # thing_classes lists all 133 classes there
+        ("cityscapes_fine_panoptic_val", 8, 12),  # 19 trainIds: 8 things, 11 stuff
+        ("cityscapes_fine_instance_seg_val", 8, None),
+    ],
+)
+def test_num_classes_of_detectron2_datasets(dataset, things, sem_classes):
+    # Detectron2's builtin metadata (no files needed): every convention of label ids
+    cfg = panet_cfg("COCO-PanopticSegmentation/Base-Panoptic-PANet.yaml", small=False)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = things
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = sem_classes or 1
+    check_num_classes(cfg, [(dataset, "DATASETS.TEST")])
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = things + 1
+    with pytest.raises(ConfigError, match="MODEL.ROI_HEADS.NUM_CLASSES {}".format(things)):
+        check_num_classes(cfg, [(dataset, "DATASETS.TEST")])
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = things
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 200
+    if sem_classes is not None:
+        with pytest.raises(ConfigError, match="SEM_SEG_HEAD.NUM_CLASSES {}".format(sem_classes)):
+            check_num_classes(cfg, [(dataset, "DATASETS.TEST")])
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"  # an instance model has no semantic head
+    check_num_classes(cfg, [(dataset, "DATASETS.TEST")])
+
+
+def test_panoptic_tta_refused_before_training(train_net, tmp_path):
+    expected = (
+        "TEST.AUG.ENABLED=True: test-time augmentation (Detectron2's GeneralizedRCNNWithTTA) runs "
+        "instance models (GeneralizedRCNN) only, not MODEL.META_ARCHITECTURE='PanopticPANet'. Set "
+        "TEST.AUG.ENABLED False."
+    )
+    opts = ["TEST.AUG.ENABLED", True, "DATASETS.TRAIN", "('t_checks_panoptic',)"]
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path, PANOPTIC, *opts, "DATASETS.TEST", "()")
+    assert str(e.value) == expected
+    with open(tmp_path / "log.txt") as f:
+        assert "Starting training" not in f.read()
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path, PANOPTIC, *opts, "DATASETS.TEST", "()", eval_only=True)
+    assert str(e.value) == expected
+    # also when called directly, before building anything
+    cfg = panet_cfg(
+        "quick_schedules/panoptic_panet_R_18_synth.yaml", opts=["TEST.AUG.ENABLED", True]
+    )
+    with pytest.raises(ConfigError, match="PanopticPANet"):
+        PANetTrainer.test_with_TTA(cfg, model=None)
+    # the instance model is fine
+    check_tta(panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml", opts=opts[:2]))
+
+
+def test_training_mapper_choice():
+    panoptic = panet_cfg("quick_schedules/panoptic_panet_R_18_synth.yaml")
+    instance = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")
+    records = [{"file_name": "a.png", "pan_seg_file_name": "a_panoptic.png"}]
+    assert uses_panoptic_mapper(panoptic, records)
+    assert not uses_panoptic_mapper(instance, records)
+    assert not uses_panoptic_mapper(
+        panoptic, [{"file_name": "a.png", "sem_seg_file_name": "s.png"}]
+    )
+
+
+def test_unusable_coordinates_and_rle_sizes_dropped(caplog):
+    """Coordinates that are not finite or lie beyond 4x the image size, and RLE masks of another
+    size than the image: dropped with the other invalid annotations, alike in training (dataset
+    dicts) and evaluation (pycocotools ground truth), before pycocotools sees them (issue 25)."""
+    nan, inf, poly = float("nan"), float("inf"), [1.0, 1.0, 8.0, 1.0, 8.0, 8.0]
+    rle = mask_util.encode(np.asfortranarray(np.ones((40, 30), dtype=np.uint8)))
+    rle = dict(rle, counts=rle["counts"].decode())
+
+    def anno(i):
+        return dict(id=i, image_id=1, bbox=[0, 0, 10, 10], category_id=1, segmentation=[poly])
+
+    cases = [
+        ("NaN", dict(segmentation=[poly[:3] + [nan] + poly[4:]])),
+        ("1e8", dict(segmentation=[poly, poly[:3] + [1e8] + poly[4:]])),
+        ("inf box", dict(bbox=[0, 0, inf, 10])),
+        ("NaN box", dict(bbox=[nan, 0, 10, 10])),
+        ("integer beyond a float", dict(segmentation=[[10**400] * 6])),
+        ("text", dict(segmentation=[[1, 2, "x", 4, 5, 6]])),
+        ("RLE of another size", dict(segmentation=dict(rle, size=[30, 40]))),
+        ("within 4x", dict(segmentation=[poly[:3] + [-159.0] + poly[4:]])),  # 4 * 40
+        ("RLE of the image's size", dict(segmentation=rle)),
+    ]
+    annos = [dict(anno(i), **change) for i, (_, change) in enumerate(cases)]
+    kept = [a["id"] for a in annos[-2:]]
+    record = dict(file_name="a.jpg", image_id=1, height=40, width=30, annotations=annos)
+    reasons = (
+        "6 with a coordinate not finite or beyond 4x the image size, 1 with an RLE mask of "
+        "another size than its image"
+    )
+    with caplog.at_level(logging.WARNING, logger="panet_d2.engine.checks"):
+        records = drop_invalid_annotations([record], ["t_checks_coco"], "DATASETS.TRAIN", True)
+    assert [a["id"] for a in records[0]["annotations"]] == kept
+    assert f"dropped 7 of 9 annotations ({reasons}); the first: image 1 ('a.jpg')" in caplog.text
+    coco = COCO()
+    coco.dataset = dict(images=[dict(id=1, height=40, width=30, file_name="a.jpg")])
+    coco.dataset.update(annotations=annos, categories=[dict(id=1, name="a")])
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panet_d2.engine.checks"):
+        assert drop_invalid_coco_annotations(coco, "t_checks_coco", masks=True) == 7
+    assert sorted(coco.anns) == kept
+    assert f"dropped 7 of 9 annotations ({reasons}); the first: annotation 0 of image 1" in (
+        caplog.text
+    )
+    for a in coco.anns.values():
+        assert mask_util.decode(coco.annToRLE(a)).shape == (40, 30)
+    # where the image size is unknown, only numbers that are not finite (or not numbers) go
+    del record["height"], record["width"]
+    records = drop_invalid_annotations([record], ["t_checks_coco"], "DATASETS.TRAIN", True)
+    assert [a["id"] for a in records[0]["annotations"]] == [1, 6, 7, 8]

@@ -1,0 +1,480 @@
+# -*- coding: utf-8 -*-
+"""
+tools/convert_panet_release.py and the release configs: a checkpoint in the format of the authors'
+release (github.com/ShuLiu1993/PANet; its key names and shapes from tests/release/release_format.py,
+written from the release's code, not from the converter, and equal to the key lists taken from
+the release's own modules in tests/fixtures/panet_release/) converts into a checkpoint that
+Detectron2's DetectionCheckpointer loads strictly into each release config's model; unknown and
+missing tensors are refused by name; FrozenBN's scale is the release's weight exactly; class rows
+move (background last); a converted model fine-tunes on the generated dataset with another number
+of classes.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import build_model
+
+from panet_d2.errors import CheckpointError, ConfigError
+
+from ..common import ROOT, error_exit, load_script, panet_cfg, random_image
+from ..export.test_torchscript import test_instance_model_scripts_and_traces as scripts_and_traces
+from ..release.release_format import FULL, release_shapes
+
+VARIANTS = ("det", "det_2fc", "mask")
+
+
+tool = load_script("tools/convert_panet_release.py", "convert_panet_release")
+
+# Narrow widths (GN needs multiples of 32; the FF's second conv has half the mask head's channels
+# and GN with 32 groups, as the release's): the same options for the release-format builder and
+# for panet_d2's configs.
+WIDTHS = dict(stem=16, res2=32, bottleneck=8, fpn=32, box_conv=32, fc=64, mask_conv=64, classes=5)
+NARROW = [
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", WIDTHS["stem"],
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", WIDTHS["res2"],
+    "MODEL.RESNETS.WIDTH_PER_GROUP", WIDTHS["bottleneck"],
+    "MODEL.FPN.OUT_CHANNELS", WIDTHS["fpn"],
+    "MODEL.ROI_BOX_HEAD.CONV_DIM", WIDTHS["box_conv"],
+    "MODEL.ROI_BOX_HEAD.FC_DIM", WIDTHS["fc"],
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", WIDTHS["mask_conv"],
+    "MODEL.FF.CONV_DIMS", [WIDTHS["mask_conv"], WIDTHS["mask_conv"] // 2],
+    "MODEL.ROI_HEADS.NUM_CLASSES", WIDTHS["classes"],
+]  # fmt: skip
+OPTS = [str(x) for x in NARROW]  # the same on a command line
+
+
+def release_state(variant, w=WIDTHS, seed=0):
+    """Random tensors of :func:`release_shapes` (AffineChannel2d weights positive, as trained)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, shape in release_shapes(variant, w).items():
+        t = torch.randn(shape, generator=g) * 0.1
+        if ".bn" in k or "downsample.1" in k:
+            t = t.abs() + 0.5 if k.endswith("weight") else t
+        out[k] = t
+    return out
+
+
+def _save_release(path, state, legacy=False):
+    """A file as the release's train_net_step.py saves it (numpy lr in the optimizer state)."""
+    ckpt = {
+        "step": 89999,
+        "train_size": 117264,
+        "batch_size": 16,
+        "model": state,
+        "optimizer": {"state": {}, "param_groups": [{"lr": np.float64(0.0002), "params": [0]}]},
+    }
+    torch.save(ckpt, str(path), _use_new_zipfile_serialization=not legacy)
+
+
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer, keeping what its load found missing, unexpected or misshapen."""
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
+def _model(variant, opts=()):
+    cfg = panet_cfg(tool.RELEASE_CONFIGS[variant], opts=NARROW + list(opts))
+    torch.manual_seed(0)
+    return build_model(cfg), cfg
+
+
+# ------------------------------------------------------------------------------------------------
+def test_release_key_counts_are_the_releases():
+    # the issue's counts for the released R-50 models (240 / 237 / 273 tensors)
+    assert [len(release_shapes(v, FULL)) for v in VARIANTS] == [240, 237, 273]
+    for v in VARIANTS:
+        assert tool.detect_variant(release_shapes(v, FULL)) == v
+
+
+def test_release_format_is_the_releases_key_lists():
+    # the key lists that tools/make_release_fixture.py took from the release's own modules
+    for v in VARIANTS:
+        path = os.path.join(ROOT, "tests", "fixtures", "panet_release", "keys_%s.json" % v)
+        with open(path) as f:
+            tensors = json.load(f)["tensors"]
+        assert {k: tuple(s) for k, s in tensors.items()} == release_shapes(v, FULL)
+
+
+def test_full_size_converts_to_exactly_the_config_models_keys_and_shapes():
+    for v in VARIANTS:
+        state = {k: torch.empty(s) for k, s in release_shapes(v, FULL).items()}
+        converted = tool.convert_release_state_dict(state)
+        tool.check_against_model(converted, tool.build_release_model_state(v))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_converted_checkpoint_loads_strictly(variant, tmp_path, capsys):
+    release = release_state(variant)
+    src, dst = tmp_path / "release.pth", tmp_path / "converted.pth"
+    _save_release(src, release)
+    assert tool.main([str(src), str(dst)] + OPTS) == 0
+    printed = capsys.readouterr().out
+    assert tool.RELEASE_CONFIGS[variant] in printed
+    # its own output given again: already a Detectron2 checkpoint, in one line, nothing written
+    again = tmp_path / "again.pth"
+    line = error_exit(tool.main, [str(dst), str(again)] + OPTS)
+    assert "already a Detectron2 checkpoint" in line and "pass it as MODEL.WEIGHTS" in line
+    assert not again.exists()
+
+    model, _ = _model(variant)
+    checkpointer = _RecordingCheckpointer(model)
+    checkpointer.load(str(dst))
+    incompatible = checkpointer.incompatible
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert not incompatible.incorrect_shapes
+    converted = torch.load(str(dst), weights_only=True)
+    assert converted["matching_heuristics"] is False
+    model.load_state_dict(converted["model"], strict=True)
+
+    sd = model.state_dict()
+    # per-level layers: level l (N2 first) owns rows [l * C, (l + 1) * C) / entry l
+    if variant == "det_2fc":
+        fc1 = sd["roi_heads.box_head.fc1.per_level.weight"]
+        for lv in range(4):
+            assert torch.equal(fc1[lv], release["Box_Head.fc1.%d.0.weight" % lv])
+        gn = sd["roi_heads.box_head.fc1.norm.weight"].view(4, -1)
+        assert torch.equal(gn[2], release["Box_Head.fc1.2.1.weight"])
+        assert torch.equal(sd["roi_heads.box_head.fc2.norm.bias"], release["Box_Head.fc2.1.bias"])
+    else:
+        conv1 = sd["roi_heads.box_head.conv1.per_level.weight"].view(4, WIDTHS["box_conv"], -1)
+        for lv in range(4):
+            assert torch.equal(
+                conv1[lv], release["Box_Head.conv1_head.%d.0.weight" % lv].flatten(1)
+            )
+        assert torch.equal(
+            sd["roi_heads.box_head.conv3.weight"], release["Box_Head.convs.3.weight"]
+        )
+    if variant == "mask":
+        m = sd["roi_heads.mask_head.mask_fcn1.per_level.norm.bias"].view(4, -1)
+        assert torch.equal(m[3], release["Mask_Head.mask_conv1.3.1.bias"])
+        assert torch.equal(
+            sd["roi_heads.mask_head.fc_fusion.conv2.weight"],
+            release["Mask_Head.mask_conv5_fc.0.weight"],
+        )
+        assert torch.equal(
+            sd["roi_heads.mask_head.mask_fcn4.weight"], release["Mask_Head.mask_conv4.0.weight"]
+        )
+    # bottom-up path: module k builds N_{k+3}; its conv keeps its bias before the GN
+    assert torch.equal(
+        sd["backbone.bpa_down3.bias"], release["Conv_Body.panet_buttomup_conv1_modules.0.0.bias"]
+    )
+    assert torch.equal(
+        sd["backbone.bpa_out5.weight"], release["Conv_Body.panet_buttomup_conv2_modules.2.0.weight"]
+    )
+    # FPN: conv_top is res5's lateral, posthoc_modules run from the coarsest level
+    assert torch.equal(sd["backbone.fpn_lateral5.weight"], release["Conv_Body.conv_top.0.weight"])
+    assert torch.equal(
+        sd["backbone.fpn_output2.norm.weight"], release["Conv_Body.posthoc_modules.3.1.weight"]
+    )
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": random_image(64, 96)}])[0]
+    assert "instances" in out
+
+
+def test_frozen_bn_scale_is_the_release_weight_exactly():
+    release = release_state("det")
+    model, _ = _model("det")
+    model.load_state_dict(tool.convert_release_state_dict(release), strict=True)
+    frozen = {n: m for n, m in model.named_modules() if isinstance(m, FrozenBatchNorm2d)}
+    assert len(frozen) == 1 + 16 * 3 + 4  # stem, 3 per bottleneck, 4 shortcuts
+    names = {
+        "backbone.bottom_up.stem.conv1.norm": "Conv_Body.conv_body.res1.bn1",
+        "backbone.bottom_up.res3.0.shortcut.norm": "Conv_Body.conv_body.res3.0.downsample.1",
+        "backbone.bottom_up.res4.5.conv2.norm": "Conv_Body.conv_body.res4.5.bn2",
+    }
+    for ours, theirs in names.items():
+        m = frozen[ours]
+        scale = m.weight * (m.running_var + m.eps).rsqrt()
+        assert torch.equal(scale, release[theirs + ".weight"])
+        assert torch.equal(m.bias - m.running_mean * scale, release[theirs + ".bias"])
+        # the release's AffineChannel2d: x * weight + bias
+        x = torch.randn(2, scale.numel(), 3, 3)
+        affine = x * release[theirs + ".weight"].view(1, -1, 1, 1)
+        affine = affine + release[theirs + ".bias"].view(1, -1, 1, 1)
+        torch.testing.assert_close(m(x), affine, rtol=1e-6, atol=1e-6)
+    for m in frozen.values():
+        assert torch.equal(m.weight * (m.running_var + m.eps).rsqrt(), m.weight)
+
+
+def test_class_rows_background_moves_last():
+    release = release_state("mask")
+    K = WIDTHS["classes"]
+    # release row r is class r (0 = background; 1..K = COCO's sorted category ids)
+    D, M = WIDTHS["fc"], WIDTHS["mask_conv"]
+    release["Box_Outs.cls_score.weight"] = torch.arange(K + 1.0)[:, None].expand(K + 1, D)
+    release["Box_Outs.cls_score.bias"] = torch.arange(K + 1.0)
+    release["Box_Outs.bbox_pred.bias"] = torch.arange(4 * (K + 1.0))  # class r: 4r .. 4r + 3
+    release["Box_Outs.bbox_pred.weight"] = torch.arange(4 * (K + 1.0))[:, None].expand(-1, D)
+    release["Mask_Outs.classify.bias"] = torch.arange(K + 1.0)
+    release["Mask_Outs.classify.weight"] = (
+        torch.arange(K + 1.0).view(-1, 1, 1, 1).expand(-1, M, 1, 1)
+    )
+    out = tool.convert_release_state_dict(release)
+    # Detectron2: class i (0-based) is the release's class i + 1; background is the last row
+    assert out["roi_heads.box_predictor.cls_score.bias"].tolist() == list(range(1, K + 1)) + [0]
+    assert out["roi_heads.box_predictor.cls_score.weight"][:, 0].tolist() == list(
+        range(1, K + 1)
+    ) + [0]
+    deltas = [4 * (i + 1) + j for i in range(K) for j in range(4)]  # class i's dx, dy, dw, dh
+    assert out["roi_heads.box_predictor.bbox_pred.bias"].tolist() == deltas
+    assert out["roi_heads.box_predictor.bbox_pred.weight"][:, 0].tolist() == deltas
+    assert out["roi_heads.mask_head.predictor.bias"].tolist() == list(range(1, K + 1))
+    assert out["roi_heads.mask_head.predictor.weight"][:, 0, 0, 0].tolist() == list(range(1, K + 1))
+    # the model's scores: softmax over the same logits, reordered
+    model, _ = _model("mask")
+    model.load_state_dict(tool.convert_release_state_dict(release_state("mask")), strict=True)
+    x = torch.randn(3, D)
+    ours = model.roi_heads.box_predictor(x)[0].softmax(-1)
+    r = release_state("mask")
+    theirs = (x @ r["Box_Outs.cls_score.weight"].T + r["Box_Outs.cls_score.bias"]).softmax(-1)
+    torch.testing.assert_close(ours, torch.cat([theirs[:, 1:], theirs[:, :1]], 1))
+
+
+@pytest.mark.parametrize(
+    "added,removed",
+    [
+        ("Box_Head.extra_fc.weight", None),  # no such layer in the release
+        ("Conv_Body.conv_body.res2.0.bn1.running_mean", None),  # AffineChannel2d has none
+        (None, "Conv_Body.conv_body.res3.1.bn2.bias"),
+        (None, "Box_Head.conv1_head.2.0.weight"),  # one level of a per-level layer
+        (None, "Mask_Head.mask_fc.0.bias"),
+    ],
+)
+def test_unknown_or_missing_tensor_is_refused_by_name(added, removed, tmp_path, capsys):
+    state = release_state("mask")
+    if added:
+        state[added] = torch.zeros(8)
+    else:
+        del state[removed]
+    named = added or removed
+    with pytest.raises(CheckpointError, match=named.replace(".", r"\.")):
+        tool.convert_release_state_dict(state)
+    src = tmp_path / "release.pth"
+    _save_release(src, state)
+    assert named in error_exit(tool.main, ["--no-model-check", str(src), str(tmp_path / "out.pth")])
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_model_tensor_not_filled_is_refused_by_name():
+    converted = tool.convert_release_state_dict(release_state("det"))
+    model_state = _model("det")[0].state_dict()
+    del converted["backbone.bpa_out4.bias"]
+    with pytest.raises(CheckpointError, match=r"not filled: \['backbone\.bpa_out4\.bias'\]"):
+        tool.check_against_model(converted, model_state)
+    # a config without MODEL.PAFPN.CONV_BIAS has no bias there: the release's biases are refused
+    no_bias = _model("det", ["MODEL.PAFPN.CONV_BIAS", False])[0].state_dict()
+    with pytest.raises(CheckpointError, match=r"the model lacks: \['backbone\.bpa_down3\.bias'"):
+        tool.check_against_model(tool.convert_release_state_dict(release_state("det")), no_bias)
+
+
+def test_reading_release_files(tmp_path):
+    state = release_state("det_2fc")
+    # PyTorch 0.4 wrote the legacy (non-zip) format; numpy scalars in the optimizer are allowed
+    legacy = tmp_path / "legacy.pth"
+    _save_release(legacy, state, legacy=True)
+    loaded = tool.load_release_checkpoint(str(legacy))
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert tool.detect_variant(loaded) == "det_2fc"
+    # a file that needs other globals is not loaded (no code from it runs)
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": state, "extra": logging.Formatter()}, str(bad))
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        tool.load_release_checkpoint(str(bad))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        tool.load_release_checkpoint(str(tmp_path / "nowhere.pth"))
+    plain = tmp_path / "plain.pth"
+    torch.save(state, str(plain))  # a bare state dict, no 'model' entry
+    with pytest.raises(CheckpointError, match="'model'"):
+        tool.load_release_checkpoint(str(plain))
+
+
+def test_detectron2_checkpoints_are_named_as_such(tmp_path):
+    # train_net.py's checkpoints ({'model': ..., 'iteration': ...}) and a bare state dict
+    names = {"backbone.bottom_up.stem.conv1.weight": torch.zeros(2), "roi_heads.x": torch.ones(1)}
+    for i, data in enumerate(({"model": names, "iteration": 99}, names)):
+        path = tmp_path / "model_{}.pth".format(i)
+        torch.save(data, str(path))
+        with pytest.raises(CheckpointError, match="already a Detectron2 checkpoint") as e:
+            tool.load_release_checkpoint(str(path))
+        assert "pass it as MODEL.WEIGHTS" in str(e.value) and "'backbone.bottom_up" in str(e.value)
+
+
+def _run_tool_script(*args):
+    """The tool as a command, with Python's import log (-X importtime) on stderr."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    script = os.path.join(ROOT, "tools", "convert_panet_release.py")
+    cmd = [sys.executable, "-X", "importtime", script] + [str(a) for a in args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_wrong_input_files_are_reported_before_torch_is_imported(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("step: 179999\nmodel: e2e_panet_R-50-FPN_2x_mask\n")
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    cases = {
+        tmp_path / "nowhere.pth": "Release checkpoint '{}' does not exist.",
+        text: "'{}' is a text file (it begins 'step: 179999'): expected a trained model of the "
+        "PANet release",
+        empty: "'{}' is an empty file: expected",
+        tmp_path: "Release checkpoint '{}' is a folder",
+    }
+    for path, expected in cases.items():
+        out = _run_tool_script(path, tmp_path / "out.pth")
+        errors = [line for line in out.stderr.splitlines() if not line.startswith("import time")]
+        assert out.returncode == 2 and len(errors) == 1, out.stderr[-2000:]
+        assert errors[0].startswith("ERROR: " + expected.format(path)), errors[0]
+        imported = [line.split("|")[-1].strip() for line in out.stderr.splitlines()]
+        assert "torch" not in imported and "detectron2" not in imported
+    assert not (tmp_path / "out.pth").exists()
+    # the same lines from main() (a script importing the tool)
+    assert "is a text file" in error_exit(tool.main, [str(text), str(tmp_path / "o.pth")])
+    # a real checkpoint goes on to torch (here: one that is not the release's)
+    plain = tmp_path / "plain.pth"
+    torch.save({"model": {"x": torch.zeros(1)}}, str(plain))
+    out = _run_tool_script(plain, tmp_path / "out.pth")
+    assert out.returncode == 2 and "bottom-up path" in out.stderr.splitlines()[-1]
+    assert "torch" in [line.split("|")[-1].strip() for line in out.stderr.splitlines()]
+
+
+def test_detect_variant_refuses_other_models():
+    with pytest.raises(CheckpointError, match="bottom-up path"):
+        tool.detect_variant({"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)})
+    state = release_state("det_2fc")
+    state.update({k: v for k, v in release_state("mask").items() if k.startswith("Mask_")})
+    with pytest.raises(CheckpointError, match="Unknown PANet release model"):
+        tool.detect_variant(state)
+    with pytest.raises(CheckpointError, match="not 'mask'"):
+        tool.convert_release_state_dict(release_state("det"), "mask")
+
+
+# ------------------------------------------------------------------------------------------------
+# the model options of the release configs
+# ------------------------------------------------------------------------------------------------
+def test_release_configs_compute_what_the_release_computes():
+    for v in VARIANTS:
+        model, cfg = _model(v)
+        assert list(cfg.MODEL.PIXEL_MEAN) == [102.9801, 115.9465, 122.7717]
+        assert list(cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0] and cfg.INPUT.FORMAT == "BGR"
+        assert cfg.MODEL.RESNETS.STRIDE_IN_1X1
+        assert model.backbone.bottom_up.res3[0].conv1.stride == (2, 2)  # stride in the 1x1 conv
+        poolers = [model.roi_heads.box_pooler] + (
+            [model.roi_heads.mask_pooler] if v == "mask" else []
+        )
+        for pooler in poolers:  # Detectron's RoIAlign: no half-pixel offset, 2 x 2 samples a bin
+            assert all(not p.aligned and p.sampling_ratio == 2 for p in pooler.level_poolers)
+        for k in (3, 4, 5):
+            for conv in (
+                getattr(model.backbone, "bpa_down%d" % k),
+                getattr(model.backbone, "bpa_out%d" % k),
+            ):
+                assert conv.bias is not None and isinstance(conv.norm, nn.GroupNorm)
+        assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (1000, 1400)
+        assert cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST == 0.5
+    two_fc = _model("det_2fc")[0].roi_heads.box_head
+    assert isinstance(two_fc.fc1.norm, nn.GroupNorm) and isinstance(two_fc.fc2.norm, nn.GroupNorm)
+    det = panet_cfg(tool.RELEASE_CONFIGS["det"])
+    assert (det.SOLVER.MAX_ITER, tuple(det.SOLVER.STEPS)) == (90000, (60000, 80000))
+    mask = panet_cfg(tool.RELEASE_CONFIGS["mask"])
+    assert (mask.SOLVER.MAX_ITER, tuple(mask.SOLVER.STEPS)) == (180000, (120000, 160000))
+
+
+def test_pafpn_conv_bias_default_keeps_todays_layers():
+    cfg = panet_cfg(opts=["MODEL.PAFPN.NORM", "GN", "MODEL.FPN.OUT_CHANNELS", 32])
+    assert cfg.MODEL.PAFPN.CONV_BIAS is False
+    backbone = build_model(cfg).backbone
+    assert backbone.bpa_down3.bias is None  # a norm follows: no bias (Detectron2's rule)
+    plain = build_model(panet_cfg(opts=["MODEL.FPN.OUT_CHANNELS", 32])).backbone
+    assert plain.bpa_down3.bias is not None  # no norm: a bias, with or without the key
+    bad = panet_cfg(opts=["MODEL.FPN.OUT_CHANNELS", 32])
+    bad.MODEL.PAFPN.CONV_BIAS = "yes"  # (a LazyConfig or a Python caller; yacs refuses a str)
+    with pytest.raises(ConfigError, match="MODEL.PAFPN.CONV_BIAS='yes'"):
+        build_model(bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# fine-tuning from a converted model on the generated dataset with another number of classes
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("single_thread")
+def test_fine_tune_from_converted_model(tmp_path, caplog):
+    from panet_d2.data import register_synthetic_dataset
+    from panet_d2.engine import PANetTrainer
+
+    root = str(tmp_path / "datasets")
+    register_synthetic_dataset(
+        "test_release_synth", root=root, splits={"train": {"num_images": 4, "seed": 1}}
+    )
+    src, dst = tmp_path / "release.pth", tmp_path / "converted.pth"
+    _save_release(src, release_state("mask"))
+    assert tool.main([str(src), str(dst)] + OPTS) == 0
+    cfg = panet_cfg(
+        tool.RELEASE_CONFIGS["mask"],
+        opts=NARROW
+        + [
+            "MODEL.WEIGHTS", str(dst),
+            "MODEL.ROI_HEADS.NUM_CLASSES", 3,
+            "DATASETS.TRAIN", ("test_release_synth_train",),
+            "DATASETS.TEST", (),
+            "INPUT.MIN_SIZE_TRAIN", (96,),
+            "INPUT.MAX_SIZE_TRAIN", 128,
+            "INPUT.MASK_FORMAT", "bitmask",
+            "DATALOADER.NUM_WORKERS", 0,
+            "SOLVER.IMS_PER_BATCH", 2,
+            "SOLVER.BASE_LR", 0.001,
+            "SOLVER.MAX_ITER", 3,
+            "SOLVER.WARMUP_ITERS", 0,
+            "SOLVER.STEPS", (),
+            "SOLVER.CHECKPOINT_PERIOD", 1000,
+            "OUTPUT_DIR", str(tmp_path / "out"),
+        ],
+    )  # fmt: skip
+    trainer = PANetTrainer(cfg)
+    with caplog.at_level(logging.WARNING):
+        trainer.resume_or_load(resume=False)
+    model = trainer.model
+    converted = torch.load(str(dst), weights_only=True)["model"]
+    # every tensor but the class-dependent predictors comes from the converted model
+    for k, v in model.state_dict().items():
+        if k.startswith(("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")):
+            assert v.shape != converted[k].shape, k
+        else:
+            assert torch.equal(v, converted[k]), k
+    log = caplog.text
+    for layer in ("roi_heads.box_predictor.cls_score", "roi_heads.mask_head.predictor"):
+        assert layer in log  # Detectron2 reports the skipped (re-initialised) layers
+    trainer.train()
+    assert trainer.iter == 3
+
+
+def test_command_line_errors(tmp_path, capsys):
+    src = tmp_path / "release.pth"
+    _save_release(src, release_state("det"))
+    out = str(tmp_path / "out.pth")
+    line = error_exit(tool.main, ["--variant", "mask", str(src), out])  # wrong variant
+    assert "is the release's 'det' model, not 'mask'" in line
+    assert "MODEL.NO_SUCH_KEY" in error_exit(tool.main, [str(src), out, "MODEL.NO_SUCH_KEY", "1"])
+    with pytest.raises(SystemExit):  # an option after the config options
+        tool.main([str(src), out] + OPTS + ["--no-model-check"])
+    assert "before the config options" in capsys.readouterr().err
+    assert not os.path.exists(out)
+
+
+def test_release_config_scripts_and_traces():
+    # Detectron2's export (scripting_with_instances, TracingAdapter) of the release's mask model,
+    # Detectron's anchors included, equal to eager (the check of tests/export/test_torchscript.py)
+    scripts_and_traces(tool.RELEASE_CONFIGS["mask"])

@@ -1,0 +1,398 @@
+# -*- coding: utf-8 -*-
+"""
+Tests of demo.py: the pictures it writes for the in-repo photos (small random-weight panoptic
+PANet, saved as a checkpoint: the demo needs weights), images of every mode, a video, a
+LazyConfig, the window-mode message and its error lines.
+"""
+
+import logging
+import os
+import re
+import textwrap
+import types
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("detectron2")
+
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+
+from panet_d2.errors import ImageLoadError  # noqa: E402
+
+from ..common import ROOT, error_exit, load_script  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
+# random weights (a checkpoint written by the `weights` fixture), small test size, few instances
+# to draw: fast
+SMALL = [
+    "MODEL.WEIGHTS",
+    "<written by the weights fixture>",
+    "MODEL.DEVICE",
+    "cpu",
+    "INPUT.MIN_SIZE_TEST",
+    "96",
+    "INPUT.MAX_SIZE_TEST",
+    "160",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "3",
+]
+HEADLESS = "GUI: NONE" in " ".join(cv2.getBuildInformation().split())
+
+# A tiny Mask R-CNN with PANet's backbone (bottom-up path augmentation), built from Detectron2's
+# LazyConfig model of Mask R-CNN FPN.
+LAZY_CONFIG = """
+from detectron2.config import LazyCall as L
+from detectron2.data import transforms as T
+from detectron2.layers import ShapeSpec
+from detectron2.model_zoo import get_config
+from panet_d2.modeling import PAFPN
+
+model = get_config("common/models/mask_rcnn_fpn.py").model
+model.backbone._target_ = PAFPN
+model.backbone.bottom_up.stages.depth = 18
+model.backbone.bottom_up.stages.norm = "BN"
+del model.backbone.bottom_up.stages.stride_in_1x1  # BasicBlock has none
+model.backbone.out_channels = 32
+model.proposal_generator.head.in_channels = 32
+model.roi_heads.num_classes = 3
+model.roi_heads.box_head.input_shape = ShapeSpec(channels=32, height=7, width=7)
+model.roi_heads.box_head.fc_dims = [64, 64]
+model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=64)
+model.roi_heads.box_predictor.test_topk_per_image = 3
+model.roi_heads.mask_head.input_shape = ShapeSpec(channels=32, height=14, width=14)
+model.roi_heads.mask_head.conv_dims = [16, 16]
+train = dict(init_checkpoint="", device="cpu")
+dataloader = dict(test=dict(
+    dataset=dict(names="panet_synth_val"),
+    mapper=dict(augmentations=[L(T.ResizeShortestEdge)(short_edge_length=96, max_size=160)]),
+))
+"""
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_script("demo.py", "panet_demo")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def weights(tmp_path_factory):
+    """A checkpoint of a freshly built model of PANOPTIC, the MODEL.WEIGHTS of SMALL."""
+    from detectron2.modeling import build_model
+
+    from ..common import panet_cfg
+
+    torch.manual_seed(0)
+    model = build_model(panet_cfg(PANOPTIC))
+    path = str(tmp_path_factory.mktemp("demo_weights") / "random_panoptic.pth")
+    torch.save({"model": model.state_dict()}, path)
+    SMALL[1] = path
+    return path
+
+
+@pytest.fixture(scope="module")
+def photos(shared_data):
+    folder = os.path.join(shared_data, "demo_images")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".jpg"))
+    assert len(names) >= 2, folder
+    return folder, names
+
+
+def run_demo(demo, *args, config=PANOPTIC, opts=SMALL):
+    return demo.main(["--config-file", config, *args, "--opts", *opts])
+
+
+def error_line(demo, *args, **kwargs):
+    """The one line `main` exits with (what the command line prints to stderr)."""
+    return error_exit(run_demo, demo, *args, **kwargs)
+
+
+def image_size(path):
+    return cv2.imread(path).shape  # fails on a file that is not an image
+
+
+def test_photos_folder_to_folder(demo, photos, tmp_path):
+    folder, names = photos
+    written = run_demo(demo, "--input", folder + os.sep, "--output", str(tmp_path / "vis"))
+    assert [os.path.basename(p) for p in written] == names
+    for name, out in zip(names, written):
+        source = cv2.imread(os.path.join(folder, name))
+        picture = cv2.imread(out)
+        assert picture.shape == source.shape, name
+        assert np.abs(picture.astype(int) - source).mean() > 1, name  # something is drawn
+    # the project's loggers are set up with Detectron2's
+    assert logging.getLogger("panet_d2").handlers and logging.getLogger("detectron2").handlers
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_says_what_it_found_per_image(demo, photos, tmp_path):
+    # per image, as Detectron2's demo: the instances found and the panoptic segments; the
+    # checkpoint's path (never an empty one: "Loading from  ...")
+    folder, names = photos
+    records = _Records()
+    loggers = [logging.getLogger(n) for n in ("panet_d2", "detectron2", "fvcore")]
+    for logger in loggers:
+        logger.addHandler(records)
+    try:
+        run_demo(demo, "--input", folder, "--output", str(tmp_path / "vis"))
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+    args = demo.get_parser().parse_args(["--config-file", PANOPTIC, "--opts", *SMALL])
+    predictor = demo.build_predictor(args)
+    for name in names:
+        path = os.path.join(folder, name)
+        outputs = predictor(demo.read_bgr(path))
+        segments = outputs["panoptic_seg"][1]
+        things = len([s for s in segments if s["isthing"]])
+        expected = (
+            "{}: detected {} instances, {} panoptic segments ({} things, {} stuff) in".format(
+                path, len(outputs["instances"]), len(segments), things, len(segments) - things
+            )
+        )
+        assert [m for m in records.messages if m.startswith(expected)], (expected, records.messages)
+    assert not [m for m in records.messages if re.search(r"Loading from\s+\.\.\.", m)]
+    assert [m for m in records.messages if "Loading from {} ...".format(SMALL[1]) in m]
+
+
+def test_glob_and_file_name_output(demo, photos, tmp_path):
+    folder, names = photos
+    pattern = os.path.join(folder, "img[12].jpg")
+    written = run_demo(demo, "--input", pattern, "--output", str(tmp_path / "out"))
+    assert [os.path.basename(p) for p in written] == ["img1.jpg", "img2.jpg"]
+    one = str(tmp_path / "new" / "one.png")  # a file name: its folder is created
+    assert run_demo(demo, "--input", os.path.join(folder, names[0]), "--output", one) == [one]
+    assert image_size(one) == cv2.imread(os.path.join(folder, names[0])).shape
+
+
+def _mode_images(folder):
+    """Images of several PIL modes; returns {name: expected RGB array}."""
+    rng = np.random.RandomState(0)
+    expected = {}
+    gray16 = (np.linspace(0, 65535, 72 * 96).reshape(72, 96)).astype(np.uint16)
+    cv2.imwrite(os.path.join(folder, "gray16.png"), gray16)  # PIL mode "I;16"
+    expected["gray16.png"] = np.repeat(np.round(gray16 / 257.0).astype(np.uint8)[..., None], 3, 2)
+    palette = Image.fromarray(rng.randint(0, 4, (64, 80)).astype(np.uint8), mode="P")
+    palette.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 200, 200, 200] + [0] * 756)
+    palette.save(os.path.join(folder, "palette.png"))
+    expected["palette.png"] = np.asarray(palette.convert("RGB"))
+    rgba = rng.randint(0, 256, (64, 80, 4)).astype(np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(os.path.join(folder, "rgba.png"))
+    expected["rgba.png"] = rgba[..., :3]
+    gray = rng.randint(0, 256, (64, 80)).astype(np.uint8)
+    Image.fromarray(gray, mode="L").save(os.path.join(folder, "gray8.png"))
+    expected["gray8.png"] = np.repeat(gray[..., None], 3, 2)
+    # stored 100 wide x 60 high, left half red; EXIF orientation 6: shown 60 x 100, red on top
+    stored = np.zeros((60, 100, 3), np.uint8)
+    stored[:, :50] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(os.path.join(folder, "exif6.jpg"), exif=exif, quality=95)
+    expected["exif6.jpg"] = np.rot90(stored, k=-1)  # 90 degrees clockwise
+    return expected
+
+
+def test_images_of_every_mode(demo, tmp_path):
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    expected = _mode_images(str(folder))
+    for name, rgb in expected.items():
+        image = demo.read_bgr(str(folder / name))
+        assert image.dtype == np.uint8 and image.shape == rgb.shape, name
+        diff = np.abs(image[..., ::-1].astype(int) - rgb)
+        assert diff.mean() < 3 if name.endswith(".jpg") else diff.max() <= 1, name  # JPEG: lossy
+    assert demo.read_bgr(str(folder / "gray16.png")).mean() < 200  # not clipped to white
+    written = run_demo(demo, "--input", str(folder), "--output", str(tmp_path / "vis"))
+    assert sorted(os.path.basename(p) for p in written) == sorted(expected)
+    for out in written:
+        assert image_size(out) == expected[os.path.basename(out)].shape, out
+
+
+def test_32_bit_images_are_refused(demo, tmp_path):
+    path = str(tmp_path / "int32.tif")
+    Image.fromarray(np.arange(64 * 80, dtype=np.int32).reshape(64, 80)).save(path)
+    with pytest.raises(ImageLoadError, match=r"int32\.tif.*mode 'I'"):
+        demo.read_bgr(path)
+
+
+def test_video(demo, tmp_path):
+    source = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(source, cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (112, 80))
+    rng = np.random.RandomState(0)
+    for _ in range(3):
+        writer.write(rng.randint(0, 256, (80, 112, 3)).astype(np.uint8))
+    writer.release()
+    written = run_demo(demo, "--video-input", source, "--output", str(tmp_path / "vis"))
+    assert written == [str(tmp_path / "vis" / "clip.mp4")]
+    video = cv2.VideoCapture(written[0])
+    frames = 0
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        assert frame.shape == (80, 112, 3)
+        frames += 1
+    video.release()
+    assert frames == 3
+
+
+def test_lazy_config(demo, photos, tmp_path):
+    config = tmp_path / "tiny_panet_lazy.py"
+    config.write_text(textwrap.dedent(LAZY_CONFIG))
+    torch.manual_seed(0)
+    model = instantiate(LazyConfig.load(str(config)).model)
+    checkpoint = str(tmp_path / "tiny.pth")
+    torch.save({"model": model.state_dict()}, checkpoint)
+    args = demo.get_parser().parse_args(
+        ["--config-file", str(config), "--opts", "train.init_checkpoint=" + checkpoint]
+    )
+    predictor = demo.build_predictor(args)
+    loaded = predictor.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items())
+    assert predictor.model.roi_heads.box_predictor.test_score_thresh == 0.5
+    folder, names = photos
+    image = os.path.join(folder, names[0])
+    out = str(tmp_path / "lazy.jpg")
+    opts = ["train.init_checkpoint=" + checkpoint]
+    assert run_demo(demo, "--input", image, "--output", out, config=str(config), opts=opts) == [out]
+    assert image_size(out) == cv2.imread(image).shape
+    missing = str(tmp_path / "missing_lazy.pth")
+    msg = error_line(
+        demo,
+        "--input",
+        image,
+        "--output",
+        out,
+        config=str(config),
+        opts=["train.init_checkpoint=" + missing],
+    )
+    assert "missing_lazy.pth" in msg and "does not exist" in msg
+
+
+def test_panoptic_ids_in_the_dataset_convention(demo):
+    """Output in the "separated" convention is drawn with a shared-id-space dataset's names."""
+    meta = MetadataCatalog.get("test_demo_shared_id_space")
+    names = ["sky", "grass", "road", "car", "bus"]  # contiguous ids: stuff 0..2, things 3, 4
+    meta.set(
+        thing_classes=names,
+        stuff_classes=names,
+        thing_dataset_id_to_contiguous_id={10: 3, 11: 4},
+        stuff_dataset_id_to_contiguous_id={1: 0, 2: 1, 3: 2},
+    )
+    seg = torch.zeros((48, 64), dtype=torch.int32)
+    seg[:24], seg[24:, :32], seg[24:, 32:] = 1, 2, 3
+    segments = [
+        {"id": 1, "category_id": 1, "isthing": True, "score": 0.9},  # thing 1 = bus
+        {"id": 2, "category_id": 2, "isthing": False},  # stuff 2 = grass
+        {"id": 3, "category_id": 0, "isthing": True, "score": 0.8},
+    ]  # thing 0 = car
+
+    class Recorder:
+        def draw_panoptic_seg_predictions(self, frame, panoptic_seg, segments_info):
+            self.segments_info = segments_info
+            return types.SimpleNamespace(get_image=lambda: frame)
+
+    recorder = Recorder()
+    rgb = np.full((48, 64, 3), 128, np.uint8)
+    demo.draw(rgb, {"panoptic_seg": (seg, segments)}, meta, recorder)
+    assert [s["category_id"] for s in recorder.segments_info] == [4, 1, 3]
+    picture = demo.draw(rgb, {"panoptic_seg": (seg, segments)}, meta)  # Detectron2's Visualizer
+    assert picture.shape == (48, 64, 3) and not np.all(picture == 128)
+
+
+@pytest.mark.skipif(not HEADLESS, reason="OpenCV has GUI support here: a window would open")
+def test_window_mode_message(demo, photos):
+    """No --output (or --webcam) with headless OpenCV: one line saying what to do, at once."""
+    folder, names = photos
+    for args in (["--input", os.path.join(folder, names[0])], ["--webcam"]):
+        msg = error_line(demo, *args)
+        assert "--output" in msg and "opencv-python" in msg, msg
+
+
+def test_error_lines(demo, photos, tmp_path):
+    folder, names = photos
+    image, out = os.path.join(folder, names[0]), str(tmp_path / "o")
+    msg = error_line(demo, "--input", str(tmp_path / "no_such.jpg"), "--output", out)
+    assert "no_such.jpg" in msg
+    msg = error_line(demo, "--input", str(tmp_path / "*.png"), "--output", out)
+    assert "*.png" in msg
+    msg = error_line(demo, "--input", image, "--output", out, config=str(tmp_path / "nope.yaml"))
+    assert "nope.yaml" in msg and "does not exist" in msg
+    msg = error_line(
+        demo,
+        "--input",
+        image,
+        "--output",
+        out,
+        opts=SMALL + ["MODEL.WEIGHTS", str(tmp_path / "nope.pth")],
+    )
+    assert "nope.pth" in msg and "MODEL.WEIGHTS" in msg and "does not exist" in msg
+    msg = error_line(demo, "--video-input", str(tmp_path / "nope.mp4"), "--output", out)
+    assert "nope.mp4" in msg
+    msg = error_line(demo, "--input", image, "--output", out, opts=SMALL + ["MODEL.NO_KEY", "1"])
+    assert "MODEL.NO_KEY" in msg and "panoptic_panet_R_18_synth.yaml" in msg
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    msg = error_line(demo, "--input", str(broken), "--output", out)
+    assert "Cannot read input image" in msg and "broken.jpg" in msg
+    assert "Nothing to do" in error_line(demo, "--output", out)
+
+
+def test_weights_and_inputs_errors_issue_17(demo, photos, tmp_path, capsys):
+    """No weights, a truncated checkpoint, a LazyConfig syntax error: one line each; an unreadable
+    image among readable ones: reported, the others drawn, exit code 2 at the end."""
+    folder, names = photos
+    image, out = os.path.join(folder, names[0]), str(tmp_path / "o")
+    msg = error_line(demo, "--input", image, "--output", out, opts=SMALL + ["MODEL.WEIGHTS", ""])
+    assert (
+        msg == "ERROR: MODEL.WEIGHTS is empty: the demo shows a trained model; give its checkpoint."
+    )
+    truncated = tmp_path / "truncated.pth"
+    with open(SMALL[1], "rb") as f:
+        truncated.write_bytes(f.read()[:4096])
+    msg = error_line(
+        demo, "--input", image, "--output", out, opts=SMALL + ["MODEL.WEIGHTS", str(truncated)]
+    )
+    assert msg.startswith("ERROR: Cannot read checkpoint {!r}: ".format(str(truncated)))
+    config = tmp_path / "broken_lazy.py"
+    config.write_text("from detectron2.config import LazyCall as L\nmodel = dict(\ntrain = 1\n")
+    msg = error_line(demo, "--input", image, "--output", out, config=str(config), opts=[])
+    assert msg.startswith("ERROR: Config file {}:2: SyntaxError: ".format(config)), msg
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a_broken.jpg").write_bytes(b"not a jpeg")
+    for name in names[:2]:
+        with open(os.path.join(folder, name), "rb") as f:
+            (mixed / name).write_bytes(f.read())
+    capsys.readouterr()
+    msg = error_line(demo, "--input", str(mixed), "--output", out)
+    assert msg.startswith("ERROR: 1 of 3 input images could not be read (the others were shown)")
+    assert "a_broken.jpg" in msg
+    printed = [line for line in capsys.readouterr().err.splitlines() if "a_broken.jpg" in line]
+    assert printed[-1] == msg  # the last line: the summary (exit code 2)
+    assert len(printed) == 2 and printed[0].startswith("ERROR: Cannot read input image")
+    assert sorted(os.listdir(out)) == sorted(names[:2])  # the readable ones, after the broken one
+
+
+def test_exit_codes_as_documented(demo, tmp_path):
+    """demo.py's docstring names the exit code it exits with (2, the table of
+    docs/reliability.md; an unreadable image: test_weights_and_inputs_errors_issue_17)."""
+    doc = " ".join(demo.__doc__.split())
+    assert set(re.findall(r"exit(?:s with| code) (\d+)", doc)) == {"2"}
+    with pytest.raises(SystemExit) as e:
+        run_demo(demo, "--output", str(tmp_path))  # nothing to do: an input error
+    assert e.value.code == 2
