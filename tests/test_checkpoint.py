@@ -500,3 +500,68 @@ def test_files_without_a_model_state_dict(tmp_path):
         "Checkpoint {!r} was not loaded: its model state holds a str as 'backbone.x', not a "
         "tensor or array.".format(path)
     )
+
+
+# -------------------------------------------------------------------------------------------------
+# A full disk while a checkpoint is saved
+# -------------------------------------------------------------------------------------------------
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _FullDiskFile:
+    """A file whose buffered bytes do not fit on the disk: ``close`` fails with ENOSPC."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._f.close()
+        _no_space()
+
+
+@pytest.mark.parametrize("where", ["write", "close", "tag"])
+def test_full_disk_while_saving(tmp_path, monkeypatch, where):
+    model = torch.nn.Linear(3, 2)
+    checkpointer = PANetCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_final")
+    before = {n: (tmp_path / n).read_bytes() for n in ("model_final.pth", "last_checkpoint")}
+    torch.nn.init.constant_(model.weight, 1.0)
+    if where == "write":  # fails after some bytes were written
+
+        def save(obj, f):
+            f.write(b"partial bytes")
+            _no_space()
+
+        monkeypatch.setattr(torch, "save", save)
+    else:
+        open_ = PathManager.open
+        target = "model_final.pth" if where == "close" else "last_checkpoint"
+
+        def open_full(path, mode="r", **kwargs):
+            f = open_(path, mode, **kwargs)
+            return _FullDiskFile(f) if "w" in mode and target in path else f
+
+        monkeypatch.setattr(PathManager, "open", open_full)
+    with pytest.raises(CheckpointError) as e:
+        checkpointer.save("model_final")
+    expected = "Cannot save checkpoint {!r}: No space left on device (the previous checkpoint is "
+    expected += "intact: last_checkpoint names 'model_final.pth')."
+    assert str(e.value) == expected.format(str(tmp_path / "model_final.pth"))
+    monkeypatch.undo()
+    after = {n: (tmp_path / n).read_bytes() for n in before}
+    if where == "tag":  # the checkpoint was saved; its tag still names the same file
+        assert after["last_checkpoint"] == before["last_checkpoint"]
+    else:
+        assert after == before
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]  # no partial
+    PANetCheckpointer(torch.nn.Linear(3, 2), str(tmp_path)).load(str(tmp_path / "model_final.pth"))
