@@ -23,7 +23,7 @@ command's environment), so the config is read as the project's entry points read
   file you trust, by its path (``--config-file``); a syntax error in it (or in a file it
   imports) is one line "ERROR: Config file <file>:<line>: SyntaxError: ...";
 * a LazyConfig ``.yaml`` file (e.g. a run's saved ``config.yaml``) is data: read with
-  ``yaml.safe_load`` where Detectron2 uses ``yaml.unsafe_load``; a Python tag or a YAML alias is
+  ``yaml.safe_load`` where Detectron2 uses PyYAML's unsafe loader; a Python tag or a YAML alias is
   refused in one line naming the file, before anything runs
   (``panet_d2.config.lazyconfig_files_as_data``).
 """
