@@ -107,11 +107,19 @@ def sequences_as_slices(onnx_model) -> int:
     return changed
 
 
-def quantize_onnx(onnx_path: str, output_path: str, calibration_inputs, input_names):
+def quantize_onnx(
+    onnx_path: str,
+    output_path: str,
+    calibration_inputs,
+    input_names,
+    op_types=INT8_OP_TYPES,
+    excluded_prefixes=INT8_EXCLUDED_PREFIXES,
+):
     """
     int8 post-training quantisation of an ONNX model by ONNX Runtime's static quantiser: QDQ
     format, per-channel int8 weights, uint8 activations (MinMax ranges over the calibration
-    inputs), ops :data:`INT8_OP_TYPES` except those under :data:`INT8_EXCLUDED_PREFIXES`.
+    inputs), the ops of ``op_types`` except those whose names start with ``excluded_prefixes``
+    (default: :data:`INT8_OP_TYPES`, :data:`INT8_EXCLUDED_PREFIXES`).
 
     Args:
         calibration_inputs (list[tuple[ndarray]]): the model's inputs for each calibration image.
@@ -137,14 +145,14 @@ def quantize_onnx(onnx_path: str, output_path: str, calibration_inputs, input_na
     excluded = [
         n.name
         for n in model.graph.node
-        if n.op_type in INT8_OP_TYPES and n.name.startswith(INT8_EXCLUDED_PREFIXES)
+        if n.op_type in op_types and n.name.startswith(tuple(excluded_prefixes))
     ]
     quantize_static(
         onnx_path,
         output_path,
         Reader(),
         quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=list(INT8_OP_TYPES),
+        op_types_to_quantize=list(op_types),
         nodes_to_exclude=excluded,
         per_channel=True,
         activation_type=QuantType.QUInt8,
