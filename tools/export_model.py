@@ -18,8 +18,12 @@ CUDA is absent):
     python3 tools/export_model.py --config-file configs/quick_schedules/panet_R_18_synth_lazy.py \\
         --export-method scripting --output ./output train.init_checkpoint=model_final.pth
 
-Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torchscript_IR``) or
-``model.onnx`` (opset ``panet_d2.export.ONNX_OPSET_VERSION``). What the exported model computes:
+Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torchscript_IR``),
+``model.onnx`` (opset ``panet_d2.export.ONNX_OPSET_VERSION``) or, with ``--format openvino``,
+``model.onnx`` and the OpenVINO IR ``model.xml`` / ``model.bin`` (``--precision fp32``, ``bf16``:
+OpenVINO's inference precision hint, ``int8``: ``model.int8.onnx`` quantised by ONNX Runtime on
+``--calibration-count`` images of ``--calibration-dataset``; tools/openvino_backend.py, which also
+runs the IR without torch). What the exported model computes:
 see ``panet_d2/export.py``. ``--run-eval`` evaluates the exported model on cfg.DATASETS.TEST[0]
 with the project's evaluator of that dataset (of a LazyConfig: ``dataloader.evaluator`` on
 ``dataloader.test``).
