@@ -17,7 +17,8 @@ EXTRAS="cityscapes,export,dev"
 # what each command imports (import names); "test" also needs the extras (tests and lint)
 RUNTIME_MODULES="torch torchvision detectron2 panopticapi fvcore iopath pycocotools cv2 numpy PIL"
 RUNTIME_MODULES="$RUNTIME_MODULES yaml tqdm matplotlib psutil pkg_resources"
-TEST_MODULES="$RUNTIME_MODULES pytest cityscapesscripts shapely onnx onnxruntime black isort flake8"
+TEST_MODULES="$RUNTIME_MODULES pytest cityscapesscripts shapely onnx onnxruntime openvino"
+TEST_MODULES="$TEST_MODULES black isort flake8"
 MIN_PYTHON="3.10"
 
 SETUP_DIR="$VENV/.setup"  # one marker per set-up step (its key inside) and each step's log

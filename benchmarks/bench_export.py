@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 """
-CPU latency of one model eager, exported to TorchScript (tracing, scripting) and to ONNX (run in
-ONNX Runtime), side by side in one process: PANet R50 (``panet_R_50_FPN_1x.yaml``) by default, on
-one HxW image (800 x 1216 by default).
+CPU latency of one model eager (float32, and bfloat16 under ``torch.autocast``), exported to
+TorchScript (tracing, scripting), to ONNX (run in ONNX Runtime) and to OpenVINO (float32, bfloat16
+by the inference precision hint, int8 by ONNX Runtime's quantiser), side by side in one process:
+PANet R50 (``panet_R_50_FPN_1x.yaml``) by default, on one HxW image (800 x 1216 by default).
 
 Every backend computes the same thing, what ``panet_d2.export`` exports for an instance model: the
 raw detections of ``model.inference(inputs, do_postprocess=False)``. Two loads (``--load``):
@@ -19,14 +20,21 @@ raw detections of ``model.inference(inputs, do_postprocess=False)``. Two loads (
 
 Runs are alternated (backend after backend, --repeats rounds, after two warm-up runs each:
 TorchScript optimises a graph on its first calls); the table gives the median, min and max
-seconds and the ratio of the medians to eager. A line checks that the backends agree.
+seconds, the ratio of the medians to eager, the effective GFLOP/s (the model's fvcore count, a
+multiply-add counted once, over the median) and its share of the machine's peak in the backend's
+precision: float32, bfloat16 and int8 matrix products (2048^3, torch.mm / torch._int_mm) measured
+by this script on the same threads. Accuracy: the detections of eager float32 that each backend
+also has (same class, box IoU >= 0.95), on the benchmark image and on the in-repo COCO images
+(assets/coco_panoptic_sample, resized as the test loader resizes: the accuracy gate; int8 is
+calibrated on those images flipped left-right).
 
-    python3 benchmarks/bench_export.py --load fixed --repeats 5 --threads 2
     python3 benchmarks/bench_export.py --load default --repeats 5 --threads 2
+    python3 benchmarks/bench_export.py --load fixed --repeats 5 --threads 2
     python3 benchmarks/bench_export.py --height 256 --width 384 --repeats 2 \\
         --opts MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.RES2_OUT_CHANNELS 64      # a quick check
 
-Random weights; no checkpoint is downloaded. ONNX needs ``pip install -e ".[export]"``.
+Random weights (fixed seed); no checkpoint is downloaded. ONNX Runtime and OpenVINO need
+``pip install -e ".[export]"``.
 """
 
 import argparse
@@ -46,7 +54,35 @@ from detectron2.modeling import build_model  # noqa: E402
 from panet_d2 import add_panet_config, export  # noqa: E402
 from panet_d2.model_zoo import get_config_file  # noqa: E402
 
-BACKENDS = ("eager", "torchscript-tracing", "torchscript-scripting", "onnxruntime")
+sys.path.insert(
+    1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+)
+
+BACKENDS = (
+    "eager",
+    "eager-bf16",
+    "torchscript-tracing",
+    "torchscript-scripting",
+    "onnxruntime",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "openvino-int8-fc",
+)
+# the precision of each backend's matrix products (the peak it is compared with)
+# (openvino-int8-fc: the box head's fully connected layers quantised too)
+PRECISION = {
+    "eager-bf16": "bf16",
+    "openvino-bf16": "bf16",
+    "openvino-int8": "int8",
+    "openvino-int8-fc": "int8",
+}
+COCO_IMAGES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "assets",
+    "coco_panoptic_sample",
+    "images",
+)
 
 
 def build(args):
@@ -82,34 +118,200 @@ def count_candidates(model, image):
     return int((scores > predictor.test_score_thresh).sum()), scores.numel()
 
 
+def gate_images(model):
+    """The in-repo COCO images (BGR, 0..255) resized as the test loader resizes them (shortest
+    edge 800, longest at most 1333), as (3, H, W) float tensors."""
+    import detectron2.data.transforms as T
+    from detectron2.data.detection_utils import read_image
+
+    resize = T.ResizeShortestEdge(800, 1333)
+    images = []
+    for name in sorted(os.listdir(COCO_IMAGES)):
+        original = read_image(os.path.join(COCO_IMAGES, name), format="BGR")
+        image = resize.get_transform(original).apply_image(original)
+        images.append(torch.as_tensor(image.astype("float32").transpose(2, 0, 1)))
+    return images
+
+
+def openvino_runners(model, inputs, backends, threads, tmpdir, onnx_path):
+    """name -> function(image) -> (boxes, classes) for the OpenVINO backends."""
+    import openvino_backend
+
+    out = {}
+    xmls = {"fp32": openvino_backend.convert_onnx(onnx_path, os.path.join(tmpdir, "model.xml"))}
+    xmls["bf16"] = xmls["fp32"]
+    # calibration: the in-repo COCO images flipped left-right (not the gate's own inputs)
+    calibration = [(im.flip(-1).numpy(),) for im in gate_images(model)]
+    for precision, op_types in [("int8", ("Conv",)), ("int8-fc", ("Conv", "Gemm"))]:
+        if "openvino-" + precision in backends:
+            quantised = openvino_backend.quantize_onnx(
+                onnx_path,
+                os.path.join(tmpdir, "model.{}.onnx".format(precision)),
+                calibration,
+                ["image"],
+                op_types=op_types,
+                excluded_prefixes=(),
+            )
+            xml = os.path.join(tmpdir, "model.{}.xml".format(precision))
+            xmls[precision] = openvino_backend.convert_onnx(quantised, xml)
+    for name in [b for b in backends if b.startswith("openvino-")]:
+        precision = name[len("openvino-") :]
+        compiled = openvino_backend.OpenVinoModel(xmls[precision], precision[:4], threads)
+
+        def run(image, compiled=compiled):
+            outputs = dict(zip(compiled.output_names, compiled(image.numpy())))
+            return torch.from_numpy(outputs["pred_boxes"]), torch.from_numpy(
+                outputs["pred_classes"]
+            )
+
+        out[name] = run
+    return out
+
+
 def runners(model, image, backends, threads, tmpdir):
-    """name -> function running the backend on ``image``, returning its boxes (R, 4)."""
+    """name -> function(image) running the backend, returning its (boxes (R, 4), classes (R,))."""
     inputs = export.sample_inputs(model, image)
     out = {}
-    if "eager" in backends:
 
-        def eager():
-            return model.inference([{"image": image}], do_postprocess=False)[0].pred_boxes.tensor
+    def eager(img):
+        result = model.inference([{"image": img}], do_postprocess=False)[0]
+        return result.pred_boxes.tensor, result.pred_classes
 
-        out["eager"] = eager
+    out["eager"] = eager
+    if "eager-bf16" in backends:
+
+        def eager_bf16(img):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return eager(img)
+
+        out["eager-bf16"] = eager_bf16
     if "torchscript-tracing" in backends:
         traced, schema = export.trace_model(model, inputs)
-        out["torchscript-tracing"] = lambda: traced(*inputs)[0]  # pred_boxes: the first field
+        out["torchscript-tracing"] = lambda img: traced(img)[:2]  # pred_boxes, pred_classes
     if "torchscript-scripting" in backends:
         scripted = export.script_model(model)
-        out["torchscript-scripting"] = lambda: scripted([{"image": image}])[0]["pred_boxes"]
+
+        def scripting(img):
+            result = scripted([{"image": img}])[0]
+            return result["pred_boxes"], result["pred_classes"]
+
+        out["torchscript-scripting"] = scripting
+    onnx_path = os.path.join(tmpdir, "model.onnx")
+    if any(b == "onnxruntime" or b.startswith("openvino-") for b in backends):
+        export.export_onnx(model, inputs, onnx_path)
     if "onnxruntime" in backends:
         import onnxruntime
 
-        path = os.path.join(tmpdir, "model.onnx")
-        export.export_onnx(model, inputs, path)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        feed = {"image": image.numpy()}
-        out["onnxruntime"] = lambda: torch.from_numpy(session.run(["pred_boxes"], feed)[0])
-    return out
+        session = onnxruntime.InferenceSession(
+            onnx_path, options, providers=["CPUExecutionProvider"]
+        )
+
+        def ort(img):
+            boxes, classes = session.run(["pred_boxes", "pred_classes"], {"image": img.numpy()})
+            return torch.from_numpy(boxes), torch.from_numpy(classes)
+
+        out["onnxruntime"] = ort
+    out.update(openvino_runners(model, inputs, backends, threads, tmpdir, onnx_path))
+    return {name: out[name] for name in backends}
+
+
+def matched(expected, got, threshold=0.95):
+    """(matched, total): detections (boxes, classes) of ``expected`` that ``got`` has, of the
+    same class with box IoU >= ``threshold``."""
+    from detectron2.structures import Boxes, pairwise_iou
+
+    if len(expected[0]) == 0:
+        return 0, 0
+    if len(got[0]) == 0:
+        return 0, len(expected[0])
+    iou = pairwise_iou(Boxes(expected[0].float()), Boxes(got[0].float()))
+    same = expected[1][:, None] == got[1][None].to(expected[1].dtype)
+    return int(((iou >= threshold) & same).any(1).sum()), len(expected[0])
+
+
+def measure_peaks(threads, n=2048, repeats=5):
+    """GFLOP/s (a multiply-add counted once, as fvcore counts the model) of an n x n x n matrix
+    product in float32, bfloat16 (torch.mm) and int8 (torch._int_mm, int32 sums): the best of
+    ``repeats`` after one warm-up, on ``threads`` threads."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    a8 = torch.randint(-128, 128, (n, n), generator=g, dtype=torch.int8)
+    b8 = torch.randint(-128, 128, (n, n), generator=g, dtype=torch.int8)
+    products = {
+        "fp32": lambda: torch.mm(a, b),
+        "bf16": lambda x=a.bfloat16(), y=b.bfloat16(): torch.mm(x, y),
+        "int8": lambda: torch._int_mm(a8, b8),
+    }
+    peaks = {}
+    for precision, product in products.items():
+        product()
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - t)
+        peaks[precision] = n**3 / best / 1e9
+    return peaks
+
+
+def model_gflops(model, image):
+    """fvcore's count (panet_d2's handles; a multiply-add once) of the eager inference, GFLOPs."""
+    from panet_d2.analysis import flop_count_analysis
+
+    fca = flop_count_analysis(model, [{"image": image}])
+    fca.unsupported_ops_warnings(False)
+    fca.uncalled_modules_warnings(False)
+    return fca.total() / 1e9
+
+
+def time_backends(runs, image, repeats):
+    """Two warm-up runs each, then ``repeats`` rounds alternating the backends: name -> seconds."""
+    for run in runs.values():
+        run(image)
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():  # alternated: each sees the same machine state
+            t = time.perf_counter()
+            run(image)
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def print_table(args, times, outputs, gate, gflops, peaks):
+    print(
+        "| backend | median s | min s | max s | median / eager | GFLOP/s | share of its peak "
+        "| bench image: boxes, matched | COCO gate: matched |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    base = statistics.median(times["eager"])
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        precision = PRECISION.get(name, "fp32")
+        effective = gflops / median
+        m, n = matched(outputs["eager"], outputs[name])
+        gm, gn = (sum(x) for x in zip(*gate[name]))
+        print(
+            "| {} | {:.3f} | {:.3f} | {:.3f} | {:.2f} | {:.1f} | {:.0%} of {} | {}, {}/{} "
+            "| {}/{} ({:.1%}) |".format(
+                name,
+                median,
+                min(ts),
+                max(ts),
+                median / base,
+                effective,
+                effective / peaks[precision],
+                precision,
+                len(outputs[name][0]),
+                m,
+                n,
+                gm,
+                gn,
+                gm / max(gn, 1),
+            )
+        )
 
 
 def main():
@@ -124,6 +326,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument(
+        "--flops", type=float, default=None, help="the model's GFLOPs (skip the count)"
+    )
     parser.add_argument("--opts", nargs="*", default=[], help="config changes: KEY VALUE pairs")
     args = parser.parse_args()
     if args.backends[0] != "eager":
@@ -132,19 +337,19 @@ def main():
     model = build(args)
     image = torch.rand(3, args.height, args.width, generator=torch.Generator().manual_seed(0))
     image = image * 255
+    peaks = measure_peaks(args.threads)
     with tempfile.TemporaryDirectory() as tmpdir, torch.no_grad():
         candidates, total = count_candidates(model, image)
+        gflops = args.flops or model_gflops(model, image)
         runs = runners(model, image, args.backends, args.threads, tmpdir)
-        boxes = {name: run() for name, run in runs.items()}  # warm-up 1, and the outputs
-        for run in runs.values():  # warm-up 2
-            run()
-        times = {name: [] for name in runs}
-        for _ in range(args.repeats):
-            for name, run in runs.items():  # alternated: each sees the same machine state
-                t = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t)
-
+        outputs = {name: run(image) for name, run in runs.items()}  # warm-up 1, and the outputs
+        gate_inputs = gate_images(model)
+        gate_outputs = {name: [run(im) for im in gate_inputs] for name, run in runs.items()}
+        times = time_backends(runs, image, args.repeats)
+    gate = {
+        name: [matched(e, g) for e, g in zip(gate_outputs["eager"], outs)]
+        for name, outs in gate_outputs.items()
+    }
     print(
         "## bench_export.py: {}, {} x {}, CPU, {} threads, {} runs, torch {}".format(
             args.config, args.height, args.width, args.threads, args.repeats, torch.__version__
@@ -156,25 +361,19 @@ def main():
     print("load {}: {}; {} of {} candidates reach NMS".format(args.load, load, candidates, total))
     if args.opts:
         print("config changes: {}".format(" ".join(args.opts)))
-    print("| backend | median s | min s | max s | median / eager |")
-    print("|---|---|---|---|---|")
-    base = statistics.median(times["eager"])
-    for name, ts in times.items():
-        median = statistics.median(ts)
-        print(
-            "| {} | {:.3f} | {:.3f} | {:.3f} | {:.2f} |".format(
-                name, median, min(ts), max(ts), median / base
-            )
+    print(
+        "model: {:.1f} GFLOPs (fvcore, a multiply-add once); measured peak, {} threads, GFLOP/s: "
+        "{}".format(
+            gflops, args.threads, ", ".join("{} {:.1f}".format(k, v) for k, v in peaks.items())
         )
-    ref = boxes["eager"]
-    agree = ", ".join(
-        "{}: {} boxes, max |diff| {:.2g} px".format(
-            name, len(b), (b - ref).abs().max().item() if b.shape == ref.shape else float("nan")
-        )
-        for name, b in boxes.items()
-        if name != "eager"
     )
-    print("eager: {} boxes; {}".format(len(ref), agree))
+    print_table(args, times, outputs, gate, gflops, peaks)
+    print(
+        "matched: eager's detections that the backend has (same class, box IoU >= 0.95); COCO "
+        "gate: the {} in-repo COCO images, resized as the test loader resizes".format(
+            len(gate_inputs)
+        )
+    )
 
 
 if __name__ == "__main__":

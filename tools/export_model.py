@@ -18,8 +18,12 @@ CUDA is absent):
     python3 tools/export_model.py --config-file configs/quick_schedules/panet_R_18_synth_lazy.py \\
         --export-method scripting --output ./output train.init_checkpoint=model_final.pth
 
-Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torchscript_IR``) or
-``model.onnx`` (opset ``panet_d2.export.ONNX_OPSET_VERSION``). What the exported model computes:
+Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torchscript_IR``),
+``model.onnx`` (opset ``panet_d2.export.ONNX_OPSET_VERSION``) or, with ``--format openvino``,
+``model.onnx`` and the OpenVINO IR ``model.xml`` / ``model.bin`` (``--precision fp32``, ``bf16``:
+OpenVINO's inference precision hint, ``int8``: ``model.int8.onnx`` quantised by ONNX Runtime on
+``--calibration-count`` images of ``--calibration-dataset``; tools/openvino_backend.py, which also
+runs the IR without torch). What the exported model computes:
 see ``panet_d2/export.py``. ``--run-eval`` evaluates the exported model on cfg.DATASETS.TEST[0]
 with the project's evaluator of that dataset (of a LazyConfig: ``dataloader.evaluator`` on
 ``dataloader.test``).
@@ -29,6 +33,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # tools/openvino_backend.py
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 import argparse
@@ -51,6 +56,8 @@ from panet_d2.data.image_io import read_image
 from panet_d2.engine import load_config, one_line_errors
 from panet_d2.errors import ConfigError
 
+from openvino_backend import PRECISIONS  # noqa: E402  isort: skip  (tools/, torch-free)
+
 logger = setup_logger(name="panet_d2.export_model")
 
 
@@ -63,6 +70,8 @@ def tracer_warnings_counted():
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", torch.jit.TracerWarning)
+        # torch 2.14 warns that torch.jit.script is deprecated; Detectron2's export calls it
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
         yield
     tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     for w in caught:
@@ -79,7 +88,31 @@ def get_parser():
     parser = argparse.ArgumentParser(description="Export a panet_d2 model for deployment.")
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
     parser.add_argument(
-        "--format", choices=["torchscript", "onnx"], default="torchscript", help="output format"
+        "--format",
+        choices=["torchscript", "onnx", "openvino"],
+        default="torchscript",
+        help="output format (openvino: the ONNX graph as OpenVINO IR, run on the CPU)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="openvino: float32, bfloat16 (inference precision hint) or int8 (post-training "
+        "quantisation of the convolutions, calibrated on --calibration-dataset)",
+    )
+    parser.add_argument(
+        "--calibration-dataset",
+        default=None,
+        metavar="NAME",
+        help="int8: the registered dataset whose images calibrate (default: the first training "
+        "dataset of the config)",
+    )
+    parser.add_argument(
+        "--calibration-count",
+        type=int,
+        default=16,
+        metavar="N",
+        help="int8: the number of calibration images",
     )
     parser.add_argument(
         "--export-method",
@@ -136,15 +169,110 @@ def get_sample_input(cfg, args):
     return {"image": image, "height": original.shape[0], "width": original.shape[1]}
 
 
+OUTPUT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx", "openvino": "model.xml"}
+
+
+def check_args(args):
+    """Refuse, in one line and before anything loads, the combinations the tool cannot export."""
+    if args.export_method == "scripting" and args.format != "torchscript":
+        raise ConfigError("--export-method scripting exports to --format torchscript only")
+    if args.precision != "fp32" and args.format != "openvino":
+        raise ConfigError(
+            "--precision {} needs --format openvino (TorchScript and ONNX Runtime exports are "
+            "float32)".format(args.precision)
+        )
+    if args.precision != "int8" and args.calibration_dataset is not None:
+        raise ConfigError("--calibration-dataset calibrates --precision int8 only")
+    if args.calibration_count < 1:
+        raise ConfigError("--calibration-count must be at least 1")
+
+
+def calibration_inputs(cfg, args, model):
+    """The exported model's inputs (NumPy arrays) of the first ``--calibration-count`` images of
+    ``--calibration-dataset`` (default: the config's first training dataset), resized as the
+    test loader resizes."""
+    lazy = not isinstance(cfg, CfgNode)
+    if lazy:
+        name = args.calibration_dataset or cfg.dataloader.train.dataset.names
+        names = [name] if isinstance(name, str) else list(name)
+        loader_cfg = cfg.dataloader.test.copy()
+        loader_cfg.dataset.names = names[0]
+        loader = instantiate(loader_cfg)
+    else:
+        name = args.calibration_dataset or cfg.DATASETS.TRAIN[0]
+        loader = build_detection_test_loader(cfg, name)
+    out = []
+    for batch in loader:
+        d = batch[0]
+        inputs = export.sample_inputs(model, d["image"], d.get("height"), d.get("width"))
+        out.append(tuple(x.numpy() for x in inputs))
+        if len(out) == args.calibration_count:
+            break
+    logger.info("int8: {} calibration images of {}".format(len(out), name))
+    return out
+
+
+def write_openvino(cfg, args, model, sample, onnx_path):
+    """Writes model.onnx (float32; with int8 also model.int8.onnx, quantised) and the OpenVINO IR
+    model.xml / model.bin converted from it; returns the schema of the outputs."""
+    import openvino_backend
+
+    schema = export.export_onnx(model, sample, onnx_path)
+    if args.precision == "int8":
+        quantised = os.path.join(args.output, "model.int8.onnx")
+        inputs = calibration_inputs(cfg, args, model)
+        names = ["image", "height", "width"][: len(sample)]
+        onnx_path = openvino_backend.quantize_onnx(onnx_path, quantised, inputs, names)
+    openvino_backend.convert_onnx(onnx_path, os.path.join(args.output, "model.xml"))
+    logger.info("OpenVINO IR of {} ({})".format(onnx_path, args.precision))
+    return schema
+
+
+def export_traced(cfg, args, model, path):
+    """Tracing-based exports (TorchScript, ONNX, OpenVINO): writes the model; returns
+    ``run(image, height, width)`` giving its outputs rebuilt by their schema."""
+    sample = get_sample_input(cfg, args)
+    sample = export.sample_inputs(model, sample["image"], sample["height"], sample["width"])
+    with tracer_warnings_counted():
+        if args.format == "torchscript":
+            exported, schema = export.trace_model(model, sample)
+            run_flat = exported
+            with PathManager.open(path, "wb") as f:
+                torch.jit.save(exported, f)
+            dump_torchscript_IR(exported, args.output)
+        elif args.format == "onnx":
+            schema = export.export_onnx(model, sample, path)
+            run_flat = None  # an ONNX Runtime session, made on first use
+        else:
+            schema = write_openvino(cfg, args, model, sample, path[: -len(".xml")] + ".onnx")
+            run_flat = None  # compiled on first use
+    logger.info("Outputs schema: {}".format(schema))
+
+    def run(image, height, width):
+        nonlocal run_flat
+        if run_flat is None and args.format == "onnx":
+            run_flat = export.OnnxRuntimeModel(path, None)
+        elif run_flat is None:
+            from openvino_backend import OpenVinoModel
+
+            compiled = OpenVinoModel(path, args.precision, torch.get_num_threads())
+            run_flat = lambda *xs: [torch.from_numpy(o) for o in compiled(*xs)]  # noqa: E731
+        return schema(run_flat(*export.sample_inputs(model, image, height, width)))
+
+    return run
+
+
 def export_model(cfg, args, model):
     """Writes the exported model; returns a function ``inputs -> outputs`` running it as the eager
     model runs (for --run-eval)."""
     PathManager.mkdirs(args.output)
-    path = os.path.join(args.output, "model.ts" if args.format == "torchscript" else "model.onnx")
+    path = os.path.join(args.output, OUTPUT_FILES[args.format])
     if args.export_method == "scripting":
-        if args.format != "torchscript":
-            raise ConfigError("--export-method scripting exports to --format torchscript only")
+        check_args(args)
         exported = export.script_model(model)
+        with PathManager.open(path, "wb") as f:
+            torch.jit.save(exported, f)
+        dump_torchscript_IR(exported, args.output)
 
         def run(image, height, width):
             inputs = {"image": image}
@@ -153,27 +281,7 @@ def export_model(cfg, args, model):
             return exported([inputs])[0]
 
     else:
-        sample = get_sample_input(cfg, args)
-        sample = export.sample_inputs(model, sample["image"], sample["height"], sample["width"])
-        with tracer_warnings_counted():
-            if args.format == "torchscript":
-                exported, schema = export.trace_model(model, sample)
-                run_flat = exported
-            else:
-                schema = export.export_onnx(model, sample, path)
-                run_flat = None  # an ONNX Runtime session, made on first use
-        logger.info("Outputs schema: {}".format(schema))
-
-        def run(image, height, width):
-            nonlocal run_flat
-            if run_flat is None:
-                run_flat = export.OnnxRuntimeModel(path, None)
-            return schema(run_flat(*export.sample_inputs(model, image, height, width)))
-
-    if args.format == "torchscript":
-        with PathManager.open(path, "wb") as f:
-            torch.jit.save(exported, f)
-        dump_torchscript_IR(exported, args.output)
+        run = export_traced(cfg, args, model, path)
     logger.info("Wrote {}".format(path))
 
     def inference(batched_inputs):
@@ -220,8 +328,7 @@ def main(argv=None):
     for name in ("fvcore", "detectron2", "panet_d2"):
         setup_logger(name=name)
     logger.info("Command line arguments: " + str(args))
-    if args.export_method == "scripting" and args.format != "torchscript":  # before any loading
-        raise ConfigError("--export-method scripting exports to --format torchscript only")
+    check_args(args)  # before any loading
     cfg = setup_cfg(args)
 
     if isinstance(cfg, CfgNode):
