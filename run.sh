@@ -497,7 +497,7 @@ run_tests() {
   local rc t0=$SECONDS lint_rc=0 a default=tests
   say "[test] lint: isort, black -l 100, flake8 (settings in setup.cfg)"
   "$PY" -m isort --check-only --diff --extend-skip .venv . || lint_rc=1
-  "$PY" -m black --check -l 100 --extend-exclude '/\.venv/' . || lint_rc=1
+  "$PY" -m black --check -l 100 --extend-exclude '(/\.venv/|\.ipynb$)' . || lint_rc=1
   "$PY" -m flake8 --extend-exclude .venv . || lint_rc=1
   if [ "$lint_rc" -ne 0 ]; then
     die "lint failed (fix with: $PY_SHOWN -m isort . && $PY_SHOWN -m black -l 100 . && $PY_SHOWN -m flake8)"
