@@ -22,7 +22,6 @@ __all__ = [
     "quiet_jit_script_deprecation",
     "cityscapes_api_alias",
     "cityscapesscripts_fixes",
-    "fvcore_op_handles",
     "ddp_on_cpu",
     "atomic_output_files",
 ]
@@ -124,21 +123,6 @@ def cityscapesscripts_fixes(module, json_folder=None):
     finally:
         for name, value in saved.items():
             setattr(module, name, value)
-
-
-@contextlib.contextmanager
-def fvcore_op_handles(handles):
-    """While the block runs, every fvcore ``FlopCountAnalysis`` (Detectron2's
-    ``tools/analyze_model.py`` through tools/run_d2_tool.py) counts the ops of ``handles`` ({op
-    name: handle}): fvcore 0.1.5 has no public registry, only ``_DEFAULT_SUPPORTED_OPS``."""
-    table = importlib.import_module("fvcore.nn.flop_count")._DEFAULT_SUPPORTED_OPS
-    saved = dict(table)
-    table.update(handles)
-    try:
-        yield
-    finally:
-        table.clear()
-        table.update(saved)
 
 
 @contextlib.contextmanager
