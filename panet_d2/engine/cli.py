@@ -51,8 +51,7 @@ def clean_error_message(e):
 
 
 def os_error_cause(e, errnos=None):
-    """The first ``OSError`` (with an errno of ``errnos``, if given) that ``e`` is or was raised
-    from (its ``__cause__`` / ``__context__`` chain, e.g. torch.save's RuntimeError), else None."""
+    """The first OSError (errno in ``errnos``, if given) in ``e``'s chain of causes, else None."""
     for _ in range(8):  # the chain of causes and contexts, not a cycle
         if isinstance(e, OSError) and (errnos is None or e.errno in errnos):
             return e
