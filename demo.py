@@ -38,9 +38,10 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
 from panet_d2 import PANetCheckpointer  # registers its models and datasets
+from panet_d2.config import load_config_file
 from panet_d2.data import PanopticLabelSpace
 from panet_d2.data.image_io import read_image
-from panet_d2.engine import load_config, one_line_errors
+from panet_d2.engine import adapt_config_to_machine, one_line_errors
 from panet_d2.errors import CheckpointError, ImageLoadError, InputError
 
 logger = logging.getLogger("panet_d2.demo")
@@ -109,7 +110,8 @@ def _check_weights(path, key):
 def build_predictor(args):
     """A DefaultPredictor (yacs config) or LazyPredictor (LazyConfig) for the parsed arguments."""
     score = args.confidence_threshold
-    cfg, notes = load_config(args.config_file, args.opts)
+    cfg = load_config_file(args.config_file, args.opts)
+    notes = adapt_config_to_machine(cfg)
     for note in notes:
         logger.warning(note)
     if isinstance(cfg, CfgNode):

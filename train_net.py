@@ -22,12 +22,15 @@ full disk, 130 Ctrl-C (the table: docs/reliability.md).
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
 import shlex
 import signal
+import socket
 import sys
+import time
 
 import torch.multiprocessing as mp
 
@@ -38,41 +41,141 @@ from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer  # registers the models and datasets
 from panet_d2.compat import atomic_output_files
-from panet_d2.engine import PANetTrainer
-from panet_d2.engine import load_config as panet_load_config
-from panet_d2.engine import one_line_errors
+from panet_d2.config import load_config_file
+from panet_d2.engine import PANetTrainer, adapt_config_to_machine, one_line_errors
 from panet_d2.engine.checks import check_config, check_inputs, check_output_dir
-from panet_d2.engine.cli import EXIT_INTERRUPTED, output_dir_lock, quiet_log_file_errors
 from panet_d2.engine.resume import check_last_checkpoint
 from panet_d2.engine.trainer import TrainingInterrupted
+from panet_d2.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (Windows: no lock)
+    fcntl = None
+
+logger = logging.getLogger("panet_d2")
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2)
+LOCK_FILE = "panet_d2_run.lock"  # in OUTPUT_DIR (output_dir_lock)
 
 
 class Trainer(PANetTrainer):
     """The trainer of this script; override its methods here to customise an experiment."""
 
 
-def load_config(args):
+def checked_config(args):
     """
     The config of the command line (frozen) and the notes of ``adapt_config_to_machine``; its
     files (``_BASE_`` included), keys and OUTPUT_DIR checked, with a :class:`ConfigError` naming
     the file or key.
     """
-    cfg, notes = panet_load_config(args.config_file, args.opts, lazy=False)
+    cfg = load_config_file(args.config_file, args.opts, lazy=False)
+    notes = adapt_config_to_machine(cfg)
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
     return cfg, notes
 
 
 def setup(args, loaded=None):
-    """The config of the command line (``loaded``: that of :func:`load_config`); sets up
+    """The config of the command line (``loaded``: that of :func:`checked_config`); sets up
     Detectron2's and panet_d2's loggers and writes config.yaml (atomically)."""
-    cfg, notes = loaded or load_config(args)
+    cfg, notes = loaded or checked_config(args)
     with atomic_output_files():
         default_setup(cfg, args)  # the "detectron2" and "fvcore" loggers, config.yaml, seeds
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="panet_d2")
     for note in notes:
         logging.getLogger("panet_d2").warning(note)
     return cfg
+
+
+def _owner(fd):
+    """The run that holds the lock file ``fd``, as it wrote itself there."""
+    try:
+        info = json.loads(os.pread(fd, 65536, 0).decode("utf-8"))
+        return "pid {pid} on host {host}, started {started} ({command})".format(**info)
+    except (OSError, ValueError, KeyError, TypeError):  # it has not written its details yet
+        return "a process that has not written its details yet"
+
+
+_HELD_LOCKS = set()  # the lock files' descriptors held by this process
+_AT_FORK = []  # [True] once _forget_locks_in_child is registered
+
+
+def _forget_locks_in_child():
+    # a forked child (a DataLoader worker) closes its copies: the lock lives with its taker
+    while _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(_HELD_LOCKS.pop())
+
+
+@contextlib.contextmanager
+def output_dir_lock(path, key="OUTPUT_DIR"):
+    """While the block runs, this process owns the folder ``path`` (config ``key``): an
+    exclusive ``fcntl.flock`` on its :data:`LOCK_FILE`, which names this run; else a
+    :class:`ConfigError` naming the run that holds it."""
+    fd = None
+    if fcntl is not None and "://" not in path:
+        fd = os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _owner(fd)
+            os.close(fd)
+            raise ConfigError(
+                f"{key}={path!r} is in use by another run: {owner}. One run at a time writes to "
+                f"an {key}: wait for it to end (or stop it), or give another {key}."
+            ) from None
+        except OSError as e:  # e.g. ENOLCK: a file system without locks
+            os.close(fd)
+            fd = None
+            logger.warning("%s=%r is not locked against a second run: %s.", key, path, e)
+    if fd is not None:
+        if not _AT_FORK:
+            os.register_at_fork(after_in_child=_forget_locks_in_child)
+            _AT_FORK.append(True)
+        _HELD_LOCKS.add(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname()}
+        info.update(started=time.strftime("%Y-%m-%d %H:%M:%S %z"), command=" ".join(sys.argv))
+        with contextlib.suppress(OSError):  # a full disk: locked all the same, without details
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            _HELD_LOCKS.discard(fd)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def quiet_log_file_errors():
+    """While the block runs, a log file that cannot be written (a full disk) is closed with one
+    line "WARNING: Cannot write the log file ..."; the terminal still shows the log."""
+    handle_error = logging.StreamHandler.handleError
+
+    def one_line(handler, record):
+        stream, e = getattr(handler, "stream", None), sys.exc_info()[1]
+        consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        if stream in consoles or not (isinstance(e, OSError) or getattr(stream, "closed", 0)):
+            return handle_error(handler, record)
+        handler.emit = lambda record: None  # this handler's file is lost
+        if not getattr(stream, "closed", True):
+            name, why = getattr(stream, "name", "?"), getattr(e, "strerror", None) or e
+            print(
+                f"WARNING: Cannot write the log file {name!r}: {why}; the log goes on on the "
+                "terminal only.",
+                file=sys.stderr,
+                flush=True,
+            )
+            with contextlib.suppress(Exception):  # closed even when its last flush fails
+                stream.close()
+
+    logging.StreamHandler.handleError = one_line
+    try:
+        yield
+    finally:
+        logging.StreamHandler.handleError = handle_error
 
 
 @contextlib.contextmanager
@@ -91,7 +194,7 @@ def owning_output_dir(cfg):
 
 
 def main(args):
-    loaded = load_config(args)
+    loaded = checked_config(args)
     with owning_output_dir(loaded[0]):
         return _run(args, setup(args, loaded))
 
@@ -171,7 +274,7 @@ def invoke_main():
     try:
         with one_line_errors(FloatingPointError):  # a divergence: TrainingDivergedError
             if world_size > 1:  # the config checks before any process starts
-                cfg, _ = load_config(args)
+                cfg, _ = checked_config(args)
                 check_config(cfg, train=not args.eval_only, world_size=world_size)
             launch(
                 _one_line_main if world_size > 1 else main,

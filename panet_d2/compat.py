@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
-"""Workarounds for other libraries, each a context manager applied by the code path that needs it
-(never on import) that puts everything back; docs/design.md lists them, tests/test_compat.py tests
-each and fails once upstream no longer needs it."""
+"""Workarounds for other libraries: context managers that put everything back, never applied on
+import (docs/design.md lists them; tests/test_compat.py fails once one is no longer needed)."""
 
 import contextlib
 import functools
@@ -22,7 +21,6 @@ __all__ = [
     "quiet_jit_script_deprecation",
     "cityscapes_api_alias",
     "cityscapesscripts_fixes",
-    "fvcore_op_handles",
     "ddp_on_cpu",
     "atomic_output_files",
 ]
@@ -30,8 +28,7 @@ __all__ = [
 
 @contextlib.contextmanager
 def quiet_jit_script_deprecation():
-    """Ignores the one ``FutureWarning`` of torch 2.14 about ``torch.jit.script``, which fvcore
-    0.1.5.post20221221 calls at import (``fvcore.nn.focal_loss``, imported by Detectron2)."""
+    """Ignores torch 2.14's ``FutureWarning`` on ``torch.jit.script``, called by fvcore 0.1.5."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
@@ -40,8 +37,7 @@ def quiet_jit_script_deprecation():
 
 
 class _CityscapesApiAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Resolves ``deeplearning.projects.cityscapesApi.cityscapesscripts`` (Detectron2 issue #5436)
-    to the installed ``cityscapesscripts`` modules themselves (one module object, two names)."""
+    """Resolves ``deeplearning.projects.cityscapesApi.cityscapesscripts`` to the installed one."""
 
     PREFIX = "deeplearning.projects.cityscapesApi"
 
@@ -63,21 +59,16 @@ class _CityscapesApiAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             module.__spec__ = module.__spec__.loader_state[1]
 
 
-def _meta_path_imports():
-    """Whether Meta's path imports without the alias."""
-    module = sys.modules.get("deeplearning")
-    if module is not None:
-        return not isinstance(getattr(module.__spec__, "loader", None), _CityscapesApiAlias)
-    return importlib.util.find_spec("deeplearning") is not None
-
-
 @contextlib.contextmanager
 def cityscapes_api_alias():
     """While the block runs, Detectron2's import path of cityscapesscripts (Detectron2 issue
-    #5436) resolves to the installed package (:class:`_CityscapesApiAlias` on ``sys.meta_path``).
-    A no-op where that path imports."""
-    finder = None
-    if not _meta_path_imports():
+    #5436) resolves to the installed package; a no-op where that path imports."""
+    finder, module = None, sys.modules.get("deeplearning")
+    if module is not None:  # Meta's path imports without the alias
+        imports = not isinstance(getattr(module.__spec__, "loader", None), _CityscapesApiAlias)
+    else:
+        imports = importlib.util.find_spec("deeplearning") is not None
+    if not imports:
         finder = _CityscapesApiAlias()
         sys.meta_path.insert(0, finder)
     try:
@@ -99,8 +90,7 @@ class _NumpyWithIn1d(types.ModuleType):
 
 
 def _write_dict_to_json(d, path, folder=None):
-    """cityscapesscripts' ``writeDict2JSON``, with NumPy scalars (NumPy >= 2 ``count_nonzero``)
-    written as numbers, and a relative ``path`` (its ``"matches.json"``) under ``folder``."""
+    """cityscapesscripts' ``writeDict2JSON``, NumPy scalars as numbers, ``path`` in ``folder``."""
 
     def default(o):
         return o.item() if isinstance(o, np.generic) else o.__dict__
@@ -111,9 +101,8 @@ def _write_dict_to_json(d, path, folder=None):
 
 @contextlib.contextmanager
 def cityscapesscripts_fixes(module, json_folder=None):
-    """While cityscapesscripts 2.3.0's evaluation ``module`` runs: ``np.in1d`` for it where NumPy
-    has none (NumPy >= 2.4; cityscapesScripts PR #196); with ``json_folder``, its
-    ``writeDict2JSON`` is :func:`_write_dict_to_json` (``matches.json`` in that folder)."""
+    """While cityscapesscripts 2.3.0's evaluation ``module`` runs: ``np.in1d`` for it (NumPy >= 2.4;
+    cityscapesScripts PR #196); its ``writeDict2JSON`` writes into ``json_folder`` if given."""
     saved = {name: getattr(module, name) for name in ("np", "writeDict2JSON")}
     if not hasattr(np, "in1d"):
         module.np = _NumpyWithIn1d("numpy")
@@ -127,25 +116,9 @@ def cityscapesscripts_fixes(module, json_folder=None):
 
 
 @contextlib.contextmanager
-def fvcore_op_handles(handles):
-    """While the block runs, every fvcore ``FlopCountAnalysis`` (Detectron2's
-    ``tools/analyze_model.py`` through tools/run_d2_tool.py) counts the ops of ``handles`` ({op
-    name: handle}): fvcore 0.1.5 has no public registry, only ``_DEFAULT_SUPPORTED_OPS``."""
-    table = importlib.import_module("fvcore.nn.flop_count")._DEFAULT_SUPPORTED_OPS
-    saved = dict(table)
-    table.update(handles)
-    try:
-        yield
-    finally:
-        table.clear()
-        table.update(saved)
-
-
-@contextlib.contextmanager
 def ddp_on_cpu():
-    """While the block runs, Detectron2's ``create_ddp_model`` (called by DefaultTrainer) gives a
-    CPU model ``device_ids=None``: Detectron2 v0.6 passes ``device_ids=[local_rank]`` for every
-    model, which DistributedDataParallel refuses for a CPU model (gloo)."""
+    """While the block runs, Detectron2's ``create_ddp_model`` gives a CPU model
+    ``device_ids=None`` (v0.6 passes ``[local_rank]``, which DDP refuses for a CPU model)."""
     import detectron2.utils.comm as comm
     from detectron2.engine import defaults  # here: importing compat imports no model code
 
@@ -164,9 +137,8 @@ def ddp_on_cpu():
 
 
 class _AtomicFile:
-    """A file written as ``<path>.partial``; closing it syncs it and renames it over ``path``
-    (``os.replace``). A failure removes the partial file, leaves ``path`` as it was and raises an
-    ``OSError`` naming ``path`` (also where torch wrapped its writer's error in a RuntimeError)."""
+    """A file written as ``<path>.partial``, synced and renamed over ``path`` when closed; a
+    failure removes it, leaves ``path`` as it was and raises an ``OSError`` naming ``path``."""
 
     SUFFIX = ".partial"
 
@@ -219,9 +191,8 @@ class _AtomicFile:
 
 @contextlib.contextmanager
 def atomic_output_files():
-    """While the block runs, ``PathManager.open(path, "w"/"wb")`` of a local path (Detectron2
-    0.6's evaluators and ``default_setup`` write in place) returns an :class:`_AtomicFile`;
-    reading and appending are unchanged."""
+    """While the block runs, ``PathManager.open(path, "w"/"wb")`` of a local path returns an
+    :class:`_AtomicFile` (Detectron2 0.6's evaluators and ``default_setup`` write in place)."""
     manager = PathManager
     open_, own = manager.open, "open" in vars(manager)  # own: set on the object (a test's)
 

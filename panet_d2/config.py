@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
-"""PANet's config keys (:func:`add_panet_config`; table numbers: Liu et al., "Path Aggregation
-Network for Instance Segmentation", CVPR 2018) and :func:`load_config_file`, the one loader of
-yacs and LazyConfig files, which reads YAML as data."""
+"""PANet's config keys and :func:`load_config_file`, the one loader of yacs and LazyConfig files
+(YAML read as data)."""
 
 import contextlib
 import os
@@ -16,8 +15,7 @@ from detectron2.utils.file_io import PathManager
 
 from .errors import ConfigError, InputError
 
-# Values accepted by the keys below (`check_choice` names them). Norm keys take any norm of
-# Detectron2's `get_norm`: "" (none), "GN", "BN", "SyncBN", ..., or a callable (LazyConfig).
+# Values accepted by the keys below (`check_choice`); norm keys take any of Detectron2's `get_norm`
 PAFPN_ACTIVATIONS = ("relu", "none", "relu_if_norm")
 AFP_FUSE_TYPES = ("max", "sum")
 AFP_FUSE_POSITIONS = ("after_first_layer", "before_first_layer")
@@ -25,7 +23,7 @@ FF_START_LAYERS = (2, 3, 4)
 FF_FUSE_TYPES = ("sum", "max", "product")
 FF_FC_INITS = ("xavier", "normal")
 MASK_PREDICTOR_INITS = ("normal", "msra")
-# Options that switch every PANet component off: Detectron2's Mask R-CNN (test_panet_model.py).
+# Options that switch every PANet component off: Detectron2's Mask R-CNN
 MASK_RCNN_OPTS = (
     "MODEL.BACKBONE.NAME",
     "build_resnet_fpn_backbone",
@@ -37,81 +35,51 @@ MASK_RCNN_OPTS = (
 
 
 def add_panet_config(cfg):
-    """Add the config keys of PANet (bottom-up path augmentation, adaptive feature pooling,
-    fully-connected fusion) to a Detectron2 config. The panoptic model uses Detectron2's
-    MODEL.PANOPTIC_FPN.* keys."""
-    # Bottom-up path augmentation (Sec. 3.1), on with MODEL.BACKBONE.NAME
-    # "build_resnet_pafpn_backbone". Norm after each new 3x3 conv ("", "GN", "SyncBN": the
-    # paper's MBN, Table 3).
+    """Add PANet's config keys (Liu et al., CVPR 2018) to a Detectron2 config (docs/design.md)."""
+    # Bottom-up path augmentation (Sec. 3.1), with MODEL.BACKBONE.NAME "build_resnet_pafpn_backbone"
     cfg.MODEL.PAFPN = CN()
-    cfg.MODEL.PAFPN.NORM = ""
-    # Activation after each new conv: "relu" (paper), "none" (mmdetection), "relu_if_norm"
-    # (the authors' release).
+    cfg.MODEL.PAFPN.NORM = ""  # after each new 3x3 conv: "", "GN", "SyncBN" (MBN, Table 3)
+    # after each new conv: "relu" (paper), "none" (mmdetection), "relu_if_norm" (release)
     cfg.MODEL.PAFPN.ACTIVATION = "relu"
-    # A bias on each new conv even before a norm: False (Detectron2's rule), True (the authors'
-    # release, needed to load its converted models).
-    cfg.MODEL.PAFPN.CONV_BIAS = False
+    cfg.MODEL.PAFPN.CONV_BIAS = False  # a bias even before a norm: True (release), False (D2)
 
-    # Adaptive feature pooling (Sec. 3.2): every RoI pooled from every level, a first layer per
-    # level, then fused; needs ROI_BOX_HEAD.NAME "PANetConvFCHead", ROI_MASK_HEAD.NAME
-    # "PANetMaskHead".
+    # Adaptive feature pooling (Sec. 3.2); needs ROI_BOX_HEAD.NAME "PANetConvFCHead" and
+    # ROI_MASK_HEAD.NAME "PANetMaskHead"
     cfg.MODEL.AFP = CN()
     cfg.MODEL.AFP.ENABLED = True
     cfg.MODEL.AFP.FUSE_TYPE = "max"  # element-wise fusion: "max" (paper) or "sum" (Table 4)
-    # Where the box branch fuses: "after_first_layer" (after the per-level fc1 / conv1, "fc1fu.fc2"
-    # in Table 4, paper) or "before_first_layer" (fuse the RoIAlign grids, "fu.fc1fc2").
+    # "after_first_layer" (after the per-level fc1 / conv1, paper) or "before_first_layer"
     cfg.MODEL.AFP.BOX_FUSE_POSITION = "after_first_layer"
-    cfg.MODEL.AFP.MASK_FUSE_POSITION = "after_first_layer"  # same for the mask branch (conv1)
-    # RoIAlign samples per bin side of the all-level poolers; 0 = adaptive; 2 = the authors'
-    # release, Detectron and mmdetection.
-    cfg.MODEL.AFP.POOLER_SAMPLING_RATIO = 2
-    # Norm after every fc of the box head ("" = Detectron2's, "SyncBN" = MBN, "GN" = release).
-    cfg.MODEL.ROI_BOX_HEAD.FC_NORM = ""
+    cfg.MODEL.AFP.MASK_FUSE_POSITION = "after_first_layer"
+    cfg.MODEL.AFP.POOLER_SAMPLING_RATIO = 2  # RoIAlign samples per bin side; 0 = adaptive
+    cfg.MODEL.ROI_BOX_HEAD.FC_NORM = ""  # after every fc of the box head: "", "SyncBN", "GN"
 
-    # Fully-connected fusion in the mask branch (Sec. 3.3).
+    # Fully-connected fusion in the mask branch (Sec. 3.3)
     cfg.MODEL.FF = CN()
     cfg.MODEL.FF.ENABLED = True
     cfg.MODEL.FF.START_LAYER = 3  # the fc path starts after conv<START_LAYER>: 2, 3 (paper), 4
-    # Fusion of the class-agnostic fc mask with each class's FCN mask logits: "sum" (paper),
-    # "max" or "product" (Table 5).
-    cfg.MODEL.FF.FUSE_TYPE = "sum"
+    cfg.MODEL.FF.FUSE_TYPE = "sum"  # "sum" (paper), "max" or "product" (Table 5)
     cfg.MODEL.FF.CONV_DIMS = [256, 128]  # channels of the two 3x3 convs of the fc path
     cfg.MODEL.FF.FC_ACTIVATION = False  # ReLU on the fc output: False (paper), True (release)
-    # Initialisation of the fc: "xavier" (Detectron2's c2_xavier_fill) or "normal" (normal(0,
-    # 0.01), the release).
-    cfg.MODEL.FF.FC_INIT = "xavier"
+    cfg.MODEL.FF.FC_INIT = "xavier"  # "xavier" (c2_xavier_fill) or "normal" (0.01, release)
 
-    # How the authors' release trains where Detectron2 differs (docs/release_parity.md): the mask
-    # predictor's init, "normal" (Detectron2's) or "msra" (the release's MSRAFill) ...
-    cfg.MODEL.ROI_MASK_HEAD.PREDICTOR_INIT = "normal"
-    # ... and SGD's momentum buffers rescaled when the rate steps (Detectron's SCALE_MOMENTUM;
-    # read by PANetTrainer, refused by Detectron2's own training scripts).
-    cfg.SOLVER.SCALE_MOMENTUM = False
+    # The authors' release where Detectron2 differs (docs/release_parity.md)
+    cfg.MODEL.ROI_MASK_HEAD.PREDICTOR_INIT = "normal"  # "normal" (Detectron2) or "msra"
+    cfg.SOLVER.SCALE_MOMENTUM = False  # rescale SGD momentum when the rate steps (PANetTrainer)
     return cfg
 
 
 def read_config_data(filename, where=None):
-    """
-    The YAML config file ``filename`` as plain data: ``yaml.safe_load`` (a Python tag is refused,
-    nothing runs), a YAML alias refused before anything is expanded.
-
-    Args:
-        where (str or None): how messages name the file (default "Config file '<filename>'").
-
-    Returns:
-        the parsed data (None for an empty file).
-
-    Raises:
-        ConfigError: one line naming the file.
-    """
+    """The YAML file ``filename`` as plain data (None if empty): ``yaml.safe_load``, aliases
+    refused; else a :class:`ConfigError` naming it as ``where`` (default "Config file '...'")."""
     where = where or "Config file {!r}".format(filename)
     try:
         with PathManager.open(filename) as f:
             alias = next((e for e in yaml.parse(f) if isinstance(e, yaml.AliasEvent)), None)
             if alias is not None:
                 raise ConfigError(
-                    "{} uses a YAML alias (*{}, line {}): config files are plain data, "
-                    "write the value out.".format(where, alias.anchor, alias.start_mark.line + 1)
+                    f"{where} uses a YAML alias (*{alias.anchor}, line {alias.start_mark.line + 1})"
+                    ": config files are plain data, write the value out."
                 )
             f.seek(0)
             return yaml.safe_load(f)
@@ -124,9 +92,8 @@ def read_config_data(filename, where=None):
 
 
 class _CheckedConfigFile(CN):
-    """fvcore's ``load_yaml_with_base`` (for the file and each ``_BASE_``) with each file first
-    checked as data (:func:`read_config_data`), and ``allow_unsafe=False`` whatever the caller
-    passes (Detectron2's tools pass True)."""
+    """fvcore's ``load_yaml_with_base`` with each file (and ``_BASE_``) first checked as data
+    (:func:`read_config_data`), and ``allow_unsafe=False`` whatever the caller passes."""
 
     _chain = []  # (path, real path) of the files being read, outermost first
 
@@ -135,24 +102,19 @@ class _CheckedConfigFile(CN):
         if not isinstance(filename, str) or "://" in filename:  # a URL: fvcore reads it
             return super().load_yaml_with_base(filename, allow_unsafe=False)
         base_of = cls._chain[-1][0] if cls._chain else None
-        where = "Config file {!r}".format(filename)
+        where = f"Config file {filename!r}"
         if base_of is not None:
-            where = "The _BASE_ {!r} of config file {!r}".format(filename, base_of)
+            where = f"The _BASE_ {filename!r} of config file {base_of!r}"
         if os.path.realpath(filename) in (real for _, real in cls._chain):
-            raise ConfigError("{} inherits from itself through _BASE_.".format(where))
+            raise ConfigError(f"{where} inherits from itself through _BASE_.")
         if not os.path.isfile(filename):
-            raise ConfigError(
-                "{} does not exist{}.".format(
-                    where, " (a _BASE_ is relative to the file that names it)" if base_of else ""
-                )
-            )
+            hint = " (a _BASE_ is relative to the file that names it)" if base_of else ""
+            raise ConfigError(f"{where} does not exist{hint}.")
         data = read_config_data(filename, where)
         if data is None:
-            raise ConfigError("{} is empty: give it _BASE_ or config keys.".format(where))
+            raise ConfigError(f"{where} is empty: give it _BASE_ or config keys.")
         if not isinstance(data, dict):
-            raise ConfigError(
-                "{} holds a YAML {} instead of config keys.".format(where, type(data).__name__)
-            )
+            raise ConfigError(f"{where} holds a YAML {type(data).__name__} instead of config keys.")
         cls._chain.append((filename, os.path.realpath(filename)))
         try:
             return super().load_yaml_with_base(filename, allow_unsafe=False)
@@ -160,19 +122,12 @@ class _CheckedConfigFile(CN):
             cls._chain.pop()
 
 
-# Detectron2's own LazyConfig.load, while lazyconfig_files_as_data() stands in for it
 _D2_LAZY_LOAD = LazyConfig.__dict__["load"]
 
 
 def load_lazy_config(filename, keys=None):
-    """
-    Detectron2's ``LazyConfig.load(filename, keys)``, with ``.yaml`` / ``.yml`` files read as data
-    (:func:`read_config_data`, where Detectron2 uses ``yaml.unsafe_load``). A ``.py`` file is
-    Python code, run as it loads, as in Detectron2.
-
-    Raises:
-        ConfigError: one line naming the file (a syntax error as "file:line").
-    """
+    """Detectron2's ``LazyConfig.load(filename, keys)``, with ``.yaml`` / ``.yml`` files read as
+    data (:func:`read_config_data`); errors as a :class:`ConfigError` naming the file."""
     if os.path.splitext(filename)[1] not in (".yaml", ".yml"):
         try:
             return _D2_LAZY_LOAD.__func__(filename, keys)
@@ -182,10 +137,9 @@ def load_lazy_config(filename, keys=None):
             raise config_error(filename, e) from None
     data = read_config_data(filename)
     if not isinstance(data, dict):
+        what = "nothing" if data is None else "a YAML " + type(data).__name__
         raise ConfigError(
-            "Config file {!r} holds {} instead of LazyConfig keys (model, train, ...).".format(
-                filename, "nothing" if data is None else "a YAML " + type(data).__name__
-            )
+            f"Config file {filename!r} holds {what} instead of LazyConfig keys (model, train, ...)."
         )
     cfg = OmegaConf.create(data, flags={"allow_objects": True})
     if keys is None:
@@ -200,8 +154,7 @@ def load_lazy_config(filename, keys=None):
 # with yaml.unsafe_load (a Python tag runs).
 @contextlib.contextmanager
 def lazyconfig_files_as_data():
-    """While the block runs, Detectron2's ``LazyConfig.load`` (and ``load_rel``, and the calls
-    of Detectron2's scripts and of config files) is :func:`load_lazy_config`."""
+    """While the block runs, Detectron2's ``LazyConfig.load`` is :func:`load_lazy_config`."""
     saved = LazyConfig.__dict__["load"]
     LazyConfig.load = staticmethod(load_lazy_config)
     try:
@@ -210,12 +163,10 @@ def lazyconfig_files_as_data():
         LazyConfig.load = saved
 
 
-def config_error(path, e, what="Config file"):
-    """A :class:`ConfigError` for exception ``e`` raised while loading config file ``path``: a
-    syntax error as "file:line: message", others with their type and message."""
+def config_error(path, e):
+    """A :class:`ConfigError` for ``e`` raised while loading ``path`` (syntax errors: file:line)."""
     if isinstance(e, SyntaxError) and e.lineno is None and isinstance(e.__cause__, SyntaxError):
-        # LazyConfig's "Config file <file> has syntax error!" (of the file or of a file it
-        # imports) drops the line: its cause has it, the file only in that message
+        # LazyConfig's "Config file <file> has syntax error!": the line is in its cause
         named = re.fullmatch(r"Config file (.+) has syntax error!", str(e.msg))
         path = named.group(1) if named else path
         e = e.__cause__
@@ -223,21 +174,15 @@ def config_error(path, e, what="Config file"):
         file = e.filename if e.filename and not e.filename.startswith("<") else path
         where = "{}:{}".format(file, e.lineno) if e.lineno else path
         code = " ({})".format(e.text.strip()) if e.text and e.text.strip() else ""
-        return ConfigError("{} {}: {}: {}{}".format(what, where, type(e).__name__, e.msg, code))
-    return ConfigError(
-        "{} {!r}: {}: {}".format(what, path, type(e).__name__, " ".join(str(e).split()))
-    )
+        return ConfigError(f"Config file {where}: {type(e).__name__}: {e.msg}{code}")
+    return ConfigError(f"Config file {path!r}: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
 def load_config_file(path, opts=(), lazy=True, key="--config-file"):
     """
-    The config of file ``path`` with the command-line options ``opts`` (not frozen): a ``.py``
-    file (when ``lazy``) is a LazyConfig (options "key=value"; Python code, run as it loads, its
-    YAML files read as data); any other a yacs file (options KEY VALUE) on Detectron2's defaults
-    with PANet's keys, its ``_BASE_`` files checked as they are read.
-
-    Raises:
-        ConfigError: naming the file (and line; a base as the base of which file) or the options.
+    The config of file ``path`` with command-line options ``opts`` (not frozen): a LazyConfig for
+    a ``.py`` file when ``lazy`` (options "key=value"), else a yacs file (options KEY VALUE) on
+    Detectron2's defaults with PANet's keys. A :class:`ConfigError` names the file or options.
     """
     opts = list(opts or [])
     if not os.path.isfile(path):
@@ -252,10 +197,9 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
             raise config_error(path, e) from None
     _CheckedConfigFile.load_yaml_with_base(path)
     cfg = add_panet_config(get_cfg())
-    options = "The command-line options {} (on {!r})".format(opts, path)
     for where, merge in [
         ("Config file {!r}".format(path), lambda: cfg.merge_from_file(path, allow_unsafe=False)),
-        (options, lambda: cfg.merge_from_list(opts)),
+        (f"The command-line options {opts} (on {path!r})", lambda: cfg.merge_from_list(opts)),
     ]:
         try:
             merge()

@@ -20,7 +20,6 @@ from detectron2.data.datasets import cityscapes as d2_cityscapes_data
 from detectron2.evaluation import cityscapes_evaluation as d2_cityscapes_eval
 
 from panet_d2 import compat
-from panet_d2.analysis import FLOP_HANDLES
 
 cityscapesscripts = pytest.importorskip("cityscapesscripts")
 
@@ -94,22 +93,6 @@ def test_cityscapesscripts_fixes_are_scoped(tmp_path):
     assert (instance_eval.writeDict2JSON, instance_eval.np) == original
     assert (tmp_path / "matches.json").read_text().split() == ["{", '"n":', "3", "}"]
     assert not os.path.exists("matches.json")
-
-
-# ---- fvcore: no registry of op handles -----------------------------------------------------------
-def test_fvcore_still_skips_panet_ops():
-    """Fails once fvcore counts every op of PANet by default: remove compat.fvcore_op_handles
-    (and analysis.FLOP_HANDLES)."""
-    table = sys.modules["fvcore.nn.flop_count"]._DEFAULT_SUPPORTED_OPS
-    assert not set(FLOP_HANDLES) <= set(table)
-
-
-def test_fvcore_op_handles_are_scoped():
-    table = sys.modules["fvcore.nn.flop_count"]._DEFAULT_SUPPORTED_OPS
-    before = dict(table)
-    with compat.fvcore_op_handles(FLOP_HANDLES):
-        assert all(table[k] is v for k, v in FLOP_HANDLES.items())
-    assert table == before
 
 
 # ---- Detectron2: create_ddp_model and CPU models -------------------------------------------------

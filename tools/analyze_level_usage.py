@@ -42,7 +42,8 @@ from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer  # registers the models and datasets
-from panet_d2.engine import load_config, one_line_errors
+from panet_d2.config import load_config_file
+from panet_d2.engine import adapt_config_to_machine, one_line_errors
 from panet_d2.engine.checks import check_registered
 from panet_d2.errors import ConfigError
 
@@ -75,7 +76,8 @@ def parse_args(argv=None):
 
 def setup(args):
     """The config (whether Fig. 3 applies is the model's to say: :class:`LevelUsage`)."""
-    cfg, notes = load_config(args.config_file, args.opts, lazy=False)
+    cfg = load_config_file(args.config_file, args.opts, lazy=False)
+    notes = adapt_config_to_machine(cfg)
     cfg.freeze()
     setup_logger(name="detectron2")
     setup_logger(name="panet_d2")

@@ -52,8 +52,9 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer, export
+from panet_d2.config import load_config_file
 from panet_d2.data.image_io import read_image
-from panet_d2.engine import load_config, one_line_errors
+from panet_d2.engine import adapt_config_to_machine, one_line_errors
 from panet_d2.errors import ConfigError
 
 from openvino_backend import PRECISIONS  # noqa: E402  isort: skip  (tools/, torch-free)
@@ -140,7 +141,8 @@ def setup_cfg(args):
     """The yacs config (frozen; MODEL.DEVICE "cuda" is the CPU where CUDA is absent, as in
     train_net.py), or the LazyConfig of a ``.py`` file; an error in either is a ConfigError
     naming the file (and line, for a LazyConfig's Python)."""
-    cfg, notes = load_config(args.config_file, args.opts)
+    cfg = load_config_file(args.config_file, args.opts)
+    notes = adapt_config_to_machine(cfg)
     for note in notes:
         logger.warning(note)
     if not isinstance(cfg, CfgNode):

@@ -21,7 +21,7 @@ The script runs in this process, as ``__main__``, after ``import panet_d2`` (its
 datasets registered). For this process only:
 
 * fvcore's FLOP analyses (so ``analyze_model --tasks flop``) count PANet's ops
-  (``panet_d2.analysis.FLOP_HANDLES``, through ``panet_d2.compat.fvcore_op_handles``);
+  (``panet_d2.analysis.FLOP_HANDLES``, through :func:`fvcore_op_handles`);
 
 * ``detectron2.config.get_cfg()`` returns Detectron2's defaults plus panet_d2's keys
   (``add_panet_config``), so the scripts read the project's yacs files; its files (and their
@@ -54,6 +54,7 @@ datasets registered). For this process only:
 
 import argparse
 import contextlib
+import importlib
 import importlib.util
 import logging
 import os
@@ -212,6 +213,22 @@ def _activation_count_traces_non_tensor_outputs():
 
 
 @contextlib.contextmanager
+def fvcore_op_handles(handles):
+    """While the block runs, every fvcore ``FlopCountAnalysis`` (Detectron2's
+    ``tools/analyze_model.py``) counts the ops of ``handles`` ({op name: handle})."""
+    # UPSTREAM-WORKAROUND fvcore-op-handle-table: fvcore 0.1.5 has no public registry of op
+    # handles, only its module table _DEFAULT_SUPPORTED_OPS
+    table = importlib.import_module("fvcore.nn.flop_count")._DEFAULT_SUPPORTED_OPS
+    saved = dict(table)
+    table.update(handles)
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(saved)
+
+
+@contextlib.contextmanager
 def _quiet_tracing_deprecation():
     """Detectron2's tracing (analyze_model's counts, deploy/export_model) scripts its
     ``@torch.jit.script_if_tracing`` helpers; torch >= 2.10 warns at each that
@@ -238,7 +255,7 @@ def panet_d2_environment(script):
     """
     While the block runs: Detectron2's ``get_cfg``, ``default_setup`` and ``launch`` as the
     module docstring says, the demo's predictor alias, PANet's FLOP handles in fvcore's table
-    (:func:`panet_d2.compat.fvcore_op_handles`), and ``panet_d2`` imported.
+    (:func:`fvcore_op_handles`), and ``panet_d2`` imported.
     """
     import detectron2.config
     import detectron2.engine
@@ -250,7 +267,6 @@ def panet_d2_environment(script):
     import panet_d2  # noqa: F401  registers models and datasets
     from panet_d2 import add_panet_config
     from panet_d2.analysis import FLOP_HANDLES
-    from panet_d2.compat import fvcore_op_handles
     from panet_d2.config import lazyconfig_files_as_data
 
     d2_get_cfg = detectron2.config.get_cfg

@@ -19,19 +19,17 @@ logger = logging.getLogger(__name__)
 
 
 def check_last_checkpoint(checkpointer):
-    """The checkpoint that ``last_checkpoint`` names (``--resume``), or None without one;
-    a :class:`CheckpointError` if that file does not exist."""
+    """The checkpoint ``last_checkpoint`` names (None without one); a CheckpointError if absent."""
     if not checkpointer.has_checkpoint():
         return None
     path = checkpointer.get_checkpoint_file()
     if "://" in path or os.path.isfile(path):
         return path
     folder = checkpointer.save_dir
-    found = sorted(n for n in os.listdir(folder) if n.endswith((".pth", ".pkl")))
-    if found:
-        there = f"The checkpoints in {folder!r}: {', '.join(found)}."
-    else:
-        there = f"{folder!r} holds no checkpoint."
+    found = ", ".join(sorted(n for n in os.listdir(folder) if n.endswith((".pth", ".pkl"))))
+    there = (
+        f"The checkpoints in {folder!r}: {found}." if found else f"{folder!r} holds no checkpoint."
+    )
     last = os.path.join(folder, "last_checkpoint")
     raise CheckpointError(
         f"--resume: {last!r} names the checkpoint {os.path.basename(path)!r}, which does not "
@@ -90,8 +88,8 @@ def preserved_rng_states():
 
 
 class ResumeStateHook(HookBase):
-    """Saves the random generator states in every checkpoint; in a resumed run, the ``sampler``
-    skips ``samples_per_iter`` per iteration done, and the states are restored (one process)."""
+    """Saves the random generator states in every checkpoint; a resumed run skips
+    ``samples_per_iter`` per iteration done in ``sampler`` and restores them (one process)."""
 
     def __init__(self, sampler, samples_per_iter):
         self.sampler, self.samples_per_iter = sampler, samples_per_iter

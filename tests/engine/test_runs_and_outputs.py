@@ -34,11 +34,13 @@ from detectron2.engine import HookBase  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 
 from panet_d2.engine import trainer  # noqa: E402
-from panet_d2.engine.cli import LOCK_FILE, output_dir_lock  # noqa: E402
 from panet_d2.errors import TrainingDivergedError  # noqa: E402
 
 from ..common import ROOT, load_script, synthetic_datasets  # noqa: E402
 from ..tools.test_train_net import SMOKE, _with_hooks  # noqa: E402
+
+_lock = load_script("train_net.py", "panet_train_net_lock")  # train_net.py's OUTPUT_DIR lock
+LOCK_FILE, output_dir_lock = _lock.LOCK_FILE, _lock.output_dir_lock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -24,6 +24,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from panet_d2 import model_zoo
+from panet_d2.analysis import FLOP_HANDLES
 
 from ..common import ROOT, error_exit, load_script, run_script, synthetic_datasets
 
@@ -416,3 +417,19 @@ def test_detectron2_train_net_refuses_scale_momentum(entry, datasets, tmp_path):
         entry.main(["train_net", "--config-file", config] + opts)
     assert "SOLVER.SCALE_MOMENTUM=True" in str(e.value) and "train_net.py" in str(e.value)
     assert not os.path.exists(tmp_path / "model_final.pth")
+
+
+# ---- fvcore: no registry of op handles (the UPSTREAM-WORKAROUND fvcore-op-handle-table) ---------
+def test_fvcore_still_skips_panet_ops():
+    """Fails once fvcore counts every op of PANet by default: remove fvcore_op_handles
+    (and analysis.FLOP_HANDLES)."""
+    table = sys.modules["fvcore.nn.flop_count"]._DEFAULT_SUPPORTED_OPS
+    assert not set(FLOP_HANDLES) <= set(table)
+
+
+def test_fvcore_op_handles_are_scoped(entry):
+    table = sys.modules["fvcore.nn.flop_count"]._DEFAULT_SUPPORTED_OPS
+    before = dict(table)
+    with entry.fvcore_op_handles(FLOP_HANDLES):
+        assert all(table[k] is v for k, v in FLOP_HANDLES.items())
+    assert table == before
