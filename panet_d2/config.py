@@ -151,7 +151,7 @@ def load_lazy_config(filename, keys=None):
 
 
 # UPSTREAM-WORKAROUND lazyconfig-yaml-unsafe-load: Detectron2 0.6 LazyConfig.load reads a .yaml
-# with yaml.unsafe_load (a Python tag runs).
+# with PyYAML's unsafe loader (a Python tag runs).
 @contextlib.contextmanager
 def lazyconfig_files_as_data():
     """While the block runs, Detectron2's ``LazyConfig.load`` is :func:`load_lazy_config`."""

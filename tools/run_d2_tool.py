@@ -29,7 +29,7 @@ datasets registered). For this process only:
   (``panet_d2.config._CheckedConfigFile``, whatever ``allow_unsafe`` the script passes): a Python
   tag or a YAML alias is refused in one line naming the file;
 * ``LazyConfig.load`` reads ``.yaml`` files as data too (``yaml.safe_load``, no alias; Detectron2
-  uses ``yaml.unsafe_load``) and gives a config file's syntax error as one line "file:line"
+  uses PyYAML's unsafe loader) and gives a config file's syntax error as one line "file:line"
   (``panet_d2.config.lazyconfig_files_as_data``). A LazyConfig ``.py`` file is Python code, run
   as it loads (as in Detectron2): give only files you trust, by their path;
 * when such a config is frozen, ``panet_d2.engine.adapt_config_to_machine`` applies (MODEL.DEVICE
@@ -109,7 +109,7 @@ def _panet_cfg_node_class():
     class PANetToolCfgNode(CfgNode):
         """Detectron2's CfgNode that adapts itself to the machine when frozen (root node), and
         reads its files as the project's entry points do: as data, checked
-        (``panet_d2.config._CheckedConfigFile``; Detectron2's ``allow_unsafe=True`` ignored)."""
+        (``panet_d2.config._CheckedConfigFile``; its unsafe-loading flag ignored)."""
 
         @classmethod
         def load_yaml_with_base(cls, filename, allow_unsafe=False):
