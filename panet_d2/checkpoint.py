@@ -91,10 +91,6 @@ class _Refused(pickle.UnpicklingError):
     """What a file holds that panet_d2 does not read (completes "was not loaded: ")."""
 
 
-class _Made:
-    """What a torch call or storage of a torch pickle stands for in the pre-scan."""
-
-
 def _size_left(f):
     """The bytes of file ``f`` from its position to its end."""
     position = f.tell()
@@ -172,13 +168,9 @@ def _check_array_state(state):
 
 
 class RestrictedUnpickler(pickle._Unpickler):
-    """
-    Python's unpickler of what Detectron2's model-zoo and Caffe2 ``.pkl`` files hold: NumPy arrays
-    and scalars of plain dtypes, numbers, strings and containers, nothing larger than the file's
-    ``size``; anything else raises ``pickle.UnpicklingError`` naming it. ``scan=True``: the
-    pre-scan of a torch pickle, whose torch calls and storages stand for :class:`_Made` once their
-    sizes are checked.
-    """
+    """Python's unpickler of NumPy arrays and scalars of plain dtypes, numbers, strings and
+    containers, none larger than the file's ``size``; anything else raises ``UnpicklingError``.
+    ``scan=True``: the pre-scan of a torch pickle, whose torch calls and storages it sizes."""
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
@@ -238,7 +230,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             if func in _SIZED_REBUILDS and len(args) > 2 and isinstance(args[2], tuple):
                 made = math.prod(n for n in args[2] if type(n) is int) // 8  # 8 elements a byte
             self._too_large(made, f"a {func} of {made} elements or bytes")
-        return _Made()
+        return object()  # (what torch makes)
 
     def persistent_load(self, pid):
         """A storage of a torch pickle (scan): declared within the file's size."""
@@ -250,7 +242,7 @@ class RestrictedUnpickler(pickle._Unpickler):
                 f"it declares a storage of {numel} elements, more than the file's own "
                 f"{self._size} bytes"
             )
-        return _Made()
+        return object()
 
     def _encode(self, obj, encoding="utf-8", errors="strict"):
         if not isinstance(obj, str) or encoding not in _TEXT_CODECS:
@@ -331,8 +323,7 @@ for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
 
 
 def _scan_torch_file(f):
-    """Refuses (:class:`_Refused`) a file that ``torch.load(weights_only=True)`` would let
-    allocate more than its size: zip members declared larger, or what its pickles make. A file
+    """Refuses a torch file whose zip members or pickles would make more than its size; what
     torch cannot read is left to torch to say why."""
     start, size = f.tell(), _size_left(f)
     try:
@@ -363,15 +354,8 @@ def _scan_torch_file(f):
 
 
 def read_checkpoint(path):
-    """
-    Returns the object in a checkpoint file, read as data, never code: a ``.pkl`` with
-    :class:`RestrictedUnpickler`, anything else with ``torch.load(weights_only=True)`` after
-    :func:`_scan_torch_file`.
-
-    Raises:
-        CheckpointError: one line naming what loading would call or what panet_d2 does not read,
-            or why the file cannot be read.
-    """
+    """The object in a checkpoint file, read as data (a ``.pkl`` by :class:`RestrictedUnpickler`,
+    else by ``torch.load(weights_only=True)`` once scanned); else a one-line CheckpointError."""
     try:
         with PathManager.open(path, "rb") as f:
             if path.endswith(".pkl"):
@@ -438,8 +422,8 @@ def _class_mismatch(wrong):
 
 
 class _AtomicPathManager:
-    """A path manager whose files opened for writing replace their path once complete (on
-    another iopath storage: are copied over it): a failure leaves the path as it was."""
+    """A path manager whose files written replace (elsewhere than local: are copied over) their
+    path once complete."""
 
     def __init__(self, path_manager):
         self._path_manager = path_manager
@@ -467,16 +451,12 @@ class _AtomicPathManager:
 
 
 class PANetCheckpointer(DetectionCheckpointer):
-    """
-    Detectron2's :class:`DetectionCheckpointer` (same constructor and methods) that reads files
-    as data, verifies what it loaded and saves atomically; creating it removes the partial files
-    of an interrupted save.
+    """Detectron2's checkpointer that reads files as data, verifies what it loaded and saves
+    atomically (removing the partial files of an interrupted save).
 
     Args:
-        warm_start (bool): False (default): every tensor of the model must come from the file
-            loaded, and a path must be given. True: a warm start for training (MODEL.WEIGHTS):
-            new layers and other class counts allowed, "" starts from scratch. Resuming is strict
-            in both cases.
+        warm_start (bool): True for MODEL.WEIGHTS of training: new layers and other class counts
+            allowed, "" starts from scratch. False: every tensor from the file. Resuming is strict.
     """
 
     def __init__(
@@ -611,12 +591,8 @@ class PANetCheckpointer(DetectionCheckpointer):
         return read_checkpoint(f)  # tensors and plain values only: no allow-list needed
 
     def _load_model(self, checkpoint):
-        """
-        Detectron2's loading, then verified: before it, every tensor that goes into a floating
-        tensor of the model is floating; after it, fvcore's report and the file's tensor names
-        fit (:meth:`_check_fit`) and nothing loaded is NaN or inf. A refused file leaves the model
-        as it was.
-        """
+        """Detectron2's loading between checks (floating, fit, finite); a refused file leaves the
+        model as it was."""
         state = checkpoint["model"]
         for k, v in list(state.items()):  # fvcore's conversion of NumPy arrays, in native order
             if isinstance(v, np.ndarray):
@@ -646,9 +622,8 @@ class PANetCheckpointer(DetectionCheckpointer):
         return incompatible
 
     def _check_dtypes(self, state):
-        """Refuses the first tensor of ``state`` that loading would put into a floating tensor of
-        the model and that is not a plain floating tensor. Returns the model's tensors that get a
-        value: same name and shape, or the per-level tensor of an AFP layer's single-level one."""
+        """Refuses a tensor of ``state`` not plain floating for a floating one of the model; returns
+        the model's tensors that get a value (an AFP layer's per-level ones from a single one)."""
         model = self.model.state_dict()
         singles = {}
         for k in model:
@@ -685,11 +660,9 @@ class PANetCheckpointer(DetectionCheckpointer):
             )
 
     def _check_fit(self, incompatible, file_keys):
-        """
-        Refuses a file (its tensor names ``file_keys``, fvcore's report ``incompatible``) with
-        none of the model's tensors, or a tensor of another shape (but the class-dependent
-        predictors of a warm start), or, but for a warm start, a tensor of the model missing.
-        """
+        """Refuses a file (tensor names ``file_keys``, fvcore's report ``incompatible``) with none
+        of the model's tensors, other shapes (but a warm start's predictors) or, but for a warm
+        start, a tensor missing."""
         model_keys = list(self.model.state_dict())
         required = [k for k in model_keys if not k.endswith(NOT_REQUIRED_SUFFIXES)]
         if required and not file_keys.intersection(required):
