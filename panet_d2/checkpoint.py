@@ -7,12 +7,12 @@ report and saves atomically. Why, and every message: docs/reliability.md.
 
 import builtins
 import codecs
+import contextlib
 import io
 import logging
 import math
 import os
 import pickle
-import pickletools
 import re
 import struct
 import zipfile
@@ -67,7 +67,7 @@ _HINTS = (
 # An AFP layer's per-level tensor name -> its single-level one (modeling/layers.py)
 _PER_LEVEL = re.compile(r"(^|\.)(per_level|levels\.\d+)\.")
 
-# What a .pkl may hold: NumPy arrays and scalars of plain dtypes, numbers, strings, containers.
+# What a pickle may hold: NumPy arrays and scalars of plain dtypes, numbers, strings, containers.
 _NUMPY_GLOBALS = {"multiarray": ("_reconstruct", "scalar"), "numeric": ("_frombuffer",)}
 _SAFE_BUILTINS = {"set", "frozenset", "complex", "bytearray", "int", "float", "str", "bytes"}
 _SAFE_BUILTINS |= {"list", "dict", "tuple", "bool", "slice"}
@@ -89,19 +89,6 @@ _SIZED_REBUILDS = {
 
 class _Refused(pickle.UnpicklingError):
     """What a file holds that panet_d2 does not read (completes "was not loaded: ")."""
-
-
-def _count_nested(tuples, t, limit, size):
-    """Returns tuple ``t``, noted in ``tuples`` (id -> (tuple, its items nested, counted with
-    repeats)); refused beyond ``limit`` items (hashing it would not end)."""
-    n = 1 + sum(tuples.get(id(c), (c, 1))[1] for c in t if type(c) is tuple)
-    if n > limit:
-        raise _Refused(
-            f"it makes tuples nested to {n} items (hashing them would not end), more than the "
-            f"file's own {size} bytes"
-        )
-    tuples[id(t)] = (t, n)
-    return t
 
 
 def _size_left(f):
@@ -135,7 +122,7 @@ class _BoundedReader:
 
 
 def _ndarray(*args):
-    """What ``numpy.ndarray`` of a .pkl is: only an argument of ``_reconstruct``."""
+    """What ``numpy.ndarray`` of a pickle is: only an argument of ``_reconstruct``."""
     raise _Refused("it calls numpy.ndarray itself (NumPy's pickles do not)")
 
 
@@ -181,19 +168,17 @@ def _check_array_state(state):
 
 
 class RestrictedUnpickler(pickle._Unpickler):
-    """
-    Python's unpickler of what Detectron2's model-zoo and Caffe2 ``.pkl`` files hold: NumPy arrays
-    and scalars of plain dtypes (bool, integers, floats), numbers, strings and containers, within
-    the file's size; anything else raises ``pickle.UnpicklingError`` naming it.
-    """
+    """Python's unpickler of NumPy arrays and scalars of plain dtypes, numbers, strings and
+    containers, none larger than the file's ``size``; anything else raises ``UnpicklingError``.
+    ``scan=True``: the pre-scan of a torch pickle, whose torch calls and storages it sizes."""
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file, **kwargs):
-        size = _size_left(file)
-        self._size, self._limit = size, max(size, _MIN_LIMIT)
-        self._tuples = {}  # (_count_nested)
-        super().__init__(_BoundedReader(file, size), **kwargs)
+    def __init__(self, file, *, size=None, scan=False, **kwargs):
+        left = _size_left(file)
+        self._size = left if size is None else size
+        self._limit, self._scan, self._tuples = max(self._size, _MIN_LIMIT), scan, {}
+        super().__init__(_BoundedReader(file, left), **kwargs)
 
     def find_class(self, module, name):
         package, _, submodule = module.rpartition(".")
@@ -204,24 +189,22 @@ class RestrictedUnpickler(pickle._Unpickler):
         known = {
             ("numpy", "ndarray"): _ndarray,
             ("numpy", "dtype"): _plain_dtype,
-            ("collections", "OrderedDict"): self._ordered_dict,
+            ("collections", "OrderedDict"): lambda *args: self._builtin("OrderedDict", args),
             ("_codecs", "encode"): self._encode,
         }
         if (module, name) in known:
             return known[(module, name)]
+        if self._scan and module.partition(".")[0] == "torch":
+            return lambda *args: self._torch_call(f"{module}.{name}", args)
         raise pickle.UnpicklingError(f"refused global {module}.{name}")
 
     def _too_large(self, n, what):
         if n > self._limit:
             raise _Refused(f"it makes {what}, more than the file's own {self._size} bytes")
 
-    def _ordered_dict(self, *args):
-        return self._builtin("OrderedDict", args, OrderedDict)
-
-    def _builtin(self, name, args, make=None):
+    def _builtin(self, name, args):
         """``name(*args)``: numbers and strings from flat values, containers from containers,
         bytes from bytes, text or a size within the file's."""
-        make = make or getattr(builtins, name)
         if name in ("bytes", "bytearray") and len(args) == 1 and type(args[0]) is int:
             self._too_large(args[0], f"a {name} of {args[0]} bytes")
             flat = True
@@ -235,8 +218,31 @@ class RestrictedUnpickler(pickle._Unpickler):
         if not flat:
             types = ", ".join(type(a).__name__ for a in args)
             raise _Refused(f"it calls {name}({types}), which no checkpoint needs")
-        value = make(*args)
+        value = OrderedDict(*args) if name == "OrderedDict" else getattr(builtins, name)(*args)
         return self._count(value) if name == "tuple" else value
+
+    def _torch_call(self, func, args):
+        """A call of a torch pickle (a tensor, storage or rebuild) within the file's size."""
+        if isinstance(args, tuple):
+            ints = [a for a in args if type(a) is int]
+            ints += [n for a in args if type(a) is tuple for n in a if type(n) is int]
+            made = math.prod(ints) if func.endswith(("Tensor", "Storage")) else 0
+            if func in _SIZED_REBUILDS and len(args) > 2 and isinstance(args[2], tuple):
+                made = math.prod(n for n in args[2] if type(n) is int) // 8  # 8 elements a byte
+            self._too_large(made, f"a {func} of {made} elements or bytes")
+        return object()  # (what torch makes)
+
+    def persistent_load(self, pid):
+        """A storage of a torch pickle (scan): declared within the file's size."""
+        if not self._scan:
+            return super().persistent_load(pid)
+        numel = pid[4] if isinstance(pid, tuple) and len(pid) > 4 else 0
+        if type(numel) is int and numel > self._limit:
+            raise _Refused(
+                f"it declares a storage of {numel} elements, more than the file's own "
+                f"{self._size} bytes"
+            )
+        return object()
 
     def _encode(self, obj, encoding="utf-8", errors="strict"):
         if not isinstance(obj, str) or encoding not in _TEXT_CODECS:
@@ -265,7 +271,16 @@ class RestrictedUnpickler(pickle._Unpickler):
         return array.reshape(shape, order=order)
 
     def _count(self, t):
-        return _count_nested(self._tuples, t, self._limit, self._size)
+        """Returns tuple ``t``, refused beyond the file's size in items nested (with repeats):
+        hashing it would not end."""
+        n = 1 + sum(self._tuples.get(id(c), (c, 1))[1] for c in t if type(c) is tuple)
+        if n > self._limit:
+            raise _Refused(
+                f"it makes tuples nested to {n} items (hashing them would not end), more than "
+                f"the file's own {self._size} bytes"
+            )
+        self._tuples[id(t)] = (t, n)
+        return t
 
     def load_build(self):
         inst, state = self.stack[-2], self.stack[-1]
@@ -273,6 +288,9 @@ class RestrictedUnpickler(pickle._Unpickler):
             _check_dtype_state(state)
         elif type(inst) is np.ndarray:
             _check_array_state(state)
+        elif self._scan:  # what torch's unpickler sets, the scan does not need
+            del self.stack[-1]
+            return
         elif not (type(inst) is OrderedDict and isinstance(state, dict)):
             raise _Refused(f"it sets the state of a {type(inst).__name__}")
         super().load_build()
@@ -285,7 +303,10 @@ class RestrictedUnpickler(pickle._Unpickler):
         self.append(value)
 
     def load_newobj(self):
-        raise _Refused("it creates a class instance (NEWOBJ)")
+        if not self._scan:
+            raise _Refused("it creates a class instance (NEWOBJ)")
+        args = self.stack.pop()  # (NEWOBJ_EX, which torch refuses, ends the scan here)
+        self.stack[-1] = self.stack[-1](*args)
 
     def _counted_tuple(self, load):
         load(self)
@@ -301,110 +322,30 @@ for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
     _dispatch[_op[0]] = lambda self, load=_dispatch[_op[0]]: self._counted_tuple(load)
 
 
-class _Global(str):
-    """A global named in a pickle, as :func:`_scan_torch_pickle` follows it."""
-
-
-def _torch_call(func, args, size):
-    """Refuses a call of a torch pickle that would make more bytes or elements than the file's
-    ``size`` (at least 1 MiB), or text in a codec that grows it."""
-    if not isinstance(func, _Global) or not isinstance(args, tuple):
-        return
-    ints = [a for a in args if type(a) is int] + [
-        n for a in args if type(a) is tuple for n in a if type(n) is int
-    ]
-    allocates = func in ("builtins.bytearray", "builtins.bytes")
-    allocates = allocates or func.startswith("torch.") and func.endswith(("Tensor", "Storage"))
-    made = math.prod(ints) if allocates else 0
-    if func in _SIZED_REBUILDS and len(args) > 2 and isinstance(args[2], tuple):
-        made = math.prod(n for n in args[2] if type(n) is int) // 8  # 8 elements a byte at most
-    if made > max(size, _MIN_LIMIT):
-        raise _Refused(
-            f"it makes a {func} of {made} elements or bytes, more than the file's own {size} bytes"
-        )
-    if func == "_codecs.encode" and (len(args) < 2 or args[1] not in _TEXT_CODECS):
-        raise _Refused(f"it calls _codecs.encode with the codec {str(args[1:])[:30]}")
-
-
-_SCAN_VALUES = ("BININT", "BININT1", "BININT2", "LONG1", "BINFLOAT", "BINUNICODE")
-_SCAN_VALUES += ("SHORT_BINSTRING",)
-_SCAN_CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
-
-
-def _scan_torch_pickle(file, size):
-    """
-    Follows one pickle of a torch file through the opcodes of torch's weights-only unpickler (any
-    other ends the scan: torch refuses it) and refuses what would make more than the file's
-    ``size``: calls (:func:`_torch_call`), storages, nested tuples. Returns whether it ended.
-    """
-    stack, marks, memo, tuples, other = [], [], {}, {}, object()
-    limit = max(size, _MIN_LIMIT)
-    for op, arg, _ in pickletools.genops(file):
-        name = op.name
-        if name in _SCAN_VALUES or name in _SCAN_CONSTANTS:
-            stack.append(arg if name in _SCAN_VALUES else _SCAN_CONSTANTS[name])
-        elif name in ("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET"):
-            stack.append(other)
-        elif name == "GLOBAL":
-            stack.append(_Global(arg.replace(" ", ".")))
-        elif name == "MARK":
-            marks.append(len(stack))
-        elif name.startswith("TUPLE"):
-            at = marks.pop() if name == "TUPLE" else len(stack) - int(name[-1])
-            t = _count_nested(tuples, tuple(stack[at:]), limit, size)
-            del stack[at:]
-            stack.append(t)
-        elif name in ("APPENDS", "SETITEMS"):
-            del stack[marks.pop() :]
-        elif name in ("APPEND", "BUILD", "SETITEM"):
-            del stack[-2 if name == "SETITEM" else -1 :]
-        elif name in ("BINPUT", "LONG_BINPUT"):
-            memo[arg] = stack[-1]
-        elif name in ("BINGET", "LONG_BINGET"):
-            stack.append(memo.get(arg, other))
-        elif name in ("REDUCE", "NEWOBJ"):
-            args = stack.pop()
-            _torch_call(stack.pop(), args, size)
-            stack.append(other)
-        elif name == "BINPERSID":
-            pid = stack.pop()
-            numel = pid[4] if isinstance(pid, tuple) and len(pid) > 4 else 0
-            if type(numel) is int and numel > limit:
-                raise _Refused(
-                    f"it declares a storage of {numel} elements, more than the file's own {size} "
-                    "bytes"
-                )
-            stack.append(other)
-        elif name != "PROTO":
-            return name == "STOP"
-    return False
-
-
 def _scan_torch_file(f):
-    """Refuses (:class:`_Refused`) a file that ``torch.load(weights_only=True)`` would let
-    allocate more than its size: zip members declared larger, or what :func:`_scan_torch_pickle`
-    finds in its pickles. A file torch cannot read is left to torch to say why."""
+    """Refuses a torch file whose zip members or pickles would make more than its size; what
+    torch cannot read is left to torch to say why."""
     start, size = f.tell(), _size_left(f)
     try:
-        if f.read(4) == b"PK\x03\x04":  # torch's test for its zip format
-            f.seek(start)
+        zipped = f.read(4) == b"PK\x03\x04"  # torch's test for its zip format
+        f.seek(start)
+        if not zipped:  # legacy: magic number, protocol, system info, the object, storage keys
+            scan = RestrictedUnpickler(f, size=size, scan=True, encoding="latin1")
+            for _ in range(5):
+                scan.load()
+        else:
             with zipfile.ZipFile(f) as archive:
                 members = archive.infolist()
                 declared = sum(m.file_size for m in members)
                 if declared > size:
                     raise _Refused(
-                        f"its {len(members)} zip members declare {declared} bytes, more than the "
-                        f"file's own {size} bytes"
+                        f"its {len(members)} zip members declare {declared} bytes, more than "
+                        f"the file's own {size} bytes"
                     )
                 for m in members:
                     if m.filename.endswith("data.pkl"):
-                        _scan_torch_pickle(io.BytesIO(archive.read(m)), size)
-        else:
-            f.seek(start)
-            reader = _BoundedReader(f, size)
-            for _ in range(5):  # magic number, protocol, system info, the object, storage keys
-                if not _scan_torch_pickle(reader, size):
-                    break
+                        data = io.BytesIO(archive.read(m))
+                        RestrictedUnpickler(data, size=size, scan=True, encoding="latin1").load()
     except _Refused:
         raise
     except Exception:  # not a file torch reads: torch says why
@@ -413,15 +354,8 @@ def _scan_torch_file(f):
 
 
 def read_checkpoint(path):
-    """
-    Returns the object in a checkpoint file, read as data, never code: a ``.pkl`` with
-    :class:`RestrictedUnpickler`, anything else with ``torch.load(weights_only=True)`` after
-    :func:`_scan_torch_file`.
-
-    Raises:
-        CheckpointError: one line naming what loading would call or what panet_d2 does not read,
-            or why the file cannot be read.
-    """
+    """The object in a checkpoint file, read as data (a ``.pkl`` by :class:`RestrictedUnpickler`,
+    else by ``torch.load(weights_only=True)`` once scanned); else a one-line CheckpointError."""
     try:
         with PathManager.open(path, "rb") as f:
             if path.endswith(".pkl"):
@@ -487,23 +421,49 @@ def _class_mismatch(wrong):
     return text or f"{_names(w[0] for w in wrong)} have other shapes ({wrong[0]})"
 
 
+class _AtomicPathManager:
+    """A path manager whose files written replace (elsewhere than local: are copied over) their
+    path once complete."""
+
+    def __init__(self, path_manager):
+        self._path_manager = path_manager
+
+    def __getattr__(self, name):
+        return getattr(self._path_manager, name)
+
+    def open(self, path, mode="r", **kwargs):
+        if "w" not in mode:
+            return self._path_manager.open(path, mode, **kwargs)
+        if "://" not in path:
+            return _AtomicFile(self._path_manager.open, path, mode, kwargs)
+        return self._copied(path, mode, kwargs)
+
+    @contextlib.contextmanager
+    def _copied(self, path, mode, kwargs):
+        tmp = path + _AtomicFile.SUFFIX
+        try:
+            with self._path_manager.open(tmp, mode, **kwargs) as f:
+                yield f
+            self._path_manager.copy(tmp, path, overwrite=True)
+        finally:
+            if self._path_manager.exists(tmp):
+                self._path_manager.rm(tmp)
+
+
 class PANetCheckpointer(DetectionCheckpointer):
-    """
-    Detectron2's :class:`DetectionCheckpointer` (same constructor and methods) that reads files
-    as data, verifies what it loaded and saves atomically; creating it removes the partial files
-    of an interrupted save.
+    """Detectron2's checkpointer that reads files as data, verifies what it loaded and saves
+    atomically (removing the partial files of an interrupted save).
 
     Args:
-        warm_start (bool): False (default): every tensor of the model must come from the file
-            loaded, and a path must be given. True: a warm start for training (MODEL.WEIGHTS):
-            new layers and other class counts allowed, "" starts from scratch. Resuming is strict
-            in both cases.
+        warm_start (bool): True for MODEL.WEIGHTS of training: new layers and other class counts
+            allowed, "" starts from scratch. False: every tensor from the file. Resuming is strict.
     """
 
     def __init__(
         self, model, save_dir="", *, save_to_disk=None, warm_start=False, **checkpointables
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.path_manager = _AtomicPathManager(self.path_manager)
         self.warm_start = warm_start
         self._loading = None
         if self.save_dir and self.save_to_disk and self.path_manager.isdir(self.save_dir):
@@ -518,14 +478,9 @@ class PANetCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         self._check_finite(name)
-        data = {"model": self.model.state_dict()}
-        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
-        data.update(kwargs)
         path = os.path.join(self.save_dir, name + ".pth")
-        self.logger.info(f"Saving checkpoint to {path}")
         try:
-            self._write(path, "wb", lambda f: torch.save(data, f))
-            self.tag_last_checkpoint(name + ".pth")
+            super().save(name, **kwargs)  # both files through self.path_manager: atomic
         except (OSError, RuntimeError) as e:
             cause = e  # torch.save wraps a failed write in a RuntimeError
             while cause is not None and not isinstance(cause, OSError):
@@ -538,26 +493,6 @@ class PANetCheckpointer(DetectionCheckpointer):
                 f"Cannot save checkpoint {path!r}: {cause.strerror or cause} (the previous "
                 f"checkpoint is intact{last})."
             ) from None
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        path = os.path.join(self.save_dir, "last_checkpoint")
-        self._write(path, "w", lambda f: f.write(last_filename_basename))
-
-    def _write(self, path, mode, write):
-        """Calls ``write(f)`` on a partial file renamed (on another iopath storage: copied) over
-        ``path`` once complete; a failure leaves ``path`` as it was."""
-        if "://" not in path:
-            with _AtomicFile(self.path_manager.open, path, mode, {}) as f:
-                write(f)
-            return
-        tmp = path + _AtomicFile.SUFFIX
-        try:
-            with self.path_manager.open(tmp, mode) as f:
-                write(f)
-            self.path_manager.copy(tmp, path, overwrite=True)
-        finally:
-            if self.path_manager.exists(tmp):
-                self.path_manager.rm(tmp)
 
     def _check_finite(self, name):
         """Refuses to save the weights of a diverged model (NaN or inf)."""
@@ -656,12 +591,8 @@ class PANetCheckpointer(DetectionCheckpointer):
         return read_checkpoint(f)  # tensors and plain values only: no allow-list needed
 
     def _load_model(self, checkpoint):
-        """
-        Detectron2's loading, then verified: before it, every tensor that goes into a floating
-        tensor of the model is floating; after it, fvcore's report and the file's tensor names
-        fit (:meth:`_check_fit`) and nothing loaded is NaN or inf. A refused file leaves the model
-        as it was.
-        """
+        """Detectron2's loading between checks (floating, fit, finite); a refused file leaves the
+        model as it was."""
         state = checkpoint["model"]
         for k, v in list(state.items()):  # fvcore's conversion of NumPy arrays, in native order
             if isinstance(v, np.ndarray):
@@ -691,9 +622,8 @@ class PANetCheckpointer(DetectionCheckpointer):
         return incompatible
 
     def _check_dtypes(self, state):
-        """Refuses the first tensor of ``state`` that loading would put into a floating tensor of
-        the model and that is not a plain floating tensor. Returns the model's tensors that get a
-        value: same name and shape, or the per-level tensor of an AFP layer's single-level one."""
+        """Refuses a tensor of ``state`` not plain floating for a floating one of the model; returns
+        the model's tensors that get a value (an AFP layer's per-level ones from a single one)."""
         model = self.model.state_dict()
         singles = {}
         for k in model:
@@ -730,11 +660,9 @@ class PANetCheckpointer(DetectionCheckpointer):
             )
 
     def _check_fit(self, incompatible, file_keys):
-        """
-        Refuses a file (its tensor names ``file_keys``, fvcore's report ``incompatible``) with
-        none of the model's tensors, or a tensor of another shape (but the class-dependent
-        predictors of a warm start), or, but for a warm start, a tensor of the model missing.
-        """
+        """Refuses a file (tensor names ``file_keys``, fvcore's report ``incompatible``) with none
+        of the model's tensors, other shapes (but a warm start's predictors) or, but for a warm
+        start, a tensor missing."""
         model_keys = list(self.model.state_dict())
         required = [k for k in model_keys if not k.endswith(NOT_REQUIRED_SUFFIXES)]
         if required and not file_keys.intersection(required):
