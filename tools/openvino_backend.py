@@ -40,6 +40,8 @@ INT8_OP_TYPES = ("Conv",)
 INT8_EXCLUDED_PREFIXES = ("/roi_heads/box_head/", "/roi_heads/box_predictor/")
 
 
+# UPSTREAM-WORKAROUND onnx-sequence-in-loop: OpenVINO 2026.4's CPU plugin cannot compile a
+# SplitToSequence read in a Loop, which Detectron2 0.6's scripted paste_masks_in_image makes.
 def sequences_as_slices(onnx_model) -> int:
     """
     Replace, in place, every ``SplitToSequence(x, split)`` (1-D ``x``, ``split`` a 1-D tensor of
