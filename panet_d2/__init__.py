@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """PANet and panoptic PANet as a Detectron2 project. Importing it registers its components and
 datasets with Detectron2 and changes nothing else (tests/test_import_effects.py)."""
 

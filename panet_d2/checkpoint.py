@@ -1,9 +1,5 @@
-# -*- coding: utf-8 -*-
-"""
-:class:`PANetCheckpointer`: Detectron2's checkpointer that reads files as data, never code, and
-nothing larger than the file (:func:`read_checkpoint`), verifies what it loaded against fvcore's
-report and saves atomically. Why, and every message: docs/reliability.md.
-"""
+"""Detectron2's checkpointer that reads files as data, never code, nor larger than the file,
+verifies what it loaded and saves atomically. Why, and every message: docs/reliability.md."""
 
 import builtins
 import codecs
@@ -27,7 +23,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import PathManager
 
 from .compat import _AtomicFile
-from .errors import CheckpointError, TrainingDivergedError
+from .errors import CheckpointError, TrainingDivergedError, os_error_cause
 
 __all__ = ["PANetCheckpointer", "RestrictedUnpickler", "read_checkpoint"]
 
@@ -81,10 +77,8 @@ _RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy.core or numpy._core, as this
 _SCALAR = np.float32(0).__reduce__()[0]
 _MIN_LIMIT = 1 << 20  # what a file may make at least: bytes, elements, nested tuple items
 # torch's rebuilds of a tensor of the size in their 3rd argument
-_SIZED_REBUILDS = {
-    "torch._utils._rebuild_" + name
-    for name in ("tensor", "tensor_v2", "tensor_v3", "qtensor", "wrapper_subclass")
-}
+_SIZED_REBUILDS = {"torch._utils._rebuild_" + n for n in ("tensor", "tensor_v2", "tensor_v3")}
+_SIZED_REBUILDS |= {"torch._utils._rebuild_qtensor", "torch._utils._rebuild_wrapper_subclass"}
 
 
 class _Refused(pickle.UnpicklingError):
@@ -92,7 +86,6 @@ class _Refused(pickle.UnpicklingError):
 
 
 def _size_left(f):
-    """The bytes of file ``f`` from its position to its end."""
     position = f.tell()
     size = f.seek(0, os.SEEK_END) - position
     f.seek(position)
@@ -122,12 +115,10 @@ class _BoundedReader:
 
 
 def _ndarray(*args):
-    """What ``numpy.ndarray`` of a pickle is: only an argument of ``_reconstruct``."""
     raise _Refused("it calls numpy.ndarray itself (NumPy's pickles do not)")
 
 
 def _plain_dtype(obj, align=False, copy=True):
-    """A new ``numpy.dtype(obj)`` of a plain bool, integer or float dtype."""
     name = obj.decode("latin1") if isinstance(obj, bytes) else obj
     if not isinstance(name, str) or name not in _PLAIN_DTYPES or align:
         what = _DTYPE_KINDS.get(str(name)[:1], "not a plain one")
@@ -200,13 +191,12 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def _too_large(self, n, what):
         if n > self._limit:
-            raise _Refused(f"it makes {what}, more than the file's own {self._size} bytes")
+            raise _Refused(f"it {what}, more than the file's own {self._size} bytes")
 
     def _builtin(self, name, args):
-        """``name(*args)``: numbers and strings from flat values, containers from containers,
-        bytes from bytes, text or a size within the file's."""
+        """``name(*args)`` of flat values, containers or (bytes) a size within the file's."""
         if name in ("bytes", "bytearray") and len(args) == 1 and type(args[0]) is int:
-            self._too_large(args[0], f"a {name} of {args[0]} bytes")
+            self._too_large(args[0], f"makes a {name} of {args[0]} bytes")
             flat = True
         elif name in ("bytes", "bytearray", "str") and len(args) == 2:
             flat = isinstance(args[0], (str, bytes)) and args[1] in _TEXT_CODECS
@@ -229,7 +219,7 @@ class RestrictedUnpickler(pickle._Unpickler):
             made = math.prod(ints) if func.endswith(("Tensor", "Storage")) else 0
             if func in _SIZED_REBUILDS and len(args) > 2 and isinstance(args[2], tuple):
                 made = math.prod(n for n in args[2] if type(n) is int) // 8  # 8 elements a byte
-            self._too_large(made, f"a {func} of {made} elements or bytes")
+            self._too_large(made, f"makes a {func} of {made} elements or bytes")
         return object()  # (what torch makes)
 
     def persistent_load(self, pid):
@@ -237,11 +227,8 @@ class RestrictedUnpickler(pickle._Unpickler):
         if not self._scan:
             return super().persistent_load(pid)
         numel = pid[4] if isinstance(pid, tuple) and len(pid) > 4 else 0
-        if type(numel) is int and numel > self._limit:
-            raise _Refused(
-                f"it declares a storage of {numel} elements, more than the file's own "
-                f"{self._size} bytes"
-            )
+        if type(numel) is int:
+            self._too_large(numel, f"declares a storage of {numel} elements")
         return object()
 
     def _encode(self, obj, encoding="utf-8", errors="strict"):
@@ -271,14 +258,9 @@ class RestrictedUnpickler(pickle._Unpickler):
         return array.reshape(shape, order=order)
 
     def _count(self, t):
-        """Returns tuple ``t``, refused beyond the file's size in items nested (with repeats):
-        hashing it would not end."""
+        """Tuple ``t``, refused beyond the file's size in items nested (with repeats)."""
         n = 1 + sum(self._tuples.get(id(c), (c, 1))[1] for c in t if type(c) is tuple)
-        if n > self._limit:
-            raise _Refused(
-                f"it makes tuples nested to {n} items (hashing them would not end), more than "
-                f"the file's own {self._size} bytes"
-            )
+        self._too_large(n, f"makes tuples nested to {n} items (hashing them would not end)")
         self._tuples[id(t)] = (t, n)
         return t
 
@@ -297,7 +279,7 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def load_bytearray8(self):
         (n,) = struct.unpack("<Q", self.read(8))
-        self._too_large(n, f"a bytearray of {n} bytes")
+        self._too_large(n, f"makes a bytearray of {n} bytes")
         value = bytearray(n)
         self.readinto(value)
         self.append(value)
@@ -323,8 +305,7 @@ for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
 
 
 def _scan_torch_file(f):
-    """Refuses a torch file whose zip members or pickles would make more than its size; what
-    torch cannot read is left to torch to say why."""
+    """Refuses a torch file whose zip members or pickles make more than its size (else torch)."""
     start, size = f.tell(), _size_left(f)
     try:
         zipped = f.read(4) == b"PK\x03\x04"  # torch's test for its zip format
@@ -422,8 +403,7 @@ def _class_mismatch(wrong):
 
 
 class _AtomicPathManager:
-    """A path manager whose files written replace (elsewhere than local: are copied over) their
-    path once complete."""
+    """A path manager whose files written replace (or, not local, are copied over) their path."""
 
     def __init__(self, path_manager):
         self._path_manager = path_manager
@@ -459,13 +439,10 @@ class PANetCheckpointer(DetectionCheckpointer):
             allowed, "" starts from scratch. False: every tensor from the file. Resuming is strict.
     """
 
-    def __init__(
-        self, model, save_dir="", *, save_to_disk=None, warm_start=False, **checkpointables
-    ):
-        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+    def __init__(self, model, save_dir="", *, save_to_disk=None, warm_start=False, **kwargs):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **kwargs)
         self.path_manager = _AtomicPathManager(self.path_manager)
-        self.warm_start = warm_start
-        self._loading = None
+        self.warm_start, self._loading = warm_start, None
         if self.save_dir and self.save_to_disk and self.path_manager.isdir(self.save_dir):
             for name in self.path_manager.ls(self.save_dir):
                 if name.endswith(_AtomicFile.SUFFIX):
@@ -482,9 +459,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         try:
             super().save(name, **kwargs)  # both files through self.path_manager: atomic
         except (OSError, RuntimeError) as e:
-            cause = e  # torch.save wraps a failed write in a RuntimeError
-            while cause is not None and not isinstance(cause, OSError):
-                cause = cause.__cause__ or cause.__context__
+            cause = os_error_cause(e)  # torch.save wraps a failed write in a RuntimeError
             if cause is None:
                 raise
             last = os.path.basename(self.get_checkpoint_file()) if self.has_checkpoint() else ""
@@ -605,8 +580,9 @@ class PANetCheckpointer(DetectionCheckpointer):
                 )
         if checkpoint.get("matching_heuristics", False):  # another code base's names: ours first
             caffe2 = checkpoint.get("__author__") == "Caffe2"
-            model_state = self.model.state_dict()
-            state = align_and_update_state_dicts(model_state, state, c2_conversion=caffe2)
+            state = align_and_update_state_dicts(
+                self.model.state_dict(), state, c2_conversion=caffe2
+            )
             checkpoint.update(model=state, matching_heuristics=False)  # done: D2 skips it
         consume_prefix_in_state_dict_if_present(state, "module.")  # as fvcore does
         file_keys = set(state)  # (the AFP layers take single-level tensors while loading)
@@ -625,9 +601,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         """Refuses a tensor of ``state`` not plain floating for a floating one of the model; returns
         the model's tensors that get a value (an AFP layer's per-level ones from a single one)."""
         model = self.model.state_dict()
-        singles = {}
-        for k in model:
-            singles.setdefault(_PER_LEVEL.sub(r"\1", k), k)
+        singles = {_PER_LEVEL.sub(r"\1", k): k for k in reversed(model)}  # the first of each
         targets = {}
         for k, v in state.items():
             if k in model and tuple(v.shape) == tuple(model[k].shape):
@@ -660,9 +634,8 @@ class PANetCheckpointer(DetectionCheckpointer):
             )
 
     def _check_fit(self, incompatible, file_keys):
-        """Refuses a file (tensor names ``file_keys``, fvcore's report ``incompatible``) with none
-        of the model's tensors, other shapes (but a warm start's predictors) or, but for a warm
-        start, a tensor missing."""
+        """Refuses a file (tensors ``file_keys``, fvcore's report ``incompatible``) with none of the
+        model's tensors, other shapes (but a warm start's predictors) or (not warm) one missing."""
         model_keys = list(self.model.state_dict())
         required = [k for k in model_keys if not k.endswith(NOT_REQUIRED_SUFFIXES)]
         if required and not file_keys.intersection(required):

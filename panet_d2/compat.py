@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Workarounds for other libraries: context managers that put everything back, never applied on
 import (docs/design.md lists them; tests/test_compat.py fails once one is no longer needed)."""
 
@@ -17,13 +16,8 @@ import numpy as np
 
 from detectron2.utils.file_io import PathManager
 
-__all__ = [
-    "quiet_jit_script_deprecation",
-    "cityscapes_api_alias",
-    "cityscapesscripts_fixes",
-    "ddp_on_cpu",
-    "atomic_output_files",
-]
+__all__ = ["quiet_jit_script_deprecation", "cityscapes_api_alias", "cityscapesscripts_fixes"]
+__all__ += ["ddp_on_cpu", "atomic_output_files"]
 
 
 @contextlib.contextmanager
@@ -193,19 +187,18 @@ class _AtomicFile:
 def atomic_output_files():
     """While the block runs, ``PathManager.open(path, "w"/"wb")`` of a local path returns an
     :class:`_AtomicFile` (Detectron2 0.6's evaluators and ``default_setup`` write in place)."""
-    manager = PathManager
-    open_, own = manager.open, "open" in vars(manager)  # own: set on the object (a test's)
+    open_, own = PathManager.open, "open" in vars(PathManager)  # own: set on the object (a test's)
 
     def open_atomically(path, mode="r", **kwargs):
         if "w" not in mode or "://" in str(path):
             return open_(path, mode, **kwargs)
         return _AtomicFile(open_, os.fspath(path), mode, kwargs)
 
-    manager.open = open_atomically
+    PathManager.open = open_atomically
     try:
         yield
     finally:
         if own:
-            manager.open = open_
+            PathManager.open = open_
         else:
-            del manager.open  # the method of its class again
+            del PathManager.open  # the method of its class again

@@ -1,6 +1,4 @@
-# -*- coding: utf-8 -*-
-"""PANet's config keys and :func:`load_config_file`, the one loader of yacs and LazyConfig files
-(YAML read as data)."""
+"""PANet's config keys and :func:`load_config_file`, the loader of config files (YAML as data)."""
 
 import contextlib
 import os
@@ -24,14 +22,8 @@ FF_FUSE_TYPES = ("sum", "max", "product")
 FF_FC_INITS = ("xavier", "normal")
 MASK_PREDICTOR_INITS = ("normal", "msra")
 # Options that switch every PANet component off: Detectron2's Mask R-CNN
-MASK_RCNN_OPTS = (
-    "MODEL.BACKBONE.NAME",
-    "build_resnet_fpn_backbone",
-    "MODEL.AFP.ENABLED",
-    False,
-    "MODEL.FF.ENABLED",
-    False,
-)
+MASK_RCNN_OPTS = ("MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone")
+MASK_RCNN_OPTS += ("MODEL.AFP.ENABLED", False, "MODEL.FF.ENABLED", False)
 
 
 def add_panet_config(cfg):
@@ -179,11 +171,9 @@ def config_error(path, e):
 
 
 def load_config_file(path, opts=(), lazy=True, key="--config-file"):
-    """
-    The config of file ``path`` with command-line options ``opts`` (not frozen): a LazyConfig for
-    a ``.py`` file when ``lazy`` (options "key=value"), else a yacs file (options KEY VALUE) on
-    Detectron2's defaults with PANet's keys. A :class:`ConfigError` names the file or options.
-    """
+    """The config of file ``path`` with command-line options ``opts`` (not frozen): a LazyConfig
+    for a ``.py`` file when ``lazy`` (options "key=value"), else a yacs file (options KEY VALUE) on
+    Detectron2's defaults with PANet's keys. A :class:`ConfigError` names the file or options."""
     opts = list(opts or [])
     if not os.path.isfile(path):
         raise ConfigError("Config file {!r} ({}) does not exist.".format(path, key))

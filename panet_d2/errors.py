@@ -1,15 +1,4 @@
-# -*- coding: utf-8 -*-
 """The project's error types, each message one line naming the bad value and what is allowed."""
-
-__all__ = [
-    "InputError",
-    "ConfigError",
-    "DatasetError",
-    "ImageLoadError",
-    "CheckpointError",
-    "TrainingDivergedError",
-    "check_choice",
-]
 
 
 class InputError(Exception):
@@ -45,9 +34,15 @@ class TrainingDivergedError(FloatingPointError):
 def check_choice(key, value, allowed):
     """Returns ``value`` if it is one of ``allowed``, else raises :class:`ConfigError`."""
     if value not in allowed:
-        raise ConfigError(
-            "Invalid config value {}={!r}; allowed values are: {}.".format(
-                key, value, ", ".join(repr(a) for a in allowed)
-            )
-        )
+        allowed = ", ".join(repr(a) for a in allowed)
+        raise ConfigError(f"Invalid config value {key}={value!r}; allowed values are: {allowed}.")
     return value
+
+
+def os_error_cause(e, errnos=None):
+    """The first OSError (errno in ``errnos``, if given) in ``e``'s chain of causes, else None."""
+    for _ in range(8):  # the chain of causes and contexts, not a cycle
+        if isinstance(e, OSError) and (errnos is None or e.errno in errnos):
+            return e
+        e = getattr(e, "__cause__", None) or getattr(e, "__context__", None)
+    return None

@@ -8,7 +8,7 @@ import sys
 import torch
 from omegaconf import OmegaConf
 
-from ..errors import InputError
+from ..errors import InputError, os_error_cause
 
 
 def adapt_config_to_machine(cfg):
@@ -48,15 +48,6 @@ def clean_error_message(e):
         prefix = f"{type(e).__module__}.{type(e).__name__}: "
         msg = last[len(prefix) :] if last.startswith(prefix) else last
     return msg
-
-
-def os_error_cause(e, errnos=None):
-    """The first OSError (errno in ``errnos``, if given) in ``e``'s chain of causes, else None."""
-    for _ in range(8):  # the chain of causes and contexts, not a cycle
-        if isinstance(e, OSError) and (errnos is None or e.errno in errnos):
-            return e
-        e = getattr(e, "__cause__", None) or getattr(e, "__context__", None)
-    return None
 
 
 def disk_full_message(e):

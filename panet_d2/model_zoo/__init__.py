@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """PANet's model zoo, as :mod:`detectron2.model_zoo`: configs of ``configs/`` by relative path."""
 
 from .model_zoo import RELEASE_MODELS, get, get_config, get_config_file, list_configs

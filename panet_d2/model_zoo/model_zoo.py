@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """PANet's model zoo, as :mod:`detectron2.model_zoo`: configs by their path in ``configs/``."""
 
 import os
@@ -55,13 +54,8 @@ def list_configs() -> List[str]:
 
 
 def get_config_file(config_path: str) -> str:
-    """
-    Returns path to a builtin config file.
-
-    Args:
-        config_path (str): relative to PANet's "configs/" directory, e.g.
-            "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml"; a path out of it: ConfigError.
-    """
+    """The path of ``config_path`` (relative to PANet's ``configs/``, e.g.
+    "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml"; a path out of it: ConfigError)."""
     rel = os.path.normpath(config_path) if isinstance(config_path, str) and config_path else ""
     outside = not rel or os.path.isabs(rel) or rel.split(os.sep)[0] == os.pardir
     if outside or not rel.endswith(_CONFIG_EXTENSIONS):
@@ -94,11 +88,13 @@ def get_config_file(config_path: str) -> str:
     )
 
 
-def _no_trained_weights(config_path: str) -> RuntimeError:
-    """The refusal of ``trained=True``: panet_d2 publishes no trained weights."""
-    if config_path in RELEASE_MODELS:
+def get_config(config_path: str, trained: bool = False) -> Union[CfgNode, DictConfig]:
+    """The CfgNode (``.yaml``) or LazyConfig (``.py``) of a model-zoo config. ``trained=True``
+    asks for trained weights, which panet_d2 does not publish: a RuntimeError says how."""
+    cfg_file = get_config_file(config_path)
+    if trained and config_path in RELEASE_MODELS:
         what, url = RELEASE_MODELS[config_path]
-        return RuntimeError(
+        raise RuntimeError(
             f"panet_d2 does not host trained weights for {config_path!r}. The authors' model it "
             f"computes ({what}) is linked from their release's README (github.com/ShuLiu1993/PANet)"
             f": {url} . Download it (model_step*.pth), convert it with "
@@ -106,33 +102,21 @@ def _no_trained_weights(config_path: str) -> RuntimeError:
             f"and load it with get_config({config_path!r}) and MODEL.WEIGHTS=converted.pth (or "
             "train_net.py / demo.py ... MODEL.WEIGHTS converted.pth)."
         )
-    return RuntimeError(
-        f"No trained PANet model is published for {config_path!r}: panet_d2 ships configs only. "
-        "Train one with train_net.py and load it with MODEL.WEIGHTS=/path/to/model_final.pth (or "
-        "PANetCheckpointer(model).load(path)), or convert the authors' release model with "
-        "tools/convert_panet_release.py; use trained=False for the config's own MODEL.WEIGHTS "
-        "(ImageNet-pretrained backbone or from scratch)."
-    )
-
-
-def get_config(config_path: str, trained: bool = False) -> Union[CfgNode, DictConfig]:
-    """
-    Returns a config object for a model in model zoo: a CfgNode (``.yaml``) or a LazyConfig
-    (``.py``). ``trained=True`` asks for trained weights, which panet_d2 does not publish: a
-    RuntimeError says how to get them.
-    """
-    cfg_file = get_config_file(config_path)
     if trained:
-        raise _no_trained_weights(config_path)
+        raise RuntimeError(
+            f"No trained PANet model is published for {config_path!r}: panet_d2 ships configs "
+            "only. Train one with train_net.py and load it with MODEL.WEIGHTS=/path/to/"
+            "model_final.pth (or PANetCheckpointer(model).load(path)), or convert the authors' "
+            "release model with tools/convert_panet_release.py; use trained=False for the "
+            "config's own MODEL.WEIGHTS (ImageNet-pretrained backbone or from scratch)."
+        )
     return load_config_file(cfg_file)
 
 
 def get(config_path: str, trained: bool = False, device: Optional[str] = None):
-    """
-    Get a model specified by relative path under PANet's ``configs/`` directory, in training mode
-    with the config's MODEL.WEIGHTS (``train.init_checkpoint``) loaded as a warm start; ``device``
-    overwrites the config's ("cpu" when None without CUDA).
-    """
+    """The model of a model-zoo config, in training mode with the config's MODEL.WEIGHTS
+    (``train.init_checkpoint``) loaded as a warm start; ``device`` overwrites the config's ("cpu"
+    when None without CUDA)."""
     cfg = get_config(config_path, trained)
     if device is None and not torch.cuda.is_available():
         device = "cpu"
