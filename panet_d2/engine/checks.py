@@ -255,8 +255,7 @@ def _problem(a, masks, image):
 
 
 def _drop_invalid(annos, masks, image_of):
-    """(``annos`` without the invalid ones and polygons, Counter of reasons, polygons removed,
-    the first annotation with a problem or None); ``image_of(a)``: the image of ``a``."""
+    """(valid ``annos``, Counter of reasons, polygons removed, first one with a problem or None)."""
     kept, counts, removed, first = [], Counter(), 0, None
     for a in annos:
         reason, polygons = _problem(a, masks, image_of(a))
@@ -279,8 +278,7 @@ def _log_dropped(where, counts, total, polygons, first, then):
     if not counts and not polygons:
         return
     msg = f"{where}: dropped {sum(counts.values())} of {total} annotations"
-    if counts:
-        msg += f" ({_reasons(counts)})"
+    msg += f" ({_reasons(counts)})" if counts else ""
     if polygons:
         msg += f" and {polygons} polygon(s) with fewer than 6 coordinates or of odd length"
     logger.warning(f"{msg}; the first: {first}. {then}")
@@ -314,8 +312,7 @@ def drop_invalid_annotations(dicts, names, key, masks):
 
 def drop_invalid_coco_annotations(coco_api, name, masks):
     """Drops the invalid annotations and polygons of an evaluator's pycocotools ``COCO``."""
-    annos = coco_api.dataset.get("annotations", [])
-    images = getattr(coco_api, "imgs", {})
+    annos, images = coco_api.dataset.get("annotations", []), getattr(coco_api, "imgs", {})
     kept, counts, polygons, first = _drop_invalid(
         annos, masks, lambda a: images.get(a.get("image_id"))
     )

@@ -68,9 +68,8 @@ def set_rng_states(states):
     """Restores states returned by :func:`get_rng_states`."""
     py_version, py_state, py_gauss = states["python"]
     random.setstate((py_version, tuple(int(x) for x in py_state.tolist()), py_gauss))
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = states["numpy"]
-    np_keys = np_keys.numpy().astype(np.uint32)
-    np.random.set_state((np_name, np_keys, np_pos, np_has_gauss, np_gauss))
+    np_name, np_keys, *np_rest = states["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), *np_rest))
     torch.set_rng_state(states["torch"])
     cuda = states.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
@@ -92,8 +91,7 @@ class ResumeStateHook(HookBase):
     ``samples_per_iter`` per iteration done in ``sampler`` and restores them (one process)."""
 
     def __init__(self, sampler, samples_per_iter):
-        self.sampler, self.samples_per_iter = sampler, samples_per_iter
-        self._rng = None
+        self.sampler, self.samples_per_iter, self._rng = sampler, samples_per_iter, None
 
     def state_dict(self):
         return {"rng": get_rng_states()}

@@ -155,9 +155,7 @@ class PANetTrainer(DefaultTrainer):
         ret = [ResumeStateHook(self.train_sampler, per_iter)] + super().build_hooks()
         if self.cfg.SOLVER.SCALE_MOMENTUM:
             ret.insert(1, MomentumRescale(self.optimizer))
-        if self.cfg.TEST.AUG.ENABLED:
-            # before PeriodicWriter, which closes the writers: the "*_TTA" metrics reach
-            # metrics.json
+        if self.cfg.TEST.AUG.ENABLED:  # before PeriodicWriter: "*_TTA" reaches metrics.json
             at = len(ret) - 1 if isinstance(ret[-1], hooks.PeriodicWriter) else len(ret)
             ret.insert(at, hooks.EvalHook(0, self._test_with_TTA_and_save_results))
         return ret
@@ -182,8 +180,7 @@ class PANetTrainer(DefaultTrainer):
         # the optimizer's load_state_dict made new param groups
         for i, (group, ours) in enumerate(zip(self.optimizer.param_groups, config)):
             for k, value in ours.items():
-                theirs = group.get(k, value)
-                if theirs == value:
+                if (theirs := group.get(k, value)) == value:
                     continue
                 lines[(self._solver_key(k, value, i), value, theirs)] = None
                 group[k] = value
@@ -213,9 +210,8 @@ class PANetTrainer(DefaultTrainer):
         return _SOLVER_KEYS[k]
 
     def train(self):
-        """Runs training; returns the last evaluation's results. Raises TrainingDivergedError (a
-        NaN or infinite loss or weights) or TrainingInterrupted (Ctrl-C), with the last checkpoint.
-        """
+        """Runs training; returns the last evaluation's results. Raises TrainingDivergedError (NaN
+        or infinite loss or weights) or TrainingInterrupted (Ctrl-C), with the last checkpoint."""
         train_loop = logging.getLogger("detectron2.engine.train_loop")
         train_loop.addFilter(_ONE_LINE_ERRORS)
         try:
@@ -237,14 +233,12 @@ class PANetTrainer(DefaultTrainer):
     def after_train(self):
         """Every hook's ``after_train``, even after one fails; after training stopped early, no
         evaluation, and the hooks' errors logged in one line."""
-        stopped = self.iter < self.max_iter
+        stopped, first = self.iter < self.max_iter, None
         self.storage.iter = self.iter
-        first = None
         for h in self._hooks:
             # UPSTREAM-WORKAROUND hooks-after-failed-training: Detectron2 0.6's EvalHook evaluates
-            # after a failure at the last iteration (its check of a failed training is iter + 1 >=
-            # max_iter), and TrainerBase.after_train stops at the first hook that fails: a
-            # writer's error (a full disk) replaced the error that had stopped training.
+            # after a failure at the last iteration, and TrainerBase.after_train stops at the
+            # first hook that fails (a full disk's error replaced the one that stopped training).
             if stopped and isinstance(h, hooks.EvalHook):
                 continue
             try:
@@ -274,11 +268,9 @@ class PANetTrainer(DefaultTrainer):
             what = f"the loss became NaN or infinite: {losses}"
         else:  # the checkpointer's (weights), or Detectron2's of NaN boxes in the forward pass
             what = " ".join(str(e).split()).rstrip(".")
-            try:
+            with contextlib.suppress(AttributeError, KeyError):
                 loss, at = self.storage.latest()["total_loss"]
                 what += f" (the last total_loss: {loss:.4g}, at iteration {at})"
-            except (AttributeError, KeyError):
-                pass
         named = repr(last) + " (named by last_checkpoint)" if last else "none"
         return TrainingDivergedError(
             f"Training diverged at iteration {self.iter}: {what}. The last checkpoint written "
