@@ -10,8 +10,6 @@ from detectron2.utils.file_io import PathManager
 from ..errors import DatasetError
 from .label_space import PanopticLabelSpace
 
-__all__ = ["coco_panoptic_separated_metadata", "register_coco_panoptic_panet"]
-
 # name -> (images, panoptic PNGs, panoptic json, instances json), under $DETECTRON2_DATASETS
 _PREDEFINED_SPLITS = {
     f"coco_2017_{s}_panoptic_panet": (
@@ -45,8 +43,7 @@ def coco_panoptic_separated_metadata(categories=None) -> dict:
 
 
 def _load(name, metadata, image_root, panoptic_root, panoptic_json, instances_json):
-    """``load_coco_panoptic_json``'s dicts, merged with ``load_coco_json``'s of an instances json;
-    a missing file, bad json or unknown category id is a :class:`DatasetError`."""
+    """Detectron2's panoptic dicts, merged with those of an instances json; errors: DatasetError."""
     where = f"Dataset {name!r}"
     hint = " (under $DETECTRON2_DATASETS, default ./datasets)" if name in _PREDEFINED_SPLITS else ""
     for path in (panoptic_json, image_root, panoptic_root, instances_json):

@@ -4,7 +4,7 @@ import copy
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
@@ -13,9 +13,6 @@ from detectron2.utils.file_io import PathManager
 
 from ..errors import DatasetError, ImageLoadError, InputError
 
-__all__ = ["read_image", "check_image_size", "ImageDatasetMapper", "MAX_ASPECT_RATIO"]
-
-_EXIF_ORIENTATION = 0x0112
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # The longest side of an image that panet_d2 reads, in its shortest sides
 MAX_ASPECT_RATIO = 100
@@ -24,11 +21,8 @@ MAX_ASPECT_RATIO = 100
 # UPSTREAM-WORKAROUND pil-16-bit-read: Detectron2 0.6 read_image (PIL convert) clips 16-bit pixels:
 # a 16-bit grayscale PNG becomes white.
 def read_image(file_name, format=None, what="image"):
-    """
-    Detectron2's ``read_image`` (same ``format``; HWC array, EXIF orientation applied), where a
-    16-bit image is first scaled to 8 bit (value / 257, rounded); ``what`` the file is, for the
-    :class:`ImageLoadError` of a file that cannot be read or has 32-bit pixels.
-    """
+    """Detectron2's ``read_image`` (same ``format``, HWC, EXIF applied), a 16-bit image scaled to
+    8 bit (value / 257, rounded); ``what`` the file is, for the :class:`ImageLoadError`."""
     subject = what[:1].upper() + what[1:]
     try:
         with PathManager.open(file_name, "rb") as f:
@@ -71,7 +65,7 @@ def check_image_size(dataset_dict, image):
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
-            stored, orientation = image.size, image.getexif().get(_EXIF_ORIENTATION)
+            stored, orientation = image.size, image.getexif().get(ExifTags.Base.Orientation)
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageLoadError(f"Cannot read image {file_name!r}: {e}") from None
     read = stored[::-1] if orientation in _ROTATED else stored
@@ -94,11 +88,8 @@ def check_image_size(dataset_dict, image):
 
 
 class ImageDatasetMapper(DatasetMapper):
-    """
-    Detectron2's ``DatasetMapper`` (same arguments and outputs) whose image is read by
-    :func:`read_image` and checked by :func:`check_image_size`; ``DatasetMapper.__call__`` has no
-    hook for the reader, so this one is written with its public steps.
-    """
+    """Detectron2's ``DatasetMapper`` reading with :func:`read_image` and :func:`check_image_size`
+    (``DatasetMapper.__call__`` has no hook for the reader, so this one uses its public steps)."""
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
@@ -126,8 +117,7 @@ class ImageDatasetMapper(DatasetMapper):
         return image
 
     def _augment(self, dataset_dict, image, sem_seg=None):
-        """Augments ``image`` (and the (H, W) labels ``sem_seg``) into ``dataset_dict["image"]``
-        (C, H, W); returns the ``AugInput`` and the ``TransformList``."""
+        """Augments ``image`` and (H, W) ``sem_seg`` into ``dataset_dict["image"]`` (C, H, W)."""
         aug_input = T.AugInput(image, sem_seg=sem_seg)
         try:
             transforms = self.augmentations(aug_input)

@@ -4,8 +4,6 @@ from typing import List, Tuple
 
 from ..errors import DatasetError
 
-__all__ = ["PanopticLabelSpace", "label_space_of"]
-
 
 class PanopticLabelSpace:
     """

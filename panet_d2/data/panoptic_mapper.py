@@ -51,15 +51,9 @@ def _segments(pan_ids, segments_info, space, where):
 
 
 def segment_index(pan_ids, ids):
-    """
-    Args:
-        pan_ids (ndarray (H, W)): the segment ids of a panoptic PNG.
-        ids (int64 ndarray (N,)): the sorted ids of its segments_info.
-
-    Returns:
-        index (int64 (H, W)): 1 + the position in ``ids`` of each pixel's id, 0 = not in ``ids``;
-        missing, unknown (list[int]): the ids not in the PNG; the PNG's ids (but 0) not in ``ids``.
-    """
+    """For the (H, W) segment ids ``pan_ids`` of a PNG and the sorted int64 (N,) ``ids`` of its
+    segments_info: int64 (H, W) 1 + the position in ``ids`` of each pixel's id (0: none), the
+    ``ids`` not in the PNG (list), and the PNG's ids but 0 not in ``ids`` (list)."""
     flat = pan_ids.reshape(-1).astype(np.int64)
     pos = np.searchsorted(ids, flat)
     hit = np.append(ids, -1)[pos] == flat
@@ -92,8 +86,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
 
     @configurable
     def __init__(self, is_train, *, augmentations, image_format, label_space=None, **kwargs):
-        """``label_space`` (:class:`PanopticLabelSpace`): needed in training; others: as
-        ``DatasetMapper``'s."""
+        """``label_space`` (:class:`PanopticLabelSpace`): needed in training."""
         if is_train and label_space is None:
             raise ValueError("PanopticDatasetMapper(is_train=True) needs a label_space")
         kwargs = {**_MASKS, **kwargs}

@@ -40,7 +40,7 @@ LABEL_DIVISOR = 1000  # segment id = category_id * LABEL_DIVISOR + instance numb
 
 
 def _low_freq_noise(rng, h, w, cells):
-    """Smooth noise in [-1, 1], float32 (h, w): a small random grid upsampled."""
+    """Smooth noise in [-1, 1], float32 (h, w)."""
     small = rng.uniform(-1.0, 1.0, size=(cells, cells)).astype(np.float32)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
 
@@ -236,9 +236,8 @@ def _write_split(d, split, num_images, seed, h, w):
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
         image, pan, sem, segments = draw_synthetic_image(rng, h, w, force_void=index == 0)
         image_id, file_name = index + 1, f"{index + 1:06d}.png"
-        for folder, array in zip(
-            _FOLDERS.values(), (image[..., ::-1], id2rgb(pan)[..., ::-1], sem)
-        ):
+        arrays = (image[..., ::-1], id2rgb(pan)[..., ::-1], sem)
+        for folder, array in zip(_FOLDERS.values(), arrays):
             os.makedirs(os.path.join(d, folder), exist_ok=True)
             if not cv2.imwrite(os.path.join(d, folder, file_name), array.astype(np.uint8)):
                 raise OSError(f"Failed to write {os.path.join(d, folder, file_name)}")
@@ -253,17 +252,12 @@ def _write_split(d, split, num_images, seed, h, w):
             if SYNTHETIC_CATEGORIES[seg["category_id"] - 1]["isthing"]:
                 ann = dict(id=len(inst_anns) + 1, image_id=image_id, category_id=ann["category_id"])
                 inst_anns.append(dict(ann, bbox=bbox, area=area, iscrowd=0, segmentation=rle))
-    keys = ("id", "name", "supercategory")
-    inst_cats = [{k: c[k] for k in keys} for c in SYNTHETIC_CATEGORIES if c["isthing"]]
-    pan_cats = [
-        dict({k: c[k] for k in keys}, isthing=c["isthing"], color=c["color"])
-        for c in SYNTHETIC_CATEGORIES
-    ]
-    info = {
-        "description": f"panet_d2 synthetic dataset, split {split}",
-        "version": _VERSION,
-        "seed": seed,
-    }
+    keys = ("id", "name", "supercategory", "isthing", "color")
+    inst_cats = [{k: c[k] for k in keys[:3]} for c in SYNTHETIC_CATEGORIES if c["isthing"]]
+    pan_cats = [{k: c[k] for k in keys} for c in SYNTHETIC_CATEGORIES]
+    info = dict(
+        description=f"panet_d2 synthetic dataset, split {split}", version=_VERSION, seed=seed
+    )
     for name, anns, cats in (("instances", inst_anns, inst_cats), ("panoptic", pan_anns, pan_cats)):
         data = {"info": info, "images": images, "annotations": anns, "categories": cats}
         with open(os.path.join(d, name + ".json"), "w") as f:
@@ -271,7 +265,6 @@ def _write_split(d, split, num_images, seed, h, w):
 
 
 def _check_split(paths, num_images):
-    """Raises :class:`DatasetError` naming the file if a split is incomplete or corrupt."""
     hint = f"Delete '{paths['dir']}' to generate it again."
     for p in (paths["instances_json"], paths["panoptic_json"]):
         try:
@@ -287,9 +280,7 @@ def _check_split(paths, num_images):
             raise DatasetError(f"Generated file '{p}' is missing or empty. {hint}")
 
 
-def generate_synthetic_dataset(
-    root, split, num_images, seed, image_size=DEFAULT_IMAGE_SIZE
-) -> dict:
+def generate_synthetic_dataset(root, split, num_images, seed, image_size=DEFAULT_IMAGE_SIZE):
     """Generates a split (the same files for the same arguments) into ``root`` (None:
     :func:`get_synthetic_dataset_root`) unless it is there; returns its paths."""
     if int(num_images) < 1:
@@ -338,14 +329,12 @@ def load_synthetic_sem_seg(paths, dataset_name=None):
 
 
 def load_synthetic_panoptic_separated(paths, dataset_name=None):
-    """The dicts of ``register_coco_panoptic_separated`` with those of
-    ``load_coco_panoptic_json`` (``pan_seg_file_name``, ``segments_info``)."""
+    """``register_coco_panoptic_separated``'s dicts + ``pan_seg_file_name``, ``segments_info``."""
     meta = get_synthetic_metadata()
     things = meta["thing_dataset_id_to_contiguous_id"]
     contiguous = {**meta["stuff_dataset_id_to_contiguous_id"], **things}
-    dicts = merge_to_panoptic(
-        load_synthetic_instances(paths, dataset_name), load_synthetic_sem_seg(paths)
-    )
+    instances = load_synthetic_instances(paths, dataset_name)
+    dicts = merge_to_panoptic(instances, load_synthetic_sem_seg(paths))
     with PathManager.open(paths["panoptic_json"]) as f:
         by_id = {a["image_id"]: a for a in json.load(f)["annotations"]}
     for d in dicts:

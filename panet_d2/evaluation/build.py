@@ -94,12 +94,11 @@ def check_evaluator_type(dataset_name):
     supported types when :data:`EVALUATORS` has none for it."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type not in EVALUATORS:
-        found = "evaluator_type {!r}".format(evaluator_type) if evaluator_type else None
+        found = f"evaluator_type {evaluator_type!r}" if evaluator_type else None
         raise DatasetError(
-            "No evaluator for the test dataset {!r}: it has {}. Supported evaluator types: "
-            "{}.".format(
-                dataset_name, found or "no evaluator_type in its metadata", ", ".join(EVALUATORS)
-            )
+            f"No evaluator for the test dataset {dataset_name!r}: it has "
+            f"{found or 'no evaluator_type in its metadata'}. Supported evaluator types: "
+            f"{', '.join(EVALUATORS)}."
         )
     return evaluator_type
 

@@ -41,8 +41,7 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         super().process(inputs, outputs)
 
     def evaluate(self):
-        """Detectron2's, after warning of each ground-truth PNG that disagrees with its
-        segments_info (as training does)."""
+        """Detectron2's, after warning of ground-truth PNGs that disagree with segments_info."""
         mismatches = comm.gather(self._ground_truth_mismatches(), dst=0)
         mismatches = [m for part in mismatches for m in part]
         for where, missing, unknown in mismatches[:_WARNED_IMAGES]:
@@ -56,8 +55,7 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         return super().evaluate()
 
     def _ground_truth_mismatches(self):
-        """(where, ids missing from the PNG, ids unknown to segments_info) of each predicted
-        image whose ground truth (panoptic_json, panoptic_root) disagrees."""
+        """(where, missing, unknown) of each predicted image whose ground truth disagrees."""
         image_ids = {p["image_id"] for p in self._predictions}
         if not image_ids:
             return []

@@ -3,6 +3,7 @@
 import io
 import logging
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -10,8 +11,6 @@ from detectron2.export import TracingAdapter
 from detectron2.export.flatten import DictSchema, InstancesSchema
 
 from .torchscript import deployable_copy, inference_function
-
-__all__ = ["ONNX_OPSET_VERSION", "export_onnx", "OnnxRuntimeModel"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +30,7 @@ def _output_names(schema, num_outputs):
 # UPSTREAM-WORKAROUND onnx-if-branch-types: Detectron2 0.6 paste_masks_in_image returns uint8 for
 # zero instances and bool otherwise; ONNX Runtime 1.x refuses an If with such branches.
 def _unify_if_branch_types(onnx_model):
-    """Gives the empty tensor (``ConstantOfShape``) of one branch of each ONNX ``If`` the element
-    type of the other branch's output."""
+    """Gives each ``If``'s empty-tensor branch (``ConstantOfShape``) the other branch's type."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -52,11 +50,7 @@ def _unify_if_branch_types(onnx_model):
                         break
                     producer = [n for n in g.node if out.name in n.output]
                     if producer and producer[0].op_type == "ConstantOfShape":
-                        zero = (
-                            torch.zeros(1)
-                            .numpy()
-                            .astype(helper.tensor_dtype_to_np_dtype(elem_type))
-                        )
+                        zero = np.zeros(1, helper.tensor_dtype_to_np_dtype(elem_type))
                         for a in producer[0].attribute:
                             if a.name == "value":
                                 a.t.CopyFrom(numpy_helper.from_array(zero))

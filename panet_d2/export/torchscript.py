@@ -39,8 +39,7 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def _plain(value):
-    """``value`` with its omegaconf containers (nested in lists, tuples, dicts too) made plain;
-    ``value`` itself if it has none."""
+    """``value`` with its (nested) omegaconf containers made plain; ``value`` itself if none."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
     if isinstance(value, (DictConfig, ListConfig)):
@@ -118,8 +117,7 @@ def trace_model(model: nn.Module, inputs):
 
 class ScriptableInstanceModel(nn.Module):
     """A GeneralizedRCNN returning per image a dict of its Instances' fields, which TorchScript
-    saves and loads in another process (pytorch/pytorch#46944), as Detectron2's
-    tools/deploy/export_model.py does."""
+    reloads in another process (pytorch/pytorch#46944), as in Detectron2's tools/deploy."""
 
     def __init__(self, model: GeneralizedRCNN):
         super().__init__()
@@ -140,11 +138,9 @@ def script_model(model: nn.Module) -> torch.jit.ScriptModule:
 
 
 def eager_outputs(outputs, image_size, height: int, width: int):
-    """
-    The eager model's output for one image from an exported model's ``outputs`` (``Instances``
-    or a dict of its fields at ``image_size``, the exported model's input; or the panoptic dict),
-    instances resized to ``height``, ``width`` as by ``detector_postprocess``.
-    """
+    """The eager model's output for one image from an exported model's ``outputs`` (``Instances``
+    or its fields at ``image_size``, the exported input's; or the panoptic dict), instances resized
+    to ``height``, ``width`` as by ``detector_postprocess``."""
     fields = dict(outputs.get_fields()) if isinstance(outputs, Instances) else dict(outputs)
     panoptic = "panoptic_seg" in fields
     if panoptic:
