@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """PANet's box head: Detectron2's conv/fc box head with adaptive feature pooling."""
 
 from typing import List
@@ -15,8 +14,6 @@ from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
 from ..errors import check_choice
 from .layers import AFPConv2d, AFPLinear, fuse_levels
 from .validation import check_norm
-
-__all__ = ["PANetConvFCHead", "NormLinear"]
 
 
 class NormLinear(nn.Linear):
@@ -55,11 +52,9 @@ class PANetConvFCHead(FastRCNNConvFCHead):
         check_choice("MODEL.AFP.BOX_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
         check_norm("MODEL.ROI_BOX_HEAD.FC_NORM", fc_norm)
         self.num_levels = num_levels
-        self.fuse_type = fuse_type
+        self.fuse_type = check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         self.fuse_position = fuse_position
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
-        if not self.per_level_first_layer:  # else checked by the per-level layer that fuses
-            check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         if fc_norm:
             for k, fc in enumerate(self.fcs):
                 normed = NormLinear(fc.in_features, fc.out_features, fc_norm)

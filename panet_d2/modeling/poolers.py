@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """AFP's pooler: every proposal pooled from every pyramid level (docs/design.md)."""
 
 from typing import List, Tuple
@@ -12,12 +11,9 @@ from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 
-__all__ = ["AdaptiveFeaturePooler", "multilevel_roi_align"]
-
 
 def _bilinear_taps(coord: Tensor, size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """torchvision's RoIAlign bilinear rule along one axis of ``size`` pixels: low and high pixel
-    indices of the samples ``coord`` and their weights (0 outside [-1, size])."""
+    """torchvision's RoIAlign bilinear taps along one axis: low, high indices and their weights."""
     inside = (coord >= -1.0) & (coord <= size)
     c = coord.clamp(min=0.0)
     low = torch.minimum(c.floor(), size - 1)
@@ -108,14 +104,6 @@ def _roi_align_bags(
 class AdaptiveFeaturePooler(ROIPooler):
     """:class:`ROIPooler` (same constructor) that pools every box from every level."""
 
-    # whether multilevel_roi_align computes the level poolers (RoIAlign, fixed sampling ratio),
-    # and their arguments, typed for TorchScript
-    batched_roi_align: bool
-    _scales: List[float]
-    _output_size: Tuple[int, int]
-    _sampling_ratio: int
-    _aligned: bool
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         first = self.level_poolers[0]
@@ -140,11 +128,9 @@ class AdaptiveFeaturePooler(ROIPooler):
         return torch.stack(grids, dim=1)
 
     def _use_multilevel_roi_align(self, x: List[Tensor]) -> bool:
-        """Whether :func:`multilevel_roi_align` computes the level poolers and is faster: CPU
-        features, not in ONNX export (docs/deployment.md)."""
-        if not self.batched_roi_align:
+        """On CPU, not in ONNX export, if it computes the level poolers (docs/deployment.md)."""
+        if not self.batched_roi_align or x[0].device.type != "cpu":
             return False
         if not torch.jit.is_scripting():
-            if torch.onnx.is_in_onnx_export():
-                return False
-        return x[0].device.type == "cpu"
+            return not torch.onnx.is_in_onnx_export()
+        return True

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Bottom-up path augmentation (BPA), Sec. 3.1 of the PANet paper (docs/design.md)."""
 
 import math
@@ -17,8 +16,6 @@ from ...config import PAFPN_ACTIVATIONS
 from ...errors import ConfigError, check_choice
 from ..scripting import add_scripting_lists, scriptable_copy
 from ..validation import check_in_features, check_norm
-
-__all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
 
 
 class PAFPN(FPN):
@@ -79,7 +76,6 @@ class PAFPN(FPN):
     )
 
     def __prepare_scriptable__(self):
-        """The copy that ``torch.jit.script`` compiles, the lists of convs as ModuleLists."""
         pattern = r"(fpn_lateral|fpn_output|bpa_down|bpa_out)\d+$"
         named = [n for n in self._modules if re.match(pattern, n)]
         return scriptable_copy(self, self._SCRIPTING_LISTS, named)

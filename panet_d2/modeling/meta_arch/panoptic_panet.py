@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Panoptic PANet: PANet's instance branch and Panoptic FPN's semantic branch on one pyramid."""
 
 from numbers import Real
@@ -19,8 +18,6 @@ from ..postprocessing.panoptic_merge import (
     combine_semantic_and_instance_outputs,
     merge_panoptic_tensors,
 )
-
-__all__ = ["PanopticPANet"]
 
 # PanopticFPN's merge thresholds (LazyConfig: model.<attribute>): yacs key, largest value (or None)
 COMBINE_KEYS = {
@@ -48,7 +45,6 @@ class PanopticPANet(PanopticFPN):
 
     @configurable
     def __init__(self, **kwargs):
-        """As :class:`PanopticFPN`; the ``combine_*`` thresholds checked (:data:`COMBINE_KEYS`)."""
         super().__init__(**kwargs)
         for attribute in COMBINE_KEYS:
             _check_threshold(attribute, getattr(self, attribute))
@@ -105,7 +101,6 @@ class PanopticPANet(PanopticFPN):
         ]
 
     def _postprocess_one(self, inputs, instances, sem_seg):
-        """One image's outputs resized to ``inputs["height"], ["width"]`` and merged."""
         image_size = tuple(inputs["image"].shape[-2:])
         height, width = inputs.get("height", image_size[0]), inputs.get("width", image_size[1])
         instances = detector_postprocess(instances, height, width)
@@ -148,14 +143,14 @@ class PanopticPANet(PanopticFPN):
                     self.merge_thresholds(),
                 )
             else:  # eager or traced: Detectron2's own postprocessing
-                sem_seg = sem_seg_results[k]
-                result = self._postprocess_tensors(instances, sem_seg, image_size, output_size)
+                result = self._postprocess_tensors(
+                    instances, sem_seg_results[k], image_size, output_size
+                )
             results.append(result)
         return results
 
     @torch.jit.unused
     def _postprocess_tensors(self, instances, sem_seg, image_size, output_size):
-        """:meth:`_postprocess_one` for :meth:`inference_tensors` (eager, tracing)."""
         if torch.jit.is_tracing():  # sizes as traced tensors: they stay dynamic
             height, width = output_size[0], output_size[1]
         else:
