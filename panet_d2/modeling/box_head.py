@@ -24,8 +24,7 @@ class NormLinear(nn.Linear):
         self.norm = get_norm(norm, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        return self.norm(y[:, :, None, None]).flatten(1)
+        return self.norm(F.linear(x, self.weight, self.bias)[:, :, None, None]).flatten(1)
 
 
 @ROI_BOX_HEAD_REGISTRY.register()

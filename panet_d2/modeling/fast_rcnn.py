@@ -47,7 +47,6 @@ def fast_rcnn_inference_single_image(
     clipped = Boxes(boxes.reshape(-1, 4))
     clipped.clip(image_shape)
     boxes = clipped.tensor.view(-1, num_bbox_reg_classes, 4)  # (R, K or 1, 4)
-
     candidates = scores > score_thresh  # (R, K)
     index = candidates.nonzero()  # (R', 2): proposal, class
     boxes = boxes[index[:, 0], 0] if num_bbox_reg_classes == 1 else boxes[candidates]

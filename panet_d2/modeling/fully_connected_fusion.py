@@ -25,8 +25,7 @@ class FullyConnectedFusion(nn.Module):
         fc_activation: bool = False,
         fc_init: str = "xavier",
     ):
-        """``input_shape``: the FCN feature the path starts from (C, H, W); ``mask_size``: 28;
-        the others: MODEL.FF.* (``conv_norm``: the mask head's)."""
+        """``input_shape``: the FCN feature (C, H, W) it starts from; the others: MODEL.FF.*."""
         super().__init__()
         self.fuse_type = check_choice("MODEL.FF.FUSE_TYPE", fuse_type, FF_FUSE_TYPES)
         check_choice("MODEL.FF.FC_INIT", fc_init, FF_FC_INITS)

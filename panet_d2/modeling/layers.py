@@ -98,14 +98,7 @@ class AFPConv2d(_PerLevelLayer):
     ``per_level`` (level l owning output channels [l * out_channels, (l + 1) * out_channels))."""
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        num_levels: int,
-        *,
-        norm="",
-        fuse_type: str = "max",
-        kernel_size: int = 3,
+        self, in_channels, out_channels, num_levels, *, norm="", fuse_type="max", kernel_size=3
     ):
         super().__init__(num_levels, fuse_type)
         self.out_channels = out_channels
@@ -120,8 +113,7 @@ class AFPConv2d(_PerLevelLayer):
             activation=nn.ReLU(),
         )
         # Detectron2's c2_msra_fill, level by level
-        k = kernel_size
-        for w in self.per_level.weight.data.view(num_levels, out_channels, -1, k, k):
+        for w in self.per_level.weight.data.chunk(num_levels):
             nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
         if self.per_level.bias is not None:
             nn.init.constant_(self.per_level.bias, 0)

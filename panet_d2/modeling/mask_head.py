@@ -43,8 +43,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         **kwargs,
     ):
         """As :class:`MaskRCNNConvUpsampleHead` (``input_shape``: one level's grid), plus
-        ``num_levels`` (L, 1 without AFP), MODEL.AFP's fusion, MODEL.FF.* (``ff_*``) and
-        MODEL.ROI_MASK_HEAD.PREDICTOR_INIT."""
+        ``num_levels`` (L, 1 without AFP), MODEL.AFP's fusion, MODEL.FF.* and PREDICTOR_INIT."""
         super().__init__(
             input_shape, num_classes=num_classes, conv_dims=conv_dims, conv_norm=conv_norm, **kwargs
         )
@@ -68,7 +67,6 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
                 input_shape.channels, conv_dims[0], num_levels, norm=conv_norm, fuse_type=fuse_type
             )
             self.conv_norm_relus[0] = self.mask_fcn1
-
         self.ff_start_layer = ff_start_layer if ff_enabled else 0
         self.fc_fusion = None
         if ff_enabled:

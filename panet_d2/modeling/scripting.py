@@ -26,9 +26,7 @@ def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iter
         if name in ret._modules:  # already a ModuleList: ``module`` is a prepared copy
             continue
         layers = ret.__dict__.pop(name)
-        module_list = ret.__dict__.pop(_PREFIX + name, None)
-        if module_list is None:  # a module made without add_scripting_lists
-            module_list = nn.ModuleList()
+        module_list = ret.__dict__.pop(_PREFIX + name)
         module_list._modules.clear()
         for k, layer in enumerate(layers):
             module_list._modules[str(k)] = layer

@@ -35,8 +35,7 @@ class PAFPN(FPN):
         bpa_conv_bias=False,
         **fpn_kwargs,
     ):
-        """As :class:`FPN` (``top_block`` reads N5 when its ``in_feature`` is a pyramid level),
-        plus MODEL.PAFPN.NORM, ACTIVATION and CONV_BIAS."""
+        """As :class:`FPN` (a top block on a pyramid level reads N_k), plus MODEL.PAFPN.*."""
         super().__init__(bottom_up, in_features, out_channels, **fpn_kwargs)
         check_norm("MODEL.PAFPN.NORM", bpa_norm)
         check_choice("MODEL.PAFPN.ACTIVATION", bpa_activation, PAFPN_ACTIVATIONS)
@@ -89,16 +88,12 @@ class PAFPN(FPN):
         for k, (down, output) in enumerate(zip(self.bpa_down_convs, self.bpa_output_convs)):
             n = output(down(n) + fpn[names[k + 1]])
             results[names[k + 1]] = n
-        extra_names = self._out_features[len(names) :]
-        if self.top_block is not None:
-            if self.top_block.in_feature in results:
-                extra = self.top_block(results[self.top_block.in_feature])
-                for name, value in zip(extra_names, extra):
-                    results[name] = value
-            else:  # the top block reads a bottom-up feature (e.g. "res5"): FPN computed it already
-                for name in extra_names:
-                    results[name] = fpn[name]
-        return {f: results[f] for f in self._out_features}
+        if self.top_block is not None and self.top_block.in_feature in results:
+            extra = self.top_block(results[self.top_block.in_feature])
+            for name, value in zip(self._out_features[len(names) :], extra):
+                results[name] = value
+        # a top block reading a bottom-up feature (e.g. "res5"): FPN computed its outputs already
+        return {f: results[f] if f in results else fpn[f] for f in self._out_features}
 
 
 @BACKBONE_REGISTRY.register()

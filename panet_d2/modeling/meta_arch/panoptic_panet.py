@@ -111,12 +111,10 @@ class PanopticPANet(PanopticFPN):
         return {"sem_seg": sem_seg, "instances": instances, "panoptic_seg": panoptic_seg}
 
     def inference_tensors(self, batched_inputs: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
-        """
-        :meth:`inference` in tensor form (scripting, tracing, ONNX export). Inputs: "image"
+        """:meth:`inference` in tensor form (scripting, tracing, ONNX export). Inputs: "image"
         (3, H, W), optionally "height", "width" (ints or 0-dim tensors). Returns per image, at
         the output size (h, w): "panoptic_seg" (h, w) int32, "segments" (S, 5) float64
-        (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w) and the detector's outputs.
-        """
+        (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w) and the detector's outputs."""
         detector_results, sem_seg_results, image_sizes = self._raw_inference(batched_inputs)
         results: List[Dict[str, Tensor]] = []
         for k, instances in enumerate(detector_results):
@@ -143,9 +141,8 @@ class PanopticPANet(PanopticFPN):
                     self.merge_thresholds(),
                 )
             else:  # eager or traced: Detectron2's own postprocessing
-                result = self._postprocess_tensors(
-                    instances, sem_seg_results[k], image_size, output_size
-                )
+                sem_seg = sem_seg_results[k]
+                result = self._postprocess_tensors(instances, sem_seg, image_size, output_size)
             results.append(result)
         return results
 
@@ -185,12 +182,10 @@ def panoptic_postprocess(
     output_size: Tensor,
     thresholds: Tuple[float, float, float],
 ) -> Dict[str, Tensor]:
-    """
-    :meth:`PanopticPANet._postprocess_tensors` as TorchScript compiles it: Detectron2's
+    """:meth:`PanopticPANet._postprocess_tensors` as TorchScript compiles it: Detectron2's
     ``detector_postprocess`` and ``sem_seg_postprocess`` (which do not script) op for op, for
     boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M) at the input size, sem_seg
-    (NUM_CLASSES, H', W') of the padded image; image_size, output_size (2,): (height, width).
-    """
+    (NUM_CLASSES, H', W') of the padded image; image_size, output_size (2,): (height, width)."""
     image_h, image_w = int(image_size[0]), int(image_size[1])
     height, width = int(output_size[0]), int(output_size[1])
     boxes = Boxes(boxes.clone())

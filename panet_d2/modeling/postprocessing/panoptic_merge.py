@@ -14,8 +14,7 @@ def combine_semantic_and_instance_outputs(
     instance_results, semantic_results, overlap_threshold, stuff_area_thresh, instances_score_thresh
 ):
     """Detectron2's ``panoptic_fpn.combine_semantic_and_instance_outputs`` (same arguments and
-    results), for ``semantic_results`` (H, W) in [0, 65536); off the CPU or traced the tensor form.
-    """
+    results), for ``semantic_results`` (H, W) in [0, 65536); off the CPU or traced: tensor form."""
     thresholds = (overlap_threshold, stuff_area_thresh, instances_score_thresh)
     if torch.jit.is_tracing():  # a traced graph holds tensors and compiled code only
         return _merge_by_tensor_form(instance_results, semantic_results, *thresholds)
@@ -42,11 +41,10 @@ def _check_inputs(pred_masks, sem):
             f"The panoptic merge needs pred_masks (N, H, W) and semantic_results (H, W) of the "
             f"same H, W; got {tuple(pred_masks.shape)} and {tuple(sem.shape)}."
         )
-    dtype = sem.dtype
-    if dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
+    if sem.dtype == torch.bool or sem.dtype.is_floating_point or sem.dtype.is_complex:
         raise ValueError(
             f"The panoptic merge needs semantic_results of integer class ids (the semantic "
-            f"head's argmax); got dtype {dtype}."
+            f"head's argmax); got dtype {sem.dtype}."
         )
     if sem.numel() > 0:
         lo, hi = torch.stack(torch.aminmax(sem)).tolist()
@@ -170,11 +168,9 @@ def merge_panoptic_tensors(
     stuff_area_thresh: float,
     instances_score_thresh: float,
 ) -> Tuple[Tensor, Tensor]:
-    """
-    :func:`combine_semantic_and_instance_outputs` in tensor form (TorchScript, tracing, ONNX) for
+    """:func:`combine_semantic_and_instance_outputs` in tensor form (TorchScript, tracing, ONNX) for
     scores (N,), classes (N,), masks (N, H, W) and labels sem_seg (H, W): the (H, W) int32
-    segment map and the (S, 5) float64 segments in id order (``SEGMENT_FIELDS``).
-    """
+    segment map and the (S, 5) float64 segments in id order (``SEGMENT_FIELDS``)."""
     H, W = sem_seg.shape[0], sem_seg.shape[1]
     panoptic_seg, things = _things_tensors(
         scores, masks.to(torch.bool), H, W, overlap_threshold, instances_score_thresh
