@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """FLOP handles of the ops Detectron2's ``FlopCountAnalysis`` skips in PANet (docs/design.md)."""
 
 from math import prod
@@ -8,14 +7,6 @@ from typing import Any, List
 from fvcore.nn.jit_handles import get_shape
 
 from detectron2.utils.analysis import FlopCountAnalysis
-
-__all__ = [
-    "FLOP_HANDLES",
-    "flop_count_analysis",
-    "reduction_flop_jit",
-    "roi_align_flop_jit",
-    "embedding_bag_flop_jit",
-]
 
 
 def reduction_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:

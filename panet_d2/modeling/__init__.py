@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """PANet's model parts, registered with Detectron2's registries on import."""
 
 from .anchor_generator import DetectronAnchorGenerator

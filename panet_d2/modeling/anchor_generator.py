@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Detectron (v1)'s quantised anchors, as the authors' PANet release uses (docs/design.md)."""
 
 import math
@@ -11,8 +10,6 @@ from detectron2.modeling.anchor_generator import (
     BufferList,
     DefaultAnchorGenerator,
 )
-
-__all__ = ["DetectronAnchorGenerator"]
 
 
 @ANCHOR_GENERATOR_REGISTRY.register()

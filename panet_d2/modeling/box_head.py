@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """PANet's box head: Detectron2's conv/fc box head with adaptive feature pooling."""
 
 from typing import List
@@ -16,8 +15,6 @@ from ..errors import check_choice
 from .layers import AFPConv2d, AFPLinear, fuse_levels
 from .validation import check_norm
 
-__all__ = ["PANetConvFCHead", "NormLinear"]
-
 
 class NormLinear(nn.Linear):
     """``nn.Linear`` (same parameters) followed by a norm ``norm`` on (M, out_features, 1, 1)."""
@@ -27,8 +24,7 @@ class NormLinear(nn.Linear):
         self.norm = get_norm(norm, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
-        return self.norm(y[:, :, None, None]).flatten(1)
+        return self.norm(F.linear(x, self.weight, self.bias)[:, :, None, None]).flatten(1)
 
 
 @ROI_BOX_HEAD_REGISTRY.register()
@@ -55,11 +51,9 @@ class PANetConvFCHead(FastRCNNConvFCHead):
         check_choice("MODEL.AFP.BOX_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
         check_norm("MODEL.ROI_BOX_HEAD.FC_NORM", fc_norm)
         self.num_levels = num_levels
-        self.fuse_type = fuse_type
+        self.fuse_type = check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         self.fuse_position = fuse_position
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
-        if not self.per_level_first_layer:  # else checked by the per-level layer that fuses
-            check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         if fc_norm:
             for k, fc in enumerate(self.fcs):
                 normed = NormLinear(fc.in_features, fc.out_features, fc_norm)

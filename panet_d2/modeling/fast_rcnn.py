@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """The box predictor's inference with a per-class NMS that traces (docs/design.md)."""
 
 from typing import List, Tuple
@@ -9,8 +8,6 @@ from torchvision.ops import nms
 
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
-
-__all__ = ["per_class_nms", "fast_rcnn_inference_single_image", "PANetFastRCNNOutputLayers"]
 
 
 # UPSTREAM-WORKAROUND traced-batched-nms: torchvision 0.29 batched_nms, when traced, always runs
@@ -50,13 +47,9 @@ def fast_rcnn_inference_single_image(
     clipped = Boxes(boxes.reshape(-1, 4))
     clipped.clip(image_shape)
     boxes = clipped.tensor.view(-1, num_bbox_reg_classes, 4)  # (R, K or 1, 4)
-
     candidates = scores > score_thresh  # (R, K)
     index = candidates.nonzero()  # (R', 2): proposal, class
-    if num_bbox_reg_classes == 1:
-        boxes = boxes[index[:, 0], 0]
-    else:
-        boxes = boxes[candidates]
+    boxes = boxes[index[:, 0], 0] if num_bbox_reg_classes == 1 else boxes[candidates]
     scores = scores[candidates]
     keep = per_class_nms(boxes, scores, index[:, 1], nms_thresh, num_classes)
     if topk_per_image >= 0:
@@ -72,7 +65,6 @@ class PANetFastRCNNOutputLayers(FastRCNNOutputLayers):
     """:class:`FastRCNNOutputLayers` whose inference runs :func:`per_class_nms` in every mode."""
 
     def inference(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]):
-        """Same as :meth:`FastRCNNOutputLayers.inference`."""
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
         score_thresh, nms_thresh = self.test_score_thresh, self.test_nms_thresh

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Fully-connected fusion (FF), Sec. 3.3 of the PANet paper (docs/design.md)."""
 
 import fvcore.nn.weight_init as weight_init
@@ -9,8 +8,6 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 
 from ..config import FF_FC_INITS, FF_FUSE_TYPES
 from ..errors import ConfigError, check_choice
-
-__all__ = ["FullyConnectedFusion"]
 
 
 class FullyConnectedFusion(nn.Module):
@@ -28,8 +25,7 @@ class FullyConnectedFusion(nn.Module):
         fc_activation: bool = False,
         fc_init: str = "xavier",
     ):
-        """``input_shape``: the FCN feature the path starts from (C, H, W); ``mask_size``: 28;
-        the others: MODEL.FF.* (``conv_norm``: the mask head's)."""
+        """``input_shape``: the FCN feature (C, H, W) it starts from; the others: MODEL.FF.*."""
         super().__init__()
         self.fuse_type = check_choice("MODEL.FF.FUSE_TYPE", fuse_type, FF_FUSE_TYPES)
         check_choice("MODEL.FF.FC_INIT", fc_init, FF_FC_INITS)
@@ -42,14 +38,9 @@ class FullyConnectedFusion(nn.Module):
         self.fc_activation = fc_activation
         channels = input_shape.channels
         for k, dim in enumerate(conv_dims):
+            norm = get_norm(conv_norm, dim)
             conv = Conv2d(
-                channels,
-                dim,
-                kernel_size=3,
-                padding=1,
-                bias=not conv_norm,
-                norm=get_norm(conv_norm, dim),
-                activation=nn.ReLU(),
+                channels, dim, 3, padding=1, bias=not conv_norm, norm=norm, activation=nn.ReLU()
             )
             weight_init.c2_msra_fill(conv)
             self.add_module("conv{}".format(k + 1), conv)

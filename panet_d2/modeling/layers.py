@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """AFP's per-level first layers batched over levels, their norms and the fusion (docs/design.md)."""
 
 import logging
@@ -14,16 +13,12 @@ from ..config import AFP_FUSE_TYPES
 from ..errors import check_choice
 from .validation import check_norm
 
-__all__ = ["AFPConv2d", "AFPLinear", "LevelwiseNorm", "fuse_levels", "per_level_norm"]
-
 logger = logging.getLogger(__name__)
 
 
 def fuse_levels(x: torch.Tensor, fuse_type: str, dim: int = 1) -> torch.Tensor:
     """Max or sum over the level dimension: (M, L, ...) -> (M, ...) for ``dim=1``."""
-    if fuse_type == "max":
-        return x.amax(dim=dim)
-    return x.sum(dim=dim)
+    return x.amax(dim=dim) if fuse_type == "max" else x.sum(dim=dim)
 
 
 # norms of each channel on its own: one over the L * C channels normalises each level separately
@@ -47,8 +42,7 @@ class LevelwiseNorm(nn.Module):
 
 
 def per_level_norm(norm, channels: int, num_levels: int):
-    """A norm over (M, L * channels, H, W) normalising each level separately (None for no norm);
-    ``norm``: any norm spec of Detectron2's ``get_norm``."""
+    """A norm (any ``get_norm`` spec, None for none) of (M, L * channels, H, W), level by level."""
     check_norm("the norm of the per-level layer", norm)
     if norm is None or (isinstance(norm, str) and not norm):
         return None
@@ -59,25 +53,23 @@ def per_level_norm(norm, channels: int, num_levels: int):
     return LevelwiseNorm(norm, channels, num_levels)
 
 
+# "per_level.weight" -> "weight", "norm.levels.2.bias" -> "norm.bias"
+_PER_LEVEL = r"(^|\.)(per_level|levels\.\d+)\."
+
+
 class _PerLevelLayer(nn.Module):
-    """Base of the per-level first layers (parameters under ``per_level`` or ``levels.<l>``):
-    the warm start from a single-level layer."""
+    """Base of the per-level first layers: the warm start from a single-level layer."""
 
     def __init__(self, num_levels: int, fuse_type: str):
         super().__init__()
         self.num_levels = num_levels
         self.fuse_type = check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
 
-    @staticmethod
-    def _single_level_name(name: str) -> str:
-        """ "per_level.weight" -> "weight", "norm.levels.2.bias" -> "norm.bias"."""
-        return re.sub(r"(^|\.)(per_level|levels\.\d+)\.", r"\1", name)
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # before the children load: a single-level layer's tensors copied to every level
         L, replicated = self.num_levels, []
         for name, ours in self.state_dict().items():
-            single = prefix + self._single_level_name(name)
+            single = prefix + re.sub(_PER_LEVEL, r"\1", name)
             theirs = state_dict.get(single)
             if prefix + name in state_dict or not isinstance(theirs, torch.Tensor):
                 continue
@@ -102,19 +94,11 @@ class _PerLevelLayer(nn.Module):
 
 
 class AFPConv2d(_PerLevelLayer):
-    """Per-level conv (+ norm) + ReLU, then the fusion over levels; the L convs are one grouped
-    conv ``per_level`` (level l owning output channels [l * out_channels, (l + 1) * out_channels)).
-    """
+    """Per-level conv (+ norm) + ReLU, then the fusion; the L convs are one grouped conv
+    ``per_level`` (level l owning output channels [l * out_channels, (l + 1) * out_channels))."""
 
     def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        num_levels: int,
-        *,
-        norm="",
-        fuse_type: str = "max",
-        kernel_size: int = 3,
+        self, in_channels, out_channels, num_levels, *, norm="", fuse_type="max", kernel_size=3
     ):
         super().__init__(num_levels, fuse_type)
         self.out_channels = out_channels
@@ -129,8 +113,7 @@ class AFPConv2d(_PerLevelLayer):
             activation=nn.ReLU(),
         )
         # Detectron2's c2_msra_fill, level by level
-        k = kernel_size
-        for w in self.per_level.weight.data.view(num_levels, out_channels, -1, k, k):
+        for w in self.per_level.weight.data.chunk(num_levels):
             nn.init.kaiming_normal_(w, mode="fan_out", nonlinearity="relu")
         if self.per_level.bias is not None:
             nn.init.constant_(self.per_level.bias, 0)
@@ -143,8 +126,7 @@ class AFPConv2d(_PerLevelLayer):
 
 
 class GroupedLinear(nn.Module):
-    """L fully-connected layers as one ``bmm``: weight (L, out, in), bias (L, out); (L, M, in) ->
-    (L, M, out)."""
+    """L fc layers as one ``bmm``: (L, M, in) -> (L, M, out); weight (L, out, in), bias (L, out)."""
 
     def __init__(self, in_features: int, out_features: int, num_groups: int):
         super().__init__()
@@ -158,21 +140,14 @@ class GroupedLinear(nn.Module):
         return torch.bmm(x, self.weight.transpose(1, 2)) + self.bias.unsqueeze(1)
 
     def extra_repr(self):
-        L, out_features, in_features = self.weight.shape
-        return "in_features={}, out_features={}, groups={}".format(in_features, out_features, L)
+        return "in_features={2}, out_features={1}, groups={0}".format(*self.weight.shape)
 
 
 class AFPLinear(_PerLevelLayer):
     """Per-level fc (one :class:`GroupedLinear` ``per_level``) (+ norm) + ReLU, then the fusion."""
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        num_levels: int,
-        *,
-        norm="",
-        fuse_type: str = "max",
+        self, in_features: int, out_features: int, num_levels: int, *, norm="", fuse_type="max"
     ):
         super().__init__(num_levels, fuse_type)
         self.per_level = GroupedLinear(in_features, out_features, num_levels)

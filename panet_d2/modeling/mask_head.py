@@ -1,6 +1,4 @@
-# -*- coding: utf-8 -*-
-"""PANet's mask head: Mask R-CNN's FCN head with adaptive feature pooling and fully-connected
-fusion."""
+"""PANet's mask head: Mask R-CNN's head with adaptive feature pooling and fully-connected fusion."""
 
 import math
 from typing import List
@@ -17,8 +15,6 @@ from ..errors import ConfigError, check_choice
 from .fully_connected_fusion import FullyConnectedFusion
 from .layers import AFPConv2d, fuse_levels
 from .scripting import add_scripting_lists, scriptable_copy
-
-__all__ = ["PANetMaskHead"]
 
 
 @ROI_MASK_HEAD_REGISTRY.register()
@@ -47,8 +43,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         **kwargs,
     ):
         """As :class:`MaskRCNNConvUpsampleHead` (``input_shape``: one level's grid), plus
-        ``num_levels`` (L, 1 without AFP), MODEL.AFP's fusion, MODEL.FF.* (``ff_*``) and
-        MODEL.ROI_MASK_HEAD.PREDICTOR_INIT."""
+        ``num_levels`` (L, 1 without AFP), MODEL.AFP's fusion, MODEL.FF.* and PREDICTOR_INIT."""
         super().__init__(
             input_shape, num_classes=num_classes, conv_dims=conv_dims, conv_norm=conv_norm, **kwargs
         )
@@ -60,10 +55,8 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
             nn.init.normal_(w, std=math.sqrt(2.0 / fan_out))
         num_conv = len(conv_dims) - 1
         self.num_levels = num_levels
-        self.fuse_type = fuse_type
+        self.fuse_type = check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
-        if not self.per_level_first_layer:  # else checked by the per-level layer that fuses
-            check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         if self.per_level_first_layer:
             if num_conv < 1:
                 raise ConfigError(
@@ -74,7 +67,6 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
                 input_shape.channels, conv_dims[0], num_levels, norm=conv_norm, fuse_type=fuse_type
             )
             self.conv_norm_relus[0] = self.mask_fcn1
-
         self.ff_start_layer = ff_start_layer if ff_enabled else 0
         self.fc_fusion = None
         if ff_enabled:
@@ -125,6 +117,5 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         return x
 
     def __prepare_scriptable__(self):
-        """The copy that ``torch.jit.script`` compiles, with a ModuleList ``conv_norm_relus``."""
         names = ["mask_fcn{}".format(k + 1) for k in range(len(self.conv_norm_relus))]
         return scriptable_copy(self, ["conv_norm_relus"], names)

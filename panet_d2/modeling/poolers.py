@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """AFP's pooler: every proposal pooled from every pyramid level (docs/design.md)."""
 
 from typing import List, Tuple
@@ -6,18 +5,14 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.modules.utils import _pair
 
 from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 
-__all__ = ["AdaptiveFeaturePooler", "multilevel_roi_align"]
-
 
 def _bilinear_taps(coord: Tensor, size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """torchvision's RoIAlign bilinear rule along one axis of ``size`` pixels: low and high pixel
-    indices of the samples ``coord`` and their weights (0 outside [-1, size])."""
+    """torchvision's RoIAlign bilinear taps along one axis: low, high indices and their weights."""
     inside = (coord >= -1.0) & (coord <= size)
     c = coord.clamp(min=0.0)
     low = torch.minimum(c.floor(), size - 1)
@@ -36,12 +31,9 @@ def multilevel_roi_align(
     sampling_ratio: int,
     aligned: bool,
 ) -> Tensor:
-    """
-    RoIAlign of every box from every level in one ``F.embedding_bag`` (a bag of s * s * 4 taps per
-    output bin): one ``torchvision.ops.roi_align`` per level, stacked (values to float rounding,
-    and gradients), faster on the CPU (docs/design.md). ``features``: L maps (N, C, H_l, W_l) at
-    ``scales``; ``rois``: (M, 5) (batch index, x0, y0, x1, y1); the others as ``roi_align``'s
-    (``sampling_ratio`` s > 0). Returns (M, L, C, P_h, P_w).
+    """One ``torchvision.ops.roi_align`` per level, stacked, as one ``F.embedding_bag`` of s * s * 4
+    taps per bin (docs/design.md). ``features``: L maps (N, C, H_l, W_l) at ``scales``; ``rois``:
+    (M, 5) (batch index, x0, y0, x1, y1); the others as roi_align's (s > 0). -> (M, L, C, Ph, Pw).
     """
     L, C, (ph, pw) = len(features), features[0].shape[1], output_size
     # channels-last table of all levels, one row per pixel: n * rows + offset_l + y * W_l + x
@@ -64,9 +56,8 @@ def _roi_align_bags(
     sampling_ratio: int,
     aligned: bool,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """The bags of :func:`multilevel_roi_align`, one per (level, box, bin): the taps' rows in the
-    channels-last table, the bags' offsets and the taps' weights. Scripted when traced, so a
-    traced graph works for every image size and number of boxes."""
+    """Per (level, box, bin) bag: the taps' table rows, the bags' offsets, the taps' weights.
+    Scripted when traced: the graph works for every image size and number of boxes."""
     rois = rois.to(dtype=features[0].dtype)  # as Detectron2's ROIAlign
     dev, dt = rois.device, rois.dtype
     s, ph, pw, L = sampling_ratio, output_size[0], output_size[1], len(features)
@@ -75,7 +66,6 @@ def _roi_align_bags(
     rows = int((H * W).sum())  # rows of the table per image
     level_offset = torch.cumsum(H * W, 0) - H * W
     Hf, Wf = H.to(dt).view(L, 1, 1, 1), W.to(dt).view(L, 1, 1, 1)
-
     # torchvision's arithmetic in its order, for all levels at once: (L, M)
     scale = torch.tensor(scales, dtype=dt, device=dev)[:, None]
     offset = 0.5 if aligned else 0.0
@@ -108,29 +98,18 @@ def _roi_align_bags(
 class AdaptiveFeaturePooler(ROIPooler):
     """:class:`ROIPooler` (same constructor) that pools every box from every level."""
 
-    # whether multilevel_roi_align computes the level poolers (RoIAlign, fixed sampling ratio),
-    # and their arguments, typed for TorchScript
-    batched_roi_align: bool
-    _scales: List[float]
-    _output_size: Tuple[int, int]
-    _sampling_ratio: int
-    _aligned: bool
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        first = self.level_poolers[0]
         self.batched_roi_align = all(
             type(p) is ROIAlign and p.sampling_ratio > 0 for p in self.level_poolers
         )
         self._scales = [float(p.spatial_scale) for p in self.level_poolers]
-        size = _pair(first.output_size)
-        self._output_size = (int(size[0]), int(size[1]))
-        self._sampling_ratio = int(getattr(first, "sampling_ratio", 0))
-        self._aligned = bool(getattr(first, "aligned", False))
+        self._output_size = tuple(self.output_size)
+        self._sampling_ratio = int(getattr(self.level_poolers[0], "sampling_ratio", 0))
+        self._aligned = bool(getattr(self.level_poolers[0], "aligned", False))
 
     def forward(self, x: List[Tensor], box_lists: List[Boxes]):
-        """L feature maps (N, C, Hl, Wl) and N lists of boxes -> (M, L, C, output_size,
-        output_size): box m pooled from level l at [m, l]."""
+        """L maps (N, C, Hl, Wl), N box lists -> (M, L, C, Ph, Pw): box m of level l at [m, l]."""
         rois = convert_boxes_to_pooler_format(box_lists)
         if self._use_multilevel_roi_align(x):
             return multilevel_roi_align(
@@ -140,11 +119,9 @@ class AdaptiveFeaturePooler(ROIPooler):
         return torch.stack(grids, dim=1)
 
     def _use_multilevel_roi_align(self, x: List[Tensor]) -> bool:
-        """Whether :func:`multilevel_roi_align` computes the level poolers and is faster: CPU
-        features, not in ONNX export (docs/deployment.md)."""
-        if not self.batched_roi_align:
+        """On CPU, not in ONNX export, if it computes the level poolers (docs/deployment.md)."""
+        if not self.batched_roi_align or x[0].device.type != "cpu":
             return False
         if not torch.jit.is_scripting():
-            if torch.onnx.is_in_onnx_export():
-                return False
-        return x[0].device.type == "cpu"
+            return not torch.onnx.is_in_onnx_export()
+        return True

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """PANet's ROI heads: Detectron2's :class:`StandardROIHeads` with adaptive feature pooling."""
 
 import torch
@@ -11,8 +10,6 @@ from .fast_rcnn import PANetFastRCNNOutputLayers
 from .mask_head import PANetMaskHead
 from .poolers import AdaptiveFeaturePooler
 from .validation import check_in_features
-
-__all__ = ["PANetROIHeads"]
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -74,12 +71,8 @@ class PANetROIHeads(StandardROIHeads):
     @classmethod
     def _init_mask_head(cls, cfg, input_shape):
         ret = super()._init_mask_head(cfg, input_shape)
-        init = cfg.MODEL.ROI_MASK_HEAD.PREDICTOR_INIT
-        if (
-            init != "normal"
-            and cfg.MODEL.MASK_ON
-            and not isinstance(ret["mask_head"], PANetMaskHead)
-        ):
+        head, init = ret.get("mask_head"), cfg.MODEL.ROI_MASK_HEAD.PREDICTOR_INIT
+        if init != "normal" and head is not None and not isinstance(head, PANetMaskHead):
             raise ConfigError(
                 "MODEL.ROI_MASK_HEAD.PREDICTOR_INIT={!r} is read by PANetMaskHead only, got "
                 "MODEL.ROI_MASK_HEAD.NAME={!r}: set the name to 'PANetMaskHead' or the init to "
@@ -91,7 +84,6 @@ class PANetROIHeads(StandardROIHeads):
 
     @staticmethod
     def _all_level_pooler(head_cfg, cfg, input_shape):
-        """An :class:`AdaptiveFeaturePooler` with a head's resolution and pooler type."""
         return AdaptiveFeaturePooler(
             output_size=head_cfg.POOLER_RESOLUTION,
             scales=tuple(1.0 / input_shape[k].stride for k in cfg.MODEL.ROI_HEADS.IN_FEATURES),

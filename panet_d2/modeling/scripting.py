@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """What ``torch.jit.script`` needs from modules with layers in Python lists (docs/design.md)."""
 
 import copy
@@ -7,15 +6,11 @@ from typing import Iterable
 
 from torch import nn
 
-__all__ = ["add_scripting_lists", "scriptable_copy"]
-
-
 _PREFIX = "_scripting_list_"  # of the ModuleLists allocated by add_scripting_lists
 
 
 def add_scripting_lists(module: nn.Module, names: Iterable[str]):
-    """In ``__init__``: one empty ModuleList per list of layers ``names``, outside the children
-    (in no state_dict), for :func:`scriptable_copy`."""
+    """In ``__init__``: an empty ModuleList (in no state_dict) per list ``names``, for the copy."""
     for name in names:
         module.__dict__[_PREFIX + name] = nn.ModuleList()
 
@@ -23,8 +18,7 @@ def add_scripting_lists(module: nn.Module, names: Iterable[str]):
 # UPSTREAM-WORKAROUND scripting-memo-ids: torch 2.14 torch.jit.script remembers prepared modules by
 # id(); Detectron2 0.6 (export/torchscript_patch.py) frees a prepared deep copy of the ResNet.
 def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iterable[str] = ()):
-    """A shallow copy of ``module`` for ``__prepare_scriptable__``: the lists ``lists`` as child
-    ModuleLists, without the children ``drop_children`` (the same layers); ``module`` unchanged."""
+    """A shallow copy for ``__prepare_scriptable__``: ``lists`` as ModuleLists, less children."""
     drop = set(drop_children)
     ret = copy.copy(module)  # a new __dict__ holding the same values
     ret._modules = OrderedDict((k, v) for k, v in module._modules.items() if k not in drop)
@@ -32,9 +26,7 @@ def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iter
         if name in ret._modules:  # already a ModuleList: ``module`` is a prepared copy
             continue
         layers = ret.__dict__.pop(name)
-        module_list = ret.__dict__.pop(_PREFIX + name, None)
-        if module_list is None:  # a module made without add_scripting_lists
-            module_list = nn.ModuleList()
+        module_list = ret.__dict__.pop(_PREFIX + name)
         module_list._modules.clear()
         for k, layer in enumerate(layers):
             module_list._modules[str(k)] = layer

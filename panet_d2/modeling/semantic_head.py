@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """The semantic branch of Panoptic FPN (Kirillov et al., CVPR 2019) on PANet's augmented pyramid."""
 
 from typing import Dict, Optional
@@ -13,8 +12,6 @@ from detectron2.modeling.meta_arch.semantic_seg import SEM_SEG_HEADS_REGISTRY, S
 from ..errors import ConfigError
 from .scripting import add_scripting_lists, scriptable_copy
 from .validation import check_in_features, check_norm
-
-__all__ = ["PANetSemSegHead"]
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -61,5 +58,4 @@ class PANetSemSegHead(SemSegFPNHead):
         return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
 
     def __prepare_scriptable__(self):
-        """The copy that ``torch.jit.script`` compiles, with a ModuleList ``scale_heads``."""
         return scriptable_copy(self, ["scale_heads"], self.in_features)

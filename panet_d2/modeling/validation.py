@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Checks of constructor arguments shared by the backbone and the heads (one ConfigError line)."""
 
 import math
@@ -7,8 +6,6 @@ from typing import Dict, Sequence
 from detectron2.layers import ShapeSpec, get_norm
 
 from ..errors import ConfigError
-
-__all__ = ["check_norm", "check_in_features"]
 
 
 def check_norm(key: str, norm):

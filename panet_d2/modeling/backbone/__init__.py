@@ -1,4 +1,1 @@
-# -*- coding: utf-8 -*-
-"""PANet's backbone: FPN with bottom-up path augmentation (``pafpn.py``)."""
-
 from .pafpn import PAFPN, build_resnet_pafpn_backbone

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Bottom-up path augmentation (BPA), Sec. 3.1 of the PANet paper (docs/design.md)."""
 
 import math
@@ -18,8 +17,6 @@ from ...errors import ConfigError, check_choice
 from ..scripting import add_scripting_lists, scriptable_copy
 from ..validation import check_in_features, check_norm
 
-__all__ = ["PAFPN", "build_resnet_pafpn_backbone"]
-
 
 class PAFPN(FPN):
     """Detectron2's :class:`FPN` (same parameters and names) plus ``bpa_down{k}`` (3x3, stride 2,
@@ -38,8 +35,7 @@ class PAFPN(FPN):
         bpa_conv_bias=False,
         **fpn_kwargs,
     ):
-        """As :class:`FPN` (``top_block`` reads N5 when its ``in_feature`` is a pyramid level),
-        plus MODEL.PAFPN.NORM, ACTIVATION and CONV_BIAS."""
+        """As :class:`FPN` (a top block on a pyramid level reads N_k), plus MODEL.PAFPN.*."""
         super().__init__(bottom_up, in_features, out_channels, **fpn_kwargs)
         check_norm("MODEL.PAFPN.NORM", bpa_norm)
         check_choice("MODEL.PAFPN.ACTIVATION", bpa_activation, PAFPN_ACTIVATIONS)
@@ -79,7 +75,6 @@ class PAFPN(FPN):
     )
 
     def __prepare_scriptable__(self):
-        """The copy that ``torch.jit.script`` compiles, the lists of convs as ModuleLists."""
         pattern = r"(fpn_lateral|fpn_output|bpa_down|bpa_out)\d+$"
         named = [n for n in self._modules if re.match(pattern, n)]
         return scriptable_copy(self, self._SCRIPTING_LISTS, named)
@@ -93,16 +88,12 @@ class PAFPN(FPN):
         for k, (down, output) in enumerate(zip(self.bpa_down_convs, self.bpa_output_convs)):
             n = output(down(n) + fpn[names[k + 1]])
             results[names[k + 1]] = n
-        extra_names = self._out_features[len(names) :]
-        if self.top_block is not None:
-            if self.top_block.in_feature in results:
-                extra = self.top_block(results[self.top_block.in_feature])
-                for name, value in zip(extra_names, extra):
-                    results[name] = value
-            else:  # the top block reads a bottom-up feature (e.g. "res5"): FPN computed it already
-                for name in extra_names:
-                    results[name] = fpn[name]
-        return {f: results[f] for f in self._out_features}
+        if self.top_block is not None and self.top_block.in_feature in results:
+            extra = self.top_block(results[self.top_block.in_feature])
+            for name, value in zip(self._out_features[len(names) :], extra):
+                results[name] = value
+        # a top block reading a bottom-up feature (e.g. "res5"): FPN computed its outputs already
+        return {f: results[f] if f in results else fpn[f] for f in self._out_features}
 
 
 @BACKBONE_REGISTRY.register()

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Panoptic PANet: PANet's instance branch and Panoptic FPN's semantic branch on one pyramid."""
 
 from numbers import Real
@@ -19,8 +18,6 @@ from ..postprocessing.panoptic_merge import (
     combine_semantic_and_instance_outputs,
     merge_panoptic_tensors,
 )
-
-__all__ = ["PanopticPANet"]
 
 # PanopticFPN's merge thresholds (LazyConfig: model.<attribute>): yacs key, largest value (or None)
 COMBINE_KEYS = {
@@ -48,7 +45,6 @@ class PanopticPANet(PanopticFPN):
 
     @configurable
     def __init__(self, **kwargs):
-        """As :class:`PanopticFPN`; the ``combine_*`` thresholds checked (:data:`COMBINE_KEYS`)."""
         super().__init__(**kwargs)
         for attribute in COMBINE_KEYS:
             _check_threshold(attribute, getattr(self, attribute))
@@ -105,7 +101,6 @@ class PanopticPANet(PanopticFPN):
         ]
 
     def _postprocess_one(self, inputs, instances, sem_seg):
-        """One image's outputs resized to ``inputs["height"], ["width"]`` and merged."""
         image_size = tuple(inputs["image"].shape[-2:])
         height, width = inputs.get("height", image_size[0]), inputs.get("width", image_size[1])
         instances = detector_postprocess(instances, height, width)
@@ -116,12 +111,10 @@ class PanopticPANet(PanopticFPN):
         return {"sem_seg": sem_seg, "instances": instances, "panoptic_seg": panoptic_seg}
 
     def inference_tensors(self, batched_inputs: List[Dict[str, Tensor]]) -> List[Dict[str, Tensor]]:
-        """
-        :meth:`inference` in tensor form (scripting, tracing, ONNX export). Inputs: "image"
+        """:meth:`inference` in tensor form (scripting, tracing, ONNX export). Inputs: "image"
         (3, H, W), optionally "height", "width" (ints or 0-dim tensors). Returns per image, at
         the output size (h, w): "panoptic_seg" (h, w) int32, "segments" (S, 5) float64
-        (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w) and the detector's outputs.
-        """
+        (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w) and the detector's outputs."""
         detector_results, sem_seg_results, image_sizes = self._raw_inference(batched_inputs)
         results: List[Dict[str, Tensor]] = []
         for k, instances in enumerate(detector_results):
@@ -155,7 +148,6 @@ class PanopticPANet(PanopticFPN):
 
     @torch.jit.unused
     def _postprocess_tensors(self, instances, sem_seg, image_size, output_size):
-        """:meth:`_postprocess_one` for :meth:`inference_tensors` (eager, tracing)."""
         if torch.jit.is_tracing():  # sizes as traced tensors: they stay dynamic
             height, width = output_size[0], output_size[1]
         else:
@@ -190,12 +182,10 @@ def panoptic_postprocess(
     output_size: Tensor,
     thresholds: Tuple[float, float, float],
 ) -> Dict[str, Tensor]:
-    """
-    :meth:`PanopticPANet._postprocess_tensors` as TorchScript compiles it: Detectron2's
+    """:meth:`PanopticPANet._postprocess_tensors` as TorchScript compiles it: Detectron2's
     ``detector_postprocess`` and ``sem_seg_postprocess`` (which do not script) op for op, for
     boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M) at the input size, sem_seg
-    (NUM_CLASSES, H', W') of the padded image; image_size, output_size (2,): (height, width).
-    """
+    (NUM_CLASSES, H', W') of the padded image; image_size, output_size (2,): (height, width)."""
     image_h, image_w = int(image_size[0]), int(image_size[1])
     height, width = int(output_size[0]), int(output_size[1])
     boxes = Boxes(boxes.clone())

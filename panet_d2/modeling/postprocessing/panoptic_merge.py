@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 """Detectron2's panoptic merge, bit for bit: eager (fast on the CPU) and in tensor form
 (TorchScript, tracing, ONNX). Method and speed: docs/deployment.md."""
 
@@ -8,24 +7,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = [
-    "combine_semantic_and_instance_outputs",
-    "merge_panoptic_tensors",
-    "segments_to_info",
-    "SEGMENT_FIELDS",
-]
-
 _LABEL_LIMIT = 1 << 16  # semantic labels: the semantic head's class ids, in [0, _LABEL_LIMIT)
 
 
 def combine_semantic_and_instance_outputs(
     instance_results, semantic_results, overlap_threshold, stuff_area_thresh, instances_score_thresh
 ):
-    """
-    Detectron2's ``panoptic_fpn.combine_semantic_and_instance_outputs`` (same arguments and
-    results: (H, W) int32 segment map, segments_info): on CPU tensors the fast merge, else (other
-    devices, tracing) the tensor form. ``semantic_results``: (H, W) class ids in [0, 65536).
-    """
+    """Detectron2's ``panoptic_fpn.combine_semantic_and_instance_outputs`` (same arguments and
+    results), for ``semantic_results`` (H, W) in [0, 65536); off the CPU or traced: tensor form."""
     thresholds = (overlap_threshold, stuff_area_thresh, instances_score_thresh)
     if torch.jit.is_tracing():  # a traced graph holds tensors and compiled code only
         return _merge_by_tensor_form(instance_results, semantic_results, *thresholds)
@@ -47,17 +36,15 @@ def combine_semantic_and_instance_outputs(
 
 
 def _check_inputs(pred_masks, sem):
-    """Masks (N, H, W) of the label map's size; labels integer class ids in [0, _LABEL_LIMIT)."""
     if sem.dim() != 2 or pred_masks.dim() != 3 or pred_masks.shape[1:] != sem.shape:
         raise ValueError(
             f"The panoptic merge needs pred_masks (N, H, W) and semantic_results (H, W) of the "
             f"same H, W; got {tuple(pred_masks.shape)} and {tuple(sem.shape)}."
         )
-    dtype = sem.dtype
-    if dtype == torch.bool or dtype.is_floating_point or dtype.is_complex:
+    if sem.dtype == torch.bool or sem.dtype.is_floating_point or sem.dtype.is_complex:
         raise ValueError(
             f"The panoptic merge needs semantic_results of integer class ids (the semantic "
-            f"head's argmax); got dtype {dtype}."
+            f"head's argmax); got dtype {sem.dtype}."
         )
     if sem.numel() > 0:
         lo, hi = torch.stack(torch.aminmax(sem)).tolist()
@@ -69,7 +56,6 @@ def _check_inputs(pred_masks, sem):
 
 
 def _merge_by_tensor_form(instances, sem, *thresholds):
-    """:func:`combine_semantic_and_instance_outputs` by :func:`merge_panoptic_tensors`."""
     scores, classes = instances.scores.to(sem.device), instances.pred_classes.to(sem.device)
     panoptic_seg, segments = merge_panoptic_tensors(
         scores, classes, instances.pred_masks.to(sem.device), sem, *[float(t) for t in thresholds]
@@ -78,8 +64,7 @@ def _merge_by_tensor_form(instances, sem, *thresholds):
 
 
 def _candidates(instance_results, instances_score_thresh):
-    """Indices, scores and classes of the instances by descending score (Detectron2's ``argsort``,
-    so the same tie order) up to the first score below the threshold."""
+    """Indices, scores, classes by descending score (Detectron2's argsort) above the threshold."""
     scores = instance_results.scores.detach()
     sorted_inds = torch.argsort(-scores)
     order = sorted_inds.tolist()
@@ -90,8 +75,7 @@ def _candidates(instance_results, instances_score_thresh):
 
 
 def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
-    """Stuff on the CPU: one ``bincount`` (free area of label l in bin l, taken area in bin l + L),
-    ids written into ``pan`` (H, W) through a lookup table. Returns their ``segments_info``."""
+    # one bincount: free area of label l in bin l, taken area in bin l + L
     if sem.size == 0:
         return []
     num_labels = int(sem.max()) + 1
@@ -116,8 +100,7 @@ _ROW_BLOCK = 16  # rows of the first block searched from the bottom; each next o
 
 
 def _mask_box(m, u, H, W):
-    """Tight box ``(y0, y1, x0, x1)`` of the (H, W) C-contiguous bool array ``m`` (``u``: its uint8
-    view), or None if empty, in about one pass (short-circuiting ``argmax`` from both ends)."""
+    """Tight box (y0, y1, x0, x1) of the (H, W) bool array ``m`` (uint8 view ``u``) or None."""
     flat = m.reshape(-1)
     a = int(flat.argmax())
     if not flat[a]:
@@ -139,8 +122,7 @@ def _mask_box(m, u, H, W):
 
 
 def _things_cpu(pred_masks, cand, pan, occupied, overlap_threshold):
-    """Things on the CPU, each on its mask's box, masks made bool one at a time: writes ``pan``
-    (H, W) int32 and ``occupied`` (H, W) bool with Detectron2's decisions; the accepted."""
+    """Writes the things into ``pan`` and ``occupied``, each on its mask's box; the accepted."""
     H, W = pan.shape
     accepted = []
     if H == 0 or W == 0:
@@ -186,11 +168,9 @@ def merge_panoptic_tensors(
     stuff_area_thresh: float,
     instances_score_thresh: float,
 ) -> Tuple[Tensor, Tensor]:
-    """
-    :func:`combine_semantic_and_instance_outputs` in tensor form (TorchScript, tracing, ONNX) for
+    """:func:`combine_semantic_and_instance_outputs` in tensor form (TorchScript, tracing, ONNX) for
     scores (N,), classes (N,), masks (N, H, W) and labels sem_seg (H, W): the (H, W) int32
-    segment map and the (S, 5) float64 segments in id order (``SEGMENT_FIELDS``).
-    """
+    segment map and the (S, 5) float64 segments in id order (``SEGMENT_FIELDS``)."""
     H, W = sem_seg.shape[0], sem_seg.shape[1]
     panoptic_seg, things = _things_tensors(
         scores, masks.to(torch.bool), H, W, overlap_threshold, instances_score_thresh
@@ -208,7 +188,6 @@ def merge_panoptic_tensors(
 def _segment_rows(
     ids: Tensor, categories: Tensor, isthing: float, values: Tensor, instances: Tensor
 ) -> Tensor:
-    """Rows (S, 5) float64 of :data:`SEGMENT_FIELDS`, one per id."""
     f64 = torch.float64
     flag = torch.full((ids.shape[0],), isthing, dtype=f64, device=ids.device)
     columns = [ids.to(f64), categories.to(f64), flag, values.to(f64), instances.to(f64)]
@@ -255,8 +234,7 @@ def _things_tensors(
 def _stuff_tensors(
     sem_seg: Tensor, panoptic_seg: Tensor, num_things: int, stuff_area_thresh: float
 ) -> Tuple[Tensor, Tensor]:
-    """The map with the stuff ids (every label present but 0, ascending, whose free area is at
-    least ``stuff_area_thresh``) and their rows."""
+    """The map with the stuff ids (labels > 0 with enough free area, ascending) and their rows."""
     H, W = sem_seg.shape[0], sem_seg.shape[1]
     device = sem_seg.device
     labels = sem_seg.reshape(-1).to(torch.int64)
@@ -285,6 +263,5 @@ def _segment_info(seg_id, category, isthing, value, instance=-1):
 
 
 def segments_to_info(segments):
-    """Detectron2's ``segments_info`` from the (S, 5) rows of :func:`merge_panoptic_tensors` (a
-    tensor or a numpy array)."""
+    """Detectron2's ``segments_info`` from the (S, 5) rows of :func:`merge_panoptic_tensors`."""
     return [_segment_info(*row) for row in np.asarray(segments).tolist()]
