@@ -85,17 +85,16 @@ def register_coco_panoptic_panet(
         MetadataCatalog.remove(name)
     files = (image_root, panoptic_root, panoptic_json, instances_json)
     DatasetCatalog.register(name, lambda: _load(name, metadata, *files))
+    paths = dict(panoptic_root=panoptic_root, image_root=image_root, panoptic_json=panoptic_json)
+    if instances_json:  # json_file=None would break COCOEvaluator
+        paths["json_file"] = instances_json
     MetadataCatalog.get(name).set(
-        panoptic_root=panoptic_root,
-        image_root=image_root,
-        panoptic_json=panoptic_json,
         evaluator_type="coco_panoptic_seg",
         ignore_label=255,
         label_divisor=1000,
+        **paths,
         **metadata,
     )
-    if instances_json:  # json_file=None would break COCOEvaluator
-        MetadataCatalog.get(name).set(json_file=instances_json)
 
 
 def register_all_coco_panoptic_panet(root=None):
