@@ -8,7 +8,7 @@ images of other sizes than the traced one; the exported model run without torch;
 Tolerances, per precision (random weights put many scores close together, so the lower
 precisions may reorder or swap a few of them):
 
-* fp32: as ONNX Runtime (tests/test_export_onnx.py): boxes 1e-3 px, scores 1e-5, mask
+* fp32: as ONNX Runtime (tests/export/test_onnx.py): boxes 1e-3 px, scores 1e-5, mask
   probabilities 1e-4, semantic logits 1e-4; classes and the panoptic segment map exactly.
 * bf16: >= 80% of eager's detections matched (a detection of the same class with box IoU >= 0.9)
   and eager's top 3 all matched; mask probabilities within 0.05 on average.
