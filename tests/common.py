@@ -16,6 +16,8 @@ import torch
 from panopticapi.utils import rgb2id
 from PIL import Image
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
@@ -180,3 +182,28 @@ def error_exit(call, *args, **kwargs):
     line = str(e.value)
     assert line.startswith("ERROR: ") and "\n" not in line, line
     return line
+
+
+def register_coco(name, json_file, image_root):
+    """Register a COCO instances dataset under ``name``, replacing one of that name."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, str(json_file), str(image_root))
+    return name
+
+
+class FileProxy:
+    """A file object that passes everything to ``f``; subclasses change what they test."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -32,6 +32,7 @@ from panet_d2.errors import CheckpointError, TrainingDivergedError  # noqa: E402
 
 from .common import (  # noqa: E402
     ROOT,
+    FileProxy,
     error_exit,
     load_script,
     panet_cfg,
@@ -509,20 +510,8 @@ def _no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-class _FullDiskFile:
+class _FullDiskFile(FileProxy):
     """A file whose buffered bytes do not fit on the disk: ``close`` fails with ENOSPC."""
-
-    def __init__(self, f):
-        self._f = f
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def close(self):
         self._f.close()

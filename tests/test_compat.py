@@ -21,6 +21,8 @@ from detectron2.evaluation import cityscapes_evaluation as d2_cityscapes_eval
 
 from panet_d2 import compat
 
+from .common import FileProxy
+
 cityscapesscripts = pytest.importorskip("cityscapesscripts")
 
 
@@ -164,11 +166,12 @@ def test_detectron2_still_writes_outputs_in_place():
     assert 'PathManager.open(path, "w")' in inspect.getsource(defaults.default_setup)
 
 
-class _FullAfter:
+class _FullAfter(FileProxy):
     """A file whose writes fail with ENOSPC once ``limit`` bytes (or characters) were written."""
 
     def __init__(self, f, limit):
-        self._f, self._left = f, limit
+        super().__init__(f)
+        self._left = limit
 
     def write(self, data):
         if len(data) > self._left:
@@ -176,15 +179,6 @@ class _FullAfter:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self._left -= len(data)
         return self._f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
 
 
 def test_atomic_output_files_are_atomic_and_scoped(tmp_path, monkeypatch):

@@ -4,10 +4,8 @@ One image reader (panet_d2/data/image_io.py) for training, evaluation and demo.p
 every mode, and records whose width / height differ from the file (EXIF rotation included).
 """
 
-import contextlib
 import copy
 import json
-import logging
 import os
 import types
 
@@ -20,14 +18,13 @@ pytest.importorskip("detectron2")
 
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.datasets import register_coco_instances  # noqa: E402
 
 from panet_d2.data import PanopticDatasetMapper  # noqa: E402
 from panet_d2.data.image_io import ImageDatasetMapper, read_image  # noqa: E402
 from panet_d2.engine import PANetTrainer  # noqa: E402
 from panet_d2.errors import DatasetError, ImageLoadError  # noqa: E402
 
-from ..common import ROOT, load_script, panet_cfg, synthetic_datasets  # noqa: E402
+from ..common import ROOT, load_script, panet_cfg, register_coco, synthetic_datasets  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -45,28 +42,6 @@ def datasets(tmp_path_factory):
     ) as root:
         DatasetCatalog.get(PREFIX + "_val")  # generated now, into root
         yield root
-
-
-@contextlib.contextmanager
-def _records(name="panet_d2"):
-    """The messages logged under ``name`` in the block (its handlers may not propagate)."""
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger(name)
-    logger.addHandler(handler)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-
-
-def _register(name, json_file, image_root):
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    register_coco_instances(name, {}, str(json_file), str(image_root))
-    return name
 
 
 def _box_polygon(bbox):
@@ -139,7 +114,7 @@ def mode_dataset(datasets, tmp_path_factory):
         categories = json.load(f)["categories"]
     json_file = folder / "instances.json"
     json_file.write_text(json.dumps(dict(images=images, annotations=annos, categories=categories)))
-    return _register("t_image_modes", json_file, folder), folder, expected
+    return register_coco("t_image_modes", json_file, folder), folder, expected
 
 
 def test_read_image_of_every_mode(mode_dataset):

@@ -20,7 +20,7 @@ pytest.importorskip("detectron2")
 from pycocotools.coco import COCO  # noqa: E402
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.datasets import load_coco_json, register_coco_instances  # noqa: E402
+from detectron2.data.datasets import load_coco_json  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
@@ -31,7 +31,7 @@ from panet_d2.engine.checks import (  # noqa: E402
 )
 from panet_d2.errors import ConfigError, DatasetError  # noqa: E402
 
-from ..common import ROOT, panet_cfg, run_script, synthetic_datasets  # noqa: E402
+from ..common import ROOT, panet_cfg, register_coco, run_script, synthetic_datasets  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -67,14 +67,6 @@ def _records(name="panet_d2"):
         yield messages
     finally:
         logger.removeHandler(handler)
-
-
-def _register(name, json_file, image_root):
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    register_coco_instances(name, {}, str(json_file), str(image_root))
-    return name
 
 
 # -------------------------------------------------------------------------------------------------
@@ -262,7 +254,12 @@ def bad_annotations(datasets, tmp_path_factory):
         bad[a["id"]] = what
     json_file = tmp_path_factory.mktemp("bad_annotations") / "instances.json"
     json_file.write_text(json.dumps(data))
-    return _register("t_bad_annotations", json_file, meta.image_root), str(json_file), bad, annos
+    return (
+        register_coco("t_bad_annotations", json_file, meta.image_root),
+        str(json_file),
+        bad,
+        annos,
+    )
 
 
 def _kept_ids(name, json_file, masks):
@@ -332,7 +329,7 @@ def test_all_annotations_invalid(datasets, tmp_path):
         a.pop("segmentation")
     json_file = tmp_path / "boxes_only.json"
     json_file.write_text(json.dumps(data))
-    name = _register("t_boxes_only", json_file, meta.image_root)
+    name = register_coco("t_boxes_only", json_file, meta.image_root)
     dicts = DatasetCatalog.get(name)
     with pytest.raises(DatasetError) as e:
         drop_invalid_annotations(dicts, [name], "DATASETS.TRAIN", masks=True)

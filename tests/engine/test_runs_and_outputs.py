@@ -36,7 +36,7 @@ from detectron2.utils.file_io import PathManager  # noqa: E402
 from panet_d2.engine import trainer  # noqa: E402
 from panet_d2.errors import TrainingDivergedError  # noqa: E402
 
-from ..common import ROOT, load_script, synthetic_datasets  # noqa: E402
+from ..common import ROOT, FileProxy, load_script, synthetic_datasets  # noqa: E402
 from ..tools.test_train_net import SMOKE, _with_hooks  # noqa: E402
 
 _lock = load_script("train_net.py", "panet_train_net_lock")  # train_net.py's OUTPUT_DIR lock
@@ -242,9 +242,10 @@ class _Disk:
         monkeypatch.setattr(PathManager, "open", open_failing)
 
 
-class _FailingFile:
+class _FailingFile(FileProxy):
     def __init__(self, f, disk, path):
-        self._f, self._disk = f, disk
+        super().__init__(f)
+        self._disk = disk
         self._left = disk.limit if disk.name and disk.name in os.path.basename(path) else None
 
     def _check(self, n):
@@ -262,15 +263,6 @@ class _FailingFile:
     def flush(self):
         self._check(0)
         return self._f.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
 
 
 def test_full_disk_in_evaluation_leaves_no_truncated_file(

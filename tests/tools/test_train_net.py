@@ -19,7 +19,6 @@ pytest.importorskip("detectron2")
 pytest.importorskip("panopticapi")
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data.datasets import register_coco_instances  # noqa: E402
 from detectron2.engine import HookBase, default_argument_parser  # noqa: E402
 
 from panet_d2.data import register_synthetic_dataset  # noqa: E402
@@ -31,7 +30,7 @@ from panet_d2.errors import (  # noqa: E402
     InputError,
 )
 
-from ..common import ROOT, run_script, synthetic_datasets  # noqa: E402
+from ..common import ROOT, register_coco, run_script, synthetic_datasets  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -284,14 +283,6 @@ def _small_coco_copy(tmp_path, num_images=2):
     return str(json_file), str(images), [im["file_name"] for im in data["images"]]
 
 
-def _register_coco(name, json_file, image_root):
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
-    register_coco_instances(name, {}, json_file, image_root)
-    return name
-
-
 def test_error_unregistered_dataset(train_net, datasets, tmp_path):
     with pytest.raises(DatasetError, match="'no_such_dataset' in DATASETS.TRAIN is not registered"):
         train_net.main(_args(tmp_path, train="no_such_dataset"))
@@ -305,7 +296,7 @@ def test_error_unregistered_dataset(train_net, datasets, tmp_path):
 
 def test_error_missing_dataset_files(train_net, datasets, tmp_path):
     missing = tmp_path / "nowhere"
-    name = _register_coco(
+    name = register_coco(
         "t_missing_files", str(missing / "instances.json"), str(missing / "images")
     )
     with pytest.raises(DatasetError) as e:
@@ -315,7 +306,7 @@ def test_error_missing_dataset_files(train_net, datasets, tmp_path):
     assert "does not exist" in msg
     # the image folder alone missing
     json_file, _, _ = _small_coco_copy(tmp_path)
-    name = _register_coco("t_missing_images", json_file, str(missing / "images"))
+    name = register_coco("t_missing_images", json_file, str(missing / "images"))
     expected = "image_root .*nowhere/images.* of dataset 't_missing_images'.*does not exist"
     with pytest.raises(DatasetError, match=expected):
         train_net.main(_args(tmp_path / "out2", test=name, eval_only=True))
@@ -325,7 +316,7 @@ def test_error_unparseable_annotations(train_net, datasets, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"images": [ {not json')
     (tmp_path / "images").mkdir()
-    name = _register_coco("t_bad_json", str(bad), str(tmp_path / "images"))
+    name = register_coco("t_bad_json", str(bad), str(tmp_path / "images"))
     with pytest.raises(DatasetError) as e:
         train_net.main(_args(tmp_path / "out", train=name))
     msg = str(e.value)
@@ -337,7 +328,7 @@ def test_error_missing_or_unreadable_image(train_net, datasets, tmp_path):
     # a missing image, wherever it is in the dataset: found before training
     missing = os.path.join(images, names[1])
     os.rename(missing, missing + ".moved")
-    name = _register_coco("t_missing_image", json_file, images)
+    name = register_coco("t_missing_image", json_file, images)
     expected = "{!r} of dataset 't_missing_image' ({}) does not exist"
     with pytest.raises(ImageLoadError, match=re.escape(expected.format(missing, "DATASETS.TRAIN"))):
         train_net.main(_args(tmp_path / "out1", train=name))
@@ -465,7 +456,7 @@ def test_error_empty_test_dataset(run_a, train_net, tmp_path):
     categories = MetadataCatalog.get(PREFIX + "_val").thing_classes
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
     json_file.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
-    name = _register_coco("t_empty", str(json_file), str(tmp_path))
+    name = register_coco("t_empty", str(json_file), str(tmp_path))
     weights = os.path.join(run_a["out"], "model_final.pth")
     with pytest.raises(DatasetError) as e:
         train_net.main(_args(tmp_path / "out", "MODEL.WEIGHTS", weights, test=name, eval_only=True))
