@@ -207,3 +207,13 @@ class FileProxy:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def generated_val_set(tmp_path_factory, prefix):
+    """The generated dataset's 4 validation images, registered under ``prefix`` and written now."""
+    with synthetic_datasets(
+        tmp_path_factory, prefix, {"val": {"num_images": 4, "seed": 3}}
+    ) as root:
+        DatasetCatalog.get(prefix + "_val")
+        yield root

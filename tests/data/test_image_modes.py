@@ -24,23 +24,16 @@ from panet_d2.data.image_io import ImageDatasetMapper, read_image  # noqa: E402
 from panet_d2.engine import PANetTrainer  # noqa: E402
 from panet_d2.errors import DatasetError, ImageLoadError  # noqa: E402
 
-from ..common import ROOT, load_script, panet_cfg, register_coco, synthetic_datasets  # noqa: E402
+from ..common import generated_val_set, load_script, panet_cfg, register_coco  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
-PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
-PREFIX = (
-    "t_image_modes"  # the generated dataset (4 validation images), registered under this prefix
-)
+PREFIX = "t_image_modes"  # the generated dataset, registered under this prefix
 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    with synthetic_datasets(
-        tmp_path_factory, PREFIX, {"val": {"num_images": 4, "seed": 3}}
-    ) as root:
-        DatasetCatalog.get(PREFIX + "_val")  # generated now, into root
+    with generated_val_set(tmp_path_factory, PREFIX) as root:
         yield root
 
 

@@ -31,7 +31,7 @@ from panet_d2.engine.checks import (  # noqa: E402
 )
 from panet_d2.errors import ConfigError, DatasetError  # noqa: E402
 
-from ..common import ROOT, panet_cfg, register_coco, run_script, synthetic_datasets  # noqa: E402
+from ..common import ROOT, generated_val_set, panet_cfg, register_coco, run_script  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -42,10 +42,7 @@ PREFIX = "t_bad_inputs"  # the generated dataset (4 validation images), register
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    with synthetic_datasets(
-        tmp_path_factory, PREFIX, {"val": {"num_images": 4, "seed": 3}}
-    ) as root:
-        DatasetCatalog.get(PREFIX + "_val")  # generated now, into root
+    with generated_val_set(tmp_path_factory, PREFIX) as root:
         yield root
 
 

@@ -20,7 +20,7 @@ from panet_d2.data import register_synthetic_dataset
 from panet_d2.evaluation import build_evaluator
 
 from ..common import ROOT, error_exit, load_script, panet_cfg, random_image
-from ..export.common import assert_equal_fields, instances_fields
+from .common import assert_equal_fields, instances_fields
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

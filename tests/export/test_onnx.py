@@ -17,7 +17,7 @@ import torch
 
 from panet_d2 import export
 
-from ..export.common import (
+from .common import (
     OTHER_IMAGE,
     TRACE_IMAGE,
     assert_equal_fields,

@@ -21,8 +21,8 @@ from panet_d2.modeling.postprocessing.panoptic_merge import (
 )
 
 from ..common import random_image
-from ..export.common import small_model
 from ..modeling.postprocessing.test_panoptic_merge import _inst, _random_case, _types
+from .common import small_model
 
 SCRIPTED_MERGE = torch.jit.script(merge_panoptic_tensors)
 

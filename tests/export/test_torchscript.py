@@ -16,7 +16,7 @@ from detectron2.export import scripting_with_instances
 
 from panet_d2 import AdaptiveFeaturePooler, export
 
-from ..export.common import (
+from .common import (
     OTHER_IMAGE,
     TRACE_IMAGE,
     assert_equal_fields,
