@@ -3,7 +3,8 @@
 """
 CPU latency of one model eager (float32, and bfloat16 under ``torch.autocast``), exported to
 TorchScript (tracing, scripting), to ONNX (run in ONNX Runtime) and to OpenVINO (float32, bfloat16
-by the inference precision hint, int8 by ONNX Runtime's quantiser), side by side in one process:
+by the inference precision hint, int8 by ONNX Runtime's quantiser with the other ops in float32
+or bfloat16, and int8 with the RPN head's outputs quantised too), side by side in one process:
 PANet R50 (``panet_R_50_FPN_1x.yaml``) by default, on one HxW image (800 x 1216 by default).
 
 Every backend computes the same thing, what ``panet_d2.export`` exports for an instance model: the
@@ -67,15 +68,17 @@ BACKENDS = (
     "openvino-fp32",
     "openvino-bf16",
     "openvino-int8",
-    "openvino-int8-fc",
+    "openvino-int8-bf16",
+    "openvino-int8-rpn",
 )
 # the precision of each backend's matrix products (the peak it is compared with)
-# (openvino-int8-fc: the box head's fully connected layers quantised too)
+# (openvino-int8-rpn: the RPN head's output convolutions quantised too, which the tool does not do)
 PRECISION = {
     "eager-bf16": "bf16",
     "openvino-bf16": "bf16",
     "openvino-int8": "int8",
-    "openvino-int8-fc": "int8",
+    "openvino-int8-bf16": "int8",
+    "openvino-int8-rpn": "int8",
 }
 COCO_IMAGES = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -142,21 +145,27 @@ def openvino_runners(model, inputs, backends, threads, tmpdir, onnx_path):
     xmls["bf16"] = xmls["fp32"]
     # calibration: the in-repo COCO images flipped left-right (not the gate's own inputs)
     calibration = [(im.flip(-1).numpy(),) for im in gate_images(model)]
-    for precision, op_types in [("int8", ("Conv",)), ("int8-fc", ("Conv", "Gemm"))]:
-        if "openvino-" + precision in backends:
+    excluded = openvino_backend.INT8_EXCLUDED_PREFIXES
+    rpn_too = tuple(p for p in excluded if not p.startswith("/proposal_generator/"))
+    for variant, prefixes, users in [
+        ("int8", excluded, {"openvino-int8", "openvino-int8-bf16"}),
+        ("int8-rpn", rpn_too, {"openvino-int8-rpn"}),
+    ]:
+        if users & set(backends):
             quantised = openvino_backend.quantize_onnx(
                 onnx_path,
-                os.path.join(tmpdir, "model.{}.onnx".format(precision)),
+                os.path.join(tmpdir, "model.{}.onnx".format(variant)),
                 calibration,
                 ["image"],
-                op_types=op_types,
-                excluded_prefixes=(),
+                excluded_prefixes=prefixes,
             )
-            xml = os.path.join(tmpdir, "model.{}.xml".format(precision))
-            xmls[precision] = openvino_backend.convert_onnx(quantised, xml)
+            xml = os.path.join(tmpdir, "model.{}.xml".format(variant))
+            xmls[variant] = openvino_backend.convert_onnx(quantised, xml)
+    xmls["int8-bf16"] = xmls.get("int8")
     for name in [b for b in backends if b.startswith("openvino-")]:
-        precision = name[len("openvino-") :]
-        compiled = openvino_backend.OpenVinoModel(xmls[precision], precision[:4], threads)
+        variant = name[len("openvino-") :]
+        precision = "int8" if variant == "int8-rpn" else variant
+        compiled = openvino_backend.OpenVinoModel(xmls[variant], precision, threads)
 
         def run(image, compiled=compiled):
             outputs = dict(zip(compiled.output_names, compiled(image.numpy())))

@@ -22,7 +22,8 @@ Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torch
 ``model.onnx`` (opset ``panet_d2.export.ONNX_OPSET_VERSION``) or, with ``--format openvino``,
 ``model.onnx`` and the OpenVINO IR ``model.xml`` / ``model.bin`` (``--precision fp32``, ``bf16``:
 OpenVINO's inference precision hint, ``int8``: ``model.int8.onnx`` quantised by ONNX Runtime on
-``--calibration-count`` images of ``--calibration-dataset``; tools/openvino_backend.py, which also
+``--calibration-count`` images of ``--calibration-dataset``, its other ops float32, ``int8-bf16``:
+the same, its other ops bfloat16; tools/openvino_backend.py, which also
 runs the IR without torch). What the exported model computes:
 see ``panet_d2/export.py``. ``--run-eval`` evaluates the exported model on cfg.DATASETS.TEST[0]
 with the project's evaluator of that dataset (of a LazyConfig: ``dataloader.evaluator`` on
@@ -98,22 +99,23 @@ def get_parser():
         "--precision",
         choices=list(PRECISIONS),
         default="fp32",
-        help="openvino: float32, bfloat16 (inference precision hint) or int8 (post-training "
-        "quantisation of the convolutions, calibrated on --calibration-dataset)",
+        help="openvino: float32, bfloat16 (inference precision hint), int8 (post-training "
+        "quantisation of the convolutions, calibrated on --calibration-dataset; the other ops "
+        "float32) or int8-bf16 (the same, the other ops bfloat16)",
     )
     parser.add_argument(
         "--calibration-dataset",
         default=None,
         metavar="NAME",
-        help="int8: the registered dataset whose images calibrate (default: the first training "
-        "dataset of the config)",
+        help="int8, int8-bf16: the registered dataset whose images calibrate (default: the "
+        "first training dataset of the config)",
     )
     parser.add_argument(
         "--calibration-count",
         type=int,
         default=16,
         metavar="N",
-        help="int8: the number of calibration images",
+        help="int8, int8-bf16: the number of calibration images",
     )
     parser.add_argument(
         "--export-method",
@@ -183,8 +185,8 @@ def check_args(args):
             "--precision {} needs --format openvino (TorchScript and ONNX Runtime exports are "
             "float32)".format(args.precision)
         )
-    if args.precision != "int8" and args.calibration_dataset is not None:
-        raise ConfigError("--calibration-dataset calibrates --precision int8 only")
+    if not args.precision.startswith("int8") and args.calibration_dataset is not None:
+        raise ConfigError("--calibration-dataset calibrates --precision int8 or int8-bf16 only")
     if args.calibration_count < 1:
         raise ConfigError("--calibration-count must be at least 1")
 
@@ -220,7 +222,7 @@ def write_openvino(cfg, args, model, sample, onnx_path):
     import openvino_backend
 
     schema = export.export_onnx(model, sample, onnx_path)
-    if args.precision == "int8":
+    if args.precision.startswith("int8"):
         quantised = os.path.join(args.output, "model.int8.onnx")
         inputs = calibration_inputs(cfg, args, model)
         names = ["image", "height", "width"][: len(sample)]

@@ -3,7 +3,8 @@
 OpenVINO backend of tools/export_model.py and benchmarks/bench_export.py: the ONNX graph of
 ``panet_d2.export.export_onnx`` converted to OpenVINO IR (``model.xml`` / ``model.bin``), compiled
 for the CPU in float32 or bfloat16 (OpenVINO's ``INFERENCE_PRECISION_HINT``), and int8 by ONNX
-Runtime's static post-training quantiser (QDQ nodes, which OpenVINO runs as int8 kernels).
+Runtime's static post-training quantiser (QDQ nodes, which OpenVINO runs as int8 kernels; the
+other ops in float32, or in bfloat16 with ``int8-bf16``).
 
 Running an exported model needs only OpenVINO and NumPy (no torch, no Detectron2):
 
@@ -11,7 +12,7 @@ Running an exported model needs only OpenVINO and NumPy (no torch, no Detectron2
 
 prints each output's name, shape and dtype and saves the outputs by name (``image.npy``: float32
 (3, H, W), 0..255, in the model's input format, resized as the test loader resizes; height and
-width for a panoptic model; environment variable ``PANET_D2_PRECISION=bf16`` for bfloat16).
+width for a panoptic model; environment variable ``PANET_D2_PRECISION`` for bf16 or int8-bf16).
 Importing this module imports neither torch nor panet_d2.
 """
 
@@ -28,16 +29,22 @@ __all__ = [
     "OpenVinoModel",
 ]
 
-PRECISIONS = ("fp32", "bf16", "int8")
-# INFERENCE_PRECISION_HINT of each precision: int8 graphs run their QDQ-marked ops in int8 and
-# the rest in float32.
-_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16")
+# INFERENCE_PRECISION_HINT of each precision: int8 graphs (int8, int8-bf16: the same IR) run
+# their QDQ-marked ops in int8 and the rest in float32 or bfloat16.
+_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16"}
 
-# ONNX ops quantised to int8: the convolutions (backbone, FPN, bottom-up path, RPN, mask head and
-# FF's convolutions, the semantic head). The fully connected box head, the box predictor and FF's
-# fc stay float32: see docs/deployment.md (measured there).
+# ONNX ops quantised to int8: the convolutions of the backbone, FPN, bottom-up path, RPN head's
+# shared 3x3 conv, mask head (with FF's) and semantic head. The RPN head's outputs (objectness,
+# box deltas), the fully connected box head and the box predictor are not quantised: see
+# docs/deployment.md (measured there).
 INT8_OP_TYPES = ("Conv",)
-INT8_EXCLUDED_PREFIXES = ("/roi_heads/box_head/", "/roi_heads/box_predictor/")
+INT8_EXCLUDED_PREFIXES = (
+    "/proposal_generator/rpn_head/objectness_logits",
+    "/proposal_generator/rpn_head/anchor_deltas",
+    "/roi_heads/box_head/",
+    "/roi_heads/box_predictor/",
+)
 
 
 # UPSTREAM-WORKAROUND onnx-sequence-in-loop: OpenVINO 2026.4's CPU plugin cannot compile a
@@ -195,8 +202,8 @@ class OpenVinoModel:
 
     Args:
         precision: "fp32", "bf16" (INFERENCE_PRECISION_HINT bf16: float ops in bfloat16 where
-            the processor has bfloat16 instructions) or "int8" (an IR made from a quantised ONNX
-            graph; its other ops float32).
+            the processor has bfloat16 instructions), "int8" (an IR made from a quantised ONNX
+            graph; its other ops float32) or "int8-bf16" (such an IR, its other ops bfloat16).
         threads (int or None): INFERENCE_NUM_THREADS (None: OpenVINO's default).
     """
 

@@ -12,9 +12,11 @@ precisions may reorder or swap a few of them):
   probabilities 1e-4, semantic logits 1e-4; classes and the panoptic segment map exactly.
 * bf16: >= 80% of eager's detections matched (a detection of the same class with box IoU >= 0.9)
   and eager's top 3 all matched; mask probabilities within 0.05 on average.
-* int8 (convolutions quantised, calibrated on 4 generated images): >= 70% matched, and eager's top
-  detection matched.
-Measured here: bf16 90-100% matched, scores within 1.2e-3; int8 80%, scores within 2.8e-3.
+* int8 (convolutions quantised but the RPN head's outputs, calibrated on 4 generated images): >= 70%
+  matched, and eager's top detection matched; int8-bf16 (the same IR, the other ops bfloat16):
+  >= 50% matched, eager's top detection matched, and its scores not those of int8.
+Measured here: bf16 90-100% matched, scores within 1.2e-3; int8 80%, scores within 2.8e-3;
+int8-bf16 60%. (On a trained model: the accuracy gate of docs/deployment.md.)
 """
 
 import os
@@ -65,7 +67,7 @@ def _model(config):
 def _export(tool, cfg, model, out, precision="fp32"):
     argv = ["--config-file", "unused", "--format", "openvino", "--output", str(out)]
     argv += ["--precision", precision]
-    if precision == "int8":
+    if precision.startswith("int8"):
         argv += ["--calibration-dataset", DATASET, "--calibration-count", "4"]
     return tool.export_model(cfg, tool.get_parser().parse_args(argv), model)
 
@@ -106,25 +108,37 @@ def test_fp32_instance_model_equals_eager(instance_fp32):
 
 def test_lower_precisions_match_eager(tool, tmp_path):
     cfg, model = _model(INSTANCE)
-    for precision, fraction, top in [("bf16", 0.8, 3), ("int8", 0.7, 1)]:
+    scores = {}
+    for precision, fraction, top in [("bf16", 0.8, 3), ("int8", 0.7, 1), ("int8-bf16", 0.5, 1)]:
         inference = _export(tool, cfg, model, tmp_path / precision, precision)
         for spec in IMAGES:
             img = random_image(*spec)
             expected = _eager(model, img)["instances"]
             got = inference([{"image": img}])[0]["instances"]
+            scores.setdefault(precision, []).append(got.scores)
             matched = _matched(expected, got)
             assert matched.float().mean() >= fraction, (precision, matched)
             assert matched[:top].all(), (precision, matched)
             if precision == "bf16":  # in bfloat16: close, not equal
                 diff = (expected.pred_masks.float() - got.pred_masks.float()).abs().mean()
                 assert 0 < diff <= 0.05, diff
-    # int8: every convolution's weights and inputs quantised (QDQ), the box head's fc not
+    # int8-bf16 runs the unquantised ops in bfloat16: other scores than int8's
+    assert not all(torch.equal(a, b) for a, b in zip(scores["int8"], scores["int8-bf16"]))
+    # int8: every convolution's weights and inputs quantised (QDQ) but the RPN's outputs; fc not
     graph = onnx.load(str(tmp_path / "int8" / "model.int8.onnx")).graph
     made = {o: n for n in graph.node for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
-    assert len(convs) > 20
-    for node in convs:
-        assert [made[i].op_type for i in node.input[:2]] == ["DequantizeLinear"] * 2, node.name
+    rpn_outputs = (
+        "/proposal_generator/rpn_head/objectness_logits",
+        "/proposal_generator/rpn_head/anchor_deltas",
+    )
+    rpn = [n for n in convs if n.name.startswith(rpn_outputs)]
+    assert len(convs) > 20 and len(rpn) >= 2  # objectness and box deltas, on every level
+    for node in convs:  # those weights float32 (their input is the quantised 3x3 conv's)
+        if node in rpn:
+            assert node.input[1] not in made, node.name
+        else:
+            assert [made[i].op_type for i in node.input[:2]] == ["DequantizeLinear"] * 2, node.name
     gemms = [n for n in graph.node if n.op_type == "Gemm"]
     assert gemms and not any(n.input[1] in made for n in gemms)  # float32 weights, no QDQ
 
