@@ -294,14 +294,10 @@ class RestrictedUnpickler(pickle._Unpickler):
         load(self)
         self._count(self.stack[-1])
 
-
-_dispatch = RestrictedUnpickler.dispatch
-_dispatch[pickle.BUILD[0]] = RestrictedUnpickler.load_build
-_dispatch[pickle.BYTEARRAY8[0]] = RestrictedUnpickler.load_bytearray8
-for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX):
-    _dispatch[_op[0]] = RestrictedUnpickler.load_newobj
-for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
-    _dispatch[_op[0]] = lambda self, load=_dispatch[_op[0]]: self._counted_tuple(load)
+    dispatch[pickle.BUILD[0]], dispatch[pickle.BYTEARRAY8[0]] = load_build, load_bytearray8
+    dispatch[pickle.NEWOBJ[0]] = dispatch[pickle.NEWOBJ_EX[0]] = load_newobj
+    for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
+        dispatch[_op[0]] = lambda self, load=dispatch[_op[0]]: self._counted_tuple(load)
 
 
 def _scan_torch_file(f):
@@ -454,7 +450,16 @@ class PANetCheckpointer(DetectionCheckpointer):
         failed write is one :class:`CheckpointError`."""
         if not self.save_dir or not self.save_to_disk:
             return
-        self._check_finite(name)
+        state = self.model.state_dict()
+        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            last = self.get_checkpoint_file() if self.has_checkpoint() else None
+            raise TrainingDivergedError(
+                f"Not saving checkpoint {name + '.pth'!r}: {len(bad)} tensor(s) of the model "
+                f"hold NaN or inf ({_names(bad)}); the last checkpoint is "
+                f"{repr(last) if last else 'none'}.",
+                last_checkpoint=last,
+            )
         path = os.path.join(self.save_dir, name + ".pth")
         try:
             super().save(name, **kwargs)  # both files through self.path_manager: atomic
@@ -468,19 +473,6 @@ class PANetCheckpointer(DetectionCheckpointer):
                 f"Cannot save checkpoint {path!r}: {cause.strerror or cause} (the previous "
                 f"checkpoint is intact{last})."
             ) from None
-
-    def _check_finite(self, name):
-        """Refuses to save the weights of a diverged model (NaN or inf)."""
-        state = self.model.state_dict()
-        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
-        if bad:
-            last = self.get_checkpoint_file() if self.has_checkpoint() else None
-            raise TrainingDivergedError(
-                f"Not saving checkpoint {name + '.pth'!r}: {len(bad)} tensor(s) of the model "
-                f"hold NaN or inf ({_names(bad)}); the last checkpoint is "
-                f"{repr(last) if last else 'none'}.",
-                last_checkpoint=last,
-            )
 
     def resume_or_load(self, path, *, resume=True):
         """fvcore's; resuming from the last checkpoint of ``save_dir`` is never a warm start."""
@@ -579,10 +571,8 @@ class PANetCheckpointer(DetectionCheckpointer):
                     f"{str(k)[:100]!r}, not a tensor or array."
                 )
         if checkpoint.get("matching_heuristics", False):  # another code base's names: ours first
-            caffe2 = checkpoint.get("__author__") == "Caffe2"
-            state = align_and_update_state_dicts(
-                self.model.state_dict(), state, c2_conversion=caffe2
-            )
+            c2 = checkpoint.get("__author__") == "Caffe2"
+            state = align_and_update_state_dicts(self.model.state_dict(), state, c2_conversion=c2)
             checkpoint.update(model=state, matching_heuristics=False)  # done: D2 skips it
         consume_prefix_in_state_dict_if_present(state, "module.")  # as fvcore does
         file_keys = set(state)  # (the AFP layers take single-level tensors while loading)
@@ -591,7 +581,15 @@ class PANetCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         try:
             self._check_fit(incompatible, file_keys)
-            self._check_loaded_finite(targets)
+            loaded = {k: v for k, v in self.model.state_dict().items() if k in targets}
+            bad = [k for k, v in loaded.items() if v.is_floating_point() and not v.isfinite().all()]
+            if bad:  # NaN or inf in what the file loaded
+                n, total = int((~loaded[bad[0]].isfinite()).sum()), loaded[bad[0]].numel()
+                raise self._refused(
+                    f"was not loaded: its weights hold NaN or inf: {bad[0]} has {n} of {total} "
+                    f"values not finite ({len(bad)} tensor(s) in all): the weights of a diverged "
+                    "or damaged run; give an earlier checkpoint."
+                )
         except CheckpointError:
             self.model.load_state_dict(before)
             raise
@@ -618,20 +616,7 @@ class PANetCheckpointer(DetectionCheckpointer):
                     f"{ours.dtype}: weights are floating point (a file whose weights were cast to "
                     "integers or bool is damaged; give the float one)."
                 )
-        return list(targets.values())
-
-    def _check_loaded_finite(self, targets):
-        """Refuses NaN or inf in the model's tensors ``targets`` (those the file loaded)."""
-        state, targets = self.model.state_dict(), set(targets)
-        floats = [k for k in state if k in targets and state[k].is_floating_point()]
-        bad = [k for k in floats if not state[k].isfinite().all()]
-        if bad:
-            n, total = int((~state[bad[0]].isfinite()).sum()), state[bad[0]].numel()
-            raise self._refused(
-                f"was not loaded: its weights hold NaN or inf: {bad[0]} has {n} of {total} values "
-                f"not finite ({len(bad)} tensor(s) in all): the weights of a diverged or damaged "
-                "run; give an earlier checkpoint."
-            )
+        return set(targets.values())
 
     def _check_fit(self, incompatible, file_keys):
         """Refuses a file (tensors ``file_keys``, fvcore's report ``incompatible``) with none of the
