@@ -56,21 +56,16 @@ class TrainingInterrupted(KeyboardInterrupt):
         return f"{at}; the last checkpoint: {last}."
 
 
-class _OneLineErrors(logging.Filter):
-    """Logs an input error, a divergence or a full disk that stops training in one line."""
-
-    def filter(self, record):
-        e = record.exc_info[1] if record.exc_info else None
-        line = disk_full_message(e)
-        if line is None and isinstance(e, (InputError, FloatingPointError)):
-            line = f"{type(e).__name__}: {' '.join(clean_error_message(e).split())}"
-        if line is not None:
-            record.msg = f"{record.getMessage()} {line}"
-            record.args, record.exc_info, record.exc_text = (), None, None
-        return True
-
-
-_ONE_LINE_ERRORS = _OneLineErrors()
+def _one_line_errors(record):
+    """A filter logging in one line an input error, divergence or full disk that stops training."""
+    e = record.exc_info[1] if record.exc_info else None
+    line = disk_full_message(e)
+    if line is None and isinstance(e, (InputError, FloatingPointError)):
+        line = f"{type(e).__name__}: {' '.join(clean_error_message(e).split())}"
+    if line is not None:
+        record.msg = f"{record.getMessage()} {line}"
+        record.args, record.exc_info, record.exc_text = (), None, None
+    return True
 
 # The optimizer hyper-parameters that --resume compares (a param group's key, its config key).
 _SOLVER_KEYS = {"initial_lr": "SOLVER.BASE_LR", "momentum": "SOLVER.MOMENTUM"}
@@ -213,7 +208,7 @@ class PANetTrainer(DefaultTrainer):
         """Runs training; returns the last evaluation's results. Raises TrainingDivergedError (NaN
         or infinite loss or weights) or TrainingInterrupted (Ctrl-C), with the last checkpoint."""
         train_loop = logging.getLogger("detectron2.engine.train_loop")
-        train_loop.addFilter(_ONE_LINE_ERRORS)
+        train_loop.addFilter(_one_line_errors)
         try:
             super().train()
         except FloatingPointError as e:
@@ -222,7 +217,7 @@ class PANetTrainer(DefaultTrainer):
             last = self.checkpointer.get_checkpoint_file() or None
             raise TrainingInterrupted(self.iter, last) from None
         finally:
-            train_loop.removeFilter(_ONE_LINE_ERRORS)
+            train_loop.removeFilter(_one_line_errors)
         return getattr(self, "_last_eval_results", None)
 
     def build_writers(self):
