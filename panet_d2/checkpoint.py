@@ -3,7 +3,6 @@ verifies what it loaded and saves atomically. Why, and every message: docs/relia
 
 import builtins
 import codecs
-import contextlib
 import io
 import logging
 import math
@@ -22,7 +21,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import PathManager
 
-from .compat import _AtomicFile
+from .compat import _AtomicFile, atomic_output_files
 from .errors import CheckpointError, TrainingDivergedError, os_error_cause
 
 __all__ = ["PANetCheckpointer", "RestrictedUnpickler", "read_checkpoint"]
@@ -398,34 +397,6 @@ def _class_mismatch(wrong):
     return text or f"{_names(w[0] for w in wrong)} have other shapes ({wrong[0]})"
 
 
-class _AtomicPathManager:
-    """A path manager whose files written replace (or, not local, are copied over) their path."""
-
-    def __init__(self, path_manager):
-        self._path_manager = path_manager
-
-    def __getattr__(self, name):
-        return getattr(self._path_manager, name)
-
-    def open(self, path, mode="r", **kwargs):
-        if "w" not in mode:
-            return self._path_manager.open(path, mode, **kwargs)
-        if "://" not in path:
-            return _AtomicFile(self._path_manager.open, path, mode, kwargs)
-        return self._copied(path, mode, kwargs)
-
-    @contextlib.contextmanager
-    def _copied(self, path, mode, kwargs):
-        tmp = path + _AtomicFile.SUFFIX
-        try:
-            with self._path_manager.open(tmp, mode, **kwargs) as f:
-                yield f
-            self._path_manager.copy(tmp, path, overwrite=True)
-        finally:
-            if self._path_manager.exists(tmp):
-                self._path_manager.rm(tmp)
-
-
 class PANetCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer that reads files as data, verifies what it loaded and saves
     atomically (removing the partial files of an interrupted save).
@@ -437,7 +408,6 @@ class PANetCheckpointer(DetectionCheckpointer):
 
     def __init__(self, model, save_dir="", *, save_to_disk=None, warm_start=False, **kwargs):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **kwargs)
-        self.path_manager = _AtomicPathManager(self.path_manager)
         self.warm_start, self._loading = warm_start, None
         if self.save_dir and self.save_to_disk and self.path_manager.isdir(self.save_dir):
             for name in self.path_manager.ls(self.save_dir):
@@ -462,7 +432,8 @@ class PANetCheckpointer(DetectionCheckpointer):
             )
         path = os.path.join(self.save_dir, name + ".pth")
         try:
-            super().save(name, **kwargs)  # both files through self.path_manager: atomic
+            with atomic_output_files():  # the checkpoint and last_checkpoint
+                super().save(name, **kwargs)
         except (OSError, RuntimeError) as e:
             cause = os_error_cause(e)  # torch.save wraps a failed write in a RuntimeError
             if cause is None:

@@ -184,14 +184,30 @@ class _AtomicFile:
 
 
 @contextlib.contextmanager
+def _copied_over(open_, path, mode, kwargs):
+    """A file written as ``<path>.partial`` on another iopath storage, then copied over ``path``."""
+    tmp = path + _AtomicFile.SUFFIX
+    try:
+        with open_(tmp, mode, **kwargs) as f:
+            yield f
+        PathManager.copy(tmp, path, overwrite=True)
+    finally:
+        if PathManager.exists(tmp):
+            PathManager.rm(tmp)
+
+
+@contextlib.contextmanager
 def atomic_output_files():
-    """While the block runs, ``PathManager.open(path, "w"/"wb")`` of a local path returns an
-    :class:`_AtomicFile` (Detectron2 0.6's evaluators and ``default_setup`` write in place)."""
+    """While the block runs, ``PathManager.open(path, "w"/"wb")`` returns an :class:`_AtomicFile`
+    (not local: a file copied over ``path``); Detectron2 0.6's evaluators, ``default_setup`` and
+    fvcore's checkpointer write in place."""
     open_, own = PathManager.open, "open" in vars(PathManager)  # own: set on the object (a test's)
 
     def open_atomically(path, mode="r", **kwargs):
-        if "w" not in mode or "://" in str(path):
+        if "w" not in mode:
             return open_(path, mode, **kwargs)
+        if "://" in str(path):
+            return _copied_over(open_, str(path), mode, kwargs)
         return _AtomicFile(open_, os.fspath(path), mode, kwargs)
 
     PathManager.open = open_atomically
