@@ -131,32 +131,6 @@ def _check_plain(dtype):
         raise _Refused(f"it holds a NumPy array or scalar of dtype {str(dtype)[:40]!r}")
 
 
-def _check_dtype_state(state):
-    """The state NumPy pickles for a plain dtype: (3, byte order, None, None, None, -1, -1, 0)."""
-    plain = isinstance(state, tuple) and len(state) == 8 and state[0] == 3
-    plain = plain and state[1] in ("<", ">", "|", "=")
-    plain = plain and all(v is None or type(v) is int for v in state[2:])
-    if not (plain and state[2:] == (None, None, None, -1, -1, 0)):
-        raise _Refused(
-            f"it holds a NumPy dtype with another state ({repr(state)[:80]}): fields, sizes or "
-            "flags that make arrays read outside their data"
-        )
-
-
-def _check_array_state(state):
-    """An ndarray's state: (version,) shape, a plain dtype, fortran order, exactly its bytes."""
-    state = state[1:] if isinstance(state, tuple) and len(state) == 5 else state
-    if not (isinstance(state, tuple) and len(state) == 4):
-        raise _Refused("it holds a NumPy array with another state than NumPy pickles")
-    shape, dtype, _, data = state
-    if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
-        raise _Refused(f"it holds a NumPy array of shape {repr(shape)[:40]}")
-    _check_plain(dtype)
-    size = dtype.itemsize * math.prod(shape)
-    if not isinstance(data, (bytes, bytearray, str)) or len(data) != size:
-        raise _Refused(f"its data do not make the {shape} {dtype} array it declares")
-
-
 class RestrictedUnpickler(pickle._Unpickler):
     """Python's unpickler of NumPy arrays and scalars of plain dtypes, numbers, strings and
     containers, none larger than the file's ``size``; anything else raises ``UnpicklingError``.
@@ -265,10 +239,26 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def load_build(self):
         inst, state = self.stack[-2], self.stack[-1]
-        if isinstance(inst, np.dtype):
-            _check_dtype_state(state)
-        elif type(inst) is np.ndarray:
-            _check_array_state(state)
+        if isinstance(inst, np.dtype):  # plain: (3, order, None, None, None, -1, -1, 0)
+            plain = isinstance(state, tuple) and len(state) == 8 and state[0] == 3
+            plain = plain and state[1] in ("<", ">", "|", "=")
+            plain = plain and all(v is None or type(v) is int for v in state[2:])
+            if not (plain and state[2:] == (None, None, None, -1, -1, 0)):
+                raise _Refused(
+                    f"it holds a NumPy dtype with another state ({repr(state)[:80]}): fields, "
+                    "sizes or flags that make arrays read outside their data"
+                )
+        elif type(inst) is np.ndarray:  # (version,) shape, a plain dtype, fortran order, its bytes
+            array = state[1:] if isinstance(state, tuple) and len(state) == 5 else state
+            if not (isinstance(array, tuple) and len(array) == 4):
+                raise _Refused("it holds a NumPy array with another state than NumPy pickles")
+            shape, dtype, _, data = array
+            if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+                raise _Refused(f"it holds a NumPy array of shape {repr(shape)[:40]}")
+            _check_plain(dtype)
+            size = dtype.itemsize * math.prod(shape)
+            if not isinstance(data, (bytes, bytearray, str)) or len(data) != size:
+                raise _Refused(f"its data do not make the {shape} {dtype} array it declares")
         elif self._scan:  # what torch's unpickler sets, the scan does not need
             del self.stack[-1]
             return
@@ -368,33 +358,6 @@ def _names(keys, n=3):
     """The first ``n`` of ``keys`` (sorted) and how many more."""
     keys = sorted(keys)
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
-
-
-def _hints(missing, unexpected, model_keys, file_keys):
-    """The hints of :data:`_HINTS` that hold: the config keys that would fit the file."""
-
-    def holds(where, part):
-        if where == "single":
-            return any(part in k and k.replace(part, ".") in file_keys for k in missing)
-        keys, others = (missing, file_keys) if where == "missing" else (unexpected, model_keys)
-        return any(part in k for k in keys) and not any(part in k for k in others)
-
-    return ["the file has " + hint for where, part, hint in _HINTS if holds(where, part)]
-
-
-def _class_mismatch(wrong):
-    """What class-dependent tensors ``wrong`` [(key, file shape, model shape)] mean."""
-    fits = {}  # per config key, its first tensor (cls_score first)
-    for k, c, m in wrong:
-        key, classes = next(v for p, v in _CLASS_KEYS.items() if k.startswith(p))
-        n_file, n_model = (classes(s[0] if s else 0) for s in (c, m))
-        if n_file is not None and n_file != n_model:
-            fits.setdefault(key, (k, n_file, n_model))
-    text = "; ".join(
-        f"{k} has {n} classes in the file, the config {key} {m}: set {key} {n}"
-        for key, (k, n, m) in fits.items()
-    )
-    return text or f"{_names(w[0] for w in wrong)} have other shapes ({wrong[0]})"
 
 
 class PANetCheckpointer(DetectionCheckpointer):
@@ -605,8 +568,19 @@ class PANetCheckpointer(DetectionCheckpointer):
         ]
         classes = [w for w in wrong if w[0].startswith(tuple(_CLASS_KEYS))]
         others = [w for w in wrong if not w[0].startswith(tuple(_CLASS_KEYS))]
-        missing = [k for k in required if k not in file_keys]
-        hints = _hints(missing, incompatible.unexpected_keys, model_keys, file_keys)
+        missing, unexpected = [
+            k for k in required if k not in file_keys
+        ], incompatible.unexpected_keys
+        hints = []  # those of _HINTS that hold: the config keys that would fit the file
+        for where, part, hint in _HINTS:
+            if where == "single":
+                holds = any(part in k and k.replace(part, ".") in file_keys for k in missing)
+            else:
+                keys, other = (
+                    (missing, file_keys) if where == "missing" else (unexpected, model_keys)
+                )
+                holds = any(part in k for k in keys) and not any(part in k for k in other)
+            hints += ["the file has " + hint] if holds else []
         if others:
             listed = "; ".join(
                 f"{k}: checkpoint {list(c)} vs model {list(m)}" for k, c, m in others[:3]
@@ -624,8 +598,19 @@ class PANetCheckpointer(DetectionCheckpointer):
         if self.warm_start:
             return
         if classes:
+            fits = {}  # per config key, its first tensor (cls_score first)
+            for k, c, m in classes:
+                key, count = next(v for p, v in _CLASS_KEYS.items() if k.startswith(p))
+                n_file, n_model = (count(s[0] if s else 0) for s in (c, m))
+                if n_file is not None and n_file != n_model:
+                    fits.setdefault(key, (k, n_file, n_model))
+            what = "; ".join(
+                f"{k} has {n} classes in the file, the config {key} {m}: set {key} {n}"
+                for key, (k, n, m) in fits.items()
+            )
+            what = what or f"{_names(w[0] for w in classes)} have other shapes ({classes[0]})"
             raise self._refused(
-                f"does not fit the model: {_class_mismatch(classes)} ({len(classes)} "
+                f"does not fit the model: {what} ({len(classes)} "
                 f"class-dependent tensor(s) differ: {_names(c[0] for c in classes)}). Only "
                 "training may start new predictors (fine-tuning to other classes)."
             )

@@ -67,6 +67,7 @@ def _one_line_errors(record):
         record.args, record.exc_info, record.exc_text = (), None, None
     return True
 
+
 # The optimizer hyper-parameters that --resume compares (a param group's key, its config key).
 _SOLVER_KEYS = {"initial_lr": "SOLVER.BASE_LR", "momentum": "SOLVER.MOMENTUM"}
 _SOLVER_KEYS.update(weight_decay="SOLVER.WEIGHT_DECAY", nesterov="SOLVER.NESTEROV")
