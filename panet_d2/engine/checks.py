@@ -19,14 +19,13 @@ from detectron2.structures import BoxMode
 
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
-from ..errors import ConfigError, DatasetError, ImageLoadError, InputError
+from ..errors import ConfigError, DatasetError, ImageLoadError, InputError, check_in_features
 from ..evaluation import (
     SEM_SEG_TYPES,
     check_evaluator_type,
     meta_architecture,
     panoptic_to_dataset_classes,
 )
-from ..modeling.validation import check_in_features
 
 logger = logging.getLogger(__name__)
 

@@ -47,26 +47,28 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C at ``iteration``; ``last_checkpoint``: the file or None."""
 
     def __init__(self, iteration, last_checkpoint):
-        super().__init__(iteration, last_checkpoint)
+        last = repr(last_checkpoint) if last_checkpoint else "none"
+        super().__init__(
+            f"Training stopped by Ctrl-C at iteration {iteration}; the last checkpoint: {last}."
+        )
         self.iteration, self.last_checkpoint = iteration, last_checkpoint
 
-    def __str__(self):
-        last = repr(self.last_checkpoint) if self.last_checkpoint else "none"
-        at = f"Training stopped by Ctrl-C at iteration {self.iteration}"
-        return f"{at}; the last checkpoint: {last}."
+
+class _OneLineErrors(logging.Filter):
+    """Logs an input error, a divergence or a full disk that stops training in one line."""
+
+    def filter(self, record):
+        e = record.exc_info[1] if record.exc_info else None
+        line = disk_full_message(e)
+        if line is None and isinstance(e, (InputError, FloatingPointError)):
+            line = f"{type(e).__name__}: {' '.join(clean_error_message(e).split())}"
+        if line is not None:
+            record.msg = f"{record.getMessage()} {line}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
 
 
-def _one_line_errors(record):
-    """A filter logging in one line an input error, divergence or full disk that stops training."""
-    e = record.exc_info[1] if record.exc_info else None
-    line = disk_full_message(e)
-    if line is None and isinstance(e, (InputError, FloatingPointError)):
-        line = f"{type(e).__name__}: {' '.join(clean_error_message(e).split())}"
-    if line is not None:
-        record.msg = f"{record.getMessage()} {line}"
-        record.args, record.exc_info, record.exc_text = (), None, None
-    return True
-
+_ONE_LINE_ERRORS = _OneLineErrors()
 
 # The optimizer hyper-parameters that --resume compares (a param group's key, its config key).
 _SOLVER_KEYS = {"initial_lr": "SOLVER.BASE_LR", "momentum": "SOLVER.MOMENTUM"}
@@ -209,16 +211,33 @@ class PANetTrainer(DefaultTrainer):
         """Runs training; returns the last evaluation's results. Raises TrainingDivergedError (NaN
         or infinite loss or weights) or TrainingInterrupted (Ctrl-C), with the last checkpoint."""
         train_loop = logging.getLogger("detectron2.engine.train_loop")
-        train_loop.addFilter(_one_line_errors)
+        train_loop.addFilter(_ONE_LINE_ERRORS)
         try:
             super().train()
-        except FloatingPointError as e:
-            raise self._diverged(e) from e
         except KeyboardInterrupt:
             last = self.checkpointer.get_checkpoint_file() or None
             raise TrainingInterrupted(self.iter, last) from None
+        except FloatingPointError as e:
+            last = self.checkpointer.get_checkpoint_file() or None
+            found = re.search(r"loss_dict = (\{.*\})", str(e), re.S)
+            if found:
+                losses = " ".join(found.group(1).split())
+                losses = re.sub(r"np\.float\d+\(([^()]*)\)", r"\1", losses)  # NumPy 2's repr
+                what = f"the loss became NaN or infinite: {losses}"
+            else:  # the checkpointer's (weights), or Detectron2's of NaN boxes in the forward pass
+                what = " ".join(str(e).split()).rstrip(".")
+                with contextlib.suppress(AttributeError, KeyError):
+                    loss, at = self.storage.latest()["total_loss"]
+                    what += f" (the last total_loss: {loss:.4g}, at iteration {at})"
+            named = repr(last) + " (named by last_checkpoint)" if last else "none"
+            raise TrainingDivergedError(
+                f"Training diverged at iteration {self.iter}: {what}. The last checkpoint written "
+                f"before it: {named}. Try a lower SOLVER.BASE_LR, a longer SOLVER.WARMUP_ITERS or "
+                "SOLVER.CLIP_GRADIENTS.ENABLED True.",
+                last_checkpoint=last,
+            ) from e
         finally:
-            train_loop.removeFilter(_one_line_errors)
+            train_loop.removeFilter(_ONE_LINE_ERRORS)
         return getattr(self, "_last_eval_results", None)
 
     def build_writers(self):
@@ -254,26 +273,6 @@ class PANetTrainer(DefaultTrainer):
                     writer.close()
         if first is not None:
             raise first
-
-    def _diverged(self, e):
-        last = self.checkpointer.get_checkpoint_file() or None
-        found = re.search(r"loss_dict = (\{.*\})", str(e), re.S)
-        if found:
-            losses = " ".join(found.group(1).split())
-            losses = re.sub(r"np\.float\d+\(([^()]*)\)", r"\1", losses)  # NumPy 2's repr
-            what = f"the loss became NaN or infinite: {losses}"
-        else:  # the checkpointer's (weights), or Detectron2's of NaN boxes in the forward pass
-            what = " ".join(str(e).split()).rstrip(".")
-            with contextlib.suppress(AttributeError, KeyError):
-                loss, at = self.storage.latest()["total_loss"]
-                what += f" (the last total_loss: {loss:.4g}, at iteration {at})"
-        named = repr(last) + " (named by last_checkpoint)" if last else "none"
-        return TrainingDivergedError(
-            f"Training diverged at iteration {self.iter}: {what}. The last checkpoint written "
-            f"before it: {named}. Try a lower SOLVER.BASE_LR, a longer SOLVER.WARMUP_ITERS or "
-            "SOLVER.CLIP_GRADIENTS.ENABLED True.",
-            last_checkpoint=last,
-        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -4,12 +4,11 @@ import torch
 
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_in_features
 from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers
 from .mask_head import PANetMaskHead
 from .poolers import AdaptiveFeaturePooler
-from .validation import check_in_features
 
 
 @ROI_HEADS_REGISTRY.register()
