@@ -1,8 +1,8 @@
 """PANet's config keys and :func:`load_config_file`, the loader of config files (YAML as data)."""
 
-import contextlib
 import os
 import re
+from unittest import mock
 
 import yaml
 from omegaconf import OmegaConf
@@ -143,15 +143,9 @@ def load_lazy_config(filename, keys=None):
 
 # UPSTREAM-WORKAROUND lazyconfig-yaml-unsafe-load: Detectron2 0.6 LazyConfig.load reads a .yaml
 # with PyYAML's unsafe loader (a Python tag runs).
-@contextlib.contextmanager
 def lazyconfig_files_as_data():
     """While the block runs, Detectron2's ``LazyConfig.load`` is :func:`load_lazy_config`."""
-    saved = LazyConfig.__dict__["load"]
-    LazyConfig.load = staticmethod(load_lazy_config)
-    try:
-        yield
-    finally:
-        LazyConfig.load = saved
+    return mock.patch.object(LazyConfig, "load", staticmethod(load_lazy_config))
 
 
 def config_error(path, e):
