@@ -3,7 +3,6 @@ verifies what it loaded and saves atomically. Why, and every message: docs/relia
 
 import builtins
 import codecs
-import contextlib
 import io
 import logging
 import math
@@ -22,7 +21,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import PathManager
 
-from .compat import _AtomicFile
+from .compat import _AtomicFile, atomic_output_files
 from .errors import CheckpointError, TrainingDivergedError, os_error_cause
 
 __all__ = ["PANetCheckpointer", "RestrictedUnpickler", "read_checkpoint"]
@@ -130,32 +129,6 @@ def _check_plain(dtype):
     plain = isinstance(dtype, np.dtype) and f"{dtype.kind}{dtype.itemsize}" in _PLAIN_DTYPES
     if not (plain and dtype.fields is None and dtype.subdtype is None and not dtype.metadata):
         raise _Refused(f"it holds a NumPy array or scalar of dtype {str(dtype)[:40]!r}")
-
-
-def _check_dtype_state(state):
-    """The state NumPy pickles for a plain dtype: (3, byte order, None, None, None, -1, -1, 0)."""
-    plain = isinstance(state, tuple) and len(state) == 8 and state[0] == 3
-    plain = plain and state[1] in ("<", ">", "|", "=")
-    plain = plain and all(v is None or type(v) is int for v in state[2:])
-    if not (plain and state[2:] == (None, None, None, -1, -1, 0)):
-        raise _Refused(
-            f"it holds a NumPy dtype with another state ({repr(state)[:80]}): fields, sizes or "
-            "flags that make arrays read outside their data"
-        )
-
-
-def _check_array_state(state):
-    """An ndarray's state: (version,) shape, a plain dtype, fortran order, exactly its bytes."""
-    state = state[1:] if isinstance(state, tuple) and len(state) == 5 else state
-    if not (isinstance(state, tuple) and len(state) == 4):
-        raise _Refused("it holds a NumPy array with another state than NumPy pickles")
-    shape, dtype, _, data = state
-    if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
-        raise _Refused(f"it holds a NumPy array of shape {repr(shape)[:40]}")
-    _check_plain(dtype)
-    size = dtype.itemsize * math.prod(shape)
-    if not isinstance(data, (bytes, bytearray, str)) or len(data) != size:
-        raise _Refused(f"its data do not make the {shape} {dtype} array it declares")
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -266,10 +239,26 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def load_build(self):
         inst, state = self.stack[-2], self.stack[-1]
-        if isinstance(inst, np.dtype):
-            _check_dtype_state(state)
-        elif type(inst) is np.ndarray:
-            _check_array_state(state)
+        if isinstance(inst, np.dtype):  # plain: (3, order, None, None, None, -1, -1, 0)
+            plain = isinstance(state, tuple) and len(state) == 8 and state[0] == 3
+            plain = plain and state[1] in ("<", ">", "|", "=")
+            plain = plain and all(v is None or type(v) is int for v in state[2:])
+            if not (plain and state[2:] == (None, None, None, -1, -1, 0)):
+                raise _Refused(
+                    f"it holds a NumPy dtype with another state ({repr(state)[:80]}): fields, "
+                    "sizes or flags that make arrays read outside their data"
+                )
+        elif type(inst) is np.ndarray:  # (version,) shape, a plain dtype, fortran order, its bytes
+            array = state[1:] if isinstance(state, tuple) and len(state) == 5 else state
+            if not (isinstance(array, tuple) and len(array) == 4):
+                raise _Refused("it holds a NumPy array with another state than NumPy pickles")
+            shape, dtype, _, data = array
+            if not (isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)):
+                raise _Refused(f"it holds a NumPy array of shape {repr(shape)[:40]}")
+            _check_plain(dtype)
+            size = dtype.itemsize * math.prod(shape)
+            if not isinstance(data, (bytes, bytearray, str)) or len(data) != size:
+                raise _Refused(f"its data do not make the {shape} {dtype} array it declares")
         elif self._scan:  # what torch's unpickler sets, the scan does not need
             del self.stack[-1]
             return
@@ -294,14 +283,10 @@ class RestrictedUnpickler(pickle._Unpickler):
         load(self)
         self._count(self.stack[-1])
 
-
-_dispatch = RestrictedUnpickler.dispatch
-_dispatch[pickle.BUILD[0]] = RestrictedUnpickler.load_build
-_dispatch[pickle.BYTEARRAY8[0]] = RestrictedUnpickler.load_bytearray8
-for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX):
-    _dispatch[_op[0]] = RestrictedUnpickler.load_newobj
-for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
-    _dispatch[_op[0]] = lambda self, load=_dispatch[_op[0]]: self._counted_tuple(load)
+    dispatch[pickle.BUILD[0]], dispatch[pickle.BYTEARRAY8[0]] = load_build, load_bytearray8
+    dispatch[pickle.NEWOBJ[0]] = dispatch[pickle.NEWOBJ_EX[0]] = load_newobj
+    for _op in (pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3):
+        dispatch[_op[0]] = lambda self, load=dispatch[_op[0]]: self._counted_tuple(load)
 
 
 def _scan_torch_file(f):
@@ -375,61 +360,6 @@ def _names(keys, n=3):
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
-def _hints(missing, unexpected, model_keys, file_keys):
-    """The hints of :data:`_HINTS` that hold: the config keys that would fit the file."""
-
-    def holds(where, part):
-        if where == "single":
-            return any(part in k and k.replace(part, ".") in file_keys for k in missing)
-        keys, others = (missing, file_keys) if where == "missing" else (unexpected, model_keys)
-        return any(part in k for k in keys) and not any(part in k for k in others)
-
-    return ["the file has " + hint for where, part, hint in _HINTS if holds(where, part)]
-
-
-def _class_mismatch(wrong):
-    """What class-dependent tensors ``wrong`` [(key, file shape, model shape)] mean."""
-    fits = {}  # per config key, its first tensor (cls_score first)
-    for k, c, m in wrong:
-        key, classes = next(v for p, v in _CLASS_KEYS.items() if k.startswith(p))
-        n_file, n_model = (classes(s[0] if s else 0) for s in (c, m))
-        if n_file is not None and n_file != n_model:
-            fits.setdefault(key, (k, n_file, n_model))
-    text = "; ".join(
-        f"{k} has {n} classes in the file, the config {key} {m}: set {key} {n}"
-        for key, (k, n, m) in fits.items()
-    )
-    return text or f"{_names(w[0] for w in wrong)} have other shapes ({wrong[0]})"
-
-
-class _AtomicPathManager:
-    """A path manager whose files written replace (or, not local, are copied over) their path."""
-
-    def __init__(self, path_manager):
-        self._path_manager = path_manager
-
-    def __getattr__(self, name):
-        return getattr(self._path_manager, name)
-
-    def open(self, path, mode="r", **kwargs):
-        if "w" not in mode:
-            return self._path_manager.open(path, mode, **kwargs)
-        if "://" not in path:
-            return _AtomicFile(self._path_manager.open, path, mode, kwargs)
-        return self._copied(path, mode, kwargs)
-
-    @contextlib.contextmanager
-    def _copied(self, path, mode, kwargs):
-        tmp = path + _AtomicFile.SUFFIX
-        try:
-            with self._path_manager.open(tmp, mode, **kwargs) as f:
-                yield f
-            self._path_manager.copy(tmp, path, overwrite=True)
-        finally:
-            if self._path_manager.exists(tmp):
-                self._path_manager.rm(tmp)
-
-
 class PANetCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer that reads files as data, verifies what it loaded and saves
     atomically (removing the partial files of an interrupted save).
@@ -441,7 +371,6 @@ class PANetCheckpointer(DetectionCheckpointer):
 
     def __init__(self, model, save_dir="", *, save_to_disk=None, warm_start=False, **kwargs):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **kwargs)
-        self.path_manager = _AtomicPathManager(self.path_manager)
         self.warm_start, self._loading = warm_start, None
         if self.save_dir and self.save_to_disk and self.path_manager.isdir(self.save_dir):
             for name in self.path_manager.ls(self.save_dir):
@@ -454,23 +383,6 @@ class PANetCheckpointer(DetectionCheckpointer):
         failed write is one :class:`CheckpointError`."""
         if not self.save_dir or not self.save_to_disk:
             return
-        self._check_finite(name)
-        path = os.path.join(self.save_dir, name + ".pth")
-        try:
-            super().save(name, **kwargs)  # both files through self.path_manager: atomic
-        except (OSError, RuntimeError) as e:
-            cause = os_error_cause(e)  # torch.save wraps a failed write in a RuntimeError
-            if cause is None:
-                raise
-            last = os.path.basename(self.get_checkpoint_file()) if self.has_checkpoint() else ""
-            last = ": last_checkpoint names {!r}".format(last) if last else ""
-            raise CheckpointError(
-                f"Cannot save checkpoint {path!r}: {cause.strerror or cause} (the previous "
-                f"checkpoint is intact{last})."
-            ) from None
-
-    def _check_finite(self, name):
-        """Refuses to save the weights of a diverged model (NaN or inf)."""
         state = self.model.state_dict()
         bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
@@ -481,6 +393,20 @@ class PANetCheckpointer(DetectionCheckpointer):
                 f"{repr(last) if last else 'none'}.",
                 last_checkpoint=last,
             )
+        path = os.path.join(self.save_dir, name + ".pth")
+        try:
+            with atomic_output_files():  # the checkpoint and last_checkpoint
+                super().save(name, **kwargs)
+        except (OSError, RuntimeError) as e:
+            cause = os_error_cause(e)  # torch.save wraps a failed write in a RuntimeError
+            if cause is None:
+                raise
+            last = os.path.basename(self.get_checkpoint_file()) if self.has_checkpoint() else ""
+            last = ": last_checkpoint names {!r}".format(last) if last else ""
+            raise CheckpointError(
+                f"Cannot save checkpoint {path!r}: {cause.strerror or cause} (the previous "
+                f"checkpoint is intact{last})."
+            ) from None
 
     def resume_or_load(self, path, *, resume=True):
         """fvcore's; resuming from the last checkpoint of ``save_dir`` is never a warm start."""
@@ -579,10 +505,8 @@ class PANetCheckpointer(DetectionCheckpointer):
                     f"{str(k)[:100]!r}, not a tensor or array."
                 )
         if checkpoint.get("matching_heuristics", False):  # another code base's names: ours first
-            caffe2 = checkpoint.get("__author__") == "Caffe2"
-            state = align_and_update_state_dicts(
-                self.model.state_dict(), state, c2_conversion=caffe2
-            )
+            c2 = checkpoint.get("__author__") == "Caffe2"
+            state = align_and_update_state_dicts(self.model.state_dict(), state, c2_conversion=c2)
             checkpoint.update(model=state, matching_heuristics=False)  # done: D2 skips it
         consume_prefix_in_state_dict_if_present(state, "module.")  # as fvcore does
         file_keys = set(state)  # (the AFP layers take single-level tensors while loading)
@@ -591,7 +515,15 @@ class PANetCheckpointer(DetectionCheckpointer):
         incompatible = super()._load_model(checkpoint)
         try:
             self._check_fit(incompatible, file_keys)
-            self._check_loaded_finite(targets)
+            loaded = {k: v for k, v in self.model.state_dict().items() if k in targets}
+            bad = [k for k, v in loaded.items() if v.is_floating_point() and not v.isfinite().all()]
+            if bad:  # NaN or inf in what the file loaded
+                n, total = int((~loaded[bad[0]].isfinite()).sum()), loaded[bad[0]].numel()
+                raise self._refused(
+                    f"was not loaded: its weights hold NaN or inf: {bad[0]} has {n} of {total} "
+                    f"values not finite ({len(bad)} tensor(s) in all): the weights of a diverged "
+                    "or damaged run; give an earlier checkpoint."
+                )
         except CheckpointError:
             self.model.load_state_dict(before)
             raise
@@ -618,20 +550,7 @@ class PANetCheckpointer(DetectionCheckpointer):
                     f"{ours.dtype}: weights are floating point (a file whose weights were cast to "
                     "integers or bool is damaged; give the float one)."
                 )
-        return list(targets.values())
-
-    def _check_loaded_finite(self, targets):
-        """Refuses NaN or inf in the model's tensors ``targets`` (those the file loaded)."""
-        state, targets = self.model.state_dict(), set(targets)
-        floats = [k for k in state if k in targets and state[k].is_floating_point()]
-        bad = [k for k in floats if not state[k].isfinite().all()]
-        if bad:
-            n, total = int((~state[bad[0]].isfinite()).sum()), state[bad[0]].numel()
-            raise self._refused(
-                f"was not loaded: its weights hold NaN or inf: {bad[0]} has {n} of {total} values "
-                f"not finite ({len(bad)} tensor(s) in all): the weights of a diverged or damaged "
-                "run; give an earlier checkpoint."
-            )
+        return set(targets.values())
 
     def _check_fit(self, incompatible, file_keys):
         """Refuses a file (tensors ``file_keys``, fvcore's report ``incompatible``) with none of the
@@ -649,8 +568,19 @@ class PANetCheckpointer(DetectionCheckpointer):
         ]
         classes = [w for w in wrong if w[0].startswith(tuple(_CLASS_KEYS))]
         others = [w for w in wrong if not w[0].startswith(tuple(_CLASS_KEYS))]
-        missing = [k for k in required if k not in file_keys]
-        hints = _hints(missing, incompatible.unexpected_keys, model_keys, file_keys)
+        missing, unexpected = [
+            k for k in required if k not in file_keys
+        ], incompatible.unexpected_keys
+        hints = []  # those of _HINTS that hold: the config keys that would fit the file
+        for where, part, hint in _HINTS:
+            if where == "single":
+                holds = any(part in k and k.replace(part, ".") in file_keys for k in missing)
+            else:
+                keys, other = (
+                    (missing, file_keys) if where == "missing" else (unexpected, model_keys)
+                )
+                holds = any(part in k for k in keys) and not any(part in k for k in other)
+            hints += ["the file has " + hint] if holds else []
         if others:
             listed = "; ".join(
                 f"{k}: checkpoint {list(c)} vs model {list(m)}" for k, c, m in others[:3]
@@ -668,8 +598,19 @@ class PANetCheckpointer(DetectionCheckpointer):
         if self.warm_start:
             return
         if classes:
+            fits = {}  # per config key, its first tensor (cls_score first)
+            for k, c, m in classes:
+                key, count = next(v for p, v in _CLASS_KEYS.items() if k.startswith(p))
+                n_file, n_model = (count(s[0] if s else 0) for s in (c, m))
+                if n_file is not None and n_file != n_model:
+                    fits.setdefault(key, (k, n_file, n_model))
+            what = "; ".join(
+                f"{k} has {n} classes in the file, the config {key} {m}: set {key} {n}"
+                for key, (k, n, m) in fits.items()
+            )
+            what = what or f"{_names(w[0] for w in classes)} have other shapes ({classes[0]})"
             raise self._refused(
-                f"does not fit the model: {_class_mismatch(classes)} ({len(classes)} "
+                f"does not fit the model: {what} ({len(classes)} "
                 f"class-dependent tensor(s) differ: {_names(c[0] for c in classes)}). Only "
                 "training may start new predictors (fine-tuning to other classes)."
             )

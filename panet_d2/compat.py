@@ -11,6 +11,7 @@ import os
 import sys
 import types
 import warnings
+from unittest import mock
 
 import numpy as np
 
@@ -93,23 +94,17 @@ def _write_dict_to_json(d, path, folder=None):
         f.write(json.dumps(d, default=default, sort_keys=True, indent=4))
 
 
-@contextlib.contextmanager
 def cityscapesscripts_fixes(module, json_folder=None):
     """While cityscapesscripts 2.3.0's evaluation ``module`` runs: ``np.in1d`` for it (NumPy >= 2.4;
     cityscapesScripts PR #196); its ``writeDict2JSON`` writes into ``json_folder`` if given."""
-    saved = {name: getattr(module, name) for name in ("np", "writeDict2JSON")}
+    fixes = {}
     if not hasattr(np, "in1d"):
-        module.np = _NumpyWithIn1d("numpy")
+        fixes["np"] = _NumpyWithIn1d("numpy")
     if json_folder is not None:
-        module.writeDict2JSON = functools.partial(_write_dict_to_json, folder=json_folder)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(module, name, value)
+        fixes["writeDict2JSON"] = functools.partial(_write_dict_to_json, folder=json_folder)
+    return mock.patch.multiple(module, **fixes) if fixes else contextlib.nullcontext()
 
 
-@contextlib.contextmanager
 def ddp_on_cpu():
     """While the block runs, Detectron2's ``create_ddp_model`` gives a CPU model
     ``device_ids=None`` (v0.6 passes ``[local_rank]``, which DDP refuses for a CPU model)."""
@@ -123,11 +118,7 @@ def ddp_on_cpu():
             kwargs.setdefault("device_ids", None)
         return create_ddp_model(model, **kwargs)
 
-    defaults.create_ddp_model = create_ddp_model_on_any_device
-    try:
-        yield
-    finally:
-        defaults.create_ddp_model = create_ddp_model
+    return mock.patch.object(defaults, "create_ddp_model", create_ddp_model_on_any_device)
 
 
 class _AtomicFile:
@@ -184,21 +175,29 @@ class _AtomicFile:
 
 
 @contextlib.contextmanager
+def _copied_over(open_, path, mode, kwargs):
+    """A file written as ``<path>.partial`` on another iopath storage, then copied over ``path``."""
+    tmp = path + _AtomicFile.SUFFIX
+    try:
+        with open_(tmp, mode, **kwargs) as f:
+            yield f
+        PathManager.copy(tmp, path, overwrite=True)
+    finally:
+        if PathManager.exists(tmp):
+            PathManager.rm(tmp)
+
+
 def atomic_output_files():
-    """While the block runs, ``PathManager.open(path, "w"/"wb")`` of a local path returns an
-    :class:`_AtomicFile` (Detectron2 0.6's evaluators and ``default_setup`` write in place)."""
-    open_, own = PathManager.open, "open" in vars(PathManager)  # own: set on the object (a test's)
+    """While the block runs, ``PathManager.open(path, "w"/"wb")`` returns an :class:`_AtomicFile`
+    (not local: a file copied over ``path``); Detectron2 0.6's evaluators, ``default_setup`` and
+    fvcore's checkpointer write in place."""
+    open_ = PathManager.open  # (mock puts back what was set on the object, e.g. by a test)
 
     def open_atomically(path, mode="r", **kwargs):
-        if "w" not in mode or "://" in str(path):
+        if "w" not in mode:
             return open_(path, mode, **kwargs)
+        if "://" in str(path):
+            return _copied_over(open_, str(path), mode, kwargs)
         return _AtomicFile(open_, os.fspath(path), mode, kwargs)
 
-    PathManager.open = open_atomically
-    try:
-        yield
-    finally:
-        if own:
-            PathManager.open = open_
-        else:
-            del PathManager.open  # the method of its class again
+    return mock.patch.object(PathManager, "open", open_atomically)

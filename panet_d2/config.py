@@ -1,8 +1,8 @@
 """PANet's config keys and :func:`load_config_file`, the loader of config files (YAML as data)."""
 
-import contextlib
 import os
 import re
+from unittest import mock
 
 import yaml
 from omegaconf import OmegaConf
@@ -94,9 +94,8 @@ class _CheckedConfigFile(CN):
         if not isinstance(filename, str) or "://" in filename:  # a URL: fvcore reads it
             return super().load_yaml_with_base(filename, allow_unsafe=False)
         base_of = cls._chain[-1][0] if cls._chain else None
-        where = f"Config file {filename!r}"
-        if base_of is not None:
-            where = f"The _BASE_ {filename!r} of config file {base_of!r}"
+        where = f"The _BASE_ {filename!r} of config file {base_of!r}" if base_of else None
+        where = where or f"Config file {filename!r}"
         if os.path.realpath(filename) in (real for _, real in cls._chain):
             raise ConfigError(f"{where} inherits from itself through _BASE_.")
         if not os.path.isfile(filename):
@@ -144,15 +143,9 @@ def load_lazy_config(filename, keys=None):
 
 # UPSTREAM-WORKAROUND lazyconfig-yaml-unsafe-load: Detectron2 0.6 LazyConfig.load reads a .yaml
 # with PyYAML's unsafe loader (a Python tag runs).
-@contextlib.contextmanager
 def lazyconfig_files_as_data():
     """While the block runs, Detectron2's ``LazyConfig.load`` is :func:`load_lazy_config`."""
-    saved = LazyConfig.__dict__["load"]
-    LazyConfig.load = staticmethod(load_lazy_config)
-    try:
-        yield
-    finally:
-        LazyConfig.load = saved
+    return mock.patch.object(LazyConfig, "load", staticmethod(load_lazy_config))
 
 
 def config_error(path, e):
@@ -187,15 +180,14 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
             raise config_error(path, e) from None
     _CheckedConfigFile.load_yaml_with_base(path)
     cfg = add_panet_config(get_cfg())
-    for where, merge in [
-        ("Config file {!r}".format(path), lambda: cfg.merge_from_file(path, allow_unsafe=False)),
-        (f"The command-line options {opts} (on {path!r})", lambda: cfg.merge_from_list(opts)),
-    ]:
-        try:
-            merge()
-        except InputError:
-            raise
-        except Exception as e:  # yacs: unknown key, wrong type, odd number of options
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            raise ConfigError("{}: {}".format(where, msg)) from e
+    where = "Config file {!r}".format(path)
+    try:
+        cfg.merge_from_file(path, allow_unsafe=False)
+        where = f"The command-line options {opts} (on {path!r})"
+        cfg.merge_from_list(opts)
+    except InputError:
+        raise
+    except Exception as e:  # yacs: unknown key, wrong type, odd number of options
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigError("{}: {}".format(where, msg)) from e
     return cfg

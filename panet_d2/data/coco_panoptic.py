@@ -88,13 +88,8 @@ def register_coco_panoptic_panet(
     paths = dict(panoptic_root=panoptic_root, image_root=image_root, panoptic_json=panoptic_json)
     if instances_json:  # json_file=None would break COCOEvaluator
         paths["json_file"] = instances_json
-    MetadataCatalog.get(name).set(
-        evaluator_type="coco_panoptic_seg",
-        ignore_label=255,
-        label_divisor=1000,
-        **paths,
-        **metadata,
-    )
+    info = dict(evaluator_type="coco_panoptic_seg", ignore_label=255, label_divisor=1000)
+    MetadataCatalog.get(name).set(**info, **paths, **metadata)
 
 
 def register_all_coco_panoptic_panet(root=None):

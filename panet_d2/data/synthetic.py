@@ -33,8 +33,6 @@ SYNTHETIC_CATEGORIES = [
     {"id": 5, "name": "grass", "isthing": 0, "supercategory": "stuff", "color": [60, 150, 50]},
     {"id": 6, "name": "road", "isthing": 0, "supercategory": "stuff", "color": [120, 120, 120]},
 ]
-_THING_IDS = [1, 2, 3]
-_STUFF_IDS = [4, 5, 6]
 MIN_VISIBLE_AREA = 20
 LABEL_DIVISOR = 1000  # segment id = category_id * LABEL_DIVISOR + instance number
 
@@ -181,7 +179,7 @@ def draw_synthetic_image(rng, h, w, force_void=False):
     segments, per_cat = [], {}
     for k, j in enumerate(order, start=1):
         m = inst == k
-        cat_id = _THING_IDS[int(classes[j])]
+        cat_id = int(classes[j]) + 1  # (dataset ids: things 1-3, stuff 4-6)
         if areas[k] < MIN_VISIBLE_AREA:  # dropped: its pixels go back to the background
             image[m] = background[m]
             inst[m] = 0
@@ -191,7 +189,7 @@ def draw_synthetic_image(rng, h, w, force_void=False):
         pan[m], sem[m] = seg_id, 0
         segments.append({"id": seg_id, "category_id": cat_id, "mask": m})
     free = (inst == 0) & ~void
-    for i, cat_id in enumerate(_STUFF_IDS):
+    for i, cat_id in enumerate((4, 5, 6)):
         m = free & (stuff == i)
         if m.any():
             pan[m], sem[m] = cat_id * LABEL_DIVISOR, i + 1
@@ -209,25 +207,6 @@ def get_synthetic_dataset_root() -> str:
     """The cache folder, read now: ``$PANET_D2_DATASETS`` if set, else ``~/.cache/panet_d2``."""
     root = os.environ.get("PANET_D2_DATASETS", "~/.cache/panet_d2")
     return os.path.abspath(os.path.expanduser(os.path.expandvars(root)))
-
-
-def get_synthetic_split_paths(root, split, num_images, seed, image_size=DEFAULT_IMAGE_SIZE) -> dict:
-    """The absolute paths of a split ("dir", "image_root", "panoptic_root", "sem_seg_root",
-    "instances_json", "panoptic_json"); nothing is generated."""
-    h, w = _hw(image_size)
-    root = get_synthetic_dataset_root() if root is None else os.path.expanduser(str(root))
-    name = f"v{_VERSION}_{split}_seed{int(seed)}_n{int(num_images)}_{h}x{w}"
-    d = os.path.abspath(os.path.join(root, name))
-    paths = {k: os.path.join(d, v) for k, v in _FOLDERS.items()}
-    paths.update({f"{k}_json": os.path.join(d, f"{k}.json") for k in ("instances", "panoptic")})
-    return dict(paths, dir=d)
-
-
-def _hw(image_size):
-    h, w = (image_size, image_size) if np.ndim(image_size) == 0 else image_size
-    if min(h, w) < 32:
-        raise ValueError(f"image_size must be at least 32x32, got {image_size!r}")
-    return int(h), int(w)
 
 
 def _write_split(d, split, num_images, seed, h, w):
@@ -264,7 +243,39 @@ def _write_split(d, split, num_images, seed, h, w):
             json.dump(data, f)
 
 
-def _check_split(paths, num_images):
+def generate_synthetic_dataset(root, split, num_images, seed, image_size=DEFAULT_IMAGE_SIZE):
+    """Generates a split (the same files for the same arguments) into ``root`` (None:
+    :func:`get_synthetic_dataset_root`) unless it is there; returns its paths."""
+    if int(num_images) < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    h, w = (image_size, image_size) if np.ndim(image_size) == 0 else image_size
+    if min(h, w) < 32:
+        raise ValueError(f"image_size must be at least 32x32, got {image_size!r}")
+    h, w, num_images, seed = int(h), int(w), int(num_images), int(seed)
+    root = get_synthetic_dataset_root() if root is None else os.path.expanduser(str(root))
+    d = os.path.abspath(os.path.join(root, f"v{_VERSION}_{split}_seed{seed}_n{num_images}_{h}x{w}"))
+    paths = {k: os.path.join(d, v) for k, v in _FOLDERS.items()}
+    paths.update({f"{k}_json": os.path.join(d, f"{k}.json") for k in ("instances", "panoptic")})
+    paths["dir"] = d
+    if not os.path.isdir(paths["dir"]):
+        parent = os.path.dirname(paths["dir"])
+        try:
+            os.makedirs(parent, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=os.path.basename(paths["dir"]) + ".tmp-", dir=parent)
+        except OSError as e:
+            raise DatasetError(
+                f"Cannot write the generated dataset to '{parent}' ({e}). Set the environment "
+                "variable PANET_D2_DATASETS (or pass root=) to a writable folder."
+            ) from e
+        try:
+            _write_split(tmp, split, num_images, seed, h, w)
+            os.rename(tmp, paths["dir"])
+            logger.info(f"Generated synthetic split {split!r} in {paths['dir']}")
+        except OSError:
+            if not os.path.isdir(paths["dir"]):
+                raise  # else a concurrent process wrote it first
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     hint = f"Delete '{paths['dir']}' to generate it again."
     for p in (paths["instances_json"], paths["panoptic_json"]):
         try:
@@ -278,34 +289,6 @@ def _check_split(paths, num_images):
     for p in [os.path.join(paths[k], n) for k in _FOLDERS for n in names]:
         if not os.path.isfile(p) or os.path.getsize(p) == 0:
             raise DatasetError(f"Generated file '{p}' is missing or empty. {hint}")
-
-
-def generate_synthetic_dataset(root, split, num_images, seed, image_size=DEFAULT_IMAGE_SIZE):
-    """Generates a split (the same files for the same arguments) into ``root`` (None:
-    :func:`get_synthetic_dataset_root`) unless it is there; returns its paths."""
-    if int(num_images) < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    paths = get_synthetic_split_paths(root, split, int(num_images), int(seed), image_size)
-    if not os.path.isdir(paths["dir"]):
-        parent = os.path.dirname(paths["dir"])
-        try:
-            os.makedirs(parent, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=os.path.basename(paths["dir"]) + ".tmp-", dir=parent)
-        except OSError as e:
-            raise DatasetError(
-                f"Cannot write the generated dataset to '{parent}' ({e}). Set the environment "
-                "variable PANET_D2_DATASETS (or pass root=) to a writable folder."
-            ) from e
-        try:
-            _write_split(tmp, split, int(num_images), int(seed), *_hw(image_size))
-            os.rename(tmp, paths["dir"])
-            logger.info(f"Generated synthetic split {split!r} in {paths['dir']}")
-        except OSError:
-            if not os.path.isdir(paths["dir"]):
-                raise  # else a concurrent process wrote it first
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    _check_split(paths, int(num_images))
     return paths
 
 
@@ -358,9 +341,7 @@ class _SyntheticMetadata(Metadata):
         return super().__getattr__(key)
 
 
-def register_synthetic_dataset(
-    name_prefix="panet_synth", root=None, splits=None, image_size=DEFAULT_IMAGE_SIZE
-):
+def register_synthetic_dataset(name_prefix="panet_synth", root=None, splits=None):
     """Registers the views ``{prefix}_{split}{,_panoptic,_sem_seg}`` of each split of ``splits``
     (split -> {"num_images", "seed"}; None: DEFAULT_SPLITS) not registered yet; returns their
     names. ``root``: as :func:`generate_synthetic_dataset`'s, when a split is generated."""
@@ -375,7 +356,7 @@ def register_synthetic_dataset(
     ]
     registered = []
     for split, spec in (DEFAULT_SPLITS if splits is None else splits).items():
-        args = (root, split, int(spec["num_images"]), int(spec["seed"]), image_size)
+        args = (root, split, int(spec["num_images"]), int(spec["seed"]), DEFAULT_IMAGE_SIZE)
         for suffix, load, evaluator_type, files, md in views:
             name = f"{name_prefix}_{split}{suffix}"
             if name in DatasetCatalog.list():

@@ -19,14 +19,13 @@ from detectron2.structures import BoxMode
 
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
-from ..errors import ConfigError, DatasetError, ImageLoadError, InputError
+from ..errors import ConfigError, DatasetError, ImageLoadError, InputError, check_in_features
 from ..evaluation import (
     SEM_SEG_TYPES,
     check_evaluator_type,
     meta_architecture,
     panoptic_to_dataset_classes,
 )
-from ..modeling.validation import check_in_features
 
 logger = logging.getLogger(__name__)
 
@@ -90,31 +89,25 @@ def loading_dataset(names, key):
         ) from e
 
 
-def _num_classes(meta, head):
-    """(number, description) of the classes of dataset ``meta`` for ``head``, or None."""
-    space, things = label_space_of(meta), meta.get("thing_classes", None)
-    if head == "SEM_SEG_HEAD":
-        if space is None:
-            return None
-        return space.num_sem_classes, f"{space.num_stuff} stuff classes + 1 (things)"
-    num = space.num_things if space is not None else len(things) if things else None
-    return None if num is None else (num, f"{num} thing classes")
-
-
 def check_num_classes(cfg, datasets):
     """Raises :class:`ConfigError` if a NUM_CLASSES does not fit one of ``datasets`` (name, key)."""
     arch = _rcnn(cfg)
     if arch is None:
         return
-    heads = ["ROI_HEADS"] + (["SEM_SEG_HEAD"] if issubclass(arch, PanopticFPN) else [])
     for name, key in datasets:
-        for head in heads:
+        meta = MetadataCatalog.get(name)
+        space, things = label_space_of(meta), meta.get("thing_classes", None)
+        num = space.num_things if space is not None else len(things) if things else None
+        classes = [("ROI_HEADS", num, f"{num} thing classes")]
+        if space is not None and issubclass(arch, PanopticFPN):
+            stuff = f"{space.num_stuff} stuff classes + 1 (things)"
+            classes.append(("SEM_SEG_HEAD", space.num_sem_classes, stuff))
+        for head, num, what in classes:
             cfg_key, value = f"MODEL.{head}.NUM_CLASSES", cfg.MODEL[head].NUM_CLASSES
-            classes = _num_classes(MetadataCatalog.get(name), head)
-            if classes is not None and value != classes[0]:
+            if num is not None and value != num:
                 raise ConfigError(
-                    f"{cfg_key}={value} does not fit dataset {name!r} ({key}) with {classes[1]}: "
-                    f"set {cfg_key} {classes[0]}."
+                    f"{cfg_key}={value} does not fit dataset {name!r} ({key}) with {what}: "
+                    f"set {cfg_key} {num}."
                 )
 
 
@@ -150,29 +143,6 @@ def check_output_dir(path, key="OUTPUT_DIR"):
         ) from None
 
 
-def _check_solver(cfg, world_size):
-    solver = cfg.SOLVER
-    for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY"):
-        if solver[k] < 0:
-            raise ConfigError(f"SOLVER.{k}={solver[k]!r}: must be 0 or positive.")
-    steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]  # as Detectron2's
-    if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and (
-        solver.MAX_ITER in steps or steps != sorted(set(steps)) or min(steps, default=1) < 1
-    ):
-        raise ConfigError(
-            f"SOLVER.STEPS={solver.STEPS}: the iterations where the LR drops must be increasing, "
-            f"from 1 to less than SOLVER.MAX_ITER={solver.MAX_ITER}."
-        )
-    if solver.BASE_LR == 0:
-        logger.warning("SOLVER.BASE_LR=0: training will not change the weights.")
-    if solver.IMS_PER_BATCH < 1 or solver.IMS_PER_BATCH % world_size:
-        raise ConfigError(
-            f"SOLVER.IMS_PER_BATCH={solver.IMS_PER_BATCH}: the images per iteration of all "
-            "processes together must be a positive multiple of the number of processes "
-            f"({world_size})."
-        )
-
-
 def check_config(cfg, train=True, world_size=None):
     """Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
     building or training (``world_size``: the number of processes, default the current one)."""
@@ -183,8 +153,27 @@ def check_config(cfg, train=True, world_size=None):
             f"MODEL.ROI_HEADS.NUM_CLASSES={value!r}: must be a positive integer, the dataset's "
             "number of thing classes."
         )
+    solver, world_size = cfg.SOLVER, world_size or comm.get_world_size()
     if train:
-        _check_solver(cfg, world_size or comm.get_world_size())
+        for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY"):
+            if solver[k] < 0:
+                raise ConfigError(f"SOLVER.{k}={solver[k]!r}: must be 0 or positive.")
+        steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]  # as Detectron2's
+        if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and (
+            solver.MAX_ITER in steps or steps != sorted(set(steps)) or min(steps, default=1) < 1
+        ):
+            raise ConfigError(
+                f"SOLVER.STEPS={solver.STEPS}: the iterations where the LR drops must be "
+                f"increasing, from 1 to less than SOLVER.MAX_ITER={solver.MAX_ITER}."
+            )
+        if solver.BASE_LR == 0:
+            logger.warning("SOLVER.BASE_LR=0: training will not change the weights.")
+        if solver.IMS_PER_BATCH < 1 or solver.IMS_PER_BATCH % world_size:
+            raise ConfigError(
+                f"SOLVER.IMS_PER_BATCH={solver.IMS_PER_BATCH}: the images per iteration of all "
+                "processes together must be a positive multiple of the number of processes "
+                f"({world_size})."
+            )
     if not rcnn or cfg.MODEL.PROPOSAL_GENERATOR.NAME not in ("RPN", "RRPN"):
         return
     # Detectron2's RPN takes its features unchecked: the backbone's, built on the meta device

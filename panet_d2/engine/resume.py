@@ -42,8 +42,7 @@ class ResumableSampler(torchdata.Sampler):
     """Wraps an (infinite) training sampler; its stream starts after ``start`` indices."""
 
     def __init__(self, sampler):
-        self.sampler = sampler
-        self.start = 0
+        self.sampler, self.start = sampler, 0
 
     def __iter__(self):
         return itertools.islice(iter(self.sampler), self.start, None)

@@ -47,13 +47,11 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C at ``iteration``; ``last_checkpoint``: the file or None."""
 
     def __init__(self, iteration, last_checkpoint):
-        super().__init__(iteration, last_checkpoint)
+        last = repr(last_checkpoint) if last_checkpoint else "none"
+        super().__init__(
+            f"Training stopped by Ctrl-C at iteration {iteration}; the last checkpoint: {last}."
+        )
         self.iteration, self.last_checkpoint = iteration, last_checkpoint
-
-    def __str__(self):
-        last = repr(self.last_checkpoint) if self.last_checkpoint else "none"
-        at = f"Training stopped by Ctrl-C at iteration {self.iteration}"
-        return f"{at}; the last checkpoint: {last}."
 
 
 class _OneLineErrors(logging.Filter):
@@ -216,11 +214,28 @@ class PANetTrainer(DefaultTrainer):
         train_loop.addFilter(_ONE_LINE_ERRORS)
         try:
             super().train()
-        except FloatingPointError as e:
-            raise self._diverged(e) from e
         except KeyboardInterrupt:
             last = self.checkpointer.get_checkpoint_file() or None
             raise TrainingInterrupted(self.iter, last) from None
+        except FloatingPointError as e:
+            last = self.checkpointer.get_checkpoint_file() or None
+            found = re.search(r"loss_dict = (\{.*\})", str(e), re.S)
+            if found:
+                losses = " ".join(found.group(1).split())
+                losses = re.sub(r"np\.float\d+\(([^()]*)\)", r"\1", losses)  # NumPy 2's repr
+                what = f"the loss became NaN or infinite: {losses}"
+            else:  # the checkpointer's (weights), or Detectron2's of NaN boxes in the forward pass
+                what = " ".join(str(e).split()).rstrip(".")
+                with contextlib.suppress(AttributeError, KeyError):
+                    loss, at = self.storage.latest()["total_loss"]
+                    what += f" (the last total_loss: {loss:.4g}, at iteration {at})"
+            named = repr(last) + " (named by last_checkpoint)" if last else "none"
+            raise TrainingDivergedError(
+                f"Training diverged at iteration {self.iter}: {what}. The last checkpoint written "
+                f"before it: {named}. Try a lower SOLVER.BASE_LR, a longer SOLVER.WARMUP_ITERS or "
+                "SOLVER.CLIP_GRADIENTS.ENABLED True.",
+                last_checkpoint=last,
+            ) from e
         finally:
             train_loop.removeFilter(_ONE_LINE_ERRORS)
         return getattr(self, "_last_eval_results", None)
@@ -258,26 +273,6 @@ class PANetTrainer(DefaultTrainer):
                     writer.close()
         if first is not None:
             raise first
-
-    def _diverged(self, e):
-        last = self.checkpointer.get_checkpoint_file() or None
-        found = re.search(r"loss_dict = (\{.*\})", str(e), re.S)
-        if found:
-            losses = " ".join(found.group(1).split())
-            losses = re.sub(r"np\.float\d+\(([^()]*)\)", r"\1", losses)  # NumPy 2's repr
-            what = f"the loss became NaN or infinite: {losses}"
-        else:  # the checkpointer's (weights), or Detectron2's of NaN boxes in the forward pass
-            what = " ".join(str(e).split()).rstrip(".")
-            with contextlib.suppress(AttributeError, KeyError):
-                loss, at = self.storage.latest()["total_loss"]
-                what += f" (the last total_loss: {loss:.4g}, at iteration {at})"
-        named = repr(last) + " (named by last_checkpoint)" if last else "none"
-        return TrainingDivergedError(
-            f"Training diverged at iteration {self.iter}: {what}. The last checkpoint written "
-            f"before it: {named}. Try a lower SOLVER.BASE_LR, a longer SOLVER.WARMUP_ITERS or "
-            "SOLVER.CLIP_GRADIENTS.ENABLED True.",
-            last_checkpoint=last,
-        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

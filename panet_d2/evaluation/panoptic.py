@@ -42,25 +42,10 @@ class PanopticEvaluator(COCOPanopticEvaluator):
 
     def evaluate(self):
         """Detectron2's, after warning of ground-truth PNGs that disagree with segments_info."""
-        mismatches = comm.gather(self._ground_truth_mismatches(), dst=0)
-        mismatches = [m for part in mismatches for m in part]
-        for where, missing, unknown in mismatches[:_WARNED_IMAGES]:
-            warn_segment_mismatch(where, missing, unknown, _MISSED, _UNLISTED)
-        if len(mismatches) > _WARNED_IMAGES:
-            logger.warning(
-                f"Dataset {self._metadata.name!r}: {len(mismatches) - _WARNED_IMAGES} more "
-                "ground-truth panoptic PNG(s) disagree with their segments_info "
-                f"({self._metadata.panoptic_json})"
-            )
-        return super().evaluate()
-
-    def _ground_truth_mismatches(self):
-        """(where, missing, unknown) of each predicted image whose ground truth disagrees."""
-        image_ids = {p["image_id"] for p in self._predictions}
-        if not image_ids:
-            return []
-        with PathManager.open(self._metadata.panoptic_json) as f:
-            annotations = json.load(f).get("annotations", [])
+        image_ids, annotations = {p["image_id"] for p in self._predictions}, []
+        if image_ids:  # (each predicted image whose ground truth disagrees)
+            with PathManager.open(self._metadata.panoptic_json) as f:
+                annotations = json.load(f).get("annotations", [])
         annotations = [a for a in annotations if a.get("image_id") in image_ids]
 
         def mismatch(a):
@@ -71,7 +56,17 @@ class PanopticEvaluator(COCOPanopticEvaluator):
             return (where, missing, unknown) if missing or unknown else None
 
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            return [m for m in pool.map(mismatch, annotations) if m]
+            mismatches = comm.gather([m for m in pool.map(mismatch, annotations) if m], dst=0)
+        mismatches = [m for part in mismatches for m in part]
+        for where, missing, unknown in mismatches[:_WARNED_IMAGES]:
+            warn_segment_mismatch(where, missing, unknown, _MISSED, _UNLISTED)
+        if len(mismatches) > _WARNED_IMAGES:
+            logger.warning(
+                f"Dataset {self._metadata.name!r}: {len(mismatches) - _WARNED_IMAGES} more "
+                "ground-truth panoptic PNG(s) disagree with their segments_info "
+                f"({self._metadata.panoptic_json})"
+            )
+        return super().evaluate()
 
     def _to_dataset_ids(self, output):
         panoptic_img, segments_info = output["panoptic_seg"]

@@ -11,9 +11,8 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
 from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
-from ..errors import check_choice
+from ..errors import check_choice, check_norm
 from .layers import AFPConv2d, AFPLinear, fuse_levels
-from .validation import check_norm
 
 
 class NormLinear(nn.Linear):

@@ -10,8 +10,7 @@ from torch import nn
 from detectron2.layers import Conv2d, get_norm
 
 from ..config import AFP_FUSE_TYPES
-from ..errors import check_choice
-from .validation import check_norm
+from ..errors import check_choice, check_norm
 
 logger = logging.getLogger(__name__)
 

@@ -4,12 +4,11 @@ import torch
 
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_in_features
 from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers
 from .mask_head import PANetMaskHead
 from .poolers import AdaptiveFeaturePooler
-from .validation import check_in_features
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -26,12 +25,8 @@ class PANetROIHeads(StandardROIHeads):
         in_features, backbone = list(cfg.MODEL.ROI_HEADS.IN_FEATURES), cfg.MODEL.BACKBONE.NAME
         key = "MODEL.ROI_HEADS.IN_FEATURES"
         check_in_features(key, in_features, input_shape, "the backbone " + backbone, pyramid=True)
-        if cfg.MODEL.AFP.ENABLED:
-            cls._check_afp(cfg, in_features, backbone)
-        return super().from_config(cfg, input_shape)
-
-    @staticmethod
-    def _check_afp(cfg, in_features, backbone):
+        if not cfg.MODEL.AFP.ENABLED:
+            return super().from_config(cfg, input_shape)
         ratio = cfg.MODEL.AFP.POOLER_SAMPLING_RATIO
         if not isinstance(ratio, int) or ratio < 0:
             raise ConfigError(
@@ -55,6 +50,7 @@ class PANetROIHeads(StandardROIHeads):
                     "MODEL.AFP.ENABLED=True needs {}={!r} (a head that fuses the per-level grids), "
                     "got {!r}.".format(key, head_cls.__name__, name)
                 )
+        return super().from_config(cfg, input_shape)
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):

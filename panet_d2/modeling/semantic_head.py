@@ -9,9 +9,8 @@ from torch.nn import functional as F
 from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling.meta_arch.semantic_seg import SEM_SEG_HEADS_REGISTRY, SemSegFPNHead
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_in_features, check_norm
 from .scripting import add_scripting_lists, scriptable_copy
-from .validation import check_in_features, check_norm
 
 
 @SEM_SEG_HEADS_REGISTRY.register()

@@ -13,9 +13,8 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ...config import PAFPN_ACTIVATIONS
-from ...errors import ConfigError, check_choice
+from ...errors import ConfigError, check_choice, check_in_features, check_norm
 from ..scripting import add_scripting_lists, scriptable_copy
-from ..validation import check_in_features, check_norm
 
 
 class PAFPN(FPN):

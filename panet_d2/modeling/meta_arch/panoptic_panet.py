@@ -27,17 +27,6 @@ COMBINE_KEYS = {
 }
 
 
-def _check_threshold(attribute, value):
-    key, hi = COMBINE_KEYS[attribute]
-    ok = isinstance(value, Real) and not isinstance(value, bool)
-    if not (ok and value >= 0 and (hi is None or value <= hi)):  # NaN fails value >= 0
-        allowed = f"in the range [0, {hi}]" if hi is not None else ">= 0"
-        raise ConfigError(
-            f"Invalid panoptic merge setting {key} (LazyConfig: model.{attribute}) = {value!r}: "
-            f"must be a number {allowed}."
-        )
-
-
 @META_ARCH_REGISTRY.register()
 class PanopticPANet(PanopticFPN):
     """:class:`PanopticFPN` (same inputs, outputs, losses and ``combine_*``) with the project's
@@ -46,8 +35,15 @@ class PanopticPANet(PanopticFPN):
     @configurable
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        for attribute in COMBINE_KEYS:
-            _check_threshold(attribute, getattr(self, attribute))
+        for attribute, (key, hi) in COMBINE_KEYS.items():
+            value = getattr(self, attribute)
+            ok = isinstance(value, Real) and not isinstance(value, bool)
+            if not (ok and value >= 0 and (hi is None or value <= hi)):  # NaN fails value >= 0
+                allowed = f"in the range [0, {hi}]" if hi is not None else ">= 0"
+                raise ConfigError(
+                    f"Invalid panoptic merge setting {key} (LazyConfig: model.{attribute}) = "
+                    f"{value!r}: must be a number {allowed}."
+                )
 
     @classmethod
     def from_config(cls, cfg):

@@ -18,7 +18,24 @@ def combine_semantic_and_instance_outputs(
     thresholds = (overlap_threshold, stuff_area_thresh, instances_score_thresh)
     if torch.jit.is_tracing():  # a traced graph holds tensors and compiled code only
         return _merge_by_tensor_form(instance_results, semantic_results, *thresholds)
-    _check_inputs(instance_results.pred_masks, semantic_results)
+    masks, sem = instance_results.pred_masks, semantic_results
+    if sem.dim() != 2 or masks.dim() != 3 or masks.shape[1:] != sem.shape:
+        raise ValueError(
+            f"The panoptic merge needs pred_masks (N, H, W) and semantic_results (H, W) of the "
+            f"same H, W; got {tuple(masks.shape)} and {tuple(sem.shape)}."
+        )
+    if sem.dtype == torch.bool or sem.dtype.is_floating_point or sem.dtype.is_complex:
+        raise ValueError(
+            f"The panoptic merge needs semantic_results of integer class ids (the semantic "
+            f"head's argmax); got dtype {sem.dtype}."
+        )
+    if sem.numel() > 0:
+        lo, hi = torch.stack(torch.aminmax(sem)).tolist()
+        if lo < 0 or hi >= _LABEL_LIMIT:
+            raise ValueError(
+                f"The panoptic merge needs semantic_results in [0, {_LABEL_LIMIT}) (class ids); "
+                f"got values from {lo} to {hi}."
+            )
     if semantic_results.device.type != "cpu":
         return _merge_by_tensor_form(instance_results, semantic_results, *thresholds)
     panoptic_seg = torch.zeros_like(semantic_results, dtype=torch.int32)
@@ -33,26 +50,6 @@ def combine_semantic_and_instance_outputs(
     sem = semantic_results.detach().numpy()
     segments_info += _stuff_cpu(sem, occupied, pan, len(accepted), stuff_area_thresh)
     return panoptic_seg, segments_info
-
-
-def _check_inputs(pred_masks, sem):
-    if sem.dim() != 2 or pred_masks.dim() != 3 or pred_masks.shape[1:] != sem.shape:
-        raise ValueError(
-            f"The panoptic merge needs pred_masks (N, H, W) and semantic_results (H, W) of the "
-            f"same H, W; got {tuple(pred_masks.shape)} and {tuple(sem.shape)}."
-        )
-    if sem.dtype == torch.bool or sem.dtype.is_floating_point or sem.dtype.is_complex:
-        raise ValueError(
-            f"The panoptic merge needs semantic_results of integer class ids (the semantic "
-            f"head's argmax); got dtype {sem.dtype}."
-        )
-    if sem.numel() > 0:
-        lo, hi = torch.stack(torch.aminmax(sem)).tolist()
-        if lo < 0 or hi >= _LABEL_LIMIT:
-            raise ValueError(
-                f"The panoptic merge needs semantic_results in [0, {_LABEL_LIMIT}) (class ids); "
-                f"got values from {lo} to {hi}."
-            )
 
 
 def _merge_by_tensor_form(instances, sem, *thresholds):
