@@ -5,6 +5,7 @@ checkpoints written by PANetCheckpointer: the exported files give the eager mode
 --run-eval the eager model's metrics; the same with a LazyConfig file.
 """
 
+import logging
 import os
 
 import pytest
@@ -230,3 +231,30 @@ def test_lazyconfig_tracing_and_scripting(tool, tmp_path):
             else:
                 got = exported([{"image": img}])[0]
         assert_equal_fields(expected, got)
+
+
+def test_lazyconfig_int8_calibrates_on_the_named_dataset(tool, tmp_path, datasets):
+    # --precision int8 with a LazyConfig: the calibration images come from the named dataset (2
+    # images, fewer than asked for) through the LazyConfig's test loader; the graph is quantised
+    pytest.importorskip("openvino", reason='pip install -e ".[export]"')
+    onnx = pytest.importorskip("onnx", reason='pip install -e ".[export]"')
+    cfg = LazyConfig.load(LAZY)
+    torch.manual_seed(0)
+    PANetCheckpointer(instantiate(cfg.model), save_dir=str(tmp_path)).save("ckpt")
+    out = str(tmp_path / "int8")
+    args = ["--config-file", LAZY, "--format", "openvino", "--precision", "int8", "--output", out]
+    args += ["--calibration-dataset", DATASET, "--calibration-count", "5"]
+    opts = ["train.init_checkpoint=" + str(tmp_path / "ckpt.pth"), "train.device=cpu"]
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("panet_d2.export_model")
+    logger.addHandler(handler)
+    try:
+        tool.main(args + ["--sample-image", SAMPLE_IMAGE] + opts)
+    finally:
+        logger.removeHandler(handler)
+    assert "int8: 2 calibration images of {}".format(DATASET) in records
+    graph = onnx.load(os.path.join(out, "model.int8.onnx")).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
+    assert os.path.isfile(os.path.join(out, "model.xml"))
