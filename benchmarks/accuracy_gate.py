@@ -118,6 +118,9 @@ def matched(reference, other):
 def row(name, metrics, reference, match):
     cells, passed = [name], True
     for task, key, limit in METRICS.values():
+        if task not in metrics:  # e.g. no panoptic task for an instance model
+            cells.append("-")
+            continue
         value = metrics[task][key]
         if reference is None:
             cells.append("{:.3f}".format(value))
@@ -154,7 +157,7 @@ def main(argv=None):
         dirs.append(os.path.join(output, precision))
         tool_args = ["--config-file", args.config_file, "--format", "openvino", "--run-eval"]
         tool_args += ["--precision", precision, "--output", dirs[-1]]
-        if precision == "int8":
+        if precision.startswith("int8"):
             tool_args += ["--calibration-count", str(args.calibration_count)]
         metrics = export_model.main(tool_args + opts)
         results.append(("OpenVINO " + precision, metrics))
