@@ -7,8 +7,9 @@ by the inference precision hint, int8 by ONNX Runtime's quantiser with the other
 or bfloat16, and int8 with the RPN head's outputs quantised too), side by side in one process:
 PANet R50 (``panet_R_50_FPN_1x.yaml``) by default, on one HxW image (800 x 1216 by default).
 
-Every backend computes the same thing, what ``panet_d2.export`` exports for an instance model: the
-raw detections of ``model.inference(inputs, do_postprocess=False)``. Two loads (``--load``):
+Every backend computes the same thing, what ``tools/export_support.py`` exports for an instance
+model: the raw detections of ``model.inference(inputs, do_postprocess=False)``. Two loads
+(``--load``):
 
 * ``fixed``: SCORE_THRESH_TEST 0, so every (proposal, class) candidate (1000 x 80) reaches NMS
   and every backend keeps TEST.DETECTIONS_PER_IMAGE (100) detections and runs the mask head on
@@ -52,12 +53,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from panet_d2 import add_panet_config, export  # noqa: E402
+from panet_d2 import add_panet_config  # noqa: E402
 from panet_d2.model_zoo import get_config_file  # noqa: E402
 
 sys.path.insert(
     1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 )
+import export_support as export  # noqa: E402  isort: skip  (tools/)
 
 BACKENDS = (
     "eager",

@@ -2,7 +2,7 @@
 """
 The package's imports run one way (parsed with ``ast``, not imported):
 errors, compat <- config <- modeling (and checkpoint) <- data <- evaluation <- engine (and
-model_zoo) <- the package's ``__init__``; export and the analysis tools depend on the model only.
+model_zoo) <- the package's ``__init__``; the analysis tools depend on the model only.
 No function-level import of the package (one that would dodge a cycle).
 """
 
@@ -27,7 +27,7 @@ LAYERS = {
     "__init__": 6,
 }
 # these depend on the model (and the layers below it) only
-MODEL_ONLY = ("export", "analysis")
+MODEL_ONLY = ("analysis",)
 
 
 def _modules():

@@ -2,7 +2,7 @@
 # -*- coding: utf-8 -*-
 """
 Export a PANet or panoptic PANet model for deployment: Detectron2's tools/deploy/export_model.py
-for this project (same options, without caffe2), on ``panet_d2.export`` (built on
+for this project (same options, without caffe2), on ``tools/export_support.py`` (built on
 ``detectron2.export``). Checkpoints load with ``PANetCheckpointer`` (panet_d2's and Detectron2's,
 the AFP warm start included).
 
@@ -19,13 +19,13 @@ CUDA is absent):
         --export-method scripting --output ./output train.init_checkpoint=model_final.pth
 
 Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torchscript_IR``),
-``model.onnx`` (opset ``panet_d2.export.ONNX_OPSET_VERSION``) or, with ``--format openvino``,
+``model.onnx`` (opset ``export_support.ONNX_OPSET_VERSION``) or, with ``--format openvino``,
 ``model.onnx`` and the OpenVINO IR ``model.xml`` / ``model.bin`` (``--precision fp32``, ``bf16``:
 OpenVINO's inference precision hint, ``int8``: ``model.int8.onnx`` quantised by ONNX Runtime on
 ``--calibration-count`` images of ``--calibration-dataset``, its other ops float32, ``int8-bf16``:
 the same, its other ops bfloat16; tools/openvino_backend.py, which also
 runs the IR without torch). What the exported model computes:
-see ``panet_d2/export.py``. ``--run-eval`` evaluates the exported model on cfg.DATASETS.TEST[0]
+see ``tools/export_support.py``. ``--run-eval`` evaluates the exported model on cfg.DATASETS.TEST[0]
 with the project's evaluator of that dataset (of a LazyConfig: ``dataloader.evaluator`` on
 ``dataloader.test``).
 """
@@ -34,7 +34,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # tools/openvino_backend.py
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # tools/export_support.py, ...
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 import argparse
@@ -52,12 +52,13 @@ from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-from panet_d2 import PANetCheckpointer, export
+from panet_d2 import PANetCheckpointer
 from panet_d2.config import load_config_file
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
 from panet_d2.errors import ConfigError
 
+import export_support as export  # noqa: E402  isort: skip  (tools/)
 from openvino_backend import PRECISIONS  # noqa: E402  isort: skip  (tools/, torch-free)
 
 logger = setup_logger(name="panet_d2.export_model")

@@ -6,7 +6,10 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from ..common import NARROW_HEADS, NO_THRESHOLDS, R18, panet_cfg, random_image
+from ..common import NARROW_HEADS, NO_THRESHOLDS, R18, load_script, panet_cfg, random_image
+
+# What tools/export_model.py exports with (tools/export_support.py)
+export = load_script("tools/export_support.py", "panet_export_support")
 
 # Small and fast, with outputs worth comparing: ResNet-18; GroupNorm in the ResNet, because with
 # random weights its default FrozenBN (identity statistics) lets activations grow so large that

@@ -16,12 +16,12 @@ from detectron2.data import build_detection_test_loader
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
-from panet_d2 import PANetCheckpointer, export
+from panet_d2 import PANetCheckpointer
 from panet_d2.data import register_synthetic_dataset
 from panet_d2.evaluation import build_evaluator
 
 from ..common import ROOT, error_exit, load_script, panet_cfg, random_image
-from .common import assert_equal_fields, instances_fields
+from .common import assert_equal_fields, export, instances_fields
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

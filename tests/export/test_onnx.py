@@ -1,8 +1,8 @@
 # -*- coding: utf-8 -*-
 """
-ONNX export (``panet_d2.export.export_onnx``: the TorchScript-based exporter, opset 16, dynamic
-image size) run in ONNX Runtime, compared with the eager model on the image size it was exported
-with and on others.
+ONNX export (``export_onnx`` of tools/export_support.py: the TorchScript-based exporter, opset
+16, dynamic image size) run in ONNX Runtime, compared with the eager model on the image size it
+was exported with and on others.
 
 Tolerances (ONNX Runtime's kernels are not PyTorch's): boxes 1e-3 px, scores 1e-5, mask
 probabilities 1e-4, semantic logits 1e-4; classes, the panoptic segment map and the segments' ids,
@@ -15,12 +15,11 @@ import os
 import pytest
 import torch
 
-from panet_d2 import export
-
 from .common import (
     OTHER_IMAGE,
     TRACE_IMAGE,
     assert_equal_fields,
+    export,
     image,
     instances_fields,
     small_model,

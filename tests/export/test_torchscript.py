@@ -14,12 +14,13 @@ import torch
 
 from detectron2.export import scripting_with_instances
 
-from panet_d2 import AdaptiveFeaturePooler, export
+from panet_d2 import AdaptiveFeaturePooler
 
 from .common import (
     OTHER_IMAGE,
     TRACE_IMAGE,
     assert_equal_fields,
+    export,
     image,
     instances_fields,
     small_model,
