@@ -4,7 +4,8 @@
 CPU latency of one model eager (float32, and bfloat16 under ``torch.autocast``), exported to
 TorchScript (tracing, scripting), to ONNX (run in ONNX Runtime) and to OpenVINO (float32, bfloat16
 by the inference precision hint, int8 by ONNX Runtime's quantiser with the other ops in float32
-or bfloat16, and int8 with the RPN head's outputs quantised too), side by side in one process:
+or bfloat16 (each with the ops that tools/openvino_backend.py quantises for it), and int8 with
+the RPN head's outputs quantised too), side by side in one process:
 PANet R50 (``panet_R_50_FPN_1x.yaml``) by default, on one HxW image (800 x 1216 by default).
 
 Every backend computes the same thing, what ``tools/export_support.py`` exports for an instance
@@ -147,23 +148,24 @@ def openvino_runners(model, inputs, backends, threads, tmpdir, onnx_path):
     xmls["bf16"] = xmls["fp32"]
     # calibration: the in-repo COCO images flipped left-right (not the gate's own inputs)
     calibration = [(im.flip(-1).numpy(),) for im in gate_images(model)]
-    excluded = openvino_backend.INT8_EXCLUDED_PREFIXES
+    excluded = openvino_backend.INT8_QUANTISED["int8"][1]
     rpn_too = tuple(p for p in excluded if not p.startswith("/proposal_generator/"))
-    for variant, prefixes, users in [
-        ("int8", excluded, {"openvino-int8", "openvino-int8-bf16"}),
-        ("int8-rpn", rpn_too, {"openvino-int8-rpn"}),
+    for variant, precision, prefixes in [
+        ("int8", "int8", None),
+        ("int8-bf16", "int8-bf16", None),
+        ("int8-rpn", "int8", rpn_too),
     ]:
-        if users & set(backends):
+        if "openvino-" + variant in backends:
             quantised = openvino_backend.quantize_onnx(
                 onnx_path,
                 os.path.join(tmpdir, "model.{}.onnx".format(variant)),
                 calibration,
                 ["image"],
+                precision,
                 excluded_prefixes=prefixes,
             )
             xml = os.path.join(tmpdir, "model.{}.xml".format(variant))
             xmls[variant] = openvino_backend.convert_onnx(quantised, xml)
-    xmls["int8-bf16"] = xmls.get("int8")
     for name in [b for b in backends if b.startswith("openvino-")]:
         variant = name[len("openvino-") :]
         precision = "int8" if variant == "int8-rpn" else variant

@@ -21,13 +21,13 @@ CUDA is absent):
 Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torchscript_IR``),
 ``model.onnx`` (opset ``export_support.ONNX_OPSET_VERSION``) or, with ``--format openvino``,
 ``model.onnx`` and the OpenVINO IR ``model.xml`` / ``model.bin`` (``--precision fp32``, ``bf16``:
-OpenVINO's inference precision hint, ``int8``: ``model.int8.onnx`` quantised by ONNX Runtime on
-``--calibration-count`` images of ``--calibration-dataset``, its other ops float32, ``int8-bf16``:
-the same, its other ops bfloat16; tools/openvino_backend.py, which also
-runs the IR without torch). What the exported model computes:
-see ``tools/export_support.py``. ``--run-eval`` evaluates the exported model on cfg.DATASETS.TEST[0]
-with the project's evaluator of that dataset (of a LazyConfig: ``dataloader.evaluator`` on
-``dataloader.test``).
+OpenVINO's inference precision hint, ``int8``: ``model.int8.onnx``, its convolutions and fc
+layers quantised by ONNX Runtime on ``--calibration-count`` images of ``--calibration-dataset``,
+its other ops float32, ``int8-bf16``: its convolutions only, its other ops bfloat16;
+tools/openvino_backend.py, which also runs the IR without torch). What the exported model
+computes: see ``tools/export_support.py``. ``--run-eval`` evaluates the exported model on
+cfg.DATASETS.TEST[0] with the project's evaluator of that dataset (of a LazyConfig:
+``dataloader.evaluator`` on ``dataloader.test``).
 """
 
 import os
@@ -101,8 +101,8 @@ def get_parser():
         choices=list(PRECISIONS),
         default="fp32",
         help="openvino: float32, bfloat16 (inference precision hint), int8 (post-training "
-        "quantisation of the convolutions, calibrated on --calibration-dataset; the other ops "
-        "float32) or int8-bf16 (the same, the other ops bfloat16)",
+        "quantisation of the convolutions and fc layers, calibrated on --calibration-dataset; the "
+        "other ops float32) or int8-bf16 (of the convolutions only, the other ops bfloat16)",
     )
     parser.add_argument(
         "--calibration-dataset",
@@ -227,7 +227,9 @@ def write_openvino(cfg, args, model, sample, onnx_path):
         quantised = os.path.join(args.output, "model.int8.onnx")
         inputs = calibration_inputs(cfg, args, model)
         names = ["image", "height", "width"][: len(sample)]
-        onnx_path = openvino_backend.quantize_onnx(onnx_path, quantised, inputs, names)
+        onnx_path = openvino_backend.quantize_onnx(
+            onnx_path, quantised, inputs, names, args.precision
+        )
     openvino_backend.convert_onnx(onnx_path, os.path.join(args.output, "model.xml"))
     logger.info("OpenVINO IR of {} ({})".format(onnx_path, args.precision))
     return schema

@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
 """
 OpenVINO backend of tools/export_model.py and benchmarks/bench_export.py: the ONNX graph of
-``panet_d2.export.export_onnx`` converted to OpenVINO IR (``model.xml`` / ``model.bin``), compiled
-for the CPU in float32 or bfloat16 (OpenVINO's ``INFERENCE_PRECISION_HINT``), and int8 by ONNX
-Runtime's static post-training quantiser (QDQ nodes, which OpenVINO runs as int8 kernels; the
-other ops in float32, or in bfloat16 with ``int8-bf16``).
+``export_onnx`` (tools/export_support.py) converted to OpenVINO IR (``model.xml`` /
+``model.bin``), compiled for the CPU in float32 or bfloat16 (OpenVINO's
+``INFERENCE_PRECISION_HINT``), and int8 by ONNX Runtime's static post-training quantiser (QDQ
+nodes, which OpenVINO runs as int8 kernels; the other ops in float32, or in bfloat16 with
+``int8-bf16``).
 
 Running an exported model needs only OpenVINO and NumPy (no torch, no Detectron2):
 
@@ -24,6 +25,7 @@ import numpy as np
 __all__ = [
     "PRECISIONS",
     "sequences_as_slices",
+    "batched_matmuls_as_gemms",
     "quantize_onnx",
     "convert_onnx",
     "OpenVinoModel",
@@ -34,17 +36,20 @@ PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16")
 # their QDQ-marked ops in int8 and the rest in float32 or bfloat16.
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16"}
 
-# ONNX ops quantised to int8: the convolutions of the backbone, FPN, bottom-up path, RPN head's
-# shared 3x3 conv, mask head (with FF's) and semantic head. The RPN head's outputs (objectness,
-# box deltas), the fully connected box head and the box predictor are not quantised: see
-# docs/deployment.md (measured there).
-INT8_OP_TYPES = ("Conv",)
-INT8_EXCLUDED_PREFIXES = (
+# Per int8 precision, the ONNX ops quantised and the name prefixes of those left float (measured
+# in docs/deployment.md): int8 quantises every convolution (backbone, FPN, bottom-up path, RPN
+# head's shared 3x3 conv, mask head with its deconvolution, semantic head) and fully connected
+# layer (box head, FF) but the RPN head's outputs (objectness, box deltas) and the box predictor;
+# int8-bf16 quantises the convolutions only, not the box head's (HHD): its accuracy needs that.
+_FLOAT_OUTPUTS = (
     "/proposal_generator/rpn_head/objectness_logits",
     "/proposal_generator/rpn_head/anchor_deltas",
-    "/roi_heads/box_head/",
     "/roi_heads/box_predictor/",
 )
+INT8_QUANTISED = {
+    "int8": (("Conv", "ConvTranspose", "Gemm"), _FLOAT_OUTPUTS),
+    "int8-bf16": (("Conv",), _FLOAT_OUTPUTS + ("/roi_heads/box_head/",)),
+}
 
 
 # UPSTREAM-WORKAROUND onnx-sequence-in-loop: OpenVINO 2026.4's CPU plugin cannot compile a
@@ -116,19 +121,75 @@ def sequences_as_slices(onnx_model) -> int:
     return changed
 
 
+def batched_matmuls_as_gemms(onnx_model) -> int:
+    """
+    Replace, in place, every ``Add(MatMul(x, W), B)`` of constant ``W`` (L, K, N) and ``B``
+    (L, 1, N) (the AFP box head's per-level fc1, ``GroupedLinear``) by one ``Gemm`` per level
+    (``x`` split along axis 0, the results concatenated): the same products, as the 2-D ``Gemm``
+    that ONNX Runtime's quantiser quantises per output channel. Returns the number replaced.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = onnx_model.graph
+    inits = {i.name: i for i in graph.initializer}
+    opset = max(o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
+    changed = 0
+    for matmul in [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]:
+        users = [n for n in graph.node if matmul.output[0] in n.input]
+        if len(users) != 1 or users[0].op_type != "Add" or len(inits[matmul.input[1]].dims) != 3:
+            continue
+        add, weight = users[0], numpy_helper.to_array(inits[matmul.input[1]])
+        bias = [inits.get(i) for i in add.input if i != matmul.output[0]]
+        bias = numpy_helper.to_array(bias[0]) if len(bias) == 1 and bias[0] else None
+        if bias is None or bias.shape != (weight.shape[0], 1, weight.shape[2]):
+            continue
+        p, L = matmul.name.rsplit("/", 1)[0] + "/Gemm", weight.shape[0]
+        graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.int64), p + "_0"))
+        split = {"num_outputs": L} if opset >= 18 else {}  # equal parts along axis 0
+        xs = [f"{p}_x{i}" for i in range(L)]
+        new = [helper.make_node("Split", [matmul.input[0]], xs, p + "_split", **split)]
+        for i in range(L):
+            for name, value in ((f"{p}_w{i}", weight[i].T.copy()), (f"{p}_b{i}", bias[i, 0])):
+                graph.initializer.append(numpy_helper.from_array(value, name))
+            new += [
+                helper.make_node("Squeeze", [f"{p}_x{i}", p + "_0"], [f"{p}_m{i}"], f"{p}_s{i}"),
+                helper.make_node(
+                    "Gemm",
+                    [f"{p}_m{i}", f"{p}_w{i}", f"{p}_b{i}"],
+                    [f"{p}_y{i}"],
+                    f"{p}_{i}",
+                    transB=1,
+                ),
+                helper.make_node("Unsqueeze", [f"{p}_y{i}", p + "_0"], [f"{p}_u{i}"], f"{p}_u{i}"),
+            ]
+        ys = [f"{p}_u{i}" for i in range(L)]
+        new.append(helper.make_node("Concat", ys, add.output, p + "_concat", axis=0))
+        index = list(graph.node).index(matmul)
+        for n in (matmul, add):
+            graph.node.remove(n)
+        for name in {matmul.input[1]} | set(add.input) - {matmul.output[0]}:
+            if not any(name in n.input for n in graph.node):  # only the fc's own
+                graph.initializer.remove(inits[name])
+        for k, n in enumerate(new):
+            graph.node.insert(index + k, n)
+        changed += 1
+    return changed
+
+
 def quantize_onnx(
     onnx_path: str,
     output_path: str,
     calibration_inputs,
     input_names,
-    op_types=INT8_OP_TYPES,
-    excluded_prefixes=INT8_EXCLUDED_PREFIXES,
+    precision: str = "int8",
+    excluded_prefixes=None,
 ):
     """
     int8 post-training quantisation of an ONNX model by ONNX Runtime's static quantiser: QDQ
     format, per-channel int8 weights, uint8 activations (MinMax ranges over the calibration
-    inputs), the ops of ``op_types`` except those whose names start with ``excluded_prefixes``
-    (default: :data:`INT8_OP_TYPES`, :data:`INT8_EXCLUDED_PREFIXES`).
+    inputs), the ops that :data:`INT8_QUANTISED` gives ``precision`` but those whose names start
+    with its prefixes (or ``excluded_prefixes``); per-level fc layers first made per-level
+    ``Gemm`` where ``Gemm`` is quantised (:func:`batched_matmuls_as_gemms`).
 
     Args:
         calibration_inputs (list[tuple[ndarray]]): the model's inputs for each calibration image.
@@ -150,14 +211,18 @@ def quantize_onnx(
             item = next(self.items, None)
             return None if item is None else dict(zip(input_names, item))
 
+    op_types, default_excluded = INT8_QUANTISED[precision]
+    excluded_prefixes = default_excluded if excluded_prefixes is None else excluded_prefixes
     model = onnx.load(onnx_path)
+    if "Gemm" in op_types:
+        batched_matmuls_as_gemms(model)
     excluded = [
         n.name
         for n in model.graph.node
         if n.op_type in op_types and n.name.startswith(tuple(excluded_prefixes))
     ]
     quantize_static(
-        onnx_path,
+        model,
         output_path,
         Reader(),
         quant_format=QuantFormat.QDQ,

@@ -12,11 +12,12 @@ precisions may reorder or swap a few of them):
   probabilities 1e-4, semantic logits 1e-4; classes and the panoptic segment map exactly.
 * bf16: >= 80% of eager's detections matched (a detection of the same class with box IoU >= 0.9)
   and eager's top 3 all matched; mask probabilities within 0.05 on average.
-* int8 (convolutions quantised but the RPN head's outputs, calibrated on 4 generated images): >= 70%
-  matched, and eager's top detection matched; int8-bf16 (the same IR, the other ops bfloat16):
-  >= 50% matched, eager's top detection matched, and its scores not those of int8.
-Measured here: bf16 90-100% matched, scores within 1.2e-3; int8 80%, scores within 2.8e-3;
-int8-bf16 60%. (On a trained model: the accuracy gate of docs/deployment.md.)
+* int8 (convolutions and fc layers quantised but the RPN head's outputs and the box predictor,
+  calibrated on 4 generated images): >= 40% matched, and eager's top detection matched;
+  int8-bf16 (convolutions only, the other ops bfloat16): >= 50% matched, eager's top detection
+  matched, and its scores not those of int8.
+Measured here: bf16 80-90% matched; int8 50-70%; int8-bf16 60-80%. (On a trained model: the
+accuracy gate of docs/deployment.md.)
 """
 
 import os
@@ -109,7 +110,7 @@ def test_fp32_instance_model_equals_eager(instance_fp32):
 def test_lower_precisions_match_eager(tool, tmp_path):
     cfg, model = _model(INSTANCE)
     scores = {}
-    for precision, fraction, top in [("bf16", 0.8, 3), ("int8", 0.7, 1), ("int8-bf16", 0.5, 1)]:
+    for precision, fraction, top in [("bf16", 0.8, 3), ("int8", 0.4, 1), ("int8-bf16", 0.5, 1)]:
         inference = _export(tool, cfg, model, tmp_path / precision, precision)
         for spec in IMAGES:
             img = random_image(*spec)
@@ -124,23 +125,54 @@ def test_lower_precisions_match_eager(tool, tmp_path):
                 assert 0 < diff <= 0.05, diff
     # int8-bf16 runs the unquantised ops in bfloat16: other scores than int8's
     assert not all(torch.equal(a, b) for a, b in zip(scores["int8"], scores["int8-bf16"]))
-    # int8: every convolution's weights and inputs quantised (QDQ) but the RPN's outputs; fc not
-    graph = onnx.load(str(tmp_path / "int8" / "model.int8.onnx")).graph
-    made = {o: n for n in graph.node for o in n.output}
-    convs = [n for n in graph.node if n.op_type == "Conv"]
-    rpn_outputs = (
+    # int8: every convolution's and fc's weights and inputs quantised (QDQ) but the RPN head's
+    # outputs and the box predictor, the AFP fc1 as one Gemm per level; int8-bf16: convolutions
+    # only (but the RPN head's outputs and the box head's)
+    float_outputs = (
         "/proposal_generator/rpn_head/objectness_logits",
         "/proposal_generator/rpn_head/anchor_deltas",
+        "/roi_heads/box_predictor/",
     )
-    rpn = [n for n in convs if n.name.startswith(rpn_outputs)]
-    assert len(convs) > 20 and len(rpn) >= 2  # objectness and box deltas, on every level
-    for node in convs:  # those weights float32 (their input is the quantised 3x3 conv's)
-        if node in rpn:
-            assert node.input[1] not in made, node.name
-        else:
-            assert [made[i].op_type for i in node.input[:2]] == ["DequantizeLinear"] * 2, node.name
-    gemms = [n for n in graph.node if n.op_type == "Gemm"]
-    assert gemms and not any(n.input[1] in made for n in gemms)  # float32 weights, no QDQ
+    for precision, quantised, also_float in [
+        ("int8", ("Conv", "ConvTranspose", "Gemm"), ()),
+        ("int8-bf16", ("Conv",), ("/roi_heads/box_head/",)),
+    ]:
+        graph = onnx.load(str(tmp_path / precision / "model.int8.onnx")).graph
+        made = {o: n for n in graph.node for o in n.output}
+        ops = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")]
+        fc1 = [n.name for n in ops if n.name.startswith("/roi_heads/box_head/fc1/")]
+        assert len(fc1) == (4 if precision == "int8" else 1), fc1  # per level: 4 levels
+        floats = float_outputs + also_float
+        kept = [n for n in ops if n.name.startswith(floats) or n.op_type not in quantised]
+        assert len(ops) > 25 and len([n for n in kept if n.op_type == "Conv"]) >= 2
+        for node in ops:  # those weights float32 (their input may be a quantised op's)
+            if node in kept:
+                assert node.input[1] not in made, (precision, node.name)
+            else:
+                assert [made[i].op_type for i in node.input[:2]] == ["DequantizeLinear"] * 2, (
+                    precision,
+                    node.name,
+                )
+
+
+def test_per_level_fc_as_gemms_computes_the_same(instance_fp32):
+    """The AFP box head's per-level fc1 rewritten as one Gemm per level gives the float32 graph's
+    outputs (ONNX Runtime, both graphs)."""
+    import onnxruntime
+
+    openvino_backend = load_script("tools/openvino_backend.py", "openvino_backend_gemms")
+    model, _, out = instance_fp32
+    graph = onnx.load(str(out / "model.onnx"))
+    assert openvino_backend.batched_matmuls_as_gemms(graph) == 1
+    assert not [n for n in graph.graph.node if n.op_type == "MatMul"]
+    image = random_image(*IMAGES[1]).float().numpy()
+    before, after = (
+        onnxruntime.InferenceSession(g).run(None, {"image": image})
+        for g in (str(out / "model.onnx"), graph.SerializeToString())
+    )
+    assert len(before[0]) > 0
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), atol=1e-3)
 
 
 def test_fp32_panoptic_model_equals_eager(tool, tmp_path):
