@@ -121,12 +121,61 @@ def sequences_as_slices(onnx_model) -> int:
     return changed
 
 
+def _constant(graph, name):
+    """The value of ``name`` if an initializer or a ``Constant`` node makes it, else None."""
+    from onnx import numpy_helper
+
+    for i in graph.initializer:
+        if i.name == name:
+            return numpy_helper.to_array(i)
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output[0] == name and n.attribute[0].name == "value":
+            return numpy_helper.to_array(n.attribute[0].t)
+    return None
+
+
+def _level_inputs(graph, x, num_levels):
+    """The per-level tensors r_l (M, ...) of ``x`` = Transpose(Reshape(Concat(Unsqueeze(r_l, 1)),
+    (M, L, -1)), (1, 0, 2)): the pooler's levels stacked and flattened for AFP's fc1, so that
+    ``x[l]`` is ``Flatten(r_l)``; None where ``x`` is made otherwise."""
+    made = {o: n for n in graph.node for o in n.output}
+
+    def node(name, op_type):
+        n = made.get(name)
+        return n if n is not None and n.op_type == op_type else None
+
+    transpose = node(x, "Transpose")
+    perm = [list(a.ints) for a in transpose.attribute if a.name == "perm"] if transpose else []
+    reshape = node(transpose.input[0], "Reshape") if perm == [[1, 0, 2]] else None
+    shape = node(reshape.input[1], "Concat") if reshape else None
+    concat = node(reshape.input[0], "Concat") if shape else None
+    if concat is None or [a.i for a in concat.attribute if a.name == "axis"] != [1]:
+        return None
+    head = node(shape.input[0], "Slice")  # Shape(concat)[0:2] and -1: a flatten from axis 2
+    ends = [_constant(graph, i) for i in head.input[1:3]] if head and len(shape.input) == 2 else []
+    source = node(head.input[0], "Shape") if head else None
+    tail = _constant(graph, shape.input[1])
+    if not (
+        source and source.input[0] == concat.output[0] and [list(e) for e in ends] == [[0], [2]]
+    ):
+        return None
+    if tail is None or list(tail) != [-1] or len(concat.input) != num_levels:
+        return None
+    levels = [node(i, "Unsqueeze") for i in concat.input]
+    if not all(
+        u and len(u.input) == 2 and list(_constant(graph, u.input[1])) == [1] for u in levels
+    ):
+        return None
+    return [u.input[0] for u in levels]
+
+
 def batched_matmuls_as_gemms(onnx_model) -> int:
     """
     Replace, in place, every ``Add(MatMul(x, W), B)`` of constant ``W`` (L, K, N) and ``B``
     (L, 1, N) (the AFP box head's per-level fc1, ``GroupedLinear``) by one ``Gemm`` per level
-    (``x`` split along axis 0, the results concatenated): the same products, as the 2-D ``Gemm``
-    that ONNX Runtime's quantiser quantises per output channel. Returns the number replaced.
+    (``x`` split along axis 0, or each level's pooled features flattened where ``x`` stacks them,
+    the results concatenated): the same products, as the 2-D ``Gemm`` that ONNX Runtime's
+    quantiser quantises per output channel. Returns the number replaced.
     """
     from onnx import helper, numpy_helper
 
@@ -145,14 +194,24 @@ def batched_matmuls_as_gemms(onnx_model) -> int:
             continue
         p, L = matmul.name.rsplit("/", 1)[0] + "/Gemm", weight.shape[0]
         graph.initializer.append(numpy_helper.from_array(np.zeros(1, np.int64), p + "_0"))
-        split = {"num_outputs": L} if opset >= 18 else {}  # equal parts along axis 0
-        xs = [f"{p}_x{i}" for i in range(L)]
-        new = [helper.make_node("Split", [matmul.input[0]], xs, p + "_split", **split)]
+        levels = _level_inputs(graph, matmul.input[0], L)
+        if levels:  # x[i] is level i's pooled features, flattened
+            new = [
+                helper.make_node("Flatten", [r], [f"{p}_m{i}"], f"{p}_f{i}", axis=1)
+                for i, r in enumerate(levels)
+            ]
+        else:
+            split = {"num_outputs": L} if opset >= 18 else {}  # equal parts along axis 0
+            xs = [f"{p}_x{i}" for i in range(L)]
+            new = [helper.make_node("Split", [matmul.input[0]], xs, p + "_split", **split)]
+            new += [
+                helper.make_node("Squeeze", [xs[i], p + "_0"], [f"{p}_m{i}"], f"{p}_s{i}")
+                for i in range(L)
+            ]
         for i in range(L):
             for name, value in ((f"{p}_w{i}", weight[i].T.copy()), (f"{p}_b{i}", bias[i, 0])):
                 graph.initializer.append(numpy_helper.from_array(value, name))
             new += [
-                helper.make_node("Squeeze", [f"{p}_x{i}", p + "_0"], [f"{p}_m{i}"], f"{p}_s{i}"),
                 helper.make_node(
                     "Gemm",
                     [f"{p}_m{i}", f"{p}_w{i}", f"{p}_b{i}"],
@@ -173,7 +232,27 @@ def batched_matmuls_as_gemms(onnx_model) -> int:
         for k, n in enumerate(new):
             graph.node.insert(index + k, n)
         changed += 1
+    _remove_unused_nodes(graph)
     return changed
+
+
+def _remove_unused_nodes(graph):
+    """Removes the nodes of ``graph`` (not of its subgraphs) whose outputs nothing reads."""
+    import onnx
+
+    while True:
+        read = {o.name for o in graph.output}
+        todo = [graph]
+        while todo:
+            g = todo.pop()
+            for n in g.node:
+                read.update(n.input)
+                todo.extend(a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+        dead = [n for n in graph.node if not read.intersection(n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
 
 
 def quantize_onnx(

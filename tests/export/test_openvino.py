@@ -156,15 +156,19 @@ def test_lower_precisions_match_eager(tool, tmp_path):
 
 
 def test_per_level_fc_as_gemms_computes_the_same(instance_fp32):
-    """The AFP box head's per-level fc1 rewritten as one Gemm per level gives the float32 graph's
-    outputs (ONNX Runtime, both graphs)."""
+    """The AFP box head's per-level fc1 rewritten as one Gemm per level, on each level's pooled
+    features, gives the float32 graph's outputs (ONNX Runtime, both graphs)."""
     import onnxruntime
 
     openvino_backend = load_script("tools/openvino_backend.py", "openvino_backend_gemms")
     model, _, out = instance_fp32
     graph = onnx.load(str(out / "model.onnx"))
     assert openvino_backend.batched_matmuls_as_gemms(graph) == 1
-    assert not [n for n in graph.graph.node if n.op_type == "MatMul"]
+    box_head = [n.op_type for n in graph.graph.node if n.name.startswith("/roi_heads/box_head/")]
+    assert not {"MatMul", "Transpose", "Split"} & set(box_head), box_head
+    flatten = [n for n in graph.graph.node if n.name.startswith("/roi_heads/box_head/fc1/")]
+    flatten = [n for n in flatten if n.op_type == "Flatten"]
+    assert [n.input[0].split("/")[3] for n in flatten] == [f"level_poolers.{k}" for k in range(4)]
     image = random_image(*IMAGES[1]).float().numpy()
     before, after = (
         onnxruntime.InferenceSession(g).run(None, {"image": image})
@@ -173,6 +177,36 @@ def test_per_level_fc_as_gemms_computes_the_same(instance_fp32):
     assert len(before[0]) > 0
     for a, b in zip(before, after):
         np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), atol=1e-3)
+
+
+def test_batched_matmul_of_any_input_as_gemms():
+    """``Add(MatMul(x, W), B)`` of an x that stacks no pooled levels: split per level, each level's
+    product x[l] @ W[l] + B[l] (NumPy)."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    openvino_backend = load_script("tools/openvino_backend.py", "openvino_backend_split")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 5, 7)).astype(np.float32)
+    w = rng.standard_normal((3, 7, 4)).astype(np.float32)
+    b = rng.standard_normal((3, 1, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"], "/fc/MatMul"),
+            helper.make_node("Add", ["xw", "b"], ["y"], "/fc/Add"),
+        ],
+        "fc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, "M", 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, "M", 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)])
+    assert openvino_backend.batched_matmuls_as_gemms(model) == 1
+    assert [n.op_type for n in model.graph.node].count("Gemm") == 3
+    assert not model.graph.initializer[0].name == "w"  # the batched weight is gone
+    session = onnxruntime.InferenceSession(model.SerializeToString())
+    (y,) = session.run(None, {"x": x})
+    np.testing.assert_allclose(y, np.einsum("lmk,lkn->lmn", x, w) + b, rtol=1e-5, atol=1e-5)
 
 
 def test_fp32_panoptic_model_equals_eager(tool, tmp_path):
