@@ -121,17 +121,15 @@ def sequences_as_slices(onnx_model) -> int:
     return changed
 
 
-def _constant(graph, name):
-    """The value of ``name`` if an initializer or a ``Constant`` node makes it, else None."""
+def _is_constant(graph, name, values):
+    """Whether an initializer or a ``Constant`` node makes ``name`` with the 1-D ``values``."""
     from onnx import numpy_helper
 
-    for i in graph.initializer:
-        if i.name == name:
-            return numpy_helper.to_array(i)
+    found = [numpy_helper.to_array(i) for i in graph.initializer if i.name == name]
     for n in graph.node:
         if n.op_type == "Constant" and n.output[0] == name and n.attribute[0].name == "value":
-            return numpy_helper.to_array(n.attribute[0].t)
-    return None
+            found.append(numpy_helper.to_array(n.attribute[0].t))
+    return len(found) == 1 and found[0].ravel().tolist() == list(values)
 
 
 def _level_inputs(graph, x, num_levels):
@@ -148,23 +146,21 @@ def _level_inputs(graph, x, num_levels):
     perm = [list(a.ints) for a in transpose.attribute if a.name == "perm"] if transpose else []
     reshape = node(transpose.input[0], "Reshape") if perm == [[1, 0, 2]] else None
     shape = node(reshape.input[1], "Concat") if reshape else None
-    concat = node(reshape.input[0], "Concat") if shape else None
+    concat = node(reshape.input[0], "Concat") if shape and len(shape.input) == 2 else None
     if concat is None or [a.i for a in concat.attribute if a.name == "axis"] != [1]:
         return None
     head = node(shape.input[0], "Slice")  # Shape(concat)[0:2] and -1: a flatten from axis 2
-    ends = [_constant(graph, i) for i in head.input[1:3]] if head and len(shape.input) == 2 else []
-    source = node(head.input[0], "Shape") if head else None
-    tail = _constant(graph, shape.input[1])
-    if not (
-        source and source.input[0] == concat.output[0] and [list(e) for e in ends] == [[0], [2]]
-    ):
+    source = node(head.input[0], "Shape") if head and len(head.input) in (3, 4) else None
+    if not (source and not source.attribute and source.input[0] == concat.output[0]):
+        return None  # (a Shape with start / end attributes gives part of the shape)
+    if len(concat.input) != num_levels:
         return None
-    if tail is None or list(tail) != [-1] or len(concat.input) != num_levels:
+    flatten = [(head.input[1], [0]), (head.input[2], [2]), (shape.input[1], [-1])]
+    flatten += [(axes, [0]) for axes in head.input[3:]]  # (starts, ends, axes)
+    if not all(_is_constant(graph, name, values) for name, values in flatten):
         return None
     levels = [node(i, "Unsqueeze") for i in concat.input]
-    if not all(
-        u and len(u.input) == 2 and list(_constant(graph, u.input[1])) == [1] for u in levels
-    ):
+    if not all(u and len(u.input) == 2 and _is_constant(graph, u.input[1], [1]) for u in levels):
         return None
     return [u.input[0] for u in levels]
 
@@ -183,6 +179,8 @@ def batched_matmuls_as_gemms(onnx_model) -> int:
     inits = {i.name: i for i in graph.initializer}
     opset = max(o.version for o in onnx_model.opset_import if o.domain in ("", "ai.onnx"))
     changed = 0
+    if opset < 13:  # Squeeze / Unsqueeze with their axes as an input
+        return changed
     for matmul in [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]:
         users = [n for n in graph.node if matmul.output[0] in n.input]
         if len(users) != 1 or users[0].op_type != "Add" or len(inits[matmul.input[1]].dims) != 3:
@@ -232,7 +230,8 @@ def batched_matmuls_as_gemms(onnx_model) -> int:
         for k, n in enumerate(new):
             graph.node.insert(index + k, n)
         changed += 1
-    _remove_unused_nodes(graph)
+    if changed:
+        _remove_unused_nodes(graph)
     return changed
 
 
