@@ -32,8 +32,8 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16")
-# INFERENCE_PRECISION_HINT of each precision: int8 graphs (int8, int8-bf16: the same IR) run
-# their QDQ-marked ops in int8 and the rest in float32 or bfloat16.
+# INFERENCE_PRECISION_HINT of each precision: int8 graphs (int8, int8-bf16: each its quantised
+# set, INT8_QUANTISED) run their QDQ-marked ops in int8 and the rest in float32 or bfloat16.
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16"}
 
 # Per int8 precision, the ONNX ops quantised and the name prefixes of those left float (measured
