@@ -56,6 +56,7 @@ from panet_d2 import PANetCheckpointer
 from panet_d2.config import load_config_file
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
+from panet_d2.engine.checks import check_registered
 from panet_d2.errors import ConfigError
 
 import export_support as export  # noqa: E402  isort: skip  (tools/)
@@ -189,7 +190,9 @@ def check_args(args):
     if not args.precision.startswith("int8") and args.calibration_dataset is not None:
         raise ConfigError("--calibration-dataset calibrates --precision int8 or int8-bf16 only")
     if args.calibration_count < 1:
-        raise ConfigError("--calibration-count must be at least 1")
+        raise ConfigError(
+            "--calibration-count {}: must be at least 1".format(args.calibration_count)
+        )
 
 
 def calibration_inputs(cfg, args, model):
@@ -337,6 +340,8 @@ def main(argv=None):
     logger.info("Command line arguments: " + str(args))
     check_args(args)  # before any loading
     cfg = setup_cfg(args)
+    if args.calibration_dataset is not None:  # before the model and the export
+        check_registered(args.calibration_dataset, "--calibration-dataset")
 
     if isinstance(cfg, CfgNode):
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS

@@ -282,6 +282,10 @@ def test_exported_model_runs_without_torch(instance_fp32, tmp_path):
         ),
         (["--format", "onnx", "--precision", "bf16"], "--precision bf16 needs --format openvino"),
         (["--format", "openvino", "--calibration-dataset", DATASET], "calibrates --precision int8"),
+        (
+            ["--format", "openvino", "--precision", "int8", "--calibration-count", "0"],
+            "--calibration-count 0: must be at least 1",
+        ),
     ],
 )
 def test_unsupported_combinations_refused_before_loading(tool, tmp_path, extra, message):
@@ -289,3 +293,14 @@ def test_unsupported_combinations_refused_before_loading(tool, tmp_path, extra, 
     argv = ["--config-file", str(tmp_path / "missing.yaml"), "--output", str(tmp_path)] + extra
     line = error_exit(tool.cli, argv)
     assert message in line and not os.listdir(tmp_path)
+
+
+def test_unregistered_calibration_dataset_refused_before_the_model(tool, tmp_path):
+    # a misspelt dataset is named (with the registered one it resembles) before the weights load
+    argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--output", str(tmp_path)]
+    argv += ["--format", "openvino", "--precision", "int8"]
+    argv += ["--calibration-dataset", "panet_synth_trian", "MODEL.DEVICE", "cpu"]
+    argv += ["MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
+    line = error_exit(tool.cli, argv)
+    assert "'panet_synth_trian' in --calibration-dataset is not registered" in line
+    assert "Did you mean: 'panet_synth_train'" in line
