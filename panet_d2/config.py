@@ -61,18 +61,64 @@ def add_panet_config(cfg):
     return cfg
 
 
+# The YAML nodes a file with aliases may stand for, expanded: Detectron2's own dump of a config
+# (OUTPUT_DIR/config.yaml) aliases the default BBOX_REG_WEIGHTS, about 600 nodes in all; nested
+# aliases can stand for billions.
+MAX_ALIASED_VALUES = 10000
+
+
+def _expanded_size(root):
+    """(the number of YAML nodes of the composed document ``root`` with each alias expanded (its
+    node counted once per reference), None); (None, the node) if an alias is inside the node it
+    refers to."""
+    sizes, open_nodes, stack = {}, set(), [(root, False)]
+    while stack:
+        node, closing = stack.pop()
+        children = node.value if isinstance(node, yaml.SequenceNode) else ()
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        if closing:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            open_nodes.discard(id(node))
+        elif id(node) in open_nodes:
+            return None, node
+        elif id(node) not in sizes:
+            open_nodes.add(id(node))
+            stack.append((node, True))
+            stack.extend((c, False) for c in children)
+    return sizes[id(root)], None
+
+
+def _check_aliases(f, where):
+    """Raises a :class:`ConfigError` if the YAML stream ``f`` has an alias that contains itself or
+    aliases that stand for more than :data:`MAX_ALIASED_VALUES` values; checked on the composed
+    nodes, before anything is expanded."""
+    alias = next((e for e in yaml.parse(f) if isinstance(e, yaml.AliasEvent)), None)
+    if alias is None:
+        return
+    f.seek(0)
+    size, cycle = _expanded_size(yaml.compose(f, Loader=yaml.SafeLoader))
+    if cycle is not None:
+        raise ConfigError(
+            f"{where} uses a YAML alias inside the value it refers to (the value at line "
+            f"{cycle.start_mark.line + 1}): config files are plain data, write the value out."
+        )
+    first = f"(*{alias.anchor}, line {alias.start_mark.line + 1})"
+    if size > MAX_ALIASED_VALUES:
+        raise ConfigError(
+            f"{where} uses YAML aliases {first} that stand for {size} values (at most "
+            f"{MAX_ALIASED_VALUES}): config files are plain data, write the values out."
+        )
+
+
 def read_config_data(filename, where=None):
-    """The YAML file ``filename`` as plain data (None if empty): ``yaml.safe_load``, aliases
-    refused; else a :class:`ConfigError` naming it as ``where`` (default "Config file '...'")."""
+    """The YAML file ``filename`` as plain data (None if empty): ``yaml.safe_load``, after
+    :func:`_check_aliases`; else a :class:`ConfigError` naming it as ``where`` (default "Config
+    file '...'")."""
     where = where or "Config file {!r}".format(filename)
     try:
         with PathManager.open(filename) as f:
-            alias = next((e for e in yaml.parse(f) if isinstance(e, yaml.AliasEvent)), None)
-            if alias is not None:
-                raise ConfigError(
-                    f"{where} uses a YAML alias (*{alias.anchor}, line {alias.start_mark.line + 1})"
-                    ": config files are plain data, write the value out."
-                )
+            _check_aliases(f, where)
             f.seek(0)
             return yaml.safe_load(f)
     except yaml.YAMLError as e:

@@ -4,7 +4,9 @@ Config files are data everywhere (issue 25), through the entry points a user run
 process: tools/lazyconfig_train_net.py, tools/run_d2_tool.py (Detectron2's own scripts, which read
 yacs files with allow_unsafe=True and LazyConfig .yaml files with yaml.unsafe_load) and
 panet_d2.model_zoo. A Python tag that opens a marker file shows code that ran: no marker may be
-left. A YAML alias is refused before it is expanded; a LazyConfig syntax error is one line
+left. YAML aliases that stand for more than 10,000 values, or sit inside the value they refer to,
+are refused before they are expanded, and Detectron2's own dump of a config (which aliases) loads
+back; a LazyConfig syntax error is one line
 "file:line"; run_d2_tool.py runs Detectron2's scripts by name only; model_zoo resolves configs
 inside configs/ only; Detectron2's lazyconfig_train_net.py runs the project's quick LazyConfig
 through run_d2_tool.py (issue 27).
@@ -13,6 +15,7 @@ through run_d2_tool.py (issue 27).
 import os
 
 import pytest
+import yaml
 
 from detectron2.config import LazyConfig
 
@@ -101,10 +104,12 @@ def test_lazyconfig_yaml_with_a_python_tag_is_refused(launcher, files):
 def test_lazyconfig_yaml_alias_is_refused_before_expanding(launcher, files):
     _require("lazyconfig_train_net")
     line = error_exit(launcher.main, ["--config-file", str(files["lazy_alias.yaml"])])
-    assert line == (
-        "ERROR: Config file {!r} uses a YAML alias (*a0, line 3): config files are plain data, "
-        "write the value out.".format(str(files["lazy_alias.yaml"]))
+    assert line.startswith(
+        "ERROR: Config file {!r} uses YAML aliases (*a0, line 3) that stand for ".format(
+            str(files["lazy_alias.yaml"])
+        )
     )
+    assert line.endswith("(at most 10000): config files are plain data, write the values out.")
 
 
 def test_lazyconfig_syntax_error_is_file_and_line(launcher, files):
@@ -125,6 +130,30 @@ def test_project_loader_reads_lazyconfig_yaml_as_data(files):
     assert LazyConfig.__dict__["load"] is before and not files["marker"].exists()
 
 
+def test_detectron2s_config_dump_with_aliases_loads_back(tmp_path):
+    """OUTPUT_DIR/config.yaml as Detectron2 writes it (CfgNode.dump: the default BBOX_REG_WEIGHTS
+    aliased) is what users pass back to --eval-only, the demo and the export tool."""
+    cfg = load_config_file(
+        os.path.join(CONFIG_DIR, "quick_schedules", "panoptic_panet_R_18_synth.yaml")
+    )
+    dumped = tmp_path / "config.yaml"
+    dumped.write_text(cfg.dump())
+    assert "*id001" in dumped.read_text()  # the premise: Detectron2's dump uses an alias
+    loaded = load_config_file(str(dumped))
+    assert yaml.safe_load(loaded.dump()) == yaml.safe_load(cfg.dump())  # nested tuples: lists
+
+
+def test_alias_inside_its_own_value_is_refused(tmp_path):
+    path = tmp_path / "recursive.yaml"
+    path.write_text("MODEL:\n  DEVICE: cpu\n  PIXEL_MEAN: &m [1.0, 2.0, *m]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config_file(str(path))
+    assert str(e.value) == (
+        "Config file {!r} uses a YAML alias inside the value it refers to (the value at line 3): "
+        "config files are plain data, write the value out.".format(str(path))
+    )
+
+
 # 2. tools/run_d2_tool.py: Detectron2's yacs tools ---------------------------------------------
 
 
@@ -139,7 +168,7 @@ def test_detectron2_tools_read_yacs_files_as_data(run_d2_tool, files, tmp_path, 
         assert not files["marker"].exists(), "the tag ran: " + line
     line = error_exit(run_d2_tool.main, argv + [str(files["yacs_alias.yaml"])] + extra)
     assert (
-        "Config file {!r} uses a YAML alias (*a0, line 4)".format(str(files["yacs_alias.yaml"]))
+        "Config file {!r} uses YAML aliases (*a0, line 4)".format(str(files["yacs_alias.yaml"]))
         in line
     )
 

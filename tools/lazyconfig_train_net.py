@@ -23,8 +23,9 @@ command's environment), so the config is read as the project's entry points read
   file you trust, by its path (``--config-file``); a syntax error in it (or in a file it
   imports) is one line "ERROR: Config file <file>:<line>: SyntaxError: ...";
 * a LazyConfig ``.yaml`` file (e.g. a run's saved ``config.yaml``) is data: read with
-  ``yaml.safe_load`` where Detectron2 uses PyYAML's unsafe loader; a Python tag or a YAML alias is
-  refused in one line naming the file, before anything runs
+  ``yaml.safe_load`` where Detectron2 uses PyYAML's unsafe loader; a Python tag, or YAML aliases
+  that stand for more than 10,000 values, are refused in one line naming the file, before
+  anything runs
   (``panet_d2.config.lazyconfig_files_as_data``).
 """
 

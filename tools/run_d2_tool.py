@@ -27,11 +27,12 @@ datasets registered). For this process only:
   (``add_panet_config``), so the scripts read the project's yacs files; its files (and their
   ``_BASE_`` files) are read as data, checked as the project's entry points check theirs
   (``panet_d2.config._CheckedConfigFile``, whatever ``allow_unsafe`` the script passes): a Python
-  tag or a YAML alias is refused in one line naming the file;
-* ``LazyConfig.load`` reads ``.yaml`` files as data too (``yaml.safe_load``, no alias; Detectron2
-  uses PyYAML's unsafe loader) and gives a config file's syntax error as one line "file:line"
-  (``panet_d2.config.lazyconfig_files_as_data``). A LazyConfig ``.py`` file is Python code, run
-  as it loads (as in Detectron2): give only files you trust, by their path;
+  tag, or YAML aliases that stand for more than 10,000 values, are refused in one line naming
+  the file;
+* ``LazyConfig.load`` reads ``.yaml`` files as data too (``yaml.safe_load``, aliases bounded;
+  Detectron2 uses PyYAML's unsafe loader) and gives a config file's syntax error as one line
+  "file:line" (``panet_d2.config.lazyconfig_files_as_data``). A LazyConfig ``.py`` file is Python
+  code, run as it loads (as in Detectron2): give only files you trust, by their path;
 * when such a config is frozen, ``panet_d2.engine.adapt_config_to_machine`` applies (MODEL.DEVICE
   "cuda" becomes "cpu" without CUDA; AMP off on the CPU), logged once;
 * ``detectron2.engine.default_setup`` also sets up the "panet_d2" logger into OUTPUT_DIR (of a

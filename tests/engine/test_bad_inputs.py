@@ -159,9 +159,13 @@ def test_bad_config_files(train_net, tmp_path):
     for i in range(1, 9):
         levels.append("L{}: &L{} [{}]".format(i, i, ", ".join(["*L{}".format(i - 1)] * 10)))
     bomb.write_text("\n".join(levels) + "\nMODEL:\n  PIXEL_MEAN: *L8\n")
+    sizes = [11]  # YAML nodes of L0..L8 expanded: a list node and its items
+    for _ in range(8):
+        sizes.append(1 + 10 * sizes[-1])
+    nodes = 1 + sum(1 + n for n in sizes) + 1 + (1 + 1 + sizes[8])  # the mapping, L0..L8, MODEL
     assert error(bomb) == (
-        "Config file {!r} uses a YAML alias (*L0, line 2): config files are plain data, write "
-        "the value out.".format(str(bomb))
+        "Config file {!r} uses YAML aliases (*L0, line 2) that stand for {} values (at most "
+        "10000): config files are plain data, write the values out.".format(str(bomb), nodes)
     )
     loop = tmp_path / "loop.yaml"
     loop.write_text('_BASE_: "loop.yaml"\n')
