@@ -65,6 +65,9 @@ def add_panet_config(cfg):
 # (OUTPUT_DIR/config.yaml) aliases the default BBOX_REG_WEIGHTS, about 600 nodes in all; nested
 # aliases can stand for billions.
 MAX_ALIASED_VALUES = 10000
+# Nesting levels a config file may have (Detectron2's configs have 4, a LazyConfig's about 8):
+# PyYAML composes nodes recursively, and a file of thousands of "[" exhausts Python's stack.
+MAX_NESTING = 100
 
 
 def _expanded_size(root):
@@ -89,11 +92,24 @@ def _expanded_size(root):
     return sizes[id(root)], None
 
 
-def _check_aliases(f, where):
-    """Raises a :class:`ConfigError` if the YAML stream ``f`` has an alias that contains itself or
-    aliases that stand for more than :data:`MAX_ALIASED_VALUES` values; checked on the composed
-    nodes, before anything is expanded."""
-    alias = next((e for e in yaml.parse(f) if isinstance(e, yaml.AliasEvent)), None)
+def _check_structure(f, where):
+    """Raises a :class:`ConfigError` if the YAML stream ``f`` nests values deeper than
+    :data:`MAX_NESTING` levels, has an alias inside the value it refers to, or aliases that stand
+    for more than :data:`MAX_ALIASED_VALUES` values: checked on PyYAML's events and composed nodes,
+    before anything is expanded."""
+    alias, depth = None, 0
+    for event in yaml.parse(f):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ConfigError(
+                    f"{where} nests values more than {MAX_NESTING} levels deep (line "
+                    f"{event.start_mark.line + 1}): config files are plain data."
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent) and alias is None:
+            alias = event
     if alias is None:
         return
     f.seek(0)
@@ -113,12 +129,12 @@ def _check_aliases(f, where):
 
 def read_config_data(filename, where=None):
     """The YAML file ``filename`` as plain data (None if empty): ``yaml.safe_load``, after
-    :func:`_check_aliases`; else a :class:`ConfigError` naming it as ``where`` (default "Config
+    :func:`_check_structure`; else a :class:`ConfigError` naming it as ``where`` (default "Config
     file '...'")."""
     where = where or "Config file {!r}".format(filename)
     try:
         with PathManager.open(filename) as f:
-            _check_aliases(f, where)
+            _check_structure(f, where)
             f.seek(0)
             return yaml.safe_load(f)
     except yaml.YAMLError as e:

@@ -167,6 +167,12 @@ def test_bad_config_files(train_net, tmp_path):
         "Config file {!r} uses YAML aliases (*L0, line 2) that stand for {} values (at most "
         "10000): config files are plain data, write the values out.".format(str(bomb), nodes)
     )
+    deep = tmp_path / "deep.yaml"  # PyYAML composes recursively: 5000 "[" would exhaust the stack
+    deep.write_text("MODEL:\n  PIXEL_MEAN: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert error(deep) == (
+        "Config file {!r} nests values more than 100 levels deep (line 2): config files are "
+        "plain data.".format(str(deep))
+    )
     loop = tmp_path / "loop.yaml"
     loop.write_text('_BASE_: "loop.yaml"\n')
     assert "inherits from itself" in error(loop)
