@@ -13,7 +13,8 @@ Running an exported model needs only OpenVINO and NumPy (no torch, no Detectron2
 
 prints each output's name, shape and dtype and saves the outputs by name (``image.npy``: float32
 (3, H, W), 0..255, in the model's input format, resized as the test loader resizes; height and
-width for a panoptic model; environment variable ``PANET_D2_PRECISION`` for bf16 or int8-bf16).
+width for a panoptic model; environment variable ``PANET_D2_PRECISION`` for bf16 or int8-bf16);
+a file or value it cannot use is one "ERROR:" line naming it.
 Importing this module imports neither torch nor panet_d2.
 """
 
@@ -358,6 +359,7 @@ class OpenVinoModel:
         config = {"INFERENCE_PRECISION_HINT": _HINTS[precision]}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.xml_path = xml_path
         core = ov.Core()
         model = core.read_model(xml_path)
         # the IR's names: compiling may add inner tensors' names to an output
@@ -371,6 +373,41 @@ class OpenVinoModel:
         return [np.array(results[o]) for o in self.compiled.outputs]
 
 
+def _runner_inputs(model, image_path, size):
+    """The inputs of :func:`main`: the image (float32 (3, H, W)) and, for a panoptic model, its
+    output height and width; a bad one is a ``SystemExit`` naming it and what is allowed."""
+    try:
+        image = np.load(image_path)  # allow_pickle=False: data only
+    except (OSError, ValueError) as e:
+        sys.exit("ERROR: cannot read the image {!r}: {}".format(image_path, e))
+    if (
+        not isinstance(image, np.ndarray)
+        or image.ndim != 3
+        or image.shape[0] != 3
+        or not (np.issubdtype(image.dtype, np.number) and np.isfinite(image).all())
+    ):
+        sys.exit(
+            "ERROR: the image {!r} is {} {}: expected finite numbers of shape (3, H, W), 0..255 in "
+            "the model's input format".format(
+                image_path, getattr(image, "dtype", type(image).__name__), np.shape(image)
+            )
+        )
+    inputs = [image.astype(np.float32)]
+    if len(size) != len(model.compiled.inputs) - 1:
+        sys.exit(
+            "ERROR: {} takes {} input(s): the image{}".format(
+                model.xml_path,
+                len(model.compiled.inputs),
+                " and its HEIGHT WIDTH" if len(model.compiled.inputs) == 3 else " only",
+            )
+        )
+    for value in size:
+        if not value.isdigit() or int(value) < 1:
+            sys.exit("ERROR: HEIGHT and WIDTH are positive integers, not {!r}".format(value))
+        inputs.append(np.array(int(value), dtype=np.int64))
+    return inputs
+
+
 def main(argv=None):
     """The torch-free runner: see the module docstring."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -380,10 +417,18 @@ def main(argv=None):
         argv.remove("--save")
     if len(argv) not in (2, 4):
         sys.exit("usage: openvino_backend.py MODEL.xml IMAGE.npy [HEIGHT WIDTH] [--save OUT.npz]")
-    model = OpenVinoModel(argv[0], os.environ.get("PANET_D2_PRECISION", "fp32"))
-    inputs = [np.load(argv[1]).astype(np.float32)]
-    inputs += [np.array(int(v), dtype=np.int64) for v in argv[2:]]
-    outputs = dict(zip(model.output_names, model(*inputs)))
+    precision = os.environ.get("PANET_D2_PRECISION", "fp32")
+    if precision not in PRECISIONS:
+        sys.exit("ERROR: PANET_D2_PRECISION={!r}: one of {}".format(precision, PRECISIONS))
+    try:
+        model = OpenVinoModel(argv[0], precision)
+    except Exception as e:  # OpenVINO's frontends raise their own types
+        sys.exit("ERROR: cannot read the model {!r}: {}".format(argv[0], " ".join(str(e).split())))
+    inputs = _runner_inputs(model, argv[1], argv[2:])
+    try:
+        outputs = dict(zip(model.output_names, model(*inputs)))
+    except RuntimeError as e:  # OpenVINO's own checks, e.g. an image too small for the model
+        sys.exit("ERROR: the model cannot run this input: " + str(e).strip().splitlines()[-1])
     for name, out in outputs.items():
         print("{} {} {}".format(name, list(out.shape), out.dtype))
     if save:

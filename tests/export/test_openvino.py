@@ -304,3 +304,32 @@ def test_unregistered_calibration_dataset_refused_before_the_model(tool, tmp_pat
     line = error_exit(tool.cli, argv)
     assert "'panet_synth_trian' in --calibration-dataset is not registered" in line
     assert "Did you mean: 'panet_synth_train'" in line
+
+
+def test_torch_free_runner_refuses_bad_input_in_one_line(instance_fp32, tmp_path):
+    runner = load_script("tools/openvino_backend.py", "openvino_backend_runner")
+    xml = str(instance_fp32[2] / "model.xml")
+    good = tmp_path / "good.npy"
+    np.save(good, random_image(64, 96, 1).numpy())
+    files = {
+        "hwc": np.zeros((64, 96, 3), np.float32),  # channels last
+        "nan": np.full((3, 64, 96), np.nan, np.float32),
+        "objects": np.array([{"image": 1}], dtype=object),
+    }
+    for name, array in files.items():
+        np.save(tmp_path / name, array, allow_pickle=True)
+
+    def error(*argv):
+        with pytest.raises(SystemExit) as e:
+            runner.main(list(argv))
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    hwc, nan = str(tmp_path / "hwc.npy"), str(tmp_path / "nan.npy")
+    assert "is float32 (64, 96, 3): expected finite numbers of shape (3, H, W)" in error(xml, hwc)
+    assert "is float32 (3, 64, 96): expected finite numbers" in error(xml, nan)
+    assert "cannot read the image" in error(xml, str(tmp_path / "objects.npy"))
+    assert "cannot read the image" in error(xml, str(tmp_path / "missing.npy"))
+    assert "takes 1 input(s): the image only" in error(xml, str(good), "64", "96")
+    assert "cannot read the model" in error(str(tmp_path / "missing.xml"), str(good))
+    runner.main([xml, str(good)])  # the good image runs
