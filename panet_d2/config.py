@@ -160,6 +160,8 @@ class _CheckedConfigFile(CN):
         where = where or f"Config file {filename!r}"
         if os.path.realpath(filename) in (real for _, real in cls._chain):
             raise ConfigError(f"{where} inherits from itself through _BASE_.")
+        if os.path.isdir(filename):
+            raise ConfigError(f"{where} is a folder, not a file.")
         if not os.path.isfile(filename):
             hint = " (a _BASE_ is relative to the file that names it)" if base_of else ""
             raise ConfigError(f"{where} does not exist{hint}.")
@@ -231,7 +233,8 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
     Detectron2's defaults with PANet's keys. A :class:`ConfigError` names the file or options."""
     opts = list(opts or [])
     if not os.path.isfile(path):
-        raise ConfigError("Config file {!r} ({}) does not exist.".format(path, key))
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise ConfigError("Config file {!r} ({}) {}.".format(path, key, what))
     if lazy and path.endswith(".py"):
         try:
             with lazyconfig_files_as_data():

@@ -140,6 +140,16 @@ def test_bad_config_files(train_net, tmp_path):
         "The _BASE_ {!r} of config file {!r} does not exist (a _BASE_ is relative to the file "
         "that names it).".format(str(tmp_path / "sub" / "../Base-Missing.yaml"), str(child))
     )
+    folder = tmp_path / "configs"  # a folder given for a file, as the config or its _BASE_
+    folder.mkdir()
+    assert error(folder) == "Config file {!r} (--config-file) is a folder, not a file.".format(
+        str(folder)
+    )
+    child2 = tmp_path / "sub" / "child2.yaml"
+    child2.write_text('_BASE_: "../configs"\n')
+    assert error(child2) == "The _BASE_ {!r} of config file {!r} is a folder, not a file.".format(
+        str(tmp_path / "sub" / "../configs"), str(child2)
+    )
     # a base that exists but is empty: named as the base of which file
     (tmp_path / "Base-Missing.yaml").write_text("")
     base = str(tmp_path / "sub" / "../Base-Missing.yaml")
