@@ -189,6 +189,11 @@ def check_args(args):
         )
     if not args.precision.startswith("int8") and args.calibration_dataset is not None:
         raise ConfigError("--calibration-dataset calibrates --precision int8 or int8-bf16 only")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ConfigError(
+            "--output {!r} is a file: give a folder (the exported files are written into "
+            "it)".format(args.output)
+        )
     if args.calibration_count < 1:
         raise ConfigError(
             "--calibration-count {}: must be at least 1".format(args.calibration_count)

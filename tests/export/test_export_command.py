@@ -258,3 +258,15 @@ def test_lazyconfig_int8_calibrates_on_the_named_dataset(tool, tmp_path, dataset
     graph = onnx.load(os.path.join(out, "model.int8.onnx")).graph
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
     assert os.path.isfile(os.path.join(out, "model.xml"))
+
+
+def test_output_that_is_a_file_is_refused_before_loading(tool, tmp_path):
+    mine = tmp_path / "model.onnx"  # a file of the user's: kept as it is
+    mine.write_text("mine")
+    argv = ["--config-file", str(tmp_path / "missing.yaml"), "--format", "onnx"]
+    line = error_exit(tool.cli, argv + ["--output", str(mine)])
+    assert line == (
+        "ERROR: --output {!r} is a file: give a folder (the exported files are written into "
+        "it)".format(str(mine))
+    )
+    assert mine.read_text() == "mine"
