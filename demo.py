@@ -215,7 +215,15 @@ def output_files(paths, output):
     if len(paths) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1]:
         os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
         return [output if cv2.haveImageWriter(output) else output + ".png"]
-    os.makedirs(output, exist_ok=True)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise InputError(
+            "--output {!r} is a file: the pictures of {} inputs go into a folder (created if "
+            "missing).".format(output, len(paths))
+        )
+    try:
+        os.makedirs(output, exist_ok=True)
+    except OSError as e:
+        raise InputError("Cannot make the folder {!r} (--output): {}".format(output, e)) from None
     names = [os.path.basename(p if cv2.haveImageWriter(p) else p + ".png") for p in paths]
     names = [n if names.count(n) == 1 else "{}_{}".format(i, n) for i, n in enumerate(names)]
     return [os.path.join(output, n) for n in names]  # above: one name from two folders

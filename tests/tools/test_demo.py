@@ -350,6 +350,18 @@ def test_error_lines(demo, photos, tmp_path):
     msg = error_line(demo, "--input", str(broken), "--output", out)
     assert "Cannot read input image" in msg and "broken.jpg" in msg
     assert "Nothing to do" in error_line(demo, "--output", out)
+    mine = tmp_path / "mine.jpg"  # a file of the user's, given as the folder of two pictures
+    mine.write_bytes(b"mine")
+    msg = error_line(demo, "--input", image, os.path.join(folder, names[1]), "--output", str(mine))
+    assert (
+        msg == "ERROR: --output {!r} is a file: the pictures of 2 inputs go into a folder "
+        "(created if missing).".format(str(mine))
+    )
+    assert mine.read_bytes() == b"mine"
+    msg = error_line(demo, "--input", image, folder, "--output", str(mine / "sub"))
+    assert msg.startswith(
+        "ERROR: Cannot make the folder {!r} (--output): ".format(str(mine / "sub"))
+    )
 
 
 def test_weights_and_inputs_errors_issue_17(demo, photos, tmp_path, capsys):
