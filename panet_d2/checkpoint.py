@@ -345,7 +345,11 @@ def read_checkpoint(path):
                 "and containers only: re-save the state dicts of a file you trust (e.g. "
                 "torch.save({'model': model.state_dict()}, path))."
             ) from None
-        detail = " ".join(str(e).split()) or type(e).__name__
+        detail = str(e)
+        # torch's weights-only refusal of a file that is no pickle: its reason, not its advice
+        # to load the file with weights_only=False (which runs what a pickle holds)
+        reason = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", detail, re.S)
+        detail = " ".join((reason.group(1) if reason else detail).split()) or type(e).__name__
         detail = detail[:300] + " ..." if len(detail) > 300 else detail
         raise CheckpointError(
             f"Cannot read checkpoint {path!r}: {type(e).__name__}: {detail} (truncated or not a "
