@@ -56,7 +56,7 @@ from panet_d2 import PANetCheckpointer
 from panet_d2.config import load_config_file
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
-from panet_d2.engine.checks import check_registered
+from panet_d2.engine.checks import check_dataset, loading_dataset
 from panet_d2.errors import ConfigError
 
 import export_support as export  # noqa: E402  isort: skip  (tools/)
@@ -200,27 +200,41 @@ def check_args(args):
         )
 
 
+def calibration_dataset(cfg, args):
+    """``--calibration-dataset``, by default the config's first training dataset."""
+    if args.calibration_dataset is not None:
+        return args.calibration_dataset
+    if isinstance(cfg, CfgNode):
+        names = cfg.DATASETS.TRAIN
+    else:
+        names = cfg.dataloader.train.dataset.names
+        names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ConfigError(
+            "--precision {} calibrates on the config's first training dataset, and there is "
+            "none: give --calibration-dataset NAME".format(args.precision)
+        )
+    return names[0]
+
+
 def calibration_inputs(cfg, args, model):
     """The exported model's inputs (NumPy arrays) of the first ``--calibration-count`` images of
-    ``--calibration-dataset`` (default: the config's first training dataset), resized as the
-    test loader resizes."""
-    lazy = not isinstance(cfg, CfgNode)
-    if lazy:
-        name = args.calibration_dataset or cfg.dataloader.train.dataset.names
-        names = [name] if isinstance(name, str) else list(name)
-        loader_cfg = cfg.dataloader.test.copy()
-        loader_cfg.dataset.names = names[0]
-        loader = instantiate(loader_cfg)
-    else:
-        name = args.calibration_dataset or cfg.DATASETS.TRAIN[0]
-        loader = build_detection_test_loader(cfg, name)
+    :func:`calibration_dataset`, resized as the test loader resizes."""
+    name = calibration_dataset(cfg, args)
     out = []
-    for batch in loader:
-        d = batch[0]
-        inputs = export.sample_inputs(model, d["image"], d.get("height"), d.get("width"))
-        out.append(tuple(x.numpy() for x in inputs))
-        if len(out) == args.calibration_count:
-            break
+    with loading_dataset([name], "--calibration-dataset"):
+        if isinstance(cfg, CfgNode):
+            loader = build_detection_test_loader(cfg, name)
+        else:
+            loader_cfg = cfg.dataloader.test.copy()
+            loader_cfg.dataset.names = name
+            loader = instantiate(loader_cfg)
+        for batch in loader:
+            d = batch[0]
+            inputs = export.sample_inputs(model, d["image"], d.get("height"), d.get("width"))
+            out.append(tuple(x.numpy() for x in inputs))
+            if len(out) == args.calibration_count:
+                break
     logger.info("int8: {} calibration images of {}".format(len(out), name))
     return out
 
@@ -345,8 +359,8 @@ def main(argv=None):
     logger.info("Command line arguments: " + str(args))
     check_args(args)  # before any loading
     cfg = setup_cfg(args)
-    if args.calibration_dataset is not None:  # before the model and the export
-        check_registered(args.calibration_dataset, "--calibration-dataset")
+    if args.precision.startswith("int8"):  # before the model and the export
+        check_dataset(calibration_dataset(cfg, args), "--calibration-dataset")
 
     if isinstance(cfg, CfgNode):
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS

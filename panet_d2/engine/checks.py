@@ -57,6 +57,17 @@ def check_registered(name, key):
         )
 
 
+def check_dataset(name, key):
+    """Raises :class:`DatasetError` if dataset ``name`` (of config ``key``) is not registered or
+    a file or folder of its metadata (json_file, image_root, ...) does not exist."""
+    check_registered(name, key)
+    meta = MetadataCatalog.get(name)
+    for k in _PATH_KEYS:
+        path = meta.get(k, None)
+        if _local(path) and not os.path.exists(path):
+            raise DatasetError(f"The {k} {path!r} of dataset {name!r} ({key}) does not exist.")
+
+
 def check_files(dicts, name, key):
     """Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` naming the first
     missing image or PNG of the records ``dicts`` (of ``name``, config ``key``)."""
@@ -325,12 +336,7 @@ def check_inputs(cfg, train=True):
             raise DatasetError("DATASETS.TRAIN is empty: nothing to train on.")
         datasets = [(name, "DATASETS.TRAIN") for name in cfg.DATASETS.TRAIN] + datasets
     for name, key in datasets:
-        check_registered(name, key)
-        meta = MetadataCatalog.get(name)
-        for k in _PATH_KEYS:
-            path = meta.get(k, None)
-            if _local(path) and not os.path.exists(path):
-                raise DatasetError(f"The {k} {path!r} of dataset {name!r} ({key}) does not exist.")
+        check_dataset(name, key)
     for name in cfg.DATASETS.TEST:
         check_evaluator_type(name)
         with loading_dataset([name], "DATASETS.TEST"):

@@ -28,6 +28,8 @@ import numpy as np
 import pytest
 import torch
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
 from detectron2.modeling import build_model
 from detectron2.structures import pairwise_iou
 
@@ -295,15 +297,33 @@ def test_unsupported_combinations_refused_before_loading(tool, tmp_path, extra, 
     assert message in line and not os.listdir(tmp_path)
 
 
-def test_unregistered_calibration_dataset_refused_before_the_model(tool, tmp_path):
-    # a misspelt dataset is named (with the registered one it resembles) before the weights load
+def test_unusable_calibration_dataset_refused_before_the_model(tool, tmp_path):
+    # named before the weights (which do not exist) load: a misspelt dataset (with the registered
+    # one it resembles), one whose annotation file is missing, none given and none to train on
     argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--output", str(tmp_path)]
     argv += ["--format", "openvino", "--precision", "int8"]
-    argv += ["--calibration-dataset", "panet_synth_trian", "MODEL.DEVICE", "cpu"]
-    argv += ["MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
-    line = error_exit(tool.cli, argv)
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
+    line = error_exit(tool.cli, argv + ["--calibration-dataset", "panet_synth_trian"] + opts)
     assert "'panet_synth_trian' in --calibration-dataset is not registered" in line
     assert "Did you mean: 'panet_synth_train'" in line
+    json_file = str(tmp_path / "missing.json")
+    register_coco_instances("test_calibration_no_json", {}, json_file, str(tmp_path))
+    try:
+        line = error_exit(
+            tool.cli, argv + ["--calibration-dataset", "test_calibration_no_json"] + opts
+        )
+    finally:
+        DatasetCatalog.remove("test_calibration_no_json")
+        MetadataCatalog.remove("test_calibration_no_json")
+    assert line == (
+        "ERROR: The json_file {!r} of dataset 'test_calibration_no_json' (--calibration-dataset) "
+        "does not exist.".format(json_file)
+    )
+    line = error_exit(tool.cli, argv + opts + ["DATASETS.TRAIN", "()"])
+    assert line == (
+        "ERROR: --precision int8 calibrates on the config's first training dataset, and there is "
+        "none: give --calibration-dataset NAME"
+    )
 
 
 def test_torch_free_runner_refuses_bad_input_in_one_line(instance_fp32, tmp_path):
