@@ -361,6 +361,13 @@ def main(argv=None):
     cfg = setup_cfg(args)
     if args.precision.startswith("int8"):  # before the model and the export
         check_dataset(calibration_dataset(cfg, args), "--calibration-dataset")
+    if isinstance(cfg, CfgNode) and (args.run_eval or args.sample_image is None):
+        if not cfg.DATASETS.TEST:
+            what = "--run-eval evaluates on DATASETS.TEST[0]"
+            if not args.run_eval:
+                what = "the sample input is the first image of DATASETS.TEST[0] (or --sample-image)"
+            raise ConfigError("DATASETS.TEST is empty: " + what)
+        check_dataset(cfg.DATASETS.TEST[0], "DATASETS.TEST")
 
     if isinstance(cfg, CfgNode):
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS

@@ -270,3 +270,18 @@ def test_output_that_is_a_file_is_refused_before_loading(tool, tmp_path):
         "it)".format(str(mine))
     )
     assert mine.read_text() == "mine"
+
+
+def test_empty_test_datasets_refused_before_loading(tool, tmp_path):
+    # the sample input and --run-eval read DATASETS.TEST[0]; the weights (missing) load after
+    argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--format", "onnx"]
+    argv += ["--output", str(tmp_path / "out")]
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
+    opts += ["DATASETS.TEST", "()"]
+    assert error_exit(tool.cli, argv + ["--run-eval"] + opts) == (
+        "ERROR: DATASETS.TEST is empty: --run-eval evaluates on DATASETS.TEST[0]"
+    )
+    assert error_exit(tool.cli, argv + opts) == (
+        "ERROR: DATASETS.TEST is empty: the sample input is the first image of DATASETS.TEST[0] "
+        "(or --sample-image)"
+    )
