@@ -165,6 +165,23 @@ def check_config(cfg, train=True, world_size=None):
             "number of thing classes."
         )
     solver, world_size = cfg.SOLVER, world_size or comm.get_world_size()
+    counts = {"DATALOADER.NUM_WORKERS": (0, "loader processes; 0: none")}
+    counts["INPUT.MIN_SIZE_TEST"] = (0, "test images' short side; 0: not resized")
+    counts["INPUT.MAX_SIZE_TEST"] = (1, "test images' long side")
+    if train:
+        counts["SOLVER.MAX_ITER"] = (1, "training iterations")
+        counts["SOLVER.CHECKPOINT_PERIOD"] = (1, "iterations between checkpoints")
+        counts["TEST.EVAL_PERIOD"] = (0, "iterations between evaluations; 0: at the end")
+        counts["INPUT.MIN_SIZE_TRAIN"] = (1, "training images' short sides")
+        counts["INPUT.MAX_SIZE_TRAIN"] = (1, "training images' long side")
+    for key, (low, what) in counts.items():
+        value = cfg[key.split(".")[0]][key.split(".")[1]]
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not values or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < low for v in values
+        ):
+            kind = "integers" if isinstance(value, (list, tuple)) else "an integer"
+            raise ConfigError(f"{key}={value!r}: must be {kind} >= {low} ({what}).")
     if train:
         for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY"):
             if solver[k] < 0:

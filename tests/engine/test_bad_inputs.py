@@ -74,6 +74,11 @@ BAD_VALUES = [
     (["MODEL.ROI_HEADS.NUM_CLASSES", -3], "MODEL.ROI_HEADS.NUM_CLASSES=-3: must be a positive"),
     (["SOLVER.BASE_LR", -0.01], "SOLVER.BASE_LR=-0.01: must be 0 or positive."),
     (["SOLVER.STEPS", "(6,)"], r"SOLVER.STEPS=\(6,\): .* less than SOLVER.MAX_ITER=6."),
+    (["SOLVER.MAX_ITER", 0], r"SOLVER.MAX_ITER=0: must be an integer >= 1 \(training iterat"),
+    (["SOLVER.CHECKPOINT_PERIOD", 0], r"SOLVER.CHECKPOINT_PERIOD=0: must be an integer >= 1"),
+    (["INPUT.MIN_SIZE_TRAIN", "(0, 192)"], r"MIN_SIZE_TRAIN=\(0, 192\): must be integers >= 1"),
+    (["INPUT.MIN_SIZE_TEST", -1], r"INPUT.MIN_SIZE_TEST=-1: must be an integer >= 0 \(test"),
+    (["DATALOADER.NUM_WORKERS", -1], r"DATALOADER.NUM_WORKERS=-1: must be an integer >= 0"),
     (
         ["MODEL.ROI_HEADS.IN_FEATURES", "['p2', 'p4']"],
         r"MODEL.ROI_HEADS.IN_FEATURES=\['p2', 'p4'\]: RoI pooling \(and adaptive feature pooling\)"
@@ -94,7 +99,7 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     with pytest.raises(ConfigError, match=message):
         _main(train_net, tmp_path, *data, *opts)
     assert "Starting training" not in (tmp_path / "log.txt").read_text()
-    if not opts[0].startswith("SOLVER."):  # the model's keys: also with --eval-only
+    if not opts[0].startswith(("SOLVER.", "INPUT.MIN_SIZE_TRAIN")):  # also with --eval-only
         with pytest.raises(ConfigError, match=message):
             _main(train_net, tmp_path, *opts, eval_only=True, config=SMOKE)
 
