@@ -247,6 +247,11 @@ def run(args):
     video = args.video_input
     if not (args.input or video or args.webcam):
         raise InputError("Nothing to do: give --input, --video-input or --webcam.")
+    if not 0.0 <= args.confidence_threshold <= 1.0:  # NaN too
+        raise InputError(
+            "--confidence-threshold {}: must be a number in [0, 1] (the lowest instance score "
+            "shown).".format(args.confidence_threshold)
+        )
     if video and not args.input and not os.path.isfile(video):
         raise InputError("Video file {!r} (--video-input) does not exist.".format(video))
     if not args.output:

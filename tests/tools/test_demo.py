@@ -350,6 +350,12 @@ def test_error_lines(demo, photos, tmp_path):
     msg = error_line(demo, "--input", str(broken), "--output", out)
     assert "Cannot read input image" in msg and "broken.jpg" in msg
     assert "Nothing to do" in error_line(demo, "--output", out)
+    for bad in ("1.5", "-0.1", "nan"):  # the instance score threshold, also of instance models
+        msg = error_line(demo, "--input", image, "--output", out, "--confidence-threshold", bad)
+        assert (
+            msg == "ERROR: --confidence-threshold {}: must be a number in [0, 1] (the lowest "
+            "instance score shown).".format(float(bad))
+        )
     mine = tmp_path / "mine.jpg"  # a file of the user's, given as the folder of two pictures
     mine.write_bytes(b"mine")
     msg = error_line(demo, "--input", image, os.path.join(folder, names[1]), "--output", str(mine))
