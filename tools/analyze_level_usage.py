@@ -44,7 +44,7 @@ from detectron2.utils.logger import setup_logger
 from panet_d2 import PANetCheckpointer  # registers the models and datasets
 from panet_d2.config import load_config_file
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
-from panet_d2.engine.checks import check_registered
+from panet_d2.engine.checks import check_dataset
 from panet_d2.errors import ConfigError
 
 _TOOLS = os.path.dirname(os.path.abspath(__file__))
@@ -63,7 +63,7 @@ def parse_args(argv=None):
         "--output", help="folder of level_usage.json / .png (default: <OUTPUT_DIR>/level_usage)"
     )
     parser.add_argument(
-        "--num-images", type=int, default=0, help="count on the first N images (default: all)"
+        "--num-images", type=int, default=0, help="count on the first N images (default 0: all)"
     )
     parser.add_argument(
         "--ties", choices=TIE_RULES, default="split", help="how tied maxima are counted"
@@ -162,8 +162,16 @@ def main(args):
     dataset = args.dataset or (cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None)
     if not dataset:
         raise ConfigError("No dataset: give --dataset or set DATASETS.TEST.")
-    check_registered(dataset, "--dataset")
+    check_dataset(dataset, "--dataset")
+    if args.num_images < 0:
+        raise ConfigError(
+            "--num-images {}: must be 0 (every image) or positive".format(args.num_images)
+        )
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "level_usage")
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(
+            "--output {!r} is a file: give a folder (created if missing)".format(output)
+        )
 
     model = build_model(cfg)
     model.eval()
@@ -175,7 +183,7 @@ def main(args):
     PANetCheckpointer(model).load(cfg.MODEL.WEIGHTS)
 
     loader = build_detection_test_loader(cfg, dataset)
-    n = len(loader) if args.num_images <= 0 else min(args.num_images, len(loader))
+    n = len(loader) if args.num_images == 0 else min(args.num_images, len(loader))
     with usage, torch.no_grad():
         for inputs in tqdm(itertools.islice(loader, n), total=n, desc="images", unit="img"):
             model(inputs)

@@ -343,3 +343,18 @@ def test_level_usage_refuses_sum_fusion():
     cfg = panet_cfg(INSTANCE, opts=["MODEL.AFP.ENABLED", "False"])
     with pytest.raises(ValueError, match="AFP.ENABLED=True"):
         LevelUsage(build_model(cfg))
+
+
+def test_tool_refuses_bad_arguments_before_the_model(tool, tmp_path):
+    # the weights do not exist: each refusal comes before the model loads
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"mine")
+    argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "MODEL.DEVICE", "cpu"]
+    argv += ["MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
+    assert error_exit(tool.invoke_main, ["--num-images", "-3"] + argv) == (
+        "ERROR: --num-images -3: must be 0 (every image) or positive"
+    )
+    assert error_exit(tool.invoke_main, ["--output", str(mine)] + argv) == (
+        "ERROR: --output {!r} is a file: give a folder (created if missing)".format(str(mine))
+    )
+    assert mine.read_bytes() == b"mine"
