@@ -243,6 +243,11 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
             raise
         except Exception as e:  # omegaconf, hydra, the file's syntax error
             raise config_error(path, e) from None
+    if path.endswith(".py"):  # lazy=False: a command of yacs configs only
+        raise ConfigError(
+            f"Config file {path!r} ({key}) is a LazyConfig (.py): this command reads yacs .yaml "
+            "configs (tools/lazyconfig_train_net.py trains LazyConfig files)."
+        )
     _CheckedConfigFile.load_yaml_with_base(path)
     cfg = add_panet_config(get_cfg())
     where = "Config file {!r}".format(path)
