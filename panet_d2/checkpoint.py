@@ -347,7 +347,7 @@ def read_checkpoint(path):
             ) from None
         detail = str(e)
         # torch's weights-only refusal of a file that is no pickle: its reason, not its advice
-        # to load the file with weights_only=False (which runs what a pickle holds)
+        # to load the file with weights-only loading off (which runs what a pickle holds)
         reason = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", detail, re.S)
         detail = " ".join((reason.group(1) if reason else detail).split()) or type(e).__name__
         detail = detail[:300] + " ..." if len(detail) > 300 else detail
