@@ -42,6 +42,7 @@ from panet_d2.config import load_config_file
 from panet_d2.data import PanopticLabelSpace
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
+from panet_d2.engine.checks import check_output_dir
 from panet_d2.errors import CheckpointError, ImageLoadError, InputError
 
 logger = logging.getLogger("panet_d2.demo")
@@ -215,15 +216,7 @@ def output_files(paths, output):
     if len(paths) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1]:
         os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
         return [output if cv2.haveImageWriter(output) else output + ".png"]
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise InputError(
-            "--output {!r} is a file: the pictures of {} inputs go into a folder (created if "
-            "missing).".format(output, len(paths))
-        )
-    try:
-        os.makedirs(output, exist_ok=True)
-    except OSError as e:
-        raise InputError("Cannot make the folder {!r} (--output): {}".format(output, e)) from None
+    check_output_dir(output, "--output")  # several pictures, or a name without a suffix
     names = [os.path.basename(p if cv2.haveImageWriter(p) else p + ".png") for p in paths]
     names = [n if names.count(n) == 1 else "{}_{}".format(i, n) for i, n in enumerate(names)]
     return [os.path.join(output, n) for n in names]  # above: one name from two folders

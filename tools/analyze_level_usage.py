@@ -44,7 +44,7 @@ from detectron2.utils.logger import setup_logger
 from panet_d2 import PANetCheckpointer  # registers the models and datasets
 from panet_d2.config import load_config_file
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
-from panet_d2.engine.checks import check_dataset
+from panet_d2.engine.checks import check_dataset, check_output_dir
 from panet_d2.errors import ConfigError
 
 _TOOLS = os.path.dirname(os.path.abspath(__file__))
@@ -168,10 +168,7 @@ def main(args):
             "--num-images {}: must be 0 (every image) or positive".format(args.num_images)
         )
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "level_usage")
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise ConfigError(
-            "--output {!r} is a file: give a folder (created if missing)".format(output)
-        )
+    check_output_dir(output, "--output" if args.output else "OUTPUT_DIR")
 
     model = build_model(cfg)
     model.eval()

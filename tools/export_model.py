@@ -56,7 +56,7 @@ from panet_d2 import PANetCheckpointer
 from panet_d2.config import load_config_file
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
-from panet_d2.engine.checks import check_dataset, loading_dataset
+from panet_d2.engine.checks import check_dataset, check_output_dir, loading_dataset
 from panet_d2.errors import ConfigError
 
 import export_support as export  # noqa: E402  isort: skip  (tools/)
@@ -189,15 +189,11 @@ def check_args(args):
         )
     if not args.precision.startswith("int8") and args.calibration_dataset is not None:
         raise ConfigError("--calibration-dataset calibrates --precision int8 or int8-bf16 only")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ConfigError(
-            "--output {!r} is a file: give a folder (the exported files are written into "
-            "it)".format(args.output)
-        )
     if args.calibration_count < 1:
         raise ConfigError(
             "--calibration-count {}: must be at least 1".format(args.calibration_count)
         )
+    check_output_dir(args.output, "--output")
 
 
 def calibration_dataset(cfg, args):

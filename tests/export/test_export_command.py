@@ -265,9 +265,8 @@ def test_output_that_is_a_file_is_refused_before_loading(tool, tmp_path):
     mine.write_text("mine")
     argv = ["--config-file", str(tmp_path / "missing.yaml"), "--format", "onnx"]
     line = error_exit(tool.cli, argv + ["--output", str(mine)])
-    assert line == (
-        "ERROR: --output {!r} is a file: give a folder (the exported files are written into "
-        "it)".format(str(mine))
+    assert line == "ERROR: --output={!r} is a file: give a folder (created if missing).".format(
+        str(mine)
     )
     assert mine.read_text() == "mine"
 

@@ -355,6 +355,6 @@ def test_tool_refuses_bad_arguments_before_the_model(tool, tmp_path):
         "ERROR: --num-images -3: must be 0 (every image) or positive"
     )
     assert error_exit(tool.invoke_main, ["--output", str(mine)] + argv) == (
-        "ERROR: --output {!r} is a file: give a folder (created if missing)".format(str(mine))
+        "ERROR: --output={!r} is a file: give a folder (created if missing).".format(str(mine))
     )
     assert mine.read_bytes() == b"mine"

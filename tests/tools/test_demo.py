@@ -359,15 +359,12 @@ def test_error_lines(demo, photos, tmp_path):
     mine = tmp_path / "mine.jpg"  # a file of the user's, given as the folder of two pictures
     mine.write_bytes(b"mine")
     msg = error_line(demo, "--input", image, os.path.join(folder, names[1]), "--output", str(mine))
-    assert (
-        msg == "ERROR: --output {!r} is a file: the pictures of 2 inputs go into a folder "
-        "(created if missing).".format(str(mine))
+    assert msg == "ERROR: --output={!r} is a file: give a folder (created if missing).".format(
+        str(mine)
     )
     assert mine.read_bytes() == b"mine"
     msg = error_line(demo, "--input", image, folder, "--output", str(mine / "sub"))
-    assert msg.startswith(
-        "ERROR: Cannot make the folder {!r} (--output): ".format(str(mine / "sub"))
-    )
+    assert msg.startswith("ERROR: --output={!r} cannot be created: ".format(str(mine / "sub")))
 
 
 def test_weights_and_inputs_errors_issue_17(demo, photos, tmp_path, capsys):
