@@ -31,6 +31,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
+
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -39,8 +42,13 @@ from detectron2.structures import Boxes, BoxMode, pairwise_iou  # noqa: E402
 from panet_d2.checkpoint import PANetCheckpointer  # noqa: E402
 from panet_d2.config import load_config_file  # noqa: E402
 from panet_d2.data import register_synthetic_dataset  # noqa: E402
-from panet_d2.engine import PANetTrainer  # noqa: E402
+from panet_d2.engine import PANetTrainer, one_line_errors  # noqa: E402
+from panet_d2.engine.checks import check_output_dir  # noqa: E402
+from panet_d2.errors import ConfigError  # noqa: E402
 from panet_d2.evaluation import build_evaluator  # noqa: E402
+
+import export_model  # noqa: E402  isort: skip  (tools/)
+from openvino_backend import PRECISIONS  # noqa: E402  isort: skip  (tools/, torch-free)
 
 # metric: (task, key, the gate: largest difference to float32 eager, None: reported only)
 METRICS = {
@@ -69,11 +77,17 @@ def get_parser():
     parser.add_argument("--weights", required=True, help="the trained checkpoint")
     parser.add_argument("--num-images", type=int, default=0, help="0: DATASETS.TEST[0]")
     parser.add_argument("--seed", type=int, default=99, help="of the generated held-out split")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16", "int8", "int8-bf16"])
+    parser.add_argument(
+        "--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS)
+    )
     parser.add_argument("--no-eager-bf16", action="store_true")
     parser.add_argument("--calibration-count", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", default=None, help="default: a temporary directory")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="keep the exports here (default: a temporary directory, removed)",
+    )
     return parser
 
 
@@ -140,10 +154,30 @@ def row(name, metrics, reference, matches):
     return "| " + " | ".join(cells) + " |"
 
 
+def check_args(args):
+    """Refuse bad counts before the eager evaluation (minutes to hours)."""
+    for flag, value, least in (
+        ("--num-images", args.num_images, 0),
+        ("--calibration-count", args.calibration_count, 1),
+        ("--threads", args.threads, 1),
+    ):
+        if value < least:
+            raise ConfigError("{} {}: must be at least {}".format(flag, value, least))
+    if args.output is not None:
+        check_output_dir(args.output, "--output")
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    check_args(args)
+    if args.output is not None:
+        return gate(args, args.output)
+    with tempfile.TemporaryDirectory(prefix="accuracy_gate_") as output:
+        return gate(args, output)
+
+
+def gate(args, output):
     torch.set_num_threads(args.threads)
-    output = args.output or tempfile.mkdtemp(prefix="accuracy_gate_")
     opts = ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0"]
     if args.num_images:
         prefix = "panet_gate_n{}_s{}".format(args.num_images, args.seed)
@@ -152,9 +186,6 @@ def main(argv=None):
         opts += ["DATASETS.TEST", "('{}_val_panoptic',)".format(prefix)]
     cfg = load_config_file(args.config_file, opts)
     cfg.freeze()
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    import export_model
-
     dirs = [os.path.join(output, "eager_fp32")]
     results = [("eager fp32", eager_metrics(cfg, args.weights, False, dirs[0]))]
     if not args.no_eager_bf16:
@@ -184,4 +215,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors():
+        main()

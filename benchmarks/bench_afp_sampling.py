@@ -25,6 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 from benchmarks.bench_model import fixed_proposals  # noqa: E402
 from panet_d2.modeling import AdaptiveFeaturePooler  # noqa: E402

@@ -50,6 +50,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402

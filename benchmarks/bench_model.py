@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 from fvcore.nn import FlopCountAnalysis as FvcoreFlopCountAnalysis  # noqa: E402
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 from detectron2.modeling.meta_arch.panoptic_fpn import (  # noqa: E402
     combine_semantic_and_instance_outputs as d2_combine,

@@ -638,54 +638,54 @@ def run_end_to_end(config, model_builder, release, root, variant, images, settin
     weights = release_random_weights(key_shapes(model))
     model.load_state_dict(weights, strict=True)
     blob_utils = importlib.import_module("utils.blob")
-    tmp = tempfile.mkdtemp()
-    ckpt = os.path.join(tmp, "converted.pth")
-    torch.save({"model": converter.convert_release_state_dict(weights, variant)}, ckpt)
-    results = {}
-    for path in images:
-        im = cv2_imread(os.path.join(root, path))
-        rel, rel_props = release_test_path(model, cfg, im)
-        rel["masks"] = np.array([mask_util.decode(m).astype(bool) for m in rel.pop("rles")])
-        results[path] = {}
-        for name, opts in settings.items():
-            d2cfg = load_config_file(
-                os.path.join(root, "configs", converter.RELEASE_CONFIGS[variant]),
-                ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ckpt] + list(opts.get("opts", [])),
-            )
-            predictor = DefaultPredictor(d2cfg)
-            props = {}
-            hook = predictor.model.proposal_generator.register_forward_hook(
-                lambda m, i, o: props.update(boxes=o[0][0].proposal_boxes.tensor.numpy().copy())
-            )
-            if opts.get("padded_clip"):
-                _clip_proposals_to_padded_size(predictor)
-            with _InclusiveRois() if opts.get("inclusive_rois") else contextlib.nullcontext():
-                if opts.get("release_resize"):
-                    resized, _ = blob_utils.prep_im_for_blob(
-                        im, np.zeros((1, 1, 3)), [cfg.TEST.SCALE], cfg.TEST.MAX_SIZE
-                    )
-                    inputs = {
-                        "image": torch.as_tensor(resized[0].transpose(2, 0, 1).copy()),
-                        "height": im.shape[0],
-                        "width": im.shape[1],
-                    }
-                    with torch.no_grad():
-                        inst = predictor.model([inputs])[0]["instances"].to("cpu")
-                else:
-                    image = im.astype(np.float32) if opts.get("float_image") else im
-                    inst = predictor(image)["instances"].to("cpu")
-            hook.remove()
-            ours = {
-                "boxes": inst.pred_boxes.tensor.numpy(),
-                "scores": inst.scores.numpy(),
-                "classes": inst.pred_classes.numpy(),
-            }
-            if inst.has("pred_masks"):
-                ours["masks"] = inst.pred_masks.numpy()
-            st = _compare(rel, ours, bool(cfg.MODEL.MASK_ON))
-            st.update(_proposal_agreement(rel_props, props.get("boxes", np.zeros((0, 4)))))
-            results[path][name] = st
-            print(variant, path, name, json.dumps(st))
+    with tempfile.TemporaryDirectory() as tmp:  # the converted checkpoint, removed after
+        ckpt = os.path.join(tmp, "converted.pth")
+        torch.save({"model": converter.convert_release_state_dict(weights, variant)}, ckpt)
+        results = {}
+        for path in images:
+            im = cv2_imread(os.path.join(root, path))
+            rel, rel_props = release_test_path(model, cfg, im)
+            rel["masks"] = np.array([mask_util.decode(m).astype(bool) for m in rel.pop("rles")])
+            results[path] = {}
+            for name, opts in settings.items():
+                d2cfg = load_config_file(
+                    os.path.join(root, "configs", converter.RELEASE_CONFIGS[variant]),
+                    ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ckpt] + list(opts.get("opts", [])),
+                )
+                predictor = DefaultPredictor(d2cfg)
+                props = {}
+                hook = predictor.model.proposal_generator.register_forward_hook(
+                    lambda m, i, o: props.update(boxes=o[0][0].proposal_boxes.tensor.numpy().copy())
+                )
+                if opts.get("padded_clip"):
+                    _clip_proposals_to_padded_size(predictor)
+                with _InclusiveRois() if opts.get("inclusive_rois") else contextlib.nullcontext():
+                    if opts.get("release_resize"):
+                        resized, _ = blob_utils.prep_im_for_blob(
+                            im, np.zeros((1, 1, 3)), [cfg.TEST.SCALE], cfg.TEST.MAX_SIZE
+                        )
+                        inputs = {
+                            "image": torch.as_tensor(resized[0].transpose(2, 0, 1).copy()),
+                            "height": im.shape[0],
+                            "width": im.shape[1],
+                        }
+                        with torch.no_grad():
+                            inst = predictor.model([inputs])[0]["instances"].to("cpu")
+                    else:
+                        image = im.astype(np.float32) if opts.get("float_image") else im
+                        inst = predictor(image)["instances"].to("cpu")
+                hook.remove()
+                ours = {
+                    "boxes": inst.pred_boxes.tensor.numpy(),
+                    "scores": inst.scores.numpy(),
+                    "classes": inst.pred_classes.numpy(),
+                }
+                if inst.has("pred_masks"):
+                    ours["masks"] = inst.pred_masks.numpy()
+                st = _compare(rel, ours, bool(cfg.MODEL.MASK_ON))
+                st.update(_proposal_agreement(rel_props, props.get("boxes", np.zeros((0, 4)))))
+                results[path][name] = st
+                print(variant, path, name, json.dumps(st))
     return results
 
 
