@@ -258,6 +258,8 @@ def run(args):
         try:
             image, start = read_bgr(path), time.time()
         except ImageLoadError as e:  # reported, and the others are shown
+            if len(paths) == 1:
+                raise
             print("ERROR: " + " ".join(str(e).split()), file=sys.stderr)
             failed.append(" ".join(str(e).split()))
             continue

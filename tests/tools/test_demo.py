@@ -401,6 +401,10 @@ def test_weights_and_inputs_errors_issue_17(demo, photos, tmp_path, capsys):
     assert printed[-1] == msg  # the last line: the summary (exit code 2)
     assert len(printed) == 2 and printed[0].startswith("ERROR: Cannot read input image")
     assert sorted(os.listdir(out)) == sorted(names[:2])  # the readable ones, after the broken one
+    # one input that cannot be read: its own line, once (no summary of "1 of 1")
+    msg = error_line(demo, "--input", str(mixed / "a_broken.jpg"), "--output", out)
+    assert msg.startswith("ERROR: Cannot read input image {!r}".format(str(mixed / "a_broken.jpg")))
+    assert sum("a_broken.jpg" in line for line in capsys.readouterr().err.splitlines()) == 1
 
 
 def test_exit_codes_as_documented(demo, tmp_path):
