@@ -21,6 +21,8 @@ FF_START_LAYERS = (2, 3, 4)
 FF_FUSE_TYPES = ("sum", "max", "product")
 FF_FC_INITS = ("xavier", "normal")
 MASK_PREDICTOR_INITS = ("normal", "msra")
+AFP_POOLER_TYPES = ("ROIAlignV2", "ROIAlign", "ROIPool")  # Detectron2's, less the rotated one
+AFP_MAX_SAMPLING_RATIO = 16  # MODEL.AFP.POOLER_SAMPLING_RATIO: 0 (adaptive) to this
 # Options that switch every PANet component off: Detectron2's Mask R-CNN
 MASK_RCNN_OPTS = ("MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone")
 MASK_RCNN_OPTS += ("MODEL.AFP.ENABLED", False, "MODEL.FF.ENABLED", False)

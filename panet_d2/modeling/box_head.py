@@ -11,7 +11,7 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY, FastRCNNConvFCHead
 
 from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES
-from ..errors import check_choice, check_norm
+from ..errors import ConfigError, check_choice, check_norm
 from .layers import AFPConv2d, AFPLinear, fuse_levels
 
 
@@ -46,6 +46,11 @@ class PANetConvFCHead(FastRCNNConvFCHead):
     ):
         """As :class:`FastRCNNConvFCHead` (``input_shape``: one level's grid), plus ``fc_norm`` (a
         norm after every fc), ``num_levels`` (L, 1 without AFP) and MODEL.AFP's fusion."""
+        if not conv_dims and not fc_dims:  # Detectron2's head asserts it, without a message
+            raise ConfigError(
+                "MODEL.ROI_BOX_HEAD.NUM_CONV=0 and NUM_FC=0: the box head needs at least one "
+                "layer (PANet: NUM_FC 2; its heavier head: NUM_CONV 4, NUM_FC 1)."
+            )
         super().__init__(input_shape, conv_dims=conv_dims, fc_dims=fc_dims, conv_norm=conv_norm)
         check_choice("MODEL.AFP.BOX_FUSE_POSITION", fuse_position, AFP_FUSE_POSITIONS)
         check_norm("MODEL.ROI_BOX_HEAD.FC_NORM", fc_norm)

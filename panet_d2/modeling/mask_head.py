@@ -70,8 +70,16 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         self.ff_start_layer = ff_start_layer if ff_enabled else 0
         self.fc_fusion = None
         if ff_enabled:
-            allowed = tuple(k for k in FF_START_LAYERS if k <= num_conv)
-            check_choice("MODEL.FF.START_LAYER", ff_start_layer, allowed)
+            check_choice("MODEL.FF.START_LAYER", ff_start_layer, FF_START_LAYERS)
+            if ff_start_layer > num_conv:
+                fits = [k for k in FF_START_LAYERS if k <= num_conv]
+                other = f"MODEL.FF.START_LAYER {fits[-1]}, " if fits else ""
+                raise ConfigError(
+                    f"MODEL.FF.START_LAYER={ff_start_layer} starts the fully-connected fusion "
+                    f"after conv{ff_start_layer}, and the mask head has "
+                    f"MODEL.ROI_MASK_HEAD.NUM_CONV={num_conv}: give at least {ff_start_layer} "
+                    f"convs, {other}or MODEL.FF.ENABLED False."
+                )
             H, W = input_shape.height, input_shape.width
             self.fc_fusion = FullyConnectedFusion(
                 ShapeSpec(channels=conv_dims[ff_start_layer - 1], height=H, width=W),

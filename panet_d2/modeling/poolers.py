@@ -10,6 +10,10 @@ from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 
+# More taps than this (12 bytes each: ~400 MB) are pooled by torchvision per level instead (same
+# values, memory per sample not per tap): e.g. sampling ratio 8 on 1000 RoIs of 7 x 7 bins.
+MAX_TAPS = 2**25
+
 
 def _bilinear_taps(coord: Tensor, size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """torchvision's RoIAlign bilinear taps along one axis: low, high indices and their weights."""
@@ -107,16 +111,22 @@ class AdaptiveFeaturePooler(ROIPooler):
         self._output_size = tuple(self.output_size)
         self._sampling_ratio = int(getattr(self.level_poolers[0], "sampling_ratio", 0))
         self._aligned = bool(getattr(self.level_poolers[0], "aligned", False))
+        self.max_taps = MAX_TAPS
 
     def forward(self, x: List[Tensor], box_lists: List[Boxes]):
         """L maps (N, C, Hl, Wl), N box lists -> (M, L, C, Ph, Pw): box m of level l at [m, l]."""
         rois = convert_boxes_to_pooler_format(box_lists)
-        if self._use_multilevel_roi_align(x):
+        if self._use_multilevel_roi_align(x) and self._taps(len(x), rois.shape[0]) <= self.max_taps:
             return multilevel_roi_align(
                 x, rois, self._scales, self._output_size, self._sampling_ratio, self._aligned
             )
         grids = [pooler(x[level], rois) for level, pooler in enumerate(self.level_poolers)]
         return torch.stack(grids, dim=1)
+
+    def _taps(self, levels: int, boxes: int) -> int:
+        """The batched op's bilinear taps (an int64 index and a weight each)."""
+        s, (ph, pw) = self._sampling_ratio, self._output_size
+        return levels * boxes * ph * pw * s * s * 4
 
     def _use_multilevel_roi_align(self, x: List[Tensor]) -> bool:
         """On CPU, not in ONNX export, if it computes the level poolers (docs/deployment.md)."""

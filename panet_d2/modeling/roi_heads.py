@@ -4,7 +4,8 @@ import torch
 
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 
-from ..errors import ConfigError, check_in_features
+from ..config import AFP_MAX_SAMPLING_RATIO, AFP_POOLER_TYPES
+from ..errors import ConfigError, check_choice, check_in_features
 from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers
 from .mask_head import PANetMaskHead
@@ -28,10 +29,11 @@ class PANetROIHeads(StandardROIHeads):
         if not cfg.MODEL.AFP.ENABLED:
             return super().from_config(cfg, input_shape)
         ratio = cfg.MODEL.AFP.POOLER_SAMPLING_RATIO
-        if not isinstance(ratio, int) or ratio < 0:
+        if not isinstance(ratio, int) or not 0 <= ratio <= AFP_MAX_SAMPLING_RATIO:
             raise ConfigError(
                 f"Invalid config value MODEL.AFP.POOLER_SAMPLING_RATIO={ratio!r}; allowed: 0 "
-                "(adaptive) or a positive number of samples per bin side (authors' release: 2)."
+                f"(adaptive) or 1 to {AFP_MAX_SAMPLING_RATIO} samples per bin side (authors' "
+                "release: 2; each bin costs ratio^2 samples from every level)."
             )
         if len(in_features) < 2:
             raise ConfigError(
@@ -61,7 +63,7 @@ class PANetROIHeads(StandardROIHeads):
         predictor.load_state_dict(ret["box_predictor"].state_dict())
         ret["box_predictor"] = predictor
         if cfg.MODEL.AFP.ENABLED:
-            ret["box_pooler"] = cls._all_level_pooler(cfg.MODEL.ROI_BOX_HEAD, cfg, input_shape)
+            ret["box_pooler"] = cls._all_level_pooler("ROI_BOX_HEAD", cfg, input_shape)
         return ret
 
     @classmethod
@@ -75,11 +77,15 @@ class PANetROIHeads(StandardROIHeads):
                 "'normal'.".format(init, cfg.MODEL.ROI_MASK_HEAD.NAME)
             )
         if cfg.MODEL.AFP.ENABLED and ret.get("mask_pooler") is not None:
-            ret["mask_pooler"] = cls._all_level_pooler(cfg.MODEL.ROI_MASK_HEAD, cfg, input_shape)
+            ret["mask_pooler"] = cls._all_level_pooler("ROI_MASK_HEAD", cfg, input_shape)
         return ret
 
     @staticmethod
-    def _all_level_pooler(head_cfg, cfg, input_shape):
+    def _all_level_pooler(head, cfg, input_shape):
+        """The AFP pooler of ``cfg.MODEL[head]`` (axis-aligned boxes: no rotated RoIAlign)."""
+        head_cfg = cfg.MODEL[head]
+        key = "MODEL.{}.POOLER_TYPE".format(head)
+        check_choice(key, head_cfg.POOLER_TYPE, AFP_POOLER_TYPES)
         return AdaptiveFeaturePooler(
             output_size=head_cfg.POOLER_RESOLUTION,
             scales=tuple(1.0 / input_shape[k].stride for k in cfg.MODEL.ROI_HEADS.IN_FEATURES),

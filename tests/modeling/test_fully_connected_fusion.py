@@ -116,3 +116,19 @@ def test_bad_values(kwargs, key):
     with pytest.raises(ValueError) as e:
         _head(**kwargs)
     assert key in str(e.value) and repr(list(kwargs.values())[0]) in str(e.value)
+
+
+@pytest.mark.parametrize("num_conv,start,hint", [(2, 3, "MODEL.FF.START_LAYER 2, "), (1, 2, "")])
+def test_start_layer_beyond_the_mask_heads_convs(num_conv, start, hint):
+    # the fc path branches off after conv<START_LAYER>: a head of fewer convs has none to branch
+    with pytest.raises(ValueError) as e:
+        PANetMaskHead(
+            SHAPE,
+            num_classes=5,
+            conv_dims=[256] * (num_conv + 1),
+            ff_enabled=True,
+            ff_start_layer=start,
+        )
+    msg = str(e.value)
+    assert f"MODEL.FF.START_LAYER={start}" in msg and f"NUM_CONV={num_conv}" in msg
+    assert msg.endswith(f"give at least {start} convs, {hint}or MODEL.FF.ENABLED False.")

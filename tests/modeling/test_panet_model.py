@@ -264,6 +264,12 @@ class _Unpicklable:
         (["MODEL.FF.START_LAYER", 1], "MODEL.FF.START_LAYER", 1),
         (["MODEL.FF.FC_INIT", "zeros"], "MODEL.FF.FC_INIT", "zeros"),
         (["MODEL.AFP.POOLER_SAMPLING_RATIO", -1], "MODEL.AFP.POOLER_SAMPLING_RATIO", -1),
+        (["MODEL.AFP.POOLER_SAMPLING_RATIO", 17], "MODEL.AFP.POOLER_SAMPLING_RATIO", 17),
+        (
+            ["MODEL.ROI_MASK_HEAD.POOLER_TYPE", "ROIAlignRotated"],
+            "MODEL.ROI_MASK_HEAD.POOLER_TYPE",
+            "ROIAlignRotated",
+        ),
         (["MODEL.FF.FUSE_TYPE", "concat"], "MODEL.FF.FUSE_TYPE", "concat"),
         (["MODEL.ROI_BOX_HEAD.FC_NORM", "IN"], "MODEL.ROI_BOX_HEAD.FC_NORM", "IN"),
         (["MODEL.PAFPN.NORM", "batchnorm"], "MODEL.PAFPN.NORM", "batchnorm"),
@@ -274,6 +280,12 @@ def test_bad_config_values(opts, key, value):
         _panet(opts)
     msg = str(e.value)
     assert key in msg and repr(value) in msg and "allowed" in msg
+
+
+def test_box_head_without_layers():
+    # Detectron2's FastRCNNConvFCHead asserts it with no message
+    with pytest.raises(ValueError, match="NUM_CONV=0 and NUM_FC=0: the box head needs at least"):
+        _panet(["MODEL.ROI_BOX_HEAD.NUM_FC", 0])
 
 
 def test_afp_needs_pyramid_levels():

@@ -163,6 +163,25 @@ def test_pooler_pools_all_levels_at_once_eager_scripted_and_traced_on_cpu(monkey
     assert traced(*x2, b2[:0]).shape == (0, 4, 8, 7, 7)
 
 
+def test_pooler_bounds_the_batched_ops_memory(monkeypatch):
+    # the batched op holds every bilinear tap: 4 levels x 4 boxes x 7 x 7 bins x 2 x 2 samples x 4
+    # taps = 12544; above max_taps (memory) torchvision's op on each level pools, same values
+    afp = AdaptiveFeaturePooler(7, SCALES, sampling_ratio=2, pooler_type="ROIAlignV2")
+    calls = []
+    for p in afp.level_poolers:
+        orig = p.forward
+        monkeypatch.setattr(p, "forward", lambda f, b, orig=orig: calls.append(1) or orig(f, b))
+    x, boxes = _features(), _boxes()
+    ref = torch.stack(
+        [ROIPooler(7, (s,), 2, "ROIAlignV2")([f], boxes) for f, s in zip(x, SCALES)], dim=1
+    )
+    for bound, per_level in ((4 * 4 * 49 * 2 * 2 * 4, []), (4 * 4 * 49 * 2 * 2 * 4 - 1, [1] * 4)):
+        afp.max_taps = bound
+        calls.clear()
+        torch.testing.assert_close(afp(x, boxes), ref)
+        assert calls == per_level
+
+
 def test_pooler_exports_roialign_per_level_to_onnx(tmp_path):
     # ONNX export records embedding_bag as a Loop over the output bins: the pooler exports ONNX's
     # RoiAlign on each level instead (module docstring).
