@@ -48,6 +48,8 @@ datasets registered). For this process only:
 * ``analyze_model --tasks activation`` traces the model with the non-tensor outputs left out, as
   its ``--tasks flop`` does (Detectron2's ``activation_count_operators`` traces it with
   ``TracingAdapter(allow_non_tensor=False)``, which a panoptic model's ``segments_info`` stops);
+* ``analyze_model --num-inputs`` below 2 with ``--tasks activation`` (below 1 with ``flop``) is
+  refused in one line (Detectron2 0.6 divides the activation counts by the inputs minus one);
 * torch's ``FutureWarning`` "``torch.jit.script`` is deprecated", which Detectron2's tracing
   (``analyze_model``'s counts, ``deploy/export_model``) gives for each ``@script_if_tracing``
   helper it scripts, is not shown.
@@ -193,6 +195,32 @@ def _demo_output_folder(script, args):
     yield
 
 
+def _check_analyze_model_counts(script, args):
+    """Detectron2 0.6's analyze_model averages the activation counts over ``--num-inputs`` minus
+    one (a ZeroDivisionError after the count for 1) and names an undefined variable for 0: refused
+    before the model is built."""
+    if os.path.basename(script) != "analyze_model.py":
+        return
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--tasks", nargs="+", default=[])
+    parser.add_argument("-n", "--num-inputs", type=int, default=100)
+    try:
+        known, _ = parser.parse_known_args(args)
+    except SystemExit:  # malformed: analyze_model's own parser says how
+        return
+    for task, least, why in (
+        ("activation", 2, "divides its activation counts by the number of inputs minus one"),
+        ("flop", 1, "counts FLOPs on the inputs"),
+    ):
+        if task in known.tasks and known.num_inputs < least:
+            from panet_d2.errors import InputError
+
+            raise InputError(
+                "analyze_model --num-inputs {}: --tasks {} needs at least {} (Detectron2 0.6's "
+                "analyze_model {}).".format(known.num_inputs, task, least, why)
+            )
+
+
 @contextlib.contextmanager
 def _activation_count_traces_non_tensor_outputs():
     """
@@ -324,6 +352,7 @@ def run_tool(script, args, run_name="__main__"):
     Returns:
         dict: the globals of the script after it ran.
     """
+    _check_analyze_model_counts(script, args)
     argv, path = sys.argv, list(sys.path)
     sys.argv = [script] + list(args)
     sys.path.insert(0, os.path.dirname(script))  # as `python3 script`: e.g. demo's predictor.py

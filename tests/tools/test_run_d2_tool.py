@@ -170,6 +170,25 @@ def test_analyze_model_activations_of_the_panoptic_model(entry, datasets, logs):
     assert float(totals[0]) * 1e6 > cfg.MODEL.FPN.OUT_CHANNELS * side * side
 
 
+@pytest.mark.parametrize(
+    "tasks,n,least",
+    [(["activation"], "1", 2), (["flop", "parameter"], "0", 1), (["flop"], "-3", 1)],
+)
+def test_analyze_model_counts_of_too_few_inputs(entry, monkeypatch, tasks, n, least):
+    """Detectron2 0.6's analyze_model averages activations over n - 1 inputs (1: a
+    ZeroDivisionError after the count) and names an undefined variable with no input: refused
+    before the model is built."""
+    _require("analyze_model")
+    monkeypatch.setattr(entry, "panet_d2_environment", None)  # not reached
+    argv = ["analyze_model", "--tasks", *tasks, "--num-inputs", n, "--config-file", "x.yaml"]
+    msg = error_exit(entry.main, argv)
+    assert msg.startswith(
+        "ERROR: analyze_model --num-inputs {}: --tasks {} needs at least {} ".format(
+            n, tasks[0], least
+        )
+    ), msg
+
+
 def test_list_says_where_the_tools_were_found(entry, capsys):
     entry.main(["--list"])
     lines = capsys.readouterr().out.splitlines()
