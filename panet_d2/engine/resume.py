@@ -17,12 +17,32 @@ from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
+MAX_LAST_CHECKPOINT_BYTES = 4096  # last_checkpoint holds a file name (fvcore reads it whole)
+
 
 def check_last_checkpoint(checkpointer):
     """The checkpoint ``last_checkpoint`` names (None without one); a CheckpointError if absent."""
     if not checkpointer.has_checkpoint():
         return None
-    path = checkpointer.get_checkpoint_file()
+    last = os.path.join(checkpointer.save_dir, "last_checkpoint")
+    problem, path = None, ""
+    if os.path.isdir(last):
+        problem = "is a folder"
+    elif os.path.isfile(last) and os.path.getsize(last) > MAX_LAST_CHECKPOINT_BYTES:
+        problem = f"is {os.path.getsize(last)} bytes"
+    else:
+        try:
+            path = checkpointer.get_checkpoint_file()
+        except UnicodeDecodeError:
+            problem = "is not text"
+        else:  # fvcore joins the folder and the file's text
+            problem = None if os.path.basename(path) else "names no file (it is empty)"
+    if problem:
+        raise CheckpointError(
+            f"--resume: {last!r} {problem}: it must be a text file naming the checkpoint to "
+            "resume from (one line, e.g. model_0004999.pth). Write that name into it, or remove it "
+            "to start from MODEL.WEIGHTS."
+        )
     if "://" in path or os.path.isfile(path):
         return path
     folder = checkpointer.save_dir
@@ -30,7 +50,6 @@ def check_last_checkpoint(checkpointer):
     there = (
         f"The checkpoints in {folder!r}: {found}." if found else f"{folder!r} holds no checkpoint."
     )
-    last = os.path.join(folder, "last_checkpoint")
     raise CheckpointError(
         f"--resume: {last!r} names the checkpoint {os.path.basename(path)!r}, which does not "
         f"exist. {there} Write the name of the checkpoint to resume from into last_checkpoint, or "

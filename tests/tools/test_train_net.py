@@ -482,3 +482,20 @@ def test_error_last_checkpoint_names_a_missing_file(run_a, train_net, tmp_path):
         with pytest.raises(CheckpointError) as e:
             train_net.main(_args(tmp_path, resume=True, eval_only=eval_only, test=None))
         assert str(e.value) == expected
+    # a last_checkpoint that names nothing, or is no text, or too long to be a name, or a folder
+    last = tmp_path / "last_checkpoint"
+    for content, problem in (
+        (b"", "names no file (it is empty)"),
+        (b"\x00\xff", "is not text"),
+        (b"m" * 5000, "is 5000 bytes"),
+        (None, "is a folder"),
+    ):
+        last.unlink()
+        last.mkdir() if content is None else last.write_bytes(content)
+        with pytest.raises(CheckpointError) as e:
+            train_net.main(_args(tmp_path, resume=True, test=None))
+        assert str(e.value).startswith(
+            "--resume: {!r} {}: it must be a text file naming the checkpoint".format(
+                str(last), problem
+            )
+        ), str(e.value)
