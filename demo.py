@@ -38,6 +38,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
 from panet_d2 import PANetCheckpointer  # registers its models and datasets
+from panet_d2.checkpoint import check_weights_file
 from panet_d2.config import load_config_file
 from panet_d2.data import PanopticLabelSpace
 from panet_d2.data.image_io import read_image
@@ -103,8 +104,7 @@ def _check_weights(path, key):
         raise CheckpointError(
             "{} is empty: the demo shows a trained model; give its checkpoint.".format(key)
         )
-    if "://" not in path and not os.path.isfile(path):
-        raise CheckpointError("Checkpoint {!r} ({}) does not exist.".format(path, key))
+    check_weights_file(path, key)
     return path
 
 

@@ -319,6 +319,16 @@ def _scan_torch_file(f):
     f.seek(start)
 
 
+def check_weights_file(path, key, scratch=""):
+    """A CheckpointError if the local checkpoint ``path`` (config ``key``) is not a file."""
+    if "://" not in path and not os.path.isfile(path):
+        problem = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise CheckpointError(
+            f"Checkpoint {path!r} {problem} ({key}). Give a local .pth/.pkl file or a Detectron2 "
+            f"model-zoo URL{scratch}."
+        )
+
+
 def read_checkpoint(path):
     """The object in a checkpoint file, read as data (a ``.pkl`` by :class:`RestrictedUnpickler`,
     else by ``torch.load(weights_only=True)`` once scanned); else a one-line CheckpointError."""
@@ -431,12 +441,9 @@ class PANetCheckpointer(DetectionCheckpointer):
                 "meaningless results. Give the checkpoint to use (e.g. MODEL.WEIGHTS "
                 "output/model_final.pth)."
             )
-        if path and "://" not in path and not os.path.isfile(path):
-            raise CheckpointError(
-                f"Checkpoint {path!r} does not exist (MODEL.WEIGHTS or the checkpoint given to "
-                "load). Give a local .pth/.pkl file, a Detectron2 model-zoo URL, or '' to start "
-                "from scratch."
-            )
+        if path:
+            key = "MODEL.WEIGHTS or the checkpoint given to load"
+            check_weights_file(path, key, ", or '' to start from scratch")
         if not path:  # a warm start from scratch (Detectron2 would log "Loading from  ...")
             logger.info("No weights (MODEL.WEIGHTS is empty): random initialisation.")
             return {}

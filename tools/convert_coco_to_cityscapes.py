@@ -22,7 +22,7 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
-from panet_d2.checkpoint import read_checkpoint
+from panet_d2.checkpoint import check_weights_file, read_checkpoint
 from panet_d2.engine.cli import one_line_errors
 from panet_d2.errors import CheckpointError
 
@@ -68,6 +68,7 @@ def convert(state_dict, indices):
 def _coco_state_dict(path):
     """The model state dict of a COCO (80-class) checkpoint; nothing in the file is run (.pth:
     weights_only; .pkl: NumPy arrays only). Raises CheckpointError naming the file otherwise."""
+    check_weights_file(path, "the COCO checkpoint")
     loaded = read_checkpoint(path)
     if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
         raise CheckpointError("{} holds no 'model' state dict.".format(path))

@@ -341,6 +341,11 @@ def test_error_lines(demo, photos, tmp_path):
         opts=SMALL + ["MODEL.WEIGHTS", str(tmp_path / "nope.pth")],
     )
     assert "nope.pth" in msg and "MODEL.WEIGHTS" in msg and "does not exist" in msg
+    opts = SMALL + ["MODEL.WEIGHTS", str(tmp_path)]
+    msg = error_line(demo, "--input", image, "--output", out, opts=opts)
+    assert msg.startswith(
+        "ERROR: Checkpoint {!r} is a folder (MODEL.WEIGHTS).".format(str(tmp_path))
+    )
     msg = error_line(demo, "--video-input", str(tmp_path / "nope.mp4"), "--output", out)
     assert "nope.mp4" in msg
     msg = error_line(demo, "--input", image, "--output", out, opts=SMALL + ["MODEL.NO_KEY", "1"])

@@ -370,6 +370,9 @@ def test_error_checkpoints(run_a, train_net, tmp_path):
         train_net.main(_args(tmp_path / "a", "MODEL.WEIGHTS", nowhere, eval_only=True))
     with pytest.raises(CheckpointError, match="no_such_model.pth.*does not exist"):
         train_net.main(_args(tmp_path / "b", "MODEL.WEIGHTS", nowhere, test=None))
+    folder = re.escape("Checkpoint {!r} is a folder (MODEL.WEIGHTS".format(str(tmp_path)))
+    with pytest.raises(CheckpointError, match=folder):
+        train_net.main(_args(tmp_path / "d", "MODEL.WEIGHTS", str(tmp_path), eval_only=True))
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="Cannot read checkpoint.*garbage.pth"):
