@@ -36,8 +36,9 @@ datasets registered). For this process only:
 * when such a config is frozen, ``panet_d2.engine.adapt_config_to_machine`` applies (MODEL.DEVICE
   "cuda" becomes "cpu" without CUDA; AMP off on the CPU), logged once;
 * ``detectron2.engine.default_setup`` also sets up the "panet_d2" logger into OUTPUT_DIR (of a
-  LazyConfig: ``train.output_dir``), as this project's train_net.py does, and refuses to train
-  a config with SOLVER.SCALE_MOMENTUM True (Detectron2's trainers do not rescale momentum);
+  LazyConfig: ``train.output_dir``), as this project's train_net.py does, refuses to train
+  a config with SOLVER.SCALE_MOMENTUM True (Detectron2's trainers do not rescale momentum), and
+  weights (MODEL.WEIGHTS, ``train.init_checkpoint``) that are no file, unless resumed;
 * ``detectron2.engine.launch`` with several processes: each child process applies the same
   before running the script (they start from this file);
 * ``demo/demo.py`` of current Detectron2 imports its ``predictor.py`` by an internal path
@@ -279,6 +280,20 @@ def _output_dir(cfg):
     return OmegaConf.select(cfg, "train.output_dir", default=None)
 
 
+def _check_weights(cfg, args):
+    """The training scripts' weights (MODEL.WEIGHTS, ``train.init_checkpoint``), unless resumed
+    from ``last_checkpoint``: one line if not a file (Detectron2 asserts after the model build)."""
+    from omegaconf import OmegaConf
+
+    from panet_d2.checkpoint import check_weights_file
+
+    key = "MODEL.WEIGHTS" if "MODEL" in cfg else "train.init_checkpoint"
+    path = cfg.MODEL.WEIGHTS if "MODEL" in cfg else OmegaConf.select(cfg, key, default="")
+    last = os.path.join(_output_dir(cfg) or "", "last_checkpoint")
+    if path and not (getattr(args, "resume", False) and os.path.isfile(last)):
+        check_weights_file(path, key)
+
+
 @contextlib.contextmanager
 def panet_d2_environment(script):
     """
@@ -318,6 +333,7 @@ def panet_d2_environment(script):
                 "(this project's train_net.py does); train with train_net.py, or set "
                 "SOLVER.SCALE_MOMENTUM False.".format(os.path.basename(script))
             )
+        _check_weights(cfg, args)
         d2_default_setup(cfg, args)
         project = logging.getLogger("panet_d2")
         for handler in list(project.handlers):  # the console handler of main(): replaced

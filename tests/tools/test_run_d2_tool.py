@@ -9,6 +9,7 @@ registered here; what they log is checked against the model built here and again
 by hand from the paper's structure.
 """
 
+import argparse
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import warnings
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.data import DatasetCatalog
@@ -25,6 +27,7 @@ from detectron2.modeling import build_model
 
 from panet_d2 import model_zoo
 from panet_d2.analysis import FLOP_HANDLES
+from panet_d2.errors import CheckpointError
 
 from ..common import ROOT, error_exit, load_script, run_script, synthetic_datasets
 
@@ -187,6 +190,24 @@ def test_analyze_model_counts_of_too_few_inputs(entry, monkeypatch, tasks, n, le
             n, tasks[0], least
         )
     ), msg
+
+
+def test_training_scripts_refuse_weights_that_are_no_file(entry, tmp_path):
+    """Detectron2's train_net (MODEL.WEIGHTS) and lazyconfig_train_net (train.init_checkpoint)
+    assert after building the model; here one line before, unless --resume finds
+    last_checkpoint (then the weights are not read)."""
+    _require("train_net")
+    config, opts = _config("instance", "OUTPUT_DIR", str(tmp_path / "out"))
+    missing = str(tmp_path / "nope.pth")
+    argv = ["train_net", "--eval-only", "--config-file", config, *opts, "MODEL.WEIGHTS", missing]
+    msg = error_exit(entry.main, argv)
+    assert msg.startswith("ERROR: Checkpoint {!r} does not exist (MODEL.WEIGHTS).".format(missing))
+    lazy = OmegaConf.create({"train": {"init_checkpoint": str(tmp_path), "output_dir": "o"}})
+    with pytest.raises(CheckpointError, match=r"is a folder \(train.init_checkpoint\)"):
+        entry._check_weights(lazy, argparse.Namespace(resume=True))  # no o/last_checkpoint
+    lazy.train.output_dir = str(tmp_path)
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    entry._check_weights(lazy, argparse.Namespace(resume=True))  # resumes: not read
 
 
 def test_list_says_where_the_tools_were_found(entry, capsys):
