@@ -39,6 +39,9 @@ datasets registered). For this process only:
   LazyConfig: ``train.output_dir``), as this project's train_net.py does, refuses to train
   a config with SOLVER.SCALE_MOMENTUM True (Detectron2's trainers do not rescale momentum), and
   weights (MODEL.WEIGHTS, ``train.init_checkpoint``) that are no file, unless resumed;
+* Detectron2's ``DetectionCheckpointer`` is panet_d2's (``PANetCheckpointer``): a checkpoint is
+  read as data, and weights that hold NaN or inf, or do not fit the model (but a training run's
+  class-dependent predictors), are refused in one line;
 * ``detectron2.engine.launch`` with several processes: each child process applies the same
   before running the script (they start from this file);
 * ``demo/demo.py`` of current Detectron2 imports its ``predictor.py`` by an internal path
@@ -280,6 +283,23 @@ def _output_dir(cfg):
     return OmegaConf.select(cfg, "train.output_dir", default=None)
 
 
+def _tool_checkpointer():
+    """:class:`PANetCheckpointer` as Detectron2's scripts construct ``DetectionCheckpointer``:
+    files read as data, weights that are not finite or do not fit refused; a training run (given
+    a trainer or an optimizer) warm-starts, and "" loads nothing (as Detectron2's)."""
+    from panet_d2 import PANetCheckpointer
+
+    class DetectionCheckpointer(PANetCheckpointer):
+        def __init__(self, model, save_dir="", **kwargs):
+            warm = "trainer" in kwargs or "optimizer" in kwargs
+            super().__init__(model, save_dir, warm_start=warm, **kwargs)
+
+        def load(self, path, *args, **kwargs):
+            return super().load(path, *args, **kwargs) if path else {}
+
+    return DetectionCheckpointer
+
+
 def _check_weights(cfg, args):
     """The training scripts' weights (MODEL.WEIGHTS, ``train.init_checkpoint``), unless resumed
     from ``last_checkpoint``: one line if not a file (Detectron2 asserts after the model build)."""
@@ -301,6 +321,7 @@ def panet_d2_environment(script):
     module docstring says, the demo's predictor alias, PANet's FLOP handles in fvcore's table
     (:func:`fvcore_op_handles`), and ``panet_d2`` imported.
     """
+    import detectron2.checkpoint
     import detectron2.config
     import detectron2.engine
     import detectron2.engine.defaults
@@ -352,6 +373,8 @@ def panet_d2_environment(script):
         for module in (detectron2.engine, detectron2.engine.defaults):
             stack.enter_context(_patched(module, "default_setup", default_setup))
         stack.enter_context(_patched(detectron2.engine, "launch", launch))
+        for module in (detectron2.checkpoint, detectron2.engine.defaults):
+            stack.enter_context(_patched(module, "DetectionCheckpointer", _tool_checkpointer()))
         stack.enter_context(lazyconfig_files_as_data())  # LazyConfig .yaml files: data
         stack.enter_context(_demo_predictor_alias(script))
         stack.enter_context(fvcore_op_handles(FLOP_HANDLES))  # analyze_model's FLOP counts

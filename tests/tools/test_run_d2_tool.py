@@ -25,7 +25,7 @@ from detectron2.config import get_cfg as d2_get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from panet_d2 import model_zoo
+from panet_d2 import PANetCheckpointer, model_zoo
 from panet_d2.analysis import FLOP_HANDLES
 from panet_d2.errors import CheckpointError
 
@@ -210,6 +210,20 @@ def test_training_scripts_refuse_weights_that_are_no_file(entry, tmp_path):
     entry._check_weights(lazy, argparse.Namespace(resume=True))  # resumes: not read
 
 
+def test_detectron2_scripts_refuse_weights_that_are_not_numbers(entry, datasets, tmp_path):
+    """Detectron2's train_net --eval-only evaluated NaN weights (PQ 0); its checkpointer is
+    panet_d2's inside the command: refused in one line."""
+    _require("train_net")
+    config, opts = _config("instance", "OUTPUT_DIR", str(tmp_path / "out"))
+    state = _model("instance").state_dict()
+    key = "backbone.bottom_up.stem.conv1.weight"
+    state[key][0] = float("nan")
+    torch.save({"model": state}, str(tmp_path / "nan.pth"))
+    argv = ["train_net", "--eval-only", "--config-file", config, *opts]
+    msg = error_exit(entry.main, argv + ["MODEL.WEIGHTS", str(tmp_path / "nan.pth")])
+    assert "was not loaded: its weights hold NaN or inf: {} has".format(key) in msg, msg
+
+
 def test_list_says_where_the_tools_were_found(entry, capsys):
     entry.main(["--list"])
     lines = capsys.readouterr().out.splitlines()
@@ -312,15 +326,29 @@ def test_patches_stay_inside_the_command(entry, datasets):
     import detectron2.engine
 
     _require("visualize_data")
+    import detectron2.checkpoint
+    import detectron2.engine.defaults
     import detectron2.utils.analysis
 
-    before = (detectron2.config.get_cfg, detectron2.engine.default_setup, detectron2.engine.launch)
+    def patched():
+        return (
+            detectron2.config.get_cfg,
+            detectron2.engine.default_setup,
+            detectron2.engine.launch,
+            detectron2.checkpoint.DetectionCheckpointer,
+            detectron2.engine.defaults.DetectionCheckpointer,
+        )
+
+    before = patched()
     adapter, filters = detectron2.utils.analysis.TracingAdapter, list(warnings.filters)
     with entry.panet_d2_environment(d2_tools.find_detectron2_tool("visualize_data")):
         cfg = detectron2.config.get_cfg()
         assert "PAFPN" in cfg.MODEL and detectron2.config.get_cfg is not before[0]
         assert detectron2.utils.analysis.TracingAdapter is not adapter
-    after = (detectron2.config.get_cfg, detectron2.engine.default_setup, detectron2.engine.launch)
+        # the trainer's and the scripts' checkpointer: panet_d2's
+        for checkpointer in patched()[3:]:
+            assert issubclass(checkpointer, PANetCheckpointer)
+    after = patched()
     assert after == before and "PAFPN" not in d2_get_cfg().MODEL
     assert detectron2.utils.analysis.TracingAdapter is adapter and warnings.filters == filters
 
