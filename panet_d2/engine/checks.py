@@ -2,6 +2,7 @@
 
 import contextlib
 import difflib
+import functools
 import inspect
 import io
 import logging
@@ -168,14 +169,28 @@ def check_config(cfg, train=True, world_size=None):
     counts = {"DATALOADER.NUM_WORKERS": (0, "loader processes; 0: none")}
     counts["INPUT.MIN_SIZE_TEST"] = (0, "test images' short side; 0: not resized")
     counts["INPUT.MAX_SIZE_TEST"] = (1, "test images' long side")
+    counts["TEST.DETECTIONS_PER_IMAGE"] = (1, "detections kept per image")
     if train:
+        counts["MODEL.RPN.BATCH_SIZE_PER_IMAGE"] = (1, "anchors sampled per image")
+        counts["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] = (1, "RoIs sampled per image")
         counts["SOLVER.MAX_ITER"] = (1, "training iterations")
         counts["SOLVER.CHECKPOINT_PERIOD"] = (1, "iterations between checkpoints")
         counts["TEST.EVAL_PERIOD"] = (0, "iterations between evaluations; 0: at the end")
         counts["INPUT.MIN_SIZE_TRAIN"] = (1, "training images' short sides")
         counts["INPUT.MAX_SIZE_TRAIN"] = (1, "training images' long side")
+    heads, mean, std = cfg.MODEL.ROI_HEADS, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
+    for k in ("SCORE_THRESH_TEST", "NMS_THRESH_TEST"):
+        if not 0 <= heads[k] <= 1:
+            raise ConfigError(f"MODEL.ROI_HEADS.{k}={heads[k]!r}: must be a number in [0, 1].")
+    channels = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}.get(cfg.INPUT.FORMAT)  # Detectron2's
+    if not channels or len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ConfigError(
+            f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}, MODEL.PIXEL_MEAN={list(mean)}, MODEL.PIXEL_STD="
+            f"{list(std)}: the format must be 'BGR', 'RGB', 'YUV-BT.601' or 'L', with a mean and "
+            "a (positive) deviation per channel (3; 'L': 1)."
+        )
     for key, (low, what) in counts.items():
-        value = cfg[key.split(".")[0]][key.split(".")[1]]
+        value = functools.reduce(lambda node, name: node[name], key.split("."), cfg)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if not values or any(
             isinstance(v, bool) or not isinstance(v, int) or v < low for v in values

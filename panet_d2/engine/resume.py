@@ -17,26 +17,19 @@ from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
-MAX_LAST_CHECKPOINT_BYTES = 4096  # last_checkpoint holds a file name (fvcore reads it whole)
-
 
 def check_last_checkpoint(checkpointer):
     """The checkpoint ``last_checkpoint`` names (None without one); a CheckpointError if absent."""
     if not checkpointer.has_checkpoint():
         return None
     last = os.path.join(checkpointer.save_dir, "last_checkpoint")
-    problem, path = None, ""
-    if os.path.isdir(last):
-        problem = "is a folder"
-    elif os.path.isfile(last) and os.path.getsize(last) > MAX_LAST_CHECKPOINT_BYTES:
-        problem = f"is {os.path.getsize(last)} bytes"
-    else:
-        try:
-            path = checkpointer.get_checkpoint_file()
-        except UnicodeDecodeError:
-            problem = "is not text"
-        else:  # fvcore joins the folder and the file's text
-            problem = None if os.path.basename(path) else "names no file (it is empty)"
+    size = os.path.getsize(last) if os.path.isfile(last) else 0
+    problem = f"is {size} bytes" if size > 4096 else "is a folder" if os.path.isdir(last) else None
+    try:  # fvcore reads the file whole and joins the folder and its text
+        path = "" if problem else checkpointer.get_checkpoint_file()
+    except UnicodeDecodeError:
+        problem, path = "is not text", ""
+    problem = problem or (None if os.path.basename(path) else "is empty")
     if problem:
         raise CheckpointError(
             f"--resume: {last!r} {problem}: it must be a text file naming the checkpoint to "

@@ -71,14 +71,11 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         self.fc_fusion = None
         if ff_enabled:
             check_choice("MODEL.FF.START_LAYER", ff_start_layer, FF_START_LAYERS)
-            if ff_start_layer > num_conv:
-                fits = [k for k in FF_START_LAYERS if k <= num_conv]
-                other = f"MODEL.FF.START_LAYER {fits[-1]}, " if fits else ""
+            if ff_start_layer > num_conv:  # the fc path branches off after conv<START_LAYER>
                 raise ConfigError(
-                    f"MODEL.FF.START_LAYER={ff_start_layer} starts the fully-connected fusion "
-                    f"after conv{ff_start_layer}, and the mask head has "
-                    f"MODEL.ROI_MASK_HEAD.NUM_CONV={num_conv}: give at least {ff_start_layer} "
-                    f"convs, {other}or MODEL.FF.ENABLED False."
+                    f"MODEL.FF.START_LAYER={ff_start_layer} needs a mask head of {ff_start_layer} "
+                    f"convs or more, not MODEL.ROI_MASK_HEAD.NUM_CONV={num_conv}: raise NUM_CONV, "
+                    "lower START_LAYER (2 to 4) or set MODEL.FF.ENABLED False."
                 )
             H, W = input_shape.height, input_shape.width
             self.fc_fusion = FullyConnectedFusion(

@@ -116,17 +116,14 @@ class AdaptiveFeaturePooler(ROIPooler):
     def forward(self, x: List[Tensor], box_lists: List[Boxes]):
         """L maps (N, C, Hl, Wl), N box lists -> (M, L, C, Ph, Pw): box m of level l at [m, l]."""
         rois = convert_boxes_to_pooler_format(box_lists)
-        if self._use_multilevel_roi_align(x) and self._taps(len(x), rois.shape[0]) <= self.max_taps:
+        s, (ph, pw) = self._sampling_ratio, self._output_size
+        taps = len(x) * rois.shape[0] * ph * pw * s * s * 4  # the batched op's, 12 bytes each
+        if self._use_multilevel_roi_align(x) and taps <= self.max_taps:
             return multilevel_roi_align(
                 x, rois, self._scales, self._output_size, self._sampling_ratio, self._aligned
             )
         grids = [pooler(x[level], rois) for level, pooler in enumerate(self.level_poolers)]
         return torch.stack(grids, dim=1)
-
-    def _taps(self, levels: int, boxes: int) -> int:
-        """The batched op's bilinear taps (an int64 index and a weight each)."""
-        s, (ph, pw) = self._sampling_ratio, self._output_size
-        return levels * boxes * ph * pw * s * s * 4
 
     def _use_multilevel_roi_align(self, x: List[Tensor]) -> bool:
         """On CPU, not in ONNX export, if it computes the level poolers (docs/deployment.md)."""

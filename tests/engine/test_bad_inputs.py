@@ -79,6 +79,20 @@ BAD_VALUES = [
     (["INPUT.MIN_SIZE_TRAIN", "(0, 192)"], r"MIN_SIZE_TRAIN=\(0, 192\): must be integers >= 1"),
     (["INPUT.MIN_SIZE_TEST", -1], r"INPUT.MIN_SIZE_TEST=-1: must be an integer >= 0 \(test"),
     (["DATALOADER.NUM_WORKERS", -1], r"DATALOADER.NUM_WORKERS=-1: must be an integer >= 0"),
+    (["MODEL.RPN.BATCH_SIZE_PER_IMAGE", 0], r"BATCH_SIZE_PER_IMAGE=0: must be an integer >= 1"),
+    (["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 0], r"HEADS.BATCH_SIZE_PER_IMAGE=0: must be an int"),
+    (["TEST.DETECTIONS_PER_IMAGE", 0], r"TEST.DETECTIONS_PER_IMAGE=0: must be an integer >= 1"),
+    (
+        ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", 1.5],
+        r"SCORE_THRESH_TEST=1.5: must be a number in \[0, 1",
+    ),
+    (
+        ["MODEL.ROI_HEADS.NMS_THRESH_TEST", -0.1],
+        r"NMS_THRESH_TEST=-0.1: must be a number in \[0, 1",
+    ),
+    (["INPUT.FORMAT", "XYZ"], r"INPUT.FORMAT='XYZ', MODEL.PIXEL_MEAN=\[.*\]: the format must be"),
+    (["MODEL.PIXEL_MEAN", "[1.0]"], r"MODEL.PIXEL_MEAN=\[1.0\], .* a mean and a \(positive\) dev"),
+    (["MODEL.PIXEL_STD", "[1.0, 0.0, 1.0]"], r"MODEL.PIXEL_STD=\[1.0, 0.0, 1.0\]: the format must"),
     (
         ["MODEL.ROI_HEADS.IN_FEATURES", "['p2', 'p4']"],
         r"MODEL.ROI_HEADS.IN_FEATURES=\['p2', 'p4'\]: RoI pooling \(and adaptive feature pooling\)"
@@ -99,7 +113,8 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     with pytest.raises(ConfigError, match=message):
         _main(train_net, tmp_path, *data, *opts)
     assert "Starting training" not in (tmp_path / "log.txt").read_text()
-    if not opts[0].startswith(("SOLVER.", "INPUT.MIN_SIZE_TRAIN")):  # also with --eval-only
+    train_only = ("SOLVER.", "INPUT.MIN_SIZE_TRAIN", "MODEL.RPN.BATCH", "MODEL.ROI_HEADS.BATCH")
+    if not opts[0].startswith(train_only):  # also with --eval-only
         with pytest.raises(ConfigError, match=message):
             _main(train_net, tmp_path, *opts, eval_only=True, config=SMOKE)
 

@@ -488,7 +488,7 @@ def test_error_last_checkpoint_names_a_missing_file(run_a, train_net, tmp_path):
     # a last_checkpoint that names nothing, or is no text, or too long to be a name, or a folder
     last = tmp_path / "last_checkpoint"
     for content, problem in (
-        (b"", "names no file (it is empty)"),
+        (b"", "is empty"),
         (b"\x00\xff", "is not text"),
         (b"m" * 5000, "is 5000 bytes"),
         (None, "is a folder"),
