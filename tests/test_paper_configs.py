@@ -228,3 +228,14 @@ def test_coco_checkpoint_to_cityscapes(tmp_path):
     assert torch.equal(s[m], c[m][coco_idx])
     for k in ("backbone.bpa_out3.weight", "roi_heads.box_head.fc1.per_level.weight"):
         assert torch.equal(s[k], c[k])
+
+
+def test_coco_checkpoint_to_cityscapes_missing_input(tmp_path):
+    """A missing checkpoint or a folder is named as such (not "truncated or not a checkpoint?")."""
+    for path, problem in ((tmp_path / "nope.pth", "does not exist"), (tmp_path, "is a folder")):
+        proc = run_script("tools/convert_coco_to_cityscapes.py", path, tmp_path / "o.pth", cwd=ROOT)
+        assert proc.returncode == 2
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "ERROR: Checkpoint {!r} {} (the COCO checkpoint). Give a local .pth/.pkl file or a "
+            "Detectron2 model-zoo URL.".format(str(path), problem)
+        )
