@@ -46,7 +46,7 @@ from panet_d2.engine import PANetTrainer, adapt_config_to_machine, one_line_erro
 from panet_d2.engine.checks import check_config, check_inputs, check_output_dir
 from panet_d2.engine.resume import check_last_checkpoint
 from panet_d2.engine.trainer import TrainingInterrupted
-from panet_d2.errors import ConfigError
+from panet_d2.errors import ConfigError, check_choice
 
 try:
     import fcntl
@@ -56,6 +56,8 @@ except ImportError:  # pragma: no cover  (Windows: no lock)
 logger = logging.getLogger("panet_d2")
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2)
 LOCK_FILE = "panet_d2_run.lock"  # in OUTPUT_DIR (output_dir_lock)
+# Detectron2's build_lr_scheduler's names (SOLVER.LR_SCHEDULER_NAME)
+LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")
 
 
 class Trainer(PANetTrainer):
@@ -72,6 +74,8 @@ def checked_config(args):
     notes = adapt_config_to_machine(cfg)
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
+    if not args.eval_only:  # Detectron2 names an unknown one after loading the datasets
+        check_choice("SOLVER.LR_SCHEDULER_NAME", cfg.SOLVER.LR_SCHEDULER_NAME, LR_SCHEDULERS)
     return cfg, notes
 
 
