@@ -22,6 +22,7 @@ full disk, 130 Ctrl-C (the table: docs/reliability.md).
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing
@@ -56,8 +57,22 @@ except ImportError:  # pragma: no cover  (Windows: no lock)
 logger = logging.getLogger("panet_d2")
 EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2)
 LOCK_FILE = "panet_d2_run.lock"  # in OUTPUT_DIR (output_dir_lock)
-# Detectron2's build_lr_scheduler's names (SOLVER.LR_SCHEDULER_NAME)
-LR_SCHEDULERS = ("WarmupMultiStepLR", "WarmupCosineLR", "WarmupStepWithFixedGammaLR")
+# Detectron2's values of its training keys, which it checks only once the datasets have loaded
+# (then blamed on the dataset, or a traceback)
+TRAINING_CHOICES = {
+    "SOLVER.LR_SCHEDULER_NAME": (
+        "WarmupMultiStepLR",
+        "WarmupCosineLR",
+        "WarmupStepWithFixedGammaLR",
+    ),
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING": ("choice", "range"),
+    "INPUT.RANDOM_FLIP": ("horizontal", "vertical", "none"),
+    "INPUT.CROP.TYPE": ("relative_range", "relative", "absolute", "absolute_range"),
+    "DATALOADER.SAMPLER_TRAIN": tuple(
+        s + "TrainingSampler"
+        for s in ("", "RepeatFactor", "RandomSubset", "Weighted", "WeightedCategory")
+    ),
+}
 
 
 class Trainer(PANetTrainer):
@@ -74,8 +89,8 @@ def checked_config(args):
     notes = adapt_config_to_machine(cfg)
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
-    if not args.eval_only:  # Detectron2 names an unknown one after loading the datasets
-        check_choice("SOLVER.LR_SCHEDULER_NAME", cfg.SOLVER.LR_SCHEDULER_NAME, LR_SCHEDULERS)
+    for key, allowed in TRAINING_CHOICES.items() if not args.eval_only else ():
+        check_choice(key, functools.reduce(lambda node, k: node[k], key.split("."), cfg), allowed)
     return cfg, notes
 
 

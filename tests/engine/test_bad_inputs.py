@@ -80,6 +80,9 @@ BAD_VALUES = [
     (["INPUT.MIN_SIZE_TEST", -1], r"INPUT.MIN_SIZE_TEST=-1: must be an integer >= 0 \(test"),
     (["DATALOADER.NUM_WORKERS", -1], r"DATALOADER.NUM_WORKERS=-1: must be an integer >= 0"),
     (["SOLVER.LR_SCHEDULER_NAME", "Foo"], r"LR_SCHEDULER_NAME='Foo'; allowed values are: 'Warm"),
+    (["INPUT.RANDOM_FLIP", "diagonal"], r"RANDOM_FLIP='diagonal'; allowed values are: 'horiz"),
+    (["INPUT.CROP.TYPE", "foo"], r"INPUT.CROP.TYPE='foo'; allowed values are: 'relative_range'"),
+    (["DATALOADER.SAMPLER_TRAIN", "Foo"], r"SAMPLER_TRAIN='Foo'; allowed values are: 'Training"),
     (["MODEL.RPN.BATCH_SIZE_PER_IMAGE", 0], r"BATCH_SIZE_PER_IMAGE=0: must be an integer >= 1"),
     (["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 0], r"HEADS.BATCH_SIZE_PER_IMAGE=0: must be an int"),
     (["TEST.DETECTIONS_PER_IMAGE", 0], r"TEST.DETECTIONS_PER_IMAGE=0: must be an integer >= 1"),
@@ -116,20 +119,35 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     log = tmp_path / "log.txt"  # none where the command line's config is refused
     assert not log.exists() or "Starting training" not in log.read_text()
     train_only = ("SOLVER.", "INPUT.MIN_SIZE_TRAIN", "MODEL.RPN.BATCH", "MODEL.ROI_HEADS.BATCH")
+    train_only += ("INPUT.RANDOM_FLIP", "INPUT.CROP", "DATALOADER.SAMPLER")
     if not opts[0].startswith(train_only):  # also with --eval-only
         with pytest.raises(ConfigError, match=message):
             _main(train_net, tmp_path, *opts, eval_only=True, config=SMOKE)
 
 
-def test_lr_scheduler_names_are_detectron2s(train_net):
-    """train_net.py's names of SOLVER.LR_SCHEDULER_NAME: each one Detectron2 builds."""
+def test_training_choices_are_detectron2s(train_net):
+    """train_net.py's allowed values of Detectron2's training keys: each one Detectron2 takes."""
+    import inspect
+
+    import detectron2.data.build
+    from detectron2.data import DatasetMapper
     from detectron2.solver import build_lr_scheduler
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    for name in train_net.LR_SCHEDULERS:
-        cfg = panet_cfg("quick_schedules/panoptic_panet_R_18_synth.yaml")
-        cfg.SOLVER.LR_SCHEDULER_NAME = name
-        assert build_lr_scheduler(cfg, optimizer) is not None
+    choices = train_net.TRAINING_CHOICES
+    for key, allowed in choices.items():
+        for value in allowed:
+            cfg = panet_cfg("quick_schedules/panoptic_panet_R_18_synth.yaml")
+            cfg.merge_from_list([key, value, "INPUT.CROP.ENABLED", True])
+            cfg.INPUT.MIN_SIZE_TRAIN = (160, 192)  # "range" takes two
+            if key == "SOLVER.LR_SCHEDULER_NAME":
+                assert build_lr_scheduler(cfg, optimizer) is not None
+            elif key.startswith("INPUT."):
+                assert DatasetMapper.from_config(cfg, True)["augmentations"]
+            else:  # the names Detectron2's train loader compares SAMPLER_TRAIN with
+                assert 'sampler_name == "{}"'.format(value) in inspect.getsource(
+                    detectron2.data.build
+                )
 
 
 def test_bad_panoptic_config_values():
