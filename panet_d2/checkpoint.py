@@ -319,13 +319,13 @@ def _scan_torch_file(f):
     f.seek(start)
 
 
-def check_weights_file(path, key, scratch=""):
+def check_weights_file(path, key, scratch=False):
     """A CheckpointError if the local checkpoint ``path`` (config ``key``) is not a file."""
     if "://" not in path and not os.path.isfile(path):
         problem = "is a folder" if os.path.isdir(path) else "does not exist"
         raise CheckpointError(
             f"Checkpoint {path!r} {problem} ({key}). Give a local .pth/.pkl file or a Detectron2 "
-            f"model-zoo URL{scratch}."
+            f"model-zoo URL{', or an empty path to start from scratch' * scratch}."
         )
 
 
@@ -441,12 +441,10 @@ class PANetCheckpointer(DetectionCheckpointer):
                 "meaningless results. Give the checkpoint to use (e.g. MODEL.WEIGHTS "
                 "output/model_final.pth)."
             )
-        if path:
-            key = "MODEL.WEIGHTS or the checkpoint given to load"
-            check_weights_file(path, key, ", or '' to start from scratch")
         if not path:  # a warm start from scratch (Detectron2 would log "Loading from  ...")
             logger.info("No weights (MODEL.WEIGHTS is empty): random initialisation.")
             return {}
+        check_weights_file(path, "MODEL.WEIGHTS or the checkpoint given to load", scratch=True)
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)

@@ -370,7 +370,13 @@ def check_inputs(cfg, train=True):
     for name, key in datasets:
         check_dataset(name, key)
     for name in cfg.DATASETS.TEST:
-        check_evaluator_type(name)
+        evaluator_type = check_evaluator_type(name)  # panoptic and semantic ones read "sem_seg"
+        segments = evaluator_type.endswith("panoptic_seg") or evaluator_type in SEM_SEG_TYPES
+        if segments and _rcnn(cfg) and not issubclass(_rcnn(cfg), PanopticFPN):
+            raise DatasetError(
+                f"Dataset {name!r} (DATASETS.TEST) is evaluated as {evaluator_type!r}: the model "
+                f"{cfg.MODEL.META_ARCHITECTURE} gives instances only (test an instance dataset)."
+            )
         with loading_dataset([name], "DATASETS.TEST"):
             check_files(DatasetCatalog.get(name), name, "DATASETS.TEST")
     check_num_classes(cfg, datasets)

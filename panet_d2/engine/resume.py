@@ -33,8 +33,7 @@ def check_last_checkpoint(checkpointer):
     if problem:
         raise CheckpointError(
             f"--resume: {last!r} {problem}: it must be a text file naming the checkpoint to "
-            "resume from (one line, e.g. model_0004999.pth). Write that name into it, or remove it "
-            "to start from MODEL.WEIGHTS."
+            "resume from (e.g. model_0004999.pth); remove it to start from MODEL.WEIGHTS."
         )
     if "://" in path or os.path.isfile(path):
         return path

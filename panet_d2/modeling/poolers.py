@@ -10,9 +10,7 @@ from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 
-# More taps than this (12 bytes each: ~400 MB) are pooled by torchvision per level instead (same
-# values, memory per sample not per tap): e.g. sampling ratio 8 on 1000 RoIs of 7 x 7 bins.
-MAX_TAPS = 2**25
+MAX_TAPS = 2**25  # bilinear taps of the batched op (~400 MB) above which each level is pooled
 
 
 def _bilinear_taps(coord: Tensor, size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:

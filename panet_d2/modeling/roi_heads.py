@@ -84,8 +84,7 @@ class PANetROIHeads(StandardROIHeads):
     def _all_level_pooler(head, cfg, input_shape):
         """The AFP pooler of ``cfg.MODEL[head]`` (axis-aligned boxes: no rotated RoIAlign)."""
         head_cfg = cfg.MODEL[head]
-        key = "MODEL.{}.POOLER_TYPE".format(head)
-        check_choice(key, head_cfg.POOLER_TYPE, AFP_POOLER_TYPES)
+        check_choice(f"MODEL.{head}.POOLER_TYPE", head_cfg.POOLER_TYPE, AFP_POOLER_TYPES)
         return AdaptiveFeaturePooler(
             output_size=head_cfg.POOLER_RESOLUTION,
             scales=tuple(1.0 / input_shape[k].stride for k in cfg.MODEL.ROI_HEADS.IN_FEATURES),

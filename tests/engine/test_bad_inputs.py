@@ -150,6 +150,17 @@ def test_training_choices_are_detectron2s(train_net):
                 )
 
 
+def test_instance_model_on_a_panoptic_test_set(train_net, datasets, tmp_path):
+    """COCOPanopticEvaluator reads a "panoptic_seg" that an instance model does not give (a
+    KeyError at the first image): refused before the model is built."""
+    data = ["DATASETS.TEST", "('{}_val_panoptic',)".format(PREFIX)]
+    message = "Dataset '{}_val_panoptic' (DATASETS.TEST) is evaluated as 'coco_panoptic_seg': the "
+    message += "model GeneralizedRCNN gives instances only (test an instance dataset)."
+    with pytest.raises(DatasetError) as e:
+        _main(train_net, tmp_path, *data, eval_only=True)
+    assert str(e.value) == message.format(PREFIX)
+
+
 def test_bad_panoptic_config_values():
     """The semantic head checks its own arguments when built (any entry point, not only
     train_net.py's pre-flight checks)."""
