@@ -373,8 +373,9 @@ def panet_d2_environment(script):
         for module in (detectron2.engine, detectron2.engine.defaults):
             stack.enter_context(_patched(module, "default_setup", default_setup))
         stack.enter_context(_patched(detectron2.engine, "launch", launch))
+        checkpointer = _tool_checkpointer()  # the same class in both modules
         for module in (detectron2.checkpoint, detectron2.engine.defaults):
-            stack.enter_context(_patched(module, "DetectionCheckpointer", _tool_checkpointer()))
+            stack.enter_context(_patched(module, "DetectionCheckpointer", checkpointer))
         stack.enter_context(lazyconfig_files_as_data())  # LazyConfig .yaml files: data
         stack.enter_context(_demo_predictor_alias(script))
         stack.enter_context(fvcore_op_handles(FLOP_HANDLES))  # analyze_model's FLOP counts

@@ -346,8 +346,7 @@ def test_patches_stay_inside_the_command(entry, datasets):
         assert "PAFPN" in cfg.MODEL and detectron2.config.get_cfg is not before[0]
         assert detectron2.utils.analysis.TracingAdapter is not adapter
         # the trainer's and the scripts' checkpointer: panet_d2's
-        for checkpointer in patched()[3:]:
-            assert issubclass(checkpointer, PANetCheckpointer)
+        assert issubclass(patched()[3], PANetCheckpointer) and patched()[3] is patched()[4]
     after = patched()
     assert after == before and "PAFPN" not in d2_get_cfg().MODEL
     assert detectron2.utils.analysis.TracingAdapter is adapter and warnings.filters == filters
