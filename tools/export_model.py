@@ -231,6 +231,12 @@ def calibration_inputs(cfg, args, model):
             out.append(tuple(x.numpy() for x in inputs))
             if len(out) == args.calibration_count:
                 break
+    if len(out) < args.calibration_count:  # said, not silently fewer
+        logger.warning(
+            "--calibration-count {}: {!r} has {} images; int8 calibrates on all {}.".format(
+                args.calibration_count, name, len(out), len(out)
+            )
+        )
     logger.info("int8: {} calibration images of {}".format(len(out), name))
     return out
 

@@ -255,6 +255,8 @@ def test_lazyconfig_int8_calibrates_on_the_named_dataset(tool, tmp_path, dataset
     finally:
         logger.removeHandler(handler)
     assert "int8: 2 calibration images of {}".format(DATASET) in records
+    fewer = "--calibration-count 5: {!r} has 2 images; int8 calibrates on all 2.".format(DATASET)
+    assert fewer in records  # said, not silently fewer
     graph = onnx.load(os.path.join(out, "model.int8.onnx")).graph
     assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
     assert os.path.isfile(os.path.join(out, "model.xml"))
