@@ -292,6 +292,13 @@ def invoke_main():
     cfg = None
     try:
         with one_line_errors(FloatingPointError):  # a divergence: TrainingDivergedError
+            n, machines, rank = args.num_gpus, args.num_machines, args.machine_rank
+            if n < 0 or machines < 1 or not 0 <= rank < machines:  # launch would wait forever
+                raise ConfigError(
+                    f"--num-gpus {n} --num-machines {machines} --machine-rank {rank}: give "
+                    "--num-gpus >= 0 (processes per machine), --num-machines >= 1 and "
+                    "--machine-rank from 0 to --num-machines - 1."
+                )
             if world_size > 1:  # the config checks before any process starts
                 cfg, _ = checked_config(args)
                 check_config(cfg, train=not args.eval_only, world_size=world_size)

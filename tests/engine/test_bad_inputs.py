@@ -301,6 +301,18 @@ def test_command_line_error_with_two_processes(tmp_path):
     assert not os.path.exists(tmp_path / "o" / "log.txt")  # no process started
 
 
+def test_machine_rank_out_of_range(tmp_path):
+    """--machine-rank 5 of 2 machines waited forever in Detectron2's launch: one line."""
+    argv = ["--num-machines", "2", "--machine-rank", "5", "--config-file", SMOKE]
+    proc = run_script("train_net.py", *argv, "OUTPUT_DIR", str(tmp_path / "o"), timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("ERROR: --num-gpus 1 --num-machines 2 --machine-rank 5: give --num-gpus >= 0")
+    )
+
+
 # -------------------------------------------------------------------------------------------------
 # Annotations: the same ones dropped, with a count, in training and evaluation
 # -------------------------------------------------------------------------------------------------
