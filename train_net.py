@@ -68,11 +68,16 @@ TRAINING_CHOICES = {
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": ("choice", "range"),
     "INPUT.RANDOM_FLIP": ("horizontal", "vertical", "none"),
     "INPUT.CROP.TYPE": ("relative_range", "relative", "absolute", "absolute_range"),
+    "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),  # with CLIP_GRADIENTS.ENABLED
     "DATALOADER.SAMPLER_TRAIN": tuple(
         s + "TrainingSampler"
         for s in ("", "RepeatFactor", "RandomSubset", "Weighted", "WeightedCategory")
     ),
 }
+# Detectron2's loss weights (a negative one trains towards a larger loss, silently)
+LOSS_WEIGHTS = ("MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT", "MODEL.SEM_SEG_HEAD.LOSS_WEIGHT")
+LOSS_WEIGHTS += ("MODEL.RPN.LOSS_WEIGHT", "MODEL.RPN.BBOX_REG_LOSS_WEIGHT")
+LOSS_WEIGHTS += ("MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT",)
 
 
 class Trainer(PANetTrainer):
@@ -89,8 +94,16 @@ def checked_config(args):
     notes = adapt_config_to_machine(cfg)
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
+
+    def value(key):
+        return functools.reduce(lambda node, k: node[k], key.split("."), cfg)
+
     for key, allowed in TRAINING_CHOICES.items() if not args.eval_only else ():
-        check_choice(key, functools.reduce(lambda node, k: node[k], key.split("."), cfg), allowed)
+        if key != "SOLVER.CLIP_GRADIENTS.CLIP_TYPE" or cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+            check_choice(key, value(key), allowed)
+    for key in LOSS_WEIGHTS if not args.eval_only else ():
+        if value(key) < 0:
+            raise ConfigError(f"{key}={value(key)!r}: a loss weight must be 0 or positive.")
     return cfg, notes
 
 

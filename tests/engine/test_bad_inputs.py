@@ -80,6 +80,11 @@ BAD_VALUES = [
     (["INPUT.MIN_SIZE_TEST", -1], r"INPUT.MIN_SIZE_TEST=-1: must be an integer >= 0 \(test"),
     (["DATALOADER.NUM_WORKERS", -1], r"DATALOADER.NUM_WORKERS=-1: must be an integer >= 0"),
     (["SOLVER.LR_SCHEDULER_NAME", "Foo"], r"LR_SCHEDULER_NAME='Foo'; allowed values are: 'Warm"),
+    (["MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", -1.0], r"SEM_SEG_HEAD.LOSS_WEIGHT=-1.0: a loss weight"),
+    (
+        ["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "foo"],
+        r"CLIP_GRADIENTS.CLIP_TYPE='foo'; allowed values are: 'value', 'norm'.",
+    ),
     (["INPUT.RANDOM_FLIP", "diagonal"], r"RANDOM_FLIP='diagonal'; allowed values are: 'horiz"),
     (["INPUT.CROP.TYPE", "foo"], r"INPUT.CROP.TYPE='foo'; allowed values are: 'relative_range'"),
     (["DATALOADER.SAMPLER_TRAIN", "Foo"], r"SAMPLER_TRAIN='Foo'; allowed values are: 'Training"),
@@ -119,7 +124,12 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     log = tmp_path / "log.txt"  # none where the command line's config is refused
     assert not log.exists() or "Starting training" not in log.read_text()
     train_only = ("SOLVER.", "INPUT.MIN_SIZE_TRAIN", "MODEL.RPN.BATCH", "MODEL.ROI_HEADS.BATCH")
-    train_only += ("INPUT.RANDOM_FLIP", "INPUT.CROP", "DATALOADER.SAMPLER")
+    train_only += (
+        "INPUT.RANDOM_FLIP",
+        "INPUT.CROP",
+        "DATALOADER.SAMPLER",
+        "MODEL.SEM_SEG_HEAD.LOSS",
+    )
     if not opts[0].startswith(train_only):  # also with --eval-only
         with pytest.raises(ConfigError, match=message):
             _main(train_net, tmp_path, *opts, eval_only=True, config=SMOKE)
@@ -132,6 +142,7 @@ def test_training_choices_are_detectron2s(train_net):
     import detectron2.data.build
     from detectron2.data import DatasetMapper
     from detectron2.solver import build_lr_scheduler
+    from detectron2.solver.build import maybe_add_gradient_clipping
 
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     choices = train_net.TRAINING_CHOICES
@@ -142,6 +153,9 @@ def test_training_choices_are_detectron2s(train_net):
             cfg.INPUT.MIN_SIZE_TRAIN = (160, 192)  # "range" takes two
             if key == "SOLVER.LR_SCHEDULER_NAME":
                 assert build_lr_scheduler(cfg, optimizer) is not None
+            elif key == "SOLVER.CLIP_GRADIENTS.CLIP_TYPE":
+                cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+                assert maybe_add_gradient_clipping(cfg, torch.optim.SGD) is not torch.optim.SGD
             elif key.startswith("INPUT."):
                 assert DatasetMapper.from_config(cfg, True)["augmentations"]
             else:  # the names Detectron2's train loader compares SAMPLER_TRAIN with
