@@ -325,7 +325,7 @@ def check_weights_file(path, key, scratch=False):
         problem = "is a folder" if os.path.isdir(path) else "does not exist"
         raise CheckpointError(
             f"Checkpoint {path!r} {problem} ({key}). Give a local .pth/.pkl file or a Detectron2 "
-            f"model-zoo URL{', or an empty path to start from scratch' * scratch}."
+            f"model-zoo URL{', or an empty path to start from scratch' if scratch else ''}."
         )
 
 
@@ -444,7 +444,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         if not path:  # a warm start from scratch (Detectron2 would log "Loading from  ...")
             logger.info("No weights (MODEL.WEIGHTS is empty): random initialisation.")
             return {}
-        check_weights_file(path, "MODEL.WEIGHTS or the checkpoint given to load", scratch=True)
+        check_weights_file(path, "MODEL.WEIGHTS or the checkpoint given to load", self.warm_start)
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)
