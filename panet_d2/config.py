@@ -73,9 +73,8 @@ MAX_NESTING = 100
 
 
 def _expanded_size(root):
-    """(the number of YAML nodes of the composed document ``root`` with each alias expanded (its
-    node counted once per reference), None); (None, the node) if an alias is inside the node it
-    refers to."""
+    """(the YAML nodes of the composed document ``root``, each alias's counted once per reference,
+    None); (None, the node) if an alias is inside the node it refers to."""
     sizes, open_nodes, stack = {}, set(), [(root, False)]
     while stack:
         node, closing = stack.pop()
@@ -95,10 +94,9 @@ def _expanded_size(root):
 
 
 def _check_structure(f, where):
-    """Raises a :class:`ConfigError` if the YAML stream ``f`` nests values deeper than
-    :data:`MAX_NESTING` levels, has an alias inside the value it refers to, or aliases that stand
-    for more than :data:`MAX_ALIASED_VALUES` values: checked on PyYAML's events and composed nodes,
-    before anything is expanded."""
+    """Raises a :class:`ConfigError` if the YAML stream ``f`` nests values over :data:`MAX_NESTING`
+    levels, has an alias inside its value or aliases for over :data:`MAX_ALIASED_VALUES` values:
+    checked on PyYAML's events and composed nodes, before anything is expanded."""
     alias, depth = None, 0
     for event in yaml.parse(f):
         if isinstance(event, yaml.CollectionStartEvent):
@@ -131,8 +129,7 @@ def _check_structure(f, where):
 
 def read_config_data(filename, where=None):
     """The YAML file ``filename`` as plain data (None if empty): ``yaml.safe_load``, after
-    :func:`_check_structure`; else a :class:`ConfigError` naming it as ``where`` (default "Config
-    file '...'")."""
+    :func:`_check_structure`; else a :class:`ConfigError` naming it as ``where``."""
     where = where or "Config file {!r}".format(filename)
     try:
         with PathManager.open(filename) as f:

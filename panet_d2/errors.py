@@ -8,8 +8,7 @@ from detectron2.layers import ShapeSpec, get_norm
 
 
 class InputError(Exception):
-    """An error in the inputs of a run (config, dataset, image, checkpoint); ``train_net.py`` and
-    ``demo.py`` print its message as one line, without a traceback."""
+    """An error in a run's inputs (config, dataset, image, checkpoint): scripts print one line."""
 
 
 class ConfigError(InputError, ValueError):
@@ -29,8 +28,7 @@ class CheckpointError(InputError, RuntimeError):
 
 
 class TrainingDivergedError(FloatingPointError):
-    """A loss or weight became NaN or inf (Detectron2's type); ``last_checkpoint``: the path of
-    the last checkpoint written before it, or None."""
+    """A loss or weight became NaN or inf; ``last_checkpoint``: the last one saved, or None."""
 
     def __init__(self, message, last_checkpoint=None):
         super().__init__(message)

@@ -18,7 +18,6 @@ from .label_space import PanopticLabelSpace
 
 logger = logging.getLogger(__name__)
 
-IGNORE_LABEL = 255
 # DatasetMapper's options for the instance targets: masks as BitMasks, with tight boxes
 _MASKS = dict(use_instance_mask=True, instance_mask_format="bitmask", recompute_boxes=True)
 
@@ -81,12 +80,14 @@ class PanopticDatasetMapper(ImageDatasetMapper):
     :class:`ImageDatasetMapper` (instance masks as ``BitMasks`` with tight boxes) that in training
     makes the targets of a panoptic dict (``pan_seg_file_name``, ``segments_info``) from its PNG:
     ``instances`` (non-crowd things that survive the augmentation) and ``sem_seg`` (int64 (H, W):
-    things 0, stuff 1..S, void 255). Other dicts get their thing ids mapped to the model's.
+    things 0, stuff 1..S, void ``ignore_label``). Other dicts get their thing ids mapped to ours.
     """
 
     @configurable
     def __init__(self, is_train, *, augmentations, image_format, label_space=None, **kwargs):
-        """``label_space`` (:class:`PanopticLabelSpace`): needed in training."""
+        """``label_space`` (:class:`PanopticLabelSpace`): needed in training; ``ignore_label``:
+        void's label (MODEL.SEM_SEG_HEAD.IGNORE_VALUE, default 255)."""
+        self.ignore_label = kwargs.pop("ignore_label", 255)
         if is_train and label_space is None:
             raise ValueError("PanopticDatasetMapper(is_train=True) needs a label_space")
         kwargs = {**_MASKS, **kwargs}
@@ -96,7 +97,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
-        ret.update(_MASKS)
+        ret.update(_MASKS, ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
         ret["label_space"] = None
         for name in cfg.DATASETS.TRAIN if is_train else ():
             try:
@@ -129,9 +130,9 @@ class PanopticDatasetMapper(ImageDatasetMapper):
                 f"image size {image.shape[1::-1]} ({dataset_dict['file_name']})"
             )
         index, sem, cls = _segments(pan_ids, dataset_dict["segments_info"], self.label_space, where)
-        lut = np.concatenate([[IGNORE_LABEL], sem])
+        lut = np.concatenate([[self.ignore_label], sem])
         # sem_seg for augmentations that read it (e.g. CategoryAreaConstraint crops)
-        sem_seg = lut[index].astype(np.uint8) if self.label_space.num_stuff < 255 else None
+        sem_seg = lut[index].astype(np.uint8) if 0 <= lut.min() <= lut.max() <= 255 else None
         aug_input, transforms = self._augment(dataset_dict, image, sem_seg)
         # the index goes through the transforms as a uint8 segmentation (3 channels if > 255)
         if len(sem) <= 255:

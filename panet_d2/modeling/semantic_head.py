@@ -29,6 +29,11 @@ class PANetSemSegHead(SemSegFPNHead):
                 "classes plus the 'other' class of thing pixels, >= 2 (COCO: 53 + 1 = 54, "
                 "Cityscapes: 11 + 1 = 12)."
             )
+        if not isinstance(head.IGNORE_VALUE, int) or 0 <= head.IGNORE_VALUE < head.NUM_CLASSES:
+            raise ConfigError(
+                f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={head.IGNORE_VALUE!r}: the void pixels' label, "
+                f"an integer outside the classes 0..{head.NUM_CLASSES - 1} (default 255)."
+            )
         return super().from_config(cfg, input_shape)
 
     def __init__(self, *args, **kwargs):

@@ -193,6 +193,24 @@ def test_mapper_from_config_and_inference(sample):
     assert not {"instances", "sem_seg", "annotations"} & set(out)
 
 
+@pytest.mark.parametrize("ignore", [254, -1])
+def test_mapper_void_label_from_config(sample, ignore):
+    """Void pixels get MODEL.SEM_SEG_HEAD.IGNORE_VALUE (what the loss ignores), the rest as ever."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.DATASETS.TRAIN = (NAME,)
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.RANDOM_FLIP = (427,), "none"
+    cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = ignore
+    d = sample["dicts"][0]
+    out = PanopticDatasetMapper(cfg, is_train=True)(d)
+    segments = sample["raw"][d["image_id"]]["segments_info"]
+    sem, _ = _expected(panoptic_ids(d["pan_seg_file_name"]), segments, sample["categories"])
+    assert (sem == 255).any()
+    sem[sem == 255] = ignore
+    assert np.array_equal(out["sem_seg"].numpy(), sem)
+
+
 def test_mapper_many_segments_and_crop(tmp_path):
     """> 255 segments (3-channel index path) with resize + flip + crop."""
     h, w = 90, 120

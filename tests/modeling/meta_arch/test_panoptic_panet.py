@@ -101,6 +101,23 @@ def test_joint_loss_weights_and_semantic_loss():
     torch.testing.assert_close(losses2["loss_rpn_cls"], losses["loss_rpn_cls"])
 
 
+@pytest.mark.parametrize("ignore", [54, -1])
+def test_semantic_loss_ignores_the_configured_void_label(ignore):
+    """A void label other than 255 (any integer that is not a class) is the one the loss skips."""
+    model, _ = _model(["MODEL.SEM_SEG_HEAD.IGNORE_VALUE", ignore])
+    sample = _sample()
+    sample["sem_seg"][sample["sem_seg"] == 255] = ignore
+    logits = []
+    model.sem_seg_head.predictor.register_forward_hook(lambda m, i, o: logits.append(o))
+    model.train()
+    with EventStorage(0):
+        losses = model([sample])
+    up = F.interpolate(logits[0], scale_factor=4, mode="bilinear", align_corners=False)
+    labelled = sample["sem_seg"] != ignore
+    expected = 0.5 * F.cross_entropy(up[0].permute(1, 2, 0)[labelled], sample["sem_seg"][labelled])
+    torch.testing.assert_close(losses["loss_sem_seg"], expected)
+
+
 def test_inference_outputs_and_merge_equal_detectron2():
     model, cfg = _model()
     model.eval()
@@ -132,6 +149,12 @@ def test_inference_outputs_and_merge_equal_detectron2():
         (
             ["MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 1.5],
             "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH",
+        ),
+        # the void label must not be a class (54 of COCO: 0..53)
+        (["MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 0], "MODEL.SEM_SEG_HEAD.IGNORE_VALUE=0"),
+        (
+            ["MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 53],
+            "IGNORE_VALUE=53: the void pixels' label, an integer outside the classes 0..53",
         ),
     ],
 )
