@@ -100,9 +100,8 @@ class _BoundedReader:
     def read(self, n=-1):
         n = self.left if n is None or n < 0 else n
         if n > self.left:
-            raise pickle.UnpicklingError(
-                f"it declares {n} bytes of data where the file has {self.left} left"
-            )
+            msg = f"it declares {n} bytes of data where the file has {self.left} left"
+            raise pickle.UnpicklingError(msg)
         data = self._file.read(n)
         self.left -= len(data)
         return data
@@ -376,12 +375,9 @@ def _names(keys, n=3):
 
 class PANetCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer that reads files as data, verifies what it loaded and saves
-    atomically (removing the partial files of an interrupted save).
-
-    Args:
-        warm_start (bool): True for MODEL.WEIGHTS of training: new layers and other class counts
-            allowed, "" starts from scratch. False: every tensor from the file. Resuming is strict.
-    """
+    atomically (removing the partial files of an interrupted save). ``warm_start`` (bool): True
+    for MODEL.WEIGHTS of training: new layers and other class counts allowed, "" starts from
+    scratch. False: every tensor from the file. Resuming is strict."""
 
     def __init__(self, model, save_dir="", *, save_to_disk=None, warm_start=False, **kwargs):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **kwargs)
@@ -572,29 +568,24 @@ class PANetCheckpointer(DetectionCheckpointer):
                 f"tensor(s): {_names(file_keys) or 'nothing'}): it is not a checkpoint of this "
                 "model."
             )
-        wrong = [
-            w for w in incompatible.incorrect_shapes if not w[0].endswith(NOT_REQUIRED_SUFFIXES)
-        ]
+        shapes = incompatible.incorrect_shapes
+        wrong = [w for w in shapes if not w[0].endswith(NOT_REQUIRED_SUFFIXES)]
         classes = [w for w in wrong if w[0].startswith(tuple(_CLASS_KEYS))]
         others = [w for w in wrong if not w[0].startswith(tuple(_CLASS_KEYS))]
-        missing, unexpected = [
-            k for k in required if k not in file_keys
-        ], incompatible.unexpected_keys
+        missing = [k for k in required if k not in file_keys]
+        unexpected = incompatible.unexpected_keys
+        against = {"missing": (missing, file_keys), "unexpected": (unexpected, model_keys)}
         hints = []  # those of _HINTS that hold: the config keys that would fit the file
         for where, part, hint in _HINTS:
             if where == "single":
                 holds = any(part in k and k.replace(part, ".") in file_keys for k in missing)
             else:
-                keys, other = (
-                    (missing, file_keys) if where == "missing" else (unexpected, model_keys)
-                )
+                keys, other = against[where]
                 holds = any(part in k for k in keys) and not any(part in k for k in other)
             hints += ["the file has " + hint] if holds else []
         if others:
-            listed = "; ".join(
-                f"{k}: checkpoint {list(c)} vs model {list(m)}" for k, c, m in others[:3]
-            )
-            listed += f" and {len(others) - 3} more" if len(others) > 3 else ""
+            listed = [f"{k}: checkpoint {list(c)} vs model {list(m)}" for k, c, m in others[:3]]
+            listed = "; ".join(listed) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             advice = "; ".join(hints) or (
                 "was it trained with another config (backbone depth, FPN channels, head sizes, "
                 "MODEL.AFP / MODEL.FF settings)? Only the class-dependent predictors may differ, "

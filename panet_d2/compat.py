@@ -25,9 +25,7 @@ __all__ += ["ddp_on_cpu", "atomic_output_files"]
 def quiet_jit_script_deprecation():
     """Ignores torch 2.14's ``FutureWarning`` on ``torch.jit.script``, called by fvcore 0.1.5."""
     with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
-        )
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
         yield
 
 

@@ -14,8 +14,7 @@ from detectron2.utils.file_io import PathManager
 from ..errors import DatasetError, ImageLoadError, InputError
 
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
-# The longest side of an image that panet_d2 reads, in its shortest sides
-MAX_ASPECT_RATIO = 100
+MAX_ASPECT_RATIO = 100  # the longest side of an image that panet_d2 reads, in its shortest sides
 
 
 # UPSTREAM-WORKAROUND pil-16-bit-read: Detectron2 0.6 read_image (PIL convert) clips 16-bit pixels:
@@ -71,15 +70,11 @@ def check_image_size(dataset_dict, image):
     read = stored[::-1] if orientation in _ROTATED else stored
     record = (dataset_dict.get("width"), dataset_dict.get("height"))
     image_id = f" (image_id {dataset_dict['image_id']!r})" if "image_id" in dataset_dict else ""
-    msg = (
-        f"Image {file_name!r}{image_id} is {read[0]}x{read[1]} (width x height) as read, its "
-        f"dataset record says {record[0]}x{record[1]}"
-    )
+    msg = f"Image {file_name!r}{image_id} is {read[0]}x{read[1]} (width x height) as read, its "
+    msg += f"dataset record says {record[0]}x{record[1]}"
     if orientation in _ROTATED:
-        msg += (
-            f"; the file is stored {stored[0]}x{stored[1]} with EXIF orientation {orientation} (a "
-            "rotated photo, read upright as Detectron2 reads it)"
-        )
+        msg += f"; the file is stored {stored[0]}x{stored[1]} with EXIF orientation {orientation}"
+        msg += " (a rotated photo, read upright as Detectron2 reads it)"
         if tuple(record) == tuple(stored):
             msg += f": write its upright size {read[0]}x{read[1]} in the dataset's JSON"
     elif orientation not in (None, 1):

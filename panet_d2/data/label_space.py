@@ -6,13 +6,11 @@ from ..errors import DatasetError
 
 
 class PanopticLabelSpace:
-    """
-    The thing and stuff categories of a panoptic dataset. The model's ids are Detectron2's
+    """The thing and stuff categories of a panoptic dataset. The model's ids are Detectron2's
     separated ones (things ``0..T-1``, stuff ``1..S``): model thing ``i`` is the ``i``-th smallest
     thing contiguous id, model stuff ``s`` the ``s``-th smallest stuff one. ``is_separated``: the
     model's ids are the dataset's; ``contiguous_segments``: ``segments_info`` without
-    ``"isthing"`` has contiguous ids (Detectron2's Cityscapes loader), not dataset ids.
-    """
+    ``"isthing"`` has contiguous ids (Detectron2's Cityscapes loader), not dataset ids."""
 
     def __init__(
         self,
@@ -42,9 +40,8 @@ class PanopticLabelSpace:
         self.num_things = len(self.thing_contiguous_ids)
         self.num_stuff = len(self.stuff_contiguous_ids)
         self.num_sem_classes = self.num_stuff + 1
-        self.is_separated = self.thing_contiguous_ids == list(range(self.num_things)) and (
-            self.stuff_contiguous_ids == list(range(1, self.num_stuff + 1))
-        )
+        separated = (list(range(self.num_things)), list(range(1, self.num_stuff + 1)))
+        self.is_separated = (self.thing_contiguous_ids, self.stuff_contiguous_ids) == separated
 
         def names(given, ids, kind):
             return [given[c] if given and 0 <= c < len(given) else f"{kind}_{c}" for c in ids]

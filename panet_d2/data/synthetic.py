@@ -100,8 +100,7 @@ def _void_mask(rng, h, w):
         axes = (int(rng.integers(6, max(7, w // 6))), int(rng.integers(6, max(7, h // 6))))
         cv2.ellipse(m, center, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
     else:
-        t = int(rng.integers(4, 13))
-        side = int(rng.integers(0, 4))
+        t, side = int(rng.integers(4, 13)), int(rng.integers(0, 4))
         strip = [np.s_[:t], np.s_[-t:], np.s_[:, :t], np.s_[:, -t:]][side]
         m[strip] = 1
     return m.astype(bool)
@@ -174,8 +173,7 @@ def draw_synthetic_image(rng, h, w, force_void=False):
         inst[m] = k
     areas = np.bincount(inst.ravel(), minlength=num + 1)
 
-    pan = np.zeros((h, w), np.int32)
-    sem = np.full((h, w), 255, np.uint8)
+    pan, sem = np.zeros((h, w), np.int32), np.full((h, w), 255, np.uint8)
     segments, per_cat = [], {}
     for k, j in enumerate(order, start=1):
         m = inst == k
@@ -234,9 +232,8 @@ def _write_split(d, split, num_images, seed, h, w):
     keys = ("id", "name", "supercategory", "isthing", "color")
     inst_cats = [{k: c[k] for k in keys[:3]} for c in SYNTHETIC_CATEGORIES if c["isthing"]]
     pan_cats = [{k: c[k] for k in keys} for c in SYNTHETIC_CATEGORIES]
-    info = dict(
-        description=f"panet_d2 synthetic dataset, split {split}", version=_VERSION, seed=seed
-    )
+    description = f"panet_d2 synthetic dataset, split {split}"
+    info = dict(description=description, version=_VERSION, seed=seed)
     for name, anns, cats in (("instances", inst_anns, inst_cats), ("panoptic", pan_anns, pan_cats)):
         data = {"info": info, "images": images, "annotations": anns, "categories": cats}
         with open(os.path.join(d, name + ".json"), "w") as f:
@@ -282,9 +279,8 @@ def generate_synthetic_dataset(root, split, num_images, seed, image_size=DEFAULT
             with open(p) as f:
                 json.load(f)
         except (OSError, ValueError) as e:
-            raise DatasetError(
-                f"Generated file '{p}' is missing or corrupt ({e}). {hint}"
-            ) from None
+            msg = f"Generated file '{p}' is missing or corrupt ({e}). {hint}"
+            raise DatasetError(msg) from None
     names = [f"{i:06d}.png" for i in range(1, num_images + 1)]
     for p in [os.path.join(paths[k], n) for k in _FOLDERS for n in names]:
         if not os.path.isfile(p) or os.path.getsize(p) == 0:

@@ -192,9 +192,8 @@ def check_config(cfg, train=True, world_size=None):
     for key, (low, what) in counts.items():
         value = functools.reduce(lambda node, name: node[name], key.split("."), cfg)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not values or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < low for v in values
-        ):
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < low]
+        if not values or bad:
             kind = "integers" if isinstance(value, (list, tuple)) else "an integer"
             raise ConfigError(f"{key}={value!r}: must be {kind} >= {low} ({what}).")
     if train:
@@ -202,9 +201,8 @@ def check_config(cfg, train=True, world_size=None):
             if solver[k] < 0:
                 raise ConfigError(f"SOLVER.{k}={solver[k]!r}: must be 0 or positive.")
         steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]  # as Detectron2's
-        if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and (
-            solver.MAX_ITER in steps or steps != sorted(set(steps)) or min(steps, default=1) < 1
-        ):
+        bad = solver.MAX_ITER in steps or steps != sorted(set(steps)) or min(steps, default=1) < 1
+        if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and bad:
             raise ConfigError(
                 f"SOLVER.STEPS={solver.STEPS}: the iterations where the LR drops must be "
                 f"increasing, from 1 to less than SOLVER.MAX_ITER={solver.MAX_ITER}."
@@ -334,10 +332,8 @@ def drop_invalid_annotations(dicts, names, key, masks):
     where += f" from {', '.join(map(repr, files))}" if files else ""
     if total and sum(counts.values()) == total:
         empty = " A model with MODEL.MASK_ON needs a segmentation in every annotation."
-        raise DatasetError(
-            f"{where}: all {total} annotations are invalid: {_reasons(counts)}."
-            + (empty if counts.get("empty") else "")
-        )
+        msg = f"{where}: all {total} annotations are invalid: {_reasons(counts)}."
+        raise DatasetError(msg + (empty if counts.get("empty") else ""))
     _log_dropped(where, counts, total, polygons, first, "Evaluation drops the same ones.")
     return out
 

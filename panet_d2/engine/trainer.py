@@ -48,9 +48,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __init__(self, iteration, last_checkpoint):
         last = repr(last_checkpoint) if last_checkpoint else "none"
-        super().__init__(
-            f"Training stopped by Ctrl-C at iteration {iteration}; the last checkpoint: {last}."
-        )
+        msg = f"Training stopped by Ctrl-C at iteration {iteration}; the last checkpoint: {last}."
+        super().__init__(msg)
         self.iteration, self.last_checkpoint = iteration, last_checkpoint
 
 
@@ -82,8 +81,7 @@ class MomentumRescale(hooks.HookBase):
     THRESHOLD = 1.1  # Detectron's SOLVER.SCALE_MOMENTUM_THRESHOLD
 
     def __init__(self, optimizer):
-        self._optimizer = optimizer
-        self._last = None  # the learning rate of each group at the previous step
+        self._optimizer, self._last = optimizer, None  # _last: each group's LR at the previous step
 
     def before_step(self):
         groups = self._optimizer.param_groups
@@ -262,11 +260,9 @@ class PANetTrainer(DefaultTrainer):
                 if first is None and not stopped:
                     first = e
                     continue
-                how, why = "stopped" if stopped else "failed", " ".join(str(e).split())
-                logger.warning(
-                    f"After training {how}, {type(h).__name__} could not finish: "
-                    f"{type(e).__name__}: {why}"
-                )
+                how = "stopped" if stopped else "failed"
+                why = f"{type(e).__name__}: {' '.join(str(e).split())}"
+                logger.warning(f"After training {how}, {type(h).__name__} could not finish: {why}")
         if stopped or first is not None:
             for writer in getattr(self, "event_writers", ()):
                 with contextlib.suppress(Exception):  # closed even when its last flush fails

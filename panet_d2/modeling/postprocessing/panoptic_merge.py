@@ -124,16 +124,14 @@ def _things_cpu(pred_masks, cand, pan, occupied, overlap_threshold):
     accepted = []
     if H == 0 or W == 0:
         return accepted
-    scratch = np.empty(H * W, dtype=bool)
-    cur = 0
+    scratch, cur = np.empty(H * W, dtype=bool), 0  # cur: the last thing id written
     for j, inst_id in enumerate(cand):
         m = np.ascontiguousarray(pred_masks[inst_id].detach().to("cpu", torch.bool).numpy())
         box = _mask_box(m, m.view(np.uint8), H, W)
         if box is None:  # mask_area == 0
             continue
         ys, ye, xs, xe = box
-        crop = m[ys:ye, xs:xe]
-        occ = occupied[ys:ye, xs:xe]
+        crop, occ = m[ys:ye, xs:xe], occupied[ys:ye, xs:xe]
         tmp = scratch[: (ye - ys) * (xe - xs)].reshape(ye - ys, xe - xs)
         mask_area = int(np.count_nonzero(crop))
         np.logical_and(crop, occ, out=tmp)
@@ -205,8 +203,7 @@ def _things_tensors(
         num = 0
     candidates = sorted_inds[:num]
     # tight box of every mask (empty: the whole image): an instance reads and writes its box only
-    rows_any = masks.any(dim=2).to(torch.uint8)
-    cols_any = masks.any(dim=1).to(torch.uint8)
+    rows_any, cols_any = masks.any(dim=2).to(torch.uint8), masks.any(dim=1).to(torch.uint8)
     y0s, x0s = rows_any.argmax(dim=1), cols_any.argmax(dim=1)
     y1s, x1s = H - rows_any.flip([1]).argmax(dim=1), W - cols_any.flip([1]).argmax(dim=1)
     accepted = torch.zeros(num, dtype=torch.bool, device=device)
@@ -217,8 +214,7 @@ def _things_tensors(
         mask = masks[i, y0:y1, x0:x1]
         crop = panoptic_seg[y0:y1, x0:x1]
         free = mask & (crop == 0)
-        area = mask.sum()
-        free_area = free.sum()
+        area, free_area = mask.sum(), free.sum()
         # Detectron2: an empty mask is skipped; else rejected if intersect / area > overlap
         taken = (area - free_area).to(torch.float64) / area.clamp(min=1).to(torch.float64)
         accept = (area > 0) & torch.logical_not(taken > overlap)
