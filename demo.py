@@ -39,7 +39,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from panet_d2 import PANetCheckpointer  # registers its models and datasets
 from panet_d2.checkpoint import check_weights_file
-from panet_d2.config import load_config_file
+from panet_d2.config import instantiate_model, load_config_file
 from panet_d2.data import PanopticLabelSpace
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
@@ -126,7 +126,7 @@ def build_predictor(args):
     for key in (k for k in LAZY_SCORE_KEYS if OmegaConf.select(cfg, k) is not None):
         OmegaConf.update(cfg, key, score)
     device = cfg.train.device
-    model = instantiate(cfg.model).to(device).eval()
+    model = instantiate_model(cfg).to(device).eval()
     PANetCheckpointer(model).load(weights)
     augs = OmegaConf.select(cfg, "dataloader.test.mapper.augmentations")
     augs = instantiate(augs) if augs else [T.ResizeShortestEdge(800, 1333)]

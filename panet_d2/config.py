@@ -8,7 +8,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from detectron2.config import CfgNode as CN
-from detectron2.config import LazyConfig, get_cfg
+from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.utils.file_io import PathManager
 
 from .errors import ConfigError, InputError
@@ -209,6 +209,33 @@ def load_lazy_config(filename, keys=None):
 def lazyconfig_files_as_data():
     """While the block runs, Detectron2's ``LazyConfig.load`` is :func:`load_lazy_config`."""
     return mock.patch.object(LazyConfig, "load", staticmethod(load_lazy_config))
+
+
+def instantiate_model(cfg):
+    """``instantiate(cfg.model)`` of a LazyConfig ``cfg``; an argument that its class does not take
+    is a :class:`ConfigError` naming the key (in Detectron2 a TypeError traceback)."""
+    try:
+        return instantiate(cfg.model)
+    except TypeError as e:
+        bad = re.search(r"([\w.]+)\(\) got an unexpected keyword argument '(\w+)'", str(e))
+        tree = OmegaConf.to_container(cfg.model, resolve=False)
+        keys = _key_paths(tree, bad.group(2), "model") if bad else None
+        if not keys:
+            raise
+        raise ConfigError(
+            f"{' or '.join(keys)}: {bad.group(1)}() takes no argument {bad.group(2)!r}; remove the "
+            "key or correct its name."
+        ) from None
+
+
+def _key_paths(node, name, path):
+    """The dotted paths of the keys ``name`` in the nested dicts and lists ``node`` at ``path``."""
+    if not isinstance(node, (dict, list)):
+        return []
+    found = [f"{path}.{name}"] if isinstance(node, dict) and name in node else []
+    for key, value in node.items() if isinstance(node, dict) else enumerate(node):
+        found += _key_paths(value, name, f"{path}.{key}")
+    return found
 
 
 def config_error(path, e):

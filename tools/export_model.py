@@ -53,7 +53,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer
-from panet_d2.config import load_config_file
+from panet_d2.config import instantiate_model, load_config_file
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
 from panet_d2.engine.checks import check_dataset, check_output_dir, loading_dataset
@@ -374,7 +374,7 @@ def main(argv=None):
     if isinstance(cfg, CfgNode):
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
     else:
-        model, weights = instantiate(cfg.model).to(cfg.train.device), cfg.train.init_checkpoint
+        model, weights = instantiate_model(cfg).to(cfg.train.device), cfg.train.init_checkpoint
     PANetCheckpointer(model).load(weights)  # required; every tensor of the model from it
     model.eval()
     inference = export_model(cfg, args, model)

@@ -6,11 +6,11 @@ from typing import List, Optional, Union
 import torch
 from omegaconf import DictConfig
 
-from detectron2.config import CfgNode, instantiate
+from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from ..checkpoint import PANetCheckpointer
-from ..config import load_config_file
+from ..config import instantiate_model, load_config_file
 from ..errors import ConfigError
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -125,7 +125,7 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
             cfg.MODEL.DEVICE = device
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
     else:  # a LazyConfig, as Detectron2's model_zoo.get
-        model = instantiate(cfg.model)
+        model = instantiate_model(cfg)
         model = model if device is None else model.to(device)
         weights = cfg.train.init_checkpoint if "init_checkpoint" in cfg.get("train", {}) else None
     if weights is not None:

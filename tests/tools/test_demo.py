@@ -281,6 +281,13 @@ def test_lazy_config(demo, photos, tmp_path):
         opts=["train.init_checkpoint=" + missing],
     )
     assert "missing_lazy.pth" in msg and "does not exist" in msg
+    # a key that the model's class does not take (a typo): one line naming the key
+    opts = ["train.init_checkpoint=" + checkpoint, "model.roi_heads.box_head.fc_dim=64"]
+    msg = error_line(demo, "--input", image, "--output", out, config=str(config), opts=opts)
+    assert msg == (
+        "ERROR: model.roi_heads.box_head.fc_dim: FastRCNNConvFCHead.__init__() takes no argument "
+        "'fc_dim'; remove the key or correct its name."
+    )
 
 
 def test_panoptic_ids_in_the_dataset_convention(demo):
