@@ -85,9 +85,15 @@ class PANetROIHeads(StandardROIHeads):
         """The AFP pooler of ``cfg.MODEL[head]`` (axis-aligned boxes: no rotated RoIAlign)."""
         head_cfg = cfg.MODEL[head]
         check_choice(f"MODEL.{head}.POOLER_TYPE", head_cfg.POOLER_TYPE, AFP_POOLER_TYPES)
+        ratio = cfg.MODEL.AFP.POOLER_SAMPLING_RATIO
+        if head_cfg.POOLER_SAMPLING_RATIO not in (0, ratio):  # 0: Detectron2's default
+            raise ConfigError(
+                f"MODEL.{head}.POOLER_SAMPLING_RATIO={head_cfg.POOLER_SAMPLING_RATIO!r}: with AFP "
+                f"on, the poolers take MODEL.AFP.POOLER_SAMPLING_RATIO (now {ratio}); set that."
+            )
         return AdaptiveFeaturePooler(
             output_size=head_cfg.POOLER_RESOLUTION,
             scales=tuple(1.0 / input_shape[k].stride for k in cfg.MODEL.ROI_HEADS.IN_FEATURES),
-            sampling_ratio=cfg.MODEL.AFP.POOLER_SAMPLING_RATIO,
+            sampling_ratio=ratio,
             pooler_type=head_cfg.POOLER_TYPE,
         )

@@ -15,7 +15,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
 from panet_d2 import AFPConv2d, AFPLinear, PANetCheckpointer
-from panet_d2.errors import CheckpointError
+from panet_d2.errors import CheckpointError, ConfigError
 
 from ..common import ALL_OFF, NARROW_HEADS, R18, panet_cfg, random_image, toy_instances
 
@@ -330,3 +330,17 @@ def test_afp_sampling_ratio_reaches_both_all_level_poolers():
     for pooler in (heads.box_pooler, heads.mask_pooler):
         assert type(pooler).__name__ == "ROIPooler"
         assert [p.sampling_ratio for p in pooler.level_poolers] == [0] * 4
+    # AFP on: Detectron2's key of a head is not read, so another value than 0 (its default) or
+    # AFP's is refused, naming the key to set
+    opts = SMALL_BACKBONE + ["MODEL.AFP.POOLER_SAMPLING_RATIO", 3]
+    for head in ("ROI_BOX_HEAD", "ROI_MASK_HEAD"):
+        cfg = panet_cfg("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml", opts=opts)
+        cfg.MODEL[head].POOLER_SAMPLING_RATIO = 3  # the same as AFP's: allowed
+        build_model(cfg)
+        cfg.MODEL[head].POOLER_SAMPLING_RATIO = 4
+        with pytest.raises(ConfigError) as e:
+            build_model(cfg)
+        assert str(e.value) == (
+            f"MODEL.{head}.POOLER_SAMPLING_RATIO=4: with AFP on, the poolers take "
+            "MODEL.AFP.POOLER_SAMPLING_RATIO (now 3); set that."
+        )
