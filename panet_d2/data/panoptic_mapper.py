@@ -76,12 +76,10 @@ def warn_segment_mismatch(where, missing, unknown, missed="", unlisted="void"):
 
 
 class PanopticDatasetMapper(ImageDatasetMapper):
-    """
-    :class:`ImageDatasetMapper` (instance masks as ``BitMasks`` with tight boxes) that in training
-    makes the targets of a panoptic dict (``pan_seg_file_name``, ``segments_info``) from its PNG:
-    ``instances`` (non-crowd things that survive the augmentation) and ``sem_seg`` (int64 (H, W):
-    things 0, stuff 1..S, void ``ignore_label``). Other dicts get their thing ids mapped to ours.
-    """
+    """:class:`ImageDatasetMapper` (instance masks as ``BitMasks`` with tight boxes) that in
+    training makes the targets of a panoptic dict (``pan_seg_file_name``, ``segments_info``) from
+    its PNG: ``instances`` (non-crowd things that survive the augmentation) and ``sem_seg`` (int64
+    (H, W): things 0, stuff 1..S, void ``ignore_label``). Other dicts: thing ids mapped to ours."""
 
     @configurable
     def __init__(self, is_train, *, augmentations, image_format, label_space=None, **kwargs):

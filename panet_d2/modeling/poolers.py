@@ -35,8 +35,7 @@ def multilevel_roi_align(
 ) -> Tensor:
     """One ``torchvision.ops.roi_align`` per level, stacked, as one ``F.embedding_bag`` of s * s * 4
     taps per bin (docs/design.md). ``features``: L maps (N, C, H_l, W_l) at ``scales``; ``rois``:
-    (M, 5) (batch index, x0, y0, x1, y1); the others as roi_align's (s > 0). -> (M, L, C, Ph, Pw).
-    """
+    (M, 5) (batch index, x0, y0, x1, y1); the rest as roi_align's (s > 0). -> (M, L, C, Ph, Pw)"""
     L, C, (ph, pw) = len(features), features[0].shape[1], output_size
     # channels-last table of all levels, one row per pixel: n * rows + offset_l + y * W_l + x
     table = torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1).reshape(-1, C)

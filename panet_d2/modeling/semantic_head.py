@@ -25,14 +25,19 @@ class PANetSemSegHead(SemSegFPNHead):
         check_norm("MODEL.SEM_SEG_HEAD.NORM", head.NORM)
         if not isinstance(head.NUM_CLASSES, int) or head.NUM_CLASSES < 2:
             raise ConfigError(
-                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={head.NUM_CLASSES!r}: must count the stuff "
-                "classes plus the 'other' class of thing pixels, >= 2 (COCO: 53 + 1 = 54, "
-                "Cityscapes: 11 + 1 = 12)."
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={head.NUM_CLASSES!r}: must count the stuff classes"
+                " and the 'other' class of thing pixels, >= 2 (COCO: 53 + 1, Cityscapes: 11 + 1)."
             )
         if not isinstance(head.IGNORE_VALUE, int) or 0 <= head.IGNORE_VALUE < head.NUM_CLASSES:
             raise ConfigError(
                 f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE={head.IGNORE_VALUE!r}: the void pixels' label, "
                 f"an integer outside the classes 0..{head.NUM_CLASSES - 1} (default 255)."
+            )
+        finest, stride = min(input_shape[f].stride for f in head.IN_FEATURES), head.COMMON_STRIDE
+        if not 1 <= stride <= finest or stride & (stride - 1):
+            raise ConfigError(
+                f"MODEL.SEM_SEG_HEAD.COMMON_STRIDE={stride!r}: must be a power of 2 up to {finest},"
+                " the finest stride of MODEL.SEM_SEG_HEAD.IN_FEATURES."
             )
         return super().from_config(cfg, input_shape)
 

@@ -118,6 +118,22 @@ def test_semantic_loss_ignores_the_configured_void_label(ignore):
     torch.testing.assert_close(losses["loss_sem_seg"], expected)
 
 
+@pytest.mark.parametrize(
+    "stride,features", [(2, ["p2", "p3", "p4", "p5"]), (8, ["p3", "p4", "p5"])]
+)
+def test_other_common_strides_give_full_size_logits(stride, features):
+    """A finer common stride, or a coarser one from coarser inputs: (N, 54, H, W) logits still."""
+    opts = ["MODEL.SEM_SEG_HEAD.COMMON_STRIDE", stride, "MODEL.SEM_SEG_HEAD.IN_FEATURES", features]
+    model, _ = _model(opts)
+    logits = []
+    model.sem_seg_head.predictor.register_forward_hook(lambda m, i, o: logits.append(o))
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": random_image(128, 160)}])[0]
+    assert logits[0].shape[-2:] == (128 // stride, 160 // stride)
+    assert out["sem_seg"].shape == (54, 128, 160)
+
+
 def test_inference_outputs_and_merge_equal_detectron2():
     model, cfg = _model()
     model.eval()
@@ -150,6 +166,9 @@ def test_inference_outputs_and_merge_equal_detectron2():
             ["MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH", 1.5],
             "MODEL.PANOPTIC_FPN.COMBINE.OVERLAP_THRESH",
         ),
+        # the semantic branch's common stride: a power of 2 no coarser than its finest input (N2: 4)
+        (["MODEL.SEM_SEG_HEAD.COMMON_STRIDE", 8], "COMMON_STRIDE=8: must be a power of 2 up to 4,"),
+        (["MODEL.SEM_SEG_HEAD.COMMON_STRIDE", 3], "COMMON_STRIDE=3: must be a power of 2 up to 4,"),
         # the void label must not be a class (54 of COCO: 0..53)
         (["MODEL.SEM_SEG_HEAD.IGNORE_VALUE", 0], "MODEL.SEM_SEG_HEAD.IGNORE_VALUE=0"),
         (
