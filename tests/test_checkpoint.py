@@ -116,6 +116,19 @@ def test_code_running_files_are_refused(instance_state, tmp_path):
     assert os.path.isdir(marker)
 
 
+def test_numpy_arrays_in_a_torch_file_are_refused_saying_where_they_load(instance_state, tmp_path):
+    """torch's weights-only loader (as Detectron2's checkpointer calls it) refuses NumPy arrays in a
+    torch file; the message must not claim that panet_d2 reads them there, and names the .pkl."""
+    path = str(tmp_path / "numpy_arrays.pth")
+    torch.save({"model": {k: v.numpy() for k, v in instance_state.items()}}, path)
+    with pytest.raises(CheckpointError) as e:
+        PANetCheckpointer(_model(seed=1)).load(path)
+    message = str(e.value)
+    assert "_reconstruct" in message and "NumPy arrays: a .pkl only" in message, message
+    with pytest.raises(pickle.UnpicklingError):  # torch itself, weights-only
+        torch.load(path, weights_only=True)
+
+
 def test_importing_panet_d2_patches_nothing():
     # Detectron2's and fvcore's checkpointers are their own; nothing added to torch's allow-list
     assert (
