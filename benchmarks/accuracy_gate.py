@@ -32,6 +32,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
+from benchmarks.options import at_least  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
@@ -44,7 +45,6 @@ from panet_d2.config import load_config_file  # noqa: E402
 from panet_d2.data import register_synthetic_dataset  # noqa: E402
 from panet_d2.engine import PANetTrainer, one_line_errors  # noqa: E402
 from panet_d2.engine.checks import check_output_dir  # noqa: E402
-from panet_d2.errors import ConfigError  # noqa: E402
 from panet_d2.evaluation import build_evaluator  # noqa: E402
 
 import export_model  # noqa: E402  isort: skip  (tools/)
@@ -75,14 +75,14 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True, help="the trained checkpoint")
-    parser.add_argument("--num-images", type=int, default=0, help="0: DATASETS.TEST[0]")
+    parser.add_argument("--num-images", type=at_least(0), default=0, help="0: DATASETS.TEST[0]")
     parser.add_argument("--seed", type=int, default=99, help="of the generated held-out split")
     parser.add_argument(
         "--precisions", nargs="+", choices=list(PRECISIONS), default=list(PRECISIONS)
     )
     parser.add_argument("--no-eager-bf16", action="store_true")
-    parser.add_argument("--calibration-count", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calibration-count", type=at_least(1), default=16)
+    parser.add_argument("--threads", type=at_least(1), default=2)
     parser.add_argument(
         "--output",
         default=None,
@@ -155,14 +155,7 @@ def row(name, metrics, reference, matches):
 
 
 def check_args(args):
-    """Refuse bad counts before the eager evaluation (minutes to hours)."""
-    for flag, value, least in (
-        ("--num-images", args.num_images, 0),
-        ("--calibration-count", args.calibration_count, 1),
-        ("--threads", args.threads, 1),
-    ):
-        if value < least:
-            raise ConfigError("{} {}: must be at least {}".format(flag, value, least))
+    """Refuse a bad --output before the eager evaluation (minutes to hours; counts: the parser)."""
     if args.output is not None:
         check_output_dir(args.output, "--output")
 

@@ -26,19 +26,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
-
 from benchmarks.bench_model import fixed_proposals  # noqa: E402
+from benchmarks.options import add_timing_options  # noqa: E402
 from panet_d2.modeling import AdaptiveFeaturePooler  # noqa: E402
 
 
 def pooler_parser(doc):
     """The options of the pooler benchmarks: image size, repeats, threads."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--width", type=int, default=1216)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    return parser
+    return add_timing_options(argparse.ArgumentParser(description=doc.split("\n\n")[0]))
 
 
 def pyramid_features(height, width, seed=0):

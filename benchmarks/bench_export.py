@@ -51,11 +51,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
-
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-from panet_d2 import add_panet_config  # noqa: E402
+from benchmarks.options import add_timing_options  # noqa: E402
+from panet_d2.config import load_config_file  # noqa: E402
+from panet_d2.errors import InputError  # noqa: E402
 from panet_d2.model_zoo import get_config_file  # noqa: E402
 
 sys.path.insert(
@@ -92,11 +92,7 @@ COCO_IMAGES = os.path.join(
 )
 
 
-def build(args):
-    cfg = get_cfg()
-    add_panet_config(cfg)
-    cfg.merge_from_file(get_config_file(args.config))
-    cfg.merge_from_list(list(args.opts) + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
+def build(cfg, args):
     if args.load == "fixed":
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     torch.manual_seed(0)
@@ -335,10 +331,7 @@ def main():
     parser.add_argument("--config", default="COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
     parser.add_argument("--load", default="fixed", choices=("fixed", "default"))
     parser.add_argument("--cls-scale", type=float, default=30.0)
-    parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--width", type=int, default=1216)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    add_timing_options(parser)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument(
         "--flops", type=float, default=None, help="the model's GFLOPs (skip the count)"
@@ -348,7 +341,12 @@ def main():
     if args.backends[0] != "eager":
         parser.error("--backends: eager first (the ratios are to eager)")
     torch.set_num_threads(args.threads)
-    model = build(args)
+    opts = list(args.opts) + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
+    try:
+        cfg = load_config_file(get_config_file(args.config), opts, lazy=False, key="--config")
+    except (InputError, RuntimeError) as e:  # a bad option, or a config not in the model zoo
+        parser.error(" ".join(str(e).split()))
+    model = build(cfg, args)
     image = torch.rand(3, args.height, args.width, generator=torch.Generator().manual_seed(0))
     image = image * 255
     peaks = measure_peaks(args.threads)

@@ -28,11 +28,11 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
-
 from detectron2.structures import Boxes  # noqa: E402
 
 from benchmarks.bench_afp_sampling import pooler_parser, pyramid_features  # noqa: E402
 from benchmarks.bench_model import fixed_proposals  # noqa: E402
+from benchmarks.options import at_least  # noqa: E402
 from panet_d2.modeling import AdaptiveFeaturePooler  # noqa: E402
 from panet_d2.modeling.poolers import multilevel_roi_align  # noqa: E402
 
@@ -85,7 +85,7 @@ def onnx_session(module, inputs, threads):
 
 def main():
     parser = pooler_parser(__doc__)
-    parser.add_argument("--onnx-loop-rois", type=int, default=10)
+    parser.add_argument("--onnx-loop-rois", type=at_least(1), default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     feats = pyramid_features(args.height, args.width)

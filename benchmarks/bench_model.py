@@ -36,7 +36,6 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
-
 from fvcore.nn import FlopCountAnalysis as FvcoreFlopCountAnalysis  # noqa: E402
 
 from detectron2 import model_zoo as d2_model_zoo  # noqa: E402
@@ -45,6 +44,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from benchmarks.options import add_timing_options  # noqa: E402
 from panet_d2 import add_panet_config  # noqa: E402
 from panet_d2.analysis import FLOP_HANDLES, flop_count_analysis  # noqa: E402
 from panet_d2.config import MASK_RCNN_OPTS  # noqa: E402
@@ -411,10 +411,7 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--height", type=int, default=800)
-    parser.add_argument("--width", type=int, default=1216)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    add_timing_options(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="mixed precision (torch.autocast)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -423,6 +420,11 @@ def main():
     )
     parser.add_argument("--profile", metavar="ROW", help="profile one row instead (torch.profiler)")
     args = parser.parse_args()
+    names = [name for rows in ROWS.values() for name in rows]
+    if args.profile is not None and args.profile not in names:
+        parser.error(f"--profile {args.profile!r}: a row of {', '.join(map(repr, names))}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     if args.profile:
         args.task = args.task[0]

@@ -23,12 +23,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
-
 from detectron2.modeling.meta_arch.panoptic_fpn import (  # noqa: E402
     combine_semantic_and_instance_outputs as d2_combine,
 )
 from detectron2.structures import Instances  # noqa: E402
 
+from benchmarks.options import add_timing_options, at_least  # noqa: E402
 from panet_d2.modeling.postprocessing.panoptic_merge import (  # noqa: E402
     combine_semantic_and_instance_outputs,
 )
@@ -102,12 +102,11 @@ def timeit_interleaved(fns, repeats, device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--num-instances", type=int, default=100)
-    p.add_argument("--height", type=int, default=800)
-    p.add_argument("--width", type=int, default=1333)
-    p.add_argument("--num-labels", type=int, default=54, help="semantic labels (0 = things)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--num-instances", type=at_least(0), default=100)
+    add_timing_options(p, width=1333)
+    p.add_argument(
+        "--num-labels", type=at_least(1), default=54, help="semantic labels (0 = things)"
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float-masks", action="store_true", help="probability masks, not bool")

@@ -29,11 +29,11 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
-
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from benchmarks.options import at_least  # noqa: E402
 from panet_d2.config import MASK_RCNN_OPTS, load_config_file  # noqa: E402
 from panet_d2.modeling.postprocessing import combine_semantic_and_instance_outputs  # noqa: E402
 
@@ -54,8 +54,10 @@ TOLERANCE = 1e-3  # float32 on two devices, relative to the largest magnitude
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dry", action="store_true", help="on the CPU, small models and images")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
-    parser.add_argument("--train-iters", type=int, default=20, help="train_net.py iterations")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="timed runs per measurement")
+    parser.add_argument(
+        "--train-iters", type=at_least(1), default=20, help="train_net.py iterations"
+    )
     return parser
 
 

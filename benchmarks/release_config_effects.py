@@ -31,13 +31,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
-
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from benchmarks.bench_model import fixed_proposals  # noqa: E402
+from benchmarks.options import at_least  # noqa: E402
 from panet_d2 import add_panet_config  # noqa: E402
 from tests.release.release_format import FULL, release_shapes  # noqa: E402
 
@@ -95,8 +95,8 @@ def outputs(model, image, proposals):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="mask", choices=("det", "det_2fc", "mask"))
-    parser.add_argument("--size", type=int, default=512, help="short side of the image")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=at_least(1), default=512, help="short side of the image")
+    parser.add_argument("--threads", type=at_least(1), default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

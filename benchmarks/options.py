@@ -1,0 +1,27 @@
+"""The benchmarks' shared command-line options, checked when parsed (one line, no traceback)."""
+
+import argparse
+
+
+def at_least(low):
+    """An argparse ``type``: an integer >= ``low``, else argparse's one-line error."""
+
+    def integer(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {low}")
+        return value
+
+    return integer
+
+
+def add_timing_options(parser, height=800, width=1216, repeats=5, threads=2):
+    """--height, --width (the image, pixels), --repeats (timed runs), --threads (intra-op)."""
+    parser.add_argument("--height", type=at_least(1), default=height)
+    parser.add_argument("--width", type=at_least(1), default=width)
+    parser.add_argument("--repeats", type=at_least(1), default=repeats)
+    parser.add_argument("--threads", type=at_least(1), default=threads)
+    return parser
