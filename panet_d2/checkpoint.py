@@ -497,8 +497,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         return read_checkpoint(f)  # tensors and plain values only: no allow-list needed
 
     def _load_model(self, checkpoint):
-        """Detectron2's loading between checks (floating, fit, finite); a refused file leaves the
-        model as it was."""
+        """Detectron2's loading between checks (floating, fit, finite), undone if one fails."""
         state = checkpoint["model"]
         for k, v in list(state.items()):  # fvcore's conversion of NumPy arrays, in native order
             if isinstance(v, np.ndarray):

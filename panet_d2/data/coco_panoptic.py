@@ -71,9 +71,8 @@ def _load(name, metadata, image_root, panoptic_root, panoptic_json, instances_js
 def register_coco_panoptic_panet(
     name, metadata, image_root, panoptic_root, panoptic_json, instances_json=None, replace=False
 ):
-    """Registers a COCO-format panoptic dataset as Detectron2's ``register_coco_panoptic`` does,
-    with separated ``metadata`` (None: COCO's), the ``annotations`` of ``instances_json`` in its
-    dicts; ``replace``: re-register ``name`` if it exists."""
+    """As Detectron2's ``register_coco_panoptic``, with separated ``metadata`` (None: COCO's) and
+    the ``annotations`` of ``instances_json``; ``replace``: re-register ``name`` if it exists."""
     metadata = dict(coco_panoptic_separated_metadata() if metadata is None else metadata)
     if not PanopticLabelSpace.from_metadata(dict(metadata, name=name)).is_separated:
         raise DatasetError(

@@ -118,10 +118,9 @@ class ImageDatasetMapper(DatasetMapper):
             transforms = self.augmentations(aug_input)
         except ValueError as e:  # e.g. PIL's "height and width must be > 0" of a resize to 0
             raise ImageLoadError(
-                "Image {!r} ({}x{}, width x height) cannot be augmented as the config says "
-                "(INPUT.MIN_SIZE_* / MAX_SIZE_*, crops): {}: {}.".format(
-                    dataset_dict.get("file_name"), *image.shape[1::-1], type(e).__name__, e
-                )
+                f"Image {dataset_dict.get('file_name')!r} ({image.shape[1]}x{image.shape[0]}, "
+                "width x height) cannot be augmented as the config says (INPUT.MIN_SIZE_* / "
+                f"MAX_SIZE_*, crops): {type(e).__name__}: {e}."
             ) from None
         chw = np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
         dataset_dict["image"] = torch.as_tensor(chw)

@@ -142,8 +142,7 @@ class PANetTrainer(DefaultTrainer):
         return build_detection_train_loader(**kwargs, seed=seed + comm.get_rank())
 
     def build_hooks(self):
-        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling build_hooks:
-        # replaced first, so that PeriodicCheckpointer and resume_or_load use ours
+        # replace DefaultTrainer's checkpointer before the hooks take it; resume_or_load uses it too
         old = self.checkpointer
         kwargs = dict(old.checkpointables, save_to_disk=old.save_to_disk, warm_start=True)
         self.checkpointer = PANetCheckpointer(old.model, old.save_dir, **kwargs)
@@ -212,11 +211,10 @@ class PANetTrainer(DefaultTrainer):
         train_loop.addFilter(_ONE_LINE_ERRORS)
         try:
             super().train()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, FloatingPointError) as e:
             last = self.checkpointer.get_checkpoint_file() or None
-            raise TrainingInterrupted(self.iter, last) from None
-        except FloatingPointError as e:
-            last = self.checkpointer.get_checkpoint_file() or None
+            if isinstance(e, KeyboardInterrupt):
+                raise TrainingInterrupted(self.iter, last) from None
             found = re.search(r"loss_dict = (\{.*\})", str(e), re.S)
             if found:
                 losses = " ".join(found.group(1).split())
@@ -300,8 +298,7 @@ class PANetTrainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """DefaultTrainer's, writing files atomically, the random generators kept."""
         if isinstance(model, DistributedDataParallel):
-            # Detectron2's DDP does not broadcast buffers: every process evaluates rank 0's
-            # BatchNorm statistics, those of the checkpoint
+            # all evaluate rank 0's BatchNorm buffers (the checkpoint's): D2's DDP broadcasts none
             for buffer in model.buffers():
                 torch.distributed.broadcast(buffer, src=0)
         with preserved_rng_states(), atomic_output_files():

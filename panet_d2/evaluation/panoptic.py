@@ -140,10 +140,9 @@ def panoptic_to_dataset_classes(cfg, dataset_name):
         why = "the dataset has no class " + ", ".join(map(repr, missing)) if missing else None
     if why:
         raise DatasetError(
-            "Test dataset {!r} ({} semantic classes) cannot evaluate the semantic output of "
-            "MODEL.META_ARCHITECTURE={!r} (MODEL.SEM_SEG_HEAD.NUM_CLASSES={}): {}.".format(
-                dataset_name, len(classes), cfg.MODEL.META_ARCHITECTURE, num, why
-            )
+            f"Test dataset {dataset_name!r} ({len(classes)} semantic classes) cannot evaluate the "
+            f"semantic output of MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} "
+            f"(MODEL.SEM_SEG_HEAD.NUM_CLASSES={num}): {why}."
         )
     stuff = [classes.index(c) for c in space.stuff_classes[1:]]
     return stuff, [classes.index(c) for c in space.thing_classes]

@@ -114,9 +114,8 @@ def get_config(config_path: str, trained: bool = False) -> Union[CfgNode, DictCo
 
 
 def get(config_path: str, trained: bool = False, device: Optional[str] = None):
-    """The model of a model-zoo config, in training mode with the config's MODEL.WEIGHTS
-    (``train.init_checkpoint``) loaded as a warm start; ``device`` overwrites the config's ("cpu"
-    when None without CUDA)."""
+    """The model of a model-zoo config in training mode, MODEL.WEIGHTS (``train.init_checkpoint``)
+    loaded as a warm start, on ``device`` (None: the config's, "cpu" without CUDA)."""
     cfg = get_config(config_path, trained)
     if device is None and not torch.cuda.is_available():
         device = "cpu"

@@ -5,11 +5,8 @@ from typing import List
 
 import torch
 
-from detectron2.modeling.anchor_generator import (
-    ANCHOR_GENERATOR_REGISTRY,
-    BufferList,
-    DefaultAnchorGenerator,
-)
+from detectron2.modeling import ANCHOR_GENERATOR_REGISTRY
+from detectron2.modeling.anchor_generator import BufferList, DefaultAnchorGenerator
 
 
 @ANCHOR_GENERATOR_REGISTRY.register()

@@ -36,16 +36,14 @@ class FullyConnectedFusion(nn.Module):
             )
         self.mask_size = mask_size
         self.fc_activation = fc_activation
-        channels = input_shape.channels
+        in_dim = input_shape.channels
         for k, dim in enumerate(conv_dims):
-            norm = get_norm(conv_norm, dim)
-            conv = Conv2d(
-                channels, dim, 3, padding=1, bias=not conv_norm, norm=norm, activation=nn.ReLU()
-            )
+            norm, act = get_norm(conv_norm, dim), nn.ReLU()
+            conv = Conv2d(in_dim, dim, 3, padding=1, bias=not conv_norm, norm=norm, activation=act)
             weight_init.c2_msra_fill(conv)
             self.add_module("conv{}".format(k + 1), conv)
-            channels = dim
-        self.fc = nn.Linear(channels * input_shape.height * input_shape.width, mask_size**2)
+            in_dim = dim
+        self.fc = nn.Linear(in_dim * input_shape.height * input_shape.width, mask_size**2)
         if fc_init == "normal":
             nn.init.normal_(self.fc.weight, std=0.01)
             nn.init.constant_(self.fc.bias, 0)

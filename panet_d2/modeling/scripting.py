@@ -28,8 +28,7 @@ def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iter
         layers = ret.__dict__.pop(name)
         module_list = ret.__dict__.pop(_PREFIX + name)
         module_list._modules.clear()
-        for k, layer in enumerate(layers):
-            module_list._modules[str(k)] = layer
+        module_list._modules.update((str(k), layer) for k, layer in enumerate(layers))
         ret._modules[name] = module_list
     for name in list(ret.__dict__):
         if name.startswith(_PREFIX):

@@ -48,8 +48,7 @@ class PAFPN(FPN):
         strides = [bottom_up.output_shape()[f].stride for f in in_features]
         # pyramid levels fed by the backbone, finest first, e.g. ["p2", "p3", "p4", "p5"]
         self._pyramid_features = ["p{}".format(int(math.log2(s))) for s in strides]
-        self.bpa_down_convs = []
-        self.bpa_output_convs = []
+        self.bpa_down_convs, self.bpa_output_convs = [], []
         C = out_channels
 
         def bpa_conv(s):  # 3x3, stride s (+ norm) (+ ReLU)
@@ -98,13 +97,11 @@ class PAFPN(FPN):
 @BACKBONE_REGISTRY.register()
 def build_resnet_pafpn_backbone(cfg, input_shape: ShapeSpec):
     """Detectron2's ResNet-FPN backbone with the :class:`PAFPN` neck (MODEL.FPN.*, PAFPN.*)."""
-    bottom_up = build_resnet_backbone(cfg, input_shape)
-    check_in_features(
-        "MODEL.FPN.IN_FEATURES", cfg.MODEL.FPN.IN_FEATURES, bottom_up.output_shape(), "the ResNet"
-    )
+    bottom_up, in_features = build_resnet_backbone(cfg, input_shape), cfg.MODEL.FPN.IN_FEATURES
+    check_in_features("MODEL.FPN.IN_FEATURES", in_features, bottom_up.output_shape(), "the ResNet")
     return PAFPN(
         bottom_up=bottom_up,
-        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),

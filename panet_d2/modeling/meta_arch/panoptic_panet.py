@@ -14,10 +14,7 @@ from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_pos
 from detectron2.structures import Boxes, Instances
 
 from ...errors import ConfigError
-from ..postprocessing.panoptic_merge import (
-    combine_semantic_and_instance_outputs,
-    merge_panoptic_tensors,
-)
+from ..postprocessing import combine_semantic_and_instance_outputs, merge_panoptic_tensors
 
 # PanopticFPN's merge thresholds (LazyConfig: model.<attribute>): yacs key, largest value (or None)
 COMBINE_KEYS = {
@@ -113,6 +110,7 @@ class PanopticPANet(PanopticFPN):
         (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w) and the detector's outputs."""
         detector_results, sem_seg_results, image_sizes = self._raw_inference(batched_inputs)
         results: List[Dict[str, Tensor]] = []
+        thresholds = self.merge_thresholds()
         for k, instances in enumerate(detector_results):
             image_size = image_sizes[k]
             if not isinstance(image_size, Tensor):  # a Tensor (2,) when tracing
@@ -125,19 +123,14 @@ class PanopticPANet(PanopticFPN):
                     output_size = torch.stack([height.reshape(()), width.reshape(())])
                 else:  # eager, ints
                     output_size = torch.tensor([height, width])
+            sem_seg = sem_seg_results[k]
             if torch.jit.is_scripting():
+                boxes, scores = instances.pred_boxes.tensor, instances.scores
+                classes, masks = instances.pred_classes, instances.pred_masks
                 result = panoptic_postprocess(
-                    instances.pred_boxes.tensor,
-                    instances.scores,
-                    instances.pred_classes,
-                    instances.pred_masks,
-                    sem_seg_results[k],
-                    image_size,
-                    output_size,
-                    self.merge_thresholds(),
+                    boxes, scores, classes, masks, sem_seg, image_size, output_size, thresholds
                 )
             else:  # eager or traced: Detectron2's own postprocessing
-                sem_seg = sem_seg_results[k]
                 result = self._postprocess_tensors(instances, sem_seg, image_size, output_size)
             results.append(result)
         return results
@@ -150,21 +143,18 @@ class PanopticPANet(PanopticFPN):
             image_size, (height, width) = tuple(image_size.tolist()), output_size.tolist()
         instances = detector_postprocess(instances, height, width)
         sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
+        scores, classes, masks = instances.scores, instances.pred_classes, instances.pred_masks
         panoptic_seg, segments = merge_panoptic_tensors(
-            instances.scores,
-            instances.pred_classes,
-            instances.pred_masks,
-            sem_seg.argmax(dim=0),
-            *self.merge_thresholds(),
+            scores, classes, masks, sem_seg.argmax(dim=0), *self.merge_thresholds()
         )
         return {
             "panoptic_seg": panoptic_seg,
             "segments": segments,
             "sem_seg": sem_seg,
             "pred_boxes": instances.pred_boxes.tensor,
-            "scores": instances.scores,
-            "pred_classes": instances.pred_classes,
-            "pred_masks": instances.pred_masks,
+            "scores": scores,
+            "pred_classes": classes,
+            "pred_masks": masks,
         }
 
 

@@ -1,1 +1,1 @@
-from .panoptic_merge import combine_semantic_and_instance_outputs
+from .panoptic_merge import combine_semantic_and_instance_outputs, merge_panoptic_tensors
