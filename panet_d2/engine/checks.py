@@ -16,6 +16,7 @@ import torch
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import GeneralizedRCNN, PanopticFPN, build_backbone
+from detectron2.modeling import roi_heads as d2_roi_heads
 from detectron2.structures import BoxMode
 
 from ..compat import cityscapes_api_alias
@@ -27,6 +28,7 @@ from ..evaluation import (
     meta_architecture,
     panoptic_to_dataset_classes,
 )
+from ..modeling import PANetConvFCHead, PANetMaskHead, PANetROIHeads
 
 logger = logging.getLogger(__name__)
 
@@ -155,11 +157,29 @@ def check_output_dir(path, key="OUTPUT_DIR"):
         ) from None
 
 
+def check_panet_parts(cfg):
+    """Raises :class:`ConfigError` for a PANet key that is on while the part that reads it is not
+    in the R-CNN model of ``cfg`` (a key that would do nothing, or fail in the first step)."""
+    m = cfg.MODEL
+    for on, key, node, part in [
+        (m.AFP.ENABLED, "MODEL.AFP.ENABLED", "ROI_HEADS", PANetROIHeads),
+        (m.FF.ENABLED and m.MASK_ON, "MODEL.FF.ENABLED", "ROI_MASK_HEAD", PANetMaskHead),
+        (m.ROI_BOX_HEAD.FC_NORM, "MODEL.ROI_BOX_HEAD.FC_NORM", "ROI_BOX_HEAD", PANetConvFCHead),
+    ]:
+        registry, name = getattr(d2_roi_heads, node + "_REGISTRY"), m[node].NAME
+        built = registry.get(name) if name in registry else None
+        if on and _rcnn(cfg) and not (isinstance(built, type) and issubclass(built, part)):
+            raise ConfigError(
+                f"{key}={on!r} is read by {part.__name__} only, got MODEL.{node}.NAME={name!r}: "
+                f"set the name to {part.__name__!r} or turn {key} off."
+            )
+
+
 def check_config(cfg, train=True, world_size=None):
     """Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
     building or training (``world_size``: the number of processes, default the current one)."""
-    rcnn = _rcnn(cfg) is not None
-    value = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    rcnn, value = _rcnn(cfg) is not None, cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    check_panet_parts(cfg)
     if rcnn and (not isinstance(value, int) or value < 1):
         raise ConfigError(
             f"MODEL.ROI_HEADS.NUM_CLASSES={value!r}: must be a positive integer, the dataset's "

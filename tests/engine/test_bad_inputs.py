@@ -113,6 +113,21 @@ BAD_VALUES = [
         r"MODEL.RPN.IN_FEATURES=\['p2', 'p7'\]: 'p7' is not a feature of the backbone "
         r"build_resnet_pafpn_backbone; its features are: p2, p3, p4, p5, p6.",
     ),
+    # a PANet key on while the part that reads it is not in the model
+    (
+        ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"],
+        r"^MODEL.AFP.ENABLED=True is read by PANetROIHeads only, got MODEL.ROI_HEADS.NAME="
+        r"'StandardROIHeads': set the name to 'PANetROIHeads' or turn MODEL.AFP.ENABLED off.$",
+    ),
+    (
+        ["MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead", "MODEL.AFP.ENABLED", False],
+        r"^MODEL.FF.ENABLED=True is read by PANetMaskHead only, got MODEL.ROI_MASK_HEAD.NAME=",
+    ),
+    (
+        ["MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead", "MODEL.AFP.ENABLED", False]
+        + ["MODEL.ROI_BOX_HEAD.FC_NORM", "GN"],
+        r"^MODEL.ROI_BOX_HEAD.FC_NORM='GN' is read by PANetConvFCHead only, got MODEL.ROI_BOX_",
+    ),
 ]
 
 

@@ -24,13 +24,14 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
 from panet_d2.engine.checks import (  # noqa: E402
     check_num_classes,
+    check_panet_parts,
     check_tta,
     drop_invalid_annotations,
     drop_invalid_coco_annotations,
 )
 from panet_d2.errors import ConfigError  # noqa: E402
 
-from ..common import ROOT, panet_cfg  # noqa: E402
+from ..common import ALL_OFF, ROOT, panet_cfg  # noqa: E402
 
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
 PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
@@ -205,3 +206,31 @@ def test_unusable_coordinates_and_rle_sizes_dropped(caplog):
     del record["height"], record["width"]
     records = drop_invalid_annotations([record], ["t_checks_coco"], "DATASETS.TRAIN", True)
     assert [a["id"] for a in records[0]["annotations"]] == [1, 6, 7, 8]
+
+
+def test_panet_parts_allow_subclasses_and_detectron2s_parts_with_the_keys_off():
+    """The keys of AFP, FF and the box head's fc norm are refused only where their part is absent
+    (tests/engine/test_bad_inputs.py): a registered subclass of the part, or the keys off, pass."""
+    from detectron2.modeling import ROI_HEADS_REGISTRY
+
+    from panet_d2.modeling import PANetROIHeads
+
+    check_panet_parts(panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml"))  # PANet
+    mask_rcnn = ["MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.ROI_BOX_HEAD.NAME"]
+    mask_rcnn += ["FastRCNNConvFCHead", "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]
+    check_panet_parts(
+        panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml", opts=ALL_OFF + mask_rcnn)
+    )
+    no_mask = ["MODEL.MASK_ON", False, "MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead"]
+    check_panet_parts(panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml", opts=no_mask))
+
+    class SubclassedPANetROIHeads(PANetROIHeads):
+        pass
+
+    ROI_HEADS_REGISTRY.register(SubclassedPANetROIHeads)
+    try:
+        cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")
+        cfg.MODEL.ROI_HEADS.NAME = "SubclassedPANetROIHeads"
+        check_panet_parts(cfg)
+    finally:
+        ROI_HEADS_REGISTRY._obj_map.pop("SubclassedPANetROIHeads")
