@@ -281,13 +281,18 @@ def run(args):
 def run_video(args, predictor, metadata):
     capture, out, writer = cv2.VideoCapture(args.video_input or 0), args.output, None
     if not capture.isOpened():
-        raise ImageLoadError("Cannot open the video {!r}.".format(args.video_input or "webcam"))
+        raise ImageLoadError(f"Cannot open the video {args.video_input or 'webcam'!r}.")
     if out and (os.path.isdir(out) or not os.path.splitext(out)[1]):
         stem = os.path.splitext(os.path.basename(args.video_input or "webcam"))[0]
         out = os.path.join(out, stem + ".mp4")
-    visualizer = VideoVisualizer(metadata)
+    visualizer, name = VideoVisualizer(metadata), args.video_input or "webcam"
     try:
         ok, frame = capture.read()
+        if not ok:
+            raise ImageLoadError(
+                f"Cannot read a frame of the video {name!r}: not a video, or in a format that "
+                "OpenCV cannot decode here."
+            )
         while ok:  # until the video ends, Esc in the window, or Ctrl-C
             picture = draw(frame[:, :, ::-1], predictor(frame), metadata, visualizer)
             if not out and show(picture, 1):

@@ -248,6 +248,17 @@ def test_video(demo, tmp_path):
         frames += 1
     video.release()
     assert frames == 3
+    # a file that is no video, which OpenCV opens as an image sequence and reads no frame of:
+    # one line, nothing written (Detectron2's demo ends silently)
+    fake = tmp_path / "not_a_video.jpg"
+    fake.write_text("not a video")
+    out = tmp_path / "fake_vis"
+    msg = error_line(demo, "--video-input", str(fake), "--output", str(out))
+    assert msg == (
+        f"ERROR: Cannot read a frame of the video {str(fake)!r}: not a video, or in a format that "
+        "OpenCV cannot decode here."
+    ), msg
+    assert not out.exists() or not os.listdir(out)
 
 
 def test_lazy_config(demo, photos, tmp_path):
