@@ -68,7 +68,11 @@ def check_dataset(name, key):
     for k in _PATH_KEYS:
         path = meta.get(k, None)
         if _local(path) and not os.path.exists(path):
-            raise DatasetError(f"The {k} {path!r} of dataset {name!r} ({key}) does not exist.")
+            hint = f" in {os.getcwd()!r} (Detectron2's builtin datasets: in $DETECTRON2_DATASETS)"
+            hint = "" if os.path.isabs(path) else hint
+            raise DatasetError(
+                f"The {k} {path!r} of dataset {name!r} ({key}) does not exist{hint}."
+            )
 
 
 def check_files(dicts, name, key):

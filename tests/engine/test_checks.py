@@ -23,15 +23,16 @@ from detectron2.engine import default_argument_parser  # noqa: E402
 
 from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
 from panet_d2.engine.checks import (  # noqa: E402
+    check_dataset,
     check_num_classes,
     check_panet_parts,
     check_tta,
     drop_invalid_annotations,
     drop_invalid_coco_annotations,
 )
-from panet_d2.errors import ConfigError  # noqa: E402
+from panet_d2.errors import ConfigError, DatasetError  # noqa: E402
 
-from ..common import ALL_OFF, ROOT, panet_cfg  # noqa: E402
+from ..common import ALL_OFF, ROOT, panet_cfg, register_coco  # noqa: E402
 
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
 PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
@@ -234,3 +235,26 @@ def test_panet_parts_allow_subclasses_and_detectron2s_parts_with_the_keys_off():
         check_panet_parts(cfg)
     finally:
         ROI_HEADS_REGISTRY._obj_map.pop("SubclassedPANetROIHeads")
+
+
+def test_missing_dataset_file_names_the_folder_a_relative_path_is_read_in(tmp_path, monkeypatch):
+    """A relative path is read in the working folder: the message names it, and where Detectron2's
+    builtin datasets are looked for; an absolute path needs neither."""
+    monkeypatch.chdir(tmp_path)
+    register_coco("t_relative_missing", os.path.join("datasets", "a.json"), "datasets")
+    with pytest.raises(DatasetError) as e:
+        check_dataset("t_relative_missing", "DATASETS.TEST")
+    assert str(e.value) == (
+        "The json_file 'datasets/a.json' of dataset 't_relative_missing' (DATASETS.TEST) does not "
+        f"exist in {str(tmp_path)!r} (Detectron2's builtin datasets: in $DETECTRON2_DATASETS)."
+    )
+    register_coco("t_absolute_missing", str(tmp_path / "a.json"), str(tmp_path))
+    with pytest.raises(DatasetError) as e:
+        check_dataset("t_absolute_missing", "DATASETS.TEST")
+    assert str(e.value).endswith(
+        f"{str(tmp_path / 'a.json')!r} of dataset 't_absolute_missing' "
+        "(DATASETS.TEST) does not exist."
+    )
+    for name in ("t_relative_missing", "t_absolute_missing"):
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
