@@ -6,6 +6,7 @@ options, configs, images, annotations, panoptic PNG decoding and a one-step trai
 
 import contextlib
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -217,3 +218,17 @@ def generated_val_set(tmp_path_factory, prefix):
     ) as root:
         DatasetCatalog.get(prefix + "_val")
         yield root
+
+
+@contextlib.contextmanager
+def logged_messages(name="panet_d2"):
+    """The messages logged under logger ``name`` in the block (its handlers may not propagate)."""
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

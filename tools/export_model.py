@@ -247,6 +247,12 @@ def write_openvino(cfg, args, model, sample, onnx_path):
     import openvino_backend
 
     schema = export.export_onnx(model, sample, onnx_path)
+    if args.precision != "fp32":
+        logger.warning(
+            f"--precision {args.precision} changes the model's outputs; how much on this "
+            "checkpoint is measured by benchmarks/accuracy_gate.py (docs/deployment.md): run it "
+            "before deploying."
+        )
     if args.precision.startswith("int8"):
         quantised = os.path.join(args.output, "model.int8.onnx")
         inputs = calibration_inputs(cfg, args, model)

@@ -5,10 +5,8 @@ and files, also from the command line with several processes; the output folder)
 annotations, dropped with a count alike by training and evaluation (panet_d2/engine/checks.py).
 """
 
-import contextlib
 import errno
 import json
-import logging
 import os
 import re
 
@@ -31,7 +29,14 @@ from panet_d2.engine.checks import (  # noqa: E402
 )
 from panet_d2.errors import ConfigError, DatasetError  # noqa: E402
 
-from ..common import ROOT, generated_val_set, panet_cfg, register_coco, run_script  # noqa: E402
+from ..common import (  # noqa: E402
+    ROOT,
+    generated_val_set,
+    logged_messages,
+    panet_cfg,
+    register_coco,
+    run_script,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -50,20 +55,6 @@ def _main(train_net, out_dir, *opts, config=SMOKE, eval_only=False):
     argv = ["--config-file", str(config)] + ["--eval-only"] * eval_only
     argv += ["OUTPUT_DIR", str(out_dir), "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0"]
     return train_net.main(default_argument_parser().parse_args(argv + [str(o) for o in opts]))
-
-
-@contextlib.contextmanager
-def _records(name="panet_d2"):
-    """The messages logged under ``name`` in the block (its handlers may not propagate)."""
-    messages = []
-    handler = logging.Handler()
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger(name)
-    logger.addHandler(handler)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -396,7 +387,7 @@ def _kept_ids(name, json_file, masks):
 def test_invalid_annotations_dropped_alike(bad_annotations):
     name, json_file, bad, annos = bad_annotations
     ids = {a["id"]: what for a in annos for what in [bad.get(a["id"])]}
-    with _records("panet_d2.engine.checks") as logged:
+    with logged_messages("panet_d2.engine.checks") as logged:
         train, evaluation, coco = _kept_ids(name, json_file, masks=True)
     dropped = {"4 coordinates", "odd only", "empty", "zero width"}
     assert train == evaluation == sorted(i for i, what in ids.items() if what not in dropped)

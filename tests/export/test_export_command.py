@@ -5,7 +5,6 @@ checkpoints written by PANetCheckpointer: the exported files give the eager mode
 --run-eval the eager model's metrics; the same with a LazyConfig file.
 """
 
-import logging
 import os
 
 import pytest
@@ -20,7 +19,7 @@ from panet_d2 import PANetCheckpointer
 from panet_d2.data import register_synthetic_dataset
 from panet_d2.evaluation import build_evaluator
 
-from ..common import ROOT, error_exit, load_script, panet_cfg, random_image
+from ..common import ROOT, error_exit, load_script, logged_messages, panet_cfg, random_image
 from .common import assert_equal_fields, export, instances_fields
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -245,15 +244,8 @@ def test_lazyconfig_int8_calibrates_on_the_named_dataset(tool, tmp_path, dataset
     args = ["--config-file", LAZY, "--format", "openvino", "--precision", "int8", "--output", out]
     args += ["--calibration-dataset", DATASET, "--calibration-count", "5"]
     opts = ["train.init_checkpoint=" + str(tmp_path / "ckpt.pth"), "train.device=cpu"]
-    records = []
-    handler = logging.Handler()
-    handler.emit = lambda record: records.append(record.getMessage())
-    logger = logging.getLogger("panet_d2.export_model")
-    logger.addHandler(handler)
-    try:
+    with logged_messages("panet_d2.export_model") as records:
         tool.main(args + ["--sample-image", SAMPLE_IMAGE] + opts)
-    finally:
-        logger.removeHandler(handler)
     assert "int8: 2 calibration images of {}".format(DATASET) in records
     fewer = "--calibration-count 5: {!r} has 2 images; int8 calibrates on all 2.".format(DATASET)
     assert fewer in records  # said, not silently fewer

@@ -35,7 +35,15 @@ from detectron2.structures import pairwise_iou
 
 from panet_d2.data import register_synthetic_dataset
 
-from ..common import NO_THRESHOLDS, ROOT, error_exit, load_script, panet_cfg, random_image
+from ..common import (
+    NO_THRESHOLDS,
+    ROOT,
+    error_exit,
+    load_script,
+    logged_messages,
+    panet_cfg,
+    random_image,
+)
 from .common import assert_equal_fields, instances_fields
 
 pytest.importorskip("openvino", reason='pip install -e ".[export]"')
@@ -112,7 +120,9 @@ def test_fp32_instance_model_equals_eager(instance_fp32):
 def test_lower_precisions_match_eager(tool, tmp_path):
     cfg, model = _model(INSTANCE)
     for precision, fraction, top in [("bf16", 0.8, 3), ("int8", 0.4, 1), ("int8-bf16", 0.5, 1)]:
-        inference = _export(tool, cfg, model, tmp_path / precision, precision)
+        with logged_messages("panet_d2.export_model") as messages:
+            inference = _export(tool, cfg, model, tmp_path / precision, precision)
+        assert any(m.startswith(f"--precision {precision} changes") for m in messages), messages
         for spec in IMAGES:
             img = random_image(*spec)
             expected = _eager(model, img)["instances"]
