@@ -52,8 +52,7 @@ class FullyConnectedFusion(nn.Module):
 
     def forward(self, x: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
         """(M, C, H, W) features and (M, K, S, S) mask logits -> (M, K, S, S) fused logits."""
-        x = self.conv2(self.conv1(x))
-        fc_mask = self.fc(x.flatten(1))
+        fc_mask = self.fc(self.conv2(self.conv1(x)).flatten(1))
         if self.fc_activation:
             fc_mask = torch.relu(fc_mask)
         fc_mask = fc_mask.view(-1, 1, self.mask_size, self.mask_size)  # class-agnostic

@@ -89,11 +89,9 @@ def _roi_align_bags(
     wy = torch.stack([wyl, wyh], -1)[:, :, :, None, :, None, :, None]
     wx = torch.stack([wxl, wxh], -1)[:, :, None, :, None, :, None, :]
     first = rois[:, 0].long() * rows + level_offset[:, None]  # (L, M)
-    index = first[:, :, None, None, None, None, None, None] + ry + rx
-    weight = wy * wx / (s * s)
-    index = index.reshape(-1)
+    index = (first[:, :, None, None, None, None, None, None] + ry + rx).reshape(-1)
     offsets = torch.arange(0, index.shape[0], s * s * 4, device=dev)
-    return index, offsets, weight.reshape(-1)
+    return index, offsets, (wy * wx / (s * s)).reshape(-1)
 
 
 class AdaptiveFeaturePooler(ROIPooler):
@@ -116,9 +114,7 @@ class AdaptiveFeaturePooler(ROIPooler):
         s, (ph, pw) = self._sampling_ratio, self._output_size
         taps = len(x) * rois.shape[0] * ph * pw * s * s * 4  # the batched op's, 12 bytes each
         if self._use_multilevel_roi_align(x) and taps <= self.max_taps:
-            return multilevel_roi_align(
-                x, rois, self._scales, self._output_size, self._sampling_ratio, self._aligned
-            )
+            return multilevel_roi_align(x, rois, self._scales, self._output_size, s, self._aligned)
         grids = [pooler(x[level], rois) for level, pooler in enumerate(self.level_poolers)]
         return torch.stack(grids, dim=1)
 

@@ -1,6 +1,5 @@
 """Bottom-up path augmentation (BPA), Sec. 3.1 of the PANet paper (docs/design.md)."""
 
-import math
 import re
 import types
 
@@ -45,9 +44,8 @@ class PAFPN(FPN):
                 "bias on every new conv, as released) or False (a bias only without a norm)."
             )
         use_bias = bpa_conv_bias or not bpa_norm
-        strides = [bottom_up.output_shape()[f].stride for f in in_features]
         # pyramid levels fed by the backbone, finest first, e.g. ["p2", "p3", "p4", "p5"]
-        self._pyramid_features = ["p{}".format(int(math.log2(s))) for s in strides]
+        self._pyramid_features = self._out_features[: len(in_features)]
         self.bpa_down_convs, self.bpa_output_convs = [], []
         C = out_channels
 

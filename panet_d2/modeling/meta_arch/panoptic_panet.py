@@ -110,7 +110,7 @@ class PanopticPANet(PanopticFPN):
         (``SEGMENT_FIELDS``), "sem_seg" (NUM_CLASSES, h, w) and the detector's outputs."""
         detector_results, sem_seg_results, image_sizes = self._raw_inference(batched_inputs)
         results: List[Dict[str, Tensor]] = []
-        thresholds = self.merge_thresholds()
+        overlap, stuff_area, score = self.merge_thresholds()
         for k, instances in enumerate(detector_results):
             image_size = image_sizes[k]
             if not isinstance(image_size, Tensor):  # a Tensor (2,) when tracing
@@ -127,11 +127,25 @@ class PanopticPANet(PanopticFPN):
             if torch.jit.is_scripting():
                 boxes, scores = instances.pred_boxes.tensor, instances.scores
                 classes, masks = instances.pred_classes, instances.pred_masks
-                result = panoptic_postprocess(
-                    boxes, scores, classes, masks, sem_seg, image_size, output_size, thresholds
+                boxes, scores, classes, masks, sem_seg = panoptic_postprocess(
+                    boxes, scores, classes, masks, sem_seg, image_size, output_size
                 )
             else:  # eager or traced: Detectron2's own postprocessing
-                result = self._postprocess_tensors(instances, sem_seg, image_size, output_size)
+                boxes, scores, classes, masks, sem_seg = self._postprocess_tensors(
+                    instances, sem_seg, image_size, output_size
+                )
+            panoptic_seg, segments = merge_panoptic_tensors(
+                scores, classes, masks, sem_seg.argmax(dim=0), overlap, stuff_area, score
+            )
+            result = {
+                "panoptic_seg": panoptic_seg,
+                "segments": segments,
+                "sem_seg": sem_seg,
+                "pred_boxes": boxes,
+                "scores": scores,
+                "pred_classes": classes,
+                "pred_masks": masks,
+            }
             results.append(result)
         return results
 
@@ -144,18 +158,7 @@ class PanopticPANet(PanopticFPN):
         instances = detector_postprocess(instances, height, width)
         sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
         scores, classes, masks = instances.scores, instances.pred_classes, instances.pred_masks
-        panoptic_seg, segments = merge_panoptic_tensors(
-            scores, classes, masks, sem_seg.argmax(dim=0), *self.merge_thresholds()
-        )
-        return {
-            "panoptic_seg": panoptic_seg,
-            "segments": segments,
-            "sem_seg": sem_seg,
-            "pred_boxes": instances.pred_boxes.tensor,
-            "scores": scores,
-            "pred_classes": classes,
-            "pred_masks": masks,
-        }
+        return instances.pred_boxes.tensor, scores, classes, masks, sem_seg
 
 
 def panoptic_postprocess(
@@ -166,12 +169,12 @@ def panoptic_postprocess(
     sem_seg: Tensor,
     image_size: Tensor,
     output_size: Tensor,
-    thresholds: Tuple[float, float, float],
-) -> Dict[str, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """:meth:`PanopticPANet._postprocess_tensors` as TorchScript compiles it: Detectron2's
     ``detector_postprocess`` and ``sem_seg_postprocess`` (which do not script) op for op, for
     boxes (R, 4), scores (R,), classes (R,), roi_masks (R, 1, M, M) at the input size, sem_seg
-    (NUM_CLASSES, H', W') of the padded image; image_size, output_size (2,): (height, width)."""
+    (NUM_CLASSES, H', W') of the padded image; image_size, output_size (2,): (height, width).
+    Returns them (boxes, scores, classes, masks, sem_seg) at the output size."""
     image_h, image_w = int(image_size[0]), int(image_size[1])
     height, width = int(output_size[0]), int(output_size[1])
     boxes = Boxes(boxes.clone())
@@ -183,16 +186,4 @@ def panoptic_postprocess(
     masks = paste_masks_in_image(roi_masks[keep][:, 0, :, :], boxes.tensor, (height, width), 0.5)
     sem_seg = sem_seg[:, :image_h, :image_w].expand(1, -1, -1, -1)
     sem_seg = F.interpolate(sem_seg, size=(height, width), mode="bilinear", align_corners=False)[0]
-    overlap, stuff_area, score = thresholds
-    panoptic_seg, segments = merge_panoptic_tensors(
-        scores, classes, masks, sem_seg.argmax(dim=0), overlap, stuff_area, score
-    )
-    return {
-        "panoptic_seg": panoptic_seg,
-        "segments": segments,
-        "sem_seg": sem_seg,
-        "pred_boxes": boxes.tensor,
-        "scores": scores,
-        "pred_classes": classes,
-        "pred_masks": masks,
-    }
+    return boxes.tensor, scores, classes, masks, sem_seg

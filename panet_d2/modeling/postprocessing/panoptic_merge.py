@@ -60,15 +60,14 @@ def _merge_by_tensor_form(instances, sem, *thresholds):
     return panoptic_seg, segments_to_info(segments.cpu())
 
 
-def _candidates(instance_results, instances_score_thresh):
-    """Indices, scores, classes by descending score (Detectron2's argsort) above the threshold."""
+def _candidates(instance_results, thresh):
+    """Indices, scores, classes by descending score (Detectron2's argsort) above ``thresh``."""
     scores = instance_results.scores.detach()
     sorted_inds = torch.argsort(-scores)
-    order = sorted_inds.tolist()
     sorted_scores = scores[sorted_inds].tolist()
-    k = next((i for i, s in enumerate(sorted_scores) if s < instances_score_thresh), len(order))
-    classes = instance_results.pred_classes[sorted_inds[:k]].tolist()
-    return order[:k], sorted_scores[:k], classes
+    k = next((i for i, s in enumerate(sorted_scores) if s < thresh), len(sorted_scores))
+    kept = sorted_inds[:k]
+    return kept.tolist(), sorted_scores[:k], instance_results.pred_classes[kept].tolist()
 
 
 def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
@@ -141,9 +140,7 @@ def _things_cpu(pred_masks, cand, pan, occupied, overlap_threshold):
         cur += 1
         if intersect_area > 0:
             np.greater(crop, occ, out=tmp)  # mask & ~occupied
-            np.copyto(pan[ys:ye, xs:xe], cur, where=tmp)
-        else:
-            np.copyto(pan[ys:ye, xs:xe], cur, where=crop)
+        np.copyto(pan[ys:ye, xs:xe], cur, where=tmp if intersect_area > 0 else crop)
         np.logical_or(occ, crop, out=occ)
         accepted.append(j)
     return accepted
@@ -228,7 +225,6 @@ def _stuff_tensors(
     sem_seg: Tensor, panoptic_seg: Tensor, num_things: int, stuff_area_thresh: float
 ) -> Tuple[Tensor, Tensor]:
     """The map with the stuff ids (labels > 0 with enough free area, ascending) and their rows."""
-    H, W = sem_seg.shape[0], sem_seg.shape[1]
     device = sem_seg.device
     labels = sem_seg.reshape(-1).to(torch.int64)
     free = (panoptic_seg == 0).reshape(-1)
@@ -244,7 +240,7 @@ def _stuff_tensors(
     lut = lut.index_put((stuff,), ids.to(torch.int32))
     stuff_ids = torch.where(free, lut[labels], torch.zeros_like(panoptic_seg).reshape(-1))
     rows = _segment_rows(ids, stuff, 0.0, free_area[stuff], torch.full_like(stuff, -1))
-    return panoptic_seg + stuff_ids.reshape(H, W), rows
+    return panoptic_seg + stuff_ids.reshape_as(panoptic_seg), rows
 
 
 def _segment_info(seg_id, category, isthing, value, instance=-1):
