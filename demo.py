@@ -43,7 +43,7 @@ from panet_d2.config import instantiate_model, load_config_file
 from panet_d2.data import PanopticLabelSpace
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
-from panet_d2.engine.checks import check_output_dir
+from panet_d2.engine.checks import check_config, check_output_dir
 from panet_d2.errors import CheckpointError, ImageLoadError, InputError
 
 logger = logging.getLogger("panet_d2.demo")
@@ -116,6 +116,7 @@ def build_predictor(args):
     for note in notes:
         logger.warning(note)
     if isinstance(cfg, CfgNode):
+        check_config(cfg, train=False)  # as train_net.py --eval-only
         _check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score
         cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = score
@@ -280,19 +281,18 @@ def run(args):
 
 def run_video(args, predictor, metadata):
     capture, out, writer = cv2.VideoCapture(args.video_input or 0), args.output, None
+    name = args.video_input or "webcam"
     if not capture.isOpened():
-        raise ImageLoadError(f"Cannot open the video {args.video_input or 'webcam'!r}.")
+        raise ImageLoadError(f"Cannot open the video {name!r}.")
     if out and (os.path.isdir(out) or not os.path.splitext(out)[1]):
-        stem = os.path.splitext(os.path.basename(args.video_input or "webcam"))[0]
-        out = os.path.join(out, stem + ".mp4")
-    visualizer, name = VideoVisualizer(metadata), args.video_input or "webcam"
+        out = os.path.join(out, os.path.splitext(os.path.basename(name))[0] + ".mp4")
+    visualizer = VideoVisualizer(metadata)
     try:
         ok, frame = capture.read()
         if not ok:
-            raise ImageLoadError(
-                f"Cannot read a frame of the video {name!r}: not a video, or in a format that "
-                "OpenCV cannot decode here."
-            )
+            what = "not a video, or in a format that OpenCV cannot decode here"
+            what = "the camera gave none" if name == "webcam" else what
+            raise ImageLoadError(f"Cannot read a frame of the video {name!r}: {what}.")
         while ok:  # until the video ends, Esc in the window, or Ctrl-C
             picture = draw(frame[:, :, ::-1], predictor(frame), metadata, visualizer)
             if not out and show(picture, 1):

@@ -341,11 +341,11 @@ def main():
     if args.backends[0] != "eager":
         parser.error("--backends: eager first (the ratios are to eager)")
     torch.set_num_threads(args.threads)
-    opts = list(args.opts) + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
     try:
-        cfg = load_config_file(get_config_file(args.config), opts, lazy=False, key="--config")
+        cfg = load_config_file(get_config_file(args.config), args.opts, lazy=False, key="--config")
     except (InputError, RuntimeError) as e:  # a bad option, or a config not in the model zoo
         parser.error(" ".join(str(e).split()))
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
     model = build(cfg, args)
     image = torch.rand(3, args.height, args.width, generator=torch.Generator().manual_seed(0))
     image = image * 255

@@ -350,9 +350,9 @@ def read_checkpoint(path):
             raise CheckpointError(
                 f"Checkpoint {path!r} was not loaded: besides tensors and plain values it holds "
                 f"the Python object {found.group(1) or found.group(2)!r}, which loading would call "
-                "(it could run any code). A torch file holds tensors, numbers, strings and "
-                "containers (NumPy arrays: a .pkl only): re-save the state dicts of a file you "
-                "trust as tensors (e.g. torch.save({'model': model.state_dict()}, path))."
+                "(it could run any code). panet_d2 reads tensors (a torch file) or NumPy arrays (a "
+                ".pkl), numbers, strings and containers: re-save the state dicts of a file you "
+                "trust (e.g. torch.save({'model': model.state_dict()}, path))."
             ) from None
         detail = str(e)
         # torch's weights-only refusal of a file that is no pickle: its reason, not its advice

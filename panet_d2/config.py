@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from detectron2.config import CfgNode as CN
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.utils.file_io import PathManager
+from detectron2.utils.registry import locate
 
 from .errors import ConfigError, InputError
 
@@ -217,25 +218,40 @@ def instantiate_model(cfg):
     try:
         return instantiate(cfg.model)
     except TypeError as e:
-        bad = re.search(r"([\w.]+)\(\) got an unexpected keyword argument '(\w+)'", str(e))
+        bad = re.search(r"(\w+)[\w.]*\(\) got an unexpected keyword argument '(\w+)'", str(e))
         tree = OmegaConf.to_container(cfg.model, resolve=False)
-        keys = _key_paths(tree, bad.group(2), "model") if bad else None
+        found = _key_paths(tree, bad.group(2), "model") if bad else []
+        # the keys of a node whose class (or a base of it) is the one that refused the argument
+        keys = [k for k, t in found if bad.group(1) in _class_names(t)] or [k for k, _ in found]
         if not keys:
             raise
         raise ConfigError(
-            f"{' or '.join(keys)}: {bad.group(1)}() takes no argument {bad.group(2)!r}; remove the "
+            f"{' or '.join(keys)}: {bad.group(1)} takes no argument {bad.group(2)!r}; remove the "
             "key or correct its name."
         ) from None
 
 
 def _key_paths(node, name, path):
-    """The dotted paths of the keys ``name`` in the nested dicts and lists ``node`` at ``path``."""
+    """(dotted path, the ``_target_`` of its dict) of the keys ``name`` in the nested dicts and
+    lists ``node`` at ``path``."""
     if not isinstance(node, (dict, list)):
         return []
-    found = [f"{path}.{name}"] if isinstance(node, dict) and name in node else []
+    found = []
+    if isinstance(node, dict) and name in node:
+        found.append((f"{path}.{name}", node.get("_target_")))
     for key, value in node.items() if isinstance(node, dict) else enumerate(node):
         found += _key_paths(value, name, f"{path}.{key}")
     return found
+
+
+def _class_names(target):
+    """The names of a LazyConfig ``_target_`` (a class, a function or its import path) and its
+    base classes."""
+    try:
+        target = locate(target) if isinstance(target, str) else target
+    except ImportError:  # not found: no name
+        return []
+    return [getattr(c, "__name__", None) for c in getattr(target, "__mro__", [target])]
 
 
 def config_error(path, e):

@@ -107,6 +107,7 @@ def test_code_running_files_are_refused(instance_state, tmp_path):
             with pytest.raises(CheckpointError) as e:
                 PANetCheckpointer(model, warm_start=warm_start).load(path)
             assert str(e.value).startswith(_refused(path)), str(e.value)
+            assert "panet_d2 reads tensors (a torch file) or NumPy arrays (a .pkl)" in str(e.value)
             assert "\n" not in str(e.value)
     assert not os.path.exists(marker)  # nothing ran
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing loaded
@@ -124,7 +125,9 @@ def test_numpy_arrays_in_a_torch_file_are_refused_saying_where_they_load(instanc
     with pytest.raises(CheckpointError) as e:
         PANetCheckpointer(_model(seed=1)).load(path)
     message = str(e.value)
-    assert "_reconstruct" in message and "NumPy arrays: a .pkl only" in message, message
+    assert (
+        "_reconstruct" in message and "tensors (a torch file) or NumPy arrays (a .pkl)" in message
+    )
     with pytest.raises(pickle.UnpicklingError):  # torch itself, weights-only
         torch.load(path, weights_only=True)
 

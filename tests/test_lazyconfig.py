@@ -25,6 +25,8 @@ from detectron2.layers import NaiveSyncBatchNorm
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
+from panet_d2.config import instantiate_model
+from panet_d2.errors import ConfigError
 from panet_d2.modeling.layers import LevelwiseNorm
 
 from .common import CONFIG_DIR, load_script, panet_cfg, run_script, train_step_and_infer
@@ -323,3 +325,16 @@ def test_quick_schedule_trains_and_evaluates(quick_run):
     metrics = _metrics(out)
     assert {"bbox/AP", "bbox/AP50", "segm/AP", "segm/AP50"} <= set(metrics), metrics
     print("trained and evaluated by", script)
+
+
+def test_a_mistyped_model_key_is_named_among_the_keys_of_that_name():
+    """``norm`` is a key of the backbone's nodes too; the one named is the node whose class refused
+    it (the mask head's, whose norm is ``conv_norm``), not every ``norm``."""
+    cfg = LazyConfig.apply_overrides(_load(LSJ_R50), ["model.roi_heads.mask_head.norm='GN'"])
+    assert len([k for k in OmegaConf.to_yaml(cfg.model).split() if k == "norm:"]) > 1
+    with pytest.raises(ConfigError) as e:
+        instantiate_model(cfg)
+    assert str(e.value) == (
+        "model.roi_heads.mask_head.norm: BaseMaskRCNNHead takes no argument 'norm'; remove the key "
+        "or correct its name."
+    )

@@ -56,7 +56,7 @@ from panet_d2 import PANetCheckpointer
 from panet_d2.config import instantiate_model, load_config_file
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
-from panet_d2.engine.checks import check_dataset, check_output_dir, loading_dataset
+from panet_d2.engine.checks import check_config, check_dataset, check_output_dir, loading_dataset
 from panet_d2.errors import ConfigError
 
 import export_support as export  # noqa: E402  isort: skip  (tools/)
@@ -367,6 +367,8 @@ def main(argv=None):
     logger.info("Command line arguments: " + str(args))
     check_args(args)  # before any loading
     cfg = setup_cfg(args)
+    if isinstance(cfg, CfgNode):
+        check_config(cfg, train=False)  # as train_net.py --eval-only
     if args.precision.startswith("int8"):  # before the model and the export
         check_dataset(calibration_dataset(cfg, args), "--calibration-dataset")
     if isinstance(cfg, CfgNode) and (args.run_eval or args.sample_image is None):

@@ -175,7 +175,7 @@ def check_panet_parts(cfg):
         if on and _rcnn(cfg) and not (isinstance(built, type) and issubclass(built, part)):
             raise ConfigError(
                 f"{key}={on!r} is read by {part.__name__} only, got MODEL.{node}.NAME={name!r}: "
-                f"set the name to {part.__name__!r} or turn {key} off."
+                f"set the name to {part.__name__!r} or {key} to {False if on is True else ''!r}."
             )
 
 

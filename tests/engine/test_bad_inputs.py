@@ -108,7 +108,7 @@ BAD_VALUES = [
     (
         ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"],
         r"^MODEL.AFP.ENABLED=True is read by PANetROIHeads only, got MODEL.ROI_HEADS.NAME="
-        r"'StandardROIHeads': set the name to 'PANetROIHeads' or turn MODEL.AFP.ENABLED off.$",
+        r"'StandardROIHeads': set the name to 'PANetROIHeads' or MODEL.AFP.ENABLED to False.$",
     ),
     (
         ["MODEL.ROI_MASK_HEAD.NAME", "MaskRCNNConvUpsampleHead", "MODEL.AFP.ENABLED", False],
@@ -117,7 +117,9 @@ BAD_VALUES = [
     (
         ["MODEL.ROI_BOX_HEAD.NAME", "FastRCNNConvFCHead", "MODEL.AFP.ENABLED", False]
         + ["MODEL.ROI_BOX_HEAD.FC_NORM", "GN"],
-        r"^MODEL.ROI_BOX_HEAD.FC_NORM='GN' is read by PANetConvFCHead only, got MODEL.ROI_BOX_",
+        r"^MODEL.ROI_BOX_HEAD.FC_NORM='GN' is read by PANetConvFCHead only, got MODEL.ROI_BOX_"
+        r"HEAD.NAME='FastRCNNConvFCHead': set the name to 'PANetConvFCHead' or MODEL.ROI_BOX_HEAD."
+        r"FC_NORM to ''.$",
     ),
 ]
 

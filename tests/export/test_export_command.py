@@ -201,6 +201,13 @@ def test_bad_option(tool, tmp_path):
         )
 
 
+def test_config_values_checked_as_evaluation_checks_them(tool, tmp_path):
+    argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--format", "onnx"]
+    argv += ["--output", str(tmp_path), "MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "0"]
+    with pytest.raises(ValueError, match=r"^TEST.DETECTIONS_PER_IMAGE=0: must be an integer >= 1"):
+        tool.main(argv)
+
+
 def test_lazyconfig_tracing_and_scripting(tool, tmp_path):
     # the quick LazyConfig (SyncBN norms, per-level norms of a callable spec, ListConfig
     # attributes): a checkpoint of a freshly instantiated model, exported both ways with the

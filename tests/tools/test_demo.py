@@ -296,8 +296,8 @@ def test_lazy_config(demo, photos, tmp_path):
     opts = ["train.init_checkpoint=" + checkpoint, "model.roi_heads.box_head.fc_dim=64"]
     msg = error_line(demo, "--input", image, "--output", out, config=str(config), opts=opts)
     assert msg == (
-        "ERROR: model.roi_heads.box_head.fc_dim: FastRCNNConvFCHead.__init__() takes no argument "
-        "'fc_dim'; remove the key or correct its name."
+        "ERROR: model.roi_heads.box_head.fc_dim: FastRCNNConvFCHead takes no argument 'fc_dim'; "
+        "remove the key or correct its name."
     )
 
 
@@ -368,6 +368,10 @@ def test_error_lines(demo, photos, tmp_path):
     assert "nope.mp4" in msg
     msg = error_line(demo, "--input", image, "--output", out, opts=SMALL + ["MODEL.NO_KEY", "1"])
     assert "MODEL.NO_KEY" in msg and "panoptic_panet_R_18_synth.yaml" in msg
+    # the config's values are checked as train_net.py --eval-only checks them
+    opts = SMALL + ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"]  # AFP on
+    msg = error_line(demo, "--input", image, "--output", out, opts=opts)
+    assert msg.startswith("ERROR: MODEL.AFP.ENABLED=True is read by PANetROIHeads only"), msg
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     msg = error_line(demo, "--input", str(broken), "--output", out)
