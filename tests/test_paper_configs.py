@@ -17,7 +17,7 @@ from detectron2.modeling.poolers import ROIPooler
 
 from panet_d2 import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
 
-from .common import CONFIG_DIR, panet_cfg, run_script
+from .common import CONFIG_DIR, panet_cfg, run_script, start_script
 from .test_configs import NARROW
 
 ROOT = os.path.dirname(CONFIG_DIR)
@@ -232,10 +232,13 @@ def test_coco_checkpoint_to_cityscapes(tmp_path):
 
 def test_coco_checkpoint_to_cityscapes_missing_input(tmp_path):
     """A missing checkpoint or a folder is named as such (not "truncated or not a checkpoint?")."""
-    for path, problem in ((tmp_path / "nope.pth", "does not exist"), (tmp_path, "is a folder")):
-        proc = run_script("tools/convert_coco_to_cityscapes.py", path, tmp_path / "o.pth", cwd=ROOT)
+    cases = ((tmp_path / "nope.pth", "does not exist"), (tmp_path, "is a folder"))
+    script = "tools/convert_coco_to_cityscapes.py"  # side by side: each spends seconds importing
+    procs = [start_script(script, path, tmp_path / "o.pth", cwd=ROOT) for path, _ in cases]
+    for (path, problem), proc in zip(cases, procs):
+        stderr = proc.communicate(timeout=300)[1]
         assert proc.returncode == 2
-        assert proc.stderr.strip().splitlines()[-1] == (
+        assert stderr.strip().splitlines()[-1] == (
             "ERROR: Checkpoint {!r} {} (the COCO checkpoint). Give a local .pth/.pkl file or a "
             "Detectron2 model-zoo URL.".format(str(path), problem)
         )

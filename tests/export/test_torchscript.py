@@ -30,7 +30,6 @@ from .common import (
 INSTANCE_CONFIGS = [
     "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",  # BPA + AFP (after fc1, max) + FF
     "ablations/rbl.yaml",  # everything off: Mask R-CNN with Detectron2's FPN
-    "ablations/mst_mbn_afp.yaml",  # AFP without BPA; SyncBN (MBN)
     "ablations/mst_mbn_bpa_afp_ff_hhd.yaml",  # all on + heavier box head (per-level conv1)
     "ablations/afp_before_fc1_sum.yaml",  # AFP fusing the RoIAlign grids (sum), no FF
     "ablations/ff_conv2_product.yaml",  # FF from conv2, product fusion

@@ -257,7 +257,7 @@ def test_visualize_data(entry, datasets, tmp_path, kind):
         assert (drawn != image).any(), "nothing drawn on " + d["file_name"]
 
 
-@pytest.mark.parametrize("kind", sorted(CONFIGS))
+@pytest.mark.parametrize("kind", ["panoptic"])  # its detector is the instance model's
 def test_benchmark_eval(entry, datasets, logs, kind):
     """benchmark --task eval (300 inferences, Detectron2's fixed count): small inputs."""
     pytest.importorskip("psutil", reason="Detectron2's tools/benchmark.py imports psutil")
