@@ -32,7 +32,6 @@ INSTANCE_CONFIGS = [
     "ablations/rbl.yaml",  # everything off: Mask R-CNN with Detectron2's FPN
     "ablations/mst_mbn_bpa_afp_ff_hhd.yaml",  # all on + heavier box head (per-level conv1)
     "ablations/afp_before_fc1_sum.yaml",  # AFP fusing the RoIAlign grids (sum), no FF
-    "ablations/ff_conv2_product.yaml",  # FF from conv2, product fusion
     "COCO-Detection/panet_R_50_FPN_1x.yaml",  # detection only (BPA + AFP, no mask branch)
 ]
 PANOPTIC_CONFIGS = [
