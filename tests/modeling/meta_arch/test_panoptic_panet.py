@@ -103,7 +103,8 @@ def test_joint_loss_weights_and_semantic_loss():
 
 @pytest.mark.parametrize("ignore", [54, -1])
 def test_semantic_loss_ignores_the_configured_void_label(ignore):
-    """A void label other than 255 (any integer that is not a class) is the one the loss skips."""
+    """A void label other than 255 that is no class (54 of COCO's 0..53, or -1) passes the head's
+    check, and the loss skips it (Detectron2's loss; the mapper's side: test_panoptic_mapper.py)."""
     model, _ = _model(["MODEL.SEM_SEG_HEAD.IGNORE_VALUE", ignore])
     sample = _sample()
     sample["sem_seg"][sample["sem_seg"] == 255] = ignore
