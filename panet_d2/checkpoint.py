@@ -22,6 +22,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import PathManager
 
 from .compat import _AtomicFile, atomic_output_files
+from .config import PER_LEVEL_NAME
 from .errors import CheckpointError, TrainingDivergedError, os_error_cause
 
 __all__ = ["PANetCheckpointer", "RestrictedUnpickler", "read_checkpoint"]
@@ -59,8 +60,6 @@ _HINTS = (
     ("missing", "roi_heads.mask_head.", "no mask head: set MODEL.MASK_ON False"),
 )
 # fmt: on
-# An AFP layer's per-level tensor name -> its single-level one (modeling/layers.py)
-_PER_LEVEL = re.compile(r"(^|\.)(per_level|levels\.\d+)\.")
 
 # What a pickle may hold: NumPy arrays and scalars of plain dtypes, numbers, strings, containers.
 _NUMPY_GLOBALS = {"multiarray": ("_reconstruct", "scalar"), "numeric": ("_frombuffer",)}
@@ -537,7 +536,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         """Refuses a tensor of ``state`` not plain floating for a floating one of the model; returns
         the model's tensors that get a value (an AFP layer's per-level ones from a single one)."""
         model = self.model.state_dict()
-        singles = {_PER_LEVEL.sub(r"\1", k): k for k in reversed(model)}  # the first of each
+        singles = {PER_LEVEL_NAME.sub(r"\1", k): k for k in reversed(model)}  # the first of each
         targets = {}
         for k, v in state.items():
             if k in model and tuple(v.shape) == tuple(model[k].shape):

@@ -40,10 +40,17 @@ from panet_d2.checkpoint import _PLAIN_DTYPES, read_checkpoint  # noqa: E402
 from panet_d2.data import register_synthetic_dataset  # noqa: E402
 from panet_d2.data.image_io import ImageDatasetMapper, read_image  # noqa: E402
 from panet_d2.engine import PANetTrainer  # noqa: E402
-from panet_d2.errors import CheckpointError, ImageLoadError  # noqa: E402
+from panet_d2.errors import CheckpointError, ImageLoadError, NonFiniteOutputError  # noqa: E402
 from panet_d2.evaluation import PanopticEvaluator  # noqa: E402
 
-from .common import ROOT, error_exit, load_script, panet_cfg, panoptic_ids  # noqa: E402
+from .common import (  # noqa: E402
+    ROOT,
+    error_exit,
+    load_script,
+    panet_cfg,
+    panoptic_ids,
+    random_image,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -51,6 +58,9 @@ INSTANCE = "quick_schedules/panet_R_18_synth_instance.yaml"
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
 PREFIX = "t_hostile"
 CLS = "roi_heads.box_predictor.cls_score.weight"
+STEM = "backbone.bottom_up.stem.conv1.weight"
+PANOPTIC = "quick_schedules/panoptic_panet_R_18_synth.yaml"
+BOX_OUTPUTS = "The box predictor's scores and box deltas"
 N = 1_500_000_000  # the bytes a hostile file asks for
 
 
@@ -167,6 +177,45 @@ def test_entry_points_refuse_weights_that_are_no_weights(train_net, state, tmp_p
     line = error_exit(export.cli, argv)
     assert line.startswith(f"ERROR: Checkpoint {nan!r} was not loaded: its weights hold NaN")
     assert not _files(tmp_path / "export")  # nothing exported
+    # finite weights that overflow: nothing drawn or exported either
+    big = _save(tmp_path, "overflow.pth", _overflowing(state, STEM))
+    overflow = "ERROR: The backbone's features p2 hold NaN or inf ("
+    argv = ["--config-file", config, "--input", image, "--output", str(tmp_path / "vis")]
+    assert error_exit(demo.main, argv + ["--opts", "MODEL.WEIGHTS", big]).startswith(overflow)
+    assert not _files(tmp_path / "vis")
+    for method in ("tracing", "scripting"):
+        argv = ["--config-file", config, "--output", str(tmp_path / "export"), "MODEL.WEIGHTS"]
+        line = error_exit(export.cli, ["--export-method", method] + argv + [big])
+        assert line.startswith(overflow) and not _files(tmp_path / "export")
+
+
+def _overflowing(state, key):
+    """``state`` with ``key`` scaled to float32's largest values: finite, its products not."""
+    return dict(state, **{key: state[key] / state[key].abs().max() * 3e38})
+
+
+@pytest.mark.parametrize(
+    "config, key, part",
+    [
+        (INSTANCE, STEM, "The backbone's features p2"),
+        (INSTANCE, CLS, BOX_OUTPUTS),
+        (INSTANCE, "roi_heads.box_predictor.bbox_pred.weight", BOX_OUTPUTS),
+        (INSTANCE, "roi_heads.mask_head.predictor.weight", "The mask head's logits"),
+        (PANOPTIC, "sem_seg_head.predictor.weight", "The semantic head's logits"),
+    ],
+)
+def test_weights_that_overflow_give_no_outputs(config, key, part):
+    """Finite weights whose outputs are NaN or inf: refused, where Detectron2's inference drops
+    such boxes and returns nothing (an empty result, scored 0)."""
+    torch.manual_seed(0)
+    model = build_model(panet_cfg(config)).eval()
+    model.load_state_dict(_overflowing(model.state_dict(), key))
+    with torch.no_grad(), pytest.raises(NonFiniteOutputError) as e:
+        model([{"image": random_image()}])
+    assert str(e.value).startswith(part + " hold NaN or inf (")
+    model.train()  # training: the losses' own check (Detectron2's "Loss became infinite or NaN")
+    features = model.backbone(random_image()[None])["p2"]  # not refused
+    assert features.isfinite().all() == (key != STEM)
 
 
 # -------------------------------------------------------------------------------------------------

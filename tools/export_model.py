@@ -265,11 +265,9 @@ def write_openvino(cfg, args, model, sample, onnx_path):
     return schema
 
 
-def export_traced(cfg, args, model, path):
-    """Tracing-based exports (TorchScript, ONNX, OpenVINO): writes the model; returns
-    ``run(image, height, width)`` giving its outputs rebuilt by their schema."""
-    sample = get_sample_input(cfg, args)
-    sample = export.sample_inputs(model, sample["image"], sample["height"], sample["width"])
+def export_traced(cfg, args, model, path, sample):
+    """Tracing-based exports (TorchScript, ONNX, OpenVINO) on the flat inputs ``sample``: writes
+    the model; returns ``run(image, height, width)`` giving its outputs rebuilt by their schema."""
     with tracer_warnings_counted():
         if args.format == "torchscript":
             exported, schema = export.trace_model(model, sample)
@@ -302,6 +300,10 @@ def export_traced(cfg, args, model, path):
 def export_model(cfg, args, model):
     """Writes the exported model; returns a function ``inputs -> outputs`` running it as the eager
     model runs (for --run-eval)."""
+    sample = get_sample_input(cfg, args)
+    sample = export.sample_inputs(model, sample["image"], sample["height"], sample["width"])
+    with torch.no_grad():  # weights giving NaN or inf on the sample: refused before any export
+        export.inference_function(model)(model, *sample)
     PathManager.mkdirs(args.output)
     path = os.path.join(args.output, OUTPUT_FILES[args.format])
     if args.export_method == "scripting":
@@ -318,7 +320,7 @@ def export_model(cfg, args, model):
             return exported([inputs])[0]
 
     else:
-        run = export_traced(cfg, args, model, path)
+        run = export_traced(cfg, args, model, path, sample)
     logger.info("Wrote {}".format(path))
 
     def inference(batched_inputs):

@@ -21,8 +21,7 @@ class PanopticLabelSpace:
         dataset_name="?",
         contiguous_segments=False,
     ):
-        self.dataset_name = dataset_name
-        self.contiguous_segments = bool(contiguous_segments)
+        self.dataset_name, self.contiguous_segments = dataset_name, bool(contiguous_segments)
         things = {int(k): int(v) for k, v in thing_map.items()}
         stuff = {int(k): int(v) for k, v in stuff_map.items() if int(k) not in things}
         self._maps = (things, stuff)

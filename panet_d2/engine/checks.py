@@ -54,9 +54,8 @@ def check_registered(name, key):
         close = difflib.get_close_matches(name, registered, n=3, cutoff=0.6)
         hint = f" Did you mean: {', '.join(map(repr, close))}?" if close else ""
         raise DatasetError(
-            f"Dataset {name!r} in {key} is not registered.{hint} Register it (e.g. with "
-            f"Detectron2's register_coco_instances) in a module that train_net.py imports, or fix "
-            f"{key}."
+            f"Dataset {name!r} in {key} is not registered.{hint} Register it (e.g. with Detectron2"
+            f"'s register_coco_instances) in a module that train_net.py imports, or fix {key}."
         )
 
 
@@ -303,9 +302,8 @@ def _problem(a, masks, image):
             return "polygons", polygons
     if masks and (segm is None or isinstance(segm, list) and not segm):
         return "empty", polygons
-    if box is not None and (box[2] <= box[0] or box[3] <= box[1]):
-        return "box", polygons
-    return None, polygons
+    empty_box = box is not None and (box[2] <= box[0] or box[3] <= box[1])
+    return ("box" if empty_box else None), polygons
 
 
 def _drop_invalid(annos, masks, image_of):

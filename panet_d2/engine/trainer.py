@@ -170,8 +170,7 @@ class PANetTrainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
             return
-        name = os.path.basename(self.checkpointer.get_checkpoint_file())
-        lines = OrderedDict()
+        name, lines = os.path.basename(self.checkpointer.get_checkpoint_file()), OrderedDict()
         # the optimizer's load_state_dict made new param groups
         for i, (group, ours) in enumerate(zip(self.optimizer.param_groups, config)):
             for k, value in ours.items():

@@ -80,8 +80,7 @@ class PANetConvFCHead(FastRCNNConvFCHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        afp = cfg.MODEL.AFP
+        ret, afp = super().from_config(cfg, input_shape), cfg.MODEL.AFP
         ret.update(
             fc_norm=cfg.MODEL.ROI_BOX_HEAD.FC_NORM,
             num_levels=len(cfg.MODEL.ROI_HEADS.IN_FEATURES) if afp.ENABLED else 1,

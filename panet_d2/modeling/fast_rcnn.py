@@ -9,6 +9,8 @@ from torchvision.ops import nms
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 
+from ..errors import check_finite
+
 
 # UPSTREAM-WORKAROUND traced-batched-nms: torchvision 0.29 batched_nms, when traced, always runs
 # one NMS over all candidates (docs/design.md).
@@ -65,6 +67,7 @@ class PANetFastRCNNOutputLayers(FastRCNNOutputLayers):
     """:class:`FastRCNNOutputLayers` whose inference runs :func:`per_class_nms` in every mode."""
 
     def inference(self, predictions: Tuple[Tensor, Tensor], proposals: List[Instances]):
+        check_finite("The box predictor's scores and box deltas", torch.cat(predictions, 1))
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
         score_thresh, nms_thresh = self.test_score_thresh, self.test_nms_thresh

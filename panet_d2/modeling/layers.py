@@ -1,7 +1,6 @@
 """AFP's per-level first layers batched over levels, their norms and the fusion (docs/design.md)."""
 
 import logging
-import re
 from typing import List
 
 import torch
@@ -9,7 +8,7 @@ from torch import nn
 
 from detectron2.layers import Conv2d, get_norm
 
-from ..config import AFP_FUSE_TYPES
+from ..config import AFP_FUSE_TYPES, PER_LEVEL_NAME
 from ..errors import check_choice, check_norm
 
 logger = logging.getLogger(__name__)
@@ -52,10 +51,6 @@ def per_level_norm(norm, channels: int, num_levels: int):
     return LevelwiseNorm(norm, channels, num_levels)
 
 
-# "per_level.weight" -> "weight", "norm.levels.2.bias" -> "norm.bias"
-_PER_LEVEL = r"(^|\.)(per_level|levels\.\d+)\."
-
-
 class _PerLevelLayer(nn.Module):
     """Base of the per-level first layers: the warm start from a single-level layer."""
 
@@ -68,7 +63,7 @@ class _PerLevelLayer(nn.Module):
         # before the children load: a single-level layer's tensors copied to every level
         L, replicated = self.num_levels, []
         for name, ours in self.state_dict().items():
-            single = prefix + re.sub(_PER_LEVEL, r"\1", name)
+            single = prefix + PER_LEVEL_NAME.sub(r"\1", name)
             theirs = state_dict.get(single)
             if prefix + name in state_dict or not isinstance(theirs, torch.Tensor):
                 continue

@@ -11,7 +11,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, MaskRCNNConvUpsampleHead
 
 from ..config import AFP_FUSE_POSITIONS, AFP_FUSE_TYPES, FF_START_LAYERS, MASK_PREDICTOR_INITS
-from ..errors import ConfigError, check_choice
+from ..errors import ConfigError, check_choice, check_finite
 from .fully_connected_fusion import FullyConnectedFusion
 from .layers import AFPConv2d, fuse_levels
 from .scripting import add_scripting_lists, scriptable_copy
@@ -119,6 +119,8 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
         x = self.predictor(self.deconv_relu(self.deconv(x)))
         if self.fc_fusion is not None:
             x = self.fc_fusion(ff_input, x)
+        if not self.training:
+            check_finite("The mask head's logits", x)
         return x
 
     def __prepare_scriptable__(self):

@@ -12,7 +12,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ...config import PAFPN_ACTIVATIONS
-from ...errors import ConfigError, check_choice, check_in_features, check_norm
+from ...errors import ConfigError, check_choice, check_finite, check_in_features, check_norm
 from ..scripting import add_scripting_lists, scriptable_copy
 
 
@@ -89,7 +89,11 @@ class PAFPN(FPN):
             for name, value in zip(self._out_features[len(names) :], extra):
                 results[name] = value
         # a top block reading a bottom-up feature (e.g. "res5"): FPN computed its outputs already
-        return {f: results[f] if f in results else fpn[f] for f in self._out_features}
+        results = {f: results[f] if f in results else fpn[f] for f in self._out_features}
+        for name, feature in results.items():
+            if not self.training:
+                check_finite("The backbone's features " + name, feature)
+        return results
 
 
 @BACKBONE_REGISTRY.register()

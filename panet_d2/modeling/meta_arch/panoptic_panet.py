@@ -13,7 +13,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN
 from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
-from ...errors import ConfigError
+from ...errors import ConfigError, check_finite
 from ..postprocessing import combine_semantic_and_instance_outputs, merge_panoptic_tensors
 
 # PanopticFPN's merge thresholds (LazyConfig: model.<attribute>): yacs key, largest value (or None)
@@ -56,11 +56,10 @@ class PanopticPANet(PanopticFPN):
             return self.inference_tensors(batched_inputs)
         if self.training and batched_inputs and "sem_seg" not in batched_inputs[0]:
             raise ValueError(
-                "PanopticPANet training needs a 'sem_seg' target in every input, and this batch "
-                "has none: the dataset mapper produced no semantic labels. Use "
-                "panet_d2.data.PanopticDatasetMapper (train_net.py does), which makes them from "
-                "the panoptic PNGs, or a dataset with sem_seg_file_name (Detectron2's "
-                "*_panoptic_separated datasets)."
+                "PanopticPANet training needs a 'sem_seg' target in every input, and this batch has"
+                " none: the dataset mapper produced no semantic labels. Use panet_d2.data.Panoptic"
+                "DatasetMapper (train_net.py does), which makes them from the panoptic PNGs, or a "
+                "dataset with sem_seg_file_name (Detectron2's *_panoptic_separated datasets)."
             )
         return super().forward(batched_inputs)
 
@@ -79,6 +78,7 @@ class PanopticPANet(PanopticFPN):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         sem_seg_results, _ = self.sem_seg_head(features, None)
+        check_finite("The semantic head's logits", sem_seg_results)
         proposals, _ = self.proposal_generator(images, features, None)
         detector_results, _ = self.roi_heads(images, features, proposals, None)
         return detector_results, sem_seg_results, images.image_sizes
@@ -88,10 +88,8 @@ class PanopticPANet(PanopticFPN):
         detector_results, sem_seg_results, _ = self._raw_inference(batched_inputs)
         if not do_postprocess:
             return detector_results, sem_seg_results
-        return [
-            self._postprocess_one(inputs, instances, sem_seg)
-            for inputs, instances, sem_seg in zip(batched_inputs, detector_results, sem_seg_results)
-        ]
+        results = zip(batched_inputs, detector_results, sem_seg_results)
+        return [self._postprocess_one(inputs, instances, sem) for inputs, instances, sem in results]
 
     def _postprocess_one(self, inputs, instances, sem_seg):
         image_size = tuple(inputs["image"].shape[-2:])
@@ -137,15 +135,9 @@ class PanopticPANet(PanopticFPN):
             panoptic_seg, segments = merge_panoptic_tensors(
                 scores, classes, masks, sem_seg.argmax(dim=0), overlap, stuff_area, score
             )
-            result = {
-                "panoptic_seg": panoptic_seg,
-                "segments": segments,
-                "sem_seg": sem_seg,
-                "pred_boxes": boxes,
-                "scores": scores,
-                "pred_classes": classes,
-                "pred_masks": masks,
-            }
+            result = {"panoptic_seg": panoptic_seg, "segments": segments, "sem_seg": sem_seg}
+            result.update({"pred_boxes": boxes, "scores": scores, "pred_classes": classes})
+            result["pred_masks"] = masks
             results.append(result)
         return results
 
