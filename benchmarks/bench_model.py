@@ -44,7 +44,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from benchmarks.options import add_timing_options  # noqa: E402
+from benchmarks.options import add_timing_options, device_option  # noqa: E402
 from panet_d2 import add_panet_config  # noqa: E402
 from panet_d2.analysis import FLOP_HANDLES, flop_count_analysis  # noqa: E402
 from panet_d2.config import MASK_RCNN_OPTS  # noqa: E402
@@ -412,7 +412,7 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_timing_options(parser)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=device_option, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--amp", action="store_true", help="mixed precision (torch.autocast)")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument(
@@ -423,8 +423,6 @@ def main():
     names = [name for rows in ROWS.values() for name in rows]
     if args.profile is not None and args.profile not in names:
         parser.error(f"--profile {args.profile!r}: a row of {', '.join(map(repr, names))}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error(f"--device {args.device}: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     if args.profile:
         args.task = args.task[0]

@@ -28,7 +28,7 @@ from detectron2.modeling.meta_arch.panoptic_fpn import (  # noqa: E402
 )
 from detectron2.structures import Instances  # noqa: E402
 
-from benchmarks.options import add_timing_options, at_least  # noqa: E402
+from benchmarks.options import add_timing_options, at_least, device_option  # noqa: E402
 from panet_d2.modeling.postprocessing.panoptic_merge import (  # noqa: E402
     combine_semantic_and_instance_outputs,
 )
@@ -107,15 +107,13 @@ def main(argv=None):
     p.add_argument(
         "--num-labels", type=at_least(1), default=54, help="semantic labels (0 = things)"
     )
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", type=device_option, default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float-masks", action="store_true", help="probability masks, not bool")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: CUDA is not available on this machine")
     inst, sem = make_inputs(
         args.num_instances, args.height, args.width, args.num_labels, args.seed, args.float_masks
     )

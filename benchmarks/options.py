@@ -2,6 +2,8 @@
 
 import argparse
 
+import torch
+
 
 def at_least(low):
     """An argparse ``type``: an integer >= ``low``, else argparse's one-line error."""
@@ -16,6 +18,24 @@ def at_least(low):
         return value
 
     return integer
+
+
+def device_option(text):
+    """An argparse ``type``: "cpu", or "cuda" / "cuda:N" of a GPU this machine has."""
+    try:
+        value = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give cpu, cuda or cuda:N") from None
+    if value.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if value.type == "cuda" else 0
+    if value.type == "cuda" and count == 0:
+        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+    if value.type == "cuda" and (value.index or 0) >= count:
+        raise argparse.ArgumentTypeError(
+            f"{text}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}"
+        )
+    return text
 
 
 def add_timing_options(parser, height=800, width=1216, repeats=5, threads=2):

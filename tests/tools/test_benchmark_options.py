@@ -6,8 +6,9 @@ import glob
 import os
 
 import pytest
+import torch
 
-from benchmarks.options import at_least
+from benchmarks.options import at_least, device_option
 
 from ..common import ROOT, start_script
 
@@ -18,6 +19,22 @@ def test_at_least():
         at_least(1)("0")
     with pytest.raises(argparse.ArgumentTypeError, match="^'x' is not an integer$"):
         at_least(1)("x")
+
+
+def test_device_option():
+    """cpu, cuda, cuda:N of a GPU there is; else one line (before: a traceback in the first run)."""
+    assert device_option("cpu") == "cpu"
+    for text in ("gpu", "meta", "cuda:x"):
+        with pytest.raises(
+            argparse.ArgumentTypeError, match=f"^'{text}': give cpu, cuda or cuda:N$"
+        ):
+            device_option(text)
+    count = torch.cuda.device_count()
+    where = f"this machine has {count} GPU" if count else "CUDA is not available on this machine"
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^cuda:{count}: {where}"):
+        device_option(f"cuda:{count}")
+    if count:
+        assert device_option("cuda:0") == "cuda:0"
 
 
 def test_no_benchmark_option_is_an_unchecked_integer():
