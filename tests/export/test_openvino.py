@@ -227,7 +227,9 @@ def test_batched_matmul_of_any_input_as_gemms():
 
 def test_fp32_panoptic_model_equals_eager(tool, tmp_path):
     cfg, model = _model(PANOPTIC)
-    inference = _export(tool, cfg, model, tmp_path)
+    with logged_messages("panet_d2.export_model") as messages:
+        inference = _export(tool, cfg, model, tmp_path)
+    assert not any(m.startswith("--precision") for m in messages), messages  # fp32: no warning
     for spec, size in [(IMAGES[0], (150, 250)), (IMAGES[1], IMAGES[1][:2])]:
         img = random_image(*spec)
         expected = _eager(model, img, size)
