@@ -42,6 +42,7 @@ import contextlib
 import warnings
 
 import torch
+from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import CfgNode, instantiate
@@ -57,7 +58,7 @@ from panet_d2.config import instantiate_model, load_config_file
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
 from panet_d2.engine.checks import check_config, check_dataset, check_output_dir, loading_dataset
-from panet_d2.errors import ConfigError
+from panet_d2.errors import ConfigError, DatasetError
 
 import export_support as export  # noqa: E402  isort: skip  (tools/)
 from openvino_backend import PRECISIONS  # noqa: E402  isort: skip  (tools/, torch-free)
@@ -128,7 +129,7 @@ def get_parser():
     parser.add_argument(
         "--sample-image",
         default=None,
-        help="image to trace with (default: the " "first image of cfg.DATASETS.TEST[0])",
+        help="image to trace with (default: the first image of the config's test dataset)",
     )
     parser.add_argument("--run-eval", action="store_true", help="evaluate the exported model")
     parser.add_argument("--output", required=True, help="output directory")
@@ -361,6 +362,28 @@ def evaluate(cfg, inference, output_dir):
     return metrics
 
 
+def check_test_dataset(cfg, args):
+    """Refuse, in one line, a test dataset that --run-eval or the sample input needs and that is
+    not there (yacs: DATASETS.TEST[0]; LazyConfig: dataloader.test.dataset.names)."""
+    what = "--run-eval evaluates on {}"
+    if not args.run_eval:
+        what = "the sample input is the first image of {} (or --sample-image)"
+    if isinstance(cfg, CfgNode):
+        if not cfg.DATASETS.TEST:
+            raise ConfigError("DATASETS.TEST is empty: " + what.format("DATASETS.TEST[0]"))
+        names, key = cfg.DATASETS.TEST[:1], "DATASETS.TEST"
+    else:
+        key = "dataloader.test.dataset.names"
+        names = OmegaConf.select(cfg, key)
+        names = [names] if isinstance(names, str) else list(names or [])
+    for name in names:
+        try:
+            check_dataset(name, key)
+        except DatasetError as e:
+            why = what.format(repr(name))
+            raise DatasetError(f"{e} {why[:1].upper()}{why[1:]}.") from None
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     # the loggers of train_net.py --eval-only: the evaluators' tables, print_csv_format's lines
@@ -373,13 +396,8 @@ def main(argv=None):
         check_config(cfg, train=False)  # as train_net.py --eval-only
     if args.precision.startswith("int8"):  # before the model and the export
         check_dataset(calibration_dataset(cfg, args), "--calibration-dataset")
-    if isinstance(cfg, CfgNode) and (args.run_eval or args.sample_image is None):
-        if not cfg.DATASETS.TEST:
-            what = "--run-eval evaluates on DATASETS.TEST[0]"
-            if not args.run_eval:
-                what = "the sample input is the first image of DATASETS.TEST[0] (or --sample-image)"
-            raise ConfigError("DATASETS.TEST is empty: " + what)
-        check_dataset(cfg.DATASETS.TEST[0], "DATASETS.TEST")
+    if args.run_eval or args.sample_image is None:
+        check_test_dataset(cfg, args)
 
     if isinstance(cfg, CfgNode):
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
