@@ -25,15 +25,15 @@ def device_option(text):
     try:
         value = torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give cpu, cuda or cuda:N") from None
-    if value.type not in ("cpu", "cuda"):
+        value = None
+    if value is None or value.type not in ("cpu", "cuda"):
         raise argparse.ArgumentTypeError(f"{text!r}: give cpu, cuda or cuda:N")
     count = torch.cuda.device_count() if value.type == "cuda" else 0
     if value.type == "cuda" and count == 0:
-        raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
     if value.type == "cuda" and (value.index or 0) >= count:
         raise argparse.ArgumentTypeError(
-            f"{text}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}"
+            f"{text!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}"
         )
     return text
 

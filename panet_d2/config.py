@@ -27,8 +27,7 @@ AFP_MAX_SAMPLING_RATIO = 16  # MODEL.AFP.POOLER_SAMPLING_RATIO: 0 (adaptive) to 
 # Options that switch every PANet component off: Detectron2's Mask R-CNN
 MASK_RCNN_OPTS = ("MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone")
 MASK_RCNN_OPTS += ("MODEL.AFP.ENABLED", False, "MODEL.FF.ENABLED", False)
-# An AFP layer's per-level tensor name -> its single-level one: "per_level.weight" -> "weight",
-# "norm.levels.2.bias" -> "norm.bias" (modeling/layers.py; the checkpointer's warm start)
+# An AFP layer's per-level tensor name -> its single-level one ("norm.levels.2.bias" -> "norm.bias")
 PER_LEVEL_NAME = re.compile(r"(^|\.)(per_level|levels\.\d+)\.")
 
 

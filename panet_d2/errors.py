@@ -43,11 +43,15 @@ class NonFiniteOutputError(InputError, FloatingPointError):
 
 def check_finite(what: str, x: torch.Tensor):
     """Raise :class:`NonFiniteOutputError` if ``x`` holds NaN or inf (not while traced)."""
-    bad = 0 if torch.jit.is_tracing() or bool(x.sum().isfinite()) else int((~x.isfinite()).sum())
-    if bad:  # the sum first: 20 times faster on the backbone's features
+    # the sum first, 20 times faster than isfinite (in float32: a float16 sum overflows)
+    if torch.jit.is_tracing() or bool(x.sum(dtype=torch.float32).isfinite()):
+        return
+    bad = int((~x.isfinite()).sum())
+    if bad:
         raise NonFiniteOutputError(
-            f"{what} hold NaN or inf ({bad} of {x.numel()} values) on this input: the weights "
-            "(MODEL.WEIGHTS) give numbers that overflow; no outputs are made from them."
+            f"{what} hold NaN or inf ({bad} of {x.numel()} values) on this input: the model's "
+            "weights (MODEL.WEIGHTS, or those training reached) give numbers that overflow, or the "
+            "input holds NaN or inf; no outputs are made from them."
         )
 
 

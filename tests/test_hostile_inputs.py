@@ -156,6 +156,7 @@ def test_entry_points_refuse_weights_that_are_no_weights(train_net, state, tmp_p
     drawn or exported."""
     nan = _save(tmp_path, "nan.pth", state, **{CLS: state[CLS] * float("nan")})
     ints = _save(tmp_path, "int.pth", state, **{CLS: state[CLS].to(torch.int64)})
+    big = _save(tmp_path, "overflow.pth", _overflowing(state, STEM))  # finite, outputs not
     out = tmp_path / "eval"
     argv = ["--config-file", SMOKE, "--eval-only", "OUTPUT_DIR", str(out), "MODEL.DEVICE", "cpu"]
     for path, expected in [(nan, "its weights hold NaN or inf: "), (ints, "torch.int64 where")]:
@@ -164,7 +165,10 @@ def test_entry_points_refuse_weights_that_are_no_weights(train_net, state, tmp_p
             train_net.main(args)
         assert str(e.value).startswith(f"Checkpoint {path!r} was not loaded: ")
         assert expected in str(e.value)
-    assert not os.path.exists(out / "inference")
+    args = default_argument_parser().parse_args(argv + ["MODEL.WEIGHTS", big])
+    with pytest.raises(NonFiniteOutputError, match="^The backbone's features p2 hold NaN or inf"):
+        train_net.main(args)
+    assert not _files(out / "inference")  # nothing evaluated
     config = os.path.join(ROOT, "configs", INSTANCE)
     image = os.path.join(ROOT, "assets", "demo_images")
     demo = load_script("demo.py", "panet_demo_hostile")
@@ -178,7 +182,6 @@ def test_entry_points_refuse_weights_that_are_no_weights(train_net, state, tmp_p
     assert line.startswith(f"ERROR: Checkpoint {nan!r} was not loaded: its weights hold NaN")
     assert not _files(tmp_path / "export")  # nothing exported
     # finite weights that overflow: nothing drawn or exported either
-    big = _save(tmp_path, "overflow.pth", _overflowing(state, STEM))
     overflow = "ERROR: The backbone's features p2 hold NaN or inf ("
     argv = ["--config-file", config, "--input", image, "--output", str(tmp_path / "vis")]
     assert error_exit(demo.main, argv + ["--opts", "MODEL.WEIGHTS", big]).startswith(overflow)
@@ -206,16 +209,24 @@ def _overflowing(state, key):
 )
 def test_weights_that_overflow_give_no_outputs(config, key, part):
     """Finite weights whose outputs are NaN or inf: refused, where Detectron2's inference drops
-    such boxes and returns nothing (an empty result, scored 0)."""
+    such boxes and returns nothing (an empty result, scored 0); not while traced or training."""
     torch.manual_seed(0)
-    model = build_model(panet_cfg(config)).eval()
+    cfg = panet_cfg(config)
+    model = build_model(cfg).eval()
     model.load_state_dict(_overflowing(model.state_dict(), key))
     with torch.no_grad(), pytest.raises(NonFiniteOutputError) as e:
         model([{"image": random_image()}])
     assert str(e.value).startswith(part + " hold NaN or inf (")
+    if key == STEM:  # a traced graph holds no Python check: tracing does not run it
+        with torch.no_grad():
+            torch.jit.trace(model.backbone, random_image()[None], strict=False, check_trace=False)
     model.train()  # training: the losses' own check (Detectron2's "Loss became infinite or NaN")
     features = model.backbone(random_image()[None])["p2"]  # not refused
     assert features.isfinite().all() == (key != STEM)
+    if key.startswith("roi_heads.mask_head."):
+        size = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
+        grids = torch.rand(2, 4, cfg.MODEL.FPN.OUT_CHANNELS, size, size)  # 4 levels, AFP
+        assert not model.roi_heads.mask_head.layers(grids).isfinite().all()  # not refused
 
 
 # -------------------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from panet_d2.config import instantiate_model, load_config_file
 from panet_d2.data.image_io import read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
 from panet_d2.engine.checks import check_config, check_dataset, check_output_dir, loading_dataset
-from panet_d2.errors import ConfigError, DatasetError
+from panet_d2.errors import ConfigError, DatasetError, NonFiniteOutputError
 
 import export_support as export  # noqa: E402  isort: skip  (tools/)
 from openvino_backend import PRECISIONS  # noqa: E402  isort: skip  (tools/, torch-free)
@@ -197,15 +197,17 @@ def check_args(args):
     check_output_dir(args.output, "--output")
 
 
+def lazy_dataset_names(cfg, split):
+    """The names (list) of a LazyConfig's ``dataloader.<split>.dataset.names`` (a str or list)."""
+    names = OmegaConf.select(cfg, f"dataloader.{split}.dataset.names")
+    return [names] if isinstance(names, str) else list(names or [])
+
+
 def calibration_dataset(cfg, args):
     """``--calibration-dataset``, by default the config's first training dataset."""
     if args.calibration_dataset is not None:
         return args.calibration_dataset
-    if isinstance(cfg, CfgNode):
-        names = cfg.DATASETS.TRAIN
-    else:
-        names = cfg.dataloader.train.dataset.names
-        names = [names] if isinstance(names, str) else list(names)
+    names = cfg.DATASETS.TRAIN if isinstance(cfg, CfgNode) else lazy_dataset_names(cfg, "train")
     if not names:
         raise ConfigError(
             "--precision {} calibrates on the config's first training dataset, and there is "
@@ -298,6 +300,19 @@ def export_traced(cfg, args, model, path, sample):
     return run
 
 
+@contextlib.contextmanager
+def scripted_errors():
+    """A scripted model's :class:`NonFiniteOutputError` (a ``torch.jit.Error`` naming it) as one."""
+    try:
+        yield
+    except torch.jit.Error as e:
+        name = NonFiniteOutputError.__module__ + "." + NonFiniteOutputError.__name__ + ": "
+        line = next((x for x in str(e).splitlines() if x.startswith(name)), None)
+        if line is None:
+            raise
+        raise NonFiniteOutputError(line[len(name) :]) from None
+
+
 def export_model(cfg, args, model):
     """Writes the exported model; returns a function ``inputs -> outputs`` running it as the eager
     model runs (for --run-eval)."""
@@ -330,7 +345,7 @@ def export_model(cfg, args, model):
             image = inputs["image"]
             height = inputs.get("height", image.shape[-2])
             width = inputs.get("width", image.shape[-1])
-            with torch.no_grad():
+            with torch.no_grad(), scripted_errors():
                 outputs = run(image, height, width)
             results.append(export.eager_outputs(outputs, image.shape[-2:], height, width))
         return results
@@ -365,23 +380,19 @@ def evaluate(cfg, inference, output_dir):
 def check_test_dataset(cfg, args):
     """Refuse, in one line, a test dataset that --run-eval or the sample input needs and that is
     not there (yacs: DATASETS.TEST[0]; LazyConfig: dataloader.test.dataset.names)."""
+    lazy = not isinstance(cfg, CfgNode)
+    key = "dataloader.test.dataset.names" if lazy else "DATASETS.TEST"
     what = "--run-eval evaluates on {}"
     if not args.run_eval:
         what = "the sample input is the first image of {} (or --sample-image)"
-    if isinstance(cfg, CfgNode):
-        if not cfg.DATASETS.TEST:
-            raise ConfigError("DATASETS.TEST is empty: " + what.format("DATASETS.TEST[0]"))
-        names, key = cfg.DATASETS.TEST[:1], "DATASETS.TEST"
-    else:
-        key = "dataloader.test.dataset.names"
-        names = OmegaConf.select(cfg, key)
-        names = [names] if isinstance(names, str) else list(names or [])
-    for name in names:
+    what = what.format("dataloader.test" if lazy else "DATASETS.TEST[0]")
+    if not lazy and not cfg.DATASETS.TEST:
+        raise ConfigError("DATASETS.TEST is empty: " + what)
+    for name in lazy_dataset_names(cfg, "test") if lazy else cfg.DATASETS.TEST[:1]:
         try:
             check_dataset(name, key)
         except DatasetError as e:
-            why = what.format(repr(name))
-            raise DatasetError(f"{e} {why[:1].upper()}{why[1:]}.") from None
+            raise DatasetError(f"{e} {what[:1].upper()}{what[1:]}.") from None
 
 
 def main(argv=None):

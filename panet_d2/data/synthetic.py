@@ -176,8 +176,7 @@ def draw_synthetic_image(rng, h, w, force_void=False):
     pan, sem = np.zeros((h, w), np.int32), np.full((h, w), 255, np.uint8)
     segments, per_cat = [], {}
     for k, j in enumerate(order, start=1):
-        m = inst == k
-        cat_id = int(classes[j]) + 1  # (dataset ids: things 1-3, stuff 4-6)
+        m, cat_id = inst == k, int(classes[j]) + 1  # (dataset ids: things 1-3, stuff 4-6)
         if areas[k] < MIN_VISIBLE_AREA:  # dropped: its pixels go back to the background
             image[m] = background[m]
             inst[m] = 0

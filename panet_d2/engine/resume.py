@@ -39,8 +39,7 @@ def check_last_checkpoint(checkpointer):
         return path
     folder = checkpointer.save_dir
     found = ", ".join(sorted(n for n in os.listdir(folder) if n.endswith((".pth", ".pkl"))))
-    there = f"The checkpoints in {folder!r}: {found}." if found else ""
-    there = there or f"{folder!r} holds no checkpoint."
+    there = f"The checkpoints in {folder!r}: {found}." if found else f"No checkpoint in {folder!r}."
     raise CheckpointError(
         f"--resume: {last!r} names the checkpoint {os.path.basename(path)!r}, which does not "
         f"exist. {there} Write the name of the checkpoint to resume from into last_checkpoint, or "

@@ -20,8 +20,7 @@ def _bilinear_taps(coord: Tensor, size: Tensor) -> Tuple[Tensor, Tensor, Tensor,
     low = torch.minimum(c.floor(), size - 1)
     at_edge = low >= size - 1
     c = torch.where(at_edge, low, c)
-    high = torch.where(at_edge, low, low + 1)
-    frac = c - low
+    high, frac = torch.where(at_edge, low, low + 1), c - low
     return low.long(), high.long(), (1.0 - frac) * inside, frac * inside
 
 

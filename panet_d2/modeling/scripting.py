@@ -19,8 +19,7 @@ def add_scripting_lists(module: nn.Module, names: Iterable[str]):
 # id(); Detectron2 0.6 (export/torchscript_patch.py) frees a prepared deep copy of the ResNet.
 def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iterable[str] = ()):
     """A shallow copy for ``__prepare_scriptable__``: ``lists`` as ModuleLists, less children."""
-    drop = set(drop_children)
-    ret = copy.copy(module)  # a new __dict__ holding the same values
+    drop, ret = set(drop_children), copy.copy(module)  # ret: a new __dict__, the same values
     ret._modules = OrderedDict((k, v) for k, v in module._modules.items() if k not in drop)
     for name in lists:
         if name in ret._modules:  # already a ModuleList: ``module`` is a prepared copy

@@ -17,6 +17,7 @@ from detectron2.modeling import build_model
 
 from panet_d2 import PANetCheckpointer
 from panet_d2.data import register_synthetic_dataset
+from panet_d2.errors import NonFiniteOutputError
 from panet_d2.evaluation import build_evaluator
 
 from ..common import ROOT, error_exit, load_script, logged_messages, panet_cfg, random_image
@@ -181,6 +182,12 @@ def test_scripting_of_the_panoptic_model_with_run_eval(tool, tmp_path, datasets)
     assert (
         export.eager_outputs(got, None, None, None)["panoptic_seg"][1] == eager["panoptic_seg"][1]
     )
+    # the scripted model keeps the check of its outputs (an input of NaN here), as torch.jit.Error;
+    # the tool's evaluation turns it back into the one-line error
+    nan_image = torch.full((3, 64, 64), float("nan"))
+    with pytest.raises(NonFiniteOutputError, match="^The backbone's features p2 hold NaN or inf"):
+        with torch.no_grad(), tool.scripted_errors():
+            scripted([{"image": nan_image}])
 
 
 def test_bad_option(tool, tmp_path):
@@ -290,4 +297,6 @@ def test_empty_test_datasets_refused_before_loading(tool, tmp_path):
     argv = ["--config-file", lazy, "--export-method", "scripting", "--output", str(tmp_path)]
     line = error_exit(tool.cli, argv + ["dataloader.test.dataset.names=nope"])
     assert line.startswith("ERROR: Dataset 'nope' in dataloader.test.dataset.names is not regist")
-    assert line.endswith(" The sample input is the first image of 'nope' (or --sample-image).")
+    assert line.endswith(
+        " The sample input is the first image of dataloader.test (or --sample-image)."
+    )

@@ -31,7 +31,7 @@ def test_device_option():
             device_option(text)
     count = torch.cuda.device_count()
     where = f"this machine has {count} GPU" if count else "CUDA is not available on this machine"
-    with pytest.raises(argparse.ArgumentTypeError, match=f"^cuda:{count}: {where}"):
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^'cuda:{count}': {where}"):
         device_option(f"cuda:{count}")
     if count:
         assert device_option("cuda:0") == "cuda:0"

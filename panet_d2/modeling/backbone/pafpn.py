@@ -90,8 +90,8 @@ class PAFPN(FPN):
                 results[name] = value
         # a top block reading a bottom-up feature (e.g. "res5"): FPN computed its outputs already
         results = {f: results[f] if f in results else fpn[f] for f in self._out_features}
-        for name, feature in results.items():
-            if not self.training:
+        if not self.training:
+            for name, feature in results.items():
                 check_finite("The backbone's features " + name, feature)
         return results
 
