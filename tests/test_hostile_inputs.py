@@ -186,9 +186,13 @@ def test_entry_points_refuse_weights_that_are_no_weights(train_net, state, tmp_p
     argv = ["--config-file", config, "--input", image, "--output", str(tmp_path / "vis")]
     assert error_exit(demo.main, argv + ["--opts", "MODEL.WEIGHTS", big]).startswith(overflow)
     assert not _files(tmp_path / "vis")
-    for method in ("tracing", "scripting"):
+    for how in (
+        ["--export-method", "tracing"],
+        ["--export-method", "scripting"],
+        ["--format", "onnx"],
+    ):
         argv = ["--config-file", config, "--output", str(tmp_path / "export"), "MODEL.WEIGHTS"]
-        line = error_exit(export.cli, ["--export-method", method] + argv + [big])
+        line = error_exit(export.cli, how + argv + [big])
         assert line.startswith(overflow) and not _files(tmp_path / "export")
 
 

@@ -318,8 +318,9 @@ def export_model(cfg, args, model):
     model runs (for --run-eval)."""
     sample = get_sample_input(cfg, args)
     sample = export.sample_inputs(model, sample["image"], sample["height"], sample["width"])
-    with torch.no_grad():  # weights giving NaN or inf on the sample: refused before any export
-        export.inference_function(model)(model, *sample)
+    if args.format == "torchscript":  # (export_onnx runs the model eagerly before it writes)
+        with torch.no_grad():  # weights giving NaN or inf on the sample: refused before any export
+            export.inference_function(model)(model, *sample)
     PathManager.mkdirs(args.output)
     path = os.path.join(args.output, OUTPUT_FILES[args.format])
     if args.export_method == "scripting":
