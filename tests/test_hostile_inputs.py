@@ -229,8 +229,9 @@ def test_weights_that_overflow_give_no_outputs(config, key, part):
     assert features.isfinite().all() == (key != STEM)
     if key.startswith("roi_heads.mask_head."):
         size = cfg.MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION
-        grids = torch.rand(2, 4, cfg.MODEL.FPN.OUT_CHANNELS, size, size)  # 4 levels, AFP
-        assert not model.roi_heads.mask_head.layers(grids).isfinite().all()  # not refused
+        head = model.roi_heads.mask_head  # AFP: (M, levels, C, size, size) grids
+        grids = torch.rand(2, head.num_levels, cfg.MODEL.FPN.OUT_CHANNELS, size, size)
+        assert not head.layers(grids).isfinite().all()  # not refused
 
 
 # -------------------------------------------------------------------------------------------------

@@ -292,7 +292,7 @@ def test_empty_test_datasets_refused_before_loading(tool, tmp_path):
         "ERROR: DATASETS.TEST is empty: the sample input is the first image of DATASETS.TEST[0] "
         "(or --sample-image)"
     )
-    # a LazyConfig's test dataset, also for scripting (which reads the sample since stop 37)
+    # a LazyConfig's test dataset, also for scripting (which runs the sample before exporting)
     lazy = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_lazy.py")
     argv = ["--config-file", lazy, "--export-method", "scripting", "--output", str(tmp_path)]
     line = error_exit(tool.cli, argv + ["dataloader.test.dataset.names=nope"])
