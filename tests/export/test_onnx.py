@@ -6,8 +6,10 @@ was exported with and on others.
 
 Tolerances (ONNX Runtime's kernels are not PyTorch's): boxes 1e-3 px, scores 1e-5, mask
 probabilities 1e-4, semantic logits 1e-4; classes, the panoptic segment map and the segments' ids,
-categories, areas and instance ids exactly. Measured here: boxes <= 3e-5 px, scores <= 2e-8, mask
-probabilities <= 1e-5, semantic logits <= 2e-5.
+categories, areas and instance ids exactly, but at pixels where two semantic logits tie within
+2e-4 (either class may win there: 1 pixel of 20480 at a gap of 5e-7 on one processor of this VM
+kind, none on another), whose count bounds the areas' difference. Measured here: boxes <= 3e-5 px,
+scores <= 2e-8, mask probabilities <= 1e-5, semantic logits <= 2e-5.
 """
 
 import os
@@ -19,6 +21,7 @@ from .common import (
     OTHER_IMAGE,
     TRACE_IMAGE,
     assert_equal_fields,
+    assert_same_panoptic,
     export,
     image,
     instances_fields,
@@ -73,13 +76,9 @@ def test_panoptic_model_in_onnx_runtime(tmp_path):
         with torch.no_grad():
             expected = model([{"image": img, "height": size[0], "width": size[1]}])[0]
         got = export.eager_outputs(deployed(*export.sample_inputs(model, img, *size)), None, *size)
-        seg, info = expected["panoptic_seg"]
-        got_seg, got_info = got["panoptic_seg"]
-        assert torch.equal(got_seg, seg)
+        info, got_info = expected["panoptic_seg"][1], got["panoptic_seg"][1]
+        assert_same_panoptic(expected, got, ATOL["sem_seg"])
         assert any(s["isthing"] for s in info) and any(not s["isthing"] for s in info)
-        assert [{k: v for k, v in s.items() if k != "score"} for s in got_info] == [
-            {k: v for k, v in s.items() if k != "score"} for s in info
-        ]
         scores = [(s["score"], g["score"]) for s, g in zip(info, got_info) if s["isthing"]]
         assert max(abs(a - b) for a, b in scores) <= ATOL["scores"]
         assert_equal_fields(
@@ -104,7 +103,9 @@ def test_panoptic_model_without_instances(tmp_path):
     got_onnx = export.eager_outputs(deployed(*export.sample_inputs(model, img)), None, None, None)
     seg, info = expected["panoptic_seg"]
     assert len(expected["instances"]) == 0 and info and not any(s["isthing"] for s in info)
+    assert torch.equal(got_scripted["panoptic_seg"][0], seg)
+    assert got_scripted["panoptic_seg"][1] == info
+    assert_same_panoptic(expected, got_onnx, ATOL["sem_seg"])
     for got in (got_scripted, got_onnx):
-        assert torch.equal(got["panoptic_seg"][0], seg) and got["panoptic_seg"][1] == info
         assert len(got["instances"]) == 0
         assert got["instances"].pred_masks.shape == (0,) + OTHER_IMAGE[:2]

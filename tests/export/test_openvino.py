@@ -9,7 +9,8 @@ Tolerances, per precision (random weights put many scores close together, so the
 precisions may reorder or swap a few of them):
 
 * fp32: as ONNX Runtime (tests/export/test_onnx.py): boxes 1e-3 px, scores 1e-5, mask
-  probabilities 1e-4, semantic logits 1e-4; classes and the panoptic segment map exactly.
+  probabilities 1e-4, semantic logits 1e-4; classes and the panoptic segment map exactly (but
+  where two semantic logits tie within 2e-4, as there).
 * bf16: >= 80% of eager's detections matched (a detection of the same class with box IoU >= 0.9)
   and eager's top 3 all matched; mask probabilities within 0.05 on average.
 * int8 (convolutions and fc layers quantised but the RPN head's outputs and the box predictor,
@@ -44,7 +45,7 @@ from ..common import (
     panet_cfg,
     random_image,
 )
-from .common import assert_equal_fields, instances_fields
+from .common import assert_equal_fields, assert_same_panoptic, instances_fields
 
 pytest.importorskip("openvino", reason='pip install -e ".[export]"')
 pytest.importorskip("onnxruntime", reason='pip install -e ".[export]"')
@@ -234,13 +235,9 @@ def test_fp32_panoptic_model_equals_eager(tool, tmp_path):
         img = random_image(*spec)
         expected = _eager(model, img, size)
         got = inference([{"image": img, "height": size[0], "width": size[1]}])[0]
-        seg, info = expected["panoptic_seg"]
-        assert torch.equal(got["panoptic_seg"][0], seg)
+        info = expected["panoptic_seg"][1]
+        assert_same_panoptic(expected, got, ATOL["sem_seg"])
         assert any(s["isthing"] for s in info) and any(not s["isthing"] for s in info)
-        no_score = [[{k: v for k, v in s.items() if k != "score"} for s in i] for i in (info,)]
-        assert [{k: v for k, v in s.items() if k != "score"} for s in got["panoptic_seg"][1]] == (
-            no_score[0]
-        )
         assert_equal_fields(
             {"sem_seg": expected["sem_seg"], **instances_fields(expected["instances"])},
             {"sem_seg": got["sem_seg"], **instances_fields(got["instances"])},
