@@ -58,6 +58,8 @@ _HINTS = (
      "checkpoint): use an instance config (MODEL.META_ARCHITECTURE GeneralizedRCNN), not a "
      "panoptic one"),
     ("missing", "roi_heads.mask_head.", "no mask head: set MODEL.MASK_ON False"),
+    ("unexpected", "box_head.conv", "a box head with convolutions (the heavier head): set "
+     "MODEL.ROI_BOX_HEAD.NUM_CONV and NUM_FC as it was trained (the release's: 4 and 1)"),
 )
 # fmt: on
 
@@ -372,6 +374,18 @@ def _names(keys, n=3):
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
+def _of_another_form(model, key):
+    """Whether ``key``, a tensor that ``model`` has not, is one that a module of it lacks (a bias),
+    of a block beyond one of its sequences (a deeper stage) or of the BPA / FF it has not."""
+    modules, parts = dict(model.named_modules()), key.split(".")
+    i = max((i for i in range(1, len(parts)) if ".".join(parts[:i]) in modules), default=0)
+    seq = isinstance(modules[".".join(parts[:i])], (torch.nn.Sequential, torch.nn.ModuleList))
+    if i == len(parts) - 1 or (seq and i and parts[i].isdigit()):
+        return not key.endswith(NOT_REQUIRED_SUFFIXES)
+    parts = (p for w, p, _ in _HINTS if w == "unexpected" and p in key)
+    return any(key.split(p)[0].rstrip(".") in modules for p in parts)
+
+
 class PANetCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer that reads files as data, verifies what it loaded and saves
     atomically (removing the partial files of an interrupted save). ``warm_start`` (bool): True
@@ -577,6 +591,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         for where, part, hint in _HINTS:
             if where == "single":
                 holds = any(part in k and k.replace(part, ".") in file_keys for k in missing)
+                holds = holds and not any(part in k for k in file_keys)  # none per level
             else:
                 keys, other = against[where]
                 holds = any(part in k for k in keys) and not any(part in k for k in other)
@@ -612,10 +627,13 @@ class PANetCheckpointer(DetectionCheckpointer):
                 f"class-dependent tensor(s) differ: {_names(c[0] for c in classes)}). Only "
                 "training may start new predictors (fine-tuning to other classes)."
             )
-        if missing:
-            hints = ": " + "; ".join(hints) if hints else ""
+        extra = [k for k in unexpected if _of_another_form(self.model, k)]  # a bias, a deeper stage
+        if missing or extra:
+            what = f"{len(missing)} of its {len(required)} tensors are not in the file"
+            if not missing:
+                what = f"the file has {len(extra)} tensors of parts the model has in another form"
             raise self._refused(
-                f"does not fit the model: {len(missing)} of its {len(required)} tensors are not in "
-                f"the file ({_names(missing)}){hints}. Give the checkpoint of this model, or the "
-                "config it was trained with."
+                f"does not fit the model: {what} ({_names(missing or extra)}){': ' * bool(hints)}"
+                f"{'; '.join(hints)}. Give the checkpoint of this model, or the config it was "
+                "trained with."
             )

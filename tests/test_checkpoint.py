@@ -256,6 +256,38 @@ def test_architecture_mismatch(instance_state, tmp_path):
     assert "tensor(s) have other shapes: backbone.fpn_lateral2.weight: checkpoint [64" in msg
 
 
+def test_tensors_of_another_form_are_refused(instance_state, tmp_path):
+    # tensors the model has no place for, in modules it has: another config, refused when
+    # evaluating (Detectron2 would log them and evaluate the other model); a warm start takes them
+    r34 = _save(tmp_path, "r34.pth", _model(INSTANCE, "MODEL.RESNETS.DEPTH", 34).state_dict())
+    msg = _error(_model(seed=1), r34)
+    # ResNet-34 has 1, 2, 4 and 1 more BasicBlocks per stage than ResNet-18: 8 blocks of 2 convs
+    # with a FrozenBN each (weight; norm weight, bias, running mean and variance)
+    assert "the file has 80 tensors of parts the model has in another form (backbone." in msg
+    assert "(backbone.bottom_up.res2.2.conv1.norm.bias, " in msg
+    PANetCheckpointer(_model(seed=1), warm_start=True).load(r34)
+    bias = ["MODEL.PAFPN.NORM", "GN", "MODEL.PAFPN.CONV_BIAS"]
+    with_bias = _save(tmp_path, "bias.pth", _model(INSTANCE, *bias, True).state_dict())
+    msg = _error(_model(INSTANCE, *bias, False), with_bias)
+    assert "the file has 6 tensors of parts" in msg and "(backbone.bpa_down3.bias, " in msg
+    with_afp = _save(tmp_path, "afp.pth", instance_state)
+    msg = _error(_model(INSTANCE, "MODEL.FF.ENABLED", False), with_afp)
+    assert "the file has 6 tensors of parts" in msg and "set MODEL.FF.ENABLED True" in msg
+    msg = _error(_model(INSTANCE, "MODEL.BACKBONE.NAME", "build_resnet_fpn_backbone"), with_afp)
+    assert "the file has 12 tensors" in msg and "set MODEL.BACKBONE.NAME build_resnet_pafpn" in msg
+    # a whole head that the model has not is left out, as Detectron2 does: a mask model's boxes,
+    # a panoptic model's instances
+    panoptic = _save(tmp_path, "panoptic.pth", _model(PANOPTIC).state_dict())
+    for model, path in [(_model(INSTANCE, "MODEL.MASK_ON", False), with_afp), (_model(), panoptic)]:
+        PANetCheckpointer(model).load(path)
+        state = torch.load(path)["model"]
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    # the heavier box head (convolutions, then one fc) into a 2fc model: not "trained without AFP"
+    heavy = ["MODEL.ROI_BOX_HEAD.NUM_CONV", 4, "MODEL.ROI_BOX_HEAD.NUM_FC", 1]
+    msg = _error(_model(seed=1), _save(tmp_path, "hhd.pth", _model(INSTANCE, *heavy).state_dict()))
+    assert "a box head with convolutions (the heavier head)" in msg and "AFP" not in msg
+
+
 def test_no_matching_tensor_and_no_weights(tmp_path):
     model = _model(seed=1)
     path = _save(tmp_path, "other.pth", {"encoder.weight": torch.zeros(3, 3)})
