@@ -36,8 +36,9 @@ def read_image(file_name, format=None, what="image"):
                 )
             # PIL opens a 16-bit PNG as "I;16" (Pillow >= 10) or "I" (older)
             if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
-                gray = np.asarray(ImageOps.exif_transpose(image), dtype=np.float64) / 257
-                image = Image.fromarray(np.round(gray).astype(np.uint8), mode="L")
+                gray = np.asarray(ImageOps.exif_transpose(image)).astype(np.uint32)  # in place:
+                gray = np.floor_divide(np.add(gray, 128, out=gray), 257, out=gray)  # value / 257
+                image = Image.fromarray(gray.astype(np.uint8), mode="L")  # rounded (no ties)
             elif image.mode in ("I", "F"):
                 raise ImageLoadError(
                     f"{subject} {file_name!r} has PIL mode {image.mode!r} (32-bit pixels); "

@@ -132,6 +132,15 @@ def test_read_image_of_every_mode(mode_dataset):
         read_image(str(broken))
 
 
+def test_every_16_bit_value_is_scaled_to_the_nearest_8_bit_one(tmp_path):
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # each 16-bit value once
+    path = str(tmp_path / "all16.png")
+    cv2.imwrite(path, values)
+    gray = read_image(path, "RGB")
+    assert np.array_equal(gray[..., 0], np.round(values / 257.0).astype(np.uint8))  # no ties
+    assert np.array_equal(gray[..., 0], gray[..., 2])
+
+
 def test_training_and_evaluation_read_every_mode(mode_dataset):
     name, folder, expected = mode_dataset
     cfg = panet_cfg(
