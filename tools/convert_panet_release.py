@@ -36,16 +36,22 @@ shape), and written as ``{"model": ..., "__author__": ..., "matching_heuristics"
 Detectron2's ``DetectionCheckpointer`` and ``train_net.py`` load as they are (no name matching).
 
 A wrong input is one line "ERROR: ..." (exit code 2): a missing file, a folder, or a file that
-``torch.save`` did not write (a text file, e.g.) before torch and Detectron2 are imported; a
-Detectron2 checkpoint (this tool's output, train_net.py's ``model_final.pth``) as "already a
-Detectron2 checkpoint: pass it as MODEL.WEIGHTS".
+``torch.save`` did not write (a text file, e.g.), and an output that is the input, a folder, or
+in a folder where no file can be created, before torch and Detectron2 are imported; a Detectron2
+checkpoint (this tool's output, train_net.py's ``model_final.pth``, a model-zoo .pkl) as "already
+a Detectron2 checkpoint: pass it as MODEL.WEIGHTS"; a Detectron (Caffe2) .pkl as such; a
+truncated file as truncated or damaged. The output is written to ``OUTPUT.partial`` and renamed
+over OUTPUT once complete: a failed write (a full disk, e.g.) leaves an existing OUTPUT as it was.
 """
 
 import argparse
+import errno
 import os
 import pickle
 import re
+import shlex
 import sys
+import tempfile
 from collections import OrderedDict, defaultdict
 from typing import Dict, List, Optional
 
@@ -84,13 +90,33 @@ def input_file_problem(path: str) -> Optional[str]:
     )
 
 
-def _parser():
-    parser = argparse.ArgumentParser(
-        description="Convert a trained model of the PANet release (ShuLiu1993/PANet) into a "
-        "Detectron2 checkpoint of panet_d2."
-    )
-    parser.add_argument("input", help="release checkpoint (.pth: {'model': ..., 'step': ...})")
-    parser.add_argument("output", help="Detectron2 checkpoint to write (.pth)")
+def output_file_problem(path: str, input_path: str) -> Optional[str]:
+    """
+    What makes the output ``path`` unwritable, found before the conversion: it is the input, a
+    folder or not a regular file, its folder is a file or no file can be created there. None
+    when it can be written (then atomically: a failed write leaves an existing file as it was).
+    """
+    if os.path.exists(path) and os.path.exists(input_path) and os.path.samefile(path, input_path):
+        return "Output {!r} is the input release checkpoint; give another file name.".format(path)
+    if os.path.isdir(path):
+        return "Output {!r} is a folder; give the .pth file to write.".format(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        return "Output {!r} exists and is not a regular file; give a .pth file name.".format(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # the folder that exists, where the missing ones go
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        return "Cannot write {!r}: {!r} is a file, not a folder.".format(path, folder)
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        return "Cannot write {!r}: no file can be created in {!r} ({}).".format(
+            path, folder, e.strerror or e
+        )
+    return None
+
+
+def _flags(parser):
     parser.add_argument(
         "--variant", choices=sorted(RELEASE_CONFIGS), help="default: recognised from the keys"
     )
@@ -99,12 +125,37 @@ def _parser():
         action="store_true",
         help="do not build the config's model to check every key and shape",
     )
-    parser.add_argument(
+    return parser
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        description="Convert a trained model of the PANet release (ShuLiu1993/PANet) into a "
+        "Detectron2 checkpoint of panet_d2."
+    )
+    parser.add_argument("input", help="release checkpoint (.pth: {'model': ..., 'step': ...})")
+    parser.add_argument("output", help="Detectron2 checkpoint to write (.pth)")
+    _flags(parser).add_argument(
         "opts",
         nargs=argparse.REMAINDER,
         help="config options for the check (KEY VALUE ..., after the other arguments)",
     )
     return parser
+
+
+def _parse_args(argv=None):
+    """The arguments; the flags given after the file names (which REMAINDER takes) parsed too."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    n = 0  # the flags before the first config option
+    while n < len(args.opts) and args.opts[n].startswith("-"):
+        n += 2 if args.opts[n] == "--variant" else 1
+    flags, args.opts = args.opts[:n], args.opts[n:]
+    _flags(argparse.ArgumentParser(prog=parser.prog)).parse_args(flags, namespace=args)
+    misplaced = [o for o in args.opts if o.split("=")[0] in ("--variant", "--no-model-check")]
+    if misplaced:
+        parser.error("give {} before the config options (KEY VALUE ...)".format(misplaced[0]))
+    return args
 
 
 # variant -> config (relative to configs/) that computes what the release's model computes
@@ -114,8 +165,9 @@ RELEASE_CONFIGS = {
     "mask": "COCO-InstanceSegmentation/panet_R_50_FPN_release_2x.yaml",
 }
 
-if __name__ == "__main__":  # a wrong input file in one line, before the imports below
-    _problem = input_file_problem(_parser().parse_known_args()[0].input)
+if __name__ == "__main__":  # a wrong input or output file in one line, before the imports below
+    _args = _parse_args()
+    _problem = input_file_problem(_args.input) or output_file_problem(_args.output, _args.input)
     if _problem:
         print("ERROR: " + _problem, file=sys.stderr)
         sys.exit(2)  # an input error (docs/reliability.md)
@@ -125,8 +177,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # run from a checkout without installing panet_d2
 
+from detectron2.utils.file_io import PathManager
+
+from panet_d2.checkpoint import RestrictedUnpickler
+from panet_d2.compat import atomic_output_files
 from panet_d2.engine.cli import one_line_errors
-from panet_d2.errors import CheckpointError
+from panet_d2.errors import CheckpointError, os_error_cause
 
 __all__ = [
     "RELEASE_CONFIGS",
@@ -141,14 +197,16 @@ __all__ = [
 FROZEN_BN_EPS = 1e-5
 
 # Globals a 2018 checkpoint may hold outside its tensors (numpy scalars in the optimizer state):
-# data constructors only, allowed for weights_only loading when the file names them.
+# data constructors only, allowed for weights_only loading under the name the file gives them
+# (NumPy 1.x wrote numpy.core.multiarray.scalar, which NumPy 2 has as numpy._core.multiarray's).
+_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")  # NumPy 2, NumPy 1.x
 _NUMPY_SCALAR_GLOBALS = {
-    "numpy.core.multiarray.scalar": ("numpy.core.multiarray", "scalar"),
-    "numpy._core.multiarray.scalar": ("numpy._core.multiarray", "scalar"),
-    "numpy.dtype": ("numpy", "dtype"),
+    "numpy.core.multiarray.scalar": (_MULTIARRAY, "scalar"),
+    "numpy._core.multiarray.scalar": (_MULTIARRAY, "scalar"),
+    "numpy.dtype": (("numpy",), "dtype"),
 }
 for _n in ("Float64", "Float32", "Int64", "Int32", "Bool"):
-    _NUMPY_SCALAR_GLOBALS["numpy.dtypes.{}DType".format(_n)] = ("numpy.dtypes", _n + "DType")
+    _NUMPY_SCALAR_GLOBALS["numpy.dtypes.{}DType".format(_n)] = (("numpy.dtypes",), _n + "DType")
 
 # Top-level modules of the release's generalized_rcnn (lib/modeling/model_builder.py)
 _BODY = "Conv_Body."
@@ -356,9 +414,11 @@ def _frozen_bn_buffers(weight: torch.Tensor):
 
 def expected_release_keys(release_model_state: Dict[str, torch.Tensor], variant: str) -> List[str]:
     """
-    The keys a release model of ``variant`` has, for the ResNet depth, the number of pyramid
-    levels and of head convs that ``release_model_state`` shows (read from the release's
-    lib/modeling/{ResNet,FPN,fast_rcnn_heads,mask_rcnn_heads}.py).
+    The keys a release model of ``variant`` has (read from the release's
+    lib/modeling/{ResNet,FPN,fast_rcnn_heads,mask_rcnn_heads}.py): the ResNet blocks that
+    ``release_model_state`` shows (its depth); the rest as the release's configs have it: 4 FPN
+    levels (P2-P5), RoI levels N2-N5 for the per-level layers, 3 box-head convs after the
+    per-level conv1 (FAST_RCNN.NUM_STACKED_CONVS 4) and the mask head's 4 convs.
     """
     keys = set(release_model_state)
     out = [_RESNET + "res1.conv1.weight", _RESNET + "res1.bn1.weight", _RESNET + "res1.bn1.bias"]
@@ -545,7 +605,7 @@ def load_release_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     """
     if not os.path.isfile(path):
         raise CheckpointError("Release checkpoint {!r} does not exist.".format(path))
-    allowed = []
+    allowed = []  # (numpy global, the name the file gives it)
     while True:
         try:
             with torch.serialization.safe_globals(allowed):
@@ -556,22 +616,26 @@ def load_release_checkpoint(path: str) -> Dict[str, torch.Tensor]:
             names = [
                 a or b for a, b in re.findall(r"GLOBAL ([\w.]+)|got <class '([\w.]+)'>", str(e))
             ]
-            new = [n for n in names if n in _NUMPY_SCALAR_GLOBALS]
-            obj = [_import(*_NUMPY_SCALAR_GLOBALS[n]) for n in new]
-            if not new or any(o is None for o in obj) or any(o in allowed for o in obj):
-                raise CheckpointError(
-                    "Cannot read {!r} with torch.load(weights_only=True): it needs {} beyond "
-                    "tensors and plain data, and was not loaded (that would run code from the "
-                    "file). If you trust it, load it yourself without weights_only and save "
-                    "{{'model': checkpoint['model']}}; then convert that file.".format(
-                        path, names or str(e).splitlines()[0]
-                    )
-                ) from None
-            allowed += obj
-        except Exception as e:
+            new = [
+                (_import(*_NUMPY_SCALAR_GLOBALS[n]), n)
+                for n in names
+                if n in _NUMPY_SCALAR_GLOBALS and n not in [a[1] for a in allowed]
+            ]
+            if names and new and all(obj is not None for obj, _ in new):
+                allowed += new
+                continue
+            _refuse_plain_pickle(path)
+            if not names:
+                raise _damaged(path, e) from None
             raise CheckpointError(
-                "Cannot read release checkpoint {!r}: {}: {}".format(path, type(e).__name__, e)
-            ) from e
+                "Cannot read {!r} with torch.load(weights_only=True): it needs {} beyond "
+                "tensors and plain data, and was not loaded (that would run code from the "
+                "file). If you trust it, load it yourself without weights_only and save "
+                "{{'model': checkpoint['model']}}; then convert that file.".format(path, names)
+            ) from None
+        except Exception as e:
+            _refuse_plain_pickle(path)
+            raise _damaged(path, e) from None
     model = loaded.get("model") if isinstance(loaded, dict) else None
     _refuse_detectron2_checkpoint(path, model if isinstance(model, dict) else loaded)
     if not isinstance(model, dict):
@@ -598,11 +662,43 @@ def _refuse_detectron2_checkpoint(path, state):
         )
 
 
-def _import(module, name):
+def _damaged(path, e):
+    # torch's weights-only refusal: its reason, not its advice to load without weights_only
+    detail = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", str(e), re.S)
+    detail = " ".join((detail.group(1) if detail else str(e)).split()[:40])
+    return CheckpointError(
+        "Cannot read release checkpoint {!r}: {}{} (the file is truncated or damaged).".format(
+            path, type(e).__name__, ": " + detail if detail else ""
+        )
+    )
+
+
+def _refuse_plain_pickle(path):
+    """A pickle of NumPy arrays (a Detectron2 model-zoo or a Detectron / Caffe2 .pkl), read as
+    data by panet_d2's restricted unpickler, is refused saying what it is."""
     try:
-        return getattr(__import__(module, fromlist=[name]), name)
-    except (ImportError, AttributeError):
-        return None
+        with open(path, "rb") as f:
+            data = RestrictedUnpickler(f, encoding="latin1").load()
+    except Exception:
+        return  # (a torch file: its first pickle is a number, or it is a zip archive)
+    if not isinstance(data, dict):
+        return
+    _refuse_detectron2_checkpoint(path, data.get("model", data))
+    raise CheckpointError(
+        "{!r} is a pickle of NumPy arrays (keys {}), as Detectron's (Caffe2) .pkl files are, not a "
+        "checkpoint of the PANet release (Detectron.pytorch: a .pth that torch.save wrote, "
+        "{{'model': ..., 'step': ...}}). Detectron2 loads Caffe2 .pkl files directly: pass it as "
+        "MODEL.WEIGHTS.".format(path, sorted(map(str, data))[:5])
+    )
+
+
+def _import(modules, name):
+    for module in modules:
+        try:
+            return getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            pass
+    return None
 
 
 def build_release_model_state(variant: str, opts=()) -> Dict[str, torch.Tensor]:
@@ -617,13 +713,9 @@ def build_release_model_state(variant: str, opts=()) -> Dict[str, torch.Tensor]:
 
 
 def main(argv=None):
-    parser = _parser()
-    args = parser.parse_args(argv)
-    misplaced = [o for o in args.opts if o in ("--variant", "--no-model-check")]
-    if misplaced:
-        parser.error("give {} before the config options (KEY VALUE ...)".format(misplaced[0]))
-    with one_line_errors():  # CheckpointError, ConfigError: one line, exit code 2
-        problem = input_file_problem(args.input)
+    args = _parse_args(argv)
+    with one_line_errors():  # CheckpointError, ConfigError, a full disk: one line, exit code 2
+        problem = input_file_problem(args.input) or output_file_problem(args.output, args.input)
         if problem:
             raise CheckpointError(problem)
         release = load_release_checkpoint(args.input)
@@ -631,8 +723,7 @@ def main(argv=None):
         converted = convert_release_state_dict(release, variant)
         if not args.no_model_check:
             check_against_model(converted, build_release_model_state(variant, args.opts))
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        torch.save(
+        _save(
             {
                 "model": converted,
                 "__author__": "PANet release (github.com/ShuLiu1993/PANet), "
@@ -648,12 +739,28 @@ def main(argv=None):
         )
     )
     print("Config: {}".format(config))
-    print(
-        "  python3 train_net.py --config-file {} --eval-only MODEL.WEIGHTS {}".format(
-            config, args.output
-        )
-    )
+    command = ["python3", "train_net.py", "--config-file", config, "--eval-only"]
+    command += list(args.opts) + ["MODEL.WEIGHTS", args.output]
+    print("  " + " ".join(shlex.quote(a) for a in command))
     return 0
+
+
+def _save(checkpoint, path):
+    """``torch.save`` to ``<path>.partial``, renamed over ``path`` once written: a failed write
+    leaves an existing ``path`` as it was and is a CheckpointError (a full disk: the OSError)."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_output_files(), PathManager.open(path, "wb") as f:
+            torch.save(checkpoint, f)
+    except (OSError, RuntimeError) as e:
+        cause = os_error_cause(e)
+        if cause is None or cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise CheckpointError(
+            "Cannot write {!r}: {} (an existing file there is unchanged).".format(
+                path, cause.strerror or cause
+            )
+        ) from None
 
 
 if __name__ == "__main__":

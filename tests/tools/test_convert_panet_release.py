@@ -10,9 +10,12 @@ move (background last); a converted model fine-tunes on the generated dataset wi
 of classes.
 """
 
+import errno
 import json
 import logging
 import os
+import pickle
+import shlex
 import subprocess
 import sys
 
@@ -24,10 +27,11 @@ from torch import nn
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
 
 from panet_d2.errors import CheckpointError, ConfigError
 
-from ..common import ROOT, error_exit, load_script, panet_cfg, random_image
+from ..common import ROOT, FileProxy, error_exit, load_script, panet_cfg, random_image
 from ..export.test_torchscript import test_instance_model_scripts_and_traces as scripts_and_traces
 from ..release.release_format import FULL, release_shapes
 
@@ -124,6 +128,10 @@ def test_converted_checkpoint_loads_strictly(variant, tmp_path, capsys):
     assert tool.main([str(src), str(dst)] + OPTS) == 0
     printed = capsys.readouterr().out
     assert tool.RELEASE_CONFIGS[variant] in printed
+    # the evaluation command, with the config options of the check ("[64, 32]" quoted)
+    config = "configs/" + tool.RELEASE_CONFIGS[variant]
+    command = ["python3", "train_net.py", "--config-file", config, "--eval-only"]
+    assert shlex.split(printed.splitlines()[-1]) == command + OPTS + ["MODEL.WEIGHTS", str(dst)]
     # its own output given again: already a Detectron2 checkpoint, in one line, nothing written
     again = tmp_path / "again.pth"
     line = error_exit(tool.main, [str(dst), str(again)] + OPTS)
@@ -303,6 +311,61 @@ def test_reading_release_files(tmp_path):
         tool.load_release_checkpoint(str(plain))
 
 
+def test_numpy_1_scalar_names_load(tmp_path):
+    # NumPy 1.x pickled its scalars as numpy.core.multiarray.scalar (NumPy 2: numpy._core...)
+    state = release_state("det")
+    path = tmp_path / "np1.pth"
+    _save_release(path, state, legacy=True)
+    data = path.read_bytes()
+    np2, np1 = b"cnumpy._core.multiarray\nscalar\n", b"cnumpy.core.multiarray\nscalar\n"
+    assert data.count(np2) == 1
+    path.write_bytes(data.replace(np2, np1))
+    loaded = tool.load_release_checkpoint(str(path))
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_detectron_pkl_files_are_named_as_such(tmp_path):
+    # a Detectron2 model-zoo .pkl and a Detectron (Caffe2) .pkl: NumPy arrays, no torch file
+    zoo, c2 = tmp_path / "model_final_f10217.pkl", tmp_path / "e2e_mask_rcnn_R-50-FPN.pkl"
+    w = {"backbone.bottom_up.stem.conv1.weight": np.ones((4, 3, 7, 7), np.float32)}
+    with open(zoo, "wb") as f:
+        pickle.dump({"model": w, "__author__": "Detectron2 Model Zoo"}, f, protocol=2)
+    with open(c2, "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": np.ones((4, 3, 7, 7), np.float32)}}, f, protocol=2)
+    line = error_exit(tool.main, [str(zoo), str(tmp_path / "o.pth")])
+    assert "'{}' is already a Detectron2 checkpoint".format(zoo) in line
+    assert "pass it as MODEL.WEIGHTS" in line
+    line = error_exit(tool.main, [str(c2), str(tmp_path / "o.pth")])
+    assert "'{}' is a pickle of NumPy arrays (keys ['blobs'])".format(c2) in line
+    assert "not a checkpoint of the PANet release" in line and "as MODEL.WEIGHTS" in line
+    assert not (tmp_path / "o.pth").exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_truncated_files_are_named_as_such(legacy, tmp_path):
+    full = tmp_path / "full.pth"
+    _save_release(full, release_state("det"), legacy=legacy)
+    data = full.read_bytes()
+    for fraction in (0.1, 0.3, 0.5, 0.7):
+        cut = tmp_path / "cut.pth"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        line = error_exit(tool.main, [str(cut), str(tmp_path / "o.pth")])
+        assert line.startswith("ERROR: Cannot read release checkpoint '{}': ".format(cut)), line
+        assert line.endswith("(the file is truncated or damaged)."), line
+
+
+def test_expected_keys_follow_the_resnet_depth_only():
+    # R-101 (23 blocks in res4): its keys; 5 RoI levels: the release's 4 (N2-N5) expected
+    r101 = release_shapes("mask", FULL, blocks=(3, 4, 23, 3))
+    assert sorted(tool.expected_release_keys(r101, "mask")) == sorted(r101)
+    five = release_shapes("mask", FULL, levels=5)
+    level4 = {
+        k for k in five if k.startswith(("Box_Head.conv1_head.4.", "Mask_Head.mask_conv1.4."))
+    }
+    assert len(level4) == 6  # conv + GN (weight, bias) of each
+    assert set(five) - set(tool.expected_release_keys(five, "mask")) == level4
+
+
 def test_detectron2_checkpoints_are_named_as_such(tmp_path):
     # train_net.py's checkpoints ({'model': ..., 'iteration': ...}) and a bare state dict
     names = {"backbone.bottom_up.stem.conv1.weight": torch.zeros(2), "roi_heads.x": torch.ones(1)}
@@ -350,6 +413,57 @@ def test_wrong_input_files_are_reported_before_torch_is_imported(tmp_path):
     out = _run_tool_script(plain, tmp_path / "out.pth")
     assert out.returncode == 2 and "bottom-up path" in out.stderr.splitlines()[-1]
     assert "torch" in [line.split("|")[-1].strip() for line in out.stderr.splitlines()]
+
+
+def test_wrong_outputs_are_reported_before_torch_is_imported(tmp_path):
+    src, a_file = tmp_path / "release.pth", tmp_path / "notes.txt"
+    _save_release(src, {"x": torch.zeros(1)})  # (not converted: refused before)
+    a_file.write_text("x")
+    link = tmp_path / "link.pth"
+    link.symlink_to(src)
+    cases = {
+        tmp_path: "Output '{}' is a folder; give the .pth file to write.",
+        a_file / "sub" / "o.pth": "Cannot write '{}': '%s' is a file, not a folder." % a_file,
+        src: "Output '{}' is the input release checkpoint; give another file name.",
+        link: "Output '{}' is the input release checkpoint; give another file name.",
+    }
+    if os.path.isdir("/proc"):
+        cases["/proc/no_such_process/o.pth"] = (
+            "Cannot write '{}': no file can be created in '/proc'"
+        )
+    if os.path.exists("/dev/full"):
+        cases["/dev/full"] = "Output '{}' exists and is not a regular file; give a .pth file name."
+    data = src.read_bytes()
+    for path, expected in cases.items():
+        out = _run_tool_script(src, path)
+        errors = [line for line in out.stderr.splitlines() if not line.startswith("import time")]
+        assert out.returncode == 2 and len(errors) == 1, out.stderr[-2000:]
+        assert errors[0].startswith("ERROR: " + expected.format(path)), errors[0]
+        assert "torch" not in [line.split("|")[-1].strip() for line in out.stderr.splitlines()]
+        # the same from main()
+        assert error_exit(tool.main, [str(src), str(path)]) == errors[0]
+    assert src.read_bytes() == data and link.read_bytes() == data
+
+
+class _FailingWrite(FileProxy):
+    error = errno.ENOSPC
+
+    def write(self, data):
+        raise OSError(self.error, os.strerror(self.error))
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EIO])
+def test_failed_write_keeps_the_existing_output(error, tmp_path, monkeypatch):
+    src, out = tmp_path / "release.pth", tmp_path / "out.pth"
+    _save_release(src, release_state("det"))
+    out.write_bytes(b"the user's file")
+    open_ = PathManager.open
+    monkeypatch.setattr(_FailingWrite, "error", error)
+    monkeypatch.setattr(PathManager, "open", lambda *a, **k: _FailingWrite(open_(*a, **k)))
+    line = error_exit(tool.main, ["--no-model-check", str(src), str(out)])
+    assert line.startswith("ERROR: Cannot write '{}': {}".format(out, os.strerror(error))), line
+    assert out.read_bytes() == b"the user's file"
+    assert sorted(os.listdir(tmp_path)) == ["out.pth", "release.pth"]  # no partial file left
 
 
 def test_detect_variant_refuses_other_models():
@@ -472,6 +586,16 @@ def test_command_line_errors(tmp_path, capsys):
         tool.main([str(src), out] + OPTS + ["--no-model-check"])
     assert "before the config options" in capsys.readouterr().err
     assert not os.path.exists(out)
+    # flags after the file names: checked and used (the model check with the config options)
+    with pytest.raises(SystemExit) as e:
+        tool.main([str(src), out, "--variant", "foo"])
+    assert e.value.code == 2 and "invalid choice: 'foo'" in capsys.readouterr().err
+    line = error_exit(tool.main, [str(src), out, "--no-model-check", "--variant=mask"])
+    assert "is the release's 'det' model, not 'mask'" in line
+    assert tool.main([str(src), out, "--variant", "det"] + OPTS) == 0
+    line = error_exit(tool.main, [str(src), out + "2", "--variant", "det"])  # full widths: checked
+    assert "does not fit its config's model" in line and not os.path.exists(out + "2")
+    assert tool.main([str(src), out, "--variant", "det", "--no-model-check"]) == 0
 
 
 def test_release_config_scripts_and_traces():
