@@ -31,9 +31,10 @@ from omegaconf import OmegaConf
 from detectron2.config import CfgNode, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
-from detectron2.utils.logger import setup_logger
+from detectron2.utils.logger import log_first_n, setup_logger
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import Visualizer
 
@@ -47,7 +48,9 @@ from panet_d2.engine.checks import check_config, check_output_dir
 from panet_d2.errors import CheckpointError, ImageLoadError, InputError
 
 logger = logging.getLogger("panet_d2.demo")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# read by PIL; written by OpenCV (.pbm, .pgm: gray only, .jfif: not at all; see image_name)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS += (".gif", ".pbm", ".pgm", ".ppm", ".pnm")
 # the LazyConfig keys that take --confidence-threshold (ROI heads, RetinaNet, panoptic merges)
 LAZY_SCORE_KEYS = (
     "model.roi_heads.box_predictor.test_score_thresh",
@@ -166,8 +169,34 @@ def found(predictions):
     return ", ".join(parts)
 
 
+def with_class_names(metadata, segments):
+    """`metadata` if it names the thing and stuff classes, else a Metadata (not registered) naming
+    those of the panoptic `segments` by their ids (Panoptic FPN's separated convention: stuff 0 is
+    the things merged), with one warning."""
+    if all(metadata.get(k) is not None for k in ("thing_classes", "stuff_classes")):
+        return metadata
+    what = "Dataset {!r} has no thing_classes or stuff_classes (is it registered?)"
+    what = "The config names no test dataset" if metadata.name == "__unused" else what
+    log_first_n(
+        logging.WARNING,
+        what.format(metadata.name) + ": the panoptic segments are drawn with class ids as names.",
+        name=logger.name,
+        key="message",
+    )
+    top = [max([s["category_id"] for s in segments if s["isthing"] == t] or [0]) for t in (1, 0)]
+    return Metadata(
+        name=metadata.name,
+        thing_classes=[str(i) for i in range(top[0] + 1)],
+        stuff_classes=["things"] + [str(i) for i in range(1, top[1] + 1)],
+    )
+
+
 def draw(rgb, predictions, metadata, video_visualizer=None):
     """The predictions drawn on an RGB image with Visualizer (VideoVisualizer for video frames)."""
+    if "panoptic_seg" in predictions:
+        metadata = with_class_names(metadata, predictions["panoptic_seg"][1])
+        if video_visualizer:
+            video_visualizer.metadata = metadata
     vis = video_visualizer or Visualizer(rgb, metadata)
     frame = (rgb,) if video_visualizer else ()
     if "panoptic_seg" in predictions:  # ids in Panoptic FPN's "separated" convention
@@ -196,11 +225,10 @@ def expand_inputs(items):
     paths = []
     for item in map(os.path.expanduser, items):
         if os.path.isdir(item):
-            found = [
-                os.path.join(item, n)
-                for n in sorted(os.listdir(item))
-                if n.lower().endswith(IMAGE_EXTENSIONS)
-            ]
+            found = [os.path.join(item, n) for n in sorted(os.listdir(item))]
+            found = [p for p in found if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p)]
+        elif os.path.isfile(item):  # as it is, also a name such as a[1].png
+            found = [item]
         else:
             found = sorted(p for p in glob.glob(item) if os.path.isfile(p))
         if not found:
@@ -212,15 +240,65 @@ def expand_inputs(items):
     return paths
 
 
+def image_name(path):
+    """`path`, with ".png" added where OpenCV cannot write a color picture of its suffix."""
+    ext = os.path.splitext(path)[1].lower()
+    color = ext not in ("", ".pbm", ".pgm") and cv2.haveImageWriter("x" + ext)
+    return path if color else path + ".png"
+
+
+def make_folder_of(output):
+    """Creates the folder of the file `output` (--output); InputError if it cannot be written."""
+    check_output_dir(os.path.dirname(output) or ".", "--output={!r}: its folder".format(output))
+
+
+def check_not_inputs(outputs, inputs):
+    inputs = {os.path.realpath(p): p for p in inputs}
+    for out in (o for o in outputs if os.path.realpath(o) in inputs):
+        raise InputError(
+            "--output: {!r} would overwrite the input {!r}; give another --output.".format(
+                out, inputs[os.path.realpath(out)]
+            )
+        )
+
+
 def output_files(paths, output):
-    """Where each picture goes: `output` for one input given a file name; else in that folder."""
+    """Where each picture goes: `output` for one input given a file name; else in that folder,
+    named as the inputs, every name prefixed with its index "{i}_" where two would be the same."""
     if len(paths) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1]:
-        os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
-        return [output if cv2.haveImageWriter(output) else output + ".png"]
-    check_output_dir(output, "--output")  # several pictures, or a name without a suffix
-    names = [os.path.basename(p if cv2.haveImageWriter(p) else p + ".png") for p in paths]
-    names = [n if names.count(n) == 1 else "{}_{}".format(i, n) for i, n in enumerate(names)]
-    return [os.path.join(output, n) for n in names]  # above: one name from two folders
+        make_folder_of(output)
+        outputs = [image_name(output)]
+    else:
+        ext = os.path.splitext(output)[1].lower()
+        image = ext in IMAGE_EXTENSIONS or ext and cv2.haveImageWriter("x" + ext)
+        if image and not os.path.exists(output):
+            raise InputError(
+                "--output={!r} is an image name, but there are {} input images: give a folder "
+                "(created if missing).".format(output, len(paths))
+            )
+        check_output_dir(output, "--output")  # several pictures, or a name without a suffix
+        names = [os.path.basename(image_name(p)) for p in paths]
+        if len({n.lower() for n in names}) < len(names):  # e.g. img.png of two folders
+            names = ["{}_{}".format(i, n) for i, n in enumerate(names)]  # unique: i up to the _
+        outputs = [os.path.join(output, n) for n in names]
+    check_not_inputs(outputs, paths)
+    return outputs
+
+
+def video_output(output, name):
+    """The video file written for --output: `output` (.mp4, .avi), else `name`.mp4 in that folder;
+    its folder created."""
+    if os.path.isdir(output) or not os.path.splitext(output)[1]:
+        check_output_dir(output, "--output")
+        output = os.path.join(output, os.path.splitext(os.path.basename(name))[0] + ".mp4")
+    elif not output.lower().endswith((".mp4", ".avi")):
+        raise InputError(
+            "--output={!r}: a video is written to a .mp4 or .avi file, or into a folder (a name "
+            "without a suffix).".format(output)
+        )
+    make_folder_of(output)
+    check_not_inputs([output], [name])
+    return output
 
 
 def show(rgb, wait_ms):
@@ -252,6 +330,7 @@ def run(args):
         show(np.zeros((1, 1, 3), np.uint8), 1)  # fails now, before the model loads, if headless
     paths = expand_inputs(args.input) if args.input else []
     outputs = output_files(paths, args.output) if paths and args.output else [None] * len(paths)
+    video_out = video_output(args.output, video or "webcam") if args.output and not paths else None
     predictor = build_predictor(args)
     metadata = getattr(predictor, "metadata", None) or MetadataCatalog.get("__unused")
     failed = []
@@ -276,16 +355,14 @@ def run(args):
             "{} of {} input images could not be read (the others were shown); the first: "
             "{}".format(len(failed), len(paths), failed[0])
         )
-    return [o for o in outputs if o] if paths else run_video(args, predictor, metadata)
+    return [o for o in outputs if o] if paths else run_video(args, predictor, metadata, video_out)
 
 
-def run_video(args, predictor, metadata):
-    capture, out, writer = cv2.VideoCapture(args.video_input or 0), args.output, None
+def run_video(args, predictor, metadata, out):
+    capture, writer = cv2.VideoCapture(args.video_input or 0), None
     name = args.video_input or "webcam"
     if not capture.isOpened():
         raise ImageLoadError(f"Cannot open the video {name!r}.")
-    if out and (os.path.isdir(out) or not os.path.splitext(out)[1]):
-        out = os.path.join(out, os.path.splitext(os.path.basename(name))[0] + ".mp4")
     visualizer = VideoVisualizer(metadata)
     try:
         ok, frame = capture.read()
@@ -298,12 +375,16 @@ def run_video(args, predictor, metadata):
             if not out and show(picture, 1):
                 break
             if out and writer is None:
-                os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-                codec = cv2.VideoWriter_fourcc(*("MJPG" if out.endswith(".avi") else "mp4v"))
+                codec = cv2.VideoWriter_fourcc(
+                    *("MJPG" if out.lower().endswith(".avi") else "mp4v")
+                )
                 fps, size = capture.get(cv2.CAP_PROP_FPS) or 30.0, picture.shape[1::-1]
                 writer = cv2.VideoWriter(out, codec, fps, size)
                 if not writer.isOpened():
-                    raise InputError("Cannot write the video {!r}: use .mp4 or .avi.".format(out))
+                    raise InputError(
+                        "Cannot write the video {!r} (--output): OpenCV cannot write the file "
+                        "there.".format(out)
+                    )
             if out:
                 writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
             ok, frame = capture.read()

@@ -21,6 +21,7 @@ pytest.importorskip("detectron2")
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data.catalog import Metadata  # noqa: E402
 
 from panet_d2.errors import ImageLoadError  # noqa: E402
 
@@ -442,3 +443,179 @@ def test_exit_codes_as_documented(demo, tmp_path):
     with pytest.raises(SystemExit) as e:
         run_demo(demo, "--output", str(tmp_path))  # nothing to do: an input error
     assert e.value.code == 2
+
+
+def _write_image(path, height, width, seed=0):
+    bgr = np.random.RandomState(seed).randint(0, 256, (height, width, 3)).astype(np.uint8)
+    assert cv2.imwrite(str(path), bgr)
+    return str(path)
+
+
+def _video(path, frames=2, size=(112, 80)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, size)
+    for i in range(frames):
+        writer.write(np.random.RandomState(i).randint(0, 256, size[::-1] + (3,)).astype(np.uint8))
+    writer.release()
+    return str(path)
+
+
+def _no_model(tmp_path):
+    """SMALL with weights that do not exist: an error line on --output comes before the model."""
+    return SMALL + ["MODEL.WEIGHTS", str(tmp_path / "never_loaded.pth")]
+
+
+def test_file_names_with_glob_characters(demo, tmp_path):
+    """An existing file is used as it is, also a name that is a glob pattern of another file."""
+    literal = _write_image(tmp_path / "a[1].png", 40, 56)
+    _write_image(tmp_path / "a1.png", 48, 64)  # what the pattern a[1].png matches
+    assert demo.expand_inputs([literal]) == [literal]
+    os.remove(str(tmp_path / "a1.png"))
+    assert demo.expand_inputs([literal]) == [literal]
+    assert demo.expand_inputs([str(tmp_path / "a*.png")]) == [literal]  # patterns still match
+
+
+def test_output_names_are_unique(demo, tmp_path):
+    """Two inputs of one name: every picture is named "{input index}_{name}", none overwritten."""
+    inputs = []
+    for i, (sub, name) in enumerate([("x", "img.png"), ("y", "img.png"), ("z", "0_img.png")]):
+        (tmp_path / sub).mkdir()
+        inputs.append(_write_image(tmp_path / sub / name, 40 + 8 * i, 56, seed=i))
+    out = tmp_path / "oc"
+    written = run_demo(demo, "--input", *inputs, "--output", str(out))
+    assert written == [str(out / n) for n in ("0_img.png", "1_img.png", "2_0_img.png")]
+    assert sorted(os.listdir(out)) == ["0_img.png", "1_img.png", "2_0_img.png"]
+    assert [image_size(p)[0] for p in written] == [40, 48, 56]  # each of its own input
+    assert demo.output_files(inputs[:1] + inputs[2:], str(out)) == [
+        str(out / "img.png"),
+        str(out / "0_img.png"),
+    ]  # no two of one name: the names of the inputs
+
+
+def test_output_that_cannot_be_created(demo, photos, tmp_path):
+    """--output whose folder cannot be made: one line, before the model loads (it would say that
+    the weights do not exist)."""
+    folder, names = photos
+    image, video = os.path.join(folder, names[0]), _video(tmp_path / "v.avi")
+    mine = tmp_path / "mine.png"  # a file of the user's
+    mine.write_bytes(b"mine")
+    for source, out in [
+        (["--input", image], mine / "x.png"),
+        (["--video-input", video], mine / "x.mp4"),
+    ]:
+        msg = error_line(demo, *source, "--output", str(out), opts=_no_model(tmp_path))
+        assert msg == (
+            "ERROR: --output={!r}: its folder={!r} is a file: give a folder (created if "
+            "missing).".format(str(out), str(mine))
+        )
+    msg = error_line(
+        demo, "--input", image, "--output", "/proc/sub/x.png", opts=_no_model(tmp_path)
+    )
+    assert msg.startswith("ERROR: --output='/proc/sub/x.png': its folder='/proc/sub' cannot be")
+    noext = tmp_path / "noext"  # a file without a suffix: no folder for the video
+    noext.write_bytes(b"mine too")
+    msg = error_line(demo, "--video-input", video, "--output", str(noext), opts=_no_model(tmp_path))
+    assert msg == "ERROR: --output={!r} is a file: give a folder (created if missing).".format(
+        str(noext)
+    )
+    assert mine.read_bytes() == b"mine" and noext.read_bytes() == b"mine too"
+
+
+def test_several_images_need_a_folder(demo, photos, tmp_path):
+    folder, names = photos
+    out = tmp_path / "new.jpg"
+    msg = error_line(demo, "--input", folder, "--output", str(out), opts=_no_model(tmp_path))
+    assert msg == (
+        "ERROR: --output={!r} is an image name, but there are {} input images: give a folder "
+        "(created if missing).".format(str(out), len(names))
+    )
+    assert not out.exists()
+
+
+def test_video_output_is_mp4_or_avi(demo, tmp_path):
+    """Other suffixes are refused before the model loads; a file OpenCV cannot write: one line."""
+    video = _video(tmp_path / "clip.avi")
+    out = tmp_path / "out" / "frame.png"
+    msg = error_line(demo, "--video-input", video, "--output", str(out), opts=_no_model(tmp_path))
+    assert msg == (
+        "ERROR: --output={!r}: a video is written to a .mp4 or .avi file, or into a folder (a name "
+        "without a suffix).".format(str(out))
+    )
+    assert not out.parent.exists()
+    long_name = str(tmp_path / ("x" * 300 + ".mp4"))  # too long a file name for the system
+    msg = error_line(demo, "--video-input", video, "--output", long_name)
+    assert (
+        msg == "ERROR: Cannot write the video {!r} (--output): OpenCV cannot write the file "
+        "there.".format(long_name)
+    )
+    assert run_demo(demo, "--video-input", video, "--output", str(tmp_path / "c.AVI")) == [
+        str(tmp_path / "c.AVI")
+    ]
+
+
+def test_output_never_overwrites_an_input(demo, tmp_path):
+    image = _write_image(tmp_path / "a.png", 40, 56)
+    for out in (str(tmp_path), image):
+        msg = error_line(demo, "--input", image, "--output", out, opts=_no_model(tmp_path))
+        assert msg == (
+            "ERROR: --output: {!r} would overwrite the input {!r}; give another "
+            "--output.".format(image, image)
+        )
+    video = _video(tmp_path / "v.mp4")
+    msg = error_line(
+        demo, "--video-input", video, "--output", str(tmp_path), opts=_no_model(tmp_path)
+    )
+    assert "would overwrite the input {!r}".format(video) in msg
+    assert image_size(image) == (40, 56, 3)
+
+
+def test_panoptic_without_class_names(demo, photos, tmp_path):
+    """A test dataset not registered, or none: the panoptic segments drawn with their class ids
+    as names (Metadata not registered), one warning."""
+    folder, names = photos
+    segments = [
+        {"id": 1, "category_id": 2, "isthing": True, "score": 0.9},
+        {"id": 2, "category_id": 3, "isthing": False},
+    ]
+    named = demo.with_class_names(Metadata(name="test_demo_ids_only"), segments)
+    assert named.thing_classes == ["0", "1", "2"]
+    assert named.stuff_classes == ["things", "1", "2", "3"]  # stuff 0: the things merged
+    assert "test_demo_ids_only" not in MetadataCatalog.list()
+    video = _video(tmp_path / "clip.avi")
+    records = _Records()
+    logging.getLogger("panet_d2").addHandler(records)
+    try:
+        for dataset, said in [
+            ('("test_demo_not_registered",)', "Dataset 'test_demo_not_registered' has no"),
+            ("()", "The config names no test dataset:"),
+        ]:
+            opts = SMALL + ["DATASETS.TEST", dataset]
+            out = tmp_path / "vis{}".format(len(dataset))
+            written = run_demo(demo, "--input", folder, "--output", str(out), opts=opts)
+            assert [image_size(p) for p in written] == [
+                image_size(os.path.join(folder, n)) for n in names
+            ]
+            written = run_demo(demo, "--video-input", video, "--output", str(out), opts=opts)
+            assert written == [str(out / "clip.mp4")]
+            warned = [m for m in records.messages if m.startswith(said)]
+            assert len(warned) == 1 and warned[0].endswith("drawn with class ids as names."), warned
+    finally:
+        logging.getLogger("panet_d2").removeHandler(records)
+
+
+def test_folder_lists_image_files_of_pil_formats(demo, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "d.jpg").mkdir()  # a folder, not an image
+    (folder / "notes.txt").write_text("not an image")
+    names = ["a.jfif", "b.ppm", "c.pgm", "e.pnm", "f.jpe"]
+    for i, name in enumerate(names):
+        bgr = np.random.RandomState(i).randint(0, 256, (40, 56, 3)).astype(np.uint8)
+        image = Image.fromarray(bgr[..., ::-1])
+        image = image.convert("L") if name.endswith(".pgm") else image
+        image.save(str(folder / name), format="JPEG" if name[-4:] in ("jfif", ".jpe") else "PPM")
+    assert demo.expand_inputs([str(folder)]) == [str(folder / n) for n in names]
+    written = run_demo(demo, "--input", str(folder), "--output", str(tmp_path / "vis"))
+    # OpenCV writes no .jfif, and .pgm in gray only: those get .png added
+    expected = ["a.jfif.png", "b.ppm", "c.pgm.png", "e.pnm", "f.jpe"]
+    assert written == [str(tmp_path / "vis" / n) for n in expected]
+    assert all(image_size(p) == (40, 56, 3) for p in written)
