@@ -465,33 +465,31 @@ class PANetCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         """DetectionCheckpointer's formats, each read by :func:`read_checkpoint`."""
+
+        def refused(reason):  # as _refused, naming the file read
+            return CheckpointError(f"Checkpoint {filename!r} {reason}")
+
         if not filename.endswith((".pkl", ".pyth")):
             loaded = super()._load_file(filename)  # reads with _torch_load; URL queries too
         elif filename.endswith(".pyth"):  # pycls
             data = read_checkpoint(filename)
             if not isinstance(data, dict) or "model_state" not in data:
-                raise CheckpointError(
-                    f"Cannot load .pyth file {filename!r}: pycls checkpoints hold 'model_state'."
-                )
+                msg = f"Cannot load .pyth file {filename!r}: pycls checkpoints hold 'model_state'."
+                raise CheckpointError(msg)
             state = data["model_state"]
             state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
             loaded = {"model": state, "__author__": "pycls", "matching_heuristics": True}
         else:
             loaded = read_checkpoint(filename)
             if not isinstance(loaded, dict):
-                raise CheckpointError(
-                    f"Checkpoint {filename!r} holds a {type(loaded).__name__}, not a dict of "
-                    "arrays."
-                )
+                raise refused(f"holds a {type(loaded).__name__}, not a dict of arrays.")
             if "model" in loaded and "__author__" in loaded:  # Detectron2's model zoo
                 self.logger.info(f"Reading a file from '{loaded['__author__']}'")
             else:  # Caffe2 / Detectron1 model zoo
                 blobs = loaded.get("blobs", loaded)
                 if not isinstance(blobs, dict):
-                    raise CheckpointError(
-                        f"Checkpoint {filename!r} holds no model state dict (its 'blobs' is a "
-                        f"{type(blobs).__name__}, not a dict of arrays)."
-                    )
+                    found = f"its 'blobs' is a {type(blobs).__name__}, not a dict of arrays"
+                    raise refused(f"holds no model state dict ({found}).")
                 blobs = {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")}
                 loaded = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
         model = loaded.get("model") if isinstance(loaded, dict) else None
@@ -500,10 +498,7 @@ class PANetCheckpointer(DetectionCheckpointer):
             if isinstance(loaded, dict):
                 found = f"its 'model' is a {type(model).__name__}"
                 found = found if "model" in loaded else f"no 'model' in {_names(map(str, loaded))}"
-            raise CheckpointError(
-                f"Checkpoint {filename!r} holds no model state dict ({found}, not a dict of "
-                "tensors)."
-            )
+            raise refused(f"holds no model state dict ({found}, not a dict of tensors).")
         return loaded
 
     def _torch_load(self, f):

@@ -26,12 +26,9 @@ def embedding_bag_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
     return prod(get_shape(inputs[1])) * get_shape(inputs[0])[-1]
 
 
-FLOP_HANDLES = {
-    "aten::amax": reduction_flop_jit,
-    "aten::sum": reduction_flop_jit,
-    "torchvision::roi_align": roi_align_flop_jit,
-    "aten::embedding_bag": embedding_bag_flop_jit,
-}
+FLOP_HANDLES = {"aten::amax": reduction_flop_jit, "aten::sum": reduction_flop_jit}
+FLOP_HANDLES["torchvision::roi_align"] = roi_align_flop_jit
+FLOP_HANDLES["aten::embedding_bag"] = embedding_bag_flop_jit
 
 
 def flop_count_analysis(model, inputs) -> FlopCountAnalysis:

@@ -57,9 +57,8 @@ def _load(name, metadata, image_root, panoptic_root, panoptic_json, instances_js
         what = f"unknown category id {e.args[0]}" if isinstance(e.args[0], int) else f"no key {e}"
         raise DatasetError(f"{where}: {what} in {panoptic_json}") from None
     except AssertionError as e:  # Detectron2 checks that there are images and that the first exists
-        raise DatasetError(
-            f"{where}: no image, or a missing file, in {panoptic_json}: {e}"
-        ) from None
+        msg = f"{where}: no image, or a missing file, in {panoptic_json}: {e}"
+        raise DatasetError(msg) from None
     if instances_json is None:
         return dicts
     try:

@@ -66,13 +66,11 @@ def warn_segment_mismatch(where, missing, unknown, missed="", unlisted="void"):
     """Warns of the ids of segments_info ``missing`` from the PNG (``missed``: what that means)
     and the PNG's ids ``unknown`` to segments_info (``unlisted``: what those pixels become)."""
     if missing:
-        logger.warning(
-            f"{where}: segment id(s) {missing[:10]} of segments_info are not in the PNG{missed}"
-        )
+        msg = f"{where}: segment id(s) {missing[:10]} of segments_info are not in the PNG{missed}"
+        logger.warning(msg)
     if unknown:
-        logger.warning(
-            f"{where}: PNG segment id(s) {unknown[:10]} not in segments_info: {unlisted}"
-        )
+        msg = f"{where}: PNG segment id(s) {unknown[:10]} not in segments_info: {unlisted}"
+        logger.warning(msg)
 
 
 class PanopticDatasetMapper(ImageDatasetMapper):
@@ -95,8 +93,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
-        ret.update(_MASKS, ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
-        ret["label_space"] = None
+        ret.update(_MASKS, ignore_label=cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, label_space=None)
         for name in cfg.DATASETS.TRAIN if is_train else ():
             try:
                 space = PanopticLabelSpace.from_metadata(MetadataCatalog.get(name))
@@ -147,8 +144,7 @@ class PanopticDatasetMapper(ImageDatasetMapper):
         instances.gt_classes = torch.as_tensor(cls[keep])
         for key in ("segments_info", "sem_seg_file_name", "annotations"):
             dataset_dict.pop(key, None)
-        dataset_dict["instances"] = instances
-        dataset_dict["sem_seg"] = torch.as_tensor(lut[index])
+        dataset_dict.update(instances=instances, sem_seg=torch.as_tensor(lut[index]))
         return dataset_dict
 
     def _transform_annotations(self, dataset_dict, transforms, image_shape):

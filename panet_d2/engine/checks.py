@@ -22,12 +22,8 @@ from detectron2.structures import BoxMode
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
 from ..errors import ConfigError, DatasetError, ImageLoadError, InputError, check_in_features
-from ..evaluation import (
-    SEM_SEG_TYPES,
-    check_evaluator_type,
-    meta_architecture,
-    panoptic_to_dataset_classes,
-)
+from ..evaluation.build import SEM_SEG_TYPES, check_evaluator_type
+from ..evaluation.panoptic import meta_architecture, panoptic_to_dataset_classes
 from ..modeling import PANetConvFCHead, PANetMaskHead, PANetROIHeads
 
 logger = logging.getLogger(__name__)
@@ -69,9 +65,8 @@ def check_dataset(name, key):
         if _local(path) and not os.path.exists(path):
             hint = f" in {os.getcwd()!r} (Detectron2's builtin datasets: in $DETECTRON2_DATASETS)"
             hint = "" if os.path.isabs(path) else hint
-            raise DatasetError(
-                f"The {k} {path!r} of dataset {name!r} ({key}) does not exist{hint}."
-            )
+            msg = f"The {k} {path!r} of dataset {name!r} ({key}) does not exist{hint}."
+            raise DatasetError(msg)
 
 
 def check_files(dicts, name, key):
@@ -155,9 +150,8 @@ def check_output_dir(path, key="OUTPUT_DIR"):
         os.close(fd)
         os.remove(probe)
     except OSError as e:
-        raise ConfigError(
-            f"{key}={path!r} {failed}: {e.strerror or e}. Give a writable folder."
-        ) from None
+        msg = f"{key}={path!r} {failed}: {e.strerror or e}. Give a writable folder."
+        raise ConfigError(msg) from None
 
 
 def check_panet_parts(cfg):

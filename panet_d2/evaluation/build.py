@@ -4,14 +4,9 @@ import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import (
-    COCOEvaluator,
-    DatasetEvaluators,
-    LVISEvaluator,
-    PascalVOCDetectionEvaluator,
-    SemSegEvaluator,
-)
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, LVISEvaluator, SemSegEvaluator
 from detectron2.evaluation import cityscapes_evaluation as d2_cityscapes
+from detectron2.evaluation.pascal_voc_evaluation import PascalVOCDetectionEvaluator
 from detectron2.utils.file_io import PathManager
 
 from ..compat import cityscapes_api_alias, cityscapesscripts_fixes

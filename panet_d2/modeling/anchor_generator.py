@@ -17,11 +17,8 @@ class DetectronAnchorGenerator(DefaultAnchorGenerator):
     box_dim: torch.jit.Final[int] = 4
 
     def _calculate_anchors(self, sizes, aspect_ratios):
-        cell_anchors = [
-            self.generate_quantized_cell_anchors(stride, s, a).float()
-            for stride, s, a in zip(self.strides, sizes, aspect_ratios)
-        ]
-        return BufferList(cell_anchors)
+        levels = zip(self.strides, sizes, aspect_ratios)  # (stride, sizes, aspect ratios) each
+        return BufferList([self.generate_quantized_cell_anchors(*a).float() for a in levels])
 
     @staticmethod
     def generate_quantized_cell_anchors(
