@@ -374,6 +374,23 @@ def _names(keys, n=3):
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
+def fit_hints(missing, unexpected, file_keys, model_keys):
+    """What the file has, of :data:`_HINTS`, and the config value that fits it ("AFP per-level
+    weights: set MODEL.AFP.ENABLED True"), for a file of tensors ``file_keys`` loaded into a model
+    of tensors ``model_keys``: ``missing`` from the file, ``unexpected`` by the model."""
+    against = {"missing": (missing, file_keys), "unexpected": (unexpected, model_keys)}
+    hints = []
+    for where, part, hint in _HINTS:
+        if where == "single":
+            holds = any(part in k and k.replace(part, ".") in file_keys for k in missing)
+            holds = holds and not any(part in k for k in file_keys)  # none per level
+        else:
+            keys, other = against[where]
+            holds = any(part in k for k in keys) and not any(part in k for k in other)
+        hints += [hint] if holds else []
+    return hints
+
+
 def _of_another_form(model, key):
     """Whether ``key``, a tensor that ``model`` has not, is one that a module of it lacks (a bias),
     of a block beyond one of its sequences (a deeper stage) or of the BPA / FF it has not."""
@@ -581,16 +598,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         others = [w for w in wrong if not w[0].startswith(tuple(_CLASS_KEYS))]
         missing = [k for k in required if k not in file_keys]
         unexpected = incompatible.unexpected_keys
-        against = {"missing": (missing, file_keys), "unexpected": (unexpected, model_keys)}
-        hints = []  # those of _HINTS that hold: the config keys that would fit the file
-        for where, part, hint in _HINTS:
-            if where == "single":
-                holds = any(part in k and k.replace(part, ".") in file_keys for k in missing)
-                holds = holds and not any(part in k for k in file_keys)  # none per level
-            else:
-                keys, other = against[where]
-                holds = any(part in k for k in keys) and not any(part in k for k in other)
-            hints += ["the file has " + hint] if holds else []
+        hints = ["the file has " + h for h in fit_hints(missing, unexpected, file_keys, model_keys)]
         if others:
             listed = [f"{k}: checkpoint {list(c)} vs model {list(m)}" for k, c, m in others[:3]]
             listed = "; ".join(listed) + (f" and {len(others) - 3} more" if len(others) > 3 else "")

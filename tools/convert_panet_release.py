@@ -32,8 +32,10 @@ is recognised from the keys; every tensor is mapped to panet_d2's names:
 
 Any tensor it cannot place, or any tensor of the release's model that is missing, is an error
 that lists them; the result is then checked against the model its config builds (every key and
-shape), and written as ``{"model": ..., "__author__": ..., "matching_heuristics": False}``, which
-Detectron2's ``DetectionCheckpointer`` and ``train_net.py`` load as they are (no name matching).
+shape; a mismatch names the config options to append that fit, e.g. MODEL.RESNETS.DEPTH 101 for
+an R-101), and written as ``{"model": ..., "__author__": ..., "matching_heuristics": False}``,
+which Detectron2's ``DetectionCheckpointer`` and ``train_net.py`` load as they are (no name
+matching).
 
 A wrong input is one line "ERROR: ..." (exit code 2): a missing file, a folder, or a file that
 ``torch.save`` did not write (a text file, e.g.), and an output that is the input, a folder, or
@@ -179,7 +181,7 @@ sys.path.insert(0, ROOT)  # run from a checkout without installing panet_d2
 
 from detectron2.utils.file_io import PathManager
 
-from panet_d2.checkpoint import RestrictedUnpickler
+from panet_d2.checkpoint import _CLASS_KEYS, RestrictedUnpickler, _names, fit_hints
 from panet_d2.compat import atomic_output_files
 from panet_d2.engine.cli import one_line_errors
 from panet_d2.errors import CheckpointError, os_error_cause
@@ -211,6 +213,11 @@ for _n in ("Float64", "Float32", "Int64", "Int32", "Bool"):
 # Top-level modules of the release's generalized_rcnn (lib/modeling/model_builder.py)
 _BODY = "Conv_Body."
 _RESNET = _BODY + "conv_body."
+# Detectron2's ResNet depth (MODEL.RESNETS.DEPTH) of the bottleneck blocks in res4
+# (detectron2.modeling.backbone.resnet: 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3])
+_DEPTH_OF_RES4_BLOCKS = {6: 50, 23: 101, 36: 152}
+# the command that converts (in the options that check_against_model suggests)
+TOOL_COMMAND = ["python3", "tools/convert_panet_release.py"]
 
 
 def detect_variant(release_model_state: Dict[str, torch.Tensor]) -> str:
@@ -420,16 +427,10 @@ def expected_release_keys(release_model_state: Dict[str, torch.Tensor], variant:
     levels (P2-P5), RoI levels N2-N5 for the per-level layers, 3 box-head convs after the
     per-level conv1 (FAST_RCNN.NUM_STACKED_CONVS 4) and the mask head's 4 convs.
     """
-    keys = set(release_model_state)
     out = [_RESNET + "res1.conv1.weight", _RESNET + "res1.bn1.weight", _RESNET + "res1.bn1.bias"]
+    stages = _resnet_blocks(release_model_state, _RESNET)
     for s in (2, 3, 4, 5):
-        blocks = {
-            int(m.group(1))
-            for k in keys
-            for m in [re.match(_RESNET + r"res%d\.(\d+)\." % s, k)]
-            if m
-        }
-        for b in range(max(blocks, default=0) + 1):
+        for b in range(max(stages[s], default=0) + 1):
             p = _RESNET + "res%d.%d." % (s, b)
             if b == 0:  # stride or width change: a projection shortcut
                 out += [
@@ -481,6 +482,17 @@ def expected_release_keys(release_model_state: Dict[str, torch.Tensor], variant:
         out += ["Mask_Head.upconv.weight", "Mask_Head.upconv.bias"]
         out += ["Mask_Outs.classify.weight", "Mask_Outs.classify.bias"]
     return out  # fmt: skip
+
+
+def _resnet_blocks(keys, prefix) -> Dict[int, set]:
+    """The block indices of each ResNet stage (2-5) among ``keys``: ``prefix + "res<s>.<b>."``
+    (the release's ``Conv_Body.conv_body.``, Detectron2's ``backbone.bottom_up.``)."""
+    stages = {s: set() for s in (2, 3, 4, 5)}
+    for k in keys:
+        m = re.match(re.escape(prefix) + r"res([2-5])\.(\d+)\.", k)
+        if m:
+            stages[int(m.group(1))].add(int(m.group(2)))
+    return stages
 
 
 def _unconvertible(variant, unknown, missing):
@@ -572,29 +584,76 @@ def convert_release_state_dict(
     return out
 
 
-def check_against_model(converted: Dict[str, torch.Tensor], model_state: Dict[str, torch.Tensor]):
+def check_against_model(
+    converted: Dict[str, torch.Tensor], model_state: Dict[str, torch.Tensor], command=None
+):
     """
-    Raise :class:`CheckpointError` listing the model's tensors the conversion did not fill, the
-    converted tensors the model does not have, and those of another shape.
+    Raise :class:`CheckpointError` in one line naming (the first 3 of each) the model's tensors
+    the conversion did not fill, the converted tensors the model does not have, and those of
+    another shape, with the config options that would fit: MODEL.RESNETS.DEPTH from the converted
+    ResNet's res4 blocks, MODEL.ROI_HEADS.NUM_CLASSES from its predictors' rows
+    (panet_d2.checkpoint's ``_CLASS_KEYS``), and those of panet_d2.checkpoint's ``fit_hints``.
+    ``command`` (list of str): the conversion's command line, shown with the options appended.
     """
     missing = [k for k in model_state if k not in converted]
     extra = [k for k in converted if k not in model_state]
     shapes = [
-        "{}: {} vs model {}".format(k, list(converted[k].shape), list(model_state[k].shape))
+        k
         for k in converted
         if k in model_state and tuple(converted[k].shape) != tuple(model_state[k].shape)
     ]
-    if missing or extra or shapes:
-        problems = []
-        if missing:
-            problems.append("{} model tensor(s) not filled: {}".format(len(missing), missing))
-        if extra:
-            problems.append("{} converted tensor(s) the model lacks: {}".format(len(extra), extra))
-        if shapes:
-            problems.append("{} of another shape: {}".format(len(shapes), shapes))
-        raise CheckpointError(
-            "The converted checkpoint does not fit its config's model: " + "; ".join(problems)
+    if not (missing or extra or shapes):
+        return
+    problems = []
+    if missing:
+        problems.append("{} model tensor(s) not filled: {}".format(len(missing), _names(missing)))
+    if extra:
+        problems.append(
+            "{} converted tensor(s) the model lacks: {}".format(len(extra), _names(extra))
         )
+    if shapes:
+        listed = [
+            "{} {} vs model {}".format(k, list(converted[k].shape), list(model_state[k].shape))
+            for k in shapes
+        ]
+        problems.append("{} of another shape: {}".format(len(shapes), _names(listed)))
+    options, hints = _fitting_options(converted, model_state, missing, extra, shapes)
+    parts = ["; ".join(problems)] + ["The checkpoint has " + h for h in hints]
+    if options:
+        parts.append("Append the config option(s) " + " ".join(options))
+        if command:  # last: the line ends with the command (no full stop to copy with it)
+            parts[-1] += " to the command: " + " ".join(map(shlex.quote, list(command) + options))
+    raise CheckpointError(
+        "The converted checkpoint does not fit its config's model: "
+        + ". ".join(parts)
+        + ("" if options and command else ".")
+    )
+
+
+def _fitting_options(converted, model_state, missing, extra, shapes):
+    """The config options (KEY VALUE ...) that fit ``converted`` and the hints of panet_d2's
+    ``fit_hints`` that hold but name no single option."""
+    options = []
+    file_blocks = len(_resnet_blocks(converted, "backbone.bottom_up.")[4])
+    depth = _DEPTH_OF_RES4_BLOCKS.get(file_blocks)
+    if depth and file_blocks != len(_resnet_blocks(model_state, "backbone.bottom_up.")[4]):
+        options += ["MODEL.RESNETS.DEPTH", str(depth)]
+    for prefix, (key, count) in _CLASS_KEYS.items():  # cls_score first
+        for k in shapes:
+            if k.startswith(prefix) and key not in options:
+                n_file, n_model = (
+                    count(s[k].shape[0] if s[k].dim() else 0) for s in (converted, model_state)
+                )
+                if n_file is not None and n_file != n_model:
+                    options += [key, str(n_file)]
+    hints = []
+    for hint in fit_hints(missing, extra, converted, model_state):
+        m = re.fullmatch(r"(.*): set (MODEL\.[A-Z0-9_.]+) (\w+)", hint)
+        if m and m.group(2) not in options:
+            options += [m.group(2), m.group(3)]
+        elif not m:
+            hints.append(hint)
+    return options, hints
 
 
 def load_release_checkpoint(path: str) -> Dict[str, torch.Tensor]:
@@ -722,7 +781,10 @@ def main(argv=None):
         variant = args.variant or detect_variant(release)
         converted = convert_release_state_dict(release, variant)
         if not args.no_model_check:
-            check_against_model(converted, build_release_model_state(variant, args.opts))
+            command = TOOL_COMMAND + list(sys.argv[1:] if argv is None else argv)
+            check_against_model(
+                converted, build_release_model_state(variant, args.opts), command=command
+            )
         _save(
             {
                 "model": converted,

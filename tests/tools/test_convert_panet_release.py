@@ -282,12 +282,55 @@ def test_model_tensor_not_filled_is_refused_by_name():
     converted = tool.convert_release_state_dict(release_state("det"))
     model_state = _model("det")[0].state_dict()
     del converted["backbone.bpa_out4.bias"]
-    with pytest.raises(CheckpointError, match=r"not filled: \['backbone\.bpa_out4\.bias'\]"):
+    with pytest.raises(CheckpointError, match=r"not filled: backbone\.bpa_out4\.bias\."):
         tool.check_against_model(converted, model_state)
     # a config without MODEL.PAFPN.CONV_BIAS has no bias there: the release's biases are refused
     no_bias = _model("det", ["MODEL.PAFPN.CONV_BIAS", False])[0].state_dict()
-    with pytest.raises(CheckpointError, match=r"the model lacks: \['backbone\.bpa_down3\.bias'"):
+    with pytest.raises(CheckpointError, match=r"the model lacks: backbone\.bpa_down3\.bias"):
         tool.check_against_model(tool.convert_release_state_dict(release_state("det")), no_bias)
+
+
+def test_model_check_names_the_options_that_fit(tmp_path):
+    # an R-101 (23 blocks in res4) and an 8-class release model into the default R-50 config
+    # (OPTS: 5 classes): a short line that names the first keys and the options to append
+    r101 = dict(release_shapes("mask", WIDTHS, blocks=(3, 4, 23, 3)))
+    eight = dict(release_shapes("mask", dict(WIDTHS, classes=8)))
+    cases = [
+        (r101, ["MODEL.RESNETS.DEPTH", "101"], "255 converted tensor(s) the model lacks: "),
+        (eight, ["MODEL.ROI_HEADS.NUM_CLASSES", "8"], "6 of another shape: "),
+    ]
+    for i, (shapes, options, problem) in enumerate(cases):
+        src, out = str(tmp_path / "release{}.pth".format(i)), str(tmp_path / "out.pth")
+        _save_release(src, {k: torch.zeros(s) for k, s in shapes.items()})
+        line = error_exit(tool.main, [src, out] + OPTS)
+        command = tool.TOOL_COMMAND + [src, out] + OPTS + options
+        advice = "Append the config option(s) {} to the command: ".format(" ".join(options))
+        assert line.endswith(advice + shlex.join(command)), line
+        assert problem in line and " and {} more".format(int(problem.split()[0]) - 3) in line
+        assert len(line) - len(shlex.join(command)) < 600, line  # (the command: as it was given)
+        assert tool.main(command[2:]) == 0  # the options fit
+    # without the command line; panet_d2's hints (AFP, FF) as options too, or as they are
+    converted = tool.convert_release_state_dict({k: torch.zeros(s) for k, s in eight.items()})
+    options = [
+        "MODEL.AFP.ENABLED",
+        False,
+        "MODEL.FF.ENABLED",
+        False,
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        8,
+    ]
+    with pytest.raises(CheckpointError) as e:
+        tool.check_against_model(converted, _model("mask", options)[0].state_dict())
+    assert str(e.value).endswith(
+        "Append the config option(s) MODEL.AFP.ENABLED True MODEL.FF.ENABLED True."
+    ), str(e.value)
+    with pytest.raises(CheckpointError) as e:
+        model = _model("mask", ["MODEL.ROI_BOX_HEAD.NUM_CONV", 0, "MODEL.ROI_HEADS.NUM_CLASSES", 8])
+        tool.check_against_model(converted, model[0].state_dict(), command=["convert"])
+    assert str(e.value).endswith(
+        "The checkpoint has a box head with convolutions (the heavier head): set "
+        "MODEL.ROI_BOX_HEAD.NUM_CONV and NUM_FC as it was trained (the release's: 4 and 1)."
+    ), str(e.value)
 
 
 def test_reading_release_files(tmp_path):
