@@ -97,7 +97,7 @@ def loading_dataset(names, key):
         files = f" Its files: {', '.join(files)}." if files else ""
         raise DatasetError(
             f"Cannot load dataset {', '.join(map(repr, names))} ({key}): {type(e).__name__}: "
-            f"{e}.{files}"
+            f"{str(e).rstrip('.')}.{files}"
         ) from e
 
 

@@ -29,6 +29,7 @@ from panet_d2.engine.checks import (  # noqa: E402
     check_tta,
     drop_invalid_annotations,
     drop_invalid_coco_annotations,
+    loading_dataset,
 )
 from panet_d2.errors import ConfigError, DatasetError  # noqa: E402
 
@@ -258,3 +259,14 @@ def test_missing_dataset_file_names_the_folder_a_relative_path_is_read_in(tmp_pa
     for name in ("t_relative_missing", "t_absolute_missing"):
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+
+
+def test_a_failed_load_is_one_sentence():
+    # Detectron2's own messages end with a full stop ("No valid data found in x."): one, not two
+    with pytest.raises(DatasetError) as e:
+        with loading_dataset(["t_no_files"], "DATASETS.TRAIN"):
+            raise AssertionError("No valid data found in t_no_files.")
+    assert str(e.value) == (
+        "Cannot load dataset 't_no_files' (DATASETS.TRAIN): AssertionError: No valid data found "
+        "in t_no_files."
+    )
