@@ -43,7 +43,12 @@ datasets registered). For this process only:
   read as data, and weights that hold NaN or inf, or do not fit the model (but a training run's
   class-dependent predictors), are refused in one line;
 * ``detectron2.engine.launch`` with several processes: each child process applies the same
-  before running the script (they start from this file);
+  before running the script (they start from this file); on CPUs (gloo), the DDP model that
+  Detectron2's ``create_ddp_model``, ``plain_train_net`` and ``benchmark`` build is given no
+  ``device_ids`` (DDP refuses them for a CPU model);
+* a config option yacs refuses (an unknown key, a value of another type, an odd number of
+  options) and a dataset name that is not registered are one line, with the names it may have
+  meant (Detectron2: a traceback, listing every registered dataset);
 * ``demo/demo.py`` of current Detectron2 imports its ``predictor.py`` by an internal path
   (``vision.fair.detectron2.demo.predictor``): that name is made to point to the
   ``predictor.py`` next to the demo; its ``--output`` folder is created when it does not exist
@@ -69,6 +74,7 @@ import runpy
 import sys
 import types
 import warnings
+from unittest import mock
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TOOLS)
@@ -122,6 +128,14 @@ def _panet_cfg_node_class():
         def load_yaml_with_base(cls, filename, allow_unsafe=False):
             return _CheckedConfigFile.load_yaml_with_base(filename)
 
+        def merge_from_file(self, cfg_filename, allow_unsafe=False):
+            with _config_errors("Config file {!r}".format(cfg_filename)):
+                return super().merge_from_file(cfg_filename, allow_unsafe)
+
+        def merge_from_list(self, cfg_list):
+            with _config_errors("The command-line options {}".format(list(cfg_list))):
+                return super().merge_from_list(cfg_list)
+
         def freeze(self):
             if "MODEL" in self and "SOLVER" in self:
                 for note in adapt_config_to_machine(self):
@@ -129,6 +143,56 @@ def _panet_cfg_node_class():
             super().freeze()
 
     return PANetToolCfgNode
+
+
+@contextlib.contextmanager
+def _config_errors(where):
+    """yacs's errors of a merge (an unknown key, a value of another type, an odd number of
+    options) as one :class:`ConfigError` naming ``where``, as the project's entry points."""
+    from panet_d2.errors import ConfigError, InputError
+
+    try:
+        yield
+    except InputError:
+        raise
+    except (AssertionError, KeyError, ValueError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ConfigError("{}: {}".format(where, msg)) from e
+
+
+def _registered_datasets_only():
+    """While the block runs, ``DatasetCatalog.get`` of a name that is not registered is one
+    :class:`DatasetError` with the names it may have meant (Detectron2 lists all of them)."""
+    from detectron2.data import DatasetCatalog
+
+    from panet_d2.engine.checks import check_registered
+
+    d2_get = DatasetCatalog.get
+
+    def get(name):
+        check_registered(name, "the tool's config or arguments")
+        return d2_get(name)
+
+    return mock.patch.object(DatasetCatalog, "get", get)  # (an attribute of the instance)
+
+
+def _ddp_of_cpu_models():
+    """While the block runs, ``torch.nn.parallel.DistributedDataParallel`` takes a CPU model
+    with the ``device_ids`` that Detectron2's plain_train_net and benchmark pass (DDP refuses
+    them for a CPU model; its create_ddp_model: ``panet_d2.compat.ddp_on_cpu``)."""
+    import torch.nn.parallel
+
+    ddp = torch.nn.parallel.DistributedDataParallel
+
+    # UPSTREAM-WORKAROUND d2-tools-ddp-device-ids: Detectron2 0.6's tools/plain_train_net.py and
+    # benchmark.py build DistributedDataParallel(model, device_ids=[local rank]) on the CPU too.
+    class DistributedDataParallel(ddp):
+        def __init__(self, module, device_ids=None, *args, **kwargs):
+            if all(p.device.type == "cpu" for p in module.parameters()):
+                device_ids = None
+            super().__init__(module, device_ids, *args, **kwargs)
+
+    return _patched(torch.nn.parallel, "DistributedDataParallel", DistributedDataParallel)
 
 
 _LOGGED = set()
@@ -332,6 +396,7 @@ def panet_d2_environment(script):
     import panet_d2  # noqa: F401  registers models and datasets
     from panet_d2 import add_panet_config
     from panet_d2.analysis import FLOP_HANDLES
+    from panet_d2.compat import ddp_on_cpu
     from panet_d2.config import lazyconfig_files_as_data
 
     d2_get_cfg = detectron2.config.get_cfg
@@ -373,6 +438,9 @@ def panet_d2_environment(script):
         for module in (detectron2.engine, detectron2.engine.defaults):
             stack.enter_context(_patched(module, "default_setup", default_setup))
         stack.enter_context(_patched(detectron2.engine, "launch", launch))
+        stack.enter_context(ddp_on_cpu())  # Detectron2's create_ddp_model (its DefaultTrainer)
+        stack.enter_context(_ddp_of_cpu_models())  # the scripts that build DDP themselves
+        stack.enter_context(_registered_datasets_only())
         checkpointer = _tool_checkpointer()  # the same class in both modules
         for module in (detectron2.checkpoint, detectron2.engine.defaults):
             stack.enter_context(_patched(module, "DetectionCheckpointer", checkpointer))

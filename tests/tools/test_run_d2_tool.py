@@ -337,6 +337,9 @@ def test_patches_stay_inside_the_command(entry, datasets):
             detectron2.engine.launch,
             detectron2.checkpoint.DetectionCheckpointer,
             detectron2.engine.defaults.DetectionCheckpointer,
+            detectron2.engine.defaults.create_ddp_model,
+            torch.nn.parallel.DistributedDataParallel,
+            "get" in vars(DatasetCatalog),  # Detectron2's method, not an attribute of its own
         )
 
     before = patched()
@@ -350,6 +353,25 @@ def test_patches_stay_inside_the_command(entry, datasets):
     after = patched()
     assert after == before and "PAFPN" not in d2_get_cfg().MODEL
     assert detectron2.utils.analysis.TracingAdapter is adapter and warnings.filters == filters
+
+
+def test_option_and_dataset_typos_are_one_line(entry, datasets):
+    """yacs's AssertionError and Detectron2's KeyError listing every dataset: one line each."""
+    _require("analyze_model")
+    config, opts = _config("panoptic")
+    argv = ["analyze_model", "--tasks", "parameter", "--config-file", config]
+    msg = error_exit(entry.main, argv + ["SOLVER.MAX_ITERS", "2"])
+    assert (
+        msg == "ERROR: The command-line options ['SOLVER.MAX_ITERS', '2']: Non-existent key: "
+        "SOLVER.MAX_ITERS"
+    )
+    typo = CONFIGS["panoptic"][1].format("vall")
+    argv = ["analyze_model", "--tasks", "flop", "--config-file", config]
+    msg = error_exit(entry.main, argv + opts[:2] + ["DATASETS.TEST", "('{}',)".format(typo)])
+    assert msg.startswith(
+        "ERROR: Dataset {!r} in the tool's config or arguments is not registered. Did you mean: "
+        "{!r}".format(typo, CONFIGS["panoptic"][1].format("val"))
+    )
 
 
 def test_not_found_names_where_it_looked(entry, tmp_path, monkeypatch, capsys):
@@ -432,10 +454,17 @@ from detectron2.engine import launch
 
 
 def main(config_file, out):
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+    from detectron2.engine.defaults import create_ddp_model
+
     cfg = get_cfg()
     cfg.merge_from_file(config_file)
     cfg.freeze()
     info = dict(device=cfg.MODEL.DEVICE, world=comm.get_world_size(), pafpn="PAFPN" in cfg.MODEL)
+    # as Detectron2's plain_train_net / benchmark and its DefaultTrainer build DDP
+    DistributedDataParallel(torch.nn.Linear(2, 2), device_ids=[comm.get_local_rank()])
+    create_ddp_model(torch.nn.Linear(2, 2))
     with open(os.path.join(out, "rank{}.json".format(comm.get_rank())), "w") as f:
         json.dump(info, f)
 
@@ -450,7 +479,8 @@ if __name__ == "__main__":
 )
 def test_launch_children_run_in_the_same_environment(tmp_path):
     """A tool that launches 2 processes (Detectron2's launch; gloo on CPUs): each process reads
-    the project's config keys and applies the CPU fallback."""
+    the project's config keys, applies the CPU fallback and builds DDP models of CPU modules as
+    Detectron2's scripts do (with device_ids, which DDP refuses for them)."""
     d2_root = tmp_path / "d2"
     (d2_root / "tools").mkdir(parents=True)
     (d2_root / "tools" / "two_processes.py").write_text(FAKE_TOOL)
