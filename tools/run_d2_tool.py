@@ -48,7 +48,9 @@ datasets registered). For this process only:
   ``device_ids`` (DDP refuses them for a CPU model);
 * a config option yacs refuses (an unknown key, a value of another type, an odd number of
   options) and a dataset name that is not registered are one line, with the names it may have
-  meant (Detectron2: a traceback, listing every registered dataset);
+  meant (Detectron2: a traceback, listing every registered dataset); so is a LazyConfig option
+  ``key=value`` whose key the config has not (Detectron2 adds it, and nothing reads it: a typo
+  such as ``train.max_iters=2`` trained the config's iterations); ``+key=value`` adds a key;
 * ``demo/demo.py`` of current Detectron2 imports its ``predictor.py`` by an internal path
   (``vision.fair.detectron2.demo.predictor``): that name is made to point to the
   ``predictor.py`` next to the demo; its ``--output`` folder is created when it does not exist
@@ -66,6 +68,7 @@ datasets registered). For this process only:
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import importlib.util
 import logging
@@ -174,6 +177,43 @@ def _registered_datasets_only():
         return d2_get(name)
 
     return mock.patch.object(DatasetCatalog, "get", get)  # (an attribute of the instance)
+
+
+def _existing_lazy_keys_only():
+    """While the block runs, ``LazyConfig.apply_overrides`` refuses an option ``key=value`` whose
+    key the config has not (a typo would add it, and nothing would read it) in one line with the
+    keys it may have meant; hydra's ``+key=value`` adds a key on purpose."""
+    from omegaconf import OmegaConf
+
+    from detectron2.config import LazyConfig
+
+    from panet_d2.errors import ConfigError
+
+    d2_apply = LazyConfig.apply_overrides
+
+    def apply_overrides(cfg, overrides):
+        for option in overrides:
+            parts = option.split("=", 1)[0].split(".")
+            for i in range(len(parts)) if not option.startswith(("+", "~")) else ():
+                node = OmegaConf.select(cfg, ".".join(parts[:i]), throw_on_resolution_failure=False)
+                if not OmegaConf.is_dict(node) or parts[i] in node:
+                    continue
+                close = difflib.get_close_matches(parts[i], [str(k) for k in node], n=3)
+                close = " (did you mean: {}?)".format(", ".join(close)) if close else ""
+                raise ConfigError(
+                    "LazyConfig option {!r}: {} has no key {!r}{}; keys: {}. A new key does "
+                    "nothing unless code reads it: add one on purpose with +{}.".format(
+                        option,
+                        ".".join(parts[:i]) or "the config",
+                        parts[i],
+                        close,
+                        ", ".join(sorted(map(str, node))[:20]),
+                        option,
+                    )
+                )
+        return d2_apply(cfg, overrides)
+
+    return mock.patch.object(LazyConfig, "apply_overrides", staticmethod(apply_overrides))
 
 
 def _ddp_of_cpu_models():
@@ -441,6 +481,7 @@ def panet_d2_environment(script):
         stack.enter_context(ddp_on_cpu())  # Detectron2's create_ddp_model (its DefaultTrainer)
         stack.enter_context(_ddp_of_cpu_models())  # the scripts that build DDP themselves
         stack.enter_context(_registered_datasets_only())
+        stack.enter_context(_existing_lazy_keys_only())
         checkpointer = _tool_checkpointer()  # the same class in both modules
         for module in (detectron2.checkpoint, detectron2.engine.defaults):
             stack.enter_context(_patched(module, "DetectionCheckpointer", checkpointer))

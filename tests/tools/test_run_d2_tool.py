@@ -27,7 +27,7 @@ from detectron2.modeling import build_model
 
 from panet_d2 import PANetCheckpointer, model_zoo
 from panet_d2.analysis import FLOP_HANDLES
-from panet_d2.errors import CheckpointError
+from panet_d2.errors import CheckpointError, ConfigError
 
 from ..common import ROOT, error_exit, load_script, run_script, synthetic_datasets
 
@@ -372,6 +372,31 @@ def test_option_and_dataset_typos_are_one_line(entry, datasets):
         "ERROR: Dataset {!r} in the tool's config or arguments is not registered. Did you mean: "
         "{!r}".format(typo, CONFIGS["panoptic"][1].format("val"))
     )
+
+
+def test_lazyconfig_option_typos_are_one_line(entry):
+    """Detectron2's LazyConfig.apply_overrides adds a key the config has not: a typo trained
+    the config's iterations. Inside the command: refused, with the keys it may have meant."""
+    from detectron2.config import LazyConfig
+
+    cfg = LazyConfig.load(
+        os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_lazy.py")
+    )
+    with entry._existing_lazy_keys_only():
+        with pytest.raises(ConfigError) as e:
+            LazyConfig.apply_overrides(cfg, ["train.max_iter=3", "train.max_iters=2"])
+        assert str(e.value).startswith(
+            "LazyConfig option 'train.max_iters=2': train has no key 'max_iters' (did you mean: "
+            "max_iter?); keys: amp, "
+        )
+        with pytest.raises(
+            ConfigError, match=r"^LazyConfig option 'trian.max_iter=2': the config "
+        ):
+            LazyConfig.apply_overrides(cfg, ["trian.max_iter=2"])
+        LazyConfig.apply_overrides(cfg, ["train.max_iter=2", "+train.note=1"])
+    assert cfg.train.max_iter == 2 and cfg.train.note == 1
+    LazyConfig.apply_overrides(cfg, ["train.other=1"])  # Detectron2's again, after the command
+    assert cfg.train.other == 1
 
 
 def test_not_found_names_where_it_looked(entry, tmp_path, monkeypatch, capsys):
