@@ -105,7 +105,9 @@ TABLE_ROWS += [
 ]
 
 
-@pytest.mark.parametrize("row,base,belongs", [r for r in TABLE_ROWS if r[1]], ids=lambda x: str(x))
+@pytest.mark.parametrize(
+    "row,base,belongs", [r for r in TABLE_ROWS if r[1]], ids=[r[0] for r in TABLE_ROWS if r[1]]
+)
 def test_ablation_row_differs_from_its_predecessor_only_in_its_component(row, base, belongs):
     a, b = _modules(ABL + base), _modules(ABL + row)
     diff = _diff(a, b)
