@@ -50,7 +50,8 @@ datasets registered). For this process only:
   options) and a dataset name that is not registered are one line, with the names it may have
   meant (Detectron2: a traceback, listing every registered dataset); so is a LazyConfig option
   ``key=value`` whose key the config has not (Detectron2 adds it, and nothing reads it: a typo
-  such as ``train.max_iters=2`` trained the config's iterations); ``+key=value`` adds a key;
+  such as ``train.max_iters=2`` trained the config's iterations); an argument that a LazyCall's
+  target takes but the config leaves at its default is taken; ``+key=value`` adds a key;
 * ``demo/demo.py`` of current Detectron2 imports its ``predictor.py`` by an internal path
   (``vision.fair.detectron2.demo.predictor``): that name is made to point to the
   ``predictor.py`` next to the demo; its ``--output`` folder is created when it does not exist
@@ -71,6 +72,7 @@ import contextlib
 import difflib
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import runpy
@@ -179,10 +181,25 @@ def _registered_datasets_only():
     return mock.patch.object(DatasetCatalog, "get", get)  # (an attribute of the instance)
 
 
+def _lazy_call_takes(node, name):
+    """Whether the LazyCall ``node``'s target takes the keyword argument ``name`` (``instantiate``
+    passes it the node's keys)."""
+    from detectron2.utils.registry import locate
+
+    try:
+        target = node.get("_target_")
+        target = locate(target) if isinstance(target, str) else target
+        params = inspect.signature(target).parameters.values()
+    except Exception:  # no target, or one without a signature
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def _existing_lazy_keys_only():
     """While the block runs, ``LazyConfig.apply_overrides`` refuses an option ``key=value`` whose
     key the config has not (a typo would add it, and nothing would read it) in one line with the
-    keys it may have meant; hydra's ``+key=value`` adds a key on purpose."""
+    keys it may have meant; an argument of a LazyCall's target is taken, and hydra's
+    ``+key=value`` adds a key on purpose."""
     from omegaconf import OmegaConf
 
     from detectron2.config import LazyConfig
@@ -198,6 +215,8 @@ def _existing_lazy_keys_only():
                 node = OmegaConf.select(cfg, ".".join(parts[:i]), throw_on_resolution_failure=False)
                 if not OmegaConf.is_dict(node) or parts[i] in node:
                     continue
+                if _lazy_call_takes(node, parts[i]):  # an argument the config leaves at its default
+                    break
                 close = difflib.get_close_matches(parts[i], [str(k) for k in node], n=3)
                 close = " (did you mean: {}?)".format(", ".join(close)) if close else ""
                 raise ConfigError(

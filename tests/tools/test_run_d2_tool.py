@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from detectron2.config import get_cfg as d2_get_cfg
+from detectron2.config import instantiate
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
@@ -393,8 +394,17 @@ def test_lazyconfig_option_typos_are_one_line(entry):
             ConfigError, match=r"^LazyConfig option 'trian.max_iter=2': the config "
         ):
             LazyConfig.apply_overrides(cfg, ["trian.max_iter=2"])
-        LazyConfig.apply_overrides(cfg, ["train.max_iter=2", "+train.note=1"])
+        # an argument of Detectron2's RPN that the config leaves at its default: taken; a typo
+        # of it: refused
+        rpn = "model.proposal_generator."
+        assert "min_box_size" not in cfg.model.proposal_generator
+        with pytest.raises(ConfigError, match=r"proposal_generator has no key 'min_box_sizes'"):
+            LazyConfig.apply_overrides(cfg, [rpn + "min_box_sizes=4.0"])
+        LazyConfig.apply_overrides(
+            cfg, ["train.max_iter=2", "+train.note=1", rpn + "min_box_size=4.0"]
+        )
     assert cfg.train.max_iter == 2 and cfg.train.note == 1
+    assert instantiate(cfg.model.proposal_generator).min_box_size == 4.0
     LazyConfig.apply_overrides(cfg, ["train.other=1"])  # Detectron2's again, after the command
     assert cfg.train.other == 1
 
