@@ -242,6 +242,9 @@ def test_bad_config_files(train_net, tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("MODEL: [unclosed\n")
     assert error(broken).startswith("Config file {!r} is not valid YAML: ".format(str(broken)))
+    tabbed = tmp_path / "tabbed.yaml"  # libyaml takes a tab after "KEY:", fvcore's PyYAML refuses
+    tabbed.write_text("MODEL:\n  MASK_ON:\tTrue\n")
+    assert error(tabbed).startswith("Config file {!r} is not valid YAML: ".format(str(tabbed)))
     listing = tmp_path / "list.yaml"
     listing.write_text("- MODEL\n")
     assert "holds a YAML list instead of config keys" in error(listing)
