@@ -33,7 +33,10 @@ def _modules(config):
     {module name: (class name, {own parameter/buffer name: shape}, module)} of the config's model;
     a fusing module's class name carries its fusion op (max / sum / product).
     """
-    model = build_model(_cfg(config))
+    cfg = _cfg(config)
+    cfg.MODEL.DEVICE = "meta"
+    with torch.device("meta"):  # structure and shapes: no weights to initialise
+        model = build_model(cfg)
     out = {}
     for name, m in model.named_modules():
         own = {k: tuple(v.shape) for k, v in list(m.named_parameters(recurse=False))}

@@ -29,8 +29,8 @@ class DetectronAnchorGenerator(DefaultAnchorGenerator):
         anchors = []
         for size in sizes:
             for r in aspect_ratios:
-                w0 = torch.tensor(math.sqrt(stride * stride / r), dtype=torch.float64).round()
-                h0 = (w0 * r).round()  # torch.round halves to even, as NumPy's
-                w, h = float(w0) * size / stride, float(h0) * size / stride
+                w0 = round(math.sqrt(stride * stride / r))  # round() halves to even, as NumPy's
+                h0 = round(w0 * r)
+                w, h = w0 * size / stride, h0 * size / stride
                 anchors.append([-w / 2.0, -h / 2.0, w / 2.0, h / 2.0])
         return torch.tensor(anchors)
