@@ -138,9 +138,8 @@ def test_lower_precisions_match_eager(tool, tmp_path):
     # would run it with) gives other scores
     openvino_backend = load_script("tools/openvino_backend.py", "openvino_backend_hints")
     xml, img = str(tmp_path / "int8-bf16" / "model.xml"), random_image(*IMAGES[0]).float().numpy()
-    runs = [openvino_backend.OpenVinoModel(xml, p)(img) for p in ("int8", "int8-bf16")]
-    names = openvino_backend.OpenVinoModel(xml, "int8").output_names
-    f32, bf16 = (dict(zip(names, r))["scores"] for r in runs)
+    ir = [openvino_backend.OpenVinoModel(xml, p) for p in ("int8", "int8-bf16")]
+    f32, bf16 = (dict(zip(m.output_names, m(img)))["scores"] for m in ir)
     assert len(f32) > 0 and not (f32.shape == bf16.shape and np.array_equal(f32, bf16))
     # int8: every convolution's and fc's weights and inputs quantised (QDQ) but the RPN head's
     # outputs and the box predictor, the AFP fc1 as one Gemm per level; int8-bf16: convolutions

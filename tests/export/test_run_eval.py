@@ -41,6 +41,7 @@ def _copypaste(text):
 def test_run_eval_prints_the_metrics(tmp_path):
     torch.manual_seed(0)
     opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]  # near-random model: AP defined
+    opts += ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160"]  # small: the printing
     cfg = panet_cfg(SMOKE, small=False, opts=opts)
     model = build_model(cfg)
     PANetCheckpointer(model, save_dir=str(tmp_path)).save("ckpt")
