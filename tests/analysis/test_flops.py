@@ -92,10 +92,10 @@ def test_all_level_roi_align(panet):
     assert flops["roi_heads.box_pooler"] == 4 * M * 256 * 7 * 7 * ratio**2 * 4
 
 
-def test_no_op_left_uncounted():
+def test_no_op_left_uncounted(panet):
     # PANet adds no op that the counter skips: what it leaves out is what it leaves out of
     # Detectron2's own Mask R-CNN (RPN's topk, scripted helpers, padding).
-    _, _, ours, _, _ = _analysis("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
+    ours = panet[2]
     _, _, mask_rcnn, _, _ = _analysis(
         "COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml",
         ALL_OFF,
@@ -130,15 +130,13 @@ def _matrix_product_arithmetic(model, image):
     return total["n"]
 
 
-def test_detectron2_flop_count_unpatched_counts_every_matrix_product():
+def test_detectron2_flop_count_unpatched_counts_every_matrix_product(panet):
     """Detectron2's plain FlopCountAnalysis (no project handles) counts PANet's per-level fc1
     (a bmm), per-level conv1 (a grouped conv) and FF's fc: its count of matrix products is the
     arithmetic of every layer's shapes, within 1%."""
     from detectron2.utils.analysis import FlopCountAnalysis
 
-    cfg = panet_cfg("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml", opts=SMALL)
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = panet[1]  # the model of the project's analysis (its shape hooks change no output)
     image = random_image(H, W)
     fca = FlopCountAnalysis(model, [{"image": image}])
     fca.unsupported_ops_warnings(False)
