@@ -7,6 +7,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import json
+import multiprocessing
 import os
 import sys
 import types
@@ -15,6 +16,7 @@ from unittest import mock
 
 import numpy as np
 
+from detectron2.data.datasets import cityscapes
 from detectron2.utils.file_io import PathManager
 
 __all__ = ["quiet_jit_script_deprecation", "cityscapes_api_alias", "cityscapesscripts_fixes"]
@@ -54,8 +56,8 @@ class _CityscapesApiAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 @contextlib.contextmanager
 def cityscapes_api_alias():
-    """While the block runs, Detectron2's import path of cityscapesscripts (Detectron2 issue
-    #5436) resolves to the installed package; a no-op where that path imports."""
+    """While the block runs, Detectron2's import path of cityscapesscripts (issue #5436) resolves to
+    the installed package, in its Cityscapes loader's forked workers too; no-op where it imports."""
     finder, module = None, sys.modules.get("deeplearning")
     if module is not None:  # Meta's path imports without the alias
         imports = not isinstance(getattr(module.__spec__, "loader", None), _CityscapesApiAlias)
@@ -64,8 +66,11 @@ def cityscapes_api_alias():
     if not imports:
         finder = _CityscapesApiAlias()
         sys.meta_path.insert(0, finder)
+    forks = finder and "fork" in multiprocessing.get_all_start_methods()
+    mp = multiprocessing.get_context("fork") if forks else cityscapes.mp
     try:
-        yield
+        with mock.patch.object(cityscapes, "mp", mp):
+            yield
     finally:
         if finder is not None:
             sys.meta_path.remove(finder)
@@ -109,17 +114,15 @@ def ddp_on_cpu():
     import detectron2.utils.comm as comm
     from detectron2.engine import defaults  # here: importing compat imports no model code
 
-    create_ddp_model = defaults.create_ddp_model
-
-    def create_ddp_model_on_any_device(model, **kwargs):
+    def create_ddp_model_on_any_device(model, _create=defaults.create_ddp_model, **kwargs):
         if comm.get_world_size() > 1 and all(p.device.type == "cpu" for p in model.parameters()):
             kwargs.setdefault("device_ids", None)
-        return create_ddp_model(model, **kwargs)
+        return _create(model, **kwargs)
 
     return mock.patch.object(defaults, "create_ddp_model", create_ddp_model_on_any_device)
 
 
-class _AtomicFile:
+class _AtomicFile(contextlib.AbstractContextManager):  # its __enter__ returns the file
     """A file written as ``<path>.partial``, synced and renamed over ``path`` when closed; a
     failure removes it, leaves ``path`` as it was and raises an ``OSError`` naming ``path``."""
 
@@ -140,18 +143,13 @@ class _AtomicFile:
             self._error = self._error or e
             raise
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type, exc, tb):  # returns None: an exception is not suppressed
         if exc_type is None:
-            self.close()
-            return False
+            return self.close()
         self._discard()
-        error = self._error if self._error is not None else exc
+        error = self._error or exc
         if isinstance(error, OSError):
             raise OSError(error.errno, error.strerror, self._path) from exc
-        return False
 
     def close(self):
         if self._file.closed:

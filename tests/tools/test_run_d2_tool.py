@@ -12,6 +12,7 @@ by hand from the paper's structure.
 import argparse
 import json
 import logging
+import multiprocessing
 import os
 import re
 import sys
@@ -301,6 +302,7 @@ def test_detectron2_train_net(entry, datasets, logs, tmp_path, kind):
 def test_demo(entry, datasets, tmp_path):
     """Detectron2's demo/demo.py (its predictor.py imported by its internal module path)."""
     _require("demo")
+    start_method = multiprocessing.get_start_method(allow_none=True)  # the demo sets "spawn"
     config, opts = _config("panoptic")
     image = DatasetCatalog.get(PREFIX + "_val")[0]["file_name"]
     out = tmp_path / "demo.png"
@@ -319,6 +321,7 @@ def test_demo(entry, datasets, tmp_path):
         + opts
     )
     assert sorted(os.listdir(folder)) == sorted(os.path.basename(i) for i in images)
+    multiprocessing.set_start_method(start_method, force=True)  # as the other tests expect it
 
 
 def test_patches_stay_inside_the_command(entry, datasets):
