@@ -505,6 +505,13 @@ run_tests() {
   for a in "$@"; do  # a test file or folder given: only that
     case "$a" in tests/* | ./tests/*) [ -e "${a%%::*}" ] && default="" ;; esac
   done
+  # the whole suite in worker processes, one per core (at most 4), where pytest-xdist is installed
+  # (the dev extra): each test file in one worker, one's waits for its commands overlap the other's
+  if [ -n "$default" ] && [ $# -eq 0 ] && "$PY" -c "import xdist" 2>/dev/null; then
+    a="$(nproc 2>/dev/null || echo 1)"
+    [ "$a" -gt 4 ] && a=4
+    [ "$a" -ge 2 ] && set -- -n "$a" --dist loadfile
+  fi
   say "[test] $PY_SHOWN -m pytest -q${default:+ $default}${*:+ $*}"
   "$PY" -m pytest -q ${default:+"$default"} "$@"
   rc=$?

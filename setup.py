@@ -96,7 +96,7 @@ if __name__ == "__main__":
             "cityscapes": ["cityscapesscripts", "shapely"],
             # tests and lint (as Detectron2's dev/linter.sh; versions pinned so that .ci/run's
             # formatting check does not change with a new release)
-            "dev": ["pytest", "black==26.10.1", "isort==9.0.2", "flake8==7.5.0"],
+            "dev": ["pytest", "pytest-xdist", "black==26.10.1", "isort==9.0.2", "flake8==7.5.0"],
             # ONNX export and ONNX Runtime (tools/export_model.py --format onnx, its tests);
             # OpenVINO (--format openvino, --precision bf16 / int8: ONNX Runtime's quantiser)
             "export": ["onnx", "onnxruntime", "openvino"],
