@@ -16,7 +16,6 @@ from unittest import mock
 
 import numpy as np
 
-from detectron2.data.datasets import cityscapes
 from detectron2.utils.file_io import PathManager
 
 __all__ = ["quiet_jit_script_deprecation", "cityscapes_api_alias", "cityscapesscripts_fixes"]
@@ -58,6 +57,8 @@ class _CityscapesApiAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def cityscapes_api_alias():
     """While the block runs, Detectron2's import path of cityscapesscripts (issue #5436) resolves to
     the installed package, in its Cityscapes loader's forked workers too; no-op where it imports."""
+    from detectron2.data.datasets import cityscapes  # here: importing compat imports no data code
+
     finder, module = None, sys.modules.get("deeplearning")
     if module is not None:  # Meta's path imports without the alias
         imports = not isinstance(getattr(module.__spec__, "loader", None), _CityscapesApiAlias)
