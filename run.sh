@@ -3,6 +3,7 @@
 #   ./run.sh        set up what is missing, then the main job: train and evaluate panoptic PANet on
 #                   the generated dataset, print the metrics, the checkpoint and the demo command
 #   ./run.sh test   set up what is missing, then the whole test suite: lint + python3 -m pytest -q tests
+#                   (in pytest-xdist workers, one per core, where it is installed)
 # ./run.sh --help says more. Manual installation: docs/install.md.
 set -uo pipefail
 
@@ -33,6 +34,7 @@ Usage:
                             train_net.py (options and config keys), e.g.  ./run.sh SOLVER.MAX_ITER 20
   ./run.sh test [ARGS...]   the whole test suite: lint (isort, black -l 100, flake8), then
                             python -m pytest -q tests [ARGS], e.g.  ./run.sh test -k merge
+                            (without ARGS: in pytest-xdist workers, one per core, where installed)
   ./run.sh setup            only the set-up
   ./run.sh help             this text
 
