@@ -15,9 +15,8 @@ from .common import load_script  # noqa: E402  (the checkout's package, from the
 
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest-xdist (./run.sh test): the cores shared
     # by the workers, as oversubscribed OpenMP threads slow each other down (docs/benchmarks.md)
-    torch.set_num_threads(
-        max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-    )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 # In-repo data (assets/): real COCO panoptic samples and demo photos (licenses in assets/README.md).
 SHARED_DATA = os.path.join(ROOT, "assets")
