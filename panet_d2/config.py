@@ -259,8 +259,7 @@ def config_error(path, e):
     if isinstance(e, SyntaxError) and e.lineno is None and isinstance(e.__cause__, SyntaxError):
         # LazyConfig's "Config file <file> has syntax error!": the line is in its cause
         named = re.fullmatch(r"Config file (.+) has syntax error!", str(e.msg))
-        path = named.group(1) if named else path
-        e = e.__cause__
+        path, e = named.group(1) if named else path, e.__cause__
     if isinstance(e, SyntaxError):
         file = e.filename if e.filename and not e.filename.startswith("<") else path
         where = "{}:{}".format(file, e.lineno) if e.lineno else path
@@ -291,8 +290,7 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
             "configs (tools/lazyconfig_train_net.py trains LazyConfig files)."
         )
     _CheckedConfigFile.load_yaml_with_base(path)
-    cfg = add_panet_config(get_cfg())
-    where = "Config file {!r}".format(path)
+    cfg, where = add_panet_config(get_cfg()), "Config file {!r}".format(path)
     try:
         cfg.merge_from_file(path, allow_unsafe=False)
         where = f"The command-line options {opts} (on {path!r})"

@@ -205,6 +205,12 @@ def _overflowing(state, key):
     "config, key, part",
     [
         (INSTANCE, STEM, "The backbone's features p2"),
+        (
+            INSTANCE,
+            "proposal_generator.rpn_head.objectness_logits.weight",
+            "The RPN's objectness logits",
+        ),
+        (PANOPTIC, "proposal_generator.rpn_head.anchor_deltas.weight", "The RPN's anchor deltas"),
         (INSTANCE, CLS, BOX_OUTPUTS),
         (INSTANCE, "roi_heads.box_predictor.bbox_pred.weight", BOX_OUTPUTS),
         (INSTANCE, "roi_heads.mask_head.predictor.weight", "The mask head's logits"),

@@ -18,6 +18,7 @@ from panet_d2.modeling import (
     PANetFastRCNNOutputLayers,
     PANetMaskHead,
     PANetROIHeads,
+    PANetRPNHead,
 )
 
 # Detectron2's recipe: dataloader (LSJ), model (Mask R-CNN: SyncBN, 4conv1fc box head, 2-conv
@@ -34,6 +35,9 @@ train = _recipe.train
 model.backbone._target_ = PAFPN
 model.backbone.bpa_norm = model.backbone.norm  # "SyncBN"
 model.backbone.bpa_activation = "relu"
+
+# RPN head: the recipe's (2 convs), its outputs checked at inference (NaN or inf raise).
+model.proposal_generator.head._target_ = PANetRPNHead
 
 # AFP: every RoI pooled from every level N2..N5 (no level assignment), 2 samples per bin side as
 # in the authors' release (with 0, "adaptive", a large RoI takes hundreds of samples per bin on N2).

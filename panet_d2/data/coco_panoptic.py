@@ -28,8 +28,7 @@ def coco_panoptic_separated_metadata(categories=None) -> dict:
     if categories is None:
         from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES as categories
     cats = sorted(categories, key=lambda c: c["id"])
-    things = [c for c in cats if c["isthing"] == 1]
-    stuff = [c for c in cats if c["isthing"] == 0]
+    things, stuff = [c for c in cats if c["isthing"] == 1], [c for c in cats if c["isthing"] == 0]
     stuff_map = dict([(0, 0)] + [(c["id"], i + 1) for i, c in enumerate(stuff)])
     return {
         "thing_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(things)},

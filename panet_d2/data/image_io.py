@@ -89,8 +89,7 @@ class ImageDatasetMapper(DatasetMapper):
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = self._read_image(dataset_dict)
-        labels = dataset_dict.pop("sem_seg_file_name", None)
+        image, labels = self._read_image(dataset_dict), dataset_dict.pop("sem_seg_file_name", None)
         labels = None if labels is None else utils.read_image(labels, "L")[:, :, 0]
         aug_input, transforms = self._augment(dataset_dict, image, labels)
         if aug_input.sem_seg is not None:

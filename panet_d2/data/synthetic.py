@@ -83,8 +83,7 @@ def _stuff_layout(rng, h, w):
         centers = [c1 * hh, max(c2, c1 + 0.2) * hh]
     else:
         centers = [rng.uniform(0.3, 0.7) * hh]
-    yy = np.arange(hh, dtype=np.float32)[:, None]
-    band = np.zeros((hh, ww), np.int32)
+    yy, band = np.arange(hh, dtype=np.float32)[:, None], np.zeros((hh, ww), np.int32)
     for c in centers:
         b = _wavy_boundary(rng, ww, c, amp=rng.uniform(2, 0.08 * hh))
         band += (yy >= b[None, :]).astype(np.int32)
@@ -112,8 +111,7 @@ def _shape_mask(rng, cls, h, w, size):
     cx, cy = rng.uniform(0, w), rng.uniform(0, h)
     theta = rng.uniform(0, 2 * np.pi)
     shift = 4  # sub-pixel precision of cv2 drawing
-    scale = float(1 << shift)
-    name = SYNTHETIC_THING_CLASSES[cls]
+    scale, name = float(1 << shift), SYNTHETIC_THING_CLASSES[cls]
     if name == "disk":
         center = (int(round(cx * scale)), int(round(cy * scale)))
         cv2.circle(m, center, int(round(size / 2 * scale)), 1, -1, cv2.LINE_8, shift)
@@ -143,8 +141,7 @@ def _thing_texture(rng, cls, box):
 def draw_synthetic_image(rng, h, w, force_void=False):
     """Draws with ``rng``: image (uint8 (h, w, 3), RGB), pan (int32 (h, w) segment ids, 0 = void),
     sem (uint8 (h, w), separated labels, 255 = void), segments ("id", "category_id", "mask")."""
-    stuff = _stuff_layout(rng, h, w)
-    image = np.zeros((h, w, 3), np.float32)
+    stuff, image = _stuff_layout(rng, h, w), np.zeros((h, w, 3), np.float32)
     for i, name in enumerate(SYNTHETIC_STUFF_CLASSES):
         sel = stuff == i
         if sel.any():

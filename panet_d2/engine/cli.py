@@ -44,8 +44,7 @@ def clean_error_message(e):
     """The message of ``e`` without the traceback of a DataLoader worker's exception."""
     msg = str(e).strip()
     if "Original Traceback" in msg:
-        last = msg.splitlines()[-1]
-        prefix = f"{type(e).__module__}.{type(e).__name__}: "
+        last, prefix = msg.splitlines()[-1], f"{type(e).__module__}.{type(e).__name__}: "
         msg = last[len(prefix) :] if last.startswith(prefix) else last
     return msg
 

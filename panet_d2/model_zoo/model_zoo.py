@@ -117,8 +117,7 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     """The model of a model-zoo config in training mode, MODEL.WEIGHTS (``train.init_checkpoint``)
     loaded as a warm start, on ``device`` (None: the config's, "cpu" without CUDA)."""
     cfg = get_config(config_path, trained)
-    if device is None and not torch.cuda.is_available():
-        device = "cpu"
+    device = "cpu" if device is None and not torch.cuda.is_available() else device
     if isinstance(cfg, CfgNode):
         if device is not None:
             cfg.MODEL.DEVICE = device

@@ -1,6 +1,5 @@
 """PANet's model parts, registered with Detectron2's registries on import."""
 
-from .anchor_generator import DetectronAnchorGenerator
 from .backbone import PAFPN, build_resnet_pafpn_backbone
 from .box_head import PANetConvFCHead
 from .fast_rcnn import PANetFastRCNNOutputLayers
@@ -11,6 +10,7 @@ from .meta_arch import PanopticPANet
 from .poolers import AdaptiveFeaturePooler
 from .postprocessing import combine_semantic_and_instance_outputs
 from .roi_heads import PANetROIHeads
+from .rpn import DetectronAnchorGenerator, PANetRPNHead
 from .semantic_head import PANetSemSegHead
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -44,8 +44,7 @@ def fast_rcnn_inference_single_image(
     :func:`per_class_nms`, and no data-dependent branch (it traces)."""
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
     boxes, scores = boxes[valid], scores[valid][:, :-1]  # drop the background column
-    num_classes = scores.shape[1]
-    num_bbox_reg_classes = boxes.shape[1] // 4
+    num_classes, num_bbox_reg_classes = scores.shape[1], boxes.shape[1] // 4
     clipped = Boxes(boxes.reshape(-1, 4))
     clipped.clip(image_shape)
     boxes = clipped.tensor.view(-1, num_bbox_reg_classes, 4)  # (R, K or 1, 4)

@@ -34,8 +34,7 @@ class FullyConnectedFusion(nn.Module):
                 "MODEL.FF.CONV_DIMS={} must give the channels of exactly 2 convs, each a positive "
                 "number (paper: [256, 128]).".format(list(conv_dims))
             )
-        self.mask_size = mask_size
-        self.fc_activation = fc_activation
+        self.mask_size, self.fc_activation = mask_size, fc_activation
         in_dim = input_shape.channels
         for k, dim in enumerate(conv_dims):
             norm, act = get_norm(conv_norm, dim), nn.ReLU()

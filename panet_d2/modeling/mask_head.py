@@ -53,8 +53,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
             w = self.predictor.weight  # (K, C, k, k); the release adds a background output
             fan_out = (w.shape[0] + (1 if num_classes > 1 else 0)) * w.shape[2] * w.shape[3]
             nn.init.normal_(w, std=math.sqrt(2.0 / fan_out))
-        num_conv = len(conv_dims) - 1
-        self.num_levels = num_levels
+        num_conv, self.num_levels = len(conv_dims) - 1, num_levels
         self.fuse_type = check_choice("MODEL.AFP.FUSE_TYPE", fuse_type, AFP_FUSE_TYPES)
         self.per_level_first_layer = num_levels > 1 and fuse_position == "after_first_layer"
         if self.per_level_first_layer:

@@ -15,8 +15,7 @@ MAX_TAPS = 2**25  # bilinear taps of the batched op (~400 MB) above which each l
 
 def _bilinear_taps(coord: Tensor, size: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """torchvision's RoIAlign bilinear taps along one axis: low, high indices and their weights."""
-    inside = (coord >= -1.0) & (coord <= size)
-    c = coord.clamp(min=0.0)
+    inside, c = (coord >= -1.0) & (coord <= size), coord.clamp(min=0.0)
     low = torch.minimum(c.floor(), size - 1)
     at_edge = low >= size - 1
     c = torch.where(at_edge, low, c)

@@ -24,8 +24,7 @@ def scriptable_copy(module: nn.Module, lists: Iterable[str], drop_children: Iter
     for name in lists:
         if name in ret._modules:  # already a ModuleList: ``module`` is a prepared copy
             continue
-        layers = ret.__dict__.pop(name)
-        module_list = ret.__dict__.pop(_PREFIX + name)
+        layers, module_list = ret.__dict__.pop(name), ret.__dict__.pop(_PREFIX + name)
         module_list._modules.clear()
         module_list._modules.update((str(k), layer) for k, layer in enumerate(layers))
         ret._modules[name] = module_list

@@ -62,8 +62,7 @@ class PANetSemSegHead(SemSegFPNHead):
         for k, head in enumerate(self.scale_heads):  # TorchScript unrolls a ModuleList
             y = head(features[self.in_features[k]])
             x = y if k == 0 else x + y
-        x = self.predictor(x)
-        scale = float(self.common_stride)
+        x, scale = self.predictor(x), float(self.common_stride)
         return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
 
     def __prepare_scriptable__(self):

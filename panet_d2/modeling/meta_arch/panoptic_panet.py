@@ -114,8 +114,7 @@ class PanopticPANet(PanopticFPN):
             image_size = image_sizes[k]
             if not isinstance(image_size, Tensor):  # a Tensor (2,) when tracing
                 image_size = torch.tensor([image_size[0], image_size[1]])
-            output_size = image_size
-            inputs = batched_inputs[k]
+            output_size, inputs = image_size, batched_inputs[k]
             if "height" in inputs and "width" in inputs:
                 height, width = inputs["height"], inputs["width"]
                 if isinstance(height, Tensor) and isinstance(width, Tensor):

@@ -78,8 +78,7 @@ def _stuff_cpu(sem, occupied, pan, num_things, stuff_area_thresh):
     bins = np.multiply(occupied.view(np.uint8), num_labels, dtype=np.int64)
     np.add(bins, sem, out=bins, casting="unsafe")
     counts = np.bincount(bins.reshape(-1), minlength=2 * num_labels).tolist()
-    info = []
-    lut = np.zeros(2 * num_labels, dtype=np.int32)
+    info, lut = [], np.zeros(2 * num_labels, dtype=np.int32)
     for label in range(1, num_labels):
         area = counts[label]
         if area + counts[label + num_labels] == 0 or area < stuff_area_thresh:
@@ -101,8 +100,7 @@ def _mask_box(m, u, H, W):
     a = int(flat.argmax())
     if not flat[a]:
         return None
-    y0 = a // W
-    e, block = H, _ROW_BLOCK
+    y0, e, block = a // W, H, _ROW_BLOCK
     while True:
         s = max(y0, e - block)
         blk = m[s:e].reshape(-1)
@@ -120,10 +118,9 @@ def _mask_box(m, u, H, W):
 def _things_cpu(pred_masks, cand, pan, occupied, overlap_threshold):
     """Writes the things into ``pan`` and ``occupied``, each on its mask's box; the accepted."""
     H, W = pan.shape
-    accepted = []
     if H == 0 or W == 0:
-        return accepted
-    scratch, cur = np.empty(H * W, dtype=bool), 0  # cur: the last thing id written
+        return []
+    scratch, cur, accepted = np.empty(H * W, dtype=bool), 0, []  # cur: the last thing id written
     for j, inst_id in enumerate(cand):
         m = np.ascontiguousarray(pred_masks[inst_id].detach().to("cpu", torch.bool).numpy())
         box = _mask_box(m, m.view(np.uint8), H, W)
@@ -208,8 +205,7 @@ def _things_tensors(
     for k in range(num):
         i = int(candidates[k])
         y0, y1, x0, x1 = int(y0s[i]), int(y1s[i]), int(x0s[i]), int(x1s[i])
-        mask = masks[i, y0:y1, x0:x1]
-        crop = panoptic_seg[y0:y1, x0:x1]
+        mask, crop = masks[i, y0:y1, x0:x1], panoptic_seg[y0:y1, x0:x1]
         free = mask & (crop == 0)
         area, free_area = mask.sum(), free.sum()
         # Detectron2: an empty mask is skipped; else rejected if intersect / area > overlap
@@ -225,8 +221,7 @@ def _stuff_tensors(
     sem_seg: Tensor, panoptic_seg: Tensor, num_things: int, stuff_area_thresh: float
 ) -> Tuple[Tensor, Tensor]:
     """The map with the stuff ids (labels > 0 with enough free area, ascending) and their rows."""
-    device = sem_seg.device
-    labels = sem_seg.reshape(-1).to(torch.int64)
+    device, labels = sem_seg.device, sem_seg.reshape(-1).to(torch.int64)
     free = (panoptic_seg == 0).reshape(-1)
     num_labels = int(labels.max()) + 1
     zeros = torch.zeros(num_labels, dtype=torch.int64, device=device)
