@@ -34,7 +34,7 @@ NOT_REQUIRED_SUFFIXES = ("num_batches_tracked", "pixel_mean", "pixel_std")
 # Class-dependent tensors (a warm start may start them new): key prefix -> (config key, the classes
 # of a tensor of n rows, None where n says nothing).
 _ROI, _SEM = "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.SEM_SEG_HEAD.NUM_CLASSES"
-_CLASS_KEYS = {
+CLASS_KEYS = {
     "roi_heads.box_predictor.cls_score.": (_ROI, lambda n: n - 1),
     "roi_heads.box_predictor.bbox_pred.": (_ROI, lambda n: n // 4 if n > 4 else None),
     "roi_heads.mask_head.predictor.": (_ROI, lambda n: n if n > 1 else None),
@@ -368,7 +368,7 @@ def read_checkpoint(path):
         ) from None
 
 
-def _names(keys, n=3):
+def abbrev(keys, n=3):
     """The first ``n`` of ``keys`` (sorted) and how many more."""
     keys = sorted(keys)
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
@@ -429,7 +429,7 @@ class PANetCheckpointer(DetectionCheckpointer):
             last = self.get_checkpoint_file() if self.has_checkpoint() else None
             raise TrainingDivergedError(
                 f"Not saving checkpoint {name + '.pth'!r}: {len(bad)} tensor(s) of the model "
-                f"hold NaN or inf ({_names(bad)}); the last checkpoint is "
+                f"hold NaN or inf ({abbrev(bad)}); the last checkpoint is "
                 f"{repr(last) if last else 'none'}.",
                 last_checkpoint=last,
             )
@@ -514,7 +514,7 @@ class PANetCheckpointer(DetectionCheckpointer):
             found = f"a {type(loaded).__name__}"
             if isinstance(loaded, dict):
                 found = f"its 'model' is a {type(model).__name__}"
-                found = found if "model" in loaded else f"no 'model' in {_names(map(str, loaded))}"
+                found = found if "model" in loaded else f"no 'model' in {abbrev(map(str, loaded))}"
             raise refused(f"holds no model state dict ({found}, not a dict of tensors).")
         return loaded
 
@@ -589,13 +589,13 @@ class PANetCheckpointer(DetectionCheckpointer):
         if required and not file_keys.intersection(required):
             raise self._refused(
                 f"holds none of the model's {len(required)} tensors (it holds {len(file_keys)} "
-                f"tensor(s): {_names(file_keys) or 'nothing'}): it is not a checkpoint of this "
+                f"tensor(s): {abbrev(file_keys) or 'nothing'}): it is not a checkpoint of this "
                 "model."
             )
         shapes = incompatible.incorrect_shapes
         wrong = [w for w in shapes if not w[0].endswith(NOT_REQUIRED_SUFFIXES)]
-        classes = [w for w in wrong if w[0].startswith(tuple(_CLASS_KEYS))]
-        others = [w for w in wrong if not w[0].startswith(tuple(_CLASS_KEYS))]
+        classes = [w for w in wrong if w[0].startswith(tuple(CLASS_KEYS))]
+        others = [w for w in wrong if not w[0].startswith(tuple(CLASS_KEYS))]
         missing = [k for k in required if k not in file_keys]
         unexpected = incompatible.unexpected_keys
         hints = ["the file has " + h for h in fit_hints(missing, unexpected, file_keys, model_keys)]
@@ -616,7 +616,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         if classes:
             fits = {}  # per config key, its first tensor (cls_score first)
             for k, c, m in classes:
-                key, count = next(v for p, v in _CLASS_KEYS.items() if k.startswith(p))
+                key, count = next(v for p, v in CLASS_KEYS.items() if k.startswith(p))
                 n_file, n_model = (count(s[0] if s else 0) for s in (c, m))
                 if n_file is not None and n_file != n_model:
                     fits.setdefault(key, (k, n_file, n_model))
@@ -624,10 +624,10 @@ class PANetCheckpointer(DetectionCheckpointer):
                 f"{k} has {n} classes in the file, the config {key} {m}: set {key} {n}"
                 for key, (k, n, m) in fits.items()
             )
-            what = what or f"{_names(w[0] for w in classes)} have other shapes ({classes[0]})"
+            what = what or f"{abbrev(w[0] for w in classes)} have other shapes ({classes[0]})"
             raise self._refused(
                 f"does not fit the model: {what} ({len(classes)} "
-                f"class-dependent tensor(s) differ: {_names(c[0] for c in classes)}). Only "
+                f"class-dependent tensor(s) differ: {abbrev(c[0] for c in classes)}). Only "
                 "training may start new predictors (fine-tuning to other classes)."
             )
         extra = [k for k in unexpected if _of_another_form(self.model, k)]  # a bias, a deeper stage
@@ -636,7 +636,7 @@ class PANetCheckpointer(DetectionCheckpointer):
             if not missing:
                 what = f"the file has {len(extra)} tensors of parts the model has in another form"
             raise self._refused(
-                f"does not fit the model: {what} ({_names(missing or extra)}){': ' * bool(hints)}"
+                f"does not fit the model: {what} ({abbrev(missing or extra)}){': ' * bool(hints)}"
                 f"{'; '.join(hints)}. Give the checkpoint of this model, or the config it was "
                 "trained with."
             )

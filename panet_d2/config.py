@@ -147,7 +147,7 @@ def read_config_data(filename, where=None):
         raise ConfigError("{} cannot be read: {}".format(where, e)) from None
 
 
-class _CheckedConfigFile(CN):
+class CheckedConfigFile(CN):
     """fvcore's ``load_yaml_with_base`` with each file (and ``_BASE_``) first checked as data
     (:func:`read_config_data`), and ``allow_unsafe=False`` whatever the caller passes."""
 
@@ -289,7 +289,7 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
             f"Config file {path!r} ({key}) is a LazyConfig (.py): this command reads yacs .yaml "
             "configs (tools/lazyconfig_train_net.py trains LazyConfig files)."
         )
-    _CheckedConfigFile.load_yaml_with_base(path)
+    CheckedConfigFile.load_yaml_with_base(path)
     cfg, where = add_panet_config(get_cfg()), "Config file {!r}".format(path)
     try:
         cfg.merge_from_file(path, allow_unsafe=False)

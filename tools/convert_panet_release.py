@@ -181,7 +181,7 @@ sys.path.insert(0, ROOT)  # run from a checkout without installing panet_d2
 
 from detectron2.utils.file_io import PathManager
 
-from panet_d2.checkpoint import _CLASS_KEYS, RestrictedUnpickler, _names, fit_hints
+from panet_d2.checkpoint import CLASS_KEYS, RestrictedUnpickler, abbrev, fit_hints
 from panet_d2.compat import atomic_output_files
 from panet_d2.engine.cli import one_line_errors
 from panet_d2.errors import CheckpointError, os_error_cause
@@ -592,7 +592,7 @@ def check_against_model(
     the conversion did not fill, the converted tensors the model does not have, and those of
     another shape, with the config options that would fit: MODEL.RESNETS.DEPTH from the converted
     ResNet's res4 blocks, MODEL.ROI_HEADS.NUM_CLASSES from its predictors' rows
-    (panet_d2.checkpoint's ``_CLASS_KEYS``), and those of panet_d2.checkpoint's ``fit_hints``.
+    (panet_d2.checkpoint's ``CLASS_KEYS``), and those of panet_d2.checkpoint's ``fit_hints``.
     ``command`` (list of str): the conversion's command line, shown with the options appended.
     """
     missing = [k for k in model_state if k not in converted]
@@ -606,17 +606,17 @@ def check_against_model(
         return
     problems = []
     if missing:
-        problems.append("{} model tensor(s) not filled: {}".format(len(missing), _names(missing)))
+        problems.append("{} model tensor(s) not filled: {}".format(len(missing), abbrev(missing)))
     if extra:
         problems.append(
-            "{} converted tensor(s) the model lacks: {}".format(len(extra), _names(extra))
+            "{} converted tensor(s) the model lacks: {}".format(len(extra), abbrev(extra))
         )
     if shapes:
         listed = [
             "{} {} vs model {}".format(k, list(converted[k].shape), list(model_state[k].shape))
             for k in shapes
         ]
-        problems.append("{} of another shape: {}".format(len(shapes), _names(listed)))
+        problems.append("{} of another shape: {}".format(len(shapes), abbrev(listed)))
     options, hints = _fitting_options(converted, model_state, missing, extra, shapes)
     parts = ["; ".join(problems)] + ["The checkpoint has " + h for h in hints]
     if options:
@@ -638,7 +638,7 @@ def _fitting_options(converted, model_state, missing, extra, shapes):
     depth = _DEPTH_OF_RES4_BLOCKS.get(file_blocks)
     if depth and file_blocks != len(_resnet_blocks(model_state, "backbone.bottom_up.")[4]):
         options += ["MODEL.RESNETS.DEPTH", str(depth)]
-    for prefix, (key, count) in _CLASS_KEYS.items():  # cls_score first
+    for prefix, (key, count) in CLASS_KEYS.items():  # cls_score first
         for k in shapes:
             if k.startswith(prefix) and key not in options:
                 n_file, n_model = (

@@ -26,7 +26,7 @@ datasets registered). For this process only:
 * ``detectron2.config.get_cfg()`` returns Detectron2's defaults plus panet_d2's keys
   (``add_panet_config``), so the scripts read the project's yacs files; its files (and their
   ``_BASE_`` files) are read as data, checked as the project's entry points check theirs
-  (``panet_d2.config._CheckedConfigFile``, whatever ``allow_unsafe`` the script passes): a Python
+  (``panet_d2.config.CheckedConfigFile``, whatever ``allow_unsafe`` the script passes): a Python
   tag, or YAML aliases that stand for more than 10,000 values, are refused in one line naming
   the file;
 * ``LazyConfig.load`` reads ``.yaml`` files as data too (``yaml.safe_load``, aliases bounded;
@@ -121,17 +121,17 @@ def get_parser():
 def _panet_cfg_node_class():
     from detectron2.config import CfgNode
 
-    from panet_d2.config import _CheckedConfigFile
+    from panet_d2.config import CheckedConfigFile
     from panet_d2.engine import adapt_config_to_machine
 
     class PANetToolCfgNode(CfgNode):
         """Detectron2's CfgNode that adapts itself to the machine when frozen (root node), and
         reads its files as the project's entry points do: as data, checked
-        (``panet_d2.config._CheckedConfigFile``; its unsafe-loading flag ignored)."""
+        (``panet_d2.config.CheckedConfigFile``; its unsafe-loading flag ignored)."""
 
         @classmethod
         def load_yaml_with_base(cls, filename, allow_unsafe=False):
-            return _CheckedConfigFile.load_yaml_with_base(filename)
+            return CheckedConfigFile.load_yaml_with_base(filename)
 
         def merge_from_file(self, cfg_filename, allow_unsafe=False):
             with _config_errors("Config file {!r}".format(cfg_filename)):
