@@ -5,7 +5,6 @@ from .compat import quiet_jit_script_deprecation
 
 with quiet_jit_script_deprecation():  # fvcore.nn's import, through Detectron2's
     from . import data as _  # noqa: F811  only registration (datasets)
-    from . import modeling as _  # only registration (backbone, heads, meta-architecture)
     from .checkpoint import PANetCheckpointer
     from .config import add_panet_config
     from .modeling import *  # noqa: F401, F403

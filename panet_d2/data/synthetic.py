@@ -269,18 +269,17 @@ def generate_synthetic_dataset(root, split, num_images, seed, image_size=DEFAULT
                 raise  # else a concurrent process wrote it first
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    hint = f"Delete '{paths['dir']}' to generate it again."
+    fix = f"Delete '{paths['dir']}' to generate it again."
     for p in (paths["instances_json"], paths["panoptic_json"]):
         try:
             with open(p) as f:
                 json.load(f)
         except (OSError, ValueError) as e:
-            msg = f"Generated file '{p}' is missing or corrupt ({e}). {hint}"
-            raise DatasetError(msg) from None
+            raise DatasetError(f"Generated file '{p}' is missing or corrupt ({e}). {fix}") from None
     names = [f"{i:06d}.png" for i in range(1, num_images + 1)]
     for p in [os.path.join(paths[k], n) for k in _FOLDERS for n in names]:
         if not os.path.isfile(p) or os.path.getsize(p) == 0:
-            raise DatasetError(f"Generated file '{p}' is missing or empty. {hint}")
+            raise DatasetError(f"Generated file '{p}' is missing or empty. {fix}")
     return paths
 
 

@@ -63,10 +63,9 @@ def check_dataset(name, key):
     for k in _PATH_KEYS:
         path = meta.get(k, None)
         if _local(path) and not os.path.exists(path):
-            hint = f" in {os.getcwd()!r} (Detectron2's builtin datasets: in $DETECTRON2_DATASETS)"
-            hint = "" if os.path.isabs(path) else hint
-            msg = f"The {k} {path!r} of dataset {name!r} ({key}) does not exist{hint}."
-            raise DatasetError(msg)
+            tip = f" in {os.getcwd()!r} (Detectron2's builtin datasets: in $DETECTRON2_DATASETS)"
+            tip = "" if os.path.isabs(path) else tip
+            raise DatasetError(f"The {k} {path!r} of dataset {name!r} ({key}) does not exist{tip}.")
 
 
 def check_files(dicts, name, key):

@@ -11,13 +11,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import detectron2.utils.comm as comm
-from detectron2.data import (
-    DatasetCatalog,
-    MetadataCatalog,
-    build_detection_test_loader,
-    build_detection_train_loader,
-)
-from detectron2.data.build import filter_images_with_only_crowd_annotations
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import build as d2_build
 from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNNWithTTA
@@ -120,7 +115,7 @@ class PANetTrainer(DefaultTrainer):
     def build_train_loader(self, cfg):
         """Detectron2's train loader, valid annotations only, with a :class:`ResumableSampler`."""
         with loading_dataset(cfg.DATASETS.TRAIN, "DATASETS.TRAIN"):
-            kwargs = build_detection_train_loader.from_config(cfg)
+            kwargs = d2_build.build_detection_train_loader.from_config(cfg)
         dicts = kwargs["dataset"]
         check_files(dicts, ", ".join(cfg.DATASETS.TRAIN), "DATASETS.TRAIN")
         if uses_panoptic_mapper(cfg, dicts):  # its targets come from the PNGs, not annotations
@@ -130,8 +125,8 @@ class PANetTrainer(DefaultTrainer):
             clean = drop_invalid_annotations(dicts, names, "DATASETS.TRAIN", cfg.MODEL.MASK_ON)
             if any(a is not b for a, b in zip(clean, dicts)):  # a new sampler for the new list
                 if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
-                    clean = filter_images_with_only_crowd_annotations(clean)
-                kwargs = build_detection_train_loader.from_config(cfg, dataset=clean)
+                    clean = d2_build.filter_images_with_only_crowd_annotations(clean)
+                kwargs = d2_build.build_detection_train_loader.from_config(cfg, dataset=clean)
             kwargs["mapper"] = ImageDatasetMapper(cfg, True)
         if kwargs["sampler"] is not None:
             kwargs["sampler"] = ResumableSampler(kwargs["sampler"])
@@ -139,7 +134,7 @@ class PANetTrainer(DefaultTrainer):
             self.train_sampler = kwargs["sampler"]
         # drawn at the first step, the worker seeds would shift the generator of a resumed run
         seed = cfg.SEED if cfg.SEED >= 0 else int(torch.randint(2**31 - 1, ()).item())
-        return build_detection_train_loader(**kwargs, seed=seed + comm.get_rank())
+        return d2_build.build_detection_train_loader(**kwargs, seed=seed + comm.get_rank())
 
     def build_hooks(self):
         # replace DefaultTrainer's checkpointer before the hooks take it; resume_or_load uses it too
@@ -273,7 +268,7 @@ class PANetTrainer(DefaultTrainer):
         with cityscapes_api_alias():
             mapper = ImageDatasetMapper(cfg, False)
             try:
-                return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+                return d2_build.build_detection_test_loader(cfg, dataset_name, mapper=mapper)
             except AssertionError:
                 if DatasetCatalog.get(dataset_name):
                     raise

@@ -80,9 +80,8 @@ class _PerLevelLayer(nn.Module):
         for key in set(replicated):
             del state_dict[key]
         if replicated:
-            names = ", ".join(sorted(set(k[len(prefix) :] for k in replicated)))
-            msg = f"AFP warm start: {names} copied to each of the {L} levels of {prefix[:-1]}"
-            logger.info(msg)
+            keys = ", ".join(sorted(set(k[len(prefix) :] for k in replicated)))
+            logger.info(f"AFP warm start: {keys} copied to each of the {L} levels of {prefix[:-1]}")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

@@ -37,12 +37,8 @@ def multilevel_roi_align(
     L, C, (ph, pw) = len(features), features[0].shape[1], output_size
     # channels-last table of all levels, one row per pixel: n * rows + offset_l + y * W_l + x
     table = torch.cat([f.flatten(2).transpose(1, 2) for f in features], dim=1).reshape(-1, C)
-    index, offsets, weight = _roi_align_bags(
-        features, rois, scales, output_size, sampling_ratio, aligned
-    )
-    out = F.embedding_bag(
-        index, table, offsets, mode="sum", per_sample_weights=weight.to(table.dtype)
-    )
+    rows, offsets, w = _roi_align_bags(features, rois, scales, output_size, sampling_ratio, aligned)
+    out = F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=w.to(table.dtype))
     return out.view(L, rois.shape[0], ph, pw, C).permute(1, 0, 4, 2, 3)
 
 

@@ -89,8 +89,7 @@ class PanopticPANet(PanopticFPN):
         detector_results, sem_seg_results, _ = self._raw_inference(batched_inputs)
         if not do_postprocess:
             return detector_results, sem_seg_results
-        results = zip(batched_inputs, detector_results, sem_seg_results)
-        return [self._postprocess_one(inputs, instances, sem) for inputs, instances, sem in results]
+        return list(map(self._postprocess_one, batched_inputs, detector_results, sem_seg_results))
 
     def _postprocess_one(self, inputs, instances, sem_seg):
         image_size = tuple(inputs["image"].shape[-2:])
