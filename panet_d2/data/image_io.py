@@ -54,22 +54,26 @@ def read_image(file_name, format=None, what="image"):
         raise ImageLoadError(f"Cannot read {what} {file_name!r}: {e}") from e
 
 
-def check_image_size(dataset_dict, image):
+def check_image_size(dataset_dict, image=None):
     """Detectron2's ``check_image_size``, raising a :class:`DatasetError` that names the image,
-    both sizes and, for a rotated photo, its EXIF orientation."""
-    try:
-        return utils.check_image_size(dataset_dict, image)
-    except utils.SizeMismatchError:
-        pass
+    both sizes and, for a rotated photo, its EXIF orientation. ``image`` None: the size read
+    upright from the file's header (no decoding), for the record's width / height if it has any."""
+    if image is not None:
+        try:
+            return utils.check_image_size(dataset_dict, image)
+        except utils.SizeMismatchError:
+            pass
     file_name = dataset_dict["file_name"]
     try:
         with PathManager.open(file_name, "rb") as f:
-            image = Image.open(f)
-            stored, orientation = image.size, image.getexif().get(ExifTags.Base.Orientation)
+            header = Image.open(f)
+            stored, orientation = header.size, header.getexif().get(ExifTags.Base.Orientation)
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageLoadError(f"Cannot read image {file_name!r}: {e}") from None
     read = stored[::-1] if orientation in _ROTATED else stored
     record = (dataset_dict.get("width"), dataset_dict.get("height"))
+    if image is None and (record == (None, None) or tuple(read) == record):
+        return
     image_id = f" (image_id {dataset_dict['image_id']!r})" if "image_id" in dataset_dict else ""
     msg = f"Image {file_name!r}{image_id} is {read[0]}x{read[1]} (width x height) as read, its "
     msg += f"dataset record says {record[0]}x{record[1]}"

@@ -21,6 +21,7 @@ from detectron2.structures import BoxMode
 
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
+from ..data.image_io import check_image_size
 from ..errors import ConfigError, DatasetError, ImageLoadError, InputError, check_in_features
 from ..evaluation.build import SEM_SEG_TYPES, check_evaluator_type
 from ..evaluation.panoptic import meta_architecture, panoptic_to_dataset_classes
@@ -70,16 +71,19 @@ def check_dataset(name, key):
 
 def check_files(dicts, name, key):
     """Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` naming the first
-    missing image or PNG of the records ``dicts`` (of ``name``, config ``key``)."""
+    missing image or PNG of the records ``dicts`` (of ``name``, config ``key``), then the
+    :class:`DatasetError` of the first image whose size differs from its record's (headers read)."""
     keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
     missing = [d[k] for d in dicts for k in keys if _local(d.get(k)) and not os.path.isfile(d[k])]
-    if not missing:
-        return
-    what = f"of dataset {name!r} ({key}) does not exist"
-    what += f" ({len(missing)} files missing in all)." if len(missing) > 1 else "."
-    if not os.path.isdir(os.path.dirname(missing[0])):
-        raise DatasetError(f"The folder {os.path.dirname(missing[0])!r} {what}")
-    raise ImageLoadError(f"The file {missing[0]!r} {what}")
+    if missing:
+        what = f"of dataset {name!r} ({key}) does not exist"
+        what += f" ({len(missing)} files missing in all)." if len(missing) > 1 else "."
+        if not os.path.isdir(os.path.dirname(missing[0])):
+            raise DatasetError(f"The folder {os.path.dirname(missing[0])!r} {what}")
+        raise ImageLoadError(f"The file {missing[0]!r} {what}")
+    for d in dicts:  # 0.1 ms an image (docs/reliability.md)
+        if _local(d.get("file_name")) and ("width" in d or "height" in d):
+            check_image_size(d)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ pytest.importorskip("detectron2")
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 from panet_d2.data import PanopticDatasetMapper  # noqa: E402
-from panet_d2.data.image_io import ImageDatasetMapper, read_image  # noqa: E402
+from panet_d2.data.image_io import ImageDatasetMapper, check_image_size, read_image  # noqa: E402
 from panet_d2.engine import PANetTrainer  # noqa: E402
 from panet_d2.errors import DatasetError, ImageLoadError  # noqa: E402
 
@@ -244,10 +244,14 @@ def test_image_size_mismatch_is_one_line(tmp_path):
     # a rotated photo whose record has the upright size: read as it is
     record = _size_record(tmp_path, "upright.jpg", (96, 64), 6, (64, 96))
     assert tuple(mapper(copy.deepcopy(record))["image"].shape[1:]) == (96, 64)  # (h, w) upright
+    assert check_image_size(record) is None  # from the header (the checks before a run)
     # its record with the stored size (read upright: 64 x 96)
     record = _size_record(tmp_path, "rotated.jpg", (96, 64), 6, (96, 64))
     with pytest.raises(DatasetError) as e:
-        mapper(record)
+        mapper(copy.deepcopy(record))
+    with pytest.raises(DatasetError) as from_header:
+        check_image_size(record)
+    assert str(from_header.value) == str(e.value)
     assert str(e.value) == (
         "Image {!r} (image_id 7) is 64x96 (width x height) as read, its dataset record says 96x64; "
         "the file is stored 96x64 with EXIF orientation 6 (a rotated photo, read upright as "
@@ -267,5 +271,11 @@ def test_image_size_mismatch_is_one_line(tmp_path):
         panet_cfg("quick_schedules/panoptic_panet_R_18_synth.yaml"), False
     )
     with pytest.raises(DatasetError) as e:
-        panoptic(record)
+        panoptic(copy.deepcopy(record))
     assert str(e.value) == expected
+    with pytest.raises(DatasetError) as e:
+        check_image_size(record)
+    assert str(e.value) == expected
+    assert check_image_size(dict(record, width=80)) is None
+    del record["width"], record["height"]  # a record without a size: nothing to compare
+    assert check_image_size(record) is None

@@ -183,6 +183,35 @@ def test_instance_model_on_a_panoptic_test_set(train_net, datasets, tmp_path):
     assert str(e.value) == message.format(PREFIX)
 
 
+def test_image_size_differing_from_its_record(train_net, datasets, tmp_path):
+    """An image whose size is not its record's: refused before training (a training set) or
+    before the model is built (a test set); Detectron2's mapper refuses it when it first reads it,
+    hours into training or in the evaluation after it."""
+    meta = MetadataCatalog.get(PREFIX + "_val")
+    with open(meta.json_file) as f:
+        data = json.load(f)
+    image = data["images"][2]
+    w, h = image["width"], image["height"]
+    image["width"] = w + 1
+    json_file = tmp_path / "sizes.json"
+    json_file.write_text(json.dumps(data))
+    name = register_coco("t_bad_sizes", json_file, meta.image_root)
+    message = (
+        f"Image {os.path.join(meta.image_root, image['file_name'])!r} (image_id {image['id']}) is "
+        f"{w}x{h} (width x height) as read, its dataset record says {w + 1}x{h}. Fix the width / "
+        "height of the record, or the image file."
+    )
+    for key, eval_only in (("DATASETS.TRAIN", False), ("DATASETS.TEST", True)):
+        out = tmp_path / key
+        with pytest.raises(DatasetError) as e:
+            _main(train_net, out, key, f"('{name}',)", eval_only=eval_only)
+        assert str(e.value) == message
+        assert (
+            not (out / "log.txt").exists()
+            or "Starting training" not in (out / "log.txt").read_text()
+        )
+
+
 def test_bad_panoptic_config_values():
     """The semantic head checks its own arguments when built (any entry point, not only
     train_net.py's pre-flight checks)."""
