@@ -509,17 +509,18 @@ class PANetCheckpointer(DetectionCheckpointer):
                     raise refused(f"holds no model state dict ({found}).")
                 blobs = {k: v for k, v in blobs.items() if not str(k).endswith("_momentum")}
                 loaded = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}
-        model = loaded.get("model") if isinstance(loaded, dict) else None
+        model = loaded["model"]  # each branch gives one (Detectron2's puts a file's dict there)
         if not isinstance(model, dict):
-            found = f"a {type(loaded).__name__}"
-            if isinstance(loaded, dict):
-                found = f"its 'model' is a {type(model).__name__}"
-                found = found if "model" in loaded else f"no 'model' in {abbrev(map(str, loaded))}"
+            found = f"its 'model' is a {type(model).__name__}"
             raise refused(f"holds no model state dict ({found}, not a dict of tensors).")
         return loaded
 
     def _torch_load(self, f):
-        return read_checkpoint(f)  # tensors and plain values only: no allow-list needed
+        loaded = read_checkpoint(f)  # tensors and plain values only: no allow-list needed
+        if not isinstance(loaded, dict):  # (Detectron2 looks for "model" in it)
+            found = f"a {type(loaded).__name__}"
+            raise self._refused(f"holds no model state dict ({found}, not a dict of tensors).")
+        return loaded
 
     def _load_model(self, checkpoint):
         """Detectron2's loading between checks (floating, fit, finite), undone if one fails."""

@@ -535,6 +535,14 @@ def test_files_without_a_model_state_dict(tmp_path):
         ("list.pth", {"model": [1, 2]}, "(its 'model' is a list, not a dict of tensors)."),
         ("blobs.pkl", {"blobs": [1, 2]}, "(its 'blobs' is a list, not a dict of arrays)."),
         ("tuple.pkl", (1, 2), "holds a tuple, not a dict of arrays."),
+        # a torch file of another object (Detectron2 looks for "model" in it: a TypeError)
+        ("int.pth", 5, "holds no model state dict (a int, not a dict of tensors)."),
+        (
+            "tensor.pth",
+            torch.ones(3),
+            "holds no model state dict (a Tensor, not a dict of tensors).",
+        ),
+        ("a_list.pth", [1, 2], "holds no model state dict (a list, not a dict of tensors)."),
     ]
     for name, content, expected in cases:
         path = str(tmp_path / name)
