@@ -51,7 +51,9 @@ logger = logging.getLogger("panet_d2.demo")
 # read by PIL; written by OpenCV (.pbm, .pgm: gray only, .jfif: not at all; see image_name)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IMAGE_EXTENSIONS += (".gif", ".pbm", ".pgm", ".ppm", ".pnm")
-# the LazyConfig keys that take --confidence-threshold (ROI heads, RetinaNet, panoptic merges)
+# the keys that take --confidence-threshold (ROI heads, RetinaNet, panoptic merges)
+SCORE_KEYS = ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.RETINANET.SCORE_THRESH_TEST")
+SCORE_KEYS += ("MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH",)
 LAZY_SCORE_KEYS = (
     "model.roi_heads.box_predictor.test_score_thresh",
     "model.test_score_thresh",
@@ -66,7 +68,11 @@ def get_parser():
     p.add_argument("--video-input", help="a video file")
     p.add_argument("--input", nargs="+", help="image files, glob patterns or folders")
     p.add_argument("--output", help="a folder or a file; default: show in a window")
-    p.add_argument("--confidence-threshold", type=float, default=0.5, help="min instance score")
+    p.add_argument(
+        "--confidence-threshold",
+        type=float,
+        help="min instance score (default 0.5, unless --opts sets the score keys themselves)",
+    )
     p.add_argument(
         "--opts",
         default=[],
@@ -113,7 +119,13 @@ def _check_weights(path, key):
 
 def build_predictor(args):
     """A DefaultPredictor (yacs config) or LazyPredictor (LazyConfig) for the parsed arguments."""
-    score = args.confidence_threshold
+    given = {str(o).split("=", 1)[0] for o in args.opts} & set(SCORE_KEYS + LAZY_SCORE_KEYS)
+    if given and args.confidence_threshold is not None:
+        raise InputError(
+            f"--confidence-threshold {args.confidence_threshold} and {sorted(given)[0]} (--opts) "
+            "both set the lowest instance score shown: give one of them."
+        )
+    score = 0.5 if args.confidence_threshold is None else args.confidence_threshold
     cfg = load_config_file(args.config_file, args.opts)
     notes = adapt_config_to_machine(cfg)
     for note in notes:
@@ -121,13 +133,14 @@ def build_predictor(args):
     if isinstance(cfg, CfgNode):
         check_config(cfg, train=False)  # as train_net.py --eval-only
         _check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
-        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = score
+        if not given:  # (score keys given in --opts are used as given)
+            cfg.MODEL.RETINANET.SCORE_THRESH_TEST = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score
+            cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = score
         return Predictor(cfg)
     weights = _check_weights(
         OmegaConf.select(cfg, "train.init_checkpoint", default=""), "train.init_checkpoint"
     )
-    for key in (k for k in LAZY_SCORE_KEYS if OmegaConf.select(cfg, k) is not None):
+    for key in (k for k in LAZY_SCORE_KEYS if OmegaConf.select(cfg, k) is not None and not given):
         OmegaConf.update(cfg, key, score)
     device = cfg.train.device
     model = instantiate_model(cfg).to(device).eval()
@@ -316,10 +329,14 @@ def show(rgb, wait_ms):
 def run(args):
     """Runs the demo; returns the files written. An image that cannot be read is logged as one
     "ERROR:" line and skipped; then :class:`ImageLoadError` is raised at the end."""
-    video = args.video_input
-    if not (args.input or video or args.webcam):
+    video, score = args.video_input, args.confidence_threshold
+    sources = {"--input": args.input, "--video-input": video, "--webcam": args.webcam}
+    sources = [name for name, value in sources.items() if value]
+    if not sources:
         raise InputError("Nothing to do: give --input, --video-input or --webcam.")
-    if not 0.0 <= args.confidence_threshold <= 1.0:  # NaN too
+    if len(sources) > 1:
+        raise InputError(f"{' and '.join(sources)}: give one of them (each is a source of images).")
+    if score is not None and not 0.0 <= score <= 1.0:  # NaN too
         raise InputError(
             "--confidence-threshold {}: must be a number in [0, 1] (the lowest instance score "
             "shown).".format(args.confidence_threshold)

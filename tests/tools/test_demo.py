@@ -5,6 +5,7 @@ PANet, saved as a checkpoint: the demo needs weights), images of every mode, a v
 LazyConfig, the window-mode message and its error lines.
 """
 
+import functools
 import logging
 import os
 import re
@@ -168,6 +169,23 @@ def test_says_what_it_found_per_image(demo, photos, tmp_path):
         assert [m for m in records.messages if m.startswith(expected)], (expected, records.messages)
     assert not [m for m in records.messages if re.search(r"Loading from\s+\.\.\.", m)]
     assert [m for m in records.messages if "Loading from {} ...".format(SMALL[1]) in m]
+
+
+def test_score_threshold_of_the_flag_or_the_opts(demo):
+    """--confidence-threshold (default 0.5) sets every score key; score keys given in --opts are
+    used as given (Detectron2's demo sets 0.5 over them, silently)."""
+
+    def scores(*argv, opts=()):
+        args = demo.get_parser().parse_args(["--config-file", PANOPTIC, *argv, "--opts", *SMALL])
+        args.opts += list(opts)
+        cfg = demo.build_predictor(args).cfg
+        return [functools.reduce(getattr, k.split("."), cfg) for k in demo.SCORE_KEYS]
+
+    assert scores() == [0.5] * 3
+    assert scores("--confidence-threshold", "0.25") == [0.25] * 3
+    opts = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.9"]
+    opts += ["MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH", "0.8"]
+    assert scores(opts=opts) == [0.9, 0.05, 0.8]  # RetinaNet's: Detectron2's default
 
 
 def test_glob_and_file_name_output(demo, photos, tmp_path):
@@ -378,6 +396,16 @@ def test_error_lines(demo, photos, tmp_path):
     msg = error_line(demo, "--input", str(broken), "--output", out)
     assert "Cannot read input image" in msg and "broken.jpg" in msg
     assert "Nothing to do" in error_line(demo, "--output", out)
+    msg = error_line(demo, "--input", image, "--video-input", image, "--output", out)  # not one
+    assert msg == "ERROR: --input and --video-input: give one of them (each is a source of images)."
+    opts = SMALL + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.9"]
+    msg = error_line(
+        demo, "--input", image, "--output", out, "--confidence-threshold", "0.3", opts=opts
+    )
+    assert msg == (
+        "ERROR: --confidence-threshold 0.3 and MODEL.ROI_HEADS.SCORE_THRESH_TEST (--opts) both set "
+        "the lowest instance score shown: give one of them."
+    )
     for bad in ("1.5", "-0.1", "nan"):  # the instance score threshold, also of instance models
         msg = error_line(demo, "--input", image, "--output", out, "--confidence-threshold", bad)
         assert (
