@@ -172,11 +172,9 @@ class CheckedConfigFile(CN):
             raise ConfigError(f"{where} is empty: give it _BASE_ or config keys.")
         if not isinstance(data, dict):
             raise ConfigError(f"{where} holds a YAML {type(data).__name__} instead of config keys.")
-        cls._chain.append((filename, os.path.realpath(filename)))
-        try:
+        chain = cls._chain + [(filename, os.path.realpath(filename))]
+        with mock.patch.object(cls, "_chain", chain):  # while its _BASE_ files are read
             return super().load_yaml_with_base(filename, allow_unsafe=False)
-        finally:
-            cls._chain.pop()
 
 
 _D2_LAZY_LOAD = LazyConfig.__dict__["load"]

@@ -24,14 +24,7 @@ from ..data.image_io import ImageDatasetMapper
 from ..errors import DatasetError, InputError, TrainingDivergedError
 from ..evaluation import build_evaluator
 from ..modeling import PanopticPANet
-from .checks import (
-    check_files,
-    check_inputs,
-    check_tta,
-    drop_invalid_annotations,
-    drop_invalid_coco_annotations,
-    loading_dataset,
-)
+from . import checks
 from .cli import clean_error_message, disk_full_message
 from .resume import ResumableSampler, ResumeStateHook, check_last_checkpoint, preserved_rng_states
 
@@ -108,21 +101,21 @@ class PANetTrainer(DefaultTrainer):
     errors, panet_d2's mappers and evaluators (docs/design.md)."""
 
     def __init__(self, cfg):
-        check_inputs(cfg, train=True)
+        checks.check_inputs(cfg, train=True)
         with ddp_on_cpu():
             super().__init__(cfg)
 
     def build_train_loader(self, cfg):
         """Detectron2's train loader, valid annotations only, with a :class:`ResumableSampler`."""
-        with loading_dataset(cfg.DATASETS.TRAIN, "DATASETS.TRAIN"):
+        with checks.loading_dataset(cfg.DATASETS.TRAIN, "DATASETS.TRAIN"):
             kwargs = d2_build.build_detection_train_loader.from_config(cfg)
         dicts = kwargs["dataset"]
-        check_files(dicts, ", ".join(cfg.DATASETS.TRAIN), "DATASETS.TRAIN")
+        checks.check_files(dicts, ", ".join(cfg.DATASETS.TRAIN), "DATASETS.TRAIN")
         if uses_panoptic_mapper(cfg, dicts):  # its targets come from the PNGs, not annotations
             kwargs["mapper"] = PanopticDatasetMapper(cfg, True)
         else:
-            names = cfg.DATASETS.TRAIN
-            clean = drop_invalid_annotations(dicts, names, "DATASETS.TRAIN", cfg.MODEL.MASK_ON)
+            names, masks = cfg.DATASETS.TRAIN, cfg.MODEL.MASK_ON
+            clean = checks.drop_invalid_annotations(dicts, names, "DATASETS.TRAIN", masks)
             if any(a is not b for a, b in zip(clean, dicts)):  # a new sampler for the new list
                 if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
                     clean = d2_build.filter_images_with_only_crowd_annotations(clean)
@@ -285,7 +278,7 @@ class PANetTrainer(DefaultTrainer):
         evaluator = build_evaluator(cfg, dataset_name, output_folder)
         for e in getattr(evaluator, "_evaluators", [evaluator]):
             if isinstance(e, COCOEvaluator) and hasattr(e, "_coco_api"):
-                drop_invalid_coco_annotations(e._coco_api, dataset_name, cfg.MODEL.MASK_ON)
+                checks.drop_invalid_coco_annotations(e._coco_api, dataset_name, cfg.MODEL.MASK_ON)
         return evaluator
 
     @classmethod
@@ -301,7 +294,7 @@ class PANetTrainer(DefaultTrainer):
     @classmethod
     def test_with_TTA(cls, cfg, model):
         """Results of Detectron2's ``GeneralizedRCNNWithTTA``, under "<task>_TTA"."""
-        check_tta(cfg)
+        checks.check_tta(cfg)
         folder = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
         evaluators = [cls.build_evaluator(cfg, name, folder) for name in cfg.DATASETS.TEST]
         results = cls.test(cfg, GeneralizedRCNNWithTTA(cfg, model), evaluators)

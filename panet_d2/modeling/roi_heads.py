@@ -43,14 +43,12 @@ class PANetROIHeads(StandardROIHeads):
                 "build_resnet_fpn_backbone) with IN_FEATURES like ['p2', 'p3', 'p4', 'p5'], or "
                 "set MODEL.AFP.ENABLED=False."
             )
-        heads = [("MODEL.ROI_BOX_HEAD.NAME", cfg.MODEL.ROI_BOX_HEAD.NAME, PANetConvFCHead)]
-        if cfg.MODEL.MASK_ON:
-            heads.append(("MODEL.ROI_MASK_HEAD.NAME", cfg.MODEL.ROI_MASK_HEAD.NAME, PANetMaskHead))
-        for key, name, head_cls in heads:
-            if name != head_cls.__name__:
+        for node, head_cls in (("ROI_BOX_HEAD", PANetConvFCHead), ("ROI_MASK_HEAD", PANetMaskHead)):
+            name = cfg.MODEL[node].NAME
+            if name != head_cls.__name__ and (node == "ROI_BOX_HEAD" or cfg.MODEL.MASK_ON):
                 raise ConfigError(
-                    "MODEL.AFP.ENABLED=True needs {}={!r} (a head that fuses the per-level grids), "
-                    "got {!r}.".format(key, head_cls.__name__, name)
+                    "MODEL.AFP.ENABLED=True needs MODEL.{}.NAME={!r} (a head that fuses the "
+                    "per-level grids), got {!r}.".format(node, head_cls.__name__, name)
                 )
         return super().from_config(cfg, input_shape)
 
