@@ -65,7 +65,9 @@ TRAINING_CHOICES = {
         "WarmupCosineLR",
         "WarmupStepWithFixedGammaLR",
     ),
+    "SOLVER.WARMUP_METHOD": ("linear", "constant"),
     "INPUT.MIN_SIZE_TRAIN_SAMPLING": ("choice", "range"),
+    "INPUT.MASK_FORMAT": ("polygon", "bitmask"),
     "INPUT.RANDOM_FLIP": ("horizontal", "vertical", "none"),
     "INPUT.CROP.TYPE": ("relative_range", "relative", "absolute", "absolute_range"),
     "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),  # with CLIP_GRADIENTS.ENABLED

@@ -474,6 +474,10 @@ class PANetCheckpointer(DetectionCheckpointer):
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)
+        except OSError as e:  # a URL's download (urllib's URLError), a read: one line
+            why = " ".join(str(getattr(e, "reason", None) or e.strerror or e).split())
+            url = " Download it where the network reaches, give the local file." * ("://" in path)
+            raise CheckpointError(f"Cannot read checkpoint {path!r}: {why}.{url}") from None
         finally:
             self._loading = None
 

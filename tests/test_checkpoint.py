@@ -528,6 +528,17 @@ def test_export_tool_lines(tmp_path):
     assert line.startswith("ERROR: No checkpoint given (MODEL.WEIGHTS")
 
 
+def test_url_that_cannot_be_downloaded():
+    """An offline machine (the COCO configs' detectron2:// ImageNet weights): one line, warm start
+    or not (was urllib's URLError traceback). Port 9 of this machine refuses connections."""
+    model = _model(seed=1)
+    for warm_start in (True, False):
+        assert _error(model, "http://127.0.0.1:9/model.pth", warm_start=warm_start) == (
+            "Cannot read checkpoint 'http://127.0.0.1:9/model.pth': [Errno 111] Connection "
+            "refused. Download it where the network reaches, give the local file."
+        )
+
+
 def test_files_without_a_model_state_dict(tmp_path):
     """What is inside is named (issue 25: "found dict" named the outer type)."""
     model = _model(seed=1)

@@ -141,6 +141,8 @@ def check_tta(cfg):
 
 def check_output_dir(path, key="OUTPUT_DIR"):
     """Creates the local folder ``path`` (config ``key``); :class:`ConfigError` if not writable."""
+    if path == "":
+        raise ConfigError(f"{key} is empty: give a folder (created if missing).")
     if not _local(path):
         return
     if os.path.exists(path) and not os.path.isdir(path):
@@ -190,6 +192,11 @@ def check_config(cfg, train=True, world_size=None):
     counts["INPUT.MIN_SIZE_TEST"] = (0, "test images' short side; 0: not resized")
     counts["INPUT.MAX_SIZE_TEST"] = (1, "test images' long side")
     counts["TEST.DETECTIONS_PER_IMAGE"] = (1, "detections kept per image")
+    counts["MODEL.RPN.PRE_NMS_TOPK_TEST"] = (1, "proposals per level before the RPN's NMS")
+    counts["MODEL.RPN.POST_NMS_TOPK_TEST"] = (1, "proposals kept after the RPN's NMS")
+    if cfg.TEST.AUG.ENABLED:
+        counts["TEST.AUG.MIN_SIZES"] = (1, "short sides of test-time augmentation")
+        counts["TEST.AUG.MAX_SIZE"] = (1, "long side of test-time augmentation")
     if train:
         counts["MODEL.RPN.BATCH_SIZE_PER_IMAGE"] = (1, "anchors sampled per image")
         counts["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] = (1, "RoIs sampled per image")
@@ -198,10 +205,11 @@ def check_config(cfg, train=True, world_size=None):
         counts["TEST.EVAL_PERIOD"] = (0, "iterations between evaluations; 0: at the end")
         counts["INPUT.MIN_SIZE_TRAIN"] = (1, "training images' short sides")
         counts["INPUT.MAX_SIZE_TRAIN"] = (1, "training images' long side")
-    heads, mean, std = cfg.MODEL.ROI_HEADS, cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
-    for k in ("SCORE_THRESH_TEST", "NMS_THRESH_TEST"):
-        if not 0 <= heads[k] <= 1:
-            raise ConfigError(f"MODEL.ROI_HEADS.{k}={heads[k]!r}: must be a number in [0, 1].")
+    mean, std = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
+    for key in ("ROI_HEADS.SCORE_THRESH_TEST", "ROI_HEADS.NMS_THRESH_TEST", "RPN.NMS_THRESH"):
+        value = functools.reduce(lambda node, name: node[name], key.split("."), cfg.MODEL)
+        if not 0 <= value <= 1:
+            raise ConfigError(f"MODEL.{key}={value!r}: must be a number in [0, 1].")
     channels = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}.get(cfg.INPUT.FORMAT)  # Detectron2's
     if not channels or len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise ConfigError(
@@ -217,9 +225,9 @@ def check_config(cfg, train=True, world_size=None):
             kind = "integers" if isinstance(value, (list, tuple)) else "an integer"
             raise ConfigError(f"{key}={value!r}: must be {kind} >= {low} ({what}).")
     if train:
-        for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY"):
-            if solver[k] < 0:
-                raise ConfigError(f"SOLVER.{k}={solver[k]!r}: must be 0 or positive.")
+        for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY", "GAMMA"):
+            if not 0 <= solver[k] < math.inf:  # NaN too
+                raise ConfigError(f"SOLVER.{k}={solver[k]!r}: must be 0 or positive, and finite.")
         steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]  # as Detectron2's
         bad = solver.MAX_ITER in steps or steps != sorted(set(steps)) or min(steps, default=1) < 1
         if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and bad:

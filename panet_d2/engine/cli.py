@@ -8,7 +8,7 @@ import sys
 import torch
 from omegaconf import OmegaConf
 
-from ..errors import InputError, os_error_cause
+from ..errors import ConfigError, InputError, os_error_cause
 
 
 def adapt_config_to_machine(cfg):
@@ -19,10 +19,16 @@ def adapt_config_to_machine(cfg):
     device = (OmegaConf.select(cfg, key, default=None) or "cuda") if lazy else cfg.MODEL.DEVICE
     if device.startswith("cuda") and not torch.cuda.is_available():
         notes.append(f"{key}={device!r}: CUDA is not available, running on the CPU.")
+        device = "cpu"
         if lazy:
             OmegaConf.update(cfg, key, "cpu", force_add=True)
         else:
             cfg.MODEL.DEVICE = "cpu"
+    try:
+        torch.empty(0, device=device)  # a device that torch knows and this machine has
+    except (RuntimeError, TypeError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise ConfigError(f"{key}={device!r}: {why}. Allowed: 'cpu', 'cuda', 'cuda:N'.") from None
     if not lazy and cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         notes.append("SOLVER.AMP.ENABLED needs CUDA: training in float32 on " + cfg.MODEL.DEVICE)
         cfg.SOLVER.AMP.ENABLED = False

@@ -63,7 +63,19 @@ def _main(train_net, out_dir, *opts, config=SMOKE, eval_only=False):
 BAD_VALUES = [
     (["MODEL.ROI_HEADS.NUM_CLASSES", 0], "MODEL.ROI_HEADS.NUM_CLASSES=0: must be a positive int"),
     (["MODEL.ROI_HEADS.NUM_CLASSES", -3], "MODEL.ROI_HEADS.NUM_CLASSES=-3: must be a positive"),
-    (["SOLVER.BASE_LR", -0.01], "SOLVER.BASE_LR=-0.01: must be 0 or positive."),
+    (["SOLVER.BASE_LR", -0.01], r"^SOLVER.BASE_LR=-0.01: must be 0 or positive, and finite.$"),
+    (["SOLVER.BASE_LR", "1e400"], r"^SOLVER.BASE_LR=inf: must be 0 or positive, and finite.$"),
+    (["SOLVER.GAMMA", -1.0], r"^SOLVER.GAMMA=-1.0: must be 0 or positive, and finite.$"),
+    (["MODEL.RPN.PRE_NMS_TOPK_TEST", -1], r"PRE_NMS_TOPK_TEST=-1: must be an integer >= 1 \(prop"),
+    (["MODEL.RPN.POST_NMS_TOPK_TEST", 0], r"POST_NMS_TOPK_TEST=0: must be an integer >= 1 \(prop"),
+    (["MODEL.RPN.NMS_THRESH", 5.0], r"^MODEL.RPN.NMS_THRESH=5.0: must be a number in \[0, 1\].$"),
+    (["TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", "()"], r"^TEST.AUG.MIN_SIZES=\(\): must be "),
+    (["TEST.AUG.ENABLED", True, "TEST.AUG.MAX_SIZE", 0], r"^TEST.AUG.MAX_SIZE=0: must be an int"),
+    (["OUTPUT_DIR", ""], r"^OUTPUT_DIR is empty: give a folder \(created if missing\).$"),
+    (
+        ["MODEL.DEVICE", "gpu"],
+        r"^MODEL.DEVICE='gpu': Expected one of cpu, cuda, .*: gpu. Allowed: ",
+    ),
     (["SOLVER.STEPS", "(6,)"], r"SOLVER.STEPS=\(6,\): .* less than SOLVER.MAX_ITER=6."),
     (["SOLVER.MAX_ITER", 0], r"SOLVER.MAX_ITER=0: must be an integer >= 1 \(training iterat"),
     (["SOLVER.CHECKPOINT_PERIOD", 0], r"SOLVER.CHECKPOINT_PERIOD=0: must be an integer >= 1"),
@@ -78,6 +90,11 @@ BAD_VALUES = [
     ),
     (["INPUT.RANDOM_FLIP", "diagonal"], r"RANDOM_FLIP='diagonal'; allowed values are: 'horiz"),
     (["INPUT.CROP.TYPE", "foo"], r"INPUT.CROP.TYPE='foo'; allowed values are: 'relative_range'"),
+    (
+        ["SOLVER.WARMUP_METHOD", "Linear"],
+        r"METHOD='Linear'; allowed values are: 'linear', 'constant",
+    ),
+    (["INPUT.MASK_FORMAT", "rle"], r"MASK_FORMAT='rle'; allowed values are: 'polygon', 'bitmask'."),
     (["DATALOADER.SAMPLER_TRAIN", "Foo"], r"SAMPLER_TRAIN='Foo'; allowed values are: 'Training"),
     (["MODEL.RPN.BATCH_SIZE_PER_IMAGE", 0], r"BATCH_SIZE_PER_IMAGE=0: must be an integer >= 1"),
     (["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 0], r"HEADS.BATCH_SIZE_PER_IMAGE=0: must be an int"),
@@ -132,6 +149,7 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     log = tmp_path / "log.txt"  # none where the command line's config is refused
     assert not log.exists() or "Starting training" not in log.read_text()
     train_only = ("SOLVER.", "INPUT.MIN_SIZE_TRAIN", "MODEL.RPN.BATCH", "MODEL.ROI_HEADS.BATCH")
+    train_only += ("INPUT.MASK_FORMAT",)
     train_only += (
         "INPUT.RANDOM_FLIP",
         "INPUT.CROP",
@@ -149,6 +167,7 @@ def test_training_choices_are_detectron2s(train_net):
 
     import detectron2.data.build
     from detectron2.data import DatasetMapper
+    from detectron2.data.detection_utils import annotations_to_instances
     from detectron2.solver import build_lr_scheduler
     from detectron2.solver.build import maybe_add_gradient_clipping
 
@@ -159,8 +178,12 @@ def test_training_choices_are_detectron2s(train_net):
             cfg = panet_cfg("quick_schedules/panoptic_panet_R_18_synth.yaml")
             cfg.merge_from_list([key, value, "INPUT.CROP.ENABLED", True])
             cfg.INPUT.MIN_SIZE_TRAIN = (160, 192)  # "range" takes two
-            if key == "SOLVER.LR_SCHEDULER_NAME":
+            if key in ("SOLVER.LR_SCHEDULER_NAME", "SOLVER.WARMUP_METHOD"):
                 assert build_lr_scheduler(cfg, optimizer) is not None
+            elif key == "INPUT.MASK_FORMAT":  # a polygon annotation as masks of that format
+                anno = dict(bbox=[0, 0, 4, 4], bbox_mode=0, category_id=0)
+                anno["segmentation"] = [[0.0, 0.0, 4.0, 0.0, 4.0, 4.0]]
+                assert annotations_to_instances([anno], (8, 8), mask_format=value).gt_masks
             elif key == "SOLVER.CLIP_GRADIENTS.CLIP_TYPE":
                 cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
                 assert maybe_add_gradient_clipping(cfg, torch.optim.SGD) is not torch.optim.SGD
@@ -349,7 +372,8 @@ def test_command_line_error_with_two_processes(tmp_path):
     proc = run_script("train_net.py", *argv, "SOLVER.BASE_LR", "-0.5", cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert (
-        proc.stderr.strip().splitlines()[-1] == "ERROR: SOLVER.BASE_LR=-0.5: must be 0 or positive."
+        proc.stderr.strip().splitlines()[-1]
+        == "ERROR: SOLVER.BASE_LR=-0.5: must be 0 or positive, and finite."
     )
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "o" / "log.txt")  # no process started
