@@ -5,6 +5,7 @@ the component the row names and in nothing else; the full paper model; the relea
 Cityscapes rows and their COCO warm start.
 """
 
+import errno
 import os
 
 import pytest
@@ -14,10 +15,19 @@ from torch import nn
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import ROIPooler
+from detectron2.utils.file_io import PathManager
 
 from panet_d2 import AdaptiveFeaturePooler, AFPConv2d, AFPLinear
 
-from .common import CONFIG_DIR, panet_cfg, run_script, start_script
+from .common import (
+    CONFIG_DIR,
+    FileProxy,
+    error_exit,
+    load_script,
+    panet_cfg,
+    run_script,
+    start_script,
+)
 from .test_configs import NARROW
 
 ROOT = os.path.dirname(CONFIG_DIR)
@@ -247,3 +257,69 @@ def test_coco_checkpoint_to_cityscapes_missing_input(tmp_path):
             "ERROR: Checkpoint {!r} {} (the COCO checkpoint). Give a local .pth/.pkl file or a "
             "Detectron2 model-zoo URL.".format(str(path), problem)
         )
+
+
+def _small_coco_checkpoint(path):
+    """A COCO (80-class) checkpoint with the tensors the conversion reads, and one more."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {
+        "roi_heads.box_predictor.cls_score.weight": (81, 8),
+        "roi_heads.box_predictor.cls_score.bias": (81,),
+        "roi_heads.box_predictor.bbox_pred.weight": (320, 8),
+        "roi_heads.box_predictor.bbox_pred.bias": (320,),
+        "backbone.bpa_out3.weight": (4, 4, 3, 3),
+    }
+    state = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    torch.save({"model": state}, str(path))
+    return state
+
+
+class _FailingWrite(FileProxy):
+    def write(self, data):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def test_coco_to_cityscapes_refuses_bad_outputs_and_writes_atomically(tmp_path, monkeypatch):
+    """As tools/convert_panet_release.py: the input, a link to it, a folder, a path under a file
+    are refused in one line; weights with NaN or inf too; nothing of the user's is lost."""
+    tool = load_script("tools/convert_coco_to_cityscapes.py", "convert_coco_to_cityscapes")
+    src, a_file, link = tmp_path / "coco.pth", tmp_path / "notes.txt", tmp_path / "link.pth"
+    state = _small_coco_checkpoint(src)
+    a_file.write_text("x")
+    link.symlink_to(src)
+    data = src.read_bytes()
+    cases = {
+        src: "Output '{}' is the input COCO checkpoint; give another file name.",
+        link: "Output '{}' is the input COCO checkpoint; give another file name.",
+        tmp_path: "Output '{}' is a folder; give the .pth file to write.",
+        a_file / "sub" / "o.pth": "Cannot write '{}': '%s' is a file, not a folder." % a_file,
+    }
+    for path, expected in cases.items():
+        assert error_exit(tool.main, [str(src), str(path)]) == "ERROR: " + expected.format(path)
+    assert src.read_bytes() == data and a_file.read_text() == "x"
+
+    # written atomically: over an existing file once complete; a failed write leaves it as it was
+    out = tmp_path / "out.pth"
+    out.write_bytes(b"the user's file")
+    open_ = PathManager.open
+    with monkeypatch.context() as m:
+        m.setattr(PathManager, "open", lambda *a, **k: _FailingWrite(open_(*a, **k)))
+        line = error_exit(tool.main, [str(src), str(out)])
+    assert line.startswith("ERROR: Cannot write '{}': {}".format(out, os.strerror(errno.EIO)))
+    assert out.read_bytes() == b"the user's file"
+    assert sorted(os.listdir(tmp_path)) == ["coco.pth", "link.pth", "notes.txt", "out.pth"]
+    tool.main([str(src), str(out)])
+    w = "roi_heads.box_predictor.cls_score.weight"
+    written = torch.load(str(out), weights_only=True)["model"]
+    assert torch.equal(written[w], state[w][[0, 0, 2, 7, 5, 6, 3, 1, 80]])
+
+    # NaN / inf in the weights: named with its count, nothing written
+    key = "backbone.bpa_out3.weight"
+    state[key][0, 0, 0, :2] = torch.tensor([float("nan"), float("inf")])
+    torch.save({"model": state}, str(src))
+    new = tmp_path / "new.pth"
+    assert error_exit(tool.main, [str(src), str(new)]) == (
+        "ERROR: COCO checkpoint tensor {} has 2 of 144 values not finite (NaN or inf; 1 tensor(s) "
+        "in all): the weights of a diverged or damaged run; not converted.".format(key)
+    )
+    assert not new.exists()

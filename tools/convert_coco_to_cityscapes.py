@@ -7,12 +7,17 @@ convert_coco_model_to_cityscapes.py) does: every tensor is kept; the class-depen
 keep the rows of the matching COCO classes (Cityscapes' rider starts from COCO's person).
 
     python3 tools/convert_coco_to_cityscapes.py COCO_CHECKPOINT OUTPUT.pth
+
+A wrong input, an output that is the input (or a link to it), a folder or not writable, and
+weights that hold NaN or inf are one line "ERROR: ..." (exit code 2), with nothing written; the
+output is written to ``OUTPUT.partial`` and renamed over OUTPUT once complete.
 """
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(_TOOLS))
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 import argparse
@@ -25,6 +30,15 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from panet_d2.checkpoint import check_weights_file, read_checkpoint
 from panet_d2.engine.cli import one_line_errors
 from panet_d2.errors import CheckpointError
+
+if _TOOLS not in sys.path:  # convert_panet_release.py next to this file (also when imported)
+    sys.path.insert(0, _TOOLS)
+# its checks of the output, its atomic write and its refusal of NaN / inf
+from convert_panet_release import (  # noqa: E402  isort: skip
+    output_file_problem,
+    refuse_non_finite,
+    save_checkpoint,
+)
 
 # Cityscapes thing class -> the COCO class whose predictor rows it starts from
 COCO_NAME = {"rider": "person"}
@@ -88,6 +102,13 @@ def _coco_state_dict(path):
     return state_dict
 
 
+def _output_problem(path, checkpoint):
+    """What makes the output ``path`` unwritable (convert_panet_release's checks), or None."""
+    if os.path.isfile(path) and os.path.isfile(checkpoint) and os.path.samefile(path, checkpoint):
+        return "Output {!r} is the input COCO checkpoint; give another file name.".format(path)
+    return output_file_problem(path, checkpoint)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -95,13 +116,17 @@ def main(argv=None):
     )
     parser.add_argument("output", help="where to write the Cityscapes initial weights (.pth)")
     args = parser.parse_args(argv)
-    with one_line_errors():  # a CheckpointError: one line, exit code 2
+    with one_line_errors():  # a CheckpointError, a full disk: one line, exit code 2
+        check_weights_file(args.checkpoint, "the COCO checkpoint")
+        problem = _output_problem(args.output, args.checkpoint)
+        if problem:
+            raise CheckpointError(problem)
         state_dict = _coco_state_dict(args.checkpoint)
-    converted = convert(state_dict, cityscapes_to_coco_indices())
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    torch.save(
-        {"model": converted, "__author__": "panet_d2 convert_coco_to_cityscapes"}, args.output
-    )
+        refuse_non_finite(state_dict, "COCO checkpoint tensor")
+        converted = convert(state_dict, cityscapes_to_coco_indices())
+        save_checkpoint(
+            {"model": converted, "__author__": "panet_d2 convert_coco_to_cityscapes"}, args.output
+        )
     print(
         "Wrote {} (8 Cityscapes classes from COCO's {}).".format(
             args.output, cityscapes_to_coco_indices()

@@ -42,7 +42,8 @@ A wrong input is one line "ERROR: ..." (exit code 2): a missing file, a folder, 
 in a folder where no file can be created, before torch and Detectron2 are imported; a Detectron2
 checkpoint (this tool's output, train_net.py's ``model_final.pth``, a model-zoo .pkl) as "already
 a Detectron2 checkpoint: pass it as MODEL.WEIGHTS"; a Detectron (Caffe2) .pkl as such; a
-truncated file as truncated or damaged. The output is written to ``OUTPUT.partial`` and renamed
+truncated file as truncated or damaged; a tensor that is not floating point, or holds NaN or inf,
+by name (nothing is written). The output is written to ``OUTPUT.partial`` and renamed
 over OUTPUT once complete: a failed write (a full disk, e.g.) leaves an existing OUTPUT as it was.
 """
 
@@ -409,6 +410,28 @@ def _class_rows(key: str, t: torch.Tensor, num_classes_bg: int) -> torch.Tensor:
     return t[1:].clone() if t.shape[0] == num_classes_bg else t.clone()
 
 
+def refuse_non_float(state: Dict[str, torch.Tensor]):
+    """A CheckpointError naming the first tensor of a release state that is not floating point."""
+    for key, t in state.items():  # the release's tensors are all float32
+        if not t.is_floating_point():
+            raise CheckpointError(
+                "Release tensor {} is {}: a release model's tensors are floating point (float32); "
+                "not converted.".format(key, t.dtype)
+            )
+
+
+def refuse_non_finite(state: Dict[str, torch.Tensor], what: str):
+    """A CheckpointError naming the first floating tensor of ``state`` that holds NaN or inf (as
+    "``what`` KEY has N of M values not finite"): nothing is converted or written from it."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        n, total = int((~state[bad[0]].isfinite()).sum()), state[bad[0]].numel()
+        raise CheckpointError(
+            "{} {} has {} of {} values not finite (NaN or inf; {} tensor(s) in all): the weights "
+            "of a diverged or damaged run; not converted.".format(what, bad[0], n, total, len(bad))
+        )
+
+
 def _frozen_bn_buffers(weight: torch.Tensor):
     """running_mean 0, running_var 1 - eps: FrozenBatchNorm2d's scale is then ``weight`` exactly."""
     var = torch.full_like(weight, 1.0 - FROZEN_BN_EPS)
@@ -525,10 +548,11 @@ def convert_release_state_dict(
 
     Raises:
         CheckpointError: tensors that no rule places, or tensors of the release's model that are
-            missing (each listed), or per-level layers with missing levels.
+            missing (each listed), or per-level layers with missing levels; a tensor not
+            floating point, or one holding NaN or inf (named, with the count of such values).
     """
     state = OrderedDict(
-        (k[len("module.") :] if k.startswith("module.") else k, v)
+        (k[len("module.") :] if k.startswith("module.") else k, torch.as_tensor(v))
         for k, v in release_model_state.items()
     )
     found = detect_variant(state)
@@ -541,6 +565,8 @@ def convert_release_state_dict(
         raise CheckpointError(
             "The checkpoint is the release's {!r} model, not {!r}.".format(found, variant)
         )
+    refuse_non_float(state)
+    refuse_non_finite(state, "Release tensor")
     missing = [k for k in expected_release_keys(state, variant) if k not in state]
     rules = [(re.compile(p + "$"), t) for p, t in _resnet_rules() + _neck_rules() + _head_rules()]
     per_level = [(re.compile(p + "$"), t, how) for p, t, how in _PER_LEVEL_RULES]
@@ -786,7 +812,7 @@ def main(argv=None):
             check_against_model(
                 converted, build_release_model_state(variant, args.opts), command=command
             )
-        _save(
+        save_checkpoint(
             {
                 "model": converted,
                 "__author__": "PANet release (github.com/ShuLiu1993/PANet), "
@@ -808,7 +834,7 @@ def main(argv=None):
     return 0
 
 
-def _save(checkpoint, path):
+def save_checkpoint(checkpoint, path):
     """``torch.save`` to ``<path>.partial``, renamed over ``path`` once written: a failed write
     leaves an existing ``path`` as it was and is a CheckpointError (a full disk: the OSError)."""
     try:

@@ -89,6 +89,9 @@ def tracer_warnings_counted():
         )
 
 
+CALIBRATION_COUNT = 16  # --calibration-count by default
+
+
 def get_parser():
     parser = argparse.ArgumentParser(description="Export a panet_d2 model for deployment.")
     parser.add_argument("--config-file", required=True, metavar="FILE", help="path to config file")
@@ -116,9 +119,11 @@ def get_parser():
     parser.add_argument(
         "--calibration-count",
         type=int,
-        default=16,
+        default=None,
         metavar="N",
-        help="int8, int8-bf16: the number of calibration images",
+        help="int8, int8-bf16: the number of calibration images (default {})".format(
+            CALIBRATION_COUNT
+        ),
     )
     parser.add_argument(
         "--export-method",
@@ -190,7 +195,13 @@ def check_args(args):
         )
     if not args.precision.startswith("int8") and args.calibration_dataset is not None:
         raise ConfigError("--calibration-dataset calibrates --precision int8 or int8-bf16 only")
-    if args.calibration_count < 1:
+    if not args.precision.startswith("int8") and args.calibration_count is not None:
+        raise ConfigError(
+            "--calibration-count {} calibrates --precision int8 or int8-bf16 only".format(
+                args.calibration_count
+            )
+        )
+    if args.calibration_count is not None and args.calibration_count < 1:
         raise ConfigError(
             "--calibration-count {}: must be at least 1".format(args.calibration_count)
         )
@@ -220,6 +231,7 @@ def calibration_inputs(cfg, args, model):
     """The exported model's inputs (NumPy arrays) of the first ``--calibration-count`` images of
     :func:`calibration_dataset`, resized as the test loader resizes."""
     name = calibration_dataset(cfg, args)
+    count = CALIBRATION_COUNT if args.calibration_count is None else args.calibration_count
     out = []
     with loading_dataset([name], "--calibration-dataset"):
         if isinstance(cfg, CfgNode):
@@ -232,12 +244,12 @@ def calibration_inputs(cfg, args, model):
             d = batch[0]
             inputs = export.sample_inputs(model, d["image"], d.get("height"), d.get("width"))
             out.append(tuple(x.numpy() for x in inputs))
-            if len(out) == args.calibration_count:
+            if len(out) == count:
                 break
-    if len(out) < args.calibration_count:  # said, not silently fewer
+    if len(out) < count:  # said, not silently fewer
         logger.warning(
             "--calibration-count {}: {!r} has {} images; int8 calibrates on all {}.".format(
-                args.calibration_count, name, len(out), len(out)
+                count, name, len(out), len(out)
             )
         )
     logger.info("int8: {} calibration images of {}".format(len(out), name))

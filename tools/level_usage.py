@@ -191,8 +191,8 @@ class LevelUsage:
             # per_level is Detectron2's Conv2d with the norm and the ReLU: (M, L * C, H, W)
             L = layer.num_levels
 
-            def conv_hook(module, inputs, output):
-                branch.count(output.reshape(output.shape[0], L, -1))
+            def conv_hook(module, inputs, output):  # unflatten: also for no proposal (M = 0)
+                branch.count(output.flatten(1).unflatten(1, (L, -1)))
 
             return [layer.per_level.register_forward_hook(conv_hook)]
         # AFPLinear: per_level gives (L, M, D) before the norm; the norm (if any) (M, L * D, 1, 1)
@@ -205,7 +205,7 @@ class LevelUsage:
         L = layer.num_levels
 
         def norm_hook(module, inputs, output):
-            branch.count(torch.relu(output.reshape(output.shape[0], L, -1)))
+            branch.count(torch.relu(output.flatten(1).unflatten(1, (L, -1))))
 
         return [layer.norm.register_forward_hook(norm_hook)]
 

@@ -293,6 +293,14 @@ def test_exported_model_runs_without_torch(instance_fp32, tmp_path):
         (["--format", "onnx", "--precision", "bf16"], "--precision bf16 needs --format openvino"),
         (["--format", "openvino", "--calibration-dataset", DATASET], "calibrates --precision int8"),
         (
+            ["--format", "openvino", "--calibration-count", "4"],
+            "ERROR: --calibration-count 4 calibrates --precision int8 or int8-bf16 only",
+        ),
+        (  # the default count, given: refused as well
+            ["--format", "torchscript", "--calibration-count", "16"],
+            "ERROR: --calibration-count 16 calibrates --precision int8 or int8-bf16 only",
+        ),
+        (
             ["--format", "openvino", "--precision", "int8", "--calibration-count", "0"],
             "--calibration-count 0: must be at least 1",
         ),

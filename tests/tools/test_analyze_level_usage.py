@@ -234,6 +234,29 @@ def test_counts_equal_brute_force(variant):
         assert exclude.counts.sum() == pytest.approx(split.counts.sum() - split.tied)
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_no_proposals_count_zero(variant):
+    """An image without RoIs (no detections reach the mask head): nothing counted, no error."""
+    cfg = panet_cfg(INSTANCE, opts=VARIANTS[variant])
+    model = build_model(cfg).eval()
+    H, W = 64, 96
+    empty = Boxes(torch.zeros(0, 4))
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": random_image(H, W, seed=2)}])
+        features = model.backbone(images.tensor)
+    proposals = [Instances((H, W), proposal_boxes=empty, objectness_logits=torch.zeros(0))]
+    instances = Instances((H, W), pred_boxes=empty, pred_classes=torch.zeros(0, dtype=torch.long))
+    with LevelUsage(model) as usage, torch.no_grad():
+        detections, _ = model.roi_heads(images, features, proposals, None)
+        model.roi_heads.forward_with_given_boxes(features, [instances])
+    assert len(detections[0]) == 0
+    tables = usage.tables()
+    assert sorted(tables) == ["box", "mask"]
+    for table in tables.values():
+        assert table["proposals"] == [0, 0, 0, 0] and table["elements"] == 0
+        assert table["percent"] == [[None] * 4] * 4 and table["tied_percent"] is None
+
+
 def test_tie_rules():
     # one proposal, 3 elements over 4 levels: a clear max on level 2; a tie of levels 0 and 3;
     # all zero (ReLU)
@@ -300,6 +323,28 @@ def test_tool_end_to_end(tool, tmp_path, monkeypatch):
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 5000
+
+
+def test_tool_images_without_detections(tool, tmp_path, monkeypatch):
+    """No detection passes the score threshold: the mask branch counts zero, the run carries on."""
+    root = str(tmp_path / "datasets")
+    monkeypatch.setenv("PANET_D2_DATASETS", root)
+    register_synthetic_dataset(
+        "test_level_usage_none", root=root, splits={"val": {"num_images": 2, "seed": 4}}
+    )
+    cfg = panet_cfg(PANOPTIC)
+    torch.manual_seed(0)
+    PANetCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model_final")
+    out = tmp_path / "fig3"
+    argv = ["--config-file", os.path.join(ROOT, "configs", PANOPTIC), "--output", str(out)]
+    argv += ["--dataset", "test_level_usage_none_val_panoptic", "--num-images", "2"]
+    argv += ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "MODEL.DEVICE", "cpu"]
+    result = tool.invoke_main(argv + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0"])
+    mask, box = result["branches"]["mask"], result["branches"]["box"]
+    assert mask["proposals"] == [0, 0, 0, 0] and mask["elements"] == 0
+    assert mask["percent"] == [[None] * 4] * 4
+    assert sum(box["proposals"]) > 0 and result["num_images"] == 2
+    assert (out / "level_usage.json").is_file() and (out / "level_usage.png").is_file()
 
 
 def test_drawing_leaves_matplotlib_as_it_was(tool, tmp_path):

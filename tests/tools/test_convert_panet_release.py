@@ -115,7 +115,8 @@ def test_release_format_is_the_releases_key_lists():
 
 def test_full_size_converts_to_exactly_the_config_models_keys_and_shapes():
     for v in VARIANTS:
-        state = {k: torch.empty(s) for k, s in release_shapes(v, FULL).items()}
+        # zeros, not torch.empty: uninitialised memory may hold NaN, which is refused
+        state = {k: torch.zeros(s) for k, s in release_shapes(v, FULL).items()}
         converted = tool.convert_release_state_dict(state)
         tool.check_against_model(converted, tool.build_release_model_state(v))
 
@@ -276,6 +277,30 @@ def test_unknown_or_missing_tensor_is_refused_by_name(added, removed, tmp_path, 
     _save_release(src, state)
     assert named in error_exit(tool.main, ["--no-model-check", str(src), str(tmp_path / "out.pth")])
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_non_finite_or_integer_tensors_are_refused_by_name(tmp_path):
+    """NaN / inf in a release tensor, or an integer file: one line naming the tensor (its count of
+    values not finite, or its dtype), nothing written; an existing output stays as it was."""
+    src, out = tmp_path / "release.pth", tmp_path / "out.pth"
+    out.write_bytes(b"the user's file")
+    state = release_state("mask")
+    key = "Mask_Head.mask_conv1.2.0.weight"  # (64, 32, 3, 3): 18432 values
+    state[key][0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    state["Mask_Outs.classify.bias"][1] = float("nan")  # a second tensor, later in the file
+    _save_release(src, state)
+    assert error_exit(tool.main, [str(src), str(out)] + OPTS) == (
+        "ERROR: Release tensor {} has 3 of 18432 values not finite (NaN or inf; 2 tensor(s) in "
+        "all): the weights of a diverged or damaged run; not converted.".format(key)
+    )
+    state = {k: torch.ones(v.shape, dtype=torch.int64) for k, v in release_state("det").items()}
+    _save_release(src, state)
+    assert error_exit(tool.main, ["--no-model-check", str(src), str(out)]) == (
+        "ERROR: Release tensor {} is torch.int64: a release model's tensors are floating point "
+        "(float32); not converted.".format(next(iter(state)))
+    )
+    assert out.read_bytes() == b"the user's file"
+    assert sorted(os.listdir(tmp_path)) == ["out.pth", "release.pth"]
 
 
 def test_model_tensor_not_filled_is_refused_by_name():
