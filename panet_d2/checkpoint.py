@@ -12,6 +12,7 @@ import re
 import struct
 import zipfile
 from collections import OrderedDict
+from unittest import mock
 
 import numpy as np
 import torch
@@ -378,8 +379,7 @@ def fit_hints(missing, unexpected, file_keys, model_keys):
     """What the file has, of :data:`_HINTS`, and the config value that fits it ("AFP per-level
     weights: set MODEL.AFP.ENABLED True"), for a file of tensors ``file_keys`` loaded into a model
     of tensors ``model_keys``: ``missing`` from the file, ``unexpected`` by the model."""
-    against = {"missing": (missing, file_keys), "unexpected": (unexpected, model_keys)}
-    hints = []
+    against, hints = {"missing": (missing, file_keys), "unexpected": (unexpected, model_keys)}, []
     for where, part, hint in _HINTS:
         if where == "single":
             holds = any(part in k and k.replace(part, ".") in file_keys for k in missing)
@@ -451,11 +451,8 @@ class PANetCheckpointer(DetectionCheckpointer):
     def resume_or_load(self, path, *, resume=True):
         """fvcore's; resuming from the last checkpoint of ``save_dir`` is never a warm start."""
         if resume and self.has_checkpoint():
-            warm_start, self.warm_start = self.warm_start, False
-            try:
+            with mock.patch.object(self, "warm_start", False):
                 return self.load(self.get_checkpoint_file())
-            finally:
-                self.warm_start = warm_start
         return self.load(path, checkpointables=[])
 
     def load(self, path, *args, **kwargs):
@@ -471,15 +468,22 @@ class PANetCheckpointer(DetectionCheckpointer):
             logger.info("No weights (MODEL.WEIGHTS is empty): random initialisation.")
             return {}
         check_weights_file(path, "MODEL.WEIGHTS or the checkpoint given to load", self.warm_start)
-        self._loading = path
         try:
-            return super().load(path, *args, **kwargs)
+            with mock.patch.object(self, "_loading", path):
+                return super().load(path, *args, **kwargs)
         except OSError as e:  # a URL's download (urllib's URLError), a read: one line
             why = " ".join(str(getattr(e, "reason", None) or e.strerror or e).split())
             url = " Download it where the network reaches, give the local file." * ("://" in path)
             raise CheckpointError(f"Cannot read checkpoint {path!r}: {why}.{url}") from None
-        finally:
-            self._loading = None
+        except ValueError as e:  # torch's Optimizer.load_state_dict, as --resume loads it
+            if "parameter group" not in str(e):
+                raise
+            raise CheckpointError(
+                f"Checkpoint {path!r} does not fit the optimizer: {e}: the config groups the "
+                "parameters otherwise than the run that saved it (SOLVER.BIAS_LR_FACTOR, "
+                "SOLVER.WEIGHT_DECAY_NORM / _BIAS, MODEL.BACKBONE.FREEZE_AT), or the file is "
+                "another model's; resume with the config it was trained with."
+            ) from None
 
     def _refused(self, reason):
         return CheckpointError(f"Checkpoint {self._loading or 'the checkpoint'!r} {reason}")

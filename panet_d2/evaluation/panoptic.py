@@ -98,8 +98,7 @@ class PanopticToSemSeg(DatasetEvaluator):
     def _convert(self, output):
         """uint8 (num_classes, H, W) one-hot scores of the dataset's classes."""
         scores = output["sem_seg"].cpu()
-        things = scores.argmax(dim=0) == 0
-        labels = self._stuff_to_class[scores[1:].argmax(dim=0)]
+        things, labels = scores.argmax(dim=0) == 0, self._stuff_to_class[scores[1:].argmax(dim=0)]
         panoptic, segments_info = output["panoptic_seg"]
         panoptic = panoptic.cpu()
         for s in segments_info:  # PanopticPANet's: a list of dicts, with "isthing"

@@ -66,8 +66,7 @@ class PANetMaskHead(MaskRCNNConvUpsampleHead):
                 input_shape.channels, conv_dims[0], num_levels, norm=conv_norm, fuse_type=fuse_type
             )
             self.conv_norm_relus[0] = self.mask_fcn1
-        self.ff_start_layer = ff_start_layer if ff_enabled else 0
-        self.fc_fusion = None
+        self.ff_start_layer, self.fc_fusion = ff_start_layer if ff_enabled else 0, None
         if ff_enabled:
             check_choice("MODEL.FF.START_LAYER", ff_start_layer, FF_START_LAYERS)
             if ff_start_layer > num_conv:  # the fc path branches off after conv<START_LAYER>

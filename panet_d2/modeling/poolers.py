@@ -62,8 +62,7 @@ def _roi_align_bags(
     level_offset = torch.cumsum(H * W, 0) - H * W
     Hf, Wf = H.to(dt).view(L, 1, 1, 1), W.to(dt).view(L, 1, 1, 1)
     # torchvision's arithmetic in its order, for all levels at once: (L, M)
-    scale = torch.tensor(scales, dtype=dt, device=dev)[:, None]
-    offset = 0.5 if aligned else 0.0
+    scale, offset = torch.tensor(scales, dtype=dt, device=dev)[:, None], 0.5 if aligned else 0.0
     x0, y0 = rois[:, 1] * scale - offset, rois[:, 2] * scale - offset
     roi_w, roi_h = rois[:, 3] * scale - offset - x0, rois[:, 4] * scale - offset - y0
     if not aligned:

@@ -188,6 +188,25 @@ def test_second_run_stops_naming_the_first(interrupted, train_net, tmp_path, mon
     assert (out / LOCK_FILE).read_text() == ""  # released: the run's details emptied
 
 
+def test_resume_with_other_parameter_groups(interrupted, train_net, tmp_path, monkeypatch, capsys):
+    """--resume with a config that groups the parameters otherwise (SOLVER.BIAS_LR_FACTOR): one
+    line naming the keys (was torch's ValueError traceback from the optimizer's state)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(interrupted["out"] / "model_0000001.pth", out)
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    capsys.readouterr()
+    argv = _argv(out, "SOLVER.MAX_ITER", 3, "SOLVER.BIAS_LR_FACTOR", 2.0, flags=["--resume"])
+    assert _run(monkeypatch, train_net, argv) == 2
+    assert _last_line(capsys) == (
+        "ERROR: Checkpoint {!r} does not fit the optimizer: loaded state dict has a different "
+        "number of parameter groups: the config groups the parameters otherwise than the run that "
+        "saved it (SOLVER.BIAS_LR_FACTOR, SOLVER.WEIGHT_DECAY_NORM / _BIAS, "
+        "MODEL.BACKBONE.FREEZE_AT), or the file is another model's; resume with the config it "
+        "was trained with.".format(str(out / "model_0000001.pth"))
+    )
+
+
 def _sleep(started):
     started.set()
     time.sleep(60)

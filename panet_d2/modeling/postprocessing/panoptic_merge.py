@@ -222,8 +222,7 @@ def _stuff_tensors(
 ) -> Tuple[Tensor, Tensor]:
     """The map with the stuff ids (labels > 0 with enough free area, ascending) and their rows."""
     device, labels = sem_seg.device, sem_seg.reshape(-1).to(torch.int64)
-    free = (panoptic_seg == 0).reshape(-1)
-    num_labels = int(labels.max()) + 1
+    free, num_labels = (panoptic_seg == 0).reshape(-1), int(labels.max()) + 1
     zeros = torch.zeros(num_labels, dtype=torch.int64, device=device)
     present = zeros.scatter_add(0, labels, torch.ones_like(labels)) > 0
     free_area = zeros.scatter_add(0, labels, free.to(torch.int64))
