@@ -242,8 +242,12 @@ def _run(args, cfg):
     check_inputs(cfg, train=False)
     model = Trainer.build_model(cfg)
     checkpointer = PANetCheckpointer(model, save_dir=cfg.OUTPUT_DIR)  # every tensor from the file
-    if args.resume:
-        check_last_checkpoint(checkpointer)
+    last = check_last_checkpoint(checkpointer) if args.resume else None
+    if last and cfg.MODEL.WEIGHTS and os.path.abspath(cfg.MODEL.WEIGHTS) != os.path.abspath(last):
+        logger.warning(
+            f"--eval-only --resume: evaluating {last!r} (named by last_checkpoint), not "
+            f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r}; without --resume, MODEL.WEIGHTS is evaluated."
+        )
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
     results = Trainer.test(cfg, model)
     if cfg.TEST.AUG.ENABLED:

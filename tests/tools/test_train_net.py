@@ -30,7 +30,13 @@ from panet_d2.errors import (  # noqa: E402
     InputError,
 )
 
-from ..common import ROOT, register_coco, run_script, synthetic_datasets  # noqa: E402
+from ..common import (  # noqa: E402
+    ROOT,
+    logged_messages,
+    register_coco,
+    run_script,
+    synthetic_datasets,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -160,6 +166,20 @@ def test_eval_only_reproduces_training_metrics(run_a, train_net, tmp_path):
     weights = os.path.join(run_a["out"], "model_final.pth")
     results = train_net.main(_args(tmp_path, "MODEL.WEIGHTS", weights, eval_only=True))
     _assert_same_results(results, run_a["results"])
+    # --resume evaluates the checkpoint last_checkpoint names, and says MODEL.WEIGHTS is not read
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copy(weights, out / "model_final.pth")
+    (out / "last_checkpoint").write_text("model_final.pth")
+    other = os.path.join(run_a["out"], "model_0000002.pth")
+    with logged_messages() as logged:
+        args = _args(out, "MODEL.WEIGHTS", other, eval_only=True, resume=True)
+        _assert_same_results(train_net.main(args), run_a["results"])
+    assert (
+        "--eval-only --resume: evaluating {!r} (named by last_checkpoint), not MODEL.WEIGHTS={!r}; "
+        "without --resume, MODEL.WEIGHTS is evaluated.".format(str(out / "model_final.pth"), other)
+        in logged
+    )
 
 
 def test_resume_continues_the_same_run(run_a, train_net, tmp_path, monkeypatch):
