@@ -276,37 +276,23 @@ def tool():
     return load_script("tools/analyze_level_usage.py", "analyze_level_usage")
 
 
-def test_tool_end_to_end(tool, tmp_path, monkeypatch):
+def _run_tool(tool, tmp_path, monkeypatch, name, seed, score):
+    """The tool on 2 generated images with a checkpoint of a freshly built model, as training
+    writes it (PANetCheckpointer): its result, output folder and weights."""
     root = str(tmp_path / "datasets")
     monkeypatch.setenv("PANET_D2_DATASETS", root)
-    register_synthetic_dataset(
-        "test_level_usage_synth", root=root, splits={"val": {"num_images": 2, "seed": 3}}
-    )
-    # a checkpoint as training writes it (PANetCheckpointer), of a freshly built model
-    cfg = panet_cfg(PANOPTIC)
+    register_synthetic_dataset(name, root=root, splits={"val": {"num_images": 2, "seed": seed}})
     torch.manual_seed(0)
-    PANetCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model_final")
-    weights = str(tmp_path / "model_final.pth")
+    PANetCheckpointer(build_model(panet_cfg(PANOPTIC)), save_dir=str(tmp_path)).save("model_final")
+    out, weights = tmp_path / "fig3", str(tmp_path / "model_final.pth")
+    argv = ["--config-file", os.path.join(ROOT, "configs", PANOPTIC), "--output", str(out)]
+    argv += ["--dataset", name + "_val_panoptic", "--num-images", "2", "MODEL.WEIGHTS", weights]
+    argv += ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(score)]
+    return tool.invoke_main(argv), out, weights
 
-    out = tmp_path / "fig3"
-    result = tool.invoke_main(
-        [
-            "--config-file",
-            os.path.join(ROOT, "configs", PANOPTIC),
-            "--dataset",
-            "test_level_usage_synth_val_panoptic",
-            "--output",
-            str(out),
-            "--num-images",
-            "2",
-            "MODEL.WEIGHTS",
-            weights,
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
-            "0.0",
-        ]
-    )
+
+def test_tool_end_to_end(tool, tmp_path, monkeypatch):
+    result, out, weights = _run_tool(tool, tmp_path, monkeypatch, "test_level_usage_synth", 3, 0.0)
     with open(out / "level_usage.json") as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(result))
@@ -327,19 +313,7 @@ def test_tool_end_to_end(tool, tmp_path, monkeypatch):
 
 def test_tool_images_without_detections(tool, tmp_path, monkeypatch):
     """No detection passes the score threshold: the mask branch counts zero, the run carries on."""
-    root = str(tmp_path / "datasets")
-    monkeypatch.setenv("PANET_D2_DATASETS", root)
-    register_synthetic_dataset(
-        "test_level_usage_none", root=root, splits={"val": {"num_images": 2, "seed": 4}}
-    )
-    cfg = panet_cfg(PANOPTIC)
-    torch.manual_seed(0)
-    PANetCheckpointer(build_model(cfg), save_dir=str(tmp_path)).save("model_final")
-    out = tmp_path / "fig3"
-    argv = ["--config-file", os.path.join(ROOT, "configs", PANOPTIC), "--output", str(out)]
-    argv += ["--dataset", "test_level_usage_none_val_panoptic", "--num-images", "2"]
-    argv += ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth"), "MODEL.DEVICE", "cpu"]
-    result = tool.invoke_main(argv + ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.0"])
+    result, out, _ = _run_tool(tool, tmp_path, monkeypatch, "test_level_usage_none", 4, 1.0)
     mask, box = result["branches"]["mask"], result["branches"]["box"]
     assert mask["proposals"] == [0, 0, 0, 0] and mask["elements"] == 0
     assert mask["percent"] == [[None] * 4] * 4
