@@ -382,7 +382,9 @@ def evaluate(cfg, inference, output_dir):
         metrics = inference_on_dataset(inference, instantiate(cfg.dataloader.test), evaluator)
         print_csv_format(metrics)
         return metrics
-    dataset = cfg.DATASETS.TEST[0]
+    dataset, others = cfg.DATASETS.TEST[0], list(cfg.DATASETS.TEST[1:])
+    if others:  # said, not silently fewer
+        logger.warning(f"--run-eval evaluates DATASETS.TEST[0] {dataset!r} only, not {others}.")
     logger.info("Evaluating the exported model on {} ...".format(dataset))
     evaluator = build_evaluator(cfg, dataset, os.path.join(output_dir, "inference"))
     metrics = inference_on_dataset(inference, build_detection_test_loader(cfg, dataset), evaluator)

@@ -128,7 +128,14 @@ def test_onnx_export_and_its_evaluation(tool, tmp_path, datasets):
     )
     deployed = tool.export_model(cfg, args, model)
     assert os.path.isfile(os.path.join(out, "model.onnx"))
-    metrics = tool.evaluate(cfg, deployed, out)
+    cfg.defrost()
+    cfg.DATASETS.TEST = (DATASET, "panet_synth_val")  # the second one not evaluated: said
+    with logged_messages("panet_d2.export_model") as logged:
+        metrics = tool.evaluate(cfg, deployed, out)
+    message = "--run-eval evaluates DATASETS.TEST[0] {!r} only, not ['panet_synth_val'].".format(
+        DATASET
+    )
+    assert message in logged
     expected = inference_on_dataset(
         model, build_detection_test_loader(cfg, DATASET), build_evaluator(cfg, DATASET, out)
     )
