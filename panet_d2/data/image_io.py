@@ -68,7 +68,7 @@ def check_image_size(dataset_dict, image=None):
         with PathManager.open(file_name, "rb") as f:
             header = Image.open(f)
             stored, orientation = header.size, header.getexif().get(ExifTags.Base.Orientation)
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"Cannot read image {file_name!r}: {e}") from None
     read = stored[::-1] if orientation in _ROTATED else stored
     record = (dataset_dict.get("width"), dataset_dict.get("height"))

@@ -279,3 +279,17 @@ def test_image_size_mismatch_is_one_line(tmp_path):
     assert check_image_size(dict(record, width=80)) is None
     del record["width"], record["height"]  # a record without a size: nothing to compare
     assert check_image_size(record) is None
+
+
+def test_image_over_pils_pixel_limit_is_one_line(tmp_path, monkeypatch):
+    """An image beyond PIL's pixel limit (a decompression bomb): one ImageLoadError from the
+    header check before a run, as from the reader."""
+    path = str(tmp_path / "big.png")
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10000 pixels: over twice the limit
+    for read in (
+        lambda: check_image_size(dict(file_name=path, width=100, height=100)),
+        lambda: read_image(path),
+    ):
+        with pytest.raises(ImageLoadError, match="exceeds limit of 2000 pixels"):
+            read()
