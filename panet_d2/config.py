@@ -172,6 +172,8 @@ class CheckedConfigFile(CN):
             raise ConfigError(f"{where} is empty: give it _BASE_ or config keys.")
         if not isinstance(data, dict):
             raise ConfigError(f"{where} holds a YAML {type(data).__name__} instead of config keys.")
+        if not isinstance(data.get("_BASE_", ""), str):  # (fvcore calls its startswith)
+            raise ConfigError(f"{where}: _BASE_ {data['_BASE_']!r} is not a file name (a string).")
         chain = cls._chain + [(filename, os.path.realpath(filename))]
         with mock.patch.object(cls, "_chain", chain):  # while its _BASE_ files are read
             return super().load_yaml_with_base(filename, allow_unsafe=False)

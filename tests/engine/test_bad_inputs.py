@@ -301,6 +301,14 @@ def test_bad_config_files(train_net, tmp_path):
     tabbed = tmp_path / "tabbed.yaml"  # libyaml takes a tab after "KEY:", fvcore's PyYAML refuses
     tabbed.write_text("MODEL:\n  MASK_ON:\tTrue\n")
     assert error(tabbed).startswith("Config file {!r} is not valid YAML: ".format(str(tabbed)))
+    for value in ("5", "[{!r}]".format(SMOKE)):  # fvcore takes one file name (was AttributeError)
+        numbered = tmp_path / "numbered.yaml"
+        numbered.write_text("_BASE_: {}\n".format(value))
+        assert error(
+            numbered
+        ) == "Config file {!r}: _BASE_ {!r} is not a file name (a string).".format(
+            str(numbered), 5 if value == "5" else [SMOKE]
+        )
     listing = tmp_path / "list.yaml"
     listing.write_text("- MODEL\n")
     assert "holds a YAML list instead of config keys" in error(listing)
