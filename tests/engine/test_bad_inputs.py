@@ -262,11 +262,24 @@ def test_bad_panoptic_config_values():
     assert torch.equal(state, torch.get_rng_state())
 
 
+def _config_error(train_net, tmp_path, config):
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path / "out", config=config)
+    return str(e.value)
+
+
+def test_base_that_is_not_a_file_name(train_net, tmp_path):
+    """fvcore takes one file name as _BASE_ (a number or a list: its AttributeError traceback)."""
+    for value, shown in (("5", "5"), ("[{!r}]".format(SMOKE), repr([SMOKE]))):
+        config = tmp_path / "numbered.yaml"
+        config.write_text("_BASE_: {}\n".format(value))
+        expected = "Config file {!r}: _BASE_ {} is not a file name (a string)."
+        assert _config_error(train_net, tmp_path, config) == expected.format(str(config), shown)
+
+
 def test_bad_config_files(train_net, tmp_path):
     def error(config):
-        with pytest.raises(ConfigError) as e:
-            _main(train_net, tmp_path / "out", config=config)
-        return str(e.value)
+        return _config_error(train_net, tmp_path, config)
 
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing but a comment\n")
@@ -301,14 +314,6 @@ def test_bad_config_files(train_net, tmp_path):
     tabbed = tmp_path / "tabbed.yaml"  # libyaml takes a tab after "KEY:", fvcore's PyYAML refuses
     tabbed.write_text("MODEL:\n  MASK_ON:\tTrue\n")
     assert error(tabbed).startswith("Config file {!r} is not valid YAML: ".format(str(tabbed)))
-    for value in ("5", "[{!r}]".format(SMOKE)):  # fvcore takes one file name (was AttributeError)
-        numbered = tmp_path / "numbered.yaml"
-        numbered.write_text("_BASE_: {}\n".format(value))
-        assert error(
-            numbered
-        ) == "Config file {!r}: _BASE_ {!r} is not a file name (a string).".format(
-            str(numbered), 5 if value == "5" else [SMOKE]
-        )
     listing = tmp_path / "list.yaml"
     listing.write_text("- MODEL\n")
     assert "holds a YAML list instead of config keys" in error(listing)
