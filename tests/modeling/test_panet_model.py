@@ -10,11 +10,12 @@ from detectron2 import model_zoo as d2_model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import GeneralizedRCNN, build_model
+from detectron2.modeling.proposal_generator import StandardRPNHead
 from detectron2.modeling.roi_heads import StandardROIHeads
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 
-from panet_d2 import AFPConv2d, AFPLinear, PANetCheckpointer
+from panet_d2 import AFPConv2d, AFPLinear, PANetCheckpointer, PANetRPNHead
 from panet_d2.errors import CheckpointError, ConfigError
 
 from ..common import ALL_OFF, NARROW_HEADS, R18, panet_cfg, random_image, toy_instances
@@ -85,6 +86,9 @@ def d2_checkpoint(d2_model, tmp_path_factory):
 def test_all_off_is_detectron2_mask_rcnn(d2_model):
     ours = _panet(ALL_OFF)
     assert type(ours) is GeneralizedRCNN and isinstance(ours.roi_heads, StandardROIHeads)
+    # PANet's RPN head (its outputs checked) against Detectron2's StandardRPNHead: same outputs
+    assert type(ours.proposal_generator.rpn_head) is PANetRPNHead
+    assert type(d2_model.proposal_generator.rpn_head) is StandardRPNHead
     theirs_sd, ours_sd = d2_model.state_dict(), ours.state_dict()
     assert list(ours_sd) == list(theirs_sd)
     assert all(ours_sd[k].shape == theirs_sd[k].shape for k in theirs_sd)
