@@ -3,7 +3,7 @@
 OpenVINO backend of tools/export_model.py and benchmarks/bench_export.py: the ONNX graph of
 ``export_onnx`` (tools/export_support.py) converted to OpenVINO IR (``model.xml`` /
 ``model.bin``), compiled for the CPU in float32 or bfloat16 (OpenVINO's
-``INFERENCE_PRECISION_HINT``), and int8 by ONNX Runtime's static post-training quantiser (QDQ
+``INFERENCE_PRECISION_HINT``; the ops that compute the RoIs' boxes stay float32), and int8 by ONNX Runtime's static post-training quantiser (QDQ
 nodes, which OpenVINO runs as int8 kernels; the other ops in float32, or in bfloat16 with
 ``int8-bf16``).
 
@@ -27,6 +27,8 @@ __all__ = [
     "PRECISIONS",
     "sequences_as_slices",
     "batched_matmuls_as_gemms",
+    "box_path",
+    "keep_box_path_float32",
     "quantize_onnx",
     "convert_onnx",
     "OpenVinoModel",
@@ -236,6 +238,56 @@ def batched_matmuls_as_gemms(onnx_model) -> int:
     return changed
 
 
+# The layers that compute features (bfloat16 under the bf16 hint): the box path starts at their
+# outputs (the RPN head's objectness and deltas, the box predictor's scores and deltas).
+_FEATURE_LAYERS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+
+
+def box_path(ir) -> set:
+    """
+    Names of the ops of OpenVINO model ``ir`` that compute the boxes and batch indices that its
+    ``ROIAlign`` ops read: from the outputs of the layers that compute features on (box decoding,
+    top-k, NMS, the poolers' concatenation of batch indices and boxes).
+    """
+    names, todo = set(), []
+    for op in ir.get_ops():
+        if op.get_type_name() == "ROIAlign":
+            todo += [op.input_value(1).get_node(), op.input_value(2).get_node()]
+    while todo:
+        op = todo.pop()
+        stop = op.get_type_name() in _FEATURE_LAYERS + ("Parameter", "Constant")
+        if not stop and op.get_friendly_name() not in names:
+            names.add(op.get_friendly_name())
+            todo += [value.get_node() for value in op.input_values()]
+    return names
+
+
+def keep_box_path_float32(xml_path: str) -> int:
+    """
+    Mark the ops of :func:`box_path` in the IR at ``xml_path`` (rewritten in place) with
+    OpenVINO's ``precise`` attribute, which keeps an op in float32 when the model is compiled in
+    a lower precision. Without it the bf16 hint runs the box path in bfloat16 too: the poolers'
+    concatenation rounded every RoI's coordinates to 8 significant bits (1 px steps at 128-256
+    px, 4 px at 512-1024) before RoIAlign (measured in docs/deployment.md). Returns how many ops.
+    """
+    import xml.etree.ElementTree as ET
+
+    import openvino as ov
+
+    names = box_path(ov.Core().read_model(xml_path))
+    tree = ET.parse(xml_path)
+    marked = 0
+    for layer in tree.getroot().iter("layer"):
+        if layer.get("name") in names:
+            rt_info = layer.find("rt_info")
+            if rt_info is None:
+                rt_info = ET.SubElement(layer, "rt_info")
+            ET.SubElement(rt_info, "attribute", {"name": "precise", "version": "0"})
+            marked += 1
+    tree.write(xml_path, encoding="utf-8", xml_declaration=True)
+    return marked
+
+
 def _remove_unused_nodes(graph):
     """Removes the nodes of ``graph`` (not of its subgraphs) whose outputs nothing reads."""
     import onnx
@@ -318,7 +370,9 @@ def quantize_onnx(
 def convert_onnx(onnx_path: str, xml_path: str) -> str:
     """
     OpenVINO IR (``xml_path`` and its ``.bin``) of the ONNX model at ``onnx_path``, its chunk
-    sequences first made slices (:func:`sequences_as_slices`); weights kept float32. Read by
+    sequences first made slices (:func:`sequences_as_slices`); weights kept float32; the ops that
+    compute the RoIs' boxes marked to stay float32 in a lower precision
+    (:func:`keep_box_path_float32`). Read by
     OpenVINO's ONNX frontend (``Core.read_model``): ``openvino.convert_model`` converts with the
     same frontend and adds offline graph transformations that the CPU plugin's compilation
     repeats; on the tests' models it took 8-16 s against 0.2 s, with the same latency (0.28 s
@@ -335,6 +389,7 @@ def convert_onnx(onnx_path: str, xml_path: str) -> str:
     for output, name in zip(ir.outputs, [o.name for o in model.graph.output]):
         output.get_tensor().set_names({name})  # only the ONNX name (not the inner tensor's too)
     ov.save_model(ir, xml_path, compress_to_fp16=False)
+    keep_box_path_float32(xml_path)
     return xml_path
 
 

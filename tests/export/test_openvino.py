@@ -58,6 +58,7 @@ PANOPTIC = "quick_schedules/panoptic_panet_R_18_synth.yaml"
 DATASET = "test_export_openvino_val"
 ATOL = {"pred_boxes": 1e-3, "scores": 1e-5, "pred_masks": 1e-4, "sem_seg": 1e-4}
 IMAGES = [(96, 224, 2), (200, 120, 3)]  # the tool traces the dataset's first image (192 x 192)
+LAYERS = ("Convolution", "FullyConnected")  # OpenVINO's runtime layers that compute features
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +194,46 @@ def test_per_level_fc_as_gemms_computes_the_same(instance_fp32):
     assert len(before[0]) > 0
     for a, b in zip(before, after):
         np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), atol=1e-3)
+
+
+def test_bf16_keeps_the_box_path_float32(instance_fp32):
+    """Compiled with the bfloat16 hint, the IR runs its convolutions and fc layers in bfloat16
+    but the ops that compute the boxes RoIAlign reads in float32 (OpenVINO's runtime graph,
+    walked back from each ROIAlign's box input to the layers that compute features). Unmarked,
+    the poolers' Concat and Gather ran in bfloat16: every box rounded to 8 significant bits.
+    Reorders, reshapes and shape reads compute nothing (those in bfloat16 there convert the
+    heads' outputs to float32, or carry the integer batch indices)."""
+    import openvino as ov
+
+    core = ov.Core()
+    xml = str(instance_fp32[2] / "model.xml")
+    hint = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": 1}
+    runtime = core.compile_model(core.read_model(xml), "CPU", hint).get_runtime_model()
+
+    def info(op, key):
+        return op.get_rt_info()[key].astype(str)
+
+    kinds = [info(op, "layerType") for op in runtime.get_ops()]
+    layers = [
+        info(op, "runtimePrecision") for op, k in zip(runtime.get_ops(), kinds) if k in LAYERS
+    ]
+    assert len(layers) > 20 and set(layers) == {"bf16"}, layers
+    todo = [
+        op.input_value(1).get_node() for op, k in zip(runtime.get_ops(), kinds) if k == "ROIAlign"
+    ]
+    assert len(todo) == 8  # the box and mask poolers, 4 levels each
+    seen, computed = set(), {}
+    while todo:
+        op = todo.pop()
+        kind = info(op, "layerType")
+        if op.get_friendly_name() in seen or kind in LAYERS + ("Deconvolution", "Input", "Const"):
+            continue
+        seen.add(op.get_friendly_name())
+        if kind not in ("Reorder", "Reshape", "ShapeOf"):
+            computed[op.get_friendly_name()] = (kind, info(op, "runtimePrecision"))
+        todo += [value.get_node() for value in op.input_values()]
+    assert len(computed) > 50 and {"Concatenation", "Gather"} <= {k for k, _ in computed.values()}
+    assert not {n: c for n, c in computed.items() if c[1] == "bf16"}
 
 
 def test_batched_matmul_of_any_input_as_gemms():
