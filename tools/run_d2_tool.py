@@ -322,6 +322,19 @@ def _demo_output_folder(script, args):
     yield
 
 
+def _check_output_dir_option(args):
+    """Detectron2's tools create ``--output-dir`` (visualize_data) with ``os.makedirs`` after the
+    dataset has loaded: a path under a regular file or in a folder without write access was a
+    ``FileExistsError`` / ``PermissionError`` traceback; refused in one line before the run."""
+    from panet_d2.engine.checks import check_output_dir
+
+    for i, arg in enumerate(args):
+        if arg == "--output-dir" and i + 1 < len(args):
+            check_output_dir(args[i + 1], "--output-dir")
+        elif arg.startswith("--output-dir="):
+            check_output_dir(arg.split("=", 1)[1], "--output-dir")
+
+
 def _check_analyze_model_counts(script, args):
     """Detectron2 0.6's analyze_model averages the activation counts over ``--num-inputs`` minus
     one (a ZeroDivisionError after the count for 1) and names an undefined variable for 0: refused
@@ -521,6 +534,7 @@ def run_tool(script, args, run_name="__main__"):
         dict: the globals of the script after it ran.
     """
     _check_analyze_model_counts(script, args)
+    _check_output_dir_option(args)
     argv, path = sys.argv, list(sys.path)
     sys.argv = [script] + list(args)
     sys.path.insert(0, os.path.dirname(script))  # as `python3 script`: e.g. demo's predictor.py

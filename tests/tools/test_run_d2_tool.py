@@ -259,6 +259,20 @@ def test_visualize_data(entry, datasets, tmp_path, kind):
         assert (drawn != image).any(), "nothing drawn on " + d["file_name"]
 
 
+def test_visualize_data_output_dir_that_cannot_be_a_folder(entry, monkeypatch, tmp_path):
+    """visualize_data made ``--output-dir`` with os.makedirs after the dataset loaded: under a
+    regular file, a FileExistsError traceback. One line before the tool runs (both spellings)."""
+    _require("visualize_data")
+    monkeypatch.setattr(entry, "panet_d2_environment", None)  # not reached
+    (tmp_path / "file").write_text("")
+    under, itself = str(tmp_path / "file" / "vis"), str(tmp_path / "file")
+    argv = ["visualize_data", "--source", "annotation", "--config-file", "x.yaml"]
+    msg = error_exit(entry.main, argv + ["--output-dir", under])
+    assert msg.startswith("ERROR: --output-dir={!r} cannot be created: ".format(under)), msg
+    msg = error_exit(entry.main, argv + ["--output-dir=" + itself])
+    assert msg.startswith("ERROR: --output-dir={!r} is a file: give a folder".format(itself)), msg
+
+
 @pytest.mark.parametrize("kind", ["panoptic"])  # its detector is the instance model's
 def test_benchmark_eval(entry, datasets, logs, kind):
     """benchmark --task eval (300 inferences, Detectron2's fixed count): small inputs."""
