@@ -3,9 +3,9 @@
 OpenVINO backend of tools/export_model.py and benchmarks/bench_export.py: the ONNX graph of
 ``export_onnx`` (tools/export_support.py) converted to OpenVINO IR (``model.xml`` /
 ``model.bin``), compiled for the CPU in float32 or bfloat16 (OpenVINO's
-``INFERENCE_PRECISION_HINT``; the ops that compute the RoIs' boxes stay float32), and int8 by ONNX Runtime's static post-training quantiser (QDQ
-nodes, which OpenVINO runs as int8 kernels; the other ops in float32, or in bfloat16 with
-``int8-bf16``).
+``INFERENCE_PRECISION_HINT``; the ops that compute the RoIs' boxes stay float32), and int8 by
+ONNX Runtime's static post-training quantiser (QDQ nodes, which OpenVINO runs as int8 kernels;
+the other ops in float32, or in bfloat16 with ``int8-bf16``).
 
 Running an exported model needs only OpenVINO and NumPy (no torch, no Detectron2):
 
