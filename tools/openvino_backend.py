@@ -28,7 +28,7 @@ __all__ = [
     "sequences_as_slices",
     "batched_matmuls_as_gemms",
     "box_path",
-    "keep_box_path_float32",
+    "mark_precise",
     "quantize_onnx",
     "convert_onnx",
     "OpenVinoModel",
@@ -262,19 +262,17 @@ def box_path(ir) -> set:
     return names
 
 
-def keep_box_path_float32(xml_path: str) -> int:
+def mark_precise(xml_path: str, names) -> int:
     """
-    Mark the ops of :func:`box_path` in the IR at ``xml_path`` (rewritten in place) with
-    OpenVINO's ``precise`` attribute, which keeps an op in float32 when the model is compiled in
-    a lower precision. Without it the bf16 hint runs the box path in bfloat16 too: the poolers'
-    concatenation rounded every RoI's coordinates to 8 significant bits (1 px steps at 128-256
-    px, 4 px at 512-1024) before RoIAlign (measured in docs/deployment.md). Returns how many ops.
+    Mark the ops named ``names`` (e.g. :func:`box_path`) in the IR at ``xml_path`` (rewritten in
+    place) with OpenVINO's ``precise`` attribute, which keeps an op in float32 when the model is
+    compiled in a lower precision. Unmarked, the bf16 hint ran the box path in bfloat16 too: the
+    poolers' concatenation rounded every RoI's coordinates to 8 significant bits (1 px steps at
+    128-256 px, 4 px at 512-1024) before RoIAlign (measured in docs/deployment.md). Returns how
+    many ops.
     """
     import xml.etree.ElementTree as ET
 
-    import openvino as ov
-
-    names = box_path(ov.Core().read_model(xml_path))
     tree = ET.parse(xml_path)
     marked = 0
     for layer in tree.getroot().iter("layer"):
@@ -371,8 +369,8 @@ def convert_onnx(onnx_path: str, xml_path: str) -> str:
     """
     OpenVINO IR (``xml_path`` and its ``.bin``) of the ONNX model at ``onnx_path``, its chunk
     sequences first made slices (:func:`sequences_as_slices`); weights kept float32; the ops that
-    compute the RoIs' boxes marked to stay float32 in a lower precision
-    (:func:`keep_box_path_float32`). Read by
+    compute the RoIs' boxes marked to stay float32 in a lower precision (:func:`box_path`,
+    :func:`mark_precise`). Read by
     OpenVINO's ONNX frontend (``Core.read_model``): ``openvino.convert_model`` converts with the
     same frontend and adds offline graph transformations that the CPU plugin's compilation
     repeats; on the tests' models it took 8-16 s against 0.2 s, with the same latency (0.28 s
@@ -389,7 +387,7 @@ def convert_onnx(onnx_path: str, xml_path: str) -> str:
     for output, name in zip(ir.outputs, [o.name for o in model.graph.output]):
         output.get_tensor().set_names({name})  # only the ONNX name (not the inner tensor's too)
     ov.save_model(ir, xml_path, compress_to_fp16=False)
-    keep_box_path_float32(xml_path)
+    mark_precise(xml_path, box_path(ir))
     return xml_path
 
 
