@@ -322,12 +322,16 @@ def _demo_output_folder(script, args):
     yield
 
 
-def _check_output_dir_option(args):
+def _check_output_dir_option(script, args):
     """Detectron2's tools create ``--output-dir`` (visualize_data) with ``os.makedirs`` after the
     dataset has loaded: a path under a regular file or in a folder without write access was a
-    ``FileExistsError`` / ``PermissionError`` traceback; refused in one line before the run."""
+    ``FileExistsError`` / ``PermissionError`` traceback; refused in one line before the run
+    (only for a script that has the option: another one's parser refuses it, nothing created)."""
     from panet_d2.engine.checks import check_output_dir
 
+    with open(script, encoding="utf-8", errors="replace") as f:
+        if '"--output-dir"' not in f.read():
+            return
     for i, arg in enumerate(args):
         if arg == "--output-dir" and i + 1 < len(args):
             check_output_dir(args[i + 1], "--output-dir")
@@ -534,7 +538,7 @@ def run_tool(script, args, run_name="__main__"):
         dict: the globals of the script after it ran.
     """
     _check_analyze_model_counts(script, args)
-    _check_output_dir_option(args)
+    _check_output_dir_option(script, args)
     argv, path = sys.argv, list(sys.path)
     sys.argv = [script] + list(args)
     sys.path.insert(0, os.path.dirname(script))  # as `python3 script`: e.g. demo's predictor.py

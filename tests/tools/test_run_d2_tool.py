@@ -10,6 +10,7 @@ by hand from the paper's structure.
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -271,6 +272,12 @@ def test_visualize_data_output_dir_that_cannot_be_a_folder(entry, monkeypatch, t
     assert msg.startswith("ERROR: --output-dir={!r} cannot be created: ".format(under)), msg
     msg = error_exit(entry.main, argv + ["--output-dir=" + itself])
     assert msg.startswith("ERROR: --output-dir={!r} is a file: give a folder".format(itself)), msg
+    # a tool without the option: its own parser refuses it; no folder made for it here
+    monkeypatch.setattr(entry, "panet_d2_environment", lambda script: contextlib.nullcontext())
+    made = tmp_path / "made"
+    with pytest.raises(SystemExit):
+        entry.run_tool(_require("benchmark"), ["--output-dir", str(made)])
+    assert not made.exists()
 
 
 @pytest.mark.parametrize("kind", ["panoptic"])  # its detector is the instance model's
