@@ -375,6 +375,14 @@ def abbrev(keys, n=3):
     return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
+def non_finite(state):
+    """The floating tensors of ``state`` (a state dict) that hold NaN or inf, and the first named
+    ("KEY has N of M values not finite (K tensor(s) in all)"; empty when none)."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    n, m = (int((~state[bad[0]].isfinite()).sum()), state[bad[0]].numel()) if bad else (0, 0)
+    return bad, bad and f"{bad[0]} has {n} of {m} values not finite ({len(bad)} tensor(s) in all)"
+
+
 def fit_hints(missing, unexpected, file_keys, model_keys):
     """What the file has, of :data:`_HINTS`, and the config value that fits it ("AFP per-level
     weights: set MODEL.AFP.ENABLED True"), for a file of tensors ``file_keys`` loaded into a model
@@ -423,8 +431,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         failed write is one :class:`CheckpointError`."""
         if not self.save_dir or not self.save_to_disk:
             return
-        state = self.model.state_dict()
-        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        bad = non_finite(self.model.state_dict())[0]
         if bad:
             last = self.get_checkpoint_file() if self.has_checkpoint() else None
             raise TrainingDivergedError(
@@ -554,13 +561,11 @@ class PANetCheckpointer(DetectionCheckpointer):
         try:
             self._check_fit(incompatible, file_keys)
             loaded = {k: v for k, v in self.model.state_dict().items() if k in targets}
-            bad = [k for k, v in loaded.items() if v.is_floating_point() and not v.isfinite().all()]
+            bad, first = non_finite(loaded)
             if bad:  # NaN or inf in what the file loaded
-                n, total = int((~loaded[bad[0]].isfinite()).sum()), loaded[bad[0]].numel()
                 raise self._refused(
-                    f"was not loaded: its weights hold NaN or inf: {bad[0]} has {n} of {total} "
-                    f"values not finite ({len(bad)} tensor(s) in all): the weights of a diverged "
-                    "or damaged run; give an earlier checkpoint."
+                    f"was not loaded: its weights hold NaN or inf: {first}: the weights of a "
+                    "diverged or damaged run; give an earlier checkpoint."
                 )
         except CheckpointError:
             self.model.load_state_dict(before)
@@ -598,8 +603,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         if required and not file_keys.intersection(required):
             raise self._refused(
                 f"holds none of the model's {len(required)} tensors (it holds {len(file_keys)} "
-                f"tensor(s): {abbrev(file_keys) or 'nothing'}): it is not a checkpoint of this "
-                "model."
+                f"tensor(s): {abbrev(file_keys) or 'nothing'}): not a checkpoint of this model."
             )
         shapes = incompatible.incorrect_shapes
         wrong = [w for w in shapes if not w[0].endswith(NOT_REQUIRED_SUFFIXES)]

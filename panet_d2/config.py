@@ -40,8 +40,7 @@ def add_panet_config(cfg):
     cfg.MODEL.PAFPN.ACTIVATION = "relu"
     cfg.MODEL.PAFPN.CONV_BIAS = False  # a bias even before a norm: True (release), False (D2)
 
-    # Adaptive feature pooling (Sec. 3.2); needs ROI_BOX_HEAD.NAME "PANetConvFCHead" and
-    # ROI_MASK_HEAD.NAME "PANetMaskHead"
+    # Adaptive feature pooling (Sec. 3.2): read by the heads PANetConvFCHead and PANetMaskHead
     cfg.MODEL.AFP = CN()
     cfg.MODEL.AFP.ENABLED = True
     cfg.MODEL.AFP.FUSE_TYPE = "max"  # element-wise fusion: "max" (paper) or "sum" (Table 4)

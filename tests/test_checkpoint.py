@@ -295,7 +295,7 @@ def test_no_matching_tensor_and_no_weights(tmp_path):
         msg = _error(model, path, warm_start=warm_start)
         assert msg == (
             "Checkpoint {!r} holds none of the model's 160 tensors (it holds 1 tensor(s): "
-            "encoder.weight): it is not a checkpoint of this model.".format(path)
+            "encoder.weight): not a checkpoint of this model.".format(path)
         )
     assert _error(model, "").startswith("No checkpoint given (MODEL.WEIGHTS, ")
     assert PANetCheckpointer(model, warm_start=True).load("") == {}  # training from scratch

@@ -319,7 +319,7 @@ def test_coco_to_cityscapes_refuses_bad_outputs_and_writes_atomically(tmp_path, 
     torch.save({"model": state}, str(src))
     new = tmp_path / "new.pth"
     assert error_exit(tool.main, [str(src), str(new)]) == (
-        "ERROR: COCO checkpoint tensor {} has 2 of 144 values not finite (NaN or inf; 1 tensor(s) "
-        "in all): the weights of a diverged or damaged run; not converted.".format(key)
+        "ERROR: COCO checkpoint tensor {} has 2 of 144 values not finite (1 tensor(s) in all): "
+        "NaN or inf, the weights of a diverged or damaged run; not converted.".format(key)
     )
     assert not new.exists()

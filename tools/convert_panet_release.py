@@ -182,7 +182,13 @@ sys.path.insert(0, ROOT)  # run from a checkout without installing panet_d2
 
 from detectron2.utils.file_io import PathManager
 
-from panet_d2.checkpoint import CLASS_KEYS, RestrictedUnpickler, abbrev, fit_hints
+from panet_d2.checkpoint import (
+    CLASS_KEYS,
+    RestrictedUnpickler,
+    abbrev,
+    fit_hints,
+    non_finite,
+)
 from panet_d2.compat import atomic_output_files
 from panet_d2.engine.cli import one_line_errors
 from panet_d2.errors import CheckpointError, os_error_cause
@@ -423,12 +429,12 @@ def refuse_non_float(state: Dict[str, torch.Tensor]):
 def refuse_non_finite(state: Dict[str, torch.Tensor], what: str):
     """A CheckpointError naming the first floating tensor of ``state`` that holds NaN or inf (as
     "``what`` KEY has N of M values not finite"): nothing is converted or written from it."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    bad, first = non_finite(state)
     if bad:
-        n, total = int((~state[bad[0]].isfinite()).sum()), state[bad[0]].numel()
         raise CheckpointError(
-            "{} {} has {} of {} values not finite (NaN or inf; {} tensor(s) in all): the weights "
-            "of a diverged or damaged run; not converted.".format(what, bad[0], n, total, len(bad))
+            "{} {}: NaN or inf, the weights of a diverged or damaged run; not converted.".format(
+                what, first
+            )
         )
 
 

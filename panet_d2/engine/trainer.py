@@ -234,9 +234,8 @@ class PANetTrainer(DefaultTrainer):
         stopped, first = self.iter < self.max_iter, None
         self.storage.iter = self.iter
         for h in self._hooks:
-            # UPSTREAM-WORKAROUND hooks-after-failed-training: Detectron2 0.6's EvalHook evaluates
-            # after a failure at the last iteration, and TrainerBase.after_train stops at the
-            # first hook that fails (a full disk's error replaced the one that stopped training).
+            # UPSTREAM-WORKAROUND hooks-after-failed-training: D2 0.6's EvalHook evaluates after a
+            # failure at the last iteration, and after_train stops at the first hook that fails.
             if stopped and isinstance(h, hooks.EvalHook):
                 continue
             try:

@@ -89,11 +89,10 @@ def check_evaluator_type(dataset_name):
     supported types when :data:`EVALUATORS` has none for it."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type not in EVALUATORS:
-        found = f"evaluator_type {evaluator_type!r}" if evaluator_type else None
+        found = f"evaluator_type {evaluator_type!r}" if evaluator_type else "no evaluator_type"
         raise DatasetError(
-            f"No evaluator for the test dataset {dataset_name!r}: it has "
-            f"{found or 'no evaluator_type in its metadata'}. Supported evaluator types: "
-            f"{', '.join(EVALUATORS)}."
+            f"No evaluator for the test dataset {dataset_name!r}: it has {found} in its metadata. "
+            f"Supported evaluator types: {', '.join(EVALUATORS)}."
         )
     return evaluator_type
 

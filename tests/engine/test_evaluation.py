@@ -88,14 +88,14 @@ def test_evaluators_by_type(synth, cfg, monkeypatch):
 def test_unknown_evaluator_type(cfg):
     for name, metadata, found in [
         ("t_eval_weird", {"evaluator_type": "weird"}, "evaluator_type 'weird'"),
-        ("t_eval_none", {}, "no evaluator_type in its metadata"),
+        ("t_eval_none", {}, "no evaluator_type"),
     ]:
         with pytest.raises(DatasetError) as e:
             build_evaluator(cfg, _dataset(name, **metadata))
         assert str(e.value) == (
-            "No evaluator for the test dataset {!r}: it has {}. Supported evaluator types: coco, "
-            "coco_panoptic_seg, sem_seg, cityscapes_instance, cityscapes_sem_seg, "
-            "cityscapes_panoptic_seg, pascal_voc, lvis.".format(name, found)
+            "No evaluator for the test dataset {!r}: it has {} in its metadata. Supported "
+            "evaluator types: coco, coco_panoptic_seg, sem_seg, cityscapes_instance, "
+            "cityscapes_sem_seg, cityscapes_panoptic_seg, pascal_voc, lvis.".format(name, found)
         )
 
 

@@ -290,8 +290,8 @@ def test_non_finite_or_integer_tensors_are_refused_by_name(tmp_path):
     state["Mask_Outs.classify.bias"][1] = float("nan")  # a second tensor, later in the file
     _save_release(src, state)
     assert error_exit(tool.main, [str(src), str(out)] + OPTS) == (
-        "ERROR: Release tensor {} has 3 of 18432 values not finite (NaN or inf; 2 tensor(s) in "
-        "all): the weights of a diverged or damaged run; not converted.".format(key)
+        "ERROR: Release tensor {} has 3 of 18432 values not finite (2 tensor(s) in all): NaN or "
+        "inf, the weights of a diverged or damaged run; not converted.".format(key)
     )
     state = {k: torch.ones(v.shape, dtype=torch.int64) for k, v in release_state("det").items()}
     _save_release(src, state)

@@ -57,10 +57,9 @@ class PanopticPANet(PanopticFPN):
         if self.training and batched_inputs and "sem_seg" not in batched_inputs[0]:
             raise ValueError(
                 "PanopticPANet training needs a 'sem_seg' target in every input, and this batch "
-                "has none: the dataset mapper produced no semantic labels. Use "
-                "panet_d2.data.PanopticDatasetMapper (train_net.py does), which makes them from "
-                "the panoptic PNGs, or a dataset with sem_seg_file_name (Detectron2's "
-                "*_panoptic_separated datasets)."
+                "has none: the dataset mapper produced no semantic labels. Use panet_d2.data."
+                "PanopticDatasetMapper (train_net.py does), which makes them from the panoptic "
+                "PNGs, or a dataset with sem_seg_file_name (Detectron2's *_panoptic_separated)."
             )
         return super().forward(batched_inputs)
 
