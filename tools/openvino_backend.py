@@ -29,6 +29,7 @@ __all__ = [
     "batched_matmuls_as_gemms",
     "box_path",
     "mark_precise",
+    "float_inputs_for_float_ops",
     "quantize_onnx",
     "convert_onnx",
     "OpenVinoModel",
@@ -305,6 +306,43 @@ def _remove_unused_nodes(graph):
             graph.node.remove(n)
 
 
+# UPSTREAM-WORKAROUND openvino-fq-branch-roialign: OpenVINO 2026.4's CPU plugin computes zeros
+# for the FakeQuantize of a quantised convolution's output that a RoIAlign also reads in float.
+_QUANTISED_READERS = ("RoiAlign",)
+
+
+def float_inputs_for_float_ops(onnx_model, quantised) -> int:
+    """
+    Give, in place, every op of ``onnx_model`` that is not one of the ``quantised`` nodes (names)
+    the float tensor where it reads a fake-quantised activation (``DequantizeLinear`` of a
+    ``QuantizeLinear`` of it): ONNX Runtime's QDQ quantiser makes every reader of a tensor that it
+    quantises for one op read the rounded copy (the RPN head's float output convolutions, the box
+    predictor, a residual Add). RoIAlign keeps the copy (:data:`_QUANTISED_READERS`). Returns the
+    number of inputs given back; the pairs then read by nobody are removed.
+    """
+    import onnx
+
+    graph, producer, changed = onnx_model.graph, {}, 0
+    todo = [graph]
+    while todo:  # readers in subgraphs (Loop / If bodies) too
+        g = todo.pop()
+        producer.update({o: n for n in g.node for o in n.output})
+        for n in g.node:
+            todo.extend(a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH)
+            if (g is graph and n.name in quantised) or n.op_type in _QUANTISED_READERS:
+                continue
+            for i, name in enumerate(n.input):
+                dq = producer.get(name)
+                if dq is None or dq.op_type != "DequantizeLinear":
+                    continue
+                q = producer.get(dq.input[0])
+                if q is not None and q.op_type == "QuantizeLinear":
+                    n.input[i] = q.input[0]
+                    changed += 1
+    _remove_unused_nodes(graph)
+    return changed
+
+
 def quantize_onnx(
     onnx_path: str,
     output_path: str,
@@ -318,7 +356,9 @@ def quantize_onnx(
     format, per-channel int8 weights, uint8 activations (MinMax ranges over the calibration
     inputs), the ops that :data:`INT8_QUANTISED` gives ``precision`` but those whose names start
     with its prefixes (or ``excluded_prefixes``); per-level fc layers first made per-level
-    ``Gemm`` where ``Gemm`` is quantised (:func:`batched_matmuls_as_gemms`).
+    ``Gemm`` where ``Gemm`` is quantised (:func:`batched_matmuls_as_gemms`); the ops not quantised
+    then read float tensors, not the quantised ops' rounded copies
+    (:func:`float_inputs_for_float_ops`).
 
     Args:
         calibration_inputs (list[tuple[ndarray]]): the model's inputs for each calibration image.
@@ -345,11 +385,8 @@ def quantize_onnx(
     model = onnx.load(onnx_path)
     if "Gemm" in op_types:
         batched_matmuls_as_gemms(model)
-    excluded = [
-        n.name
-        for n in model.graph.node
-        if n.op_type in op_types and n.name.startswith(tuple(excluded_prefixes))
-    ]
+    quantised = {n.name for n in model.graph.node if n.op_type in op_types}
+    excluded = [n for n in quantised if n.startswith(tuple(excluded_prefixes))]
     quantize_static(
         model,
         output_path,
@@ -362,6 +399,9 @@ def quantize_onnx(
         weight_type=QuantType.QInt8,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
+    model = onnx.load(output_path)
+    float_inputs_for_float_ops(model, quantised.difference(excluded))
+    onnx.save(model, output_path)
     return output_path
 
 

@@ -18,7 +18,8 @@ precisions may reorder or swap a few of them):
   int8-bf16 (convolutions only, the other ops bfloat16): >= 50% matched, eager's top detection
   matched, and the bfloat16 hint changes its scores.
 Measured here: bf16 80-90% matched (80-100% with the box path float32, stop 41, 4 images); int8
-50-70%; int8-bf16 60-80%. (On a trained model: the accuracy gate of docs/deployment.md.)
+50-70% (70% on the first image with the float ops reading float tensors, stop 42); int8-bf16
+60-80%. (On a trained model: the accuracy gate of docs/deployment.md.)
 """
 
 import os
@@ -264,6 +265,69 @@ def test_batched_matmul_of_any_input_as_gemms():
     session = onnxruntime.InferenceSession(model.SerializeToString())
     (y,) = session.run(None, {"x": x})
     np.testing.assert_allclose(y, np.einsum("lmk,lkn->lmn", x, w) + b, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_ops_left_float_read_float_inputs(tmp_path):
+    """A tensor read by a quantised convolution and by one left float (an excluded name, as the
+    RPN head's outputs) and by an op never quantised (``Relu``, as a residual add or RoIAlign): the
+    quantiser's rounded copy goes to the quantised one only; the others compute exactly what the
+    float model does (ONNX Runtime, both)."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
+
+    openvino_backend = load_script("tools/openvino_backend.py", "openvino_backend_readers")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 4, 9, 9)).astype(np.float32) * 3
+    w = rng.standard_normal((2, 4, 4, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w0"], ["a"], "/int8/conv", pads=[1] * 4),
+            helper.make_node("Conv", ["x", "w1"], ["b"], "/float/conv", pads=[1] * 4),
+            helper.make_node("Relu", ["x"], ["c"], "/relu"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+        [helper.make_tensor_value_info(v, TensorProto.FLOAT, None) for v in "abc"],
+        [numpy_helper.from_array(w[i], f"w{i}") for i in range(2)],
+    )
+    path = str(tmp_path / "m.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)]), path)
+    run = [onnxruntime.InferenceSession(p).run(None, {"x": x}) for p in [path]]
+    quantised = openvino_backend.quantize_onnx(
+        path, str(tmp_path / "q.onnx"), [(x,), (x * 0.5,)], ["x"], "int8", ["/float/"]
+    )
+    run.append(onnxruntime.InferenceSession(quantised).run(None, {"x": x}))
+    (a, b, c), (qa, qb, qc) = run
+    assert not np.allclose(qa, a, rtol=0, atol=1e-6)  # the quantised one is int8
+    np.testing.assert_array_equal(qb, b)
+    np.testing.assert_array_equal(qc, c)
+
+
+def test_openvino_still_needs_roialign_to_read_the_quantised_copy(instance_fp32, tmp_path):
+    """UPSTREAM-WORKAROUND openvino-fq-branch-roialign: with RoIAlign given the float features of
+    a quantised convolution's output (which its FakeQuantize also reads), OpenVINO's int8 boxes
+    are not ONNX Runtime's for the same QDQ graph (the FakeQuantize gives zeros); with RoIAlign
+    reading the rounded copy they are. Fails once OpenVINO computes it: then drop the exception."""
+    import onnxruntime
+    from torchvision.ops import box_iou
+
+    openvino_backend = load_script("tools/openvino_backend.py", "openvino_backend_roialign")
+    _, _, out = instance_fp32
+    img = random_image(*IMAGES[0]).float().numpy()
+    calibration = [(random_image(192, 192, seed).float().numpy(),) for seed in range(4)]
+    agree = []
+    for readers in [openvino_backend._QUANTISED_READERS, ()]:
+        openvino_backend._QUANTISED_READERS = readers
+        path = str(tmp_path / "q{}.onnx".format(len(readers)))
+        openvino_backend.quantize_onnx(str(out / "model.onnx"), path, calibration, ["image"])
+        (ort,) = onnxruntime.InferenceSession(path).run(["pred_boxes"], {"image": img})
+        compiled = openvino_backend.OpenVinoModel(
+            openvino_backend.convert_onnx(path, path[:-5] + ".xml"), "int8"
+        )
+        got = dict(zip(compiled.output_names, compiled(img)))["pred_boxes"]
+        iou = box_iou(torch.from_numpy(ort[:10]), torch.from_numpy(got))
+        agree.append(float((iou.max(dim=1).values >= 0.9).float().mean()))
+    assert agree[0] >= 0.5 and agree[1] <= 0.1, agree  # measured: 0.6, 0.0
 
 
 def test_fp32_panoptic_model_equals_eager(tool, tmp_path):
