@@ -24,7 +24,8 @@ Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torch
 OpenVINO's inference precision hint, ``int8``: ``model.int8.onnx``, its convolutions and fc
 layers quantised by ONNX Runtime on ``--calibration-count`` images of ``--calibration-dataset``,
 its other ops float32, ``int8-bf16``: its convolutions only, its other ops bfloat16;
-tools/openvino_backend.py, which also runs the IR without torch). What the exported model
+tools/openvino_backend.py, which also runs the IR without torch; an int8 IR in which OpenVINO
+computes zeros where ONNX Runtime does not is refused, not written). What the exported model
 computes: see ``tools/export_support.py``. ``--run-eval`` evaluates the exported model on
 cfg.DATASETS.TEST[0] with the project's evaluator of that dataset (of a LazyConfig:
 ``dataloader.evaluator`` on ``dataloader.test``).
@@ -61,7 +62,7 @@ from panet_d2.engine.checks import check_config, check_dataset, check_output_dir
 from panet_d2.errors import ConfigError, DatasetError, NonFiniteOutputError
 
 import export_support as export  # noqa: E402  isort: skip  (tools/)
-from openvino_backend import PRECISIONS  # noqa: E402  isort: skip  (tools/, torch-free)
+from openvino_backend import PRECISIONS, MiscompiledError  # noqa: E402  isort: skip
 
 logger = setup_logger(name="panet_d2.export_model")
 
@@ -275,9 +276,32 @@ def write_openvino(cfg, args, model, sample, onnx_path):
         onnx_path = openvino_backend.quantize_onnx(
             onnx_path, quantised, inputs, names, args.precision
         )
-    openvino_backend.convert_onnx(onnx_path, os.path.join(args.output, "model.xml"))
+    xml_path = openvino_backend.convert_onnx(onnx_path, os.path.join(args.output, "model.xml"))
+    if args.precision.startswith("int8"):
+        check_int8_ir(onnx_path, xml_path, inputs[0], names, args.precision)
     logger.info("OpenVINO IR of {} ({})".format(onnx_path, args.precision))
     return schema
+
+
+def check_int8_ir(onnx_path, xml_path, inputs, names, precision):
+    """Refuse (:class:`MiscompiledError`, the IR removed) an int8 IR in which OpenVINO computes
+    zeros where ONNX Runtime's run of the same QDQ graph on ``inputs`` does not."""
+    import openvino
+    import openvino_backend
+
+    zeros = openvino_backend.zeroed_activations(onnx_path, xml_path, inputs, names, precision)
+    if not zeros:
+        return
+    for path in (xml_path, xml_path[: -len(".xml")] + ".bin"):
+        os.remove(path)
+    raise openvino_backend.MiscompiledError(
+        "OpenVINO {} computes {} int8 activation(s) of this model as zeros where ONNX Runtime, "
+        "running the same quantised graph {} on the first calibration image, does not ({}); "
+        "model.xml would give wrong outputs and is not written: export --precision fp32 or bf16 "
+        '(docs/deployment.md, "Ops left float read float tensors").'.format(
+            openvino.__version__.split("-")[0], len(zeros), onnx_path, ", ".join(zeros[:3])
+        )
+    )
 
 
 def export_traced(cfg, args, model, path, sample):
@@ -440,7 +464,7 @@ def main(argv=None):
 
 def cli(argv=None):
     """:func:`main`, an input error (config, checkpoint, image) as one "ERROR:" line, exit 1."""
-    with one_line_errors():
+    with one_line_errors(MiscompiledError):
         return main(argv)
 
 

@@ -32,6 +32,8 @@ __all__ = [
     "float_inputs_for_float_ops",
     "quantize_onnx",
     "convert_onnx",
+    "MiscompiledError",
+    "zeroed_activations",
     "OpenVinoModel",
 ]
 
@@ -429,6 +431,51 @@ def convert_onnx(onnx_path: str, xml_path: str) -> str:
     ov.save_model(ir, xml_path, compress_to_fp16=False)
     mark_precise(xml_path, box_path(ir))
     return xml_path
+
+
+class MiscompiledError(RuntimeError):
+    """OpenVINO computes an int8 graph otherwise than ONNX Runtime (:func:`zeroed_activations`)."""
+
+
+def zeroed_activations(onnx_path: str, xml_path: str, inputs, input_names, precision="int8"):
+    """
+    The fake-quantised activations (``DequantizeLinear`` of ``QuantizeLinear``) of the QDQ graph
+    at ``onnx_path`` that OpenVINO, compiling its IR at ``xml_path`` for ``precision``, computes
+    as all zeros on ``inputs`` (one tuple of arrays, in ``input_names``' order) where ONNX Runtime
+    does not: the fault of UPSTREAM-WORKAROUND openvino-fq-branch-roialign, in any op pattern.
+    Returns their names (list, graph order; empty: none).
+    """
+    import onnx
+    import onnxruntime
+    import openvino as ov
+
+    model = onnx.load(onnx_path)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    names = [
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear"
+        and getattr(producer.get(n.input[0]), "op_type", None) == "QuantizeLinear"
+    ]
+    outputs = {o.name for o in model.graph.output}
+    model.graph.output.extend(
+        onnx.helper.make_empty_tensor_value_info(t) for t in names if t not in outputs
+    )
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    feed = dict(zip(input_names, inputs))
+    nonzero = {t for t, a in zip(names, session.run(names, feed)) if np.any(a)}
+    del session, model
+    core = ov.Core()
+    ir = core.read_model(xml_path)
+    known = {t for op in ir.get_ops() for out in op.outputs() for t in out.get_names()}
+    probed = [t for t in names if t in known and t in nonzero]
+    ir.add_outputs(probed)
+    compiled = core.compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": _HINTS[precision]})
+    results = compiled.create_infer_request().infer([np.asarray(x) for x in inputs])
+    zero = {t for o in compiled.outputs for t in o.get_names() if not np.any(results[o])}
+    return [t for t in probed if t in zero]
 
 
 class OpenVinoModel:

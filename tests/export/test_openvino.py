@@ -330,6 +330,19 @@ def test_openvino_still_needs_roialign_to_read_the_quantised_copy(instance_fp32,
     assert agree[0] >= 0.5 and agree[1] <= 0.1, agree  # measured: 0.6, 0.0
 
 
+def test_int8_ir_that_openvino_computes_as_zeros_is_refused(tool, tmp_path, monkeypatch):
+    """The export's check of the int8 IR against ONNX Runtime: with RoIAlign given the float
+    features (the op pattern of UPSTREAM-WORKAROUND openvino-fq-branch-roialign) OpenVINO computes
+    an FPN output's fake-quantised copy as zeros: refused, the IR removed."""
+    backend = sys.modules["openvino_backend"]  # the tool's own
+    monkeypatch.setattr(backend, "_QUANTISED_READERS", ())
+    cfg, model = _model(INSTANCE)
+    with pytest.raises(backend.MiscompiledError, match=r"as zeros .* \(/backbone/fpn_output"):
+        _export(tool, cfg, model, tmp_path, "int8")
+    assert {"model.int8.onnx", "model.onnx"} <= set(os.listdir(tmp_path))
+    assert not {"model.xml", "model.bin"} & set(os.listdir(tmp_path))
+
+
 def test_fp32_panoptic_model_equals_eager(tool, tmp_path):
     cfg, model = _model(PANOPTIC)
     with logged_messages("panet_d2.export_model") as messages:
