@@ -63,7 +63,7 @@ from panet_d2.engine.checks import check_config, check_dataset, check_output_dir
 from panet_d2.errors import ConfigError, DatasetError, NonFiniteOutputError
 
 import export_support as export  # noqa: E402  isort: skip  (tools/)
-from openvino_backend import PRECISIONS, MiscompiledError  # noqa: E402  isort: skip
+from openvino_backend import PRECISIONS, MiscompiledError  # noqa: E402  isort: skip  (tools/)
 
 logger = setup_logger(name="panet_d2.export_model")
 
@@ -300,7 +300,7 @@ def check_int8_ir(onnx_path, xml_path, inputs, names, precision):
         return
     for path in (xml_path, xml_path[: -len(".xml")] + ".bin"):
         os.remove(path)
-    raise openvino_backend.MiscompiledError(
+    raise MiscompiledError(
         "OpenVINO {} computes {} int8 activation(s) of this model as zeros where ONNX Runtime, "
         "running the same quantised graph {} on the first calibration image, does not ({}); "
         "model.xml would give wrong outputs and is not written: export --precision fp32 or bf16 "
