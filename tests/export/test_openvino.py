@@ -143,6 +143,13 @@ def test_lower_precisions_match_eager(tool, tmp_path):
     ir = [openvino_backend.OpenVinoModel(xml, p) for p in ("int8", "int8-bf16")]
     f32, bf16 = (dict(zip(m.output_names, m(img)))["scores"] for m in ir)
     assert len(f32) > 0 and not (f32.shape == bf16.shape and np.array_equal(f32, bf16))
+    # and RoIAlign as the hint says there (float32 only in the float graph's bf16: faster each)
+    runtime = ir[1].compiled.get_runtime_model().get_ops()
+    info = [
+        {k: op.get_rt_info()[k].astype(str) for k in ("layerType", "runtimePrecision")}
+        for op in runtime
+    ]
+    assert {i["runtimePrecision"] for i in info if i["layerType"] == "ROIAlign"} == {"bf16"}
     # int8: every convolution's and fc's weights and inputs quantised (QDQ) but the RPN head's
     # outputs and the box predictor, the AFP fc1 as one Gemm per level; int8-bf16: convolutions
     # only (but the RPN head's outputs and the box head's)
@@ -199,7 +206,7 @@ def test_per_level_fc_as_gemms_computes_the_same(instance_fp32):
 
 def test_bf16_keeps_the_box_path_float32(instance_fp32):
     """Compiled with the bfloat16 hint, the IR runs its convolutions and fc layers in bfloat16
-    but the ops that compute the boxes RoIAlign reads in float32 (OpenVINO's runtime graph,
+    but RoIAlign and the ops that compute the boxes it reads in float32 (OpenVINO's runtime graph,
     walked back from each ROIAlign's box input to the layers that compute features). Unmarked,
     the poolers' Concat and Gather ran in bfloat16: every box rounded to 8 significant bits.
     Reorders, reshapes and shape reads compute nothing (those in bfloat16 there convert the
@@ -223,6 +230,10 @@ def test_bf16_keeps_the_box_path_float32(instance_fp32):
         op.input_value(1).get_node() for op, k in zip(runtime.get_ops(), kinds) if k == "ROIAlign"
     ]
     assert len(todo) == 8  # the box and mask poolers, 4 levels each
+    pooling = {
+        info(op, "runtimePrecision") for op, k in zip(runtime.get_ops(), kinds) if k == "ROIAlign"
+    }
+    assert pooling == {"f32"}, pooling  # bfloat16's RoIAlign: 11x float32's time (R50)
     seen, computed = set(), {}
     while todo:
         op = todo.pop()
