@@ -414,8 +414,8 @@ def convert_onnx(onnx_path: str, xml_path: str) -> str:
     sequences first made slices (:func:`sequences_as_slices`); weights kept float32; the ops that
     compute the RoIs' boxes marked to stay float32 in a lower precision (:func:`box_path`,
     :func:`mark_precise`), and, in a graph not quantised, RoIAlign (R50 at 800 x 1216, 2
-    threads, the bfloat16 hint: 4.11 s against 4.99 s; in the int8-bf16 graph 1.98 s against 1.61
-    s, so not there; docs/deployment.md). Read by
+    threads, the bfloat16 hint: 4.11 s an image against 4.99 s; in the int8-bf16 graph it was
+    slower, 1.98 s against 1.61 s, so not there; docs/deployment.md). Read by
     OpenVINO's ONNX frontend (``Core.read_model``): ``openvino.convert_model`` converts with the
     same frontend and adds offline graph transformations that the CPU plugin's compilation
     repeats; on the tests' models it took 8-16 s against 0.2 s, with the same latency (0.28 s
