@@ -300,12 +300,15 @@ def check_int8_ir(onnx_path, xml_path, inputs, names, precision):
         return
     for path in (xml_path, xml_path[: -len(".xml")] + ".bin"):
         os.remove(path)
+    others = "fp32 or bf16"
+    if precision == "int8" and all(z.startswith("/roi_heads/box_head/") for z in zeros):
+        others = "int8-bf16 (its box head is not quantised), bf16 or fp32"
     raise MiscompiledError(
         "OpenVINO {} computes {} int8 activation(s) of this model as zeros where ONNX Runtime, "
         "running the same quantised graph {} on the first calibration image, does not ({}); "
-        "model.xml would give wrong outputs and is not written: export --precision fp32 or bf16 "
+        "model.xml would give wrong outputs and is not written: export --precision {} "
         '(docs/deployment.md, "Ops left float read float tensors").'.format(
-            openvino.__version__.split("-")[0], len(zeros), onnx_path, ", ".join(zeros[:3])
+            openvino.__version__.split("-")[0], len(zeros), onnx_path, ", ".join(zeros[:3]), others
         )
     )
 

@@ -23,6 +23,7 @@ Measured here: bf16 80-90% matched (80-100% with the box path float32, stop 41, 
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -348,10 +349,23 @@ def test_int8_ir_that_openvino_computes_as_zeros_is_refused(tool, tmp_path, monk
     backend = sys.modules["openvino_backend"]  # the tool's own
     monkeypatch.setattr(backend, "_QUANTISED_READERS", ())
     cfg, model = _model(INSTANCE)
-    with pytest.raises(backend.MiscompiledError, match=r"as zeros .* \(/backbone/fpn_output"):
+    with pytest.raises(backend.MiscompiledError, match=r"as zeros .* \(/backbone/fpn_output") as e:
         _export(tool, cfg, model, tmp_path, "int8")
+    assert "export --precision fp32 or bf16 (" in str(e.value)
     assert {"model.int8.onnx", "model.onnx"} <= set(os.listdir(tmp_path))
     assert not {"model.xml", "model.bin"} & set(os.listdir(tmp_path))
+
+
+def test_int8_ir_refused_for_its_box_head_names_int8_bf16(tool, tmp_path, monkeypatch):
+    """Where every zeroed tensor is the box head's (the X101 fault of docs/deployment.md), the
+    refusal of int8 names int8-bf16, which does not quantise the box head; int8-bf16's does not."""
+    backend = sys.modules["openvino_backend"]
+    zeros = ["/roi_heads/box_head/fc1/ReduceMax_output_0_DequantizeLinear_Output"]
+    monkeypatch.setattr(backend, "zeroed_activations", lambda *args: zeros)
+    cfg, model = _model(INSTANCE)
+    for precision, advice in [("int8", "int8-bf16 (its box head"), ("int8-bf16", "fp32 or bf16")]:
+        with pytest.raises(backend.MiscompiledError, match=r"--precision " + re.escape(advice)):
+            _export(tool, cfg, model, tmp_path / precision, precision)
 
 
 def test_fp32_panoptic_model_equals_eager(tool, tmp_path):
