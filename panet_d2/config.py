@@ -161,8 +161,8 @@ class CheckedConfigFile(CN):
         where = where or f"Config file {filename!r}"
         if os.path.realpath(filename) in (real for _, real in cls._chain):
             raise ConfigError(f"{where} inherits from itself through _BASE_.")
-        if os.path.isdir(filename):
-            raise ConfigError(f"{where} is a folder, not a file.")
+        if os.path.exists(filename) and not os.path.isfile(filename):  # a folder, a pipe
+            raise ConfigError(f"{where} is not a regular file.")
         if not os.path.isfile(filename):
             hint = " (a _BASE_ is relative to the file that names it)" if base_of else ""
             raise ConfigError(f"{where} does not exist{hint}.")
@@ -273,7 +273,7 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
     Detectron2's defaults with PANet's keys. A :class:`ConfigError` names the file or options."""
     opts = list(opts or [])
     if not os.path.isfile(path):
-        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        what = "is not a regular file" if os.path.exists(path) else "does not exist"  # a pipe
         raise ConfigError("Config file {!r} ({}) {}.".format(path, key, what))
     if lazy and path.endswith(".py"):
         try:

@@ -295,13 +295,22 @@ def test_bad_config_files(train_net, tmp_path):
     )
     folder = tmp_path / "configs"  # a folder given for a file, as the config or its _BASE_
     folder.mkdir()
-    assert error(folder) == "Config file {!r} (--config-file) is a folder, not a file.".format(
+    assert error(folder) == "Config file {!r} (--config-file) is not a regular file.".format(
         str(folder)
     )
     child2 = tmp_path / "sub" / "child2.yaml"
     child2.write_text('_BASE_: "../configs"\n')
-    assert error(child2) == "The _BASE_ {!r} of config file {!r} is a folder, not a file.".format(
+    assert error(child2) == "The _BASE_ {!r} of config file {!r} is not a regular file.".format(
         str(tmp_path / "sub" / "../configs"), str(child2)
+    )
+    pipe = tmp_path / "config.yaml"  # a named pipe: refused, not read (a read would wait)
+    os.mkfifo(pipe)
+    assert error(pipe) == "Config file {!r} (--config-file) is not a regular file.".format(
+        str(pipe)
+    )
+    child2.write_text('_BASE_: "../config.yaml"\n')
+    assert error(child2) == "The _BASE_ {!r} of config file {!r} is not a regular file.".format(
+        str(tmp_path / "sub" / "../config.yaml"), str(child2)
     )
     # a base that exists but is empty: named as the base of which file
     (tmp_path / "Base-Missing.yaml").write_text("")
