@@ -277,6 +277,24 @@ def test_base_that_is_not_a_file_name(train_net, tmp_path):
         assert _config_error(train_net, tmp_path, config) == expected.format(str(config), shown)
 
 
+def test_config_file_that_is_a_pipe(train_net, tmp_path):
+    """A named pipe as the config or its _BASE_: refused as not a regular file, not read (a read
+    would wait for a writer); it had been said not to exist."""
+    pipe = tmp_path / "config.yaml"
+    os.mkfifo(pipe)
+    assert _config_error(train_net, tmp_path, pipe) == (
+        "Config file {!r} (--config-file) is not a regular file.".format(str(pipe))
+    )
+    child = tmp_path / "sub" / "child.yaml"
+    child.parent.mkdir()
+    child.write_text('_BASE_: "../config.yaml"\n')
+    assert _config_error(train_net, tmp_path, child) == (
+        "The _BASE_ {!r} of config file {!r} is not a regular file.".format(
+            str(tmp_path / "sub" / "../config.yaml"), str(child)
+        )
+    )
+
+
 def test_bad_config_files(train_net, tmp_path):
     def error(config):
         return _config_error(train_net, tmp_path, config)
@@ -302,15 +320,6 @@ def test_bad_config_files(train_net, tmp_path):
     child2.write_text('_BASE_: "../configs"\n')
     assert error(child2) == "The _BASE_ {!r} of config file {!r} is not a regular file.".format(
         str(tmp_path / "sub" / "../configs"), str(child2)
-    )
-    pipe = tmp_path / "config.yaml"  # a named pipe: refused, not read (a read would wait)
-    os.mkfifo(pipe)
-    assert error(pipe) == "Config file {!r} (--config-file) is not a regular file.".format(
-        str(pipe)
-    )
-    child2.write_text('_BASE_: "../config.yaml"\n')
-    assert error(child2) == "The _BASE_ {!r} of config file {!r} is not a regular file.".format(
-        str(tmp_path / "sub" / "../config.yaml"), str(child2)
     )
     # a base that exists but is empty: named as the base of which file
     (tmp_path / "Base-Missing.yaml").write_text("")
