@@ -304,7 +304,7 @@ def test_int8_ops_left_float_read_float_inputs(tmp_path):
     )
     path = str(tmp_path / "m.onnx")
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 16)]), path)
-    run = [onnxruntime.InferenceSession(p).run(None, {"x": x}) for p in [path]]
+    run = [onnxruntime.InferenceSession(path).run(None, {"x": x})]
     quantised = openvino_backend.quantize_onnx(
         path, str(tmp_path / "q.onnx"), [(x,), (x * 0.5,)], ["x"], "int8", ["/float/"]
     )
