@@ -4,8 +4,9 @@
 CPU latency of one model eager (float32, and bfloat16 under ``torch.autocast``), exported to
 TorchScript (tracing, scripting), to ONNX (run in ONNX Runtime) and to OpenVINO (float32, bfloat16
 by the inference precision hint, int8 by ONNX Runtime's quantiser with the other ops in float32
-or bfloat16 (each with the ops that tools/openvino_backend.py quantises for it), and int8 with
-the RPN head's outputs quantised too), side by side in one process:
+or bfloat16 (each with the ops that tools/openvino_backend.py quantises for it; int8-heads: the
+mask and semantic heads only), and int8 with the RPN head's outputs quantised too), side by side
+in one process:
 PANet R50 (``panet_R_50_FPN_1x.yaml``) by default, on one HxW image (800 x 1216 by default).
 
 Every backend computes the same thing, what ``tools/export_support.py`` exports for an instance
@@ -73,9 +74,11 @@ BACKENDS = (
     "openvino-bf16",
     "openvino-int8",
     "openvino-int8-bf16",
+    "openvino-int8-heads",
     "openvino-int8-rpn",
 )
-# the precision of each backend's matrix products (the peak it is compared with)
+# the precision of most of each backend's matrix products (the peak it is compared with; fp32 if
+# not named: int8-heads quantises the mask and semantic heads only, its other products float32)
 # (openvino-int8-rpn: the RPN head's output convolutions quantised too, which the tool does not do)
 PRECISION = {
     "eager-bf16": "bf16",
@@ -150,6 +153,7 @@ def openvino_runners(model, inputs, backends, threads, tmpdir, onnx_path):
     for variant, precision, prefixes in [
         ("int8", "int8", None),
         ("int8-bf16", "int8-bf16", None),
+        ("int8-heads", "int8-heads", None),
         ("int8-rpn", "int8", rpn_too),
     ]:
         if "openvino-" + variant in backends:

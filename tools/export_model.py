@@ -23,8 +23,9 @@ Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torch
 ``model.onnx`` and the OpenVINO IR ``model.xml`` / ``model.bin`` (``--precision fp32``, ``bf16``:
 OpenVINO's inference precision hint, ``int8``: ``model.int8.onnx``, its convolutions and fc
 layers quantised by ONNX Runtime on ``--calibration-count`` images of ``--calibration-dataset``,
-its other ops float32, ``int8-bf16``: its convolutions only, its other ops bfloat16;
-tools/openvino_backend.py, which also runs the IR without torch; an int8 IR in which OpenVINO
+its other ops float32, ``int8-bf16``: its convolutions only, its other ops bfloat16,
+``int8-heads``: the mask and semantic heads' only, the boxes float32's; tools/openvino_backend.py,
+which also runs the IR without torch; an int8 IR in which OpenVINO
 computes zeros where ONNX Runtime does not is refused, not written). What the exported model
 computes: see ``tools/export_support.py``. ``--run-eval`` evaluates the exported model on
 cfg.DATASETS.TEST[0] with the project's evaluator of that dataset (of a LazyConfig:
@@ -109,21 +110,22 @@ def get_parser():
         default="fp32",
         help="openvino: float32, bfloat16 (inference precision hint), int8 (post-training "
         "quantisation of the convolutions and fc layers, calibrated on --calibration-dataset; the "
-        "other ops float32) or int8-bf16 (of the convolutions only, the other ops bfloat16)",
+        "other ops float32), int8-bf16 (of the convolutions only, the other ops bfloat16) or "
+        "int8-heads (of the mask and semantic heads only: the boxes are float32's)",
     )
     parser.add_argument(
         "--calibration-dataset",
         default=None,
         metavar="NAME",
-        help="int8, int8-bf16: the registered dataset whose images calibrate (default: the "
-        "first training dataset of the config)",
+        help="int8, int8-bf16, int8-heads: the registered dataset whose images calibrate "
+        "(default: the first training dataset of the config)",
     )
     parser.add_argument(
         "--calibration-count",
         type=int,
         default=None,
         metavar="N",
-        help="int8, int8-bf16: the number of calibration images (default {})".format(
+        help="int8, int8-bf16, int8-heads: the number of calibration images (default {})".format(
             CALIBRATION_COUNT
         ),
     )
@@ -196,12 +198,13 @@ def check_args(args):
             "float32)".format(args.precision)
         )
     if not args.precision.startswith("int8") and args.calibration_dataset is not None:
-        raise ConfigError("--calibration-dataset calibrates --precision int8 or int8-bf16 only")
+        raise ConfigError(
+            "--calibration-dataset calibrates --precision int8, int8-bf16 or int8-heads only"
+        )
     if not args.precision.startswith("int8") and args.calibration_count is not None:
         raise ConfigError(
-            "--calibration-count {} calibrates --precision int8 or int8-bf16 only".format(
-                args.calibration_count
-            )
+            "--calibration-count {} calibrates --precision int8, int8-bf16 or int8-heads "
+            "only".format(args.calibration_count)
         )
     if args.calibration_count is not None and args.calibration_count < 1:
         raise ConfigError(
@@ -443,6 +446,17 @@ def check_test_dataset(cfg, args):
             raise DatasetError(f"{e} {what[:1].upper()}{what[1:]}.") from None
 
 
+def check_int8_heads(model):
+    """Refuse ``--precision int8-heads`` for a model with neither a mask head nor a semantic head
+    (a detection model), where it would quantise nothing."""
+    mask_on = getattr(getattr(model, "roi_heads", None), "mask_on", False)
+    if not mask_on and getattr(model, "sem_seg_head", None) is None:
+        raise ConfigError(
+            "--precision int8-heads quantises the mask and semantic heads; this model has neither "
+            "(a detection model): its IR would be fp32's. Export --precision fp32 or int8."
+        )
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     # the loggers of train_net.py --eval-only: the evaluators' tables, print_csv_format's lines
@@ -462,6 +476,8 @@ def main(argv=None):
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
     else:
         model, weights = instantiate_model(cfg).to(cfg.train.device), cfg.train.init_checkpoint
+    if args.precision == "int8-heads":
+        check_int8_heads(model)
     PANetCheckpointer(model).load(weights)  # required; every tensor of the model from it
     model.eval()
     inference = export_model(cfg, args, model)

@@ -6,7 +6,7 @@ OpenVINO backend of tools/export_model.py and benchmarks/bench_export.py: the ON
 ``INFERENCE_PRECISION_HINT``; the ops that compute the RoIs' boxes, and RoIAlign in the float
 graph, stay float32), and int8 by ONNX Runtime's static post-training quantiser (QDQ nodes,
 which OpenVINO runs as int8 kernels; the other ops in float32, or in bfloat16 with
-``int8-bf16``).
+``int8-bf16``; ``int8-heads`` quantises the mask and semantic heads only).
 
 Running an exported model needs only OpenVINO and NumPy (no torch, no Detectron2):
 
@@ -14,7 +14,7 @@ Running an exported model needs only OpenVINO and NumPy (no torch, no Detectron2
 
 prints each output's name, shape and dtype and saves the outputs by name (``image.npy``: float32
 (3, H, W), 0..255, in the model's input format, resized as the test loader resizes; height and
-width for a panoptic model; environment variable ``PANET_D2_PRECISION`` for bf16 or int8-bf16);
+width for a panoptic model; environment variable ``PANET_D2_PRECISION``: one of ``PRECISIONS``);
 a file or value it cannot use is one "ERROR:" line naming it.
 Importing this module imports neither torch nor panet_d2.
 """
@@ -38,16 +38,19 @@ __all__ = [
     "OpenVinoModel",
 ]
 
-PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16")
-# INFERENCE_PRECISION_HINT of each precision: int8 graphs (int8, int8-bf16: each its quantised
-# set, INT8_QUANTISED) run their QDQ-marked ops in int8 and the rest in float32 or bfloat16.
-_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16"}
+PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16", "int8-heads")
+# INFERENCE_PRECISION_HINT of each precision: int8 graphs (int8, int8-bf16, int8-heads: each its
+# quantised set, INT8_QUANTISED) run their QDQ-marked ops in int8, the rest in float32 or bfloat16.
+_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16", "int8-heads": "f32"}
 
 # Per int8 precision, the ONNX ops quantised and the name prefixes of those left float (measured
 # in docs/deployment.md): int8 quantises every convolution (backbone, FPN, bottom-up path, RPN
 # head's shared 3x3 conv, mask head with its deconvolution, semantic head) and fully connected
 # layer (box head, FF) but the RPN head's outputs (objectness, box deltas) and the box predictor;
-# int8-bf16 quantises the convolutions only, not the box head's (HHD): its accuracy needs that.
+# int8-bf16 quantises the convolutions only, not the box head's (HHD): its accuracy needs that;
+# int8-heads only the mask and semantic heads, whose outputs no box depends on, but not the
+# convolutions that read RoIAlign's features (OpenVINO's RoIAlign would read the rounded copy:
+# openvino-fq-branch-roialign below): its boxes are float32's.
 _FLOAT_OUTPUTS = (
     "/proposal_generator/rpn_head/objectness_logits",
     "/proposal_generator/rpn_head/anchor_deltas",
@@ -56,6 +59,10 @@ _FLOAT_OUTPUTS = (
 INT8_QUANTISED = {
     "int8": (("Conv", "ConvTranspose", "Gemm"), _FLOAT_OUTPUTS),
     "int8-bf16": (("Conv",), _FLOAT_OUTPUTS + ("/roi_heads/box_head/",)),
+    "int8-heads": (
+        ("Conv", "ConvTranspose", "Gemm"),
+        _FLOAT_OUTPUTS + ("/backbone/", "/proposal_generator/", "/roi_heads/box_head/"),
+    ),
 }
 
 
@@ -358,7 +365,8 @@ def quantize_onnx(
     int8 post-training quantisation of an ONNX model by ONNX Runtime's static quantiser: QDQ
     format, per-channel int8 weights, uint8 activations (MinMax ranges over the calibration
     inputs), the ops that :data:`INT8_QUANTISED` gives ``precision`` but those whose names start
-    with its prefixes (or ``excluded_prefixes``); per-level fc layers first made per-level
+    with its prefixes (or ``excluded_prefixes``) and, for ``int8-heads``, those that read a
+    RoIAlign's features; per-level fc layers first made per-level
     ``Gemm`` where ``Gemm`` is quantised (:func:`batched_matmuls_as_gemms`); the ops not quantised
     then read float tensors, not the quantised ops' rounded copies
     (:func:`float_inputs_for_float_ops`).
@@ -389,14 +397,19 @@ def quantize_onnx(
     if "Gemm" in op_types:
         batched_matmuls_as_gemms(model)
     quantised = {n.name for n in model.graph.node if n.op_type in op_types}
-    excluded = [n for n in quantised if n.startswith(tuple(excluded_prefixes))]
+    excluded = {n for n in quantised if n.startswith(tuple(excluded_prefixes))}
+    if precision == "int8-heads":  # UPSTREAM-WORKAROUND openvino-fq-branch-roialign
+        pooled = {n.input[0] for n in model.graph.node if n.op_type == "RoiAlign"}
+        excluded |= {
+            n.name for n in model.graph.node if n.name in quantised and pooled & set(n.input)
+        }
     quantize_static(
         model,
         output_path,
         Reader(),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(op_types),
-        nodes_to_exclude=excluded,
+        nodes_to_exclude=sorted(excluded),
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,

@@ -387,6 +387,52 @@ def test_fp32_panoptic_model_equals_eager(tool, tmp_path):
         )
 
 
+def test_int8_heads_leaves_every_box_float32(tool, tmp_path):
+    """int8-heads quantises the mask and semantic heads only, and none of their convolutions that
+    read RoIAlign's features (OpenVINO's RoIAlign would read the rounded copy): the boxes, scores
+    and classes are float32 eager's; the masks and semantic logits are int8's (close, not
+    equal)."""
+    cfg, model = _model(PANOPTIC)
+    inference = _export(tool, cfg, model, tmp_path, "int8-heads")
+    graph = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    made = {o: n for n in graph.node for o in n.output}
+    pooled = {n.input[0] for n in graph.node if n.op_type == "RoiAlign"}
+    assert len(pooled) == 4  # the bottom-up path's 4 levels
+    quantised = [n for n in graph.node if n.input[1:2] and n.input[1] in made]
+    quantised = [n for n in quantised if made[n.input[1]].op_type == "DequantizeLinear"]
+    parts = {n.name.split("/")[2 if n.name.startswith("/roi_heads/") else 1] for n in quantised}
+    assert parts == {"mask_head", "sem_seg_head"}, sorted(n.name for n in quantised)
+    for node in quantised:
+        # what the quantised op reads is a DequantizeLinear of a QuantizeLinear of a float tensor
+        read = made[made[node.input[0]].input[0]].input[0]
+        assert read not in pooled, node.name
+    for spec, size in [(IMAGES[0], (150, 250)), (IMAGES[1], IMAGES[1][:2])]:
+        img = random_image(*spec)
+        expected = _eager(model, img, size)
+        got = inference([{"image": img, "height": size[0], "width": size[1]}])[0]
+        fields = [instances_fields(o["instances"]) for o in (expected, got)]
+        masks = [f.pop("pred_masks").float() for f in fields]
+        assert len(fields[0]["scores"]) > 0
+        assert_equal_fields(*fields, atol=ATOL)
+        assert 0 < (masks[0] - masks[1]).abs().mean() <= 0.05
+        assert 0 < (expected["sem_seg"] - got["sem_seg"]).abs().max() <= 0.5
+
+    # a detection model has neither head: refused (it would quantise nothing), before its weights
+    argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--format", "openvino"]
+    argv += ["--precision", "int8-heads", "--calibration-dataset", DATASET]
+    argv += ["--output", str(tmp_path / "detection"), "MODEL.MASK_ON", "False"]
+    argv += [
+        "MODEL.WEIGHTS",
+        "missing.pth",
+        "MODEL.DEVICE",
+        "cpu",
+        "DATASETS.TEST",
+        f"('{DATASET}',)",
+    ]
+    line = error_exit(tool.cli, argv)
+    assert line.startswith("ERROR: --precision int8-heads quantises the mask and semantic"), line
+
+
 _NO_TORCH = """
 import importlib.abc, sys
 
@@ -437,11 +483,13 @@ def test_exported_model_runs_without_torch(instance_fp32, tmp_path):
         (["--format", "openvino", "--calibration-dataset", DATASET], "calibrates --precision int8"),
         (
             ["--format", "openvino", "--calibration-count", "4"],
-            "ERROR: --calibration-count 4 calibrates --precision int8 or int8-bf16 only",
+            "ERROR: --calibration-count 4 calibrates --precision int8, int8-bf16 or int8-heads "
+            "only",
         ),
         (  # the default count, given: refused as well
             ["--format", "torchscript", "--calibration-count", "16"],
-            "ERROR: --calibration-count 16 calibrates --precision int8 or int8-bf16 only",
+            "ERROR: --calibration-count 16 calibrates --precision int8, int8-bf16 or int8-heads "
+            "only",
         ),
         (
             ["--format", "openvino", "--precision", "int8", "--calibration-count", "0"],
