@@ -63,6 +63,7 @@ sys.path.insert(
     1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 )
 import export_support as export  # noqa: E402  isort: skip  (tools/)
+from openvino_backend import int8_heads_refusal  # noqa: E402  isort: skip  (tools/, torch-free)
 
 BACKENDS = (
     "eager",
@@ -336,13 +337,19 @@ def main():
     parser.add_argument("--load", default="fixed", choices=("fixed", "default"))
     parser.add_argument("--cls-scale", type=float, default=30.0)
     add_timing_options(parser)
-    parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        choices=BACKENDS,
+        help="default: every one the model takes (openvino-int8-heads: a mask head)",
+    )
     parser.add_argument(
         "--flops", type=float, default=None, help="the model's GFLOPs (skip the count)"
     )
     parser.add_argument("--opts", nargs="*", default=[], help="config changes: KEY VALUE pairs")
     args = parser.parse_args()
-    if args.backends[0] != "eager":
+    if args.backends and args.backends[0] != "eager":
         parser.error("--backends: eager first (the ratios are to eager)")
     torch.set_num_threads(args.threads)
     try:
@@ -351,6 +358,11 @@ def main():
         parser.error(" ".join(str(e).split()))
     cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
     model = build(cfg, args)
+    refusal = int8_heads_refusal(model)
+    if refusal and args.backends and "openvino-int8-heads" in args.backends:
+        parser.error(f"--backends openvino-{refusal}.")
+    if args.backends is None:
+        args.backends = [b for b in BACKENDS if not (refusal and b == "openvino-int8-heads")]
     image = torch.rand(3, args.height, args.width, generator=torch.Generator().manual_seed(0))
     image = image * 255
     peaks = measure_peaks(args.threads)

@@ -24,8 +24,8 @@ Writes ``model.ts`` (TorchScript, with its code and graph dumped by ``dump_torch
 OpenVINO's inference precision hint, ``int8``: ``model.int8.onnx``, its convolutions and fc
 layers quantised by ONNX Runtime on ``--calibration-count`` images of ``--calibration-dataset``,
 its other ops float32, ``int8-bf16``: its convolutions only, its other ops bfloat16,
-``int8-heads``: the mask and semantic heads' only, the boxes float32's; tools/openvino_backend.py,
-which also runs the IR without torch; an int8 IR in which OpenVINO
+``int8-heads``: the mask and semantic heads only, its boxes float32's;
+tools/openvino_backend.py, which also runs the IR without torch; an int8 IR in which OpenVINO
 computes zeros where ONNX Runtime does not is refused, not written). What the exported model
 computes: see ``tools/export_support.py``. ``--run-eval`` evaluates the exported model on
 cfg.DATASETS.TEST[0] with the project's evaluator of that dataset (of a LazyConfig:
@@ -64,7 +64,11 @@ from panet_d2.engine.checks import check_config, check_dataset, check_output_dir
 from panet_d2.errors import ConfigError, DatasetError, NonFiniteOutputError
 
 import export_support as export  # noqa: E402  isort: skip  (tools/)
-from openvino_backend import PRECISIONS, MiscompiledError  # noqa: E402  isort: skip  (tools/)
+from openvino_backend import (  # noqa: E402  isort: skip  (tools/)
+    PRECISIONS,
+    MiscompiledError,
+    int8_heads_refusal,
+)
 
 logger = setup_logger(name="panet_d2.export_model")
 
@@ -287,6 +291,9 @@ def write_openvino(cfg, args, model, sample, onnx_path):
     return schema
 
 
+_HEADS = ("/roi_heads/mask_head/", "/sem_seg_head/")  # what int8-heads quantises
+
+
 def check_int8_ir(onnx_path, xml_path, inputs, names, precision):
     """Refuse (:class:`MiscompiledError`, the IR removed) an int8 IR in which OpenVINO computes
     zeros where ONNX Runtime's run of the same QDQ graph on ``inputs`` does not."""
@@ -304,8 +311,10 @@ def check_int8_ir(onnx_path, xml_path, inputs, names, precision):
     for path in (xml_path, xml_path[: -len(".xml")] + ".bin"):
         os.remove(path)
     others = "fp32 or bf16"
+    if precision != "int8-heads" and not any(z.startswith(_HEADS) for z in zeros):
+        others = "int8-heads (its box path is float32), " + others
     if precision == "int8" and all(z.startswith("/roi_heads/box_head/") for z in zeros):
-        others = "int8-bf16 (its box head is not quantised), bf16 or fp32"
+        others = "int8-bf16 (its box head is not quantised), " + others
     raise MiscompiledError(
         "OpenVINO {} computes {} int8 activation(s) of this model as zeros where ONNX Runtime, "
         "running the same quantised graph {} on the first calibration image, does not ({}); "
@@ -446,17 +455,6 @@ def check_test_dataset(cfg, args):
             raise DatasetError(f"{e} {what[:1].upper()}{what[1:]}.") from None
 
 
-def check_int8_heads(model):
-    """Refuse ``--precision int8-heads`` for a model with neither a mask head nor a semantic head
-    (a detection model), where it would quantise nothing."""
-    mask_on = getattr(getattr(model, "roi_heads", None), "mask_on", False)
-    if not mask_on and getattr(model, "sem_seg_head", None) is None:
-        raise ConfigError(
-            "--precision int8-heads quantises the mask and semantic heads; this model has neither "
-            "(a detection model): its IR would be fp32's. Export --precision fp32 or int8."
-        )
-
-
 def main(argv=None):
     args = get_parser().parse_args(argv)
     # the loggers of train_net.py --eval-only: the evaluators' tables, print_csv_format's lines
@@ -476,8 +474,10 @@ def main(argv=None):
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
     else:
         model, weights = instantiate_model(cfg).to(cfg.train.device), cfg.train.init_checkpoint
-    if args.precision == "int8-heads":
-        check_int8_heads(model)
+    if args.precision == "int8-heads" and int8_heads_refusal(model):
+        raise ConfigError(
+            f"--precision {int8_heads_refusal(model)}. Export --precision fp32 or int8."
+        )
     PANetCheckpointer(model).load(weights)  # required; every tensor of the model from it
     model.eval()
     inference = export_model(cfg, args, model)

@@ -35,6 +35,7 @@ __all__ = [
     "convert_onnx",
     "MiscompiledError",
     "zeroed_activations",
+    "int8_heads_refusal",
     "OpenVinoModel",
 ]
 
@@ -49,8 +50,8 @@ _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16", "in
 # layer (box head, FF) but the RPN head's outputs (objectness, box deltas) and the box predictor;
 # int8-bf16 quantises the convolutions only, not the box head's (HHD): its accuracy needs that;
 # int8-heads only the mask and semantic heads, whose outputs no box depends on, but not the
-# convolutions that read RoIAlign's features (OpenVINO's RoIAlign would read the rounded copy:
-# openvino-fq-branch-roialign below): its boxes are float32's.
+# convolutions that read the tensors a RoIAlign reads (OpenVINO's RoIAlign would read their
+# rounded copy: openvino-fq-branch-roialign below): its boxes are float32's.
 _FLOAT_OUTPUTS = (
     "/proposal_generator/rpn_head/objectness_logits",
     "/proposal_generator/rpn_head/anchor_deltas",
@@ -365,8 +366,8 @@ def quantize_onnx(
     int8 post-training quantisation of an ONNX model by ONNX Runtime's static quantiser: QDQ
     format, per-channel int8 weights, uint8 activations (MinMax ranges over the calibration
     inputs), the ops that :data:`INT8_QUANTISED` gives ``precision`` but those whose names start
-    with its prefixes (or ``excluded_prefixes``) and, for ``int8-heads``, those that read a
-    RoIAlign's features; per-level fc layers first made per-level
+    with its prefixes (or ``excluded_prefixes``) and, for ``int8-heads``, those that read a tensor
+    a RoIAlign reads; per-level fc layers first made per-level
     ``Gemm`` where ``Gemm`` is quantised (:func:`batched_matmuls_as_gemms`); the ops not quantised
     then read float tensors, not the quantised ops' rounded copies
     (:func:`float_inputs_for_float_ops`).
@@ -497,6 +498,19 @@ def zeroed_activations(onnx_path: str, xml_path: str, inputs, input_names, preci
     return [t for t in probed if t in zero]
 
 
+def int8_heads_refusal(model):
+    """The one-line refusal of ``int8-heads`` for a model (a torch module) with neither a mask
+    head nor a semantic head (a detection model), where it would quantise nothing; else None."""
+    if getattr(getattr(model, "roi_heads", None), "mask_on", False):
+        return None
+    if getattr(model, "sem_seg_head", None) is not None:
+        return None
+    return (
+        "int8-heads quantises the mask and semantic heads; this model has neither (a detection "
+        "model): it would run as fp32"
+    )
+
+
 class OpenVinoModel:
     """
     An OpenVINO IR compiled for the CPU: ``model(*inputs)`` with NumPy arrays (or anything
@@ -506,7 +520,8 @@ class OpenVinoModel:
     Args:
         precision: "fp32", "bf16" (INFERENCE_PRECISION_HINT bf16: float ops in bfloat16 where
             the processor has bfloat16 instructions), "int8" (an IR made from a quantised ONNX
-            graph; its other ops float32) or "int8-bf16" (such an IR, its other ops bfloat16).
+            graph; its other ops float32; "int8-heads" the same) or "int8-bf16" (such an IR, its
+            other ops bfloat16).
         threads (int or None): INFERENCE_NUM_THREADS (None: OpenVINO's default).
     """
 

@@ -55,6 +55,12 @@ def test_bad_option_is_one_line():
     cases = [
         ("bench_model.py", ["--threads", "0"], "argument --threads: 0: must be at least 1"),
         ("bench_export.py", ["--opts", "MODEL.FOO", "1"], "Non-existent key: MODEL.FOO"),
+        (  # before the peaks and the runs
+            "bench_export.py",
+            ["--backends", "eager", "openvino-int8-heads", "--opts", "MODEL.MASK_ON", "False"],
+            "--backends openvino-int8-heads quantises the mask and semantic heads; this model has "
+            "neither (a detection model): it would run as fp32.",
+        ),
     ]
     procs = [start_script(os.path.join("benchmarks", s), *a) for s, a, _ in cases]
     for (script, _, line), proc in zip(cases, procs):
@@ -62,3 +68,16 @@ def test_bad_option_is_one_line():
         assert proc.returncode == 2 and "Traceback" not in stderr, stderr
         last = stderr.strip().splitlines()[-1]
         assert last.startswith(f"{script}: error: ") and last.endswith(line), last
+
+
+def test_accuracy_gate_refuses_int8_heads_of_a_detection_model_first():
+    """Before the eager evaluation (the weights do not exist: they would be read first)."""
+    config = os.path.join("configs", "COCO-Detection", "panet_R_50_FPN_release_1x.yaml")
+    args = ["--config-file", config, "--weights", "missing.pth", "--precisions", "int8-heads"]
+    proc = start_script(os.path.join("benchmarks", "accuracy_gate.py"), *args)
+    _, stderr = proc.communicate(timeout=120)
+    last = stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last == (
+        "ERROR: --precisions int8-heads quantises the mask and semantic heads; this model has "
+        "neither (a detection model): it would run as fp32."
+    ), stderr
