@@ -34,6 +34,7 @@ __all__ = [
     "quantize_onnx",
     "convert_onnx",
     "MiscompiledError",
+    "PrecisionMismatchError",
     "zeroed_activations",
     "int8_heads_refusal",
     "OpenVinoModel",
@@ -511,6 +512,10 @@ def int8_heads_refusal(model):
     )
 
 
+class PrecisionMismatchError(ValueError):
+    """An int8 precision for a float IR, or a float one for a quantised IR."""
+
+
 class OpenVinoModel:
     """
     An OpenVINO IR compiled for the CPU: ``model(*inputs)`` with NumPy arrays (or anything
@@ -536,6 +541,16 @@ class OpenVinoModel:
         self.xml_path = xml_path
         core = ov.Core()
         model = core.read_model(xml_path)
+        quantised = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        if quantised != precision.startswith("int8"):
+            raise PrecisionMismatchError(
+                "precision {!r} does not fit {}: its IR {} (exported with --precision {})".format(
+                    precision,
+                    xml_path,
+                    "is quantised" if quantised else "has no quantised op",
+                    "int8, int8-bf16 or int8-heads" if quantised else "fp32 or bf16",
+                )
+            )
         # the IR's names: compiling may add inner tensors' names to an output
         self.output_names = [o.get_any_name() for o in model.outputs]
         self.compiled = core.compile_model(model, "CPU", config)
@@ -596,6 +611,8 @@ def main(argv=None):
         sys.exit("ERROR: PANET_D2_PRECISION={!r}: one of {}".format(precision, PRECISIONS))
     try:
         model = OpenVinoModel(argv[0], precision)
+    except PrecisionMismatchError as e:
+        sys.exit("ERROR: PANET_D2_PRECISION={!r}: {}".format(precision, e))
     except Exception as e:  # OpenVINO's frontends raise their own types
         sys.exit("ERROR: cannot read the model {!r}: {}".format(argv[0], " ".join(str(e).split())))
     inputs = _runner_inputs(model, argv[1], argv[2:])

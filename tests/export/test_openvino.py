@@ -542,7 +542,7 @@ def test_unusable_calibration_dataset_refused_before_the_model(tool, tmp_path):
     )
 
 
-def test_torch_free_runner_refuses_bad_input_in_one_line(instance_fp32, tmp_path):
+def test_torch_free_runner_refuses_bad_input_in_one_line(instance_fp32, tmp_path, monkeypatch):
     runner = load_script("tools/openvino_backend.py", "openvino_backend_runner")
     xml = str(instance_fp32[2] / "model.xml")
     good = tmp_path / "good.npy"
@@ -568,4 +568,10 @@ def test_torch_free_runner_refuses_bad_input_in_one_line(instance_fp32, tmp_path
     assert "cannot read the image" in error(xml, str(tmp_path / "missing.npy"))
     assert "takes 1 input(s): the image only" in error(xml, str(good), "64", "96")
     assert "cannot read the model" in error(str(tmp_path / "missing.xml"), str(good))
+    # a float IR run as int8 (it would run as fp32): refused, naming the precision
+    monkeypatch.setenv("PANET_D2_PRECISION", "int8")
+    line = error(xml, str(good))
+    monkeypatch.delenv("PANET_D2_PRECISION")
+    assert line.startswith("ERROR: PANET_D2_PRECISION='int8': precision 'int8' does not fit"), line
+    assert line.endswith("has no quantised op (exported with --precision fp32 or bf16)"), line
     runner.main([xml, str(good)])  # the good image runs
