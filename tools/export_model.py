@@ -291,9 +291,6 @@ def write_openvino(cfg, args, model, sample, onnx_path):
     return schema
 
 
-_HEADS = ("/roi_heads/mask_head/", "/sem_seg_head/")  # what int8-heads quantises
-
-
 def check_int8_ir(onnx_path, xml_path, inputs, names, precision):
     """Refuse (:class:`MiscompiledError`, the IR removed) an int8 IR in which OpenVINO computes
     zeros where ONNX Runtime's run of the same QDQ graph on ``inputs`` does not."""
@@ -311,7 +308,8 @@ def check_int8_ir(onnx_path, xml_path, inputs, names, precision):
     for path in (xml_path, xml_path[: -len(".xml")] + ".bin"):
         os.remove(path)
     others = "fp32 or bf16"
-    if precision != "int8-heads" and not any(z.startswith(_HEADS) for z in zeros):
+    float_in_heads = openvino_backend.INT8_QUANTISED["int8-heads"][1]  # not quantised there
+    if precision != "int8-heads" and all(z.startswith(float_in_heads) for z in zeros):
         others = "int8-heads (its box path is float32), " + others
     if precision == "int8" and all(z.startswith("/roi_heads/box_head/") for z in zeros):
         others = "int8-bf16 (its box head is not quantised), " + others
@@ -474,10 +472,9 @@ def main(argv=None):
         model, weights = build_model(cfg), cfg.MODEL.WEIGHTS
     else:
         model, weights = instantiate_model(cfg).to(cfg.train.device), cfg.train.init_checkpoint
-    if args.precision == "int8-heads" and int8_heads_refusal(model):
-        raise ConfigError(
-            f"--precision {int8_heads_refusal(model)}. Export --precision fp32 or int8."
-        )
+    refusal = int8_heads_refusal(model) if args.precision == "int8-heads" else None
+    if refusal:
+        raise ConfigError(f"--precision {refusal}. Export --precision fp32 or int8.")
     PANetCheckpointer(model).load(weights)  # required; every tensor of the model from it
     model.eval()
     inference = export_model(cfg, args, model)
