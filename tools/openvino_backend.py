@@ -448,7 +448,7 @@ def convert_onnx(onnx_path: str, xml_path: str) -> str:
         output.get_tensor().set_names({name})  # only the ONNX name (not the inner tensor's too)
     ov.save_model(ir, xml_path, compress_to_fp16=False)
     kept = set()
-    if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):  # not int8-bf16's
+    if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):  # a float graph
         kept = {op.get_friendly_name() for op in ir.get_ops() if op.get_type_name() == "ROIAlign"}
     mark_precise(xml_path, box_path(ir) | kept)
     return xml_path
