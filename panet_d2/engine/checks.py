@@ -177,6 +177,11 @@ def check_panet_parts(cfg):
             )
 
 
+MAX_SIDE = (
+    8192  # twice Detectron2's largest; a 30000 px test side filled 24 GB (docs/reliability.md)
+)
+
+
 def check_config(cfg, train=True, world_size=None):
     """Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
     building or training (``world_size``: the number of processes, default the current one)."""
@@ -221,9 +226,14 @@ def check_config(cfg, train=True, world_size=None):
         value = functools.reduce(lambda node, name: node[name], key.split("."), cfg)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < low]
+        kind = "integers" if isinstance(value, (list, tuple)) else "an integer"
         if not values or bad:
-            kind = "integers" if isinstance(value, (list, tuple)) else "an integer"
             raise ConfigError(f"{key}={value!r}: must be {kind} >= {low} ({what}).")
+        if "SIZE" in key and "BATCH" not in key and max(values) > MAX_SIDE:
+            raise ConfigError(
+                f"{key}={value!r}: must be {kind} <= {MAX_SIDE} ({what}): images resized to "
+                "larger sides exhaust a machine's memory."
+            )
     if train:
         for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY", "GAMMA"):
             if not 0 <= solver[k] < math.inf:  # NaN too
@@ -363,6 +373,20 @@ def drop_invalid_annotations(dicts, names, key, masks):
         raise DatasetError(msg + (empty if counts.get("empty") else ""))
     _log_dropped(where, counts, total, polygons, first, "Evaluation drops the same ones.")
     return out
+
+
+def check_mask_format(dicts, names, mask_format):
+    """A :class:`DatasetError` if ``INPUT.MASK_FORMAT`` 'polygon' meets an RLE mask (a dict) in a
+    non-crowd annotation of ``dicts`` (``DATASETS.TRAIN`` ``names``): Detectron2's mapper would
+    refuse it at the first iteration that reads it."""
+    for d in dicts if mask_format == "polygon" else ():
+        for a in d.get("annotations") or ():
+            if isinstance(a.get("segmentation"), dict) and not a.get("iscrowd", 0):
+                raise DatasetError(
+                    f"Dataset {', '.join(map(repr, names))} (DATASETS.TRAIN): image "
+                    f"{d.get('image_id')!r} ({d.get('file_name')!r}) has an RLE mask, which "
+                    "INPUT.MASK_FORMAT='polygon' cannot read: set INPUT.MASK_FORMAT 'bitmask'."
+                )
 
 
 def drop_invalid_coco_annotations(coco_api, name, masks):

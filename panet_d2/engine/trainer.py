@@ -116,6 +116,7 @@ class PANetTrainer(DefaultTrainer):
         else:
             names, masks = cfg.DATASETS.TRAIN, cfg.MODEL.MASK_ON
             clean = checks.drop_invalid_annotations(dicts, names, "DATASETS.TRAIN", masks)
+            checks.check_mask_format(clean if masks else (), names, cfg.INPUT.MASK_FORMAT)
             if any(a is not b for a, b in zip(clean, dicts)):  # a new sampler for the new list
                 if cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:
                     clean = d2_build.filter_images_with_only_crowd_annotations(clean)

@@ -24,6 +24,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from panet_d2.engine.checks import (  # noqa: E402
     check_config,
+    check_mask_format,
     drop_invalid_annotations,
     drop_invalid_coco_annotations,
 )
@@ -85,6 +86,15 @@ BAD_VALUES = [
     (["SOLVER.CHECKPOINT_PERIOD", 0], r"SOLVER.CHECKPOINT_PERIOD=0: must be an integer >= 1"),
     (["INPUT.MIN_SIZE_TRAIN", "(0, 192)"], r"MIN_SIZE_TRAIN=\(0, 192\): must be integers >= 1"),
     (["INPUT.MIN_SIZE_TEST", -1], r"INPUT.MIN_SIZE_TEST=-1: must be an integer >= 0 \(test"),
+    (
+        ["INPUT.MAX_SIZE_TEST", 50000],
+        r"^INPUT.MAX_SIZE_TEST=50000: must be an integer <= 8192 \(test images' long side\): images "
+        r"resized to larger sides exhaust a machine's memory.$",
+    ),
+    (
+        ["INPUT.MIN_SIZE_TRAIN", "(192, 9000)"],
+        r"SIZE_TRAIN=\(192, 9000\): must be integers <= 8192",
+    ),
     (["DATALOADER.NUM_WORKERS", -1], r"DATALOADER.NUM_WORKERS=-1: must be an integer >= 0"),
     (["SOLVER.LR_SCHEDULER_NAME", "Foo"], r"LR_SCHEDULER_NAME='Foo'; allowed values are: 'Warm"),
     (["MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", -1.0], r"SEM_SEG_HEAD.LOSS_WEIGHT=-1.0: a loss weight"),
@@ -165,6 +175,16 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
             _main(train_net, tmp_path, *opts, eval_only=True, config=SMOKE)
 
 
+def test_largest_image_sides_accepted():
+    """8192 px (twice Detectron2's largest config value) is the largest side any size key takes."""
+    cfg = panet_cfg()
+    cfg.merge_from_list(["TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (8192,)])
+    for key in ("MIN_SIZE_TEST", "MAX_SIZE_TEST", "MAX_SIZE_TRAIN"):
+        cfg.INPUT[key] = 8192
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.TEST.AUG.MAX_SIZE = (8192,), 8192
+    check_config(cfg, train=True, world_size=1)
+
+
 def test_training_choices_are_detectron2s(train_net):
     """train_net.py's allowed values of Detectron2's training keys: each one Detectron2 takes."""
     import inspect
@@ -237,6 +257,25 @@ def test_image_size_differing_from_its_record(train_net, datasets, tmp_path):
             not (out / "log.txt").exists()
             or "Starting training" not in (out / "log.txt").read_text()
         )
+
+
+def test_rle_masks_with_the_polygon_format(train_net, datasets, tmp_path):
+    """The generated masks are RLE: INPUT.MASK_FORMAT 'polygon' is refused before training (it was
+    Detectron2's ValueError at the first iteration); a crowd RLE (the mapper drops crowds) is not.
+    """
+    name = PREFIX + "_val"
+    with pytest.raises(DatasetError) as e:
+        _main(train_net, tmp_path, "DATASETS.TRAIN", f"('{name}',)", "INPUT.MASK_FORMAT", "polygon")
+    first = DatasetCatalog.get(name)[0]
+    assert str(e.value) == (
+        f"Dataset {name!r} (DATASETS.TRAIN): image {first['image_id']!r} ({first['file_name']!r}) "
+        "has an RLE mask, which INPUT.MASK_FORMAT='polygon' cannot read: set INPUT.MASK_FORMAT "
+        "'bitmask'."
+    )
+    assert "Starting training" not in (tmp_path / "log.txt").read_text()
+    crowds = [dict(d, annotations=[dict(a, iscrowd=1) for a in d["annotations"]]) for d in [first]]
+    check_mask_format(crowds, [name], "polygon")
+    check_mask_format([first], [name], "bitmask")
 
 
 def test_bad_panoptic_config_values():
