@@ -88,8 +88,8 @@ BAD_VALUES = [
     (["INPUT.MIN_SIZE_TEST", -1], r"INPUT.MIN_SIZE_TEST=-1: must be an integer >= 0 \(test"),
     (
         ["INPUT.MAX_SIZE_TEST", 50000],
-        r"^INPUT.MAX_SIZE_TEST=50000: must be an integer <= 8192 \(test images' long side\): images "
-        r"resized to larger sides exhaust a machine's memory.$",
+        r"^INPUT.MAX_SIZE_TEST=50000: must be an integer <= 8192 \(test images' long side\): "
+        r"images resized to larger sides exhaust a machine's memory.$",
     ),
     (
         ["INPUT.MIN_SIZE_TRAIN", "(192, 9000)"],
