@@ -92,7 +92,9 @@ def check_in_features(
     """Raise :class:`ConfigError` unless ``features`` is a non-empty list of features of
     ``input_shape`` (of ``source``); with ``pyramid``, consecutive pyramid levels, finest first."""
     features, names = list(features), ", ".join(input_shape)
-    for f in features or [None]:
+    if not features:
+        raise ConfigError(f"{key}=[]: list one feature at least; {source} has: {names}.")
+    for f in features:
         if f not in input_shape:
             raise ConfigError(
                 f"{key}={features}: {f!r} is not a feature of {source}; its features are: {names}."

@@ -15,7 +15,7 @@ import torch
 
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import GeneralizedRCNN, PanopticFPN, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, PanopticFPN, build_backbone
 from detectron2.modeling import roi_heads as d2_roi_heads
 from detectron2.structures import BoxMode
 
@@ -177,9 +177,117 @@ def check_panet_parts(cfg):
             )
 
 
-MAX_SIDE = (
-    8192  # twice Detectron2's largest; a 30000 px test side filled 24 GB (docs/reliability.md)
-)
+# the bounds of the sizes (docs/reliability.md): twice Detectron2's largest side (a 30000 px test
+# side filled 24 GB); RoIAlign's output side (1000 RoIs of 256 channels at 64 x 64: 4 GB)
+MAX_SIDE, MAX_POOLER_RESOLUTION = 8192, 64
+_MEMORY = "larger values exhaust a machine's memory"
+
+
+def _value(cfg, key):
+    return functools.reduce(lambda node, name: node[name], key.split("."), cfg)
+
+
+def _counts(cfg, train):
+    """{key: (lowest value, what it counts, highest value or None)} of the integer keys read."""
+    m, rcnn = cfg.MODEL, _rcnn(cfg)
+    counts = {"DATALOADER.NUM_WORKERS": (0, "loader processes; 0: none", None)}
+    counts["INPUT.MIN_SIZE_TEST"] = (0, "test images' short side; 0: not resized", MAX_SIDE)
+    counts["INPUT.MAX_SIZE_TEST"] = (1, "test images' long side", MAX_SIDE)
+    counts["TEST.DETECTIONS_PER_IMAGE"] = (1, "detections kept per image", None)
+    counts["MODEL.RPN.PRE_NMS_TOPK_TEST"] = (1, "proposals per level before the RPN's NMS", None)
+    counts["MODEL.RPN.POST_NMS_TOPK_TEST"] = (1, "proposals kept after the RPN's NMS", None)
+    if cfg.TEST.AUG.ENABLED:
+        counts["TEST.AUG.MIN_SIZES"] = (1, "short sides of test-time augmentation", MAX_SIDE)
+        counts["TEST.AUG.MAX_SIZE"] = (1, "long side of test-time augmentation", MAX_SIDE)
+    if rcnn:
+        counts["MODEL.BACKBONE.FREEZE_AT"] = (0, "stages frozen; ResNet has 5", 5)
+        counts["MODEL.FPN.OUT_CHANNELS"] = (1, "the pyramid's channels", None)
+        heads = [("ROI_BOX_HEAD", "box")] + [("ROI_MASK_HEAD", "mask")] * m.MASK_ON
+        for node, head in heads:
+            what = f"the side of the {head} head's RoI features"
+            counts[f"MODEL.{node}.POOLER_RESOLUTION"] = (1, what, MAX_POOLER_RESOLUTION)
+            counts[f"MODEL.{node}.NUM_CONV"] = (0, f"the {head} head's convolutions", None)
+            if m[node].NUM_CONV > 0 or head == "mask":
+                counts[f"MODEL.{node}.CONV_DIM"] = (1, f"the {head} head's channels", None)
+        counts["MODEL.ROI_BOX_HEAD.NUM_FC"] = (0, "the box head's fc layers", None)
+        if m.ROI_BOX_HEAD.NUM_FC > 0:
+            counts["MODEL.ROI_BOX_HEAD.FC_DIM"] = (1, "the box head's fc width", None)
+        if issubclass(rcnn, PanopticFPN):
+            counts["MODEL.SEM_SEG_HEAD.CONVS_DIM"] = (1, "the semantic head's channels", None)
+    if train:
+        counts["MODEL.RPN.BATCH_SIZE_PER_IMAGE"] = (1, "anchors sampled per image", None)
+        counts["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] = (1, "RoIs sampled per image", None)
+        counts["SOLVER.MAX_ITER"] = (1, "training iterations", None)
+        counts["SOLVER.WARMUP_ITERS"] = (0, "iterations of the LR's warmup", None)
+        counts["SOLVER.CHECKPOINT_PERIOD"] = (1, "iterations between checkpoints", None)
+        counts["TEST.EVAL_PERIOD"] = (0, "iterations between evaluations; 0: at the end", None)
+        counts["INPUT.MIN_SIZE_TRAIN"] = (1, "training images' short sides", MAX_SIDE)
+        counts["INPUT.MAX_SIZE_TRAIN"] = (1, "training images' long side", MAX_SIDE)
+    return counts
+
+
+def _check_counts(cfg, counts):
+    for key, (low, what, high) in counts.items():
+        value = _value(cfg, key)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < low]
+        kind = "integers" if isinstance(value, (list, tuple)) else "an integer"
+        if not values or bad:
+            raise ConfigError(f"{key}={value!r}: must be {kind} >= {low} ({what}).")
+        if high is not None and max(values) > high:
+            why = f": {_MEMORY}" if high in (MAX_SIDE, MAX_POOLER_RESOLUTION) else ""
+            raise ConfigError(f"{key}={value!r}: must be {kind} <= {high} ({what}){why}.")
+
+
+def _check_fractions(cfg, train):
+    """Thresholds and fractions: numbers in [0, 1] (a list of them increasing)."""
+    keys = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST"]
+    keys += ["MODEL.RPN.NMS_THRESH", "MODEL.RPN.IOU_THRESHOLDS", "MODEL.ROI_HEADS.IOU_THRESHOLDS"]
+    if train:
+        keys += ["MODEL.RPN.POSITIVE_FRACTION", "MODEL.ROI_HEADS.POSITIVE_FRACTION"]
+        keys += ["SOLVER.WARMUP_FACTOR"]
+    for key in keys:
+        value = _value(cfg, key)
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not all(0 <= v <= 1 for v in values) or values != sorted(values):
+            what = (
+                "numbers in [0, 1], increasing" if value is not values[0] else "a number in [0, 1]"
+            )
+            raise ConfigError(f"{key}={value!r}: must be {what}.")
+
+
+def _check_solver(cfg, world_size):
+    solver = cfg.SOLVER
+    for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY", "GAMMA"):
+        if not 0 <= solver[k] < math.inf:  # NaN too
+            raise ConfigError(f"SOLVER.{k}={solver[k]!r}: must be 0 or positive, and finite.")
+    clip = solver.CLIP_GRADIENTS
+    if clip.ENABLED and not (0 < clip.CLIP_VALUE < math.inf and 0 < clip.NORM_TYPE):
+        raise ConfigError(
+            f"SOLVER.CLIP_GRADIENTS.CLIP_VALUE={clip.CLIP_VALUE!r}, NORM_TYPE={clip.NORM_TYPE!r}: "
+            "must be positive (the value is finite; at -1 every gradient would be set to -1)."
+        )
+    steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]  # as Detectron2's
+    bad = solver.MAX_ITER in steps or steps != sorted(set(steps)) or min(steps, default=1) < 1
+    if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and bad:
+        raise ConfigError(
+            f"SOLVER.STEPS={solver.STEPS}: the iterations where the LR drops must be "
+            f"increasing, from 1 to less than SOLVER.MAX_ITER={solver.MAX_ITER}."
+        )
+    if solver.BASE_LR == 0:
+        logger.warning("SOLVER.BASE_LR=0: training will not change the weights.")
+    if solver.IMS_PER_BATCH < 1 or solver.IMS_PER_BATCH % world_size:
+        raise ConfigError(
+            f"SOLVER.IMS_PER_BATCH={solver.IMS_PER_BATCH}: the images per iteration of all "
+            "processes together must be a positive multiple of the number of processes "
+            f"({world_size})."
+        )
+    reference = solver.REFERENCE_WORLD_SIZE
+    if reference and (reference < 0 or solver.IMS_PER_BATCH % reference):
+        raise ConfigError(
+            f"SOLVER.REFERENCE_WORLD_SIZE={reference}: must be 0 (off) or a number of processes "
+            f"that divides SOLVER.IMS_PER_BATCH={solver.IMS_PER_BATCH}."
+        )
 
 
 def check_config(cfg, train=True, world_size=None):
@@ -192,29 +300,7 @@ def check_config(cfg, train=True, world_size=None):
             f"MODEL.ROI_HEADS.NUM_CLASSES={value!r}: must be a positive integer, the dataset's "
             "number of thing classes."
         )
-    solver, world_size = cfg.SOLVER, world_size or comm.get_world_size()
-    counts = {"DATALOADER.NUM_WORKERS": (0, "loader processes; 0: none")}
-    counts["INPUT.MIN_SIZE_TEST"] = (0, "test images' short side; 0: not resized")
-    counts["INPUT.MAX_SIZE_TEST"] = (1, "test images' long side")
-    counts["TEST.DETECTIONS_PER_IMAGE"] = (1, "detections kept per image")
-    counts["MODEL.RPN.PRE_NMS_TOPK_TEST"] = (1, "proposals per level before the RPN's NMS")
-    counts["MODEL.RPN.POST_NMS_TOPK_TEST"] = (1, "proposals kept after the RPN's NMS")
-    if cfg.TEST.AUG.ENABLED:
-        counts["TEST.AUG.MIN_SIZES"] = (1, "short sides of test-time augmentation")
-        counts["TEST.AUG.MAX_SIZE"] = (1, "long side of test-time augmentation")
-    if train:
-        counts["MODEL.RPN.BATCH_SIZE_PER_IMAGE"] = (1, "anchors sampled per image")
-        counts["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"] = (1, "RoIs sampled per image")
-        counts["SOLVER.MAX_ITER"] = (1, "training iterations")
-        counts["SOLVER.CHECKPOINT_PERIOD"] = (1, "iterations between checkpoints")
-        counts["TEST.EVAL_PERIOD"] = (0, "iterations between evaluations; 0: at the end")
-        counts["INPUT.MIN_SIZE_TRAIN"] = (1, "training images' short sides")
-        counts["INPUT.MAX_SIZE_TRAIN"] = (1, "training images' long side")
     mean, std = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
-    for key in ("ROI_HEADS.SCORE_THRESH_TEST", "ROI_HEADS.NMS_THRESH_TEST", "RPN.NMS_THRESH"):
-        value = functools.reduce(lambda node, name: node[name], key.split("."), cfg.MODEL)
-        if not 0 <= value <= 1:
-            raise ConfigError(f"MODEL.{key}={value!r}: must be a number in [0, 1].")
     channels = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}.get(cfg.INPUT.FORMAT)  # Detectron2's
     if not channels or len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise ConfigError(
@@ -222,47 +308,42 @@ def check_config(cfg, train=True, world_size=None):
             f"{list(std)}: the format must be 'BGR', 'RGB', 'YUV-BT.601' or 'L', with a mean and "
             "a (positive) deviation per channel (3; 'L': 1)."
         )
-    for key, (low, what) in counts.items():
-        value = functools.reduce(lambda node, name: node[name], key.split("."), cfg)
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < low]
-        kind = "integers" if isinstance(value, (list, tuple)) else "an integer"
-        if not values or bad:
-            raise ConfigError(f"{key}={value!r}: must be {kind} >= {low} ({what}).")
-        if "SIZE" in key and "BATCH" not in key and max(values) > MAX_SIDE:
-            raise ConfigError(
-                f"{key}={value!r}: must be {kind} <= {MAX_SIDE} ({what}): images resized to "
-                "larger sides exhaust a machine's memory."
-            )
+    _check_counts(cfg, _counts(cfg, train))
+    _check_fractions(cfg, train)
     if train:
-        for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY", "GAMMA"):
-            if not 0 <= solver[k] < math.inf:  # NaN too
-                raise ConfigError(f"SOLVER.{k}={solver[k]!r}: must be 0 or positive, and finite.")
-        steps = [s for s in solver.STEPS if s <= solver.MAX_ITER]  # as Detectron2's
-        bad = solver.MAX_ITER in steps or steps != sorted(set(steps)) or min(steps, default=1) < 1
-        if solver.LR_SCHEDULER_NAME == "WarmupMultiStepLR" and bad:
-            raise ConfigError(
-                f"SOLVER.STEPS={solver.STEPS}: the iterations where the LR drops must be "
-                f"increasing, from 1 to less than SOLVER.MAX_ITER={solver.MAX_ITER}."
-            )
-        if solver.BASE_LR == 0:
-            logger.warning("SOLVER.BASE_LR=0: training will not change the weights.")
-        if solver.IMS_PER_BATCH < 1 or solver.IMS_PER_BATCH % world_size:
-            raise ConfigError(
-                f"SOLVER.IMS_PER_BATCH={solver.IMS_PER_BATCH}: the images per iteration of all "
-                "processes together must be a positive multiple of the number of processes "
-                f"({world_size})."
-            )
-    if not rcnn or cfg.MODEL.PROPOSAL_GENERATOR.NAME not in ("RPN", "RRPN"):
+        _check_solver(cfg, world_size or comm.get_world_size())
+    if not rcnn:
         return
-    # Detectron2's RPN takes its features unchecked: the backbone's, built on the meta device
-    try:
+    try:  # on the meta device: no memory, no initialisation
         with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
             shapes = build_backbone(cfg).output_shape()
+            if cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"):  # Detectron2's RPN does not
+                backbone = "the backbone " + cfg.MODEL.BACKBONE.NAME
+                check_in_features(
+                    "MODEL.RPN.IN_FEATURES", cfg.MODEL.RPN.IN_FEATURES, shapes, backbone
+                )
+            model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+    except ConfigError:
+        raise
     except Exception:  # build_model then says why
         return
-    backbone = "the backbone " + cfg.MODEL.BACKBONE.NAME
-    check_in_features("MODEL.RPN.IN_FEATURES", cfg.MODEL.RPN.IN_FEATURES, shapes, backbone)
+    check_parameter_memory(model, cfg.MODEL.META_ARCHITECTURE)
+
+
+def check_parameter_memory(model, name, memory=None):
+    """Raises :class:`ConfigError` if the parameters of ``model`` (built on the meta device) take
+    more than half of ``memory`` bytes (default: this machine's)."""
+    memory = memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    sizes = {n: p.numel() * 4 for n, p in model.named_parameters()}  # float32
+    if sum(sizes.values()) > memory / 2:
+        largest = max(sizes, key=sizes.get)
+        shape = tuple(model.get_parameter(largest).shape)
+        raise ConfigError(
+            f"The model {name} has {sum(sizes.values()) // 4:,} parameters "
+            f"({sum(sizes.values()) / 2**30:.1f} GiB in float32), more than half this machine's "
+            f"memory ({memory / 2**30:.1f} GiB); the largest: {largest} {shape}: check the "
+            "channel, width and resolution keys of its part."
+        )
 
 
 # The annotation rule, the same for training and evaluation (docs/design.md)

@@ -25,6 +25,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from panet_d2.engine.checks import (  # noqa: E402
     check_config,
     check_mask_format,
+    check_parameter_memory,
     drop_invalid_annotations,
     drop_invalid_coco_annotations,
 )
@@ -83,13 +84,46 @@ BAD_VALUES = [
     ),
     (["SOLVER.STEPS", "(6,)"], r"SOLVER.STEPS=\(6,\): .* less than SOLVER.MAX_ITER=6."),
     (["SOLVER.MAX_ITER", 0], r"SOLVER.MAX_ITER=0: must be an integer >= 1 \(training iterat"),
+    # the sizes of the model, thresholds and fractions, the warmup, gradient clipping (stop 45)
+    (
+        ["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 0],
+        r"RESOLUTION=0: must be an integer >= 1 \(the si",
+    ),
+    (
+        ["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", 400],
+        r"^MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION=400: must be an integer <= 64 \(the side of the "
+        r"box head's RoI features\): larger values exhaust a machine's memory.$",
+    ),
+    (["MODEL.ROI_BOX_HEAD.FC_DIM", 0], r"^MODEL.ROI_BOX_HEAD.FC_DIM=0: must be an integer >= 1 \("),
+    (["MODEL.ROI_BOX_HEAD.NUM_FC", -1], r"^MODEL.ROI_BOX_HEAD.NUM_FC=-1: must be an integer >= 0"),
+    (
+        ["MODEL.ROI_BOX_HEAD.FC_DIM", 10**8],
+        r"^The model GeneralizedRCNN has [0-9,]+ parameters \([0-9.]+ GiB in float32\), more than "
+        r"half this machine's memory \([0-9.]+ GiB\); the largest: roi_heads.box_head.fc2.weight "
+        r"\(100000000, 100000000\): check the channel, width and resolution keys of its part.$",
+    ),
+    (["MODEL.FPN.OUT_CHANNELS", 0], r"^MODEL.FPN.OUT_CHANNELS=0: must be an integer >= 1 \(the"),
+    (["MODEL.BACKBONE.FREEZE_AT", 10], r"^MODEL.BACKBONE.FREEZE_AT=10: must be an integer <= 5 \("),
+    (
+        ["MODEL.ROI_HEADS.IOU_THRESHOLDS", "[1.5]"],
+        r"^MODEL.ROI_HEADS.IOU_THRESHOLDS=\[1.5\]: must be numbers in \[0, 1\], increasing.$",
+    ),
+    (["MODEL.RPN.IOU_THRESHOLDS", "[0.7, 0.3]"], r"^MODEL.RPN.IOU_THRESHOLDS=\[0.7, 0.3\]: must"),
+    (["MODEL.ROI_HEADS.POSITIVE_FRACTION", 2.0], r"POSITIVE_FRACTION=2.0: must be a number in \["),
+    (["SOLVER.WARMUP_FACTOR", -1.0], r"^SOLVER.WARMUP_FACTOR=-1.0: must be a number in \[0, 1\].$"),
+    (["SOLVER.WARMUP_ITERS", -5], r"^SOLVER.WARMUP_ITERS=-5: must be an integer >= 0 \(iteratio"),
+    (
+        ["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", -1.0],
+        r"^SOLVER.CLIP_GRADIENTS.CLIP_VALUE=-1.0, NORM_TYPE=2.0: must be positive",
+    ),
+    (["SOLVER.REFERENCE_WORLD_SIZE", 3], r"^SOLVER.REFERENCE_WORLD_SIZE=3: must be 0 \(off\) or"),
     (["SOLVER.CHECKPOINT_PERIOD", 0], r"SOLVER.CHECKPOINT_PERIOD=0: must be an integer >= 1"),
     (["INPUT.MIN_SIZE_TRAIN", "(0, 192)"], r"MIN_SIZE_TRAIN=\(0, 192\): must be integers >= 1"),
     (["INPUT.MIN_SIZE_TEST", -1], r"INPUT.MIN_SIZE_TEST=-1: must be an integer >= 0 \(test"),
     (
         ["INPUT.MAX_SIZE_TEST", 50000],
         r"^INPUT.MAX_SIZE_TEST=50000: must be an integer <= 8192 \(test images' long side\): "
-        r"images resized to larger sides exhaust a machine's memory.$",
+        r"larger values exhaust a machine's memory.$",
     ),
     (
         ["INPUT.MIN_SIZE_TRAIN", "(192, 9000)"],
@@ -163,7 +197,7 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     log = tmp_path / "log.txt"  # none where the command line's config is refused
     assert not log.exists() or "Starting training" not in log.read_text()
     train_only = ("SOLVER.", "INPUT.MIN_SIZE_TRAIN", "MODEL.RPN.BATCH", "MODEL.ROI_HEADS.BATCH")
-    train_only += ("INPUT.MASK_FORMAT",)
+    train_only += ("INPUT.MASK_FORMAT", "MODEL.ROI_HEADS.POSITIVE")
     train_only += (
         "INPUT.RANDOM_FLIP",
         "INPUT.CROP",
@@ -183,6 +217,15 @@ def test_largest_image_sides_accepted():
         cfg.INPUT[key] = 8192
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.TEST.AUG.MAX_SIZE = (8192,), 8192
     check_config(cfg, train=True, world_size=1)
+
+
+def test_parameter_memory():
+    """Refused above half the memory: a float32 Linear(1000, 1000) is 1,001,000 x 4 bytes."""
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(1000, 1000))
+    check_parameter_memory(model, "M", memory=8_008_000)
+    with pytest.raises(ConfigError, match=r"^The model M has 1,001,000 parameters \(0.0 GiB in"):
+        check_parameter_memory(model, "M", memory=8_007_999)
 
 
 def test_training_choices_are_detectron2s(train_net):
