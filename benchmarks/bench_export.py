@@ -54,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
 from detectron2.modeling import build_model  # noqa: E402
 
-from benchmarks.options import add_timing_options  # noqa: E402
+from benchmarks.options import add_timing_options, positive_number  # noqa: E402
 from panet_d2.config import load_config_file  # noqa: E402
 from panet_d2.errors import InputError  # noqa: E402
 from panet_d2.model_zoo import get_config_file  # noqa: E402
@@ -142,9 +142,11 @@ def gate_images(model):
 
 def openvino_runners(model, inputs, backends, threads, tmpdir, onnx_path):
     """name -> function(image) -> (boxes, classes) for the OpenVINO backends."""
+    out = {}
+    if not any(b.startswith("openvino-") for b in backends):
+        return out
     import openvino_backend
 
-    out = {}
     xmls = {"fp32": openvino_backend.convert_onnx(onnx_path, os.path.join(tmpdir, "model.xml"))}
     xmls["bf16"] = xmls["fp32"]
     # calibration: the in-repo COCO images flipped left-right (not the gate's own inputs)
@@ -335,7 +337,9 @@ def main():
     )
     parser.add_argument("--config", default="COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
     parser.add_argument("--load", default="fixed", choices=("fixed", "default"))
-    parser.add_argument("--cls-scale", type=float, default=30.0)
+    parser.add_argument(
+        "--cls-scale", type=positive_number, default=None, help="with --load default (30)"
+    )
     add_timing_options(parser)
     parser.add_argument(
         "--backends",
@@ -345,10 +349,13 @@ def main():
         help="default: every one the model takes (openvino-int8-heads: a mask head)",
     )
     parser.add_argument(
-        "--flops", type=float, default=None, help="the model's GFLOPs (skip the count)"
+        "--flops", type=positive_number, default=None, help="the model's GFLOPs (skip the count)"
     )
     parser.add_argument("--opts", nargs="*", default=[], help="config changes: KEY VALUE pairs")
     args = parser.parse_args()
+    if args.cls_scale is not None and args.load != "default":
+        parser.error("--cls-scale: scales the classifier of --load default only")
+    args.cls_scale = 30.0 if args.cls_scale is None else args.cls_scale
     if args.backends and args.backends[0] != "eager":
         parser.error("--backends: eager first (the ratios are to eager)")
     torch.set_num_threads(args.threads)

@@ -28,7 +28,12 @@ from detectron2.modeling.meta_arch.panoptic_fpn import (  # noqa: E402
 )
 from detectron2.structures import Instances  # noqa: E402
 
-from benchmarks.options import add_timing_options, at_least, device_option  # noqa: E402
+from benchmarks.options import (  # noqa: E402
+    add_timing_options,
+    at_least,
+    check_memory,
+    device_option,
+)
 from panet_d2.modeling.postprocessing.panoptic_merge import (  # noqa: E402
     combine_semantic_and_instance_outputs,
 )
@@ -111,6 +116,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float-masks", action="store_true", help="probability masks, not bool")
     args = p.parse_args(argv)
+    per_pixel = args.num_instances * (17 if args.float_masks else 1) + 4 * args.num_labels
+    what = f"--num-instances {args.num_instances} at {args.height}x{args.width} (and the labels)"
+    check_memory(p, per_pixel * args.height * args.width, what)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -1,12 +1,16 @@
 """The benchmarks' shared command-line options, checked when parsed (one line, no traceback)."""
 
 import argparse
+import math
+import os
 
 import torch
 
+from panet_d2.engine.checks import MAX_SIDE
 
-def at_least(low):
-    """An argparse ``type``: an integer >= ``low``, else argparse's one-line error."""
+
+def at_least(low, high=None):
+    """An argparse ``type``: an integer >= ``low`` (and <= ``high``), else argparse's one line."""
 
     def integer(text):
         try:
@@ -15,9 +19,33 @@ def at_least(low):
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"{value}: must be at least {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{value}: must be at most {high}")
         return value
 
     return integer
+
+
+def positive_number(text):
+    """An argparse ``type``: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number > 0")
+    return value
+
+
+def check_memory(parser, nbytes, what, share=4):
+    """argparse's one-line error if ``nbytes`` (``what`` takes them) exceed 1 / ``share`` of this
+    machine's memory (the run needs a few times its inputs)."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > memory / share:
+        parser.error(
+            f"{what} take {nbytes / 2**30:.1f} GiB, more than 1/{share} of this machine's memory "
+            f"({memory / 2**30:.1f} GiB): give fewer or smaller ones"
+        )
 
 
 def device_option(text):
@@ -39,9 +67,10 @@ def device_option(text):
 
 
 def add_timing_options(parser, height=800, width=1216, repeats=5, threads=2):
-    """--height, --width (the image, pixels), --repeats (timed runs), --threads (intra-op)."""
-    parser.add_argument("--height", type=at_least(1), default=height)
-    parser.add_argument("--width", type=at_least(1), default=width)
+    """--height, --width (the image, pixels, at most panet_d2's MAX_SIDE), --repeats (timed runs),
+    --threads (intra-op)."""
+    parser.add_argument("--height", type=at_least(1, MAX_SIDE), default=height)
+    parser.add_argument("--width", type=at_least(1, MAX_SIDE), default=width)
     parser.add_argument("--repeats", type=at_least(1), default=repeats)
     parser.add_argument("--threads", type=at_least(1), default=threads)
     return parser

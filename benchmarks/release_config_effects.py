@@ -95,7 +95,12 @@ def outputs(model, image, proposals):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="mask", choices=("det", "det_2fc", "mask"))
-    parser.add_argument("--size", type=at_least(1), default=512, help="short side of the image")
+    parser.add_argument(
+        "--size",
+        type=at_least(1, 988),
+        default=512,
+        help="short side of the image (its long side 1400 at most: 988 for its 353 x 500 image)",
+    )
     parser.add_argument("--threads", type=at_least(1), default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
