@@ -7,6 +7,7 @@ import inspect
 import io
 import logging
 import math
+import numbers
 import os
 import tempfile
 from collections import Counter
@@ -354,6 +355,8 @@ _REASONS = {
     "box": "with a box of non-positive size",
     "coordinates": f"with a coordinate not finite or beyond {_FAR}x the image size",
     "rle": "with an RLE mask of another size than its image",
+    "bbox": "with a bbox that is not 4 numbers",
+    "iscrowd": "with an iscrowd other than 0 or 1",
 }
 
 
@@ -382,8 +385,13 @@ def _problem(a, masks, image):
     ok = all(isinstance(n, (int, float)) and math.isfinite(n) and n > 0 for n in size)
     size = size if ok else None
     box, segm = a.get("bbox"), a.get("segmentation")
+    four = isinstance(box, (list, tuple)) and len(box) == 4
+    if box is not None and not (four and all(isinstance(v, numbers.Real) for v in box)):
+        return "bbox", None
+    if a.get("iscrowd", 0) not in (0, 1):
+        return "iscrowd", None
     mode = a.get("bbox_mode", BoxMode.XYWH_ABS)  # a COCO annotation: XYWH
-    ok = box is not None and len(box) and mode in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+    ok = box is not None and mode in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
     box = BoxMode.convert(list(box), mode, BoxMode.XYXY_ABS) if ok else None
     bound = _FAR * max(size) if size else math.inf
     lines = [box] + (segm if isinstance(segm, list) else [])

@@ -607,6 +607,26 @@ def test_training_and_evaluation_on_invalid_annotations(train_net, bad_annotatio
     assert "(evaluation ground truth from" in log and "Training drops the same ones." in log
 
 
+def test_annotations_of_wrong_types_dropped_alike(datasets, tmp_path):
+    """A bbox that is not 4 numbers, an iscrowd that is not 0 or 1: dropped by training and
+    evaluation alike (tracebacks before: BoxMode.convert's, pycocotools' after training)."""
+    meta = MetadataCatalog.get(PREFIX + "_val")
+    with open(meta.json_file) as f:
+        data = json.load(f)
+    annos = data["annotations"]
+    changes = [dict(bbox="1,2,3,4"), dict(bbox=[1, 2, 3]), dict(iscrowd="no")]
+    changes += [dict(bbox=[1, 2, "3", 4])]
+    for a, change in zip(annos, changes):
+        a.update(change)
+    json_file = tmp_path / "types.json"
+    json_file.write_text(json.dumps(data))
+    name = register_coco("t_bad_types", json_file, meta.image_root)
+    with logged_messages("panet_d2.engine.checks") as logged:
+        train, evaluation, _ = _kept_ids(name, str(json_file), masks=True)
+    assert train == evaluation == sorted(a["id"] for a in annos[len(changes) :])
+    assert "(3 with a bbox that is not 4 numbers, 1 with an iscrowd other than 0 or 1)" in logged[0]
+
+
 def test_all_annotations_invalid(datasets, tmp_path):
     meta = MetadataCatalog.get(PREFIX + "_val")
     with open(meta.json_file) as f:
