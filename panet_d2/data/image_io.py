@@ -1,6 +1,7 @@
 """The image reader of panet_d2 and Detectron2's ``DatasetMapper`` reading with it."""
 
 import copy
+import numbers
 
 import numpy as np
 import torch
@@ -75,6 +76,12 @@ def check_image_size(dataset_dict, image=None):
     if image is None and (record == (None, None) or tuple(read) == record):
         return
     image_id = f" (image_id {dataset_dict['image_id']!r})" if "image_id" in dataset_dict else ""
+    if any(v is not None and not isinstance(v, numbers.Integral) for v in record):
+        raise DatasetError(
+            f"Image {file_name!r}{image_id}: the width and height of its dataset record, "
+            f"{record[0]!r} and {record[1]!r}, must be integers (pixels; the file: {read[0]}x"
+            f"{read[1]})."
+        )
     msg = f"Image {file_name!r}{image_id} is {read[0]}x{read[1]} (width x height) as read, its "
     msg += f"dataset record says {record[0]}x{record[1]}"
     if orientation in _ROTATED:

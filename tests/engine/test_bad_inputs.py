@@ -24,6 +24,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from panet_d2.engine.checks import (  # noqa: E402
     check_config,
+    check_files,
     check_mask_format,
     check_parameter_memory,
     drop_invalid_annotations,
@@ -319,6 +320,20 @@ def test_rle_masks_with_the_polygon_format(train_net, datasets, tmp_path):
     crowds = [dict(d, annotations=[dict(a, iscrowd=1) for a in d["annotations"]]) for d in [first]]
     check_mask_format(crowds, [name], "polygon")
     check_mask_format([first], [name], "bitmask")
+
+
+def test_image_size_that_is_not_a_number(datasets, tmp_path):
+    """A record's width as the string "192": named as such (it said "is 192x192 as read, its
+    dataset record says 192x192")."""
+    record = dict(DatasetCatalog.get(PREFIX + "_val")[0])
+    w, h = record["width"], record["height"]
+    record["width"] = str(w)
+    with pytest.raises(DatasetError) as e:
+        check_files([record], "x", "DATASETS.TRAIN")
+    assert str(e.value) == (
+        f"Image {record['file_name']!r} (image_id {record['image_id']!r}): the width and height "
+        f"of its dataset record, '{w}' and {h}, must be integers (pixels; the file: {w}x{h})."
+    )
 
 
 def test_bad_panoptic_config_values():
