@@ -22,7 +22,7 @@ from detectron2.structures import BoxMode
 
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
-from ..data.image_io import check_image_size
+from ..data.image_io import check_image_size, check_panoptic_png
 from ..errors import ConfigError, DatasetError, ImageLoadError, InputError, check_in_features
 from ..evaluation.build import SEM_SEG_TYPES, check_evaluator_type
 from ..evaluation.panoptic import meta_architecture, panoptic_to_dataset_classes
@@ -73,7 +73,8 @@ def check_dataset(name, key):
 def check_files(dicts, name, key):
     """Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` naming the first
     missing image or PNG of the records ``dicts`` (of ``name``, config ``key``), then the
-    :class:`DatasetError` of the first image whose size differs from its record's (headers read)."""
+    :class:`DatasetError` of the first image whose size differs from its record's, or whose
+    panoptic PNG is not RGB of that size (headers read)."""
     keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
     missing = [d[k] for d in dicts for k in keys if _local(d.get(k)) and not os.path.isfile(d[k])]
     if missing:
@@ -85,6 +86,8 @@ def check_files(dicts, name, key):
     for d in dicts:  # 0.1 ms an image (docs/reliability.md)
         if _local(d.get("file_name")) and ("width" in d or "height" in d):
             check_image_size(d)
+        if _local(d.get("pan_seg_file_name")):
+            check_panoptic_png(d)
 
 
 @contextlib.contextmanager

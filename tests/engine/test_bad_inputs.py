@@ -336,6 +336,28 @@ def test_image_size_that_is_not_a_number(datasets, tmp_path):
     )
 
 
+def test_panoptic_png_not_rgb_or_of_another_size(datasets, tmp_path):
+    """Refused before the run (a single-channel PNG: panopticapi's TypeError after training; one
+    of another size: the mapper's error at the first iteration that reads it)."""
+    from PIL import Image
+
+    record = dict(DatasetCatalog.get(PREFIX + "_val_panoptic")[0])
+    png = Image.open(record["pan_seg_file_name"])
+    w, h = record["width"], record["height"]
+    assert png.mode == "RGB" and png.size == (w, h)
+    check_files([record], "x", "DATASETS.TEST")
+    png.convert("L").save(tmp_path / "gray.png")
+    png.resize((w + 2, h)).save(tmp_path / "wide.png")
+    for name, message in [
+        ("gray.png", "is of mode 'L': COCO panoptic PNGs are RGB, a segment id R + 256 G + 256^2"),
+        ("wide.png", f"is {w + 2}x{h} (width x height), its image {record['file_name']!r} {w}x{h}"),
+    ]:
+        path = str(tmp_path / name)
+        with pytest.raises(DatasetError) as e:
+            check_files([dict(record, pan_seg_file_name=path)], "x", "DATASETS.TEST")
+        assert str(e.value).startswith(f"Panoptic PNG {path!r} {message}")
+
+
 def test_bad_panoptic_config_values():
     """The semantic head checks its own arguments when built (any entry point, not only
     train_net.py's pre-flight checks)."""
