@@ -42,7 +42,7 @@ from panet_d2 import PANetCheckpointer  # registers its models and datasets
 from panet_d2.checkpoint import check_weights_file
 from panet_d2.config import instantiate_model, load_config_file
 from panet_d2.data import PanopticLabelSpace
-from panet_d2.data.image_io import read_image
+from panet_d2.data.image_io import check_model_input_side, read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
 from panet_d2.engine.checks import check_config, check_output_dir
 from panet_d2.errors import CheckpointError, ImageLoadError, InputError
@@ -354,6 +354,11 @@ def run(args):
     for path, out in zip(paths, outputs):
         try:
             image, start = read_bgr(path), time.time()
+            transform = predictor.aug.get_transform(image)  # Detectron2's, as __call__ gets it
+            shape = (
+                (transform.new_h, transform.new_w) if hasattr(transform, "new_h") else image.shape
+            )
+            check_model_input_side(shape, f"input image {path!r}")
         except ImageLoadError as e:  # reported, and the others are shown
             if len(paths) == 1:
                 raise

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from panet_d2.engine.checks import MAX_SIDE
+from panet_d2.data.image_io import MAX_SIDE
 
 
 def at_least(low, high=None):

@@ -16,6 +16,21 @@ from ..errors import DatasetError, ImageLoadError, InputError
 
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 MAX_ASPECT_RATIO = 100  # the longest side of an image that panet_d2 reads, in its shortest sides
+# the longest side of an image as the model gets it: twice Detectron2's largest config value (a
+# 30000 px test side filled 24 GB, docs/reliability.md)
+MAX_SIDE = 8192
+
+
+def check_model_input_side(shape, what):
+    """An :class:`ImageLoadError` if the image ``what``, of ``shape`` (H, W, ...) as the model
+    gets it (resized), has a side longer than :data:`MAX_SIDE`."""
+    h, w = shape[:2]
+    if max(h, w) > MAX_SIDE:
+        raise ImageLoadError(
+            f"The {what} is {w}x{h} (width x height) as the model would get it: panet_d2 runs "
+            f"images of at most {MAX_SIDE} px a side (larger ones exhaust a machine's memory): "
+            "resize it with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (0: not resized)."
+        )
 
 
 # UPSTREAM-WORKAROUND pil-16-bit-read: Detectron2 0.6 read_image (PIL convert) clips 16-bit pixels:
@@ -156,6 +171,7 @@ class ImageDatasetMapper(DatasetMapper):
                 "width x height) cannot be augmented as the config says (INPUT.MIN_SIZE_* / "
                 f"MAX_SIZE_*, crops): {type(e).__name__}: {e}."
             ) from None
+        check_model_input_side(aug_input.image.shape, f"image {dataset_dict.get('file_name')!r}")
         chw = np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
         dataset_dict["image"] = torch.as_tensor(chw)
         return aug_input, transforms

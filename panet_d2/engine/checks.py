@@ -22,7 +22,7 @@ from detectron2.structures import BoxMode
 
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
-from ..data.image_io import check_image_size, check_panoptic_png
+from ..data.image_io import MAX_SIDE, check_image_size, check_panoptic_png
 from ..errors import ConfigError, DatasetError, ImageLoadError, InputError, check_in_features
 from ..evaluation.build import SEM_SEG_TYPES, check_evaluator_type
 from ..evaluation.panoptic import meta_architecture, panoptic_to_dataset_classes
@@ -181,9 +181,8 @@ def check_panet_parts(cfg):
             )
 
 
-# the bounds of the sizes (docs/reliability.md): twice Detectron2's largest side (a 30000 px test
-# side filled 24 GB); RoIAlign's output side (1000 RoIs of 256 channels at 64 x 64: 4 GB)
-MAX_SIDE, MAX_POOLER_RESOLUTION = 8192, 64
+# RoIAlign's longest output side (1000 RoIs of 256 channels at 64 x 64: 4 GB; docs/reliability.md)
+MAX_POOLER_RESOLUTION = 64
 _MEMORY = "larger values exhaust a machine's memory"
 
 

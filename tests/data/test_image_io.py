@@ -28,7 +28,7 @@ from panet_d2.data.image_io import ImageDatasetMapper, read_image
 from panet_d2.data.synthetic import register_synthetic_dataset
 from panet_d2.errors import DatasetError, ImageLoadError
 
-from ..common import panoptic_ids
+from ..common import panet_cfg, panoptic_ids
 
 SYNTH = "test_data_mappers_synth"
 COCO = "test_data_mappers_coco"  # the COCO panoptic sample, without an instances json
@@ -284,3 +284,25 @@ def test_images_that_resizing_would_make_empty(tmp_path):
     cfg.INPUT.MAX_SIZE_TEST = 40
     with pytest.raises(ImageLoadError, match="cannot be augmented as the config says"):
         ImageDatasetMapper(cfg, is_train=False)({"file_name": path, "height": 20, "width": 1900})
+
+
+def test_model_input_side_at_most_8192(tmp_path):
+    """Not resized (INPUT.MIN_SIZE_TEST 0), an image longer than 8192 px is refused by the mapper
+    (a 12000 x 12000 JPEG took 8 GB, then a traceback); 8192 px is taken."""
+    cfg = panet_cfg()
+    cfg.INPUT.MIN_SIZE_TEST = 0
+    mapper = ImageDatasetMapper(cfg, is_train=False)
+    for width in (8192, 8193):
+        path = str(tmp_path / f"{width}.png")
+        Image.new("RGB", (width, 100)).save(path)
+        record = {"file_name": path, "image_id": 0}
+        if width == 8192:
+            assert mapper(record)["image"].shape == (3, 100, 8192)
+            continue
+        with pytest.raises(ImageLoadError) as e:
+            mapper(record)
+        assert str(e.value) == (
+            f"The image {path!r} is 8193x100 (width x height) as the model would get it: panet_d2 "
+            "runs images of at most 8192 px a side (larger ones exhaust a machine's memory): "
+            "resize it with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (0: not resized)."
+        )

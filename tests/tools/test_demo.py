@@ -248,6 +248,15 @@ def test_32_bit_images_are_refused(demo, tmp_path):
         demo.read_bgr(path)
 
 
+def test_input_not_resized_and_too_large(demo, tmp_path):
+    """INPUT.MIN_SIZE_TEST 0 runs images as read: one longer than 8192 px is refused, named."""
+    path = str(tmp_path / "wide.png")
+    Image.new("RGB", (8200, 100)).save(path)
+    opts = SMALL[:5] + ["0"] + SMALL[6:]
+    line = error_line(demo, "--input", path, "--output", str(tmp_path / "out"), opts=opts)
+    assert line.startswith(f"ERROR: The input image {path!r} is 8200x100 (width x height) as the ")
+
+
 def test_video(demo, tmp_path):
     source = str(tmp_path / "clip.avi")
     writer = cv2.VideoWriter(source, cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (112, 80))
