@@ -15,7 +15,8 @@ Running an exported model needs only OpenVINO and NumPy (no torch, no Detectron2
 prints each output's name, shape and dtype and saves the outputs by name (``image.npy``: float32
 (3, H, W), 0..255, in the model's input format, resized as the test loader resizes; height and
 width for a panoptic model; environment variable ``PANET_D2_PRECISION``: one of ``PRECISIONS``);
-a file or value it cannot use is one "ERROR:" line naming it.
+a file or value it cannot use is one "ERROR:" line naming it (exit code 2; the image and
+``--save`` checked before the model runs).
 Importing this module imports neither torch nor panet_d2.
 """
 
@@ -562,20 +563,28 @@ class OpenVinoModel:
         return [np.array(results[o]) for o in self.compiled.outputs]
 
 
+def _refuse(line):
+    """Exit with ``line`` on stderr and exit code 2 (an input to fix, as the other tools)."""
+    print(line, file=sys.stderr)
+    sys.exit(2)
+
+
 def _runner_inputs(model, image_path, size):
     """The inputs of :func:`main`: the image (float32 (3, H, W)) and, for a panoptic model, its
     output height and width; a bad one is a ``SystemExit`` naming it and what is allowed."""
     try:
         image = np.load(image_path)  # allow_pickle=False: data only
-    except (OSError, ValueError) as e:
-        sys.exit("ERROR: cannot read the image {!r}: {}".format(image_path, e))
+    except (OSError, ValueError) as e:  # not NumPy's advice to unpickle: a .npy holds numbers
+        why = "not an array of numbers saved by numpy.save" if "pickle" in str(e) else str(e)
+        _refuse("ERROR: cannot read the image {!r}: {}".format(image_path, why))
     if (
         not isinstance(image, np.ndarray)
         or image.ndim != 3
         or image.shape[0] != 3
+        or min(image.shape) < 1
         or not (np.issubdtype(image.dtype, np.number) and np.isfinite(image).all())
     ):
-        sys.exit(
+        _refuse(
             "ERROR: the image {!r} is {} {}: expected finite numbers of shape (3, H, W), 0..255 in "
             "the model's input format".format(
                 image_path, getattr(image, "dtype", type(image).__name__), np.shape(image)
@@ -583,7 +592,7 @@ def _runner_inputs(model, image_path, size):
         )
     inputs = [image.astype(np.float32)]
     if len(size) != len(model.compiled.inputs) - 1:
-        sys.exit(
+        _refuse(
             "ERROR: {} takes {} input(s): the image{}".format(
                 model.xml_path,
                 len(model.compiled.inputs),
@@ -592,7 +601,7 @@ def _runner_inputs(model, image_path, size):
         )
     for value in size:
         if not value.isdigit() or int(value) < 1:
-            sys.exit("ERROR: HEIGHT and WIDTH are positive integers, not {!r}".format(value))
+            _refuse("ERROR: HEIGHT and WIDTH are positive integers, not {!r}".format(value))
         inputs.append(np.array(int(value), dtype=np.int64))
     return inputs
 
@@ -604,22 +613,29 @@ def main(argv=None):
     if "--save" in argv[:-1]:
         save = argv.pop(argv.index("--save") + 1)
         argv.remove("--save")
+    if save:  # before the model runs
+        folder = os.path.dirname(os.path.abspath(save))
+        if os.path.isdir(save) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            _refuse(
+                "ERROR: --save {!r}: give a .npz file in a folder that exists and can be "
+                "written".format(save)
+            )
     if len(argv) not in (2, 4):
-        sys.exit("usage: openvino_backend.py MODEL.xml IMAGE.npy [HEIGHT WIDTH] [--save OUT.npz]")
+        _refuse("usage: openvino_backend.py MODEL.xml IMAGE.npy [HEIGHT WIDTH] [--save OUT.npz]")
     precision = os.environ.get("PANET_D2_PRECISION", "fp32")
     if precision not in PRECISIONS:
-        sys.exit("ERROR: PANET_D2_PRECISION={!r}: one of {}".format(precision, PRECISIONS))
+        _refuse("ERROR: PANET_D2_PRECISION={!r}: one of {}".format(precision, PRECISIONS))
     try:
         model = OpenVinoModel(argv[0], precision)
     except PrecisionMismatchError as e:
-        sys.exit("ERROR: PANET_D2_PRECISION={!r}: {}".format(precision, e))
+        _refuse("ERROR: PANET_D2_PRECISION={!r}: {}".format(precision, e))
     except Exception as e:  # OpenVINO's frontends raise their own types
-        sys.exit("ERROR: cannot read the model {!r}: {}".format(argv[0], " ".join(str(e).split())))
+        _refuse("ERROR: cannot read the model {!r}: {}".format(argv[0], " ".join(str(e).split())))
     inputs = _runner_inputs(model, argv[1], argv[2:])
     try:
         outputs = dict(zip(model.output_names, model(*inputs)))
     except RuntimeError as e:  # OpenVINO's own checks, e.g. an image too small for the model
-        sys.exit("ERROR: the model cannot run this input: " + str(e).strip().splitlines()[-1])
+        _refuse("ERROR: the model cannot run this input: " + str(e).strip().splitlines()[-1])
     for name, out in outputs.items():
         print("{} {} {}".format(name, list(out.shape), out.dtype))
     if save:

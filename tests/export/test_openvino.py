@@ -542,7 +542,9 @@ def test_unusable_calibration_dataset_refused_before_the_model(tool, tmp_path):
     )
 
 
-def test_torch_free_runner_refuses_bad_input_in_one_line(instance_fp32, tmp_path, monkeypatch):
+def test_torch_free_runner_refuses_bad_input_in_one_line(
+    instance_fp32, tmp_path, monkeypatch, capsys
+):
     runner = load_script("tools/openvino_backend.py", "openvino_backend_runner")
     xml = str(instance_fp32[2] / "model.xml")
     good = tmp_path / "good.npy"
@@ -551,20 +553,26 @@ def test_torch_free_runner_refuses_bad_input_in_one_line(instance_fp32, tmp_path
         "hwc": np.zeros((64, 96, 3), np.float32),  # channels last
         "nan": np.full((3, 64, 96), np.nan, np.float32),
         "objects": np.array([{"image": 1}], dtype=object),
+        "empty": np.zeros((3, 0, 96), np.float32),
     }
     for name, array in files.items():
         np.save(tmp_path / name, array, allow_pickle=True)
 
-    def error(*argv):
+    def error(*argv):  # exit code 2 (an input to fix), one line on stderr
         with pytest.raises(SystemExit) as e:
             runner.main(list(argv))
-        assert "\n" not in str(e.value)
-        return str(e.value)
+        line = capsys.readouterr().err
+        assert e.value.code == 2 and line.count("\n") == 1, (e.value.code, line)
+        return line.strip()
 
     hwc, nan = str(tmp_path / "hwc.npy"), str(tmp_path / "nan.npy")
     assert "is float32 (64, 96, 3): expected finite numbers of shape (3, H, W)" in error(xml, hwc)
     assert "is float32 (3, 64, 96): expected finite numbers" in error(xml, nan)
-    assert "cannot read the image" in error(xml, str(tmp_path / "objects.npy"))
+    objects = error(xml, str(tmp_path / "objects.npy"))  # not NumPy's advice to unpickle it
+    assert objects.endswith("objects.npy': not an array of numbers saved by numpy.save"), objects
+    assert "is float32 (3, 0, 96): expected" in error(xml, str(tmp_path / "empty.npy"))
+    save = str(tmp_path / "missing" / "out.npz")  # refused before the model runs
+    assert f"--save {save!r}: give a .npz file in a folder" in error(xml, str(good), "--save", save)
     assert "cannot read the image" in error(xml, str(tmp_path / "missing.npy"))
     assert "takes 1 input(s): the image only" in error(xml, str(good), "64", "96")
     assert "cannot read the model" in error(str(tmp_path / "missing.xml"), str(good))
