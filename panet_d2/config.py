@@ -12,7 +12,7 @@ from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.registry import locate
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, check_fractions
 
 # Values accepted by the keys below (`check_choice`); norm keys take any of Detectron2's `get_norm`
 PAFPN_ACTIVATIONS = ("relu", "none", "relu_if_norm")
@@ -217,7 +217,7 @@ def instantiate_model(cfg):
     """``instantiate(cfg.model)`` of a LazyConfig ``cfg``; an argument that its class does not take
     is a :class:`ConfigError` naming the key (in Detectron2 a TypeError traceback)."""
     try:
-        return instantiate(cfg.model)
+        model = instantiate(cfg.model)
     except TypeError as e:
         bad = re.search(r"(\w+)[\w.]*\(\) got an unexpected keyword argument '(\w+)'", str(e))
         tree = OmegaConf.to_container(cfg.model, resolve=False)
@@ -230,6 +230,16 @@ def instantiate_model(cfg):
             f"{' or '.join(keys)}: {bad.group(1)} takes no argument {bad.group(2)!r}; remove the "
             "key or correct its name."
         ) from None
+    # the test values that check_config checks in a yacs config (Detectron2's box predictor)
+    predictor, key = getattr(getattr(model, "roi_heads", None), "box_predictor", None), "model."
+    key += "roi_heads.box_predictor."
+    for name in ("test_score_thresh", "test_nms_thresh"):
+        if isinstance(getattr(predictor, name, None), (int, float)):
+            check_fractions(key + name, getattr(predictor, name))
+    topk = getattr(predictor, "test_topk_per_image", 1)
+    if not isinstance(topk, int) or topk < 1:
+        raise ConfigError(f"{key}test_topk_per_image={topk!r}: must be an integer >= 1.")
+    return model
 
 
 def _key_paths(node, name, path):

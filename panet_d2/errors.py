@@ -63,6 +63,14 @@ def check_choice(key, value, allowed):
     return value
 
 
+def check_fractions(key, value):
+    """Raise :class:`ConfigError` unless ``value`` is a number in [0, 1] (a list: increasing)."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not all(0 <= v <= 1 for v in values) or values != sorted(values):
+        what = "a number in [0, 1]" if value is values[0] else "numbers in [0, 1], increasing"
+        raise ConfigError(f"{key}={value!r}: must be {what}.")
+
+
 def os_error_cause(e, errnos=None):
     """The first OSError (errno in ``errnos``, if given) in ``e``'s chain of causes, else None."""
     for _ in range(8):  # the chain of causes and contexts, not a cycle

@@ -23,7 +23,14 @@ from detectron2.structures import BoxMode
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
 from ..data.image_io import MAX_SIDE, check_image_size, check_panoptic_png
-from ..errors import ConfigError, DatasetError, ImageLoadError, InputError, check_in_features
+from ..errors import (
+    ConfigError,
+    DatasetError,
+    ImageLoadError,
+    InputError,
+    check_fractions,
+    check_in_features,
+)
 from ..evaluation.build import SEM_SEG_TYPES, check_evaluator_type
 from ..evaluation.panoptic import meta_architecture, panoptic_to_dataset_classes
 from ..modeling import PANetConvFCHead, PANetMaskHead, PANetROIHeads
@@ -250,13 +257,7 @@ def _check_fractions(cfg, train):
         keys += ["MODEL.RPN.POSITIVE_FRACTION", "MODEL.ROI_HEADS.POSITIVE_FRACTION"]
         keys += ["SOLVER.WARMUP_FACTOR"]
     for key in keys:
-        value = _value(cfg, key)
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not all(0 <= v <= 1 for v in values) or values != sorted(values):
-            what = (
-                "numbers in [0, 1], increasing" if value is not values[0] else "a number in [0, 1]"
-            )
-            raise ConfigError(f"{key}={value!r}: must be {what}.")
+        check_fractions(key, _value(cfg, key))
 
 
 def _check_solver(cfg, world_size):

@@ -327,6 +327,16 @@ def test_lazy_config(demo, photos, tmp_path):
         "ERROR: model.roi_heads.box_head.fc_dim: FastRCNNConvFCHead takes no argument 'fc_dim'; "
         "remove the key or correct its name."
     )
+    # test values that the yacs keys refuse (0 detections, or every overlapping box suppressed)
+    predictor = "model.roi_heads.box_predictor."
+    for value, allowed in [
+        ("test_score_thresh=2.0", "a number in [0, 1]"),
+        ("test_nms_thresh=-1.0", "a number in [0, 1]"),
+        ("test_topk_per_image=0", "an integer >= 1"),
+    ]:
+        opts = ["train.init_checkpoint=" + checkpoint, predictor + value]
+        msg = error_line(demo, "--input", image, "--output", out, config=str(config), opts=opts)
+        assert msg == f"ERROR: {predictor}{value}: must be {allowed}."
 
 
 def test_panoptic_ids_in_the_dataset_convention(demo):
