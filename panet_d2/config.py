@@ -308,5 +308,8 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
         raise
     except Exception as e:  # yacs: unknown key, wrong type, odd number of options
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        flags = [o for o in opts[::2] if str(o).startswith("--")]
+        if flags:  # argparse took it as a KEY of the trailing options
+            msg = f"{flags[0]!r} is an option of the command: give it before the KEY VALUE pairs"
         raise ConfigError("{}: {}".format(where, msg)) from e
     return cfg

@@ -143,6 +143,15 @@ def test_non_finite_weights_are_refused(state, tmp_path):
             f"{bad.numel()} values not finite (2 tensor(s) in all): the weights of a diverged or "
             "damaged run; give an earlier checkpoint."
         )
+    # a float16 copy whose values overflowed float16's 65504 (BN's running_var, e.g.)
+    big = state[first].clone()
+    big.view(-1)[:2] = 1e5
+    path = _save(tmp_path, "half_overflow.pth", state, **{first: big.half()})
+    assert _refused(model, path) == (
+        f"Checkpoint {path!r} was not loaded: its weights hold NaN or inf: {first} has 2 of "
+        f"{bad.numel()} values not finite (1 tensor(s) in all): stored as float16, whose largest "
+        "value is 65504, beyond which they became inf: save the checkpoint in float32."
+    )
     # a warm start to 2 classes does not load the 3-class predictors: their NaN do not matter
     path = _save(tmp_path, "nan_predictor.pth", state, **{CLS: state[CLS] * float("nan")})
     two = _model("MODEL.ROI_HEADS.NUM_CLASSES", 2, seed=1)

@@ -28,8 +28,10 @@ from ..errors import (
     DatasetError,
     ImageLoadError,
     InputError,
+    check_choice,
     check_fractions,
     check_in_features,
+    check_norm,
 )
 from ..evaluation.build import SEM_SEG_TYPES, check_evaluator_type
 from ..evaluation.panoptic import meta_architecture, panoptic_to_dataset_classes
@@ -294,6 +296,46 @@ def _check_solver(cfg, world_size):
         )
 
 
+def _check_model_values(cfg, rcnn):
+    """The ResNet, anchors and panoptic merge keys that Detectron2 reads unchecked."""
+    m = cfg.MODEL
+    if "resnet" in m.BACKBONE.NAME:
+        check_choice("MODEL.RESNETS.DEPTH", m.RESNETS.DEPTH, (18, 34, 50, 101, 152))
+        check_norm("MODEL.RESNETS.NORM", m.RESNETS.NORM)
+    anchors = m.ANCHOR_GENERATOR
+    values = [v for key in ("SIZES", "ASPECT_RATIOS") for row in anchors[key] for v in row]
+    if rcnn and not all(0 < v < math.inf for v in values):
+        raise ConfigError(
+            f"MODEL.ANCHOR_GENERATOR.SIZES={anchors.SIZES}, ASPECT_RATIOS={anchors.ASPECT_RATIOS}: "
+            "must be positive finite numbers."
+        )
+    if rcnn and issubclass(rcnn, PanopticFPN) and not m.PANOPTIC_FPN.COMBINE.ENABLED:
+        raise ConfigError(
+            "MODEL.PANOPTIC_FPN.COMBINE.ENABLED=False: Detectron2 no longer reads it (the panoptic "
+            "merge always runs; model.inference(do_postprocess=False) skips it): set it True."
+        )
+
+
+def _check_training_values(cfg):
+    """The crop's size for its type, and the smooth L1 betas."""
+    crop = cfg.INPUT.CROP
+    relative, size = crop.TYPE.startswith("relative"), list(crop.SIZE)
+    if relative:
+        ok = all(isinstance(v, (int, float)) and 0 < v <= 1 for v in size)
+    else:
+        ok = all(isinstance(v, int) and v >= 1 for v in size)
+        ok = ok and (crop.TYPE != "absolute_range" or size == sorted(size))
+    if crop.ENABLED and not (len(size) == 2 and ok):
+        what = "of the image, in (0, 1]" if relative else "in pixels >= 1 (a range: increasing)"
+        raise ConfigError(
+            f"INPUT.CROP.SIZE={crop.SIZE!r}: with INPUT.CROP.TYPE {crop.TYPE!r}, a height and a "
+            f"width {what}."
+        )
+    for key in ("MODEL.RPN.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA"):
+        if not 0 <= _value(cfg, key) < math.inf:
+            raise ConfigError(f"{key}={_value(cfg, key)!r}: must be 0 (L1 loss) or positive.")
+
+
 def check_config(cfg, train=True, world_size=None):
     """Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
     building or training (``world_size``: the number of processes, default the current one)."""
@@ -314,8 +356,10 @@ def check_config(cfg, train=True, world_size=None):
         )
     _check_counts(cfg, _counts(cfg, train))
     _check_fractions(cfg, train)
+    _check_model_values(cfg, _rcnn(cfg))
     if train:
         _check_solver(cfg, world_size or comm.get_world_size())
+        _check_training_values(cfg)
     if not rcnn:
         return
     try:  # on the meta device: no memory, no initialisation

@@ -118,6 +118,22 @@ BAD_VALUES = [
         r"^SOLVER.CLIP_GRADIENTS.CLIP_VALUE=-1.0, NORM_TYPE=2.0: must be positive",
     ),
     (["SOLVER.REFERENCE_WORLD_SIZE", 3], r"^SOLVER.REFERENCE_WORLD_SIZE=3: must be 0 \(off\) or"),
+    (["MODEL.RESNETS.DEPTH", 19], r"^Invalid config value MODEL.RESNETS.DEPTH=19; allowed values"),
+    (["MODEL.RESNETS.NORM", "foo"], r"^Invalid config value MODEL.RESNETS.NORM='foo'; allowed: "),
+    (
+        ["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[-1.0]]"],
+        r"^MODEL.ANCHOR_GENERATOR.SIZES=.*, ASPECT_RATIOS=\[\[-1.0\]\]: must be positive finite",
+    ),
+    (
+        ["INPUT.CROP.ENABLED", True, "INPUT.CROP.SIZE", "[2.0, 2.0]"],
+        r"^INPUT.CROP.SIZE=\[2.0, 2.0\]: with INPUT.CROP.TYPE 'relative_range', a height and a "
+        r"width of the image, in \(0, 1\].$",
+    ),
+    (
+        ["INPUT.CROP.ENABLED", True, "INPUT.CROP.TYPE", "absolute", "INPUT.CROP.SIZE", "[0, 0]"],
+        r"^INPUT.CROP.SIZE=\[0, 0\]: with INPUT.CROP.TYPE 'absolute', a height and a width in pix",
+    ),
+    (["MODEL.RPN.SMOOTH_L1_BETA", -1.0], r"^MODEL.RPN.SMOOTH_L1_BETA=-1.0: must be 0 \(L1 loss\)"),
     (["SOLVER.CHECKPOINT_PERIOD", 0], r"SOLVER.CHECKPOINT_PERIOD=0: must be an integer >= 1"),
     (["INPUT.MIN_SIZE_TRAIN", "(0, 192)"], r"MIN_SIZE_TRAIN=\(0, 192\): must be integers >= 1"),
     (["INPUT.MIN_SIZE_TEST", -1], r"INPUT.MIN_SIZE_TEST=-1: must be an integer >= 0 \(test"),
@@ -198,7 +214,7 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     log = tmp_path / "log.txt"  # none where the command line's config is refused
     assert not log.exists() or "Starting training" not in log.read_text()
     train_only = ("SOLVER.", "INPUT.MIN_SIZE_TRAIN", "MODEL.RPN.BATCH", "MODEL.ROI_HEADS.BATCH")
-    train_only += ("INPUT.MASK_FORMAT", "MODEL.ROI_HEADS.POSITIVE")
+    train_only += ("INPUT.MASK_FORMAT", "MODEL.ROI_HEADS.POSITIVE", "MODEL.RPN.SMOOTH")
     train_only += (
         "INPUT.RANDOM_FLIP",
         "INPUT.CROP",
@@ -208,6 +224,15 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     if not opts[0].startswith(train_only):  # also with --eval-only
         with pytest.raises(ConfigError, match=message):
             _main(train_net, tmp_path, *opts, eval_only=True, config=SMOKE)
+
+
+def test_flag_after_the_config_options(train_net, tmp_path):
+    """argparse gives a flag after the KEY VALUE pairs to them ("Non-existent key: --num-gpus")."""
+    with pytest.raises(ConfigError) as e:
+        _main(train_net, tmp_path, "SOLVER.MAX_ITER", 2, "--num-gpus", 2)
+    assert str(e.value).endswith(
+        ": '--num-gpus' is an option of the command: give it before the KEY VALUE pairs"
+    )
 
 
 def test_largest_image_sides_accepted():
@@ -369,6 +394,15 @@ def test_bad_panoptic_config_values():
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["p2", "p3", "res4"]
     with pytest.raises(ConfigError, match="SEM_SEG_HEAD.IN_FEATURES=.*'res4' is not a feature"):
         build_model(cfg)
+    cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = []
+    with pytest.raises(ConfigError, match=r"^MODEL.SEM_SEG_HEAD.IN_FEATURES=\[\]: list one feat"):
+        build_model(cfg)
+    cfg = panet_cfg("quick_schedules/panoptic_panet_R_18_synth.yaml")
+    cfg.MODEL.PANOPTIC_FPN.COMBINE.ENABLED = False  # Detectron2 only warns that it is not read
+    with pytest.raises(
+        ConfigError, match=r"^MODEL.PANOPTIC_FPN.COMBINE.ENABLED=False: Detectron2 "
+    ):
+        check_config(cfg, train=False)
     cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")  # IMS_PER_BATCH 4
     check_config(cfg, world_size=2)
     with pytest.raises(
