@@ -279,8 +279,13 @@ def output_files(paths, output):
     """Where each picture goes: `output` for one input given a file name; else in that folder,
     named as the inputs, every name prefixed with its index "{i}_" where two would be the same."""
     if len(paths) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1]:
+        if image_name(output) != output:  # not written under another name
+            raise InputError(
+                "--output={!r}: OpenCV writes no color picture of that suffix: give a .png or "
+                ".jpg name, or a folder.".format(output)
+            )
         make_folder_of(output)
-        outputs = [image_name(output)]
+        outputs = [output]
     else:
         ext = os.path.splitext(output)[1].lower()
         image = ext in IMAGE_EXTENSIONS or ext and cv2.haveImageWriter("x" + ext)

@@ -414,19 +414,28 @@ def main():
     add_timing_options(parser)
     parser.add_argument("--device", type=device_option, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--amp", action="store_true", help="mixed precision (torch.autocast)")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--rows", nargs="+", default=None, choices=list(ROWS), help="default: all")
     parser.add_argument(
-        "--task", nargs="+", default=["inference", "training"], choices=["inference", "training"]
+        "--task",
+        nargs="+",
+        default=None,
+        choices=["inference", "training"],
+        help="default: both (--profile: inference)",
     )
-    parser.add_argument("--profile", metavar="ROW", help="profile one row instead (torch.profiler)")
+    parser.add_argument(
+        "--profile", metavar="ROW", help="profile one row instead (torch.profiler), run once"
+    )
     args = parser.parse_args()
     names = [name for rows in ROWS.values() for name in rows]
     if args.profile is not None and args.profile not in names:
         parser.error(f"--profile {args.profile!r}: a row of {', '.join(map(repr, names))}")
+    if args.profile is not None and (args.rows or len(args.task or ()) > 1):
+        parser.error("--profile runs one row (not --rows) for one --task")
     torch.set_num_threads(args.threads)
     if args.profile:
-        args.task = args.task[0]
+        args.task = (args.task or ["inference"])[0]
         return profile(args.profile, args)
+    args.rows, args.task = args.rows or list(ROWS), args.task or ["inference", "training"]
     print(
         "## bench_model.py: device {}{}, {} threads, torch {}".format(
             args.device, " (AMP)" if args.amp else "", args.threads, torch.__version__

@@ -158,6 +158,8 @@ def _parse_args(argv=None):
     misplaced = [o for o in args.opts if o.split("=")[0] in ("--variant", "--no-model-check")]
     if misplaced:
         parser.error("give {} before the config options (KEY VALUE ...)".format(misplaced[0]))
+    if args.no_model_check and args.opts:  # they would be copied into the command printed
+        parser.error("--no-model-check: the config options are for the model check; give one")
     return args
 
 

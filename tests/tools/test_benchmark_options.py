@@ -73,6 +73,11 @@ def test_bad_option_is_one_line():
     """Two benchmarks side by side: a count below its least value; a config key that is none."""
     cases = [
         ("bench_model.py", ["--threads", "0"], "argument --threads: 0: must be at least 1"),
+        (
+            "bench_model.py",
+            ["--profile", "PANet R50", "--rows", "instance"],
+            "--profile runs one row (not --rows) for one --task",
+        ),
         ("bench_export.py", ["--opts", "MODEL.FOO", "1"], "Non-existent key: MODEL.FOO"),
         ("bench_export.py", ["--cls-scale", "3"], "--cls-scale: scales the classifier of --load "),
         ("bench_afp_sampling.py", ["--height", "9000"], "--height: 9000: must be at most 8192"),

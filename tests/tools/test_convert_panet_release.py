@@ -653,6 +653,9 @@ def test_command_line_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):  # an option after the config options
         tool.main([str(src), out] + OPTS + ["--no-model-check"])
     assert "before the config options" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # options for a check not made (they were copied, unchecked)
+        tool.main([str(src), out, "--no-model-check"] + OPTS)
+    assert "--no-model-check: the config options are for the model check" in capsys.readouterr().err
     assert not os.path.exists(out)
     # flags after the file names: checked and used (the model check with the config options)
     with pytest.raises(SystemExit) as e:

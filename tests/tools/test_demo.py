@@ -257,6 +257,18 @@ def test_input_not_resized_and_too_large(demo, tmp_path):
     assert line.startswith(f"ERROR: The input image {path!r} is 8200x100 (width x height) as the ")
 
 
+def test_image_output_of_a_suffix_opencv_cannot_write(demo, photos, tmp_path):
+    """--output single.mp4 for an image: refused (it wrote single.mp4.png without a word)."""
+    folder, names = photos
+    out = str(tmp_path / "single.mp4")
+    line = error_line(demo, "--input", os.path.join(folder, names[0]), "--output", out)
+    assert line == (
+        f"ERROR: --output={out!r}: OpenCV writes no color picture of that suffix: give a .png or "
+        ".jpg name, or a folder."
+    )
+    assert os.listdir(tmp_path) == []
+
+
 def test_video(demo, tmp_path):
     source = str(tmp_path / "clip.avi")
     writer = cv2.VideoWriter(source, cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (112, 80))
