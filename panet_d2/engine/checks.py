@@ -300,8 +300,19 @@ def _check_model_values(cfg, rcnn):
     """The ResNet, anchors and panoptic merge keys that Detectron2 reads unchecked."""
     m = cfg.MODEL
     if "resnet" in m.BACKBONE.NAME:
-        check_choice("MODEL.RESNETS.DEPTH", m.RESNETS.DEPTH, (18, 34, 50, 101, 152))
-        check_norm("MODEL.RESNETS.NORM", m.RESNETS.NORM)
+        r = m.RESNETS
+        check_choice("MODEL.RESNETS.DEPTH", r.DEPTH, (18, 34, 50, 101, 152))
+        check_choice("MODEL.RESNETS.RES5_DILATION", r.RES5_DILATION, (1, 2))
+        check_norm("MODEL.RESNETS.NORM", r.NORM)
+        basic = r.DEPTH in (18, 34) and (
+            r.RES5_DILATION != 1 or any(r.DEFORM_ON_PER_STAGE) or r.RES2_OUT_CHANNELS != 64
+        )
+        if basic:  # Detectron2's assertions in build_resnet_backbone
+            raise ConfigError(
+                f"MODEL.RESNETS.DEPTH={r.DEPTH} (BasicBlocks) takes RES5_DILATION 1, no "
+                f"DEFORM_ON_PER_STAGE and RES2_OUT_CHANNELS 64; got {r.RES5_DILATION}, "
+                f"{list(r.DEFORM_ON_PER_STAGE)} and {r.RES2_OUT_CHANNELS}."
+            )
     anchors = m.ANCHOR_GENERATOR
     values = [v for key in ("SIZES", "ASPECT_RATIOS") for row in anchors[key] for v in row]
     if rcnn and not all(0 < v < math.inf for v in values):
@@ -373,6 +384,13 @@ def check_config(cfg, train=True, world_size=None):
             model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
     except ConfigError:
         raise
+    except ValueError as e:  # torch's GroupNorm: channels that its 32 groups do not divide
+        if "divisible by num_groups" in str(e):
+            raise ConfigError(
+                f"The model cannot be built: {e}: a 'GN' norm on a layer of other channels; set "
+                "that part's NORM key to another norm, or its channels to a multiple of 32."
+            ) from None
+        return
     except Exception:  # build_model then says why
         return
     check_parameter_memory(model, cfg.MODEL.META_ARCHITECTURE)

@@ -134,6 +134,16 @@ BAD_VALUES = [
         r"^INPUT.CROP.SIZE=\[0, 0\]: with INPUT.CROP.TYPE 'absolute', a height and a width in pix",
     ),
     (["MODEL.RPN.SMOOTH_L1_BETA", -1.0], r"^MODEL.RPN.SMOOTH_L1_BETA=-1.0: must be 0 \(L1 loss\)"),
+    (
+        ["MODEL.RESNETS.RES5_DILATION", 2],
+        r"^MODEL.RESNETS.DEPTH=18 \(BasicBlocks\) takes RES5_DILATION 1, no DEFORM_ON_PER_STAGE "
+        r"and RES2_OUT_CHANNELS 64; got 2, \[False, False, False, False\] and 64.$",
+    ),
+    (  # the smoke config's FF branch has 16 channels
+        ["MODEL.ROI_MASK_HEAD.NORM", "GN"],
+        r"^The model cannot be built: num_channels \(16\) must be divisible by num_groups \(32\): "
+        r"a 'GN' norm on a layer of other channels; set that part's NORM key to another norm",
+    ),
     (["SOLVER.CHECKPOINT_PERIOD", 0], r"SOLVER.CHECKPOINT_PERIOD=0: must be an integer >= 1"),
     (["INPUT.MIN_SIZE_TRAIN", "(0, 192)"], r"MIN_SIZE_TRAIN=\(0, 192\): must be integers >= 1"),
     (["INPUT.MIN_SIZE_TEST", -1], r"INPUT.MIN_SIZE_TEST=-1: must be an integer >= 0 \(test"),
