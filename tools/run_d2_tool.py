@@ -62,6 +62,8 @@ datasets registered). For this process only:
   ``TracingAdapter(allow_non_tensor=False)``, which a panoptic model's ``segments_info`` stops);
 * ``analyze_model --num-inputs`` below 2 with ``--tasks activation`` (below 1 with ``flop``) is
   refused in one line (Detectron2 0.6 divides the activation counts by the inputs minus one);
+* ``benchmark --task data`` (or ``data_advanced``) is refused in one line with NumPy 2 (Detectron2
+  0.6's data benchmark calls ``numpy.percentile(interpolation=...)``, which NumPy 2 removed);
 * torch's ``FutureWarning`` "``torch.jit.script`` is deprecated", which Detectron2's tracing
   (``analyze_model``'s counts, ``deploy/export_model``) gives for each ``@script_if_tracing``
   helper it scripts, is not shown.
@@ -365,6 +367,26 @@ def _check_analyze_model_counts(script, args):
             )
 
 
+def _check_benchmark_task(script, args):
+    """Detectron2 0.6's data benchmarks call ``numpy.percentile(interpolation=...)``, which NumPy 2
+    no longer takes (a TypeError after the data loading): refused before they run."""
+    import numpy as np
+
+    if os.path.basename(script) != "benchmark.py" or int(np.__version__.split(".")[0]) < 2:
+        return
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--task")
+    known, _ = parser.parse_known_args(args)
+    if known.task in ("data", "data_advanced"):
+        from panet_d2.errors import InputError
+
+        raise InputError(
+            f"benchmark --task {known.task}: Detectron2 0.6's data benchmark calls "
+            f"numpy.percentile(interpolation=...), which NumPy {np.__version__} no longer takes "
+            "(NumPy < 2 does); --task train and eval run."
+        )
+
+
 @contextlib.contextmanager
 def _activation_count_traces_non_tensor_outputs():
     """
@@ -538,6 +560,7 @@ def run_tool(script, args, run_name="__main__"):
         dict: the globals of the script after it ran.
     """
     _check_analyze_model_counts(script, args)
+    _check_benchmark_task(script, args)
     _check_output_dir_option(script, args)
     argv, path = sys.argv, list(sys.path)
     sys.argv = [script] + list(args)

@@ -195,6 +195,23 @@ def test_analyze_model_counts_of_too_few_inputs(entry, monkeypatch, tasks, n, le
     ), msg
 
 
+@pytest.mark.parametrize("task", ["data", "data_advanced"])
+def test_benchmark_data_on_numpy_2(entry, monkeypatch, task):
+    """Detectron2 0.6's data benchmark calls numpy.percentile(interpolation=...), gone in NumPy 2
+    (a TypeError after the data loading): refused before it runs."""
+    import numpy as np
+
+    _require("benchmark")
+    monkeypatch.setattr(entry, "panet_d2_environment", None)  # not reached
+    argv = ["benchmark", "--task", task, "--config-file", "x.yaml"]
+    if int(np.__version__.split(".")[0]) < 2:
+        pytest.skip("NumPy < 2 takes interpolation=")
+    msg = error_exit(entry.main, argv)
+    assert msg.startswith(f"ERROR: benchmark --task {task}: Detectron2 0.6's data benchmark calls")
+    with pytest.raises(TypeError):  # what the benchmark would meet
+        np.percentile([1.0, 2.0], 50, interpolation="nearest")
+
+
 def test_training_scripts_refuse_weights_that_are_no_file(entry, tmp_path):
     """Detectron2's train_net (MODEL.WEIGHTS) and lazyconfig_train_net (train.init_checkpoint)
     assert after building the model; here one line before, unless --resume finds
