@@ -238,8 +238,18 @@ def expand_inputs(items):
     paths = []
     for item in map(os.path.expanduser, items):
         if os.path.isdir(item):
-            found = [os.path.join(item, n) for n in sorted(os.listdir(item))]
-            found = [p for p in found if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p)]
+            entries = [os.path.join(item, n) for n in sorted(os.listdir(item))]
+            found = [
+                p for p in entries if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p)
+            ]
+            folders = sum(map(os.path.isdir, entries))
+            if folders:
+                logger.warning(
+                    "--input %r: %d image(s) read; its %d subfolder(s) are not (give them too).",
+                    item,
+                    len(found),
+                    folders,
+                )
         elif os.path.isfile(item):  # as it is, also a name such as a[1].png
             found = [item]
         else:

@@ -26,7 +26,7 @@ from detectron2.data.catalog import Metadata  # noqa: E402
 
 from panet_d2.errors import ImageLoadError  # noqa: E402
 
-from ..common import ROOT, error_exit, load_script  # noqa: E402
+from ..common import ROOT, error_exit, load_script, logged_messages  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -672,7 +672,11 @@ def test_folder_lists_image_files_of_pil_formats(demo, tmp_path):
         image = Image.fromarray(bgr[..., ::-1])
         image = image.convert("L") if name.endswith(".pgm") else image
         image.save(str(folder / name), format="JPEG" if name[-4:] in ("jfif", ".jpe") else "PPM")
-    assert demo.expand_inputs([str(folder)]) == [str(folder / n) for n in names]
+    with logged_messages("panet_d2.demo") as logged:
+        assert demo.expand_inputs([str(folder)]) == [str(folder / n) for n in names]
+    assert logged == [
+        f"--input {str(folder)!r}: 5 image(s) read; its 1 subfolder(s) are not (give them too)."
+    ]
     written = run_demo(demo, "--input", str(folder), "--output", str(tmp_path / "vis"))
     # OpenCV writes no .jfif, and .pgm in gray only: those get .png added
     expected = ["a.jfif.png", "b.ppm", "c.pgm.png", "e.pnm", "f.jpe"]
