@@ -369,11 +369,10 @@ def run(args):
     for path, out in zip(paths, outputs):
         try:
             image, start = read_bgr(path), time.time()
-            transform = predictor.aug.get_transform(image)  # Detectron2's, as __call__ gets it
-            shape = (
-                (transform.new_h, transform.new_w) if hasattr(transform, "new_h") else image.shape
-            )
-            check_model_input_side(shape, f"input image {path!r}")
+            if isinstance(predictor.aug, T.ResizeShortestEdge):  # (a LazyConfig's: any)
+                transform = predictor.aug.get_transform(image)  # as DefaultPredictor gets it
+                new = getattr(transform, "new_h", None), getattr(transform, "new_w", None)
+                check_model_input_side(image.shape if None in new else new, f"input image {path!r}")
         except ImageLoadError as e:  # reported, and the others are shown
             if len(paths) == 1:
                 raise

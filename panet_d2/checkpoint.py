@@ -562,8 +562,9 @@ class PANetCheckpointer(DetectionCheckpointer):
             self._check_fit(incompatible, file_keys)
             loaded = {k: v for k, v in self.model.state_dict().items() if k in targets}
             bad, first = non_finite(loaded)
-            stored = state.get(bad[0]) if bad else None
-            if bad and stored.dtype == torch.float16 and stored.isinf().any():
+            stored = state.get(bad[0]) if bad else None  # (None: an AFP layer of a single one)
+            half = isinstance(stored, torch.Tensor) and stored.dtype == torch.float16
+            if half and bool(stored.isinf().any()):
                 raise self._refused(
                     f"was not loaded: its weights hold NaN or inf: {first}: stored as float16, "
                     "whose largest value is 65504, beyond which they became inf: save the "

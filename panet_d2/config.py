@@ -237,7 +237,7 @@ def instantiate_model(cfg):
         if isinstance(getattr(predictor, name, None), (int, float)):
             check_fractions(key + name, getattr(predictor, name))
     topk = getattr(predictor, "test_topk_per_image", 1)
-    if not isinstance(topk, int) or topk < 1:
+    if not isinstance(topk, int) or topk < 1:  # as TEST.DETECTIONS_PER_IMAGE (no -1, all)
         raise ConfigError(f"{key}test_topk_per_image={topk!r}: must be an integer >= 1.")
     return model
 

@@ -152,6 +152,15 @@ def test_non_finite_weights_are_refused(state, tmp_path):
         f"{bad.numel()} values not finite (1 tensor(s) in all): stored as float16, whose largest "
         "value is 65504, beyond which they became inf: save the checkpoint in float32."
     )
+    # a warm start of AFP's per-level layers from single-level ones (no file tensor of that name)
+    from panet_d2.config import PER_LEVEL_NAME
+
+    singles = {PER_LEVEL_NAME.sub(r"\1", k): v for k, v in state.items()}
+    fc1 = next(k for k in singles if "box_head.fc1" in k and k.endswith("weight"))
+    nan = singles[fc1].clone()
+    nan.view(-1)[:2] = float("nan")
+    path = _save(tmp_path, "single_nan.pth", singles, **{fc1: nan})
+    assert "values not finite" in _refused(model, path, warm_start=True)
     # a warm start to 2 classes does not load the 3-class predictors: their NaN do not matter
     path = _save(tmp_path, "nan_predictor.pth", state, **{CLS: state[CLS] * float("nan")})
     two = _model("MODEL.ROI_HEADS.NUM_CLASSES", 2, seed=1)

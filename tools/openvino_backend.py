@@ -575,7 +575,7 @@ def _runner_inputs(model, image_path, size):
     try:
         image = np.load(image_path)  # allow_pickle=False: data only
     except (OSError, ValueError) as e:  # not NumPy's advice to unpickle: a .npy holds numbers
-        why = "not an array of numbers saved by numpy.save" if "pickle" in str(e) else str(e)
+        why = "not an array of numbers saved by numpy.save" if "allow_pickle" in str(e) else e
         _refuse("ERROR: cannot read the image {!r}: {}".format(image_path, why))
     if (
         not isinstance(image, np.ndarray)

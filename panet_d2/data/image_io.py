@@ -70,9 +70,10 @@ def read_image(file_name, format=None, what="image"):
         raise ImageLoadError(f"Cannot read {what} {file_name!r}: {e}") from e
 
 
-def check_panoptic_png(dataset_dict):
-    """A :class:`DatasetError` unless the record's panoptic PNG is RGB(A) (ids R + 256 G + 256^2 B,
-    as panopticapi reads them) of the record's width and height (headers read)."""
+def check_panoptic_png(dataset_dict, evaluation=False):
+    """A :class:`DatasetError` unless the record's panoptic PNG is RGB(A) (ids R + 256 G + 256^2 B)
+    or, but for ``evaluation`` (panopticapi reads its arrays as they are), a palette of colors, of
+    the record's width and height (headers read)."""
     path = dataset_dict["pan_seg_file_name"]
     size = dataset_dict.get("width"), dataset_dict.get("height")
     try:
@@ -81,15 +82,16 @@ def check_panoptic_png(dataset_dict):
             mode, stored = header.mode, header.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"Cannot read panoptic PNG {path!r}: {e}") from None
-    if mode not in ("RGB", "RGBA"):
+    if mode not in ("RGB", "RGBA") + ("P",) * (not evaluation):
         raise DatasetError(
             f"Panoptic PNG {path!r} is of mode {mode!r}: COCO panoptic PNGs are RGB, a segment "
-            "id R + 256 G + 256^2 B per pixel (panopticapi's id2rgb)."
+            "id R + 256 G + 256^2 B per pixel (panopticapi's id2rgb)"
+            + (" (a palette PNG: not in evaluation)." if mode == "P" else ".")
         )
     if None not in size and tuple(stored) != size:
         raise DatasetError(
             f"Panoptic PNG {path!r} is {stored[0]}x{stored[1]} (width x height), its image "
-            f"{dataset_dict['file_name']!r} {size[0]}x{size[1]} (the dataset record's)."
+            f"{dataset_dict.get('file_name')!r} {size[0]}x{size[1]} (the dataset record's)."
         )
 
 

@@ -16,6 +16,7 @@ import torch
 
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import DefaultTrainer
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, PanopticFPN, build_backbone
 from detectron2.modeling import roi_heads as d2_roi_heads
 from detectron2.structures import BoxMode
@@ -96,7 +97,7 @@ def check_files(dicts, name, key):
         if _local(d.get("file_name")) and ("width" in d or "height" in d):
             check_image_size(d)
         if _local(d.get("pan_seg_file_name")):
-            check_panoptic_png(d)
+            check_panoptic_png(d, evaluation=key == "DATASETS.TEST")
 
 
 @contextlib.contextmanager
@@ -288,12 +289,6 @@ def _check_solver(cfg, world_size):
             "processes together must be a positive multiple of the number of processes "
             f"({world_size})."
         )
-    reference = solver.REFERENCE_WORLD_SIZE
-    if reference and (reference < 0 or solver.IMS_PER_BATCH % reference):
-        raise ConfigError(
-            f"SOLVER.REFERENCE_WORLD_SIZE={reference}: must be 0 (off) or a number of processes "
-            f"that divides SOLVER.IMS_PER_BATCH={solver.IMS_PER_BATCH}."
-        )
 
 
 def _check_model_values(cfg, rcnn):
@@ -351,6 +346,14 @@ def check_config(cfg, train=True, world_size=None):
     """Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
     building or training (``world_size``: the number of processes, default the current one)."""
     rcnn, value = _rcnn(cfg) is not None, cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    world_size, reference = world_size or comm.get_world_size(), cfg.SOLVER.REFERENCE_WORLD_SIZE
+    if train and reference and (reference < 0 or cfg.SOLVER.IMS_PER_BATCH % reference):
+        raise ConfigError(
+            f"SOLVER.REFERENCE_WORLD_SIZE={reference}: must be 0 (off) or a number of processes "
+            f"that divides SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH}."
+        )
+    if train:  # the values that train: Detectron2's scaling to world_size processes
+        cfg = DefaultTrainer.auto_scale_workers(cfg, world_size)
     check_panet_parts(cfg)
     if rcnn and (not isinstance(value, int) or value < 1):
         raise ConfigError(
@@ -369,12 +372,14 @@ def check_config(cfg, train=True, world_size=None):
     _check_fractions(cfg, train)
     _check_model_values(cfg, _rcnn(cfg))
     if train:
-        _check_solver(cfg, world_size or comm.get_world_size())
+        _check_solver(cfg, world_size)
         _check_training_values(cfg)
     if not rcnn:
         return
-    try:  # on the meta device: no memory, no initialisation
-        with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()):
+    try:  # on the meta device: no memory, no initialisation, the random state kept
+        with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()), torch.random.fork_rng(
+            devices=[]
+        ):
             shapes = build_backbone(cfg).output_shape()
             if cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"):  # Detectron2's RPN does not
                 backbone = "the backbone " + cfg.MODEL.BACKBONE.NAME
@@ -420,7 +425,7 @@ _REASONS = {
     "box": "with a box of non-positive size",
     "coordinates": f"with a coordinate not finite or beyond {_FAR}x the image size",
     "rle": "with an RLE mask of another size than its image",
-    "bbox": "with a bbox that is not 4 numbers",
+    "bbox": "with a bbox that is not 4 numbers (5: XYWHA_ABS)",
     "iscrowd": "with an iscrowd other than 0 or 1",
 }
 
@@ -450,12 +455,14 @@ def _problem(a, masks, image):
     ok = all(isinstance(n, (int, float)) and math.isfinite(n) and n > 0 for n in size)
     size = size if ok else None
     box, segm = a.get("bbox"), a.get("segmentation")
-    four = isinstance(box, (list, tuple)) and len(box) == 4
-    if box is not None and not (four and all(isinstance(v, numbers.Real) for v in box)):
+    mode = a.get("bbox_mode", BoxMode.XYWH_ABS)  # a COCO annotation: XYWH
+    seq = box.tolist() if hasattr(box, "tolist") else box  # an array or a tensor too
+    length = 5 if mode == BoxMode.XYWHA_ABS else 4
+    four = isinstance(seq, (list, tuple)) and len(seq) == length
+    if box is not None and not (four and all(isinstance(v, numbers.Real) for v in seq)):
         return "bbox", None
     if a.get("iscrowd", 0) not in (0, 1):
         return "iscrowd", None
-    mode = a.get("bbox_mode", BoxMode.XYWH_ABS)  # a COCO annotation: XYWH
     ok = box is not None and mode in (BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
     box = BoxMode.convert(list(box), mode, BoxMode.XYXY_ABS) if ok else None
     bound = _FAR * max(size) if size else math.inf

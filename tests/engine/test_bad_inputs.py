@@ -10,6 +10,7 @@ import json
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +22,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data.datasets import load_coco_json  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import BoxMode  # noqa: E402
 
 from panet_d2.engine.checks import (  # noqa: E402
     check_config,
@@ -383,6 +385,11 @@ def test_panoptic_png_not_rgb_or_of_another_size(datasets, tmp_path):
     check_files([record], "x", "DATASETS.TEST")
     png.convert("L").save(tmp_path / "gray.png")
     png.resize((w + 2, h)).save(tmp_path / "wide.png")
+    png.convert("P").save(tmp_path / "palette.png")  # the mapper reads it as RGB; panopticapi not
+    palette = dict(record, pan_seg_file_name=str(tmp_path / "palette.png"))
+    check_files([palette], "x", "DATASETS.TRAIN")
+    with pytest.raises(DatasetError, match=r"is of mode 'P': .* \(a palette PNG: not in evaluat"):
+        check_files([palette], "x", "DATASETS.TEST")
     for name, message in [
         ("gray.png", "is of mode 'L': COCO panoptic PNGs are RGB, a segment id R + 256 G + 256^2"),
         ("wide.png", f"is {w + 2}x{h} (width x height), its image {record['file_name']!r} {w}x{h}"),
@@ -420,9 +427,14 @@ def test_bad_panoptic_config_values():
         match=r"SOLVER.IMS_PER_BATCH=4: .* multiple of the number of " r"processes \(3\)",
     ):
         check_config(cfg, world_size=3)
-    state = torch.get_rng_state()
-    check_config(cfg)  # the backbone is built on the meta device: nothing drawn
-    assert torch.equal(state, torch.get_rng_state())
+    cfg.SOLVER.REFERENCE_WORLD_SIZE, cfg.SOLVER.IMS_PER_BATCH = 8, 16  # trains 6 on 3 processes
+    check_config(cfg, world_size=3)  # (Detectron2's auto_scale_workers, before the batch's check)
+    deformable = panet_cfg("COCO-InstanceSegmentation/panet_R_50_FPN_1x.yaml")
+    deformable.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, True, True, True]
+    for c in (cfg, deformable):  # built on the meta device; the random state kept
+        state = torch.get_rng_state()
+        check_config(c, world_size=1)
+        assert torch.equal(state, torch.get_rng_state())
 
 
 def _config_error(train_net, tmp_path, config):
@@ -705,7 +717,24 @@ def test_annotations_of_wrong_types_dropped_alike(datasets, tmp_path):
     with logged_messages("panet_d2.engine.checks") as logged:
         train, evaluation, _ = _kept_ids(name, str(json_file), masks=True)
     assert train == evaluation == sorted(a["id"] for a in annos[len(changes) :])
-    assert "(3 with a bbox that is not 4 numbers, 1 with an iscrowd other than 0 or 1)" in logged[0]
+    assert (
+        "(3 with a bbox that is not 4 numbers (5: XYWHA_ABS), 1 with an iscrowd other than 0 or 1)"
+        in logged[0]
+    )
+    # what Detectron2 reads is kept: an array, a tensor or a tuple; a rotated box; a bool iscrowd
+    polygon = [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0]]
+    xyxy = dict(bbox_mode=BoxMode.XYXY_ABS, segmentation=polygon, category_id=0)
+    annos = [
+        dict(xyxy, bbox=np.array([10.0, 10, 30, 30])),
+        dict(xyxy, bbox=torch.tensor([10, 10, 30, 30])),
+    ]
+    annos += [
+        dict(xyxy, bbox=(10, 10, 30, 30), iscrowd=True),
+        dict(xyxy, bbox=[10, 10, 30, 30], iscrowd=np.int64(0)),
+    ]
+    annos += [dict(xyxy, bbox=[20, 20, 20, 20, 30], bbox_mode=BoxMode.XYWHA_ABS)]
+    record = dict(file_name="x.png", image_id=0, height=100, width=100, annotations=annos)
+    assert drop_invalid_annotations([record], [name], "DATASETS.TRAIN", masks=True) == [record]
 
 
 def test_all_annotations_invalid(datasets, tmp_path):

@@ -255,6 +255,11 @@ def test_input_not_resized_and_too_large(demo, tmp_path):
     opts = SMALL[:5] + ["0"] + SMALL[6:]
     line = error_line(demo, "--input", path, "--output", str(tmp_path / "out"), opts=opts)
     assert line.startswith(f"ERROR: The input image {path!r} is 8200x100 (width x height) as the ")
+    # resized (INPUT.MIN_SIZE_TEST 96, MAX_SIZE_TEST 160) the model gets 160 x 16: taken
+    big = str(tmp_path / "big.png")
+    Image.new("RGB", (8200, 820)).save(big)
+    out = str(tmp_path / "big_out.png")
+    assert run_demo(demo, "--input", big, "--output", out) == [out]
 
 
 def test_image_output_of_a_suffix_opencv_cannot_write(demo, photos, tmp_path):
