@@ -242,6 +242,27 @@ def instantiate_model(cfg):
     return model
 
 
+def check_lazy_training_values(cfg):
+    """Raises :class:`ConfigError` for a training value of a LazyConfig ``cfg`` that Detectron2's
+    ``lazyconfig_train_net.py`` takes unchecked (a traceback, or a run that does nothing)."""
+    import math
+
+    for key, low in (("train.max_iter", 1), ("dataloader.train.total_batch_size", 1)):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < low
+        ):
+            raise ConfigError(f"{key}={value!r}: must be an integer >= {low}.")
+    lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
+    if isinstance(lr, (int, float)) and not 0 <= lr < math.inf:
+        raise ConfigError(f"optimizer.lr={lr!r}: must be 0 or positive, and finite.")
+    predictor = "model.roi_heads.box_predictor."
+    for name in ("test_score_thresh", "test_nms_thresh"):
+        value = OmegaConf.select(cfg, predictor + name, default=None)
+        if isinstance(value, (int, float)):
+            check_fractions(predictor + name, value)
+
+
 def _key_paths(node, name, path):
     """(dotted path, its dict's ``_target_``) of the keys ``name`` in ``node`` at ``path``."""
     if not isinstance(node, (dict, list)):

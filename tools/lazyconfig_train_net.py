@@ -26,7 +26,11 @@ command's environment), so the config is read as the project's entry points read
   ``yaml.safe_load`` where Detectron2 uses PyYAML's unsafe loader; a Python tag, or YAML aliases
   that stand for more than 10,000 values, are refused in one line naming the file, before
   anything runs
-  (``panet_d2.config.lazyconfig_files_as_data``).
+  (``panet_d2.config.lazyconfig_files_as_data``);
+* an option whose key the config has not, and the training values Detectron2's script takes
+  unchecked (``train.max_iter`` and ``dataloader.train.total_batch_size`` >= 1, ``optimizer.lr``
+  >= 0, the box predictor's test thresholds in [0, 1]), are one line each
+  (``panet_d2.config.check_lazy_training_values``).
 """
 
 import os

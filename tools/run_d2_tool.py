@@ -206,6 +206,7 @@ def _existing_lazy_keys_only():
 
     from detectron2.config import LazyConfig
 
+    from panet_d2.config import check_lazy_training_values
     from panet_d2.errors import ConfigError
 
     d2_apply = LazyConfig.apply_overrides
@@ -232,7 +233,9 @@ def _existing_lazy_keys_only():
                         option,
                     )
                 )
-        return d2_apply(cfg, overrides)
+        cfg = d2_apply(cfg, overrides)
+        check_lazy_training_values(cfg)
+        return cfg
 
     return mock.patch.object(LazyConfig, "apply_overrides", staticmethod(apply_overrides))
 

@@ -421,9 +421,8 @@ def test_lazyconfig_option_typos_are_one_line(entry):
     the config's iterations. Inside the command: refused, with the keys it may have meant."""
     from detectron2.config import LazyConfig
 
-    cfg = LazyConfig.load(
-        os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_lazy.py")
-    )
+    cfg_path = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_lazy.py")
+    cfg = LazyConfig.load(cfg_path)
     with entry._existing_lazy_keys_only():
         with pytest.raises(ConfigError) as e:
             LazyConfig.apply_overrides(cfg, ["train.max_iter=3", "train.max_iters=2"])
@@ -444,6 +443,19 @@ def test_lazyconfig_option_typos_are_one_line(entry):
         LazyConfig.apply_overrides(
             cfg, ["train.max_iter=2", "+train.note=1", rpn + "min_box_size=4.0"]
         )
+        # values Detectron2's lazyconfig_train_net.py takes unchecked (tracebacks, or 0 detections)
+        for option, message in [
+            ("optimizer.lr=-1.0", "optimizer.lr=-1.0: must be 0 or positive, and finite."),
+            ("train.max_iter=0", "train.max_iter=0: must be an integer >= 1."),
+            ("dataloader.train.total_batch_size=0", "total_batch_size=0: must be an integer >= 1."),
+            (
+                "model.roi_heads.box_predictor.test_score_thresh=2.0",
+                "test_score_thresh=2.0: must be a number in [0, 1].",
+            ),
+        ]:
+            with pytest.raises(ConfigError) as e:
+                LazyConfig.apply_overrides(LazyConfig.load(cfg_path), [option])
+            assert str(e.value).endswith(message), str(e.value)
     assert cfg.train.max_iter == 2 and cfg.train.note == 1
     assert instantiate(cfg.model.proposal_generator).min_box_size == 4.0
     LazyConfig.apply_overrides(cfg, ["train.other=1"])  # Detectron2's again, after the command
