@@ -2,11 +2,11 @@
 
 import argparse
 import math
-import os
 
 import torch
 
 from panet_d2.data.image_io import MAX_SIDE
+from panet_d2.engine.checks import machine_memory
 
 
 def at_least(low, high=None):
@@ -40,7 +40,7 @@ def positive_number(text):
 def check_memory(parser, nbytes, what, share=4):
     """argparse's one-line error if ``nbytes`` (``what`` takes them) exceed 1 / ``share`` of this
     machine's memory (the run needs a few times its inputs)."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = machine_memory()
     if nbytes > memory / share:
         parser.error(
             f"{what} take {nbytes / 2**30:.1f} GiB, more than 1/{share} of this machine's memory "

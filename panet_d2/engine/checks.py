@@ -401,10 +401,22 @@ def check_config(cfg, train=True, world_size=None):
     check_parameter_memory(model, cfg.MODEL.META_ARCHITECTURE)
 
 
+def machine_memory():
+    """This machine's memory in bytes: physical, or a smaller cgroup (container) limit."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                memory = min(memory, int(f.read().strip()))
+        except (OSError, ValueError):  # none, or "max"
+            pass
+    return memory
+
+
 def check_parameter_memory(model, name, memory=None):
     """Raises :class:`ConfigError` if the parameters of ``model`` (built on the meta device) take
     more than half of ``memory`` bytes (default: this machine's)."""
-    memory = memory or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = memory or machine_memory()
     sizes = {n: p.numel() * 4 for n, p in model.named_parameters()}  # float32
     if sum(sizes.values()) > memory / 2:
         largest = max(sizes, key=sizes.get)

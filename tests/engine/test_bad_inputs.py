@@ -6,6 +6,7 @@ annotations, dropped with a count alike by training and evaluation (panet_d2/eng
 """
 
 import errno
+import io
 import json
 import os
 import re
@@ -255,6 +256,25 @@ def test_largest_image_sides_accepted():
         cfg.INPUT[key] = 8192
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.TEST.AUG.MAX_SIZE = (8192,), 8192
     check_config(cfg, train=True, world_size=1)
+
+
+def test_machine_memory(monkeypatch):
+    """A cgroup (container) limit below the physical memory is the machine's memory."""
+    import builtins
+
+    from panet_d2.engine.checks import machine_memory
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert machine_memory() <= physical
+    opened = builtins.open
+
+    def limited(path, *args, **kwargs):
+        if str(path) == "/sys/fs/cgroup/memory.max":
+            return io.StringIO("1073741824\n")
+        return opened(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", limited)
+    assert machine_memory() == min(physical, 1073741824)
 
 
 def test_parameter_memory():

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from benchmarks.options import at_least, check_memory, device_option, positive_number
+from panet_d2.engine.checks import machine_memory
 
 from ..common import ROOT, start_script
 
@@ -32,9 +33,9 @@ def test_at_most_and_positive_number():
 
 
 def test_check_memory():
-    """A quarter of the machine's memory (os.sysconf) is the most the inputs may take."""
+    """A quarter of the machine's memory is the most the inputs may take."""
     parser = argparse.ArgumentParser(prog="p")
-    quarter = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4
+    quarter = machine_memory() / 4
     check_memory(parser, quarter, "x")
     with pytest.raises(SystemExit):
         check_memory(parser, quarter + 1, "x")
