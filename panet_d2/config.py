@@ -1,5 +1,6 @@
 """PANet's config keys and :func:`load_config_file`, the loader of config files (YAML as data)."""
 
+import math
 import os
 import re
 from unittest import mock
@@ -213,6 +214,9 @@ def lazyconfig_files_as_data():
     return mock.patch.object(LazyConfig, "load", staticmethod(load_lazy_config))
 
 
+_PREDICTOR = "model.roi_heads.box_predictor."  # a LazyConfig's keys of the box predictor
+
+
 def instantiate_model(cfg):
     """``instantiate(cfg.model)`` of a LazyConfig ``cfg``; an argument that its class does not take
     is a :class:`ConfigError` naming the key (in Detectron2 a TypeError traceback)."""
@@ -231,22 +235,19 @@ def instantiate_model(cfg):
             "key or correct its name."
         ) from None
     # the test values that check_config checks in a yacs config (Detectron2's box predictor)
-    predictor, key = getattr(getattr(model, "roi_heads", None), "box_predictor", None), "model."
-    key += "roi_heads.box_predictor."
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
     for name in ("test_score_thresh", "test_nms_thresh"):
         if isinstance(getattr(predictor, name, None), (int, float)):
-            check_fractions(key + name, getattr(predictor, name))
+            check_fractions(_PREDICTOR + name, getattr(predictor, name))
     topk = getattr(predictor, "test_topk_per_image", 1)
     if not isinstance(topk, int) or topk < 1:  # as TEST.DETECTIONS_PER_IMAGE (no -1, all)
-        raise ConfigError(f"{key}test_topk_per_image={topk!r}: must be an integer >= 1.")
+        raise ConfigError(f"{_PREDICTOR}test_topk_per_image={topk!r}: must be an integer >= 1.")
     return model
 
 
 def check_lazy_training_values(cfg):
     """Raises :class:`ConfigError` for a training value of a LazyConfig ``cfg`` that Detectron2's
     ``lazyconfig_train_net.py`` takes unchecked (a traceback, or a run that does nothing)."""
-    import math
-
     for key, low in (("train.max_iter", 1), ("dataloader.train.total_batch_size", 1)):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and (
@@ -256,11 +257,10 @@ def check_lazy_training_values(cfg):
     lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
     if isinstance(lr, (int, float)) and not 0 <= lr < math.inf:
         raise ConfigError(f"optimizer.lr={lr!r}: must be 0 or positive, and finite.")
-    predictor = "model.roi_heads.box_predictor."
     for name in ("test_score_thresh", "test_nms_thresh"):
-        value = OmegaConf.select(cfg, predictor + name, default=None)
+        value = OmegaConf.select(cfg, _PREDICTOR + name, default=None)
         if isinstance(value, (int, float)):
-            check_fractions(predictor + name, value)
+            check_fractions(_PREDICTOR + name, value)
 
 
 def _key_paths(node, name, path):
