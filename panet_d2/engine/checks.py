@@ -50,7 +50,6 @@ def _local(path):
 
 
 def _rcnn(cfg):
-    """The meta architecture of ``cfg`` if it is a GeneralizedRCNN, else None."""
     arch = meta_architecture(cfg)
     return arch if isinstance(arch, type) and issubclass(arch, GeneralizedRCNN) else None
 
@@ -81,10 +80,8 @@ def check_dataset(name, key):
 
 
 def check_files(dicts, name, key):
-    """Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` naming the first
-    missing image or PNG of the records ``dicts`` (of ``name``, config ``key``), then the
-    :class:`DatasetError` of the first image whose size differs from its record's, or whose
-    panoptic PNG is not RGB of that size (headers read)."""
+    """Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` for the first missing
+    file of records ``dicts`` (of ``name``, ``key``), then checks image sizes and panoptic PNGs."""
     keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
     missing = [d[k] for d in dicts for k in keys if _local(d.get(k)) and not os.path.isfile(d[k])]
     if missing:
@@ -200,8 +197,13 @@ def _value(cfg, key):
     return functools.reduce(lambda node, name: node[name], key.split("."), cfg)
 
 
-def _counts(cfg, train):
-    """{key: (lowest value, what it counts, highest value or None)} of the integer keys read."""
+def _require(ok, key, value, what):
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: must be {what}.")
+
+
+def _check_counts(cfg, train):
+    """The integer keys read, {key: (lowest value, what it counts, highest value or None)}."""
     m, rcnn = cfg.MODEL, _rcnn(cfg)
     counts = {"DATALOADER.NUM_WORKERS": (0, "loader processes; 0: none", None)}
     counts["INPUT.MIN_SIZE_TEST"] = (0, "test images' short side; 0: not resized", MAX_SIDE)
@@ -236,38 +238,21 @@ def _counts(cfg, train):
         counts["TEST.EVAL_PERIOD"] = (0, "iterations between evaluations; 0: at the end", None)
         counts["INPUT.MIN_SIZE_TRAIN"] = (1, "training images' short sides", MAX_SIDE)
         counts["INPUT.MAX_SIZE_TRAIN"] = (1, "training images' long side", MAX_SIDE)
-    return counts
-
-
-def _check_counts(cfg, counts):
     for key, (low, what, high) in counts.items():
         value = _value(cfg, key)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < low]
         kind = "integers" if isinstance(value, (list, tuple)) else "an integer"
-        if not values or bad:
-            raise ConfigError(f"{key}={value!r}: must be {kind} >= {low} ({what}).")
-        if high is not None and max(values) > high:
-            why = f": {_MEMORY}" if high in (MAX_SIDE, MAX_POOLER_RESOLUTION) else ""
-            raise ConfigError(f"{key}={value!r}: must be {kind} <= {high} ({what}){why}.")
+        _require(values and not bad, key, value, f"{kind} >= {low} ({what})")
+        why = f": {_MEMORY}" if high in (MAX_SIDE, MAX_POOLER_RESOLUTION) else ""
+        _require(high is None or max(values) <= high, key, value, f"{kind} <= {high} ({what}){why}")
 
 
-def _check_fractions(cfg, train):
-    """Thresholds and fractions: numbers in [0, 1] (a list of them increasing)."""
-    keys = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST"]
-    keys += ["MODEL.RPN.NMS_THRESH", "MODEL.RPN.IOU_THRESHOLDS", "MODEL.ROI_HEADS.IOU_THRESHOLDS"]
-    if train:
-        keys += ["MODEL.RPN.POSITIVE_FRACTION", "MODEL.ROI_HEADS.POSITIVE_FRACTION"]
-        keys += ["SOLVER.WARMUP_FACTOR"]
-    for key in keys:
-        check_fractions(key, _value(cfg, key))
-
-
-def _check_solver(cfg, world_size):
+def _check_training(cfg, world_size):
+    """The solver's values, the crop's size for its type, and the smooth L1 betas."""
     solver = cfg.SOLVER
-    for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY", "GAMMA"):
-        if not 0 <= solver[k] < math.inf:  # NaN too
-            raise ConfigError(f"SOLVER.{k}={solver[k]!r}: must be 0 or positive, and finite.")
+    for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY", "GAMMA"):  # NaN fails too
+        _require(0 <= solver[k] < math.inf, f"SOLVER.{k}", solver[k], "0 or positive, and finite")
     clip = solver.CLIP_GRADIENTS
     if clip.ENABLED and not (0 < clip.CLIP_VALUE < math.inf and 0 < clip.NORM_TYPE):
         raise ConfigError(
@@ -289,6 +274,21 @@ def _check_solver(cfg, world_size):
             "processes together must be a positive multiple of the number of processes "
             f"({world_size})."
         )
+    crop = cfg.INPUT.CROP
+    relative, size = crop.TYPE.startswith("relative"), list(crop.SIZE)
+    if relative:
+        ok = all(isinstance(v, (int, float)) and 0 < v <= 1 for v in size)
+    else:
+        ok = all(isinstance(v, int) and v >= 1 for v in size)
+        ok = ok and (crop.TYPE != "absolute_range" or size == sorted(size))
+    if crop.ENABLED and not (len(size) == 2 and ok):
+        what = "of the image, in (0, 1]" if relative else "in pixels >= 1 (a range: increasing)"
+        raise ConfigError(
+            f"INPUT.CROP.SIZE={crop.SIZE!r}: with INPUT.CROP.TYPE {crop.TYPE!r}, a height and a "
+            f"width {what}."
+        )
+    for key in ("MODEL.RPN.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA"):
+        _require(0 <= _value(cfg, key) < math.inf, key, _value(cfg, key), "0 (L1 loss) or positive")
 
 
 def _check_model_values(cfg, rcnn):
@@ -299,10 +299,8 @@ def _check_model_values(cfg, rcnn):
         check_choice("MODEL.RESNETS.DEPTH", r.DEPTH, (18, 34, 50, 101, 152))
         check_choice("MODEL.RESNETS.RES5_DILATION", r.RES5_DILATION, (1, 2))
         check_norm("MODEL.RESNETS.NORM", r.NORM)
-        basic = r.DEPTH in (18, 34) and (
-            r.RES5_DILATION != 1 or any(r.DEFORM_ON_PER_STAGE) or r.RES2_OUT_CHANNELS != 64
-        )
-        if basic:  # Detectron2's assertions in build_resnet_backbone
+        other = r.RES5_DILATION != 1 or any(r.DEFORM_ON_PER_STAGE) or r.RES2_OUT_CHANNELS != 64
+        if r.DEPTH in (18, 34) and other:  # Detectron2's assertions in build_resnet_backbone
             raise ConfigError(
                 f"MODEL.RESNETS.DEPTH={r.DEPTH} (BasicBlocks) takes RES5_DILATION 1, no "
                 f"DEFORM_ON_PER_STAGE and RES2_OUT_CHANNELS 64; got {r.RES5_DILATION}, "
@@ -322,26 +320,6 @@ def _check_model_values(cfg, rcnn):
         )
 
 
-def _check_training_values(cfg):
-    """The crop's size for its type, and the smooth L1 betas."""
-    crop = cfg.INPUT.CROP
-    relative, size = crop.TYPE.startswith("relative"), list(crop.SIZE)
-    if relative:
-        ok = all(isinstance(v, (int, float)) and 0 < v <= 1 for v in size)
-    else:
-        ok = all(isinstance(v, int) and v >= 1 for v in size)
-        ok = ok and (crop.TYPE != "absolute_range" or size == sorted(size))
-    if crop.ENABLED and not (len(size) == 2 and ok):
-        what = "of the image, in (0, 1]" if relative else "in pixels >= 1 (a range: increasing)"
-        raise ConfigError(
-            f"INPUT.CROP.SIZE={crop.SIZE!r}: with INPUT.CROP.TYPE {crop.TYPE!r}, a height and a "
-            f"width {what}."
-        )
-    for key in ("MODEL.RPN.SMOOTH_L1_BETA", "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA"):
-        if not 0 <= _value(cfg, key) < math.inf:
-            raise ConfigError(f"{key}={_value(cfg, key)!r}: must be 0 (L1 loss) or positive.")
-
-
 def check_config(cfg, train=True, world_size=None):
     """Raises :class:`ConfigError` for a value that Detectron2 would reject only deep inside
     building or training (``world_size``: the number of processes, default the current one)."""
@@ -355,11 +333,9 @@ def check_config(cfg, train=True, world_size=None):
     if train:  # the values that train: Detectron2's scaling to world_size processes
         cfg = DefaultTrainer.auto_scale_workers(cfg, world_size)
     check_panet_parts(cfg)
-    if rcnn and (not isinstance(value, int) or value < 1):
-        raise ConfigError(
-            f"MODEL.ROI_HEADS.NUM_CLASSES={value!r}: must be a positive integer, the dataset's "
-            "number of thing classes."
-        )
+    ok = not rcnn or isinstance(value, int) and value >= 1
+    things = "a positive integer, the dataset's number of thing classes"
+    _require(ok, "MODEL.ROI_HEADS.NUM_CLASSES", value, things)
     mean, std = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
     channels = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}.get(cfg.INPUT.FORMAT)  # Detectron2's
     if not channels or len(mean) != channels or len(std) != channels or min(std) <= 0:
@@ -368,35 +344,35 @@ def check_config(cfg, train=True, world_size=None):
             f"{list(std)}: the format must be 'BGR', 'RGB', 'YUV-BT.601' or 'L', with a mean and "
             "a (positive) deviation per channel (3; 'L': 1)."
         )
-    _check_counts(cfg, _counts(cfg, train))
-    _check_fractions(cfg, train)
+    _check_counts(cfg, train)
+    keys = ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "MODEL.ROI_HEADS.NMS_THRESH_TEST"]  # in [0, 1]
+    keys += ["MODEL.RPN.NMS_THRESH", "MODEL.RPN.IOU_THRESHOLDS", "MODEL.ROI_HEADS.IOU_THRESHOLDS"]
+    if train:
+        keys += ["MODEL.RPN.POSITIVE_FRACTION", "MODEL.ROI_HEADS.POSITIVE_FRACTION"]
+        keys += ["SOLVER.WARMUP_FACTOR"]
+    for key in keys:
+        check_fractions(key, _value(cfg, key))
     _check_model_values(cfg, _rcnn(cfg))
     if train:
-        _check_solver(cfg, world_size)
-        _check_training_values(cfg)
+        _check_training(cfg, world_size)
     if not rcnn:
         return
+    quiet = contextlib.redirect_stdout(io.StringIO())
     try:  # on the meta device: no memory, no initialisation, the random state kept
-        with torch.device("meta"), contextlib.redirect_stdout(io.StringIO()), torch.random.fork_rng(
-            devices=[]
-        ):
+        with torch.device("meta"), quiet, torch.random.fork_rng(devices=[]):
             shapes = build_backbone(cfg).output_shape()
             if cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"):  # Detectron2's RPN does not
-                backbone = "the backbone " + cfg.MODEL.BACKBONE.NAME
-                check_in_features(
-                    "MODEL.RPN.IN_FEATURES", cfg.MODEL.RPN.IN_FEATURES, shapes, backbone
-                )
+                name = "the backbone " + cfg.MODEL.BACKBONE.NAME
+                check_in_features("MODEL.RPN.IN_FEATURES", cfg.MODEL.RPN.IN_FEATURES, shapes, name)
             model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
     except ConfigError:
         raise
-    except ValueError as e:  # torch's GroupNorm: channels that its 32 groups do not divide
-        if "divisible by num_groups" in str(e):
-            raise ConfigError(
+    except Exception as e:  # build_model then says why
+        if isinstance(e, ValueError) and "divisible by num_groups" in str(e):
+            raise ConfigError(  # torch's GroupNorm: channels that its 32 groups do not divide
                 f"The model cannot be built: {e}: a 'GN' norm on a layer of other channels; set "
                 "that part's NORM key to another norm, or its channels to a multiple of 32."
             ) from None
-        return
-    except Exception:  # build_model then says why
         return
     check_parameter_memory(model, cfg.MODEL.META_ARCHITECTURE)
 
@@ -451,16 +427,6 @@ def _far_or_not_finite(values, bound):
         return True
 
 
-def _rle_size_differs(segm, size):
-    """Whether an RLE mask (a dict) has another size than ``size`` (h, w), where known."""
-    if not isinstance(segm, dict) or not size:
-        return False
-    try:
-        return [int(n) for n in segm.get("size")] != [int(size[0]), int(size[1])]
-    except (TypeError, ValueError, OverflowError):  # no size, or not numbers
-        return True
-
-
 def _problem(a, masks, image):
     """(why annotation ``a`` of ``image`` is invalid or None, its valid polygons or None)."""
     size = (image or {}).get("height"), (image or {}).get("width")
@@ -469,8 +435,7 @@ def _problem(a, masks, image):
     box, segm = a.get("bbox"), a.get("segmentation")
     mode = a.get("bbox_mode", BoxMode.XYWH_ABS)  # a COCO annotation: XYWH
     seq = box.tolist() if hasattr(box, "tolist") else box  # an array or a tensor too
-    length = 5 if mode == BoxMode.XYWHA_ABS else 4
-    four = isinstance(seq, (list, tuple)) and len(seq) == length
+    four = isinstance(seq, (list, tuple)) and len(seq) == (5 if mode == BoxMode.XYWHA_ABS else 4)
     if box is not None and not (four and all(isinstance(v, numbers.Real) for v in seq)):
         return "bbox", None
     if a.get("iscrowd", 0) not in (0, 1):
@@ -481,8 +446,12 @@ def _problem(a, masks, image):
     lines = [box] + (segm if isinstance(segm, list) else [])
     if any(_far_or_not_finite(v, bound) for v in lines if v is not None):
         return "coordinates", None
-    if _rle_size_differs(segm, size):
-        return "rle", None
+    if isinstance(segm, dict) and size:  # an RLE mask: its size must be the image's
+        try:
+            if [int(n) for n in segm.get("size")] != [int(size[0]), int(size[1])]:
+                return "rle", None
+        except (TypeError, ValueError, OverflowError):  # no size, or not numbers
+            return "rle", None
     polygons = None
     if isinstance(segm, list):
         polygons = [p for p in segm if len(p) >= 6 and len(p) % 2 == 0]
@@ -549,9 +518,8 @@ def drop_invalid_annotations(dicts, names, key, masks):
 
 
 def check_mask_format(dicts, names, mask_format):
-    """A :class:`DatasetError` if ``INPUT.MASK_FORMAT`` 'polygon' meets an RLE mask (a dict) in a
-    non-crowd annotation of ``dicts`` (``DATASETS.TRAIN`` ``names``): Detectron2's mapper would
-    refuse it at the first iteration that reads it."""
+    """A :class:`DatasetError` if ``INPUT.MASK_FORMAT`` 'polygon' meets an RLE mask in a non-crowd
+    annotation of ``dicts`` (``DATASETS.TRAIN`` ``names``): Detectron2's mapper would fail later."""
     for d in dicts if mask_format == "polygon" else ():
         for a in d.get("annotations") or ():
             if isinstance(a.get("segmentation"), dict) and not a.get("iscrowd", 0):
@@ -564,18 +532,16 @@ def check_mask_format(dicts, names, mask_format):
 
 def drop_invalid_coco_annotations(coco_api, name, masks):
     """Drops the invalid annotations and polygons of an evaluator's pycocotools ``COCO``."""
-    annos, images = coco_api.dataset.get("annotations", []), getattr(coco_api, "imgs", {})
-    kept, counts, polygons, first = _drop_invalid(
-        annos, masks, lambda a: images.get(a.get("image_id"))
-    )
-    if len(kept) != len(annos) or polygons:
+    annos, imgs = coco_api.dataset.get("annotations", []), getattr(coco_api, "imgs", {})
+    kept, counts, polys, first = _drop_invalid(annos, masks, lambda a: imgs.get(a.get("image_id")))
+    if len(kept) != len(annos) or polys:
         coco_api.dataset["annotations"] = kept
         with contextlib.redirect_stdout(io.StringIO()):
             coco_api.createIndex()
         file = MetadataCatalog.get(name).get("json_file", None)
         where = f"Dataset {name!r} (evaluation ground truth{f' from {file!r}' if file else ''})"
         first = f"annotation {first.get('id')!r} of image {first.get('image_id')!r}"
-        _log_dropped(where, counts, len(annos), polygons, first, "Training drops the same ones.")
+        _log_dropped(where, counts, len(annos), polys, first, "Training drops the same ones.")
     return len(annos) - len(kept)
 
 

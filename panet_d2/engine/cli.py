@@ -22,7 +22,6 @@ def adapt_config_to_machine(cfg):
         raise ConfigError(f"{key}={device!r}: panet_d2 runs on 'cpu', 'cuda' or 'cuda:N' (GPU N).")
     if device.startswith("cuda") and not torch.cuda.is_available():
         notes.append(f"{key}={device!r}: CUDA is not available, running on the CPU.")
-        device = "cpu"
         if lazy:
             OmegaConf.update(cfg, key, "cpu", force_add=True)
         else:
