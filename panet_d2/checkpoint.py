@@ -187,13 +187,12 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def _torch_call(self, func, args):
         """A call of a torch pickle (a tensor, storage or rebuild) within the file's size."""
-        if isinstance(args, tuple):
-            ints = [a for a in args if type(a) is int]
-            ints += [n for a in args if type(a) is tuple for n in a if type(n) is int]
-            made = math.prod(ints) if func.endswith(("Tensor", "Storage")) else 0
-            if func in _SIZED_REBUILDS and len(args) > 2 and isinstance(args[2], tuple):
-                made = math.prod(n for n in args[2] if type(n) is int) // 8  # 8 elements a byte
-            self._too_large(made, f"makes a {func} of {made} elements or bytes")
+        ints = [a for a in args if type(a) is int]
+        ints += [n for a in args if type(a) is tuple for n in a if type(n) is int]
+        made = math.prod(ints) if func.endswith(("Tensor", "Storage")) else 0
+        if func in _SIZED_REBUILDS and len(args) > 2 and isinstance(args[2], tuple):
+            made = math.prod(n for n in args[2] if type(n) is int) // 8  # 8 elements a byte
+        self._too_large(made, f"makes a {func} of {made} elements or bytes")
         return object()  # (what torch makes)
 
     def persistent_load(self, pid):
@@ -384,9 +383,8 @@ def non_finite(state):
 
 
 def fit_hints(missing, unexpected, file_keys, model_keys):
-    """What the file has, of :data:`_HINTS`, and the config value that fits it ("AFP per-level
-    weights: set MODEL.AFP.ENABLED True"), for a file of tensors ``file_keys`` loaded into a model
-    of tensors ``model_keys``: ``missing`` from the file, ``unexpected`` by the model."""
+    """The :data:`_HINTS` (what the file has: the config value to set) that hold for a file of
+    tensors ``file_keys``, a model of ``model_keys``, ``missing`` and ``unexpected`` tensors."""
     against, hints = {"missing": (missing, file_keys), "unexpected": (unexpected, model_keys)}, []
     for where, part, hint in _HINTS:
         if where == "single":
@@ -427,8 +425,7 @@ class PANetCheckpointer(DetectionCheckpointer):
                     self.path_manager.rm(os.path.join(self.save_dir, name))
 
     def save(self, name: str, **kwargs) -> None:
-        """fvcore's save, written atomically; refuses the weights of a diverged model, and a
-        failed write is one :class:`CheckpointError`."""
+        """fvcore's, atomic; refuses a diverged model's weights; a failed write: CheckpointError."""
         if not self.save_dir or not self.save_to_disk:
             return
         bad = non_finite(self.model.state_dict())[0]
@@ -562,19 +559,15 @@ class PANetCheckpointer(DetectionCheckpointer):
             self._check_fit(incompatible, file_keys)
             loaded = {k: v for k, v in self.model.state_dict().items() if k in targets}
             bad, first = non_finite(loaded)
-            stored = state.get(bad[0]) if bad else None  # (None: an AFP layer of a single one)
-            half = isinstance(stored, torch.Tensor) and stored.dtype == torch.float16
-            if half and bool(stored.isinf().any()):
-                raise self._refused(
-                    f"was not loaded: its weights hold NaN or inf: {first}: stored as float16, "
-                    "whose largest value is 65504, beyond which they became inf: save the "
-                    "checkpoint in float32."
-                )
             if bad:  # NaN or inf in what the file loaded
-                raise self._refused(
-                    f"was not loaded: its weights hold NaN or inf: {first}: the weights of a "
-                    "diverged or damaged run; give an earlier checkpoint."
-                )
+                stored = state.get(bad[0])  # (None: an AFP layer of a single one)
+                why = "the weights of a diverged or damaged run; give an earlier checkpoint"
+                if getattr(stored, "dtype", None) == torch.float16 and stored.isinf().any():
+                    why = (
+                        "stored as float16, whose largest value is 65504, beyond which they "
+                        "became inf: save the checkpoint in float32"
+                    )
+                raise self._refused(f"was not loaded: its weights hold NaN or inf: {first}: {why}.")
         except CheckpointError:
             self.model.load_state_dict(before)
             raise

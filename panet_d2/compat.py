@@ -2,8 +2,6 @@
 import (docs/design.md lists them; tests/test_compat.py fails once one is no longer needed)."""
 
 import contextlib
-import functools
-import importlib
 import importlib.abc
 import importlib.util
 import json
@@ -88,24 +86,22 @@ class _NumpyWithIn1d(types.ModuleType):
         return np.isin(ar1, ar2, assume_unique=assume_unique, invert=invert).ravel()
 
 
-def _write_dict_to_json(d, path, folder=None):
-    """cityscapesscripts' ``writeDict2JSON``, NumPy scalars as numbers, ``path`` in ``folder``."""
-
-    def default(o):
-        return o.item() if isinstance(o, np.generic) else o.__dict__
-
-    with PathManager.open(os.path.join(folder or "", path), "w") as f:
-        f.write(json.dumps(d, default=default, sort_keys=True, indent=4))
-
-
 def cityscapesscripts_fixes(module, json_folder=None):
     """While cityscapesscripts 2.3.0's evaluation ``module`` runs: ``np.in1d`` for it (NumPy >= 2.4;
     cityscapesScripts PR #196); its ``writeDict2JSON`` writes into ``json_folder`` if given."""
+
+    def default(o):  # writeDict2JSON's, NumPy scalars as numbers
+        return o.item() if isinstance(o, np.generic) else o.__dict__
+
+    def write_dict_to_json(d, path):
+        with PathManager.open(os.path.join(json_folder, path), "w") as f:
+            f.write(json.dumps(d, default=default, sort_keys=True, indent=4))
+
     fixes = {}
     if not hasattr(np, "in1d"):
         fixes["np"] = _NumpyWithIn1d("numpy")
     if json_folder is not None:
-        fixes["writeDict2JSON"] = functools.partial(_write_dict_to_json, folder=json_folder)
+        fixes["writeDict2JSON"] = write_dict_to_json
     return mock.patch.multiple(module, **fixes) if fixes else contextlib.nullcontext()
 
 
