@@ -97,9 +97,8 @@ def _expanded_size(root):
 
 
 def _check_structure(f, where):
-    """Raises a :class:`ConfigError` if the YAML stream ``f`` nests values over :data:`MAX_NESTING`
-    levels, has an alias inside its value or aliases for over :data:`MAX_ALIASED_VALUES` values:
-    checked on PyYAML's events and composed nodes, before anything is expanded."""
+    """A :class:`ConfigError` if the YAML stream ``f`` nests over :data:`MAX_NESTING` levels, has an
+    alias inside its value or aliases for over :data:`MAX_ALIASED_VALUES` values (unexpanded)."""
     alias, depth = None, 0
     for event in yaml.parse(f, Loader=_SAFE_LOADER):
         if isinstance(event, yaml.CollectionStartEvent):
@@ -162,11 +161,10 @@ class CheckedConfigFile(CN):
         where = where or f"Config file {filename!r}"
         if os.path.realpath(filename) in (real for _, real in cls._chain):
             raise ConfigError(f"{where} inherits from itself through _BASE_.")
-        if os.path.exists(filename) and not os.path.isfile(filename):  # a folder, a pipe
-            raise ConfigError(f"{where} is not a regular file.")
-        if not os.path.isfile(filename):
+        if not os.path.isfile(filename):  # missing, a folder, a pipe
             hint = " (a _BASE_ is relative to the file that names it)" if base_of else ""
-            raise ConfigError(f"{where} does not exist{hint}.")
+            what = "is not a regular file" if os.path.exists(filename) else f"does not exist{hint}"
+            raise ConfigError(f"{where} {what}.")
         data = read_config_data(filename, where)
         if data is None:
             raise ConfigError(f"{where} is empty: give it _BASE_ or config keys.")
@@ -248,12 +246,10 @@ def instantiate_model(cfg):
 def check_lazy_training_values(cfg):
     """Raises :class:`ConfigError` for a training value of a LazyConfig ``cfg`` that Detectron2's
     ``lazyconfig_train_net.py`` takes unchecked (a traceback, or a run that does nothing)."""
-    for key, low in (("train.max_iter", 1), ("dataloader.train.total_batch_size", 1)):
+    for key in ("train.max_iter", "dataloader.train.total_batch_size"):
         value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < low
-        ):
-            raise ConfigError(f"{key}={value!r}: must be an integer >= {low}.")
+        if value is not None and (type(value) is bool or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key}={value!r}: must be an integer >= 1.")
     lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
     if isinstance(lr, (int, float)) and not 0 <= lr < math.inf:
         raise ConfigError(f"optimizer.lr={lr!r}: must be 0 or positive, and finite.")

@@ -145,11 +145,9 @@ class ImageDatasetMapper(DatasetMapper):
         aug_input, transforms = self._augment(dataset_dict, image, labels)
         if aug_input.sem_seg is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype("long"))
-        shape = aug_input.image.shape[:2]
-        if self.proposal_topk is not None:
-            utils.transform_proposals(
-                dataset_dict, shape, transforms, proposal_topk=self.proposal_topk
-            )
+        shape, topk = aug_input.image.shape[:2], self.proposal_topk
+        if topk is not None:
+            utils.transform_proposals(dataset_dict, shape, transforms, proposal_topk=topk)
         if not self.is_train:  # evaluators read the annotations from the dataset
             dataset_dict.pop("annotations", None)
         elif "annotations" in dataset_dict:

@@ -5,7 +5,7 @@ import logging
 
 import numpy as np
 import torch
-from panopticapi.utils import rgb2id
+from panopticapi.utils import id2rgb, rgb2id
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
@@ -28,25 +28,6 @@ def read_panoptic_png(path):
         return rgb2id(utils.read_image(path, "RGB"))
     except Exception as e:  # missing, unreadable or not an image
         raise ImageLoadError(f"Cannot read panoptic PNG {path}: {e}") from e
-
-
-def _segments(pan_ids, segments_info, space, where):
-    """:func:`segment_index` of the sorted segments, and per segment (int64 (N,)) its semantic
-    label and the model thing class of a non-crowd thing, else -1."""
-    rows = []
-    for s in segments_info:
-        try:
-            isthing, internal = space.segment_to_internal(s)
-        except ValueError as e:
-            raise DatasetError(f"{e} (segment {s.get('id')} of {where})") from None
-        instance = isthing and not s.get("iscrowd", 0)
-        rows.append((int(s["id"]), 0 if isthing else internal, internal if instance else -1))
-    ids, sem, cls = np.array(sorted(rows), dtype=np.int64).reshape(-1, 3).T
-    if (np.diff(ids) == 0).any():
-        raise DatasetError(f"duplicate segment id {ids[1:][np.diff(ids) == 0][0]} in {where}")
-    index, missing, unknown = segment_index(pan_ids, ids)
-    warn_segment_mismatch(where, missing, unknown)
-    return index, sem, cls
 
 
 def segment_index(pan_ids, ids):
@@ -124,7 +105,20 @@ class PanopticDatasetMapper(ImageDatasetMapper):
                 f"{where}: panoptic PNG size {pan_ids.shape[::-1]} (w, h) differs from the "
                 f"image size {image.shape[1::-1]} ({dataset_dict['file_name']})"
             )
-        index, sem, cls = _segments(pan_ids, dataset_dict["segments_info"], self.label_space, where)
+        rows = []
+        for s in dataset_dict["segments_info"]:
+            try:
+                isthing, internal = self.label_space.segment_to_internal(s)
+            except ValueError as e:
+                raise DatasetError(f"{e} (segment {s.get('id')} of {where})") from None
+            instance = isthing and not s.get("iscrowd", 0)
+            rows.append((int(s["id"]), 0 if isthing else internal, internal if instance else -1))
+        # int64 (N,) per sorted segment: id, semantic label, model class of a non-crowd thing or -1
+        ids, sem, cls = np.array(sorted(rows), dtype=np.int64).reshape(-1, 3).T
+        if (np.diff(ids) == 0).any():
+            raise DatasetError(f"duplicate segment id {ids[1:][np.diff(ids) == 0][0]} in {where}")
+        index, missing, unknown = segment_index(pan_ids, ids)
+        warn_segment_mismatch(where, missing, unknown)
         lut = np.concatenate([[self.ignore_label], sem])
         # sem_seg for augmentations that read it (e.g. CategoryAreaConstraint crops)
         sem_seg = lut[index].astype(np.uint8) if 0 <= lut.min() <= lut.max() <= 255 else None
@@ -132,10 +126,8 @@ class PanopticDatasetMapper(ImageDatasetMapper):
         # the index goes through the transforms as a uint8 segmentation (3 channels if > 255)
         if len(sem) <= 255:
             index = transforms.apply_segmentation(index.astype(np.uint8)).astype(np.int64)
-        else:
-            rgb = np.stack([(index >> s) & 255 for s in (0, 8, 16)], axis=-1).astype(np.uint8)
-            rgb = transforms.apply_segmentation(rgb).astype(np.int64)
-            index = rgb[..., 0] + (rgb[..., 1] << 8) + (rgb[..., 2] << 16)
+        else:  # as the RGB of a panoptic PNG
+            index = rgb2id(transforms.apply_segmentation(id2rgb(index))).astype(np.int64)
         present = np.bincount(index.reshape(-1), minlength=len(sem) + 1)[1:] > 0
         keep = np.flatnonzero((cls >= 0) & present)
         masks = torch.from_numpy(index[None] == keep[:, None, None] + 1)  # (K, H, W)

@@ -85,8 +85,7 @@ SEM_SEG_TYPES = ("sem_seg", "cityscapes_sem_seg")
 
 
 def check_evaluator_type(dataset_name):
-    """The ``evaluator_type`` of a registered dataset; a :class:`DatasetError` naming it and the
-    supported types when :data:`EVALUATORS` has none for it."""
+    """A registered dataset's ``evaluator_type``; a :class:`DatasetError` if EVALUATORS has none."""
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if evaluator_type not in EVALUATORS:
         found = f"evaluator_type {evaluator_type!r}" if evaluator_type else "no evaluator_type"
@@ -105,9 +104,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference")
     evaluator_type = check_evaluator_type(dataset_name)
     evaluator = EVALUATORS[evaluator_type](dataset_name, output_folder)
-    if evaluator_type in SEM_SEG_TYPES:
-        conversion = panoptic_to_dataset_classes(cfg, dataset_name)
-        if conversion is not None:
-            classes = MetadataCatalog.get(dataset_name).stuff_classes
-            evaluator = PanopticToSemSeg(evaluator, *conversion, num_classes=len(classes))
+    conversion = evaluator_type in SEM_SEG_TYPES and panoptic_to_dataset_classes(cfg, dataset_name)
+    if conversion:  # (stuff_to_class, thing_to_class), or None
+        classes = MetadataCatalog.get(dataset_name).stuff_classes
+        evaluator = PanopticToSemSeg(evaluator, *conversion, num_classes=len(classes))
     return evaluator

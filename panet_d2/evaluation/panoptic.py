@@ -110,10 +110,8 @@ class PanopticToSemSeg(DatasetEvaluator):
 
 def meta_architecture(cfg):
     """What is registered as ``cfg.MODEL.META_ARCHITECTURE``, or None (``build_model`` says so)."""
-    try:
-        return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-    except KeyError:
-        return None
+    name = cfg.MODEL.META_ARCHITECTURE
+    return META_ARCH_REGISTRY.get(name) if name in META_ARCH_REGISTRY else None
 
 
 def panoptic_to_dataset_classes(cfg, dataset_name):
@@ -133,9 +131,8 @@ def panoptic_to_dataset_classes(cfg, dataset_name):
         why = "no panoptic dataset in DATASETS.TRAIN names the model's classes"
     else:
         missing = [c for c in space.thing_classes + space.stuff_classes[1:] if c not in classes]
-        num = "{}: {} stuff + 1 'things', and {} thing classes, of {!r}".format(
-            num, space.num_stuff, space.num_things, train
-        )
+        num = f"{num}: {space.num_stuff} stuff + 1 'things', and {space.num_things} thing classes"
+        num += f", of {train!r}"
         why = "the dataset has no class " + ", ".join(map(repr, missing)) if missing else None
     if why:
         raise DatasetError(
