@@ -413,6 +413,7 @@ _REASONS = {
     "box": "with a box of non-positive size",
     "coordinates": f"with a coordinate not finite or beyond {_FAR}x the image size",
     "rle": "with an RLE mask of another size than its image",
+    "rle_counts": "with an RLE mask whose runs do not make its height x width (damaged)",
     "bbox": "with a bbox that is not 4 numbers (5: XYWHA_ABS)",
     "iscrowd": "with an iscrowd other than 0 or 1",
 }
@@ -425,6 +426,32 @@ def _far_or_not_finite(values, bound):
         return bool(values) and not (finite and -bound <= min(values) and max(values) <= bound)
     except (TypeError, OverflowError):  # not numbers, or integers beyond a float
         return True
+
+
+def _rle_pixels(counts):
+    """The pixels the runs of an RLE mask's ``counts`` cover: a list's sum, or that of COCO's
+    compressed string as pycocotools reads it (``rleFrString``); None if they are not runs."""
+    if isinstance(counts, list):
+        ok = all(isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in counts)
+        return sum(counts) if ok and min(counts, default=0) >= 0 else None
+    counts = counts.decode("latin1") if isinstance(counts, bytes) else counts
+    if not isinstance(counts, str):
+        return None
+    runs, value, shift = [], 0, 0
+    for char in counts:
+        c = ord(char) - 48
+        if not 0 <= c < 64:  # not what pycocotools writes ("0" to "o")
+            return None
+        value, shift = value | (c & 0x1F) << shift, shift + 5
+        if c & 0x20:  # more 5-bit groups follow
+            continue
+        value -= (1 << shift) if c & 0x10 else 0  # its sign bit
+        value += runs[-2] if len(runs) > 2 else 0  # the fourth run on: differences
+        if value < 0:
+            return None
+        runs.append(value)
+        value, shift = 0, 0
+    return sum(runs) if shift == 0 else None
 
 
 def _problem(a, masks, image):
@@ -446,12 +473,15 @@ def _problem(a, masks, image):
     lines = [box] + (segm if isinstance(segm, list) else [])
     if any(_far_or_not_finite(v, bound) for v in lines if v is not None):
         return "coordinates", None
-    if isinstance(segm, dict) and size:  # an RLE mask: its size must be the image's
+    if isinstance(segm, dict):  # an RLE mask: of the image's size, its runs making it
         try:
-            if [int(n) for n in segm.get("size")] != [int(size[0]), int(size[1])]:
-                return "rle", None
+            rle_size = [int(n) for n in segm.get("size")]
         except (TypeError, ValueError, OverflowError):  # no size, or not numbers
             return "rle", None
+        if size and rle_size != [int(size[0]), int(size[1])]:
+            return "rle", None
+        if len(rle_size) != 2 or _rle_pixels(segm.get("counts")) != math.prod(rle_size):
+            return "rle_counts", None  # pycocotools would decode uninitialised memory, or fail
     polygons = None
     if isinstance(segm, list):
         polygons = [p for p in segm if len(p) >= 6 and len(p) % 2 == 0]

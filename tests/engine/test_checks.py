@@ -210,6 +210,53 @@ def test_unusable_coordinates_and_rle_sizes_dropped(caplog):
     assert [a["id"] for a in records[0]["annotations"]] == [1, 6, 7, 8]
 
 
+def test_damaged_rle_masks_dropped():
+    """An RLE mask whose runs do not make its height x width (pycocotools decodes uninitialised
+    memory where they fall short, fails where they go beyond or the string ends mid-number) is
+    dropped alike in training and evaluation; RLEs as pycocotools writes them (compressed, as
+    bytes or text, and uncompressed lists as COCO's crowd masks) are kept and decode."""
+    mask = np.zeros((40, 30), dtype=np.uint8)
+    mask[5:30, 3:20], mask[1::4, ::3] = 1, 1  # (pixel 0 background: COCO's runs start with it)
+    rle = mask_util.encode(np.asfortranarray(mask))
+    text = rle["counts"].decode()
+    runs = [
+        int(n) for n in np.diff(np.flatnonzero(np.diff(mask.T.reshape(-1), prepend=2, append=2)))
+    ]
+    assert mask[0, 0] == 0 and sum(runs) == 40 * 30
+    valid = [rle["counts"], text, runs]
+    damaged = [
+        text[:-1],
+        text + "1",
+        text + "P",
+        text[:5] + "!" + text[6:],
+        runs[:-1],
+        runs + [3],
+        [-1, 1201],
+    ]
+    damaged += [runs[:-2] + [runs[-2] + 1.0, runs[-1] - 1.0], None, 3]
+    segms = [dict(size=[40, 30], counts=c) for c in valid + damaged]
+    annos = [
+        dict(id=i, image_id=1, bbox=[0, 0, 10, 10], category_id=1, segmentation=s)
+        for i, s in enumerate(segms)
+    ]
+    record = dict(file_name="a.jpg", image_id=1, height=40, width=30, annotations=annos)
+    records = drop_invalid_annotations([record], ["t_checks_rle"], "DATASETS.TRAIN", True)
+    kept = [a["id"] for a in records[0]["annotations"]]
+    assert kept == [0, 1, 2]
+    for a in records[0]["annotations"]:
+        segm = a["segmentation"]
+        if isinstance(segm["counts"], list):
+            segm = mask_util.frPyObjects(segm, *segm["size"])
+        np.testing.assert_array_equal(mask_util.decode(segm), mask)
+    coco = COCO()
+    coco.dataset = dict(images=[dict(id=1, height=40, width=30, file_name="a.jpg")])
+    coco.dataset.update(annotations=annos, categories=[dict(id=1, name="a")])
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    assert drop_invalid_coco_annotations(coco, "t_checks_rle", masks=True) == len(damaged)
+    assert sorted(coco.anns) == kept
+
+
 def test_panet_parts_allow_subclasses_and_detectron2s_parts_with_the_keys_off():
     """The keys of AFP, FF and the box head's fc norm are refused only where their part is absent
     (tests/engine/test_bad_inputs.py): a registered subclass of the part, or the keys off, pass."""
