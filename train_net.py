@@ -47,7 +47,7 @@ from panet_d2.engine import PANetTrainer, adapt_config_to_machine, one_line_erro
 from panet_d2.engine.checks import check_config, check_inputs, check_output_dir
 from panet_d2.engine.resume import check_last_checkpoint
 from panet_d2.engine.trainer import TrainingInterrupted
-from panet_d2.errors import ConfigError, check_choice
+from panet_d2.errors import ConfigError, DatasetError, check_choice
 
 try:
     import fcntl
@@ -249,6 +249,11 @@ def _run(args, cfg):
             f"MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r}; without --resume, MODEL.WEIGHTS is evaluated."
         )
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+    if not len(cfg.DATASETS.TEST):  # (after the weights: --eval-only checks them too)
+        raise DatasetError(
+            "--eval-only: DATASETS.TEST is empty, nothing to evaluate (the weights loaded). Name "
+            "the datasets to evaluate, e.g. DATASETS.TEST \"('coco_2017_val',)\"."
+        )
     results = Trainer.test(cfg, model)
     if cfg.TEST.AUG.ENABLED:
         results.update(Trainer.test_with_TTA(cfg, model))

@@ -322,7 +322,8 @@ def _scan_torch_file(f):
 def check_weights_file(path, key, scratch=False):
     """A CheckpointError if the local checkpoint ``path`` (config ``key``) is not a file."""
     if "://" not in path and not os.path.isfile(path):
-        problem = "is a folder" if os.path.isdir(path) else "does not exist"
+        other = "is not a regular file" if os.path.exists(path) else "does not exist"  # a pipe
+        problem = "is a folder" if os.path.isdir(path) else other
         raise CheckpointError(
             f"Checkpoint {path!r} {problem} ({key}). Give a local .pth/.pkl file or a Detectron2 "
             f"model-zoo URL{', or an empty path to start from scratch' if scratch else ''}."

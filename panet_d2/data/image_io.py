@@ -2,6 +2,7 @@
 
 import copy
 import numbers
+import os
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ def read_image(file_name, format=None, what="image"):
     """Detectron2's ``read_image`` (same ``format``, HWC, EXIF applied), a 16-bit image scaled to
     8 bit (value / 257, rounded); ``what`` the file is, for the :class:`ImageLoadError`."""
     subject = what[:1].upper() + what[1:]
+    if "://" not in str(file_name) and os.path.exists(file_name) and not os.path.isfile(file_name):
+        raise ImageLoadError(f"{subject} {file_name!r} is not a regular file.")  # a pipe: a hang
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)

@@ -5,6 +5,7 @@ import difflib
 import functools
 import inspect
 import io
+import json
 import logging
 import math
 import numbers
@@ -20,6 +21,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, PanopticFPN, build_backbone
 from detectron2.modeling import roi_heads as d2_roi_heads
 from detectron2.structures import BoxMode
+from detectron2.utils.file_io import PathManager
 
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
@@ -77,6 +79,10 @@ def check_dataset(name, key):
             tip = f" in {os.getcwd()!r} (Detectron2's builtin datasets: in $DETECTRON2_DATASETS)"
             tip = "" if os.path.isabs(path) else tip
             raise DatasetError(f"The {k} {path!r} of dataset {name!r} ({key}) does not exist{tip}.")
+        folder = k.endswith(("_root", "_dir"))  # a pipe would hang the loader
+        if _local(path) and not (os.path.isdir if folder else os.path.isfile)(path):
+            what = "a folder" if folder else "a regular file"
+            raise DatasetError(f"The {k} {path!r} of dataset {name!r} ({key}) is not {what}.")
 
 
 def check_files(dicts, name, key):
@@ -85,7 +91,9 @@ def check_files(dicts, name, key):
     keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
     missing = [d[k] for d in dicts for k in keys if _local(d.get(k)) and not os.path.isfile(d[k])]
     if missing:
-        what = f"of dataset {name!r} ({key}) does not exist"
+        what = f"of dataset {name!r} ({key}) " + (
+            "is not a regular file" if os.path.exists(missing[0]) else "does not exist"
+        )
         what += f" ({len(missing)} files missing in all)." if len(missing) > 1 else "."
         if not os.path.isdir(os.path.dirname(missing[0])):
             raise DatasetError(f"The folder {os.path.dirname(missing[0])!r} {what}")
@@ -124,6 +132,12 @@ def check_num_classes(cfg, datasets):
         meta = MetadataCatalog.get(name)
         space, things = label_space_of(meta), meta.get("thing_classes", None)
         num = space.num_things if space is not None else len(things) if things else None
+        ids = meta.get("thing_dataset_id_to_contiguous_id", None)
+        if space is None and things and ids is not None and len(ids) != len(things):
+            raise DatasetError(  # Detectron2's load_coco_json maps a duplicated id once
+                f"Dataset {name!r} ({key}) lists {len(things)} thing categories with "
+                f"{len(ids)} ids ({sorted(ids)}): a category id appears twice; give each its own."
+            )
         classes = [("ROI_HEADS", num, f"{num} thing classes")]
         if space is not None and issubclass(arch, PanopticFPN):
             stuff = f"{space.num_stuff} stuff classes + 1 (things)"
@@ -414,7 +428,7 @@ _REASONS = {
     "coordinates": f"with a coordinate not finite or beyond {_FAR}x the image size",
     "rle": "with an RLE mask of another size than its image",
     "rle_counts": "with an RLE mask whose runs do not make its height x width (damaged)",
-    "bbox": "with a bbox that is not 4 numbers (5: XYWHA_ABS)",
+    "bbox": "with no bbox or one that is not 4 numbers (5: XYWHA_ABS)",
     "iscrowd": "with an iscrowd other than 0 or 1",
 }
 
@@ -463,7 +477,7 @@ def _problem(a, masks, image):
     mode = a.get("bbox_mode", BoxMode.XYWH_ABS)  # a COCO annotation: XYWH
     seq = box.tolist() if hasattr(box, "tolist") else box  # an array or a tensor too
     four = isinstance(seq, (list, tuple)) and len(seq) == (5 if mode == BoxMode.XYWHA_ABS else 4)
-    if box is not None and not (four and all(isinstance(v, numbers.Real) for v in seq)):
+    if not (four and all(isinstance(v, numbers.Real) for v in seq)):  # none too
         return "bbox", None
     if a.get("iscrowd", 0) not in (0, 1):
         return "iscrowd", None
@@ -575,9 +589,51 @@ def drop_invalid_coco_annotations(coco_api, name, masks):
     return len(annos) - len(kept)
 
 
+_COCO_AREA_MAX = 1e10  # pycocotools' "all" area range: [0, 1e5 ** 2]
+
+
+def check_coco_ground_truth(name):
+    """Raises :class:`DatasetError` naming the first annotation of the ``json_file`` of test
+    dataset ``name`` that COCO evaluation cannot score: an id not an integer >= 1 (pycocotools
+    takes 0 as "unmatched"), no iscrowd, or an area not a number in [0, 1e10]."""
+    file = MetadataCatalog.get(name).get("json_file", None)
+    if not _local(file):
+        return
+    with PathManager.open(file) as f:
+        data = json.load(f)
+    annos = data.get("annotations") if isinstance(data, dict) else None
+    bad = []
+    for a in [a for a in annos if isinstance(a, dict)] if isinstance(annos, list) else ():
+        i, area = a.get("id"), a.get("area")
+        if not (type(i) is int and 1 <= i < 2**63):
+            bad.append((a, f"the id {i!r}"))
+        elif "iscrowd" not in a or "area" not in a:
+            bad.append((a, "no iscrowd" if "iscrowd" not in a else "no area"))
+        elif isinstance(area, bool) or not isinstance(area, numbers.Real):
+            bad.append((a, f"the area {area!r}"))
+        elif not 0 <= area <= _COCO_AREA_MAX:  # NaN too
+            bad.append((a, f"the area {area!r}"))
+    if bad:
+        a, what = bad[0]
+        raise DatasetError(
+            f"Dataset {name!r} (DATASETS.TEST) from {file!r}: annotation {a.get('id')!r} of image "
+            f"{a.get('image_id')!r} has {what} ({len(bad)} such annotation(s)): COCO evaluation "
+            "needs each annotation's id, an integer >= 1 (pycocotools takes 0 as unmatched), its "
+            "iscrowd (0 or 1) and its area, a number of pixels in [0, 1e10]."
+        )
+
+
 def check_inputs(cfg, train=True):
     """The checks before a training (``train``) or evaluation run of ``cfg``."""
     check_config(cfg, train=train)
+    files = [("DATASETS.PROPOSAL_FILES_TEST", "DATASETS.TEST")]
+    files += [("DATASETS.PROPOSAL_FILES_TRAIN", "DATASETS.TRAIN")] * train
+    for files_key, key in files if cfg.MODEL.LOAD_PROPOSALS else ():
+        if len(_value(cfg, files_key)) != len(_value(cfg, key)):
+            raise ConfigError(
+                f"MODEL.LOAD_PROPOSALS=True reads one proposal file per dataset of {key} "
+                f"{list(_value(cfg, key))}: {files_key}={list(_value(cfg, files_key))}."
+            )
     datasets = [(name, "DATASETS.TEST") for name in cfg.DATASETS.TEST]
     if train:
         if not len(cfg.DATASETS.TRAIN):
@@ -595,6 +651,8 @@ def check_inputs(cfg, train=True):
             )
         with loading_dataset([name], "DATASETS.TEST"):
             check_files(DatasetCatalog.get(name), name, "DATASETS.TEST")
+            if evaluator_type in ("coco", "coco_panoptic_seg"):  # those COCOEvaluator scores
+                check_coco_ground_truth(name)
     check_num_classes(cfg, datasets)
     for name in cfg.DATASETS.TEST:
         if MetadataCatalog.get(name).get("evaluator_type", None) in SEM_SEG_TYPES:

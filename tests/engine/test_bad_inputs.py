@@ -738,8 +738,8 @@ def test_annotations_of_wrong_types_dropped_alike(datasets, tmp_path):
         train, evaluation, _ = _kept_ids(name, str(json_file), masks=True)
     assert train == evaluation == sorted(a["id"] for a in annos[len(changes) :])
     assert (
-        "(3 with a bbox that is not 4 numbers (5: XYWHA_ABS), 1 with an iscrowd other than 0 or 1)"
-        in logged[0]
+        "(3 with no bbox or one that is not 4 numbers (5: XYWHA_ABS), 1 with an iscrowd other "
+        "than 0 or 1)" in logged[0]
     )
     # what Detectron2 reads is kept: an array, a tensor or a tuple; a rotated box; a bool iscrowd
     polygon = [[10.0, 10.0, 30.0, 10.0, 30.0, 30.0]]

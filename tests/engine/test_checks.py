@@ -8,6 +8,7 @@ Nothing here trains.
 
 import contextlib
 import io
+import json
 import logging
 import os
 
@@ -21,9 +22,13 @@ pytest.importorskip("detectron2")
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 
+from panet_d2.checkpoint import check_weights_file  # noqa: E402
+from panet_d2.data import generate_synthetic_dataset  # noqa: E402
+from panet_d2.data.image_io import read_image  # noqa: E402
 from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
 from panet_d2.engine.checks import (  # noqa: E402
     check_dataset,
+    check_inputs,
     check_num_classes,
     check_panet_parts,
     check_tta,
@@ -31,7 +36,12 @@ from panet_d2.engine.checks import (  # noqa: E402
     drop_invalid_coco_annotations,
     loading_dataset,
 )
-from panet_d2.errors import ConfigError, DatasetError  # noqa: E402
+from panet_d2.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    ImageLoadError,
+)
 
 from ..common import ALL_OFF, ROOT, panet_cfg, register_coco  # noqa: E402
 
@@ -317,3 +327,102 @@ def test_a_failed_load_is_one_sentence():
         "Cannot load dataset 't_no_files' (DATASETS.TRAIN): AssertionError: No valid data found "
         "in t_no_files."
     )
+
+
+def _coco_copy(tmp_path, name, change):
+    """A copy of a generated split's instances json, ``change(data)`` applied, registered."""
+    paths = generate_synthetic_dataset(str(tmp_path / "synth"), "gt", 2, seed=1, image_size=64)
+    with open(paths["instances_json"]) as f:
+        data = json.load(f)
+    change(data)
+    json_file = tmp_path / f"{name}.json"
+    json_file.write_text(json.dumps(data))
+    return register_coco(name, json_file, paths["image_root"]), data
+
+
+def test_coco_ground_truth_that_evaluation_cannot_score_refused_up_front(tmp_path):
+    """COCO evaluation reads each ground-truth annotation's area and iscrowd (KeyError after the
+    whole inference when absent) and takes annotation id 0 as "unmatched" (a silently lower AP);
+    areas beyond pycocotools' [0, 1e10] fall out of every size range: refused before the run,
+    naming the annotation; a generated (valid) json and its copy pass."""
+    cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")
+
+    def without(key):
+        return lambda d: d["annotations"][1].pop(key)
+
+    def setting(key, value, index=1):
+        return lambda d: d["annotations"][index].update({key: value})
+
+    cases = [
+        (without("area"), "has no area"),
+        (without("iscrowd"), "has no iscrowd"),
+        (setting("id", 0), "has the id 0"),
+        (setting("id", -3), "has the id -3"),
+        (setting("id", "7"), "has the id '7'"),
+        (setting("area", float("nan")), "has the area nan"),
+        (setting("area", 1e12), "has the area 1000000000000.0"),
+        (setting("area", -5), "has the area -5"),
+        (setting("area", "big"), "has the area 'big'"),
+    ]
+    for i, (change, what) in enumerate(cases):
+        name, data = _coco_copy(tmp_path, f"t_gt_{i}", change)
+        anno = data["annotations"][1]
+        cfg.DATASETS.TEST = (name,)
+        with pytest.raises(DatasetError) as e:
+            check_inputs(cfg, train=False)
+        expected = f"annotation {anno.get('id')!r} of image {anno['image_id']!r} {what} (1 such"
+        assert expected in str(e.value), what
+    name, _ = _coco_copy(tmp_path, "t_gt_valid", lambda d: None)
+    cfg.DATASETS.TEST = (name,)
+    check_inputs(cfg, train=False)
+
+
+def test_duplicate_category_ids_named(tmp_path):
+    """A json listing a category id twice (Detectron2 maps it once: 4 class names, 3 ids) is named
+    as such, not met with the advice to set NUM_CLASSES 4."""
+
+    def duplicate(data):
+        data["categories"].append(dict(data["categories"][1], name="disk2"))
+
+    name, _ = _coco_copy(tmp_path, "t_dup_cat", duplicate)
+    with loading_dataset([name], "DATASETS.TEST"):
+        DatasetCatalog.get(name)
+    cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")
+    with pytest.raises(DatasetError, match=r"lists 4 thing categories with 3 ids \(\[1, 2, 3\]\)"):
+        check_num_classes(cfg, [(name, "DATASETS.TEST")])
+
+
+def test_annotation_without_bbox_dropped():
+    """An annotation without a bbox (Detectron2's mapper: KeyError at the training iteration that
+    reads it; pycocotools: after inference) is dropped with the other invalid ones."""
+    poly = [[1.0, 1.0, 8.0, 1.0, 8.0, 8.0]]
+    annos = [dict(id=1, category_id=1, segmentation=poly), dict(id=2, bbox=[1, 1, 7, 7])]
+    annos[1].update(category_id=1, segmentation=poly)
+    record = dict(file_name="a.jpg", image_id=1, height=40, width=30, annotations=annos)
+    records = drop_invalid_annotations([record], ["t_no_bbox"], "DATASETS.TRAIN", True)
+    assert [a["id"] for a in records[0]["annotations"]] == [2]
+
+
+def test_pipes_are_not_regular_files(tmp_path):
+    """A named pipe as a dataset's json_file, an image or a checkpoint is refused as not a regular
+    file (opening it would wait for a writer forever), not as missing."""
+    fifo = str(tmp_path / "pipe")
+    os.mkfifo(fifo)
+    register_coco("t_pipe", fifo, str(tmp_path))
+    with pytest.raises(
+        DatasetError, match=r"The json_file '.*pipe' of dataset 't_pipe'.* is not a"
+    ):
+        check_dataset("t_pipe", "DATASETS.TEST")
+    with pytest.raises(ImageLoadError, match=r"^--sample-image '.*pipe' is not a regular file"):
+        read_image(fifo, format="BGR", what="--sample-image")
+    with pytest.raises(CheckpointError, match=r"^Checkpoint '.*pipe' is not a regular file"):
+        check_weights_file(fifo, "MODEL.WEIGHTS")
+
+
+def test_load_proposals_without_proposal_files_refused():
+    """MODEL.LOAD_PROPOSALS reads a proposal file per dataset (Detectron2: an IndexError when the
+    test loader is built, an AssertionError for training)."""
+    opts = ["MODEL.LOAD_PROPOSALS", True, "DATASETS.TEST", ("panet_synth_val",)]
+    cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml", opts=opts)
+    with pytest.raises(ConfigError, match=r"^MODEL.LOAD_PROPOSALS=True reads one proposal file"):
+        check_inputs(cfg, train=False)

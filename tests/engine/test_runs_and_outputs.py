@@ -407,7 +407,9 @@ def test_exit_code_table(interrupted, train_net, datasets, tmp_path, monkeypatch
     (tmp_path / "locked").mkdir()
     cases = {
         "trained": run(tmp_path / "t", "SOLVER.MAX_ITER", 1),
-        "evaluated": run(tmp_path / "e", "MODEL.WEIGHTS", weights, flags=["--eval-only"]),
+        "evaluated": run(
+            tmp_path / "e", "MODEL.WEIGHTS", weights, flags=["--eval-only"], test=True
+        ),
         "diverged": raising(TrainingDivergedError("Training diverged at iteration 3: ...")),
         "bug": raising(ValueError("a bug")),
         "input-error": run(tmp_path / "i", flags=["--config-file", str(tmp_path / "no.yaml")]),
@@ -448,4 +450,17 @@ def test_full_disk_during_training_is_logged_in_one_line():
     assert record.getMessage() == (
         "Exception during training: Cannot write 'out/metrics.json': No space left on device. Free "
         "some space, or give an output folder on another disk, and run again."
+    )
+
+
+def test_eval_only_without_test_datasets_refused(
+    interrupted, train_net, datasets, tmp_path, monkeypatch, capsys
+):
+    """--eval-only with DATASETS.TEST empty (Detectron2's default) evaluated nothing and exited 0:
+    one line once the weights are loaded (they are checked too), exit code 2."""
+    weights = str(interrupted["out"] / "model_0000001.pth")
+    argv = _argv(tmp_path / "e", "MODEL.WEIGHTS", weights, flags=["--eval-only"])
+    assert _run(monkeypatch, train_net, argv) == 2
+    assert "ERROR: --eval-only: DATASETS.TEST is empty, nothing to evaluate" in (
+        capsys.readouterr().err
     )
