@@ -151,6 +151,23 @@ def check_num_classes(cfg, datasets):
                 )
 
 
+def check_class_order(train_names, test_names):
+    """Raises :class:`DatasetError` if a dataset of ``test_names`` lists the thing classes of one
+    of ``train_names`` in another order (the model's class k is scored as the test set's k: AP
+    collapses, silently); datasets whose classes are not known yet (not loaded) are passed."""
+    classes = {n: MetadataCatalog.get(n).get("thing_classes", None) for n in train_names}
+    for name in test_names:
+        test = MetadataCatalog.get(name).get("thing_classes", None)
+        for train, ref in classes.items():
+            if test and ref and list(test) != list(ref) and sorted(test) == sorted(ref):
+                raise DatasetError(
+                    f"Dataset {name!r} (DATASETS.TEST) lists the thing classes of {train!r} "
+                    f"(DATASETS.TRAIN) in another order ({list(test)[:4]} against "
+                    f"{list(ref)[:4]}): the model's class k would be scored as its class k. "
+                    "Give both the same category ids."
+                )
+
+
 def check_tta(cfg):
     """Raises :class:`ConfigError` if TEST.AUG.ENABLED is set for a model TTA cannot run."""
     if not cfg.TEST.AUG.ENABLED or meta_architecture(cfg) is None:
@@ -654,6 +671,7 @@ def check_inputs(cfg, train=True):
             if evaluator_type in ("coco", "coco_panoptic_seg"):  # those COCOEvaluator scores
                 check_coco_ground_truth(name)
     check_num_classes(cfg, datasets)
+    check_class_order(cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)
     for name in cfg.DATASETS.TEST:
         if MetadataCatalog.get(name).get("evaluator_type", None) in SEM_SEG_TYPES:
             panoptic_to_dataset_classes(cfg, name)

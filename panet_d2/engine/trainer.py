@@ -111,6 +111,7 @@ class PANetTrainer(DefaultTrainer):
             kwargs = d2_build.build_detection_train_loader.from_config(cfg)
         dicts = kwargs["dataset"]
         checks.check_files(dicts, ", ".join(cfg.DATASETS.TRAIN), "DATASETS.TRAIN")
+        checks.check_class_order(cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)  # the classes now known
         if uses_panoptic_mapper(cfg, dicts):  # its targets come from the PNGs, not annotations
             kwargs["mapper"] = PanopticDatasetMapper(cfg, True)
         else:

@@ -27,6 +27,7 @@ from panet_d2.data import generate_synthetic_dataset  # noqa: E402
 from panet_d2.data.image_io import read_image  # noqa: E402
 from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
 from panet_d2.engine.checks import (  # noqa: E402
+    check_class_order,
     check_dataset,
     check_inputs,
     check_num_classes,
@@ -426,3 +427,37 @@ def test_load_proposals_without_proposal_files_refused():
     cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml", opts=opts)
     with pytest.raises(ConfigError, match=r"^MODEL.LOAD_PROPOSALS=True reads one proposal file"):
         check_inputs(cfg, train=False)
+
+
+def test_test_classes_in_another_order_refused(tmp_path):
+    """A test set listing the training set's class names under other category ids (the model's
+    class k scored as the test set's class k: box AP 38.8 -> 8.2 in the fuzz review, exit 0) is
+    refused once both are loaded; the same order, or other classes, pass."""
+
+    def swapped(data):
+        names = {1: 2, 2: 1}  # square <-> disk, annotations relabelled alike
+        for c in data["categories"]:
+            c["id"] = names.get(c["id"], c["id"])
+        for a in data["annotations"]:
+            a["category_id"] = names.get(a["category_id"], a["category_id"])
+
+    def renamed(data):
+        data["categories"][0]["name"] = "box"
+
+    train, _ = _coco_copy(tmp_path, "t_order_train", lambda d: None)
+    names = [_coco_copy(tmp_path, f"t_order_{f.__name__}", f)[0] for f in (swapped, renamed)]
+    same, _ = _coco_copy(tmp_path, "t_order_same", lambda d: None)
+    for name in [train, same] + names:
+        DatasetCatalog.get(name)  # (sets the thing classes)
+    assert MetadataCatalog.get(names[0]).thing_classes[:2] == ["disk", "square"]
+    with pytest.raises(DatasetError, match=r"'t_order_swapped' .* in another order"):
+        check_class_order([train], [same, names[0]])
+    check_class_order([train], [same, names[1]])
+    check_class_order(["t_order_unloaded"], [names[0]])
+    # a training run: the training set's classes known once its loader is built, before step 1
+    train, _ = _coco_copy(tmp_path, "t_order_train", lambda d: None)  # (registered anew)
+    opts = ["DATASETS.TRAIN", (train,), "DATASETS.TEST", (names[0],), "OUTPUT_DIR", str(tmp_path)]
+    cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml", opts=opts)
+    assert MetadataCatalog.get(train).get("thing_classes", None) is None
+    with pytest.raises(DatasetError, match=r"'t_order_swapped' .* in another order"):
+        PANetTrainer(cfg)
