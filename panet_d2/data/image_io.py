@@ -73,6 +73,35 @@ def read_image(file_name, format=None, what="image"):
         raise ImageLoadError(f"Cannot read {what} {file_name!r}: {e}") from e
 
 
+def check_sem_seg_png(dataset_dict, evaluation=False):
+    """A :class:`DatasetError` unless the record's semantic label PNG holds one class id a pixel
+    (mode L; or, in ``evaluation``, a palette PNG's indices: training reads it as gray levels) of
+    the record's width and height (headers read)."""
+    path = dataset_dict["sem_seg_file_name"]
+    try:
+        with PathManager.open(path, "rb") as f:
+            header = Image.open(f)
+            mode, stored = header.mode, header.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"Cannot read semantic label PNG {path!r}: {e}") from None
+    if mode not in ("L",) + ("P",) * evaluation:
+        raise DatasetError(
+            f"Semantic label PNG {path!r} is of mode {mode!r}: label PNGs hold one 8-bit class id "
+            "a pixel (mode L)"
+            + (
+                " (a palette PNG: training would read its colors' gray levels)."
+                if mode == "P"
+                else "."
+            )
+        )
+    size = dataset_dict.get("width"), dataset_dict.get("height")
+    if None not in size and tuple(stored) != size:
+        raise DatasetError(
+            f"Semantic label PNG {path!r} is {stored[0]}x{stored[1]} (width x height), its image "
+            f"{dataset_dict.get('file_name')!r} {size[0]}x{size[1]} (the dataset record's)."
+        )
+
+
 def check_panoptic_png(dataset_dict, evaluation=False):
     """A :class:`DatasetError` unless the record's panoptic PNG is RGB(A) (ids R + 256 G + 256^2 B)
     or, but for ``evaluation`` (panopticapi reads its arrays as they are), a palette of colors, of

@@ -25,7 +25,7 @@ from detectron2.utils.file_io import PathManager
 
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
-from ..data.image_io import MAX_SIDE, check_image_size, check_panoptic_png
+from ..data.image_io import MAX_SIDE, check_image_size, check_panoptic_png, check_sem_seg_png
 from ..errors import (
     ConfigError,
     DatasetError,
@@ -103,6 +103,8 @@ def check_files(dicts, name, key):
             check_image_size(d)
         if _local(d.get("pan_seg_file_name")):
             check_panoptic_png(d, evaluation=key == "DATASETS.TEST")
+        if _local(d.get("sem_seg_file_name")):
+            check_sem_seg_png(d, evaluation=key == "DATASETS.TEST")
 
 
 @contextlib.contextmanager

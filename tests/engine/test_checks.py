@@ -29,6 +29,7 @@ from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
 from panet_d2.engine.checks import (  # noqa: E402
     check_class_order,
     check_dataset,
+    check_files,
     check_inputs,
     check_num_classes,
     check_panet_parts,
@@ -461,3 +462,29 @@ def test_test_classes_in_another_order_refused(tmp_path):
     assert MetadataCatalog.get(train).get("thing_classes", None) is None
     with pytest.raises(DatasetError, match=r"'t_order_swapped' .* in another order"):
         PANetTrainer(cfg)
+
+
+def test_semantic_label_pngs_checked_before_the_run(tmp_path):
+    """A semantic label PNG rendered in color (SemSegEvaluator: a broadcast ValueError after the
+    inference; training: its gray levels as class ids), a palette one in a training set (read as
+    gray levels, not its indices) or one of another size is refused, headers read; an 8-bit
+    gray one passes, and a palette one in an evaluation set (read as its indices)."""
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (30, 20)).save(image)
+
+    def record(mode, size=(30, 20)):
+        path = tmp_path / f"label_{mode}_{size[0]}.png"
+        Image.new(mode, size).save(path)
+        return dict(file_name=str(image), sem_seg_file_name=str(path), width=30, height=20)
+
+    check_files([record("L")], "t_sem", "DATASETS.TRAIN")
+    check_files([record("P")], "t_sem", "DATASETS.TEST")
+    for rec, key, match in [
+        (record("RGB"), "DATASETS.TEST", r"is of mode 'RGB': label PNGs hold one 8-bit class id"),
+        (record("P"), "DATASETS.TRAIN", r"mode 'P'.*training would read its colors' gray levels"),
+        (record("L", (31, 20)), "DATASETS.TEST", r"is 31x20 \(width x height\), its image"),
+    ]:
+        with pytest.raises(DatasetError, match=match):
+            check_files([rec], "t_sem", key)
