@@ -73,58 +73,47 @@ def read_image(file_name, format=None, what="image"):
         raise ImageLoadError(f"Cannot read {what} {file_name!r}: {e}") from e
 
 
+def _check_label_png(dataset_dict, key, what, modes, rule, palette):
+    """A :class:`DatasetError` unless the PNG of record field ``key`` (a ``what``) is of one of
+    ``modes`` (else: ``rule``, what it must be; ``palette``, why not a palette PNG) and of the
+    record's width and height."""
+    path, subject = dataset_dict[key], what[:1].upper() + what[1:]
+    try:
+        with PathManager.open(path, "rb") as f:  # the header only
+            header = Image.open(f)
+            mode, stored = header.mode, header.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"Cannot read {what} {path!r}: {e}") from None
+    if mode not in modes:
+        why = f" ({palette})." if mode == "P" else "."
+        raise DatasetError(f"{subject} {path!r} is of mode {mode!r}: {rule}{why}")
+    size = dataset_dict.get("width"), dataset_dict.get("height")
+    if None not in size and tuple(stored) != size:
+        raise DatasetError(
+            f"{subject} {path!r} is {stored[0]}x{stored[1]} (width x height), its image "
+            f"{dataset_dict.get('file_name')!r} {size[0]}x{size[1]} (the dataset record's)."
+        )
+
+
 def check_sem_seg_png(dataset_dict, evaluation=False):
     """A :class:`DatasetError` unless the record's semantic label PNG holds one class id a pixel
     (mode L; or, in ``evaluation``, a palette PNG's indices: training reads it as gray levels) of
     the record's width and height (headers read)."""
-    path = dataset_dict["sem_seg_file_name"]
-    try:
-        with PathManager.open(path, "rb") as f:
-            header = Image.open(f)
-            mode, stored = header.mode, header.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"Cannot read semantic label PNG {path!r}: {e}") from None
-    if mode not in ("L",) + ("P",) * evaluation:
-        raise DatasetError(
-            f"Semantic label PNG {path!r} is of mode {mode!r}: label PNGs hold one 8-bit class id "
-            "a pixel (mode L)"
-            + (
-                " (a palette PNG: training would read its colors' gray levels)."
-                if mode == "P"
-                else "."
-            )
-        )
-    size = dataset_dict.get("width"), dataset_dict.get("height")
-    if None not in size and tuple(stored) != size:
-        raise DatasetError(
-            f"Semantic label PNG {path!r} is {stored[0]}x{stored[1]} (width x height), its image "
-            f"{dataset_dict.get('file_name')!r} {size[0]}x{size[1]} (the dataset record's)."
-        )
+    rule = "label PNGs hold one 8-bit class id a pixel (mode L)"
+    palette = "a palette PNG: training would read its colors' gray levels"
+    modes = ("L",) + ("P",) * evaluation
+    _check_label_png(dataset_dict, "sem_seg_file_name", "semantic label PNG", modes, rule, palette)
 
 
 def check_panoptic_png(dataset_dict, evaluation=False):
     """A :class:`DatasetError` unless the record's panoptic PNG is RGB(A) (ids R + 256 G + 256^2 B)
     or, but for ``evaluation`` (panopticapi reads its arrays as they are), a palette of colors, of
     the record's width and height (headers read)."""
-    path = dataset_dict["pan_seg_file_name"]
-    size = dataset_dict.get("width"), dataset_dict.get("height")
-    try:
-        with PathManager.open(path, "rb") as f:
-            header = Image.open(f)
-            mode, stored = header.mode, header.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"Cannot read panoptic PNG {path!r}: {e}") from None
-    if mode not in ("RGB", "RGBA") + ("P",) * (not evaluation):
-        raise DatasetError(
-            f"Panoptic PNG {path!r} is of mode {mode!r}: COCO panoptic PNGs are RGB, a segment "
-            "id R + 256 G + 256^2 B per pixel (panopticapi's id2rgb)"
-            + (" (a palette PNG: not in evaluation)." if mode == "P" else ".")
-        )
-    if None not in size and tuple(stored) != size:
-        raise DatasetError(
-            f"Panoptic PNG {path!r} is {stored[0]}x{stored[1]} (width x height), its image "
-            f"{dataset_dict.get('file_name')!r} {size[0]}x{size[1]} (the dataset record's)."
-        )
+    rule = "COCO panoptic PNGs are RGB, a segment id R + 256 G + 256^2 B per pixel (panopticapi's "
+    rule += "id2rgb)"
+    modes = ("RGB", "RGBA") + ("P",) * (not evaluation)
+    palette = "a palette PNG: not in evaluation"
+    _check_label_png(dataset_dict, "pan_seg_file_name", "panoptic PNG", modes, rule, palette)
 
 
 def check_image_size(dataset_dict, image=None):
