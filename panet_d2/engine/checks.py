@@ -87,7 +87,7 @@ def check_dataset(name, key):
 
 def check_files(dicts, name, key):
     """Raises :class:`DatasetError` (a folder) or :class:`ImageLoadError` for the first missing
-    file of records ``dicts`` (of ``name``, ``key``), then checks image sizes and panoptic PNGs."""
+    file of records ``dicts`` (of ``name``, ``key``), then checks image sizes and label PNGs."""
     keys = ("file_name", "sem_seg_file_name", "pan_seg_file_name")
     missing = [d[k] for d in dicts for k in keys if _local(d.get(k)) and not os.path.isfile(d[k])]
     if missing:
