@@ -85,8 +85,15 @@ def register_coco_panoptic_panet(
     paths = dict(panoptic_root=panoptic_root, image_root=image_root, panoptic_json=panoptic_json)
     if instances_json:  # json_file=None would break COCOEvaluator
         paths["json_file"] = instances_json
-    info = dict(evaluator_type="coco_panoptic_seg", ignore_label=255, label_divisor=1000)
-    MetadataCatalog.get(name).set(**info, **paths, **metadata)
+    ours = dict(paths, evaluator_type="coco_panoptic_seg")
+    clash = [k for k in ours if k in metadata and metadata[k] != ours[k]]
+    if clash:  # (Detectron2's register_coco_panoptic: a TypeError for any key in both)
+        raise DatasetError(
+            f"Dataset {name!r}: the metadata's {clash[0]}={metadata[clash[0]]!r} differs from the "
+            f"registration's {ours[clash[0]]!r}: give it as the argument, not in the metadata."
+        )
+    defaults = dict(ignore_label=255, label_divisor=1000)  # the metadata's, where it has them
+    MetadataCatalog.get(name).set(**{**defaults, **metadata, **ours})
 
 
 def register_all_coco_panoptic_panet(root=None):

@@ -465,3 +465,20 @@ def test_builtin_names_registered_lazily():
             expected = f"{name}.*panoptic_{split}2017.json.*DETECTRON2_DATASETS"
             with pytest.raises(DatasetError, match=expected):
                 DatasetCatalog.get(name)
+
+
+def test_registration_takes_metadata_with_ignore_label(tmp_path):
+    """Metadata that already holds ignore_label / label_divisor (e.g. the generated dataset's)
+    registers with its own values (Detectron2's register_coco_panoptic: a TypeError for a key
+    given twice); a metadata path that differs from the registration's is refused, named."""
+    from panet_d2.data.synthetic import get_synthetic_metadata
+
+    meta = dict(get_synthetic_metadata(), ignore_label=254)
+    files = [str(tmp_path / n) for n in ("images", "panoptic", "panoptic.json")]
+    register_coco_panoptic_panet("t_reg_ignore", meta, *files, replace=True)
+    registered = MetadataCatalog.get("t_reg_ignore")
+    assert (registered.ignore_label, registered.label_divisor) == (254, 1000)
+    assert registered.image_root == files[0] and registered.evaluator_type == "coco_panoptic_seg"
+    with pytest.raises(DatasetError, match=r"metadata's image_root='elsewhere' differs from"):
+        register_coco_panoptic_panet("t_reg_clash", dict(meta, image_root="elsewhere"), *files)
+    register_coco_panoptic_panet("t_reg_same", dict(meta, image_root=files[0]), *files)
