@@ -2,6 +2,7 @@
 the checks of config values shared by the model's parts."""
 
 import math
+import re
 from typing import Dict, Sequence
 
 import torch
@@ -69,6 +70,13 @@ def check_fractions(key, value):
     if not all(0 <= v <= 1 for v in values) or values != sorted(values):
         what = "a number in [0, 1]" if value is values[0] else "numbers in [0, 1], increasing"
         raise ConfigError(f"{key}={value!r}: must be {what}.")
+
+
+def check_device(key, device):
+    """Raise :class:`ConfigError` unless ``device`` is 'cpu', 'cuda' or 'cuda:N' (parsed, not made:
+    no CUDA context)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
+        raise ConfigError(f"{key}={device!r}: panet_d2 runs on 'cpu', 'cuda' or 'cuda:N' (GPU N).")
 
 
 def os_error_cause(e, errnos=None):

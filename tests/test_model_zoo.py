@@ -11,6 +11,7 @@ import re
 import shutil
 
 import pytest
+import torch
 
 pytest.importorskip("detectron2")
 
@@ -199,3 +200,17 @@ def test_setup_links_or_copies_the_configs(tmp_path):
     assert not (dest / "stale.yaml").exists()
     # default mode: symlink only for the editable / develop commands
     assert setup_py.EDITABLE_COMMANDS == ("develop", "editable_wheel")
+
+
+def test_get_refuses_a_device_it_cannot_run_on():
+    """``get(..., device=...)`` takes the devices MODEL.DEVICE takes, in one line (torch's long
+    RuntimeError before), and an explicit 'cuda' where there is none (torch: "Found no NVIDIA
+    driver")."""
+    from panet_d2.errors import ConfigError
+
+    config = "quick_schedules/panet_R_18_synth_instance_smoke.yaml"
+    with pytest.raises(ConfigError, match=r"^device='gpu': panet_d2 runs on 'cpu', 'cuda' or"):
+        model_zoo.get(config, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"^device='cuda:1': CUDA is not available here"):
+            model_zoo.get(config, device="cuda:1")

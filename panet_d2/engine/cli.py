@@ -3,13 +3,12 @@
 import contextlib
 import errno
 import os
-import re
 import sys
 
 import torch
 from omegaconf import OmegaConf
 
-from ..errors import ConfigError, InputError, os_error_cause
+from ..errors import InputError, check_device, os_error_cause
 
 
 def adapt_config_to_machine(cfg):
@@ -18,8 +17,7 @@ def adapt_config_to_machine(cfg):
     notes, lazy = [], not hasattr(cfg, "MODEL")
     key = "train.device" if lazy else "MODEL.DEVICE"
     device = (OmegaConf.select(cfg, key, default=None) or "cuda") if lazy else cfg.MODEL.DEVICE
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):  # parsed, not made: no CUDA context
-        raise ConfigError(f"{key}={device!r}: panet_d2 runs on 'cpu', 'cuda' or 'cuda:N' (GPU N).")
+    check_device(key, device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         notes.append(f"{key}={device!r}: CUDA is not available, running on the CPU.")
         if lazy:

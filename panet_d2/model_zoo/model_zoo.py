@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 
 from ..checkpoint import PANetCheckpointer
 from ..config import instantiate_model, load_config_file
-from ..errors import ConfigError
+from ..errors import ConfigError, check_device
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PACKAGE_CONFIG_DIR = os.path.join(_HERE, "configs")  # made by setup.py
@@ -117,6 +117,10 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     """The model of a model-zoo config in training mode, MODEL.WEIGHTS (``train.init_checkpoint``)
     loaded as a warm start, on ``device`` (None: the config's, "cpu" without CUDA)."""
     cfg = get_config(config_path, trained)
+    if device is not None:
+        check_device("device", device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r}: CUDA is not available here; give 'cpu' or None.")
     device = "cpu" if device is None and not torch.cuda.is_available() else device
     if isinstance(cfg, CfgNode):
         if device is not None:
