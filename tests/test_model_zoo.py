@@ -214,3 +214,6 @@ def test_get_refuses_a_device_it_cannot_run_on():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"^device='cuda:1': CUDA is not available here"):
             model_zoo.get(config, device="cuda:1")
+        with pytest.raises(ConfigError, match=r"^device='cuda': CUDA is not available"):
+            model_zoo.get(config, device=torch.device("cuda"))
+    assert next(model_zoo.get(config, device=torch.device("cpu")).parameters()).device.type == "cpu"

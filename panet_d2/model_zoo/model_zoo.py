@@ -119,6 +119,7 @@ def get(config_path: str, trained: bool = False, device: Optional[str] = None):
     cfg = get_config(config_path, trained)
     if device is not None:
         check_device("device", device)
+        device = str(device)  # (a torch.device too)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device={device!r}: CUDA is not available here; give 'cpu' or None.")
     device = "cpu" if device is None and not torch.cuda.is_available() else device
