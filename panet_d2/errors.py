@@ -73,10 +73,12 @@ def check_fractions(key, value):
 
 
 def check_device(key, device):
-    """Raise :class:`ConfigError` unless ``device`` is 'cpu', 'cuda' or 'cuda:N' (parsed, not made:
-    no CUDA context)."""
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
-        raise ConfigError(f"{key}={device!r}: panet_d2 runs on 'cpu', 'cuda' or 'cuda:N' (GPU N).")
+    """Raise :class:`ConfigError` unless ``device`` is 'cpu' ('cpu:0'), 'cuda' or 'cuda:N' (parsed,
+    not made: no CUDA context)."""
+    if not re.fullmatch(r"cpu(:0)?|cuda(:\d+)?", str(device)):
+        raise ConfigError(
+            f"{key}={device!r}: panet_d2 runs on 'cpu' (or 'cpu:0'), 'cuda' or 'cuda:N' (GPU N)."
+        )
 
 
 def os_error_cause(e, errnos=None):

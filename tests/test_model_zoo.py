@@ -209,11 +209,14 @@ def test_get_refuses_a_device_it_cannot_run_on():
     from panet_d2.errors import ConfigError
 
     config = "quick_schedules/panet_R_18_synth_instance_smoke.yaml"
-    with pytest.raises(ConfigError, match=r"^device='gpu': panet_d2 runs on 'cpu', 'cuda' or"):
+    with pytest.raises(
+        ConfigError, match=r"^device='gpu': panet_d2 runs on 'cpu' \(or 'cpu:0'\), 'cuda'"
+    ):
         model_zoo.get(config, device="gpu")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match=r"^device='cuda:1': CUDA is not available here"):
             model_zoo.get(config, device="cuda:1")
         with pytest.raises(ConfigError, match=r"^device='cuda': CUDA is not available"):
             model_zoo.get(config, device=torch.device("cuda"))
-    assert next(model_zoo.get(config, device=torch.device("cpu")).parameters()).device.type == "cpu"
+    for cpu in (torch.device("cpu"), "cpu:0"):  # torch's name of the CPU, too
+        assert next(model_zoo.get(config, device=cpu).parameters()).device.type == "cpu"

@@ -80,11 +80,11 @@ BAD_VALUES = [
     (["OUTPUT_DIR", ""], r"^OUTPUT_DIR is empty: give a folder \(created if missing\).$"),
     (
         ["MODEL.DEVICE", "gpu"],
-        r"^MODEL.DEVICE='gpu': panet_d2 runs on 'cpu', 'cuda' or 'cuda:N' \(",
+        r"^MODEL.DEVICE='gpu': panet_d2 runs on 'cpu' \(or 'cpu:0'\), 'cuda' or 'cuda:N' \(",
     ),
     (
         ["MODEL.DEVICE", "cudaa"],
-        r"^MODEL.DEVICE='cudaa': panet_d2 runs on 'cpu', 'cuda' or 'cuda:N'",
+        r"^MODEL.DEVICE='cudaa': panet_d2 runs on 'cpu' \(or 'cpu:0'\), 'cuda' or 'cuda:N'",
     ),
     (["SOLVER.STEPS", "(6,)"], r"SOLVER.STEPS=\(6,\): .* less than SOLVER.MAX_ITER=6."),
     (["SOLVER.MAX_ITER", 0], r"SOLVER.MAX_ITER=0: must be an integer >= 1 \(training iterat"),
