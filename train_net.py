@@ -44,7 +44,12 @@ from panet_d2 import PANetCheckpointer  # registers the models and datasets
 from panet_d2.compat import atomic_output_files
 from panet_d2.config import load_config_file
 from panet_d2.engine import PANetTrainer, adapt_config_to_machine, one_line_errors
-from panet_d2.engine.checks import check_config, check_inputs, check_output_dir
+from panet_d2.engine.checks import (
+    check_config,
+    check_expected_results,
+    check_inputs,
+    check_output_dir,
+)
 from panet_d2.engine.resume import check_last_checkpoint
 from panet_d2.engine.trainer import TrainingInterrupted
 from panet_d2.errors import ConfigError, DatasetError, check_choice
@@ -258,6 +263,7 @@ def _run(args, cfg):
     if cfg.TEST.AUG.ENABLED:
         results.update(Trainer.test_with_TTA(cfg, model))
     if comm.is_main_process():
+        check_expected_results(cfg, results)  # a task it names, not a KeyError
         verify_results(cfg, results)
     return results
 

@@ -76,7 +76,7 @@ def read_image(file_name, format=None, what="image"):
 def _check_label_png(dataset_dict, key, what, modes, rule, palette):
     """A :class:`DatasetError` unless the PNG of record field ``key`` (a ``what``) is of one of
     ``modes`` (else: ``rule``, what it must be; ``palette``, why not a palette PNG) and of the
-    record's width and height."""
+    record's width and height (``modes`` None: of any mode)."""
     path, subject = dataset_dict[key], what[:1].upper() + what[1:]
     try:
         with PathManager.open(path, "rb") as f:  # the header only
@@ -84,7 +84,7 @@ def _check_label_png(dataset_dict, key, what, modes, rule, palette):
             mode, stored = header.mode, header.size
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"Cannot read {what} {path!r}: {e}") from None
-    if mode not in modes:
+    if modes is not None and mode not in modes:
         why = f" ({palette})." if mode == "P" else "."
         raise DatasetError(f"{subject} {path!r} is of mode {mode!r}: {rule}{why}")
     size = dataset_dict.get("width"), dataset_dict.get("height")
@@ -114,6 +114,12 @@ def check_panoptic_png(dataset_dict, evaluation=False):
     modes = ("RGB", "RGBA") + ("P",) * (not evaluation)
     palette = "a palette PNG: not in evaluation"
     _check_label_png(dataset_dict, "pan_seg_file_name", "panoptic PNG", modes, rule, palette)
+
+
+def check_ground_truth_png(dataset_dict, path, what):
+    """A :class:`DatasetError` unless the PNG ``path`` (a ``what``) is of the width and height of
+    record ``dataset_dict`` (header read)."""
+    _check_label_png({**dataset_dict, "ground_truth": path}, "ground_truth", what, None, "", "")
 
 
 def check_image_size(dataset_dict, image=None):

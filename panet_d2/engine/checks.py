@@ -3,6 +3,7 @@
 import contextlib
 import difflib
 import functools
+import glob
 import inspect
 import io
 import json
@@ -25,7 +26,13 @@ from detectron2.utils.file_io import PathManager
 
 from ..compat import cityscapes_api_alias
 from ..data import label_space_of
-from ..data.image_io import MAX_SIDE, check_image_size, check_panoptic_png, check_sem_seg_png
+from ..data.image_io import (
+    MAX_SIDE,
+    check_ground_truth_png,
+    check_image_size,
+    check_panoptic_png,
+    check_sem_seg_png,
+)
 from ..errors import (
     ConfigError,
     DatasetError,
@@ -642,6 +649,67 @@ def check_coco_ground_truth(name):
         )
 
 
+# the ground-truth PNGs that Detectron2's Cityscapes evaluators glob in gt_dir/<city>/
+_CITYSCAPES_GT = {"cityscapes_instance": "_gtFine_instanceIds.png"}
+_CITYSCAPES_GT["cityscapes_sem_seg"] = "_gtFine_labelIds.png"
+
+
+def check_cityscapes_ground_truth(name, evaluator_type, dicts):
+    """Raises :class:`DatasetError` unless the ``gt_dir`` of Cityscapes test dataset ``name`` has
+    one ground-truth PNG of its image's size for each image of records ``dicts``, and no other:
+    cityscapesscripts scores the PNGs it finds, skipping images without one (silently) and
+    failing on one without an image."""
+    suffix, gt_dir = _CITYSCAPES_GT[evaluator_type], MetadataCatalog.get(name).get("gt_dir", None)
+    if not _local(gt_dir):
+        return
+    found = glob.glob(os.path.join(glob.escape(gt_dir), "*", "*" + suffix))
+    found = {os.path.basename(p)[: -len(suffix)]: p for p in found}  # city_sequence_frame
+    images = {"_".join(os.path.basename(d["file_name"]).split("_")[:3]): d for d in dicts}
+    missing, extra = sorted(set(images) - set(found)), sorted(set(found) - set(images))
+    if missing or extra:
+        what = (
+            f"the image {images[missing[0]]['file_name']!r} has no ground truth" if missing else ""
+        )
+        what = what or f"the ground truth {found[extra[0]]!r} has no image in the dataset"
+        raise DatasetError(
+            f"Dataset {name!r} (DATASETS.TEST), gt_dir {gt_dir!r}: {what} ({len(missing)} "
+            f"image(s) without, {len(extra)} PNG(s) without an image): Cityscapes evaluation "
+            f"scores one <city>/<city>_<sequence>_<frame>{suffix} for each image, and no other."
+        )
+    for key, d in images.items():
+        check_ground_truth_png(d, found[key], f"Cityscapes ground truth of dataset {name!r}")
+
+
+_TASKS = ("bbox", "segm", "keypoints", "panoptic_seg", "sem_seg")  # the evaluators' result names
+
+
+def check_expected_results(cfg, results=None):
+    """Raises :class:`ConfigError` unless each entry of TEST.EXPECTED_RESULTS is [task, metric,
+    value, tolerance] (Detectron2's ``verify_results``) of a task the evaluation gives: one of
+    ``results`` or, before the run, of the evaluators' result names ("<task>_TTA" with TTA)."""
+    expected = cfg.TEST.EXPECTED_RESULTS
+    if not len(expected):
+        return
+    if not len(cfg.DATASETS.TEST):
+        raise ConfigError("TEST.EXPECTED_RESULTS is set, DATASETS.TEST empty: nothing to verify.")
+    tasks = list(_TASKS) + [t + "_TTA" for t in _TASKS] * bool(cfg.TEST.AUG.ENABLED)
+    tasks = list(results) if results is not None else tasks
+    for entry in expected:
+        ok = isinstance(entry, (list, tuple)) and len(entry) == 4
+        ok = ok and all(isinstance(v, str) for v in entry[:2])
+        ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in entry[2:])
+        if not (ok and math.isfinite(entry[2]) and 0 <= entry[3] < math.inf):
+            raise ConfigError(
+                f"TEST.EXPECTED_RESULTS entry {entry!r}: must be [task, metric, expected value, "
+                "tolerance >= 0] (Detectron2's verify_results), e.g. [['bbox', 'AP', 38.5, 0.2]]."
+            )
+        if entry[0] not in tasks:
+            raise ConfigError(
+                f"TEST.EXPECTED_RESULTS names the task {entry[0]!r}: the evaluation of "
+                f"DATASETS.TEST gives {', '.join(map(repr, tasks)) or 'none'}."
+            )
+
+
 def check_inputs(cfg, train=True):
     """The checks before a training (``train``) or evaluation run of ``cfg``."""
     check_config(cfg, train=train)
@@ -672,9 +740,12 @@ def check_inputs(cfg, train=True):
             check_files(DatasetCatalog.get(name), name, "DATASETS.TEST")
             if evaluator_type in ("coco", "coco_panoptic_seg"):  # those COCOEvaluator scores
                 check_coco_ground_truth(name)
+            if evaluator_type in _CITYSCAPES_GT:
+                check_cityscapes_ground_truth(name, evaluator_type, DatasetCatalog.get(name))
     check_num_classes(cfg, datasets)
     check_class_order(cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)
     for name in cfg.DATASETS.TEST:
         if MetadataCatalog.get(name).get("evaluator_type", None) in SEM_SEG_TYPES:
             panoptic_to_dataset_classes(cfg, name)
     check_tta(cfg)
+    check_expected_results(cfg)

@@ -15,12 +15,14 @@ import os
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import torch
 from pycocotools.coco import COCO
 
 pytest.importorskip("detectron2")
 
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
 
 from panet_d2.checkpoint import check_weights_file  # noqa: E402
 from panet_d2.data import generate_synthetic_dataset  # noqa: E402
@@ -29,6 +31,7 @@ from panet_d2.engine import PANetTrainer, uses_panoptic_mapper  # noqa: E402
 from panet_d2.engine.checks import (  # noqa: E402
     check_class_order,
     check_dataset,
+    check_expected_results,
     check_files,
     check_inputs,
     check_num_classes,
@@ -488,3 +491,45 @@ def test_semantic_label_pngs_checked_before_the_run(tmp_path):
     ]:
         with pytest.raises(DatasetError, match=match):
             check_files([rec], "t_sem", key)
+
+
+def test_expected_results_checked(train_net, tmp_path):
+    """TEST.EXPECTED_RESULTS (Detectron2's verify_results: [task, metric, value, tolerance]):
+    malformed entries, a task no evaluator gives (a KeyError after the run) and an empty
+    DATASETS.TEST (a KeyError after training) are refused up front; after an --eval-only run, a
+    task its evaluation did not give is named with those it gave."""
+    cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")
+    good = [["bbox", "AP", 38.5, 0.2], ("segm", "AP50", 1, 0)]
+    cfg.TEST.EXPECTED_RESULTS = good
+    check_expected_results(cfg)
+    check_expected_results(cfg, {"bbox": {}, "segm": {}})
+    for entry in [["bbox", "AP", 38.5], ["bbox", "AP", "38", 0.2], ["bbox", 1, 38.5, 0.2]]:
+        cfg.TEST.EXPECTED_RESULTS = [entry]
+        with pytest.raises(ConfigError, match=r"^TEST.EXPECTED_RESULTS entry .*: must be \[task"):
+            check_expected_results(cfg)
+    for entry in [
+        ["bbox", "AP", 38.5, -1],
+        ["bbox", "AP", float("nan"), 1],
+        ["bbox", "AP", 1, True],
+    ]:
+        cfg.TEST.EXPECTED_RESULTS = [entry]
+        with pytest.raises(ConfigError, match=r"must be \[task, metric, expected value, tol"):
+            check_expected_results(cfg)
+    cfg.TEST.EXPECTED_RESULTS = [["bbx", "AP", 38.5, 0.2]]
+    with pytest.raises(ConfigError, match=r"names the task 'bbx': .* gives 'bbox', 'segm', "):
+        check_inputs(cfg, train=False)
+    cfg.TEST.EXPECTED_RESULTS = [["bbox_TTA", "AP", 38.5, 0.2]]
+    with pytest.raises(ConfigError, match=r"names the task 'bbox_TTA'"):
+        check_expected_results(cfg)
+    cfg.TEST.AUG.ENABLED = True
+    check_expected_results(cfg)
+    cfg.DATASETS.TEST = ()
+    with pytest.raises(ConfigError, match=r"^TEST.EXPECTED_RESULTS is set, DATASETS.TEST empty"):
+        check_expected_results(cfg)
+    weights = str(tmp_path / "weights.pth")  # the smoke config's model, as initialised
+    cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")
+    torch.save({"model": build_model(cfg).state_dict()}, weights)
+    opts = ["TEST.EXPECTED_RESULTS", "[['keypoints', 'AP', 1.0, 0.5]]", "MODEL.WEIGHTS", weights]
+    opts += ["DATASETS.TEST", "('panet_synth_val',)", "TEST.DETECTIONS_PER_IMAGE", 5]
+    with pytest.raises(ConfigError, match=r"'keypoints': .* gives 'bbox', 'segm'\.$"):
+        _main(train_net, tmp_path, SMOKE, *opts, eval_only=True)

@@ -407,3 +407,50 @@ def test_oracle_semantic_segmentation(cityscapes, tmp_path):
     classes from the panoptic output) and evaluated by CityscapesSemSegEvaluator: IoU 100."""
     results = _test_oracle(cityscapes, tmp_path, "cityscapes_fine_sem_seg_val")["sem_seg"]
     assert results["IoU"] == pytest.approx(100.0), results
+
+
+# ------------------------------------------------------------------------------------------------
+# the ground truth that cityscapesscripts globs, checked before the run
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "task, config, suffix",
+    [
+        ("instance_seg", "panet_R_50_FPN.yaml", "instanceIds"),
+        ("sem_seg", "panoptic_panet_R_50.yaml", "labelIds"),
+    ],
+)
+def test_ground_truth_pngs_checked_before_the_run(cityscapes, tmp_path, task, config, suffix):
+    """Each test image needs its ground-truth PNG, of its size, and no PNG may lack an image:
+    cityscapesscripts scores the PNGs it finds, so a missing one removed an image from the score
+    silently and one without an image failed after the run. ``gt_dir`` a copy, changed."""
+    import shutil
+
+    from panet_d2.engine.checks import check_inputs
+    from panet_d2.errors import DatasetError
+
+    original = f"cityscapes_fine_{task}_val"
+    gt_dir = str(tmp_path / "gt")
+    shutil.copytree(MetadataCatalog.get(original).gt_dir, gt_dir)
+    name = f"test_cityscapes_gt_{task}"
+    DatasetCatalog.register(name, lambda: DatasetCatalog.get(original))
+    metadata = {**MetadataCatalog.get(original).as_dict(), "gt_dir": gt_dir}
+    MetadataCatalog.get(name).set(**{k: v for k, v in metadata.items() if k != "name"})
+    cfg = _cfg(config, str(tmp_path / "out"), "DATASETS.TEST", (name,))
+    png = os.path.join(gt_dir, "frankfurt", f"frankfurt_000001_000508_gtFine_{suffix}.png")
+    moved = str(tmp_path / "moved.png")
+    try:
+        check_inputs(cfg, train=False)  # the copy as shipped
+        shutil.move(png, moved)
+        with pytest.raises(DatasetError, match=r"000508_leftImg8bit.png' has no ground truth \(1 "):
+            check_inputs(cfg, train=False)
+        shutil.copy(moved, png.replace("000508", "000999"))  # and a PNG without an image
+        shutil.copy(moved, png)
+        with pytest.raises(DatasetError, match=r"000999_gtFine_\w+.png' has no image in the data"):
+            check_inputs(cfg, train=False)
+        os.remove(png.replace("000508", "000999"))
+        Image.open(moved).resize((W // 2, H // 2)).save(png)  # another size
+        with pytest.raises(DatasetError, match=rf"is {W // 2}x{H // 2} \(width x height\)"):
+            check_inputs(cfg, train=False)
+    finally:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
