@@ -1,6 +1,8 @@
 """The image reader of panet_d2 and Detectron2's ``DatasetMapper`` reading with it."""
 
 import copy
+import functools
+import logging
 import numbers
 import os
 
@@ -15,6 +17,7 @@ from detectron2.utils.file_io import PathManager
 
 from ..errors import DatasetError, ImageLoadError, InputError
 
+logger = logging.getLogger(__name__)
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 MAX_ASPECT_RATIO = 100  # the longest side of an image that panet_d2 reads, in its shortest sides
 # the longest side of an image as the model gets it: twice Detectron2's largest config value (a
@@ -46,6 +49,8 @@ def read_image(file_name, format=None, what="image"):
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
             w, h = image.size
+            if getattr(image, "n_frames", 1) > 1:  # an animation, a multi-page TIFF
+                _first_frame_read(str(file_name), what, image.n_frames)
             if min(w, h) < 1 or max(w, h) > MAX_ASPECT_RATIO * min(w, h):
                 raise ImageLoadError(
                     f"{subject} {file_name!r} is {w}x{h} (width x height): panet_d2 reads images "
@@ -71,6 +76,11 @@ def read_image(file_name, format=None, what="image"):
     # PIL's errors for missing / unreadable files, and for images over its pixel limit
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ImageLoadError(f"Cannot read {what} {file_name!r}: {e}") from e
+
+
+@functools.lru_cache(maxsize=1024)  # once a file
+def _first_frame_read(file_name, what, frames):
+    logger.warning(f"The {what} {file_name!r} has {frames} frames: panet_d2 reads the first.")
 
 
 def _check_label_png(dataset_dict, key, what, modes, rule, palette):

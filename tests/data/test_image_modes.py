@@ -293,3 +293,22 @@ def test_image_over_pils_pixel_limit_is_one_line(tmp_path, monkeypatch):
     ):
         with pytest.raises(ImageLoadError, match="exceeds limit of 2000 pixels"):
             read()
+
+
+def test_the_first_frame_of_an_animation_is_read_and_said(tmp_path, caplog):
+    """An animated GIF (or a multi-page TIFF): its first frame, and a warning that says so, once
+    a file (a training epoch reads it again)."""
+    frames = [Image.new("RGB", (8, 6), color) for color in ((255, 0, 0), (0, 0, 255))]
+    for suffix in ("gif", "tif"):
+        path = str(tmp_path / f"two_frames.{suffix}")
+        frames[0].save(path, save_all=True, append_images=frames[1:])
+        caplog.clear()
+        for _ in range(2):
+            image = read_image(path, "RGB")
+            assert image.shape == (6, 8, 3) and (image == [255, 0, 0]).all()
+        said = [r.getMessage() for r in caplog.records if "frames" in r.getMessage()]
+        assert said == [f"The image {path!r} has 2 frames: panet_d2 reads the first."]
+    caplog.clear()
+    frames[0].save(str(tmp_path / "one.gif"))
+    read_image(str(tmp_path / "one.gif"), "RGB")
+    assert not [r for r in caplog.records if "frames" in r.getMessage()]
