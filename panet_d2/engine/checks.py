@@ -618,16 +618,23 @@ def drop_invalid_coco_annotations(coco_api, name, masks):
 _COCO_AREA_MAX = 1e10  # pycocotools' "all" area range: [0, 1e5 ** 2]
 
 
-def check_coco_ground_truth(name):
+def check_coco_ground_truth(name, evaluator_type="coco"):
     """Raises :class:`DatasetError` naming the first annotation of the ``json_file`` of test
     dataset ``name`` that COCO evaluation cannot score: an id not an integer >= 1 (pycocotools
-    takes 0 as "unmatched"), no iscrowd, or an area not a number in [0, 1e10]."""
+    takes 0 as "unmatched"), no iscrowd, or an area not a number in [0, 1e10]; or, of a "coco"
+    one, an empty annotation list (AP nan)."""
     file = MetadataCatalog.get(name).get("json_file", None)
     if not _local(file):
         return
     with PathManager.open(file) as f:
         data = json.load(f)
     annos = data.get("annotations") if isinstance(data, dict) else None
+    if annos == [] and evaluator_type == "coco":
+        raise DatasetError(
+            f"Dataset {name!r} (DATASETS.TEST) from {file!r} has no annotations: COCO evaluation "
+            "would give AP nan. Annotate it, or leave out its 'annotations' key to write the "
+            "predictions only (as for COCO test-dev)."
+        )
     bad = []
     for a in [a for a in annos if isinstance(a, dict)] if isinstance(annos, list) else ():
         i, area = a.get("id"), a.get("area")
@@ -739,7 +746,7 @@ def check_inputs(cfg, train=True):
         with loading_dataset([name], "DATASETS.TEST"):
             check_files(DatasetCatalog.get(name), name, "DATASETS.TEST")
             if evaluator_type in ("coco", "coco_panoptic_seg"):  # those COCOEvaluator scores
-                check_coco_ground_truth(name)
+                check_coco_ground_truth(name, evaluator_type)
             if evaluator_type in _CITYSCAPES_GT:
                 check_cityscapes_ground_truth(name, evaluator_type, DatasetCatalog.get(name))
     check_num_classes(cfg, datasets)

@@ -380,6 +380,14 @@ def test_coco_ground_truth_that_evaluation_cannot_score_refused_up_front(tmp_pat
     name, _ = _coco_copy(tmp_path, "t_gt_valid", lambda d: None)
     cfg.DATASETS.TEST = (name,)
     check_inputs(cfg, train=False)
+    # no annotation at all: AP nan (refused); no "annotations" key: predictions only (taken)
+    name, _ = _coco_copy(tmp_path, "t_gt_none", lambda d: d.update(annotations=[]))
+    cfg.DATASETS.TEST = (name,)
+    with pytest.raises(DatasetError, match=r"t_gt_none.json' has no annotations: COCO eval"):
+        check_inputs(cfg, train=False)
+    name, _ = _coco_copy(tmp_path, "t_gt_unannotated", lambda d: d.pop("annotations"))
+    cfg.DATASETS.TEST = (name,)
+    check_inputs(cfg, train=False)
 
 
 def test_duplicate_category_ids_named(tmp_path):
