@@ -336,9 +336,18 @@ def read_checkpoint(path):
     try:
         with PathManager.open(path, "rb") as f:
             if path.endswith(".pkl"):
+                if f.read(4) == b"PK\x03\x04":  # torch.save's zip: torch.load would read it
+                    raise CheckpointError(
+                        f"Checkpoint {path!r} is a torch file (torch.save) named .pkl, which is "
+                        "read as a pickle of NumPy arrays (Detectron2's model zoo, Caffe2): "
+                        "rename it to .pth."
+                    )
+                f.seek(0)
                 return RestrictedUnpickler(f, encoding="latin1").load()
             _scan_torch_file(f)
             return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+    except CheckpointError:
+        raise
     except _Refused as e:
         raise CheckpointError(
             f"Checkpoint {path!r} was not loaded: {e}. panet_d2 reads tensors, NumPy arrays of "

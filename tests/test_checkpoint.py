@@ -165,6 +165,20 @@ def test_detectron2_pkl_files_load(instance_state, tmp_path, protocol):
     assert read_checkpoint(path) == plain
 
 
+def test_a_torch_file_named_pkl_is_told_to_be_renamed(instance_state, tmp_path):
+    """A .pkl is read as a pickle of NumPy arrays, as Detectron2 reads it (which fails on
+    torch.save's zip with "persistent IDs in protocol 0 must be ASCII strings"): one line that
+    says what the file is and what to do; renamed, it loads."""
+    path = str(tmp_path / "model.pkl")
+    torch.save({"model": instance_state}, path)
+    model = _model(seed=1)
+    with pytest.raises(CheckpointError, match=r"is a torch file \(torch.save\) named .pkl, .*: "):
+        PANetCheckpointer(model).load(path)
+    os.rename(path, path[: -len(".pkl")] + ".pth")
+    PANetCheckpointer(model).load(path[: -len(".pkl")] + ".pth")
+    assert all(torch.equal(v, instance_state[k]) for k, v in model.state_dict().items())
+
+
 def test_project_checkpoints_load_with_weights_only(tmp_path):
     # what convert_panet_release.py writes: {"model": tensors} and plain-value metadata
     state = {"w": torch.ones(2)}
