@@ -629,7 +629,7 @@ def check_coco_ground_truth(name, evaluator_type="coco"):
     with PathManager.open(file) as f:
         data = json.load(f)
     annos = data.get("annotations") if isinstance(data, dict) else None
-    if annos == [] and evaluator_type == "coco":
+    if annos == [] and data.get("images") and evaluator_type == "coco":  # (no images: said later)
         raise DatasetError(
             f"Dataset {name!r} (DATASETS.TEST) from {file!r} has no annotations: COCO evaluation "
             "would give AP nan. Annotate it, or leave out its 'annotations' key to write the "
