@@ -674,10 +674,10 @@ def check_cityscapes_ground_truth(name, evaluator_type, dicts):
     images = {"_".join(os.path.basename(d["file_name"]).split("_")[:3]): d for d in dicts}
     missing, extra = sorted(set(images) - set(found)), sorted(set(found) - set(images))
     if missing or extra:
-        what = (
-            f"the image {images[missing[0]]['file_name']!r} has no ground truth" if missing else ""
-        )
-        what = what or f"the ground truth {found[extra[0]]!r} has no image in the dataset"
+        if missing:
+            what = f"the image {images[missing[0]]['file_name']!r} has no ground truth"
+        else:
+            what = f"the ground truth {found[extra[0]]!r} has no image in the dataset"
         raise DatasetError(
             f"Dataset {name!r} (DATASETS.TEST), gt_dir {gt_dir!r}: {what} ({len(missing)} "
             f"image(s) without, {len(extra)} PNG(s) without an image): Cityscapes evaluation "
@@ -744,11 +744,12 @@ def check_inputs(cfg, train=True):
                 f"{cfg.MODEL.META_ARCHITECTURE} gives instances only (test an instance dataset)."
             )
         with loading_dataset([name], "DATASETS.TEST"):
-            check_files(DatasetCatalog.get(name), name, "DATASETS.TEST")
+            dicts = DatasetCatalog.get(name)
+            check_files(dicts, name, "DATASETS.TEST")
             if evaluator_type in ("coco", "coco_panoptic_seg"):  # those COCOEvaluator scores
                 check_coco_ground_truth(name, evaluator_type)
             if evaluator_type in _CITYSCAPES_GT:
-                check_cityscapes_ground_truth(name, evaluator_type, DatasetCatalog.get(name))
+                check_cityscapes_ground_truth(name, evaluator_type, dicts)
     check_num_classes(cfg, datasets)
     check_class_order(cfg.DATASETS.TRAIN, cfg.DATASETS.TEST)
     for name in cfg.DATASETS.TEST:
