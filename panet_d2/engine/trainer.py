@@ -21,7 +21,7 @@ from ..checkpoint import PANetCheckpointer
 from ..compat import atomic_output_files, cityscapes_api_alias, ddp_on_cpu
 from ..data import PanopticDatasetMapper
 from ..data.image_io import ImageDatasetMapper
-from ..errors import DatasetError, InputError, TrainingDivergedError
+from ..errors import CheckpointError, DatasetError, InputError, TrainingDivergedError
 from ..evaluation import build_evaluator
 from ..modeling import PanopticPANet
 from . import checks
@@ -157,10 +157,18 @@ class PANetTrainer(DefaultTrainer):
         base_lrs = list(getattr(self.scheduler, "base_lrs", []))
         if resume:
             check_last_checkpoint(self.checkpointer)
+        if resume and self.checkpointer.has_checkpoint():
+            self.iter = -1  # set by the checkpoint's trainer state (load_state_dict)
         super().resume_or_load(resume=resume)
         if not (resume and self.checkpointer.has_checkpoint()):
             return
         name, lines = os.path.basename(self.checkpointer.get_checkpoint_file()), OrderedDict()
+        if self.iter == -1:  # e.g. Detectron2's plain_train_net's: its LR schedule is not kept
+            raise CheckpointError(
+                f"--resume: the checkpoint {name!r} holds no trainer state (iteration, optimizer, "
+                "schedule: weights only, or another training script's): --resume continues "
+                "train_net.py's runs. Start from its weights with MODEL.WEIGHTS, without --resume."
+            )
         # the optimizer's load_state_dict made new param groups
         for i, (group, ours) in enumerate(zip(self.optimizer.param_groups, config)):
             for k, value in ours.items():
@@ -182,6 +190,17 @@ class PANetTrainer(DefaultTrainer):
                 f"--resume: the checkpoint {name!r} is at iteration {self.start_iter}, "
                 f"SOLVER.MAX_ITER={self.max_iter}: nothing left to train."
             )
+
+    def load_state_dict(self, state_dict):
+        """DefaultTrainer's, its iteration checked (an integer >= 0)."""
+        at = state_dict.get("iteration") if isinstance(state_dict, dict) else None
+        if type(at) is not int or at < 0:
+            name = os.path.basename(self.checkpointer.get_checkpoint_file())
+            raise CheckpointError(
+                f"--resume: the checkpoint {name!r} holds the trainer iteration {at!r}: it must "
+                "be an integer >= 0 (a damaged or hand-edited file)."
+            )
+        super().load_state_dict(state_dict)
 
     def _solver_key(self, k, value, index):
         solver = self.cfg.SOLVER

@@ -526,3 +526,31 @@ def test_error_last_checkpoint_names_a_missing_file(run_a, train_net, tmp_path):
                 str(last), problem
             )
         ), str(e.value)
+
+
+def test_resume_from_a_checkpoint_without_trainer_state_refused(run_a, train_net, tmp_path):
+    """--resume from a checkpoint without the trainer's state (Detectron2's plain_train_net
+    writes {model, optimizer, scheduler, iteration}; a weights-only file: {model}) started over at
+    iteration 1 while saying it resumed, and overwrote the run's checkpoints; a hand-edited
+    iteration gave a TypeError or trained from iteration -47. One line each, before a step."""
+    checkpoint = torch.load(os.path.join(run_a["out"], "model_0000002.pth"), weights_only=True)
+    trainer = checkpoint.pop("trainer")
+    plain = {**checkpoint, "optimizer": trainer["_trainer"]["optimizer"], "iteration": 2}
+    cases = [
+        (plain, r"holds no trainer state \(iteration, optimizer, schedule: weights only, or "),
+        ({"model": checkpoint["model"]}, r"holds no trainer state"),
+        ({**checkpoint, "trainer": {**trainer, "iteration": "abc"}}, r"iteration 'abc': it must "),
+        ({**checkpoint, "trainer": {**trainer, "iteration": -50}}, r"iteration -50: it must be an "),
+    ]
+    for i, (content, message) in enumerate(cases):
+        out = tmp_path / str(i)
+        out.mkdir()
+        torch.save(content, str(out / "model_0000002.pth"))
+        (out / "last_checkpoint").write_text("model_0000002.pth")
+        with pytest.raises(
+            CheckpointError, match=r"^--resume: the checkpoint 'model_0000002.pth' "
+        ):
+            with pytest.raises(CheckpointError, match=message) as e:
+                train_net.main(_args(out, resume=True, test=None))
+            raise e.value
+        assert "model_final.pth" not in os.listdir(out)  # not a step trained
