@@ -22,7 +22,9 @@ full disk, 130 Ctrl-C (the table: docs/reliability.md).
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 import contextlib
+import fnmatch
 import functools
+import glob
 import json
 import logging
 import multiprocessing
@@ -217,25 +219,72 @@ def quiet_log_file_errors():
         logging.StreamHandler.handleError = handle_error
 
 
+# what a training run writes in OUTPUT_DIR (Detectron2's names), moved together by keep_previous_run
+RUN_FILES = ("last_checkpoint", "model_*.pth", "metrics.json", "log.txt*", "events.out.tfevents.*")
+RUN_FILES += ("config.yaml", "inference", "inference_TTA")
+
+
+def keep_previous_run(cfg, resume):
+    """
+    Before a training run that starts over in cfg.OUTPUT_DIR where a run left checkpoints (not
+    ``resume`` from its last_checkpoint), moves that run's :data:`RUN_FILES` to
+    ``OUTPUT_DIR/previous_run_N`` (Detectron2 would overwrite its checkpoints and mix its logs);
+    returns the notes that say so. Refuses (:class:`ConfigError`) a MODEL.WEIGHTS among them.
+    """
+    folder = cfg.OUTPUT_DIR
+    if "://" in folder or (resume and os.path.lexists(os.path.join(folder, "last_checkpoint"))):
+        return []
+    found = [glob.glob(os.path.join(glob.escape(folder), pattern)) for pattern in RUN_FILES]
+    names = sorted({os.path.basename(path) for paths in found for path in paths})
+    checkpoints = [n for n in names if n == "last_checkpoint" or fnmatch.fnmatch(n, "model_*.pth")]
+    if not checkpoints:
+        return []
+    weights = cfg.MODEL.WEIGHTS
+    if "://" not in weights and os.path.realpath(weights) in {
+        os.path.realpath(os.path.join(folder, n)) for n in checkpoints
+    }:
+        raise ConfigError(
+            f"MODEL.WEIGHTS={weights!r} is a checkpoint of the run in OUTPUT_DIR={folder!r}, "
+            "which this new run would replace: give another OUTPUT_DIR (or --resume to continue "
+            "that run)."
+        )
+    k = 1
+    while os.path.lexists(os.path.join(folder, f"previous_run_{k}")):
+        k += 1
+    previous = os.path.join(folder, f"previous_run_{k}")
+    os.mkdir(previous)
+    for name in names:
+        os.rename(os.path.join(folder, name), os.path.join(previous, name))
+    shown = ", ".join(checkpoints[:3]) + (", ..." if len(checkpoints) > 3 else "")
+    return [
+        f"OUTPUT_DIR={folder!r} held a previous run's checkpoints ({shown}): moved with its logs, "
+        f"metrics and config to {previous!r}, not overwritten (--resume continues a run)."
+    ]
+
+
 @contextlib.contextmanager
-def owning_output_dir(cfg):
+def owning_output_dir(cfg, args=None):
     """
     While the block runs, this run owns cfg.OUTPUT_DIR (:func:`output_dir_lock`, taken by the
     main process; the others wait for it) and a log file that cannot be written fails in one line
-    (:func:`quiet_log_file_errors`).
+    (:func:`quiet_log_file_errors`). Before training (``args`` not --eval-only), a previous run's
+    files are moved aside (:func:`keep_previous_run`); yields the notes that say so.
     """
     with contextlib.ExitStack() as stack:
+        notes = []
         if comm.is_main_process():
             stack.enter_context(output_dir_lock(cfg.OUTPUT_DIR))
+            if args is not None and not args.eval_only:
+                notes = keep_previous_run(cfg, args.resume)
         comm.synchronize()
         stack.enter_context(quiet_log_file_errors())
-        yield
+        yield notes
 
 
 def main(args):
-    loaded = checked_config(args)
-    with owning_output_dir(loaded[0]):
-        return _run(args, setup(args, loaded))
+    cfg, notes = checked_config(args)
+    with owning_output_dir(cfg, args) as moved:
+        return _run(args, setup(args, (cfg, notes + moved)))
 
 
 def _run(args, cfg):

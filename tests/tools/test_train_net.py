@@ -25,6 +25,7 @@ from panet_d2.data import register_synthetic_dataset  # noqa: E402
 from panet_d2.engine import PANetTrainer, adapt_config_to_machine  # noqa: E402
 from panet_d2.errors import (  # noqa: E402
     CheckpointError,
+    ConfigError,
     DatasetError,
     ImageLoadError,
     InputError,
@@ -540,7 +541,10 @@ def test_resume_from_a_checkpoint_without_trainer_state_refused(run_a, train_net
         (plain, r"holds no trainer state \(iteration, optimizer, schedule: weights only, or "),
         ({"model": checkpoint["model"]}, r"holds no trainer state"),
         ({**checkpoint, "trainer": {**trainer, "iteration": "abc"}}, r"iteration 'abc': it must "),
-        ({**checkpoint, "trainer": {**trainer, "iteration": -50}}, r"iteration -50: it must be an "),
+        (
+            {**checkpoint, "trainer": {**trainer, "iteration": -50}},
+            r"iteration -50: it must be an ",
+        ),
     ]
     for i, (content, message) in enumerate(cases):
         out = tmp_path / str(i)
@@ -554,3 +558,39 @@ def test_resume_from_a_checkpoint_without_trainer_state_refused(run_a, train_net
                 train_net.main(_args(out, resume=True, test=None))
             raise e.value
         assert "model_final.pth" not in os.listdir(out)  # not a step trained
+
+
+def test_a_new_run_keeps_the_previous_runs_files(run_a, train_net, tmp_path, capsys):
+    """A run without --resume in an OUTPUT_DIR where a run left checkpoints (Detectron2:
+    overwritten, its log and metrics mixed with the new run's) first moves that run's files to
+    OUTPUT_DIR/previous_run_N, untouched, and says so; other files stay. A MODEL.WEIGHTS among
+    them is refused; --resume, --eval-only and a folder without checkpoints move nothing."""
+    out = tmp_path / "out"
+    shutil.copytree(run_a["out"], out)
+    (out / "notes.txt").write_text("mine")
+    before = {n: (out / n).read_bytes() for n in os.listdir(out) if (out / n).is_file()}
+    before.pop(train_net.LOCK_FILE, None)
+    before.pop("notes.txt")
+    assert "model_final.pth" in before and "last_checkpoint" in before
+    with pytest.raises(ConfigError, match=r"^MODEL.WEIGHTS=.*model_final.pth' is a checkpoint of"):
+        train_net.main(_args(out, "MODEL.WEIGHTS", out / "model_final.pth", test=None))
+    for eval_only, resume in ((True, False), (False, True)):  # nothing moved
+        args = _args(out, eval_only=eval_only, resume=resume)
+        cfg, _ = train_net.checked_config(args)
+        with train_net.owning_output_dir(cfg, args) as notes:
+            assert notes == [] and not (out / "previous_run_1").exists()
+    train_net.main(_args(out, "SOLVER.MAX_ITER", 2, test=None))
+    kept = out / "previous_run_1"
+    assert {n: (kept / n).read_bytes() for n in before} == before
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model_final.pth").exists()
+    assert (
+        "previous run's checkpoints (last_checkpoint, model_0000002.pth, "
+        in (out / "log.txt").read_text()
+    )
+    train_net.main(_args(out, "SOLVER.MAX_ITER", 2, test=None))  # the next one: previous_run_2
+    assert (out / "previous_run_2" / "model_final.pth").exists()
+    shutil.rmtree(out)
+    out.mkdir()
+    cfg, _ = train_net.checked_config(_args(out))
+    with train_net.owning_output_dir(cfg, _args(out)) as notes:
+        assert notes == []
