@@ -18,6 +18,7 @@ docs/reliability.md).
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 import argparse
+import functools
 import glob
 import logging
 import os
@@ -28,7 +29,7 @@ import cv2
 import numpy as np
 from omegaconf import OmegaConf
 
-from detectron2.config import CfgNode, instantiate
+from detectron2.config import CfgNode, get_cfg, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
@@ -117,6 +118,23 @@ def _check_weights(path, key):
     return path
 
 
+def _select(cfg, key):
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+def _say_replaced(values, keys, score):
+    """Warns for each score key of ``values`` (``keys``: SCORE_KEYS or LAZY_SCORE_KEYS) that the
+    config sets to other than Detectron2's default: --confidence-threshold's default replaces it."""
+    defaults = dict(zip(keys, (_select(get_cfg(), k) for k in SCORE_KEYS)))
+    for key, value in values.items():
+        if value not in (defaults[key], score):
+            logger.warning(
+                f"{key}={value} in the config: the demo shows the instances scored >= {score} "
+                f"(--confidence-threshold's default); to keep {value}, give "
+                f"--confidence-threshold {value}."
+            )
+
+
 def build_predictor(args):
     """A DefaultPredictor (yacs config) or LazyPredictor (LazyConfig) for the parsed arguments."""
     given = {str(o).split("=", 1)[0] for o in args.opts} & set(SCORE_KEYS + LAZY_SCORE_KEYS)
@@ -133,6 +151,8 @@ def build_predictor(args):
     if isinstance(cfg, CfgNode):
         check_config(cfg, train=False)  # as train_net.py --eval-only
         _check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+        if args.confidence_threshold is None and not given:
+            _say_replaced({k: _select(cfg, k) for k in SCORE_KEYS}, SCORE_KEYS, score)
         if not given:  # (score keys given in --opts are used as given)
             cfg.MODEL.RETINANET.SCORE_THRESH_TEST = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score
             cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = score
@@ -140,6 +160,9 @@ def build_predictor(args):
     weights = _check_weights(
         OmegaConf.select(cfg, "train.init_checkpoint", default=""), "train.init_checkpoint"
     )
+    if args.confidence_threshold is None and not given:
+        values = {k: OmegaConf.select(cfg, k) for k in LAZY_SCORE_KEYS}
+        _say_replaced({k: v for k, v in values.items() if v is not None}, LAZY_SCORE_KEYS, score)
     for key in (k for k in LAZY_SCORE_KEYS if OmegaConf.select(cfg, k) is not None and not given):
         OmegaConf.update(cfg, key, score)
     device = cfg.train.device

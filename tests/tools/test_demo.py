@@ -188,6 +188,34 @@ def test_score_threshold_of_the_flag_or_the_opts(demo):
     assert scores(opts=opts) == [0.9, 0.05, 0.8]  # RetinaNet's: Detectron2's default
 
 
+def test_score_threshold_of_the_config_file_replaced_and_said(demo, tmp_path, caplog):
+    """A score threshold the config file sets (not Detectron2's default) is replaced by
+    --confidence-threshold's default 0.5, as in Detectron2's demo, but said; given as the flag's
+    value it is kept."""
+    config = tmp_path / "mine.yaml"
+    config.write_text(f"_BASE_: {PANOPTIC}\nMODEL:\n  ROI_HEADS:\n    SCORE_THRESH_TEST: 0.9\n")
+
+    def said(*argv):
+        args = demo.get_parser().parse_args(["--config-file", str(config), *argv, "--opts", *SMALL])
+        caplog.clear()
+        cfg = demo.build_predictor(args).cfg
+        return cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, [
+            r.getMessage() for r in caplog.records if "SCORE_THRESH" in r.getMessage()
+        ]
+
+    assert said() == (
+        0.5,
+        [
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST=0.9 in the config: the demo shows the instances "
+            "scored >= 0.5 (--confidence-threshold's default); to keep 0.9, give "
+            "--confidence-threshold 0.9."
+        ],
+    )
+    assert said("--confidence-threshold", "0.9") == (0.9, [])
+    config.write_text(f"_BASE_: {PANOPTIC}\n")  # Detectron2's defaults: nothing to say
+    assert said()[1] == []
+
+
 def test_glob_and_file_name_output(demo, photos, tmp_path):
     folder, names = photos
     pattern = os.path.join(folder, "img[12].jpg")
