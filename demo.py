@@ -153,6 +153,11 @@ def build_predictor(args):
         _check_weights(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
         if args.confidence_threshold is None and not given:
             _say_replaced({k: _select(cfg, k) for k in SCORE_KEYS}, SCORE_KEYS, score)
+        if cfg.TEST.AUG.ENABLED:
+            logger.warning(
+                "TEST.AUG.ENABLED=True: the demo shows the plain model's output, without test-time "
+                "augmentation (train_net.py --eval-only evaluates it)."
+            )
         if not given:  # (score keys given in --opts are used as given)
             cfg.MODEL.RETINANET.SCORE_THRESH_TEST = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score
             cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = score

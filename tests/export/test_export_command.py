@@ -222,6 +222,16 @@ def test_config_values_checked_as_evaluation_checks_them(tool, tmp_path):
         tool.main(argv)
 
 
+def test_test_time_augmentation_refused(tool, tmp_path):
+    """TEST.AUG.ENABLED (the _TTA configs): the export would be the plain model, its --run-eval
+    the plain model's numbers (before: exit 0, the TTA key ignored)."""
+    argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--format", "onnx"]
+    argv += ["--output", str(tmp_path), "MODEL.DEVICE", "cpu", "TEST.AUG.ENABLED", "True"]
+    with pytest.raises(ValueError, match=r"^TEST.AUG.ENABLED=True: test-time augmentation .* is "):
+        tool.main(argv)
+    assert os.listdir(tmp_path) == []
+
+
 def test_lazyconfig_tracing_and_scripting(tool, tmp_path):
     # the quick LazyConfig (SyncBN norms, per-level norms of a callable spec, ListConfig
     # attributes): a checkpoint of a freshly instantiated model, exported both ways with the

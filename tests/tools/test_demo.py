@@ -188,7 +188,7 @@ def test_score_threshold_of_the_flag_or_the_opts(demo):
     assert scores(opts=opts) == [0.9, 0.05, 0.8]  # RetinaNet's: Detectron2's default
 
 
-def test_score_threshold_of_the_config_file_replaced_and_said(demo, tmp_path, caplog):
+def test_config_score_threshold_replaced_and_tta_not_run_said(demo, tmp_path, caplog):
     """A score threshold the config file sets (not Detectron2's default) is replaced by
     --confidence-threshold's default 0.5, as in Detectron2's demo, but said; given as the flag's
     value it is kept."""
@@ -214,6 +214,12 @@ def test_score_threshold_of_the_config_file_replaced_and_said(demo, tmp_path, ca
     assert said("--confidence-threshold", "0.9") == (0.9, [])
     config.write_text(f"_BASE_: {PANOPTIC}\n")  # Detectron2's defaults: nothing to say
     assert said()[1] == []
+    # the plain model, also under TEST.AUG.ENABLED (Detectron2's demo: not said)
+    args = demo.get_parser().parse_args(["--config-file", PANOPTIC, "--opts", *SMALL])
+    args.opts += ["TEST.AUG.ENABLED", "True"]
+    caplog.clear()
+    demo.build_predictor(args)
+    assert "TEST.AUG.ENABLED=True: the demo shows the plain model's output, without" in caplog.text
 
 
 def test_glob_and_file_name_output(demo, photos, tmp_path):
