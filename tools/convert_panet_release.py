@@ -799,11 +799,14 @@ def build_release_model_state(variant: str, opts=()) -> Dict[str, torch.Tensor]:
     from detectron2.modeling import build_model
 
     from panet_d2.config import load_config_file
+    from panet_d2.engine.checks import check_config
 
     path = os.path.join(ROOT, "configs", RELEASE_CONFIGS[variant])
     opts = ["MODEL.WEIGHTS", ""] + list(opts) + ["MODEL.DEVICE", "meta"]
+    cfg = load_config_file(path, opts)
+    check_config(cfg, train=False)  # the options' values, as train_net.py --eval-only checks them
     with torch.device("meta"):  # tensors without data: no weights initialised (0.1 s, not 1 s)
-        return build_model(load_config_file(path, opts)).state_dict()
+        return build_model(cfg).state_dict()
 
 
 def main(argv=None):

@@ -19,7 +19,17 @@ import torch
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer
-from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, PanopticFPN, build_backbone
+from detectron2.modeling import (
+    ANCHOR_GENERATOR_REGISTRY,
+    BACKBONE_REGISTRY,
+    META_ARCH_REGISTRY,
+    PROPOSAL_GENERATOR_REGISTRY,
+    RPN_HEAD_REGISTRY,
+    SEM_SEG_HEADS_REGISTRY,
+    GeneralizedRCNN,
+    PanopticFPN,
+    build_backbone,
+)
 from detectron2.modeling import roi_heads as d2_roi_heads
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
@@ -210,6 +220,38 @@ def check_output_dir(path, key="OUTPUT_DIR"):
         raise ConfigError(msg) from None
 
 
+def check_registered_names(cfg):
+    """Raises :class:`ConfigError` for a registry name of ``cfg`` (META_ARCHITECTURE, the parts
+    its model builds) that is not registered (Detectron2: a ``KeyError`` traceback)."""
+    m, arch = cfg.MODEL, _rcnn(cfg) or meta_architecture(cfg)
+    keys = [
+        ("META_ARCHITECTURE", META_ARCH_REGISTRY),
+        ("BACKBONE.NAME", BACKBONE_REGISTRY),
+    ]
+    if isinstance(arch, type) and issubclass(arch, GeneralizedRCNN):
+        keys += [("ROI_HEADS.NAME", d2_roi_heads.ROI_HEADS_REGISTRY)]
+        keys += [("ROI_BOX_HEAD.NAME", d2_roi_heads.ROI_BOX_HEAD_REGISTRY)]
+        keys += [("ROI_MASK_HEAD.NAME", d2_roi_heads.ROI_MASK_HEAD_REGISTRY)] * m.MASK_ON
+        if m.PROPOSAL_GENERATOR.NAME != "PrecomputedProposals":  # (Detectron2's special name)
+            keys += [("PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY)]
+        if m.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"):
+            keys += [("RPN.HEAD_NAME", RPN_HEAD_REGISTRY)]
+            keys += [("ANCHOR_GENERATOR.NAME", ANCHOR_GENERATOR_REGISTRY)]
+    if isinstance(arch, type) and issubclass(arch, PanopticFPN):
+        keys += [("SEM_SEG_HEAD.NAME", SEM_SEG_HEADS_REGISTRY)]
+    for key, registry in keys:
+        name = functools.reduce(getattr, key.split("."), m)
+        if name not in registry:
+            names = sorted(n for n, _ in registry)
+            close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"MODEL.{key}={name!r} is not in Detectron2's {registry._name} registry: {hint}"
+                f"registered: {', '.join(names)} (a module that registers another must be imported "
+                "first)."
+            )
+
+
 def check_panet_parts(cfg):
     """Raises :class:`ConfigError` for a PANet key that is on while the part that reads it is not
     in the R-CNN model of ``cfg`` (a key that would do nothing, or fail in the first step)."""
@@ -372,6 +414,7 @@ def check_config(cfg, train=True, world_size=None):
         )
     if train:  # the values that train: Detectron2's scaling to world_size processes
         cfg = DefaultTrainer.auto_scale_workers(cfg, world_size)
+    check_registered_names(cfg)
     check_panet_parts(cfg)
     ok = not rcnn or isinstance(value, int) and value >= 1
     things = "a positive integer, the dataset's number of thing classes"

@@ -83,6 +83,19 @@ BAD_VALUES = [
         r"^MODEL.DEVICE='gpu': panet_d2 runs on 'cpu' \(or 'cpu:0'\), 'cuda' or 'cuda:N' \(",
     ),
     (
+        ["MODEL.BACKBONE.NAME", "build_resnet_pafpn_backbon"],
+        r"^MODEL.BACKBONE.NAME='build_resnet_pafpn_backbon' is not in Detectron2's BACKBONE "
+        r"registry: did you mean 'build_resnet_pafpn_backbone'\? registered: build_resnet_backb",
+    ),
+    (
+        ["MODEL.META_ARCHITECTURE", "PanopticPANt"],
+        r"^MODEL.META_ARCHITECTURE='PanopticPANt' is not in .* did you mean 'PanopticPANet'\?",
+    ),
+    (
+        ["MODEL.RPN.HEAD_NAME", "Foo"],
+        r"^MODEL.RPN.HEAD_NAME='Foo' is not in Detectron2's RPN_HEAD registry: registered: PANe",
+    ),
+    (
         ["MODEL.DEVICE", "cudaa"],
         r"^MODEL.DEVICE='cudaa': panet_d2 runs on 'cpu' \(or 'cpu:0'\), 'cuda' or 'cuda:N'",
     ),

@@ -358,6 +358,21 @@ def test_model_check_names_the_options_that_fit(tmp_path):
     ), str(e.value)
 
 
+def test_model_check_options_checked_as_evaluation_checks_them(tmp_path):
+    """The model check's config options get train_net.py --eval-only's one-line checks (before:
+    KeyError / ValueError tracebacks, and INPUT.MIN_SIZE_TEST 99999 copied into the printed
+    evaluation command, which then refused it)."""
+    src, out = str(tmp_path / "release.pth"), str(tmp_path / "out.pth")
+    _save_release(src, {k: torch.zeros(s) for k, s in dict(release_shapes("mask", WIDTHS)).items()})
+    for option, message in [
+        (["MODEL.RESNETS.DEPTH", "19"], "Invalid config value MODEL.RESNETS.DEPTH=19; allowed "),
+        (["MODEL.RESNETS.NORM", "foo"], "Invalid config value MODEL.RESNETS.NORM='foo'; allowed"),
+        (["INPUT.MIN_SIZE_TEST", "99999"], "INPUT.MIN_SIZE_TEST=99999: must be an integer <= "),
+    ]:
+        assert message in error_exit(tool.main, [src, out] + OPTS + option)
+        assert not os.path.exists(out)
+
+
 def test_reading_release_files(tmp_path):
     state = release_state("det_2fc")
     # PyTorch 0.4 wrote the legacy (non-zip) format; numpy scalars in the optimizer are allowed
