@@ -58,7 +58,7 @@ from detectron2.utils.logger import setup_logger
 
 from panet_d2 import PANetCheckpointer
 from panet_d2.config import instantiate_model, load_config_file
-from panet_d2.data.image_io import read_image
+from panet_d2.data.image_io import check_model_input_side, read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
 from panet_d2.engine.checks import check_config, check_dataset, check_output_dir, loading_dataset
 from panet_d2.errors import ConfigError, DatasetError, NonFiniteOutputError
@@ -181,10 +181,18 @@ def get_sample_input(cfg, args):
     image_format = cfg.model.input_format if lazy else cfg.INPUT.FORMAT
     original = read_image(args.sample_image, format=image_format, what="--sample-image")
     if lazy:
-        resize = T.AugmentationList(instantiate(cfg.dataloader.test.mapper.augmentations))
+        augmentations = list(instantiate(cfg.dataloader.test.mapper.augmentations))
     else:
-        resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-    image = resize(T.AugInput(original)).apply_image(original)
+        augmentations = [
+            T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        ]
+    what = f"--sample-image {args.sample_image!r}"
+    if len(augmentations) == 1 and isinstance(augmentations[0], T.ResizeShortestEdge):
+        transform = augmentations[0].get_transform(original)  # the size, before it is made
+        new = getattr(transform, "new_h", None), getattr(transform, "new_w", None)
+        check_model_input_side(original.shape if None in new else new, what)
+    image = T.AugmentationList(augmentations)(T.AugInput(original)).apply_image(original)
+    check_model_input_side(image.shape, what)
     image = torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
     return {"image": image, "height": original.shape[0], "width": original.shape[1]}
 

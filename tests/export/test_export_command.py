@@ -232,6 +232,31 @@ def test_test_time_augmentation_refused(tool, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_sample_image_larger_than_the_model_takes_refused(tool, tmp_path):
+    """A --sample-image of a side over 8192 px as the model would get it (not resized, or resized
+    up by a LazyConfig): refused as the demo and evaluation refuse it, the LazyConfig's before
+    the resized image is made (before: a 5 GB allocation traceback, a MemoryError at 7 GB)."""
+    from PIL import Image
+
+    from panet_d2.errors import ImageLoadError
+
+    wide = str(tmp_path / "wide.png")
+    Image.new("RGB", (8200, 100)).save(wide)
+    weights = _checkpoint(INSTANCE, tmp_path)
+    argv = ["--config-file", os.path.join(ROOT, "configs", INSTANCE), "--output", str(tmp_path)]
+    argv += ["--sample-image", wide, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights]
+    with pytest.raises(ImageLoadError, match=r"^The --sample-image '.*wide.png' is 8200x100 \("):
+        tool.main(argv + ["INPUT.MIN_SIZE_TEST", "0"])
+    cfg = LazyConfig.load(LAZY)
+    PANetCheckpointer(instantiate(cfg.model), save_dir=str(tmp_path)).save("lazy")
+    opts = ["train.init_checkpoint=" + str(tmp_path / "lazy.pth"), "train.device=cpu"]
+    opts += ["dataloader.test.mapper.augmentations.0.short_edge_length=30000"]
+    opts += ["dataloader.test.mapper.augmentations.0.max_size=50000"]
+    argv = ["--config-file", LAZY, "--output", str(tmp_path / "lazy"), "--sample-image", wide]
+    with pytest.raises(ImageLoadError, match=r"^The --sample-image .* is 50000x610 \("):
+        tool.main(argv + opts)
+
+
 def test_lazyconfig_tracing_and_scripting(tool, tmp_path):
     # the quick LazyConfig (SyncBN norms, per-level norms of a callable spec, ListConfig
     # attributes): a checkpoint of a freshly instantiated model, exported both ways with the
