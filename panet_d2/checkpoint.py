@@ -330,6 +330,23 @@ def check_weights_file(path, key, scratch=False):
         )
 
 
+def _refused_file(path, e):
+    return CheckpointError(
+        f"Checkpoint {path!r} was not loaded: {e}. panet_d2 reads tensors, NumPy arrays of bool, "
+        "integer and float dtypes, numbers, strings and containers, none larger than the file."
+    )
+
+
+def scan_torch_file(path):
+    """Refuses (:class:`CheckpointError`), as :func:`read_checkpoint` does, the torch file ``path``
+    whose pickles call what is not data or make more than the file holds; reads no tensor."""
+    try:
+        with PathManager.open(path, "rb") as f:
+            _scan_torch_file(f)
+    except _Refused as e:
+        raise _refused_file(path, e) from None
+
+
 def read_checkpoint(path):
     """The object in a checkpoint file, read as data (a ``.pkl`` by :class:`RestrictedUnpickler`,
     else by ``torch.load(weights_only=True)`` once scanned); else a one-line CheckpointError."""
@@ -349,11 +366,7 @@ def read_checkpoint(path):
     except CheckpointError:
         raise
     except _Refused as e:
-        raise CheckpointError(
-            f"Checkpoint {path!r} was not loaded: {e}. panet_d2 reads tensors, NumPy arrays of "
-            "bool, integer and float dtypes, numbers, strings and containers, none larger than "
-            "the file."
-        ) from None
+        raise _refused_file(path, e) from None
     except Exception as e:
         # torch: "... Unsupported global: GLOBAL posix.system was not an allowed global ..."
         found = re.search(r"GLOBAL ([\w.]+)|refused global ([\w.]+)", str(e))

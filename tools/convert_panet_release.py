@@ -74,6 +74,8 @@ def input_file_problem(path: str) -> Optional[str]:
         return "Release checkpoint {!r} does not exist.".format(path)
     if os.path.isdir(path):
         return "Release checkpoint {!r} is a folder; give the .pth file.".format(path)
+    if not os.path.isfile(path):  # a pipe would hang the read
+        return "Release checkpoint {!r} is not a regular file.".format(path)
     try:
         with open(path, "rb") as f:
             head = f.read(256)
@@ -190,6 +192,7 @@ from panet_d2.checkpoint import (
     abbrev,
     fit_hints,
     non_finite,
+    scan_torch_file,
 )
 from panet_d2.compat import atomic_output_files
 from panet_d2.engine.cli import one_line_errors
@@ -698,6 +701,7 @@ def load_release_checkpoint(path: str) -> Dict[str, torch.Tensor]:
     """
     if not os.path.isfile(path):
         raise CheckpointError("Release checkpoint {!r} does not exist.".format(path))
+    scan_torch_file(path)  # no tensor that makes more than the file (a stride-0 expand)
     allowed = []  # (numpy global, the name the file gives it)
     while True:
         try:

@@ -14,6 +14,7 @@ import errno
 import json
 import logging
 import os
+import re
 import pickle
 import shlex
 import subprocess
@@ -373,6 +374,21 @@ def test_model_check_options_checked_as_evaluation_checks_them(tmp_path):
         assert not os.path.exists(out)
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_tensors_that_make_more_than_the_file_refused(legacy, tmp_path):
+    """A stride-0 tensor (torch.zeros(1).expand(100000, 100000), 40 GB made from a 2 MB file)
+    is refused from the file's pickles before torch.load (before: a 40 GB allocation traceback;
+    4e8 elements: a 1.6 GB output and 3.4 GB of memory), as MODEL.WEIGHTS refuses it."""
+    state = {k: torch.zeros(s) for k, s in dict(release_shapes("det", WIDTHS)).items()}
+    state["Box_Head.fc.weight"] = torch.zeros(1).expand(100000, 100000)
+    src, out = str(tmp_path / "expanded.pth"), str(tmp_path / "out.pth")
+    _save_release(src, state, legacy=legacy)
+    line = error_exit(tool.main, ["--no-model-check", src, out])
+    made = re.search(r"was not loaded: it makes a torch\S* of (\d+) elements or bytes, more ", line)
+    assert made and int(made.group(1)) > os.path.getsize(src), line
+    assert not os.path.exists(out)
+
+
 def test_reading_release_files(tmp_path):
     state = release_state("det_2fc")
     # PyTorch 0.4 wrote the legacy (non-zip) format; numpy scalars in the optimizer are allowed
@@ -480,6 +496,8 @@ def test_wrong_input_files_are_reported_before_torch_is_imported(tmp_path):
         empty: "'{}' is an empty file: expected",
         tmp_path: "Release checkpoint '{}' is a folder",
     }
+    os.mkfifo(tmp_path / "pipe.pth")  # (a read would wait for a writer)
+    cases[tmp_path / "pipe.pth"] = "Release checkpoint '{}' is not a regular file."
     for path, expected in cases.items():
         out = _run_tool_script(path, tmp_path / "out.pth")
         errors = [line for line in out.stderr.splitlines() if not line.startswith("import time")]
