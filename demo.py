@@ -41,7 +41,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from panet_d2 import PANetCheckpointer  # registers its models and datasets
 from panet_d2.checkpoint import check_weights_file
-from panet_d2.config import instantiate_model, load_config_file
+from panet_d2.config import check_no_command_flags, instantiate_model, load_config_file
 from panet_d2.data import PanopticLabelSpace
 from panet_d2.data.image_io import check_model_input_side, read_image
 from panet_d2.engine import adapt_config_to_machine, one_line_errors
@@ -386,6 +386,7 @@ def run(args):
         )
     if video and not args.input and not os.path.isfile(video):
         raise InputError("Video file {!r} (--video-input) does not exist.".format(video))
+    check_no_command_flags(args.opts, args.config_file)  # (e.g. --output after --opts)
     if not args.output:
         show(np.zeros((1, 1, 3), np.uint8), 1)  # fails now, before the model loads, if headless
     paths = expand_inputs(args.input) if args.input else []

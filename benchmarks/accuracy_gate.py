@@ -80,7 +80,9 @@ def get_parser():
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True, help="the trained checkpoint")
     parser.add_argument("--num-images", type=at_least(0), default=0, help="0: DATASETS.TEST[0]")
-    parser.add_argument("--seed", type=int, default=99, help="of the generated held-out split")
+    parser.add_argument(
+        "--seed", type=at_least(0), default=99, help="of the generated held-out split"
+    )
     parser.add_argument(
         "--precisions",
         nargs="+",
@@ -185,7 +187,7 @@ def gate(args, output):
         split = {"val": {"num_images": args.num_images, "seed": args.seed}}
         register_synthetic_dataset(prefix, splits=split)
         opts += ["DATASETS.TEST", "('{}_val_panoptic',)".format(prefix)]
-    cfg = load_config_file(args.config_file, opts)
+    cfg = load_config_file(args.config_file, opts, lazy=False)  # (a .py: one line)
     cfg.freeze()
     refusal = int8_heads_refusal(build_model(cfg))  # before the evaluations (minutes to hours)
     if refusal and args.precisions and "int8-heads" in args.precisions:

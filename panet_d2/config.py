@@ -294,6 +294,17 @@ def config_error(path, e):
     return ConfigError(f"Config file {path!r}: {type(e).__name__}: {' '.join(str(e).split())}")
 
 
+def check_no_command_flags(opts, path):
+    """Raises :class:`ConfigError` for a command flag (``--output``) among the config options
+    ``opts`` (on config file ``path``): argparse gives them the flags that follow them."""
+    flags = [o for o in opts if str(o).startswith("--")]
+    if flags:
+        raise ConfigError(
+            f"The command-line options {list(opts)} (on {path!r}): {flags[0]!r} is an option of "
+            "the command: give it before the config options."
+        )
+
+
 def load_config_file(path, opts=(), lazy=True, key="--config-file"):
     """The config of file ``path`` with command-line options ``opts`` (not frozen): a LazyConfig
     for a ``.py`` file when ``lazy`` (options "key=value"), else a yacs file (options KEY VALUE) on
@@ -303,6 +314,7 @@ def load_config_file(path, opts=(), lazy=True, key="--config-file"):
         what = "is not a regular file" if os.path.exists(path) else "does not exist"  # a pipe
         raise ConfigError("Config file {!r} ({}) {}.".format(path, key, what))
     if lazy and path.endswith(".py"):
+        check_no_command_flags(opts, path)
         try:
             with lazyconfig_files_as_data():
                 return LazyConfig.apply_overrides(LazyConfig.load(path), opts)

@@ -257,6 +257,13 @@ def test_sample_image_larger_than_the_model_takes_refused(tool, tmp_path):
         tool.main(argv + opts)
 
 
+def test_a_flag_after_the_lazyconfig_overrides_is_named(tool, tmp_path):
+    """Hydra's LexerNoViableAltException before; the yacs configs' line now for both."""
+    argv = ["--config-file", LAZY, "--output", str(tmp_path), "train.device=cpu", "--format", "x"]
+    with pytest.raises(ValueError, match=r"'--format' is an option of the command: give it bef"):
+        tool.main(argv)
+
+
 def test_lazyconfig_tracing_and_scripting(tool, tmp_path):
     # the quick LazyConfig (SyncBN norms, per-level norms of a callable spec, ListConfig
     # attributes): a checkpoint of a freshly instantiated model, exported both ways with the

@@ -83,6 +83,11 @@ def test_bad_option_is_one_line():
         ("bench_export.py", ["--cls-scale", "3"], "--cls-scale: scales the classifier of --load "),
         ("bench_afp_sampling.py", ["--height", "9000"], "--height: 9000: must be at most 8192"),
         (
+            "accuracy_gate.py",
+            ["--config-file", "x.yaml", "--weights", "x.pth", "--seed", "-1"],
+            "argument --seed: -1: must be at least 0",
+        ),
+        (
             "bench_panoptic_merge.py",
             ["--num-instances", "100000", "--height", "8000", "--width", "8000"],
             "more than 1/4 of this machine's memory",
@@ -113,6 +118,16 @@ def test_accuracy_gate_refuses_int8_heads_of_a_detection_model_first():
         "ERROR: --precisions int8-heads quantises the mask and semantic heads; this model has "
         "neither (a detection model): it would run as fp32."
     ), stderr
+
+
+def test_accuracy_gate_reads_yacs_configs_only():
+    """A LazyConfig: one line (Hydra's OverrideParseException on its yacs options before)."""
+    config = os.path.join("configs", "quick_schedules", "panet_R_18_synth_lazy.py")
+    args = ["--config-file", config, "--weights", "missing.pth"]
+    proc = start_script(os.path.join("benchmarks", "accuracy_gate.py"), *args)
+    _, stderr = proc.communicate(timeout=120)
+    last = stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "is a LazyConfig (.py): this command reads yacs .yaml" in last
 
 
 def test_bench_export_without_an_onnx_backend():

@@ -106,6 +106,9 @@ def photos(shared_data):
     return folder, names
 
 
+LAZY_QUICK = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_lazy.py")
+
+
 def run_demo(demo, *args, config=PANOPTIC, opts=SMALL):
     return demo.main(["--config-file", config, *args, "--opts", *opts])
 
@@ -428,6 +431,19 @@ def test_window_mode_message(demo, photos):
     for args in (["--input", os.path.join(folder, names[0])], ["--webcam"]):
         msg = error_line(demo, *args)
         assert "--output" in msg and "opencv-python" in msg, msg
+
+
+def test_a_flag_after_the_opts_is_named(demo, photos, tmp_path):
+    """--opts takes what follows it: a --output there was read as a config option, and the demo
+    said "pass --output" (headless) instead; a LazyConfig: Hydra's LexerNoViableAltException."""
+    folder, names = photos
+    image, out = os.path.join(folder, names[0]), str(tmp_path / "o.png")
+    for config, opts in ((PANOPTIC, list(SMALL)), (LAZY_QUICK, [])):
+        msg = error_line(demo, "--input", image, config=config, opts=opts + ["--output", out])
+        assert msg.startswith("ERROR: The command-line options [") and msg.endswith(
+            "'--output' is an option of the command: give it before the config options."
+        ), msg
+    assert not os.path.exists(out)
 
 
 def test_error_lines(demo, photos, tmp_path):
