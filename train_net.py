@@ -27,6 +27,7 @@ import functools
 import glob
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shlex
@@ -78,6 +79,8 @@ TRAINING_CHOICES = {
     "INPUT.RANDOM_FLIP": ("horizontal", "vertical", "none"),
     "INPUT.CROP.TYPE": ("relative_range", "relative", "absolute", "absolute_range"),
     "SOLVER.CLIP_GRADIENTS.CLIP_TYPE": ("value", "norm"),  # with CLIP_GRADIENTS.ENABLED
+    "MODEL.RPN.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou", "diou", "ciou"),
+    "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE": ("smooth_l1", "giou", "diou", "ciou"),
     "DATALOADER.SAMPLER_TRAIN": tuple(
         s + "TrainingSampler"
         for s in ("", "RepeatFactor", "RandomSubset", "Weighted", "WeightedCategory")
@@ -111,8 +114,8 @@ def checked_config(args):
         if key != "SOLVER.CLIP_GRADIENTS.CLIP_TYPE" or cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
             check_choice(key, value(key), allowed)
     for key in LOSS_WEIGHTS if not args.eval_only else ():
-        if value(key) < 0:
-            raise ConfigError(f"{key}={value(key)!r}: a loss weight must be 0 or positive.")
+        if not 0 <= value(key) < math.inf:  # NaN too
+            raise ConfigError(f"{key}={value(key)!r}: a loss weight must be 0 or positive, finite.")
     return cfg, notes
 
 

@@ -335,6 +335,10 @@ def _check_training(cfg, world_size):
     solver = cfg.SOLVER
     for k in ("BASE_LR", "MOMENTUM", "WEIGHT_DECAY", "GAMMA"):  # NaN fails too
         _require(0 <= solver[k] < math.inf, f"SOLVER.{k}", solver[k], "0 or positive, and finite")
+    nesterov = "positive with SOLVER.NESTEROV True (torch's SGD: Nesterov momentum needs one)"
+    _require(
+        solver.MOMENTUM > 0 or not solver.NESTEROV, "SOLVER.MOMENTUM", solver.MOMENTUM, nesterov
+    )
     clip = solver.CLIP_GRADIENTS
     if clip.ENABLED and not (0 < clip.CLIP_VALUE < math.inf and 0 < clip.NORM_TYPE):
         raise ConfigError(
@@ -395,6 +399,10 @@ def _check_model_values(cfg, rcnn):
             f"MODEL.ANCHOR_GENERATOR.SIZES={anchors.SIZES}, ASPECT_RATIOS={anchors.ASPECT_RATIOS}: "
             "must be positive finite numbers."
         )
+    for key in ("MODEL.RPN.BBOX_REG_WEIGHTS", "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS"):
+        weights = _value(cfg, key)  # Box2BoxTransform divides the deltas by them
+        ok = len(weights) == 4 and all(0 < w < math.inf for w in weights)
+        _require(not rcnn or ok, key, tuple(weights), "4 positive finite numbers (x, y, w, h)")
     if rcnn and issubclass(rcnn, PanopticFPN) and not m.PANOPTIC_FPN.COMBINE.ENABLED:
         raise ConfigError(
             "MODEL.PANOPTIC_FPN.COMBINE.ENABLED=False: Detectron2 no longer reads it (the panoptic "

@@ -176,6 +176,22 @@ BAD_VALUES = [
     (["SOLVER.LR_SCHEDULER_NAME", "Foo"], r"LR_SCHEDULER_NAME='Foo'; allowed values are: 'Warm"),
     (["MODEL.SEM_SEG_HEAD.LOSS_WEIGHT", -1.0], r"SEM_SEG_HEAD.LOSS_WEIGHT=-1.0: a loss weight"),
     (
+        ["MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT", "1e999"],
+        r"^MODEL.PANOPTIC_FPN.INSTANCE_LOSS_WEIGHT=inf: a loss weight must be 0 or positive, fin",
+    ),
+    (
+        ["SOLVER.NESTEROV", True, "SOLVER.MOMENTUM", 0.0],
+        r"^SOLVER.MOMENTUM=0.0: must be positive with SOLVER.NESTEROV True \(torch's SGD",
+    ),
+    (
+        ["MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", "(0.0, 0.0, 0.0, 0.0)"],
+        r"^MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS=\(0.0, 0.0, 0.0, 0.0\): must be 4 positive finite",
+    ),
+    (
+        ["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "foo"],
+        r"BBOX_REG_LOSS_TYPE='foo'; allowed values are: 'smooth_l1', 'giou', 'diou', 'ciou'",
+    ),
+    (
         ["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "foo"],
         r"CLIP_GRADIENTS.CLIP_TYPE='foo'; allowed values are: 'value', 'norm'.",
     ),
@@ -241,6 +257,7 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     assert not log.exists() or "Starting training" not in log.read_text()
     train_only = ("SOLVER.", "INPUT.MIN_SIZE_TRAIN", "MODEL.RPN.BATCH", "MODEL.ROI_HEADS.BATCH")
     train_only += ("INPUT.MASK_FORMAT", "MODEL.ROI_HEADS.POSITIVE", "MODEL.RPN.SMOOTH")
+    train_only += ("MODEL.PANOPTIC_FPN.INSTANCE_LOSS", "MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS")
     train_only += (
         "INPUT.RANDOM_FLIP",
         "INPUT.CROP",
