@@ -156,6 +156,11 @@ def test_trained_release_config_says_how_to_get_the_weights(name):
     assert "MODEL.WEIGHTS" in msg and name in msg
     with pytest.raises(RuntimeError, match="convert_panet_release"):
         model_zoo.get(name, trained=True)
+    # the same path written otherwise, and Detectron2's get_checkpoint_url: the same message
+    for call in (lambda n: model_zoo.get_config(n, trained=True), model_zoo.get_checkpoint_url):
+        with pytest.raises(RuntimeError) as other:
+            call("./" + name)
+        assert str(other.value) == msg
 
 
 def test_release_models_are_the_release_readme_rows():

@@ -1,5 +1,13 @@
 """PANet's model zoo, as :mod:`detectron2.model_zoo`: configs of ``configs/`` by relative path."""
 
-from .model_zoo import RELEASE_MODELS, get, get_config, get_config_file, list_configs
+from .model_zoo import (
+    RELEASE_MODELS,
+    get,
+    get_checkpoint_url,
+    get_config,
+    get_config_file,
+    list_configs,
+)
 
-__all__ = ["get", "get_config", "get_config_file", "list_configs", "RELEASE_MODELS"]
+__all__ = ["get", "get_checkpoint_url", "get_config", "get_config_file", "list_configs"]
+__all__ += ["RELEASE_MODELS"]

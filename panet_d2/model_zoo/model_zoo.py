@@ -88,28 +88,42 @@ def get_config_file(config_path: str) -> str:
     )
 
 
+def _no_trained_weights(config_path: str) -> RuntimeError:
+    """What a request for ``config_path``'s trained weights gets: where the authors' model is, or
+    that there is none."""
+    key = os.path.normpath(config_path).replace(os.sep, "/")  # "./COCO-Detection/x.yaml" too
+    if key in RELEASE_MODELS:
+        what, url = RELEASE_MODELS[key]
+        return RuntimeError(
+            f"panet_d2 does not host trained weights for {key!r}. The authors' model it computes "
+            f"({what}) is linked from their release's README (github.com/ShuLiu1993/PANet): {url} "
+            ". Download it (model_step*.pth), convert it with python3 "
+            "tools/convert_panet_release.py model_step*.pth converted.pth and load it with "
+            f"get_config({key!r}) and MODEL.WEIGHTS=converted.pth (or train_net.py / demo.py ... "
+            "MODEL.WEIGHTS converted.pth)."
+        )
+    return RuntimeError(
+        f"No trained PANet model is published for {config_path!r}: panet_d2 ships configs "
+        "only. Train one with train_net.py and load it with MODEL.WEIGHTS=/path/to/"
+        "model_final.pth (or PANetCheckpointer(model).load(path)), or convert the authors' "
+        "release model with tools/convert_panet_release.py; use trained=False for the "
+        "config's own MODEL.WEIGHTS (ImageNet-pretrained backbone or from scratch)."
+    )
+
+
+def get_checkpoint_url(config_path: str) -> str:
+    """Detectron2's ``model_zoo.get_checkpoint_url``: panet_d2 hosts no trained weights, so a
+    RuntimeError that says where the authors' are (or that there are none)."""
+    get_config_file(config_path)  # a path that is no config: its own error
+    raise _no_trained_weights(config_path)
+
+
 def get_config(config_path: str, trained: bool = False) -> Union[CfgNode, DictConfig]:
     """The CfgNode (``.yaml``) or LazyConfig (``.py``) of a model-zoo config. ``trained=True``
     asks for trained weights, which panet_d2 does not publish: a RuntimeError says how."""
     cfg_file = get_config_file(config_path)
-    if trained and config_path in RELEASE_MODELS:
-        what, url = RELEASE_MODELS[config_path]
-        raise RuntimeError(
-            f"panet_d2 does not host trained weights for {config_path!r}. The authors' model it "
-            f"computes ({what}) is linked from their release's README (github.com/ShuLiu1993/PANet)"
-            f": {url} . Download it (model_step*.pth), convert it with "
-            "python3 tools/convert_panet_release.py model_step*.pth converted.pth "
-            f"and load it with get_config({config_path!r}) and MODEL.WEIGHTS=converted.pth (or "
-            "train_net.py / demo.py ... MODEL.WEIGHTS converted.pth)."
-        )
     if trained:
-        raise RuntimeError(
-            f"No trained PANet model is published for {config_path!r}: panet_d2 ships configs "
-            "only. Train one with train_net.py and load it with MODEL.WEIGHTS=/path/to/"
-            "model_final.pth (or PANetCheckpointer(model).load(path)), or convert the authors' "
-            "release model with tools/convert_panet_release.py; use trained=False for the "
-            "config's own MODEL.WEIGHTS (ImageNet-pretrained backbone or from scratch)."
-        )
+        raise _no_trained_weights(config_path)
     return load_config_file(cfg_file)
 
 
