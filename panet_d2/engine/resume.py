@@ -35,15 +35,21 @@ def check_last_checkpoint(checkpointer):
             f"--resume: {last!r} {problem}: it must be a text file naming the checkpoint to "
             "resume from (e.g. model_0004999.pth); remove it to start from MODEL.WEIGHTS."
         )
-    if "://" in path or os.path.isfile(path):
+    if os.path.isfile(path):  # (a URL, joined to the folder by fvcore, is none)
         return path
     folder = checkpointer.save_dir
     found = ", ".join(sorted(n for n in os.listdir(folder) if n.endswith((".pth", ".pkl"))))
     there = f"The checkpoints in {folder!r}: {found}." if found else f"No checkpoint in {folder!r}."
+    prefix = os.path.join(folder, "")  # fvcore's join of the folder and the file's text
+    named = path[len(prefix) :] if "://" in path and path.startswith(prefix) else path
+    named = named if "://" in path else os.path.basename(path)
+    what = "does not exist"
+    what = "is a URL, not a file of that folder" if "://" in path else what
+    what = "is a folder" if os.path.isdir(path) else what
     raise CheckpointError(
-        f"--resume: {last!r} names the checkpoint {os.path.basename(path)!r}, which does not "
-        f"exist. {there} Write the name of the checkpoint to resume from into last_checkpoint, or "
-        "remove last_checkpoint to start from MODEL.WEIGHTS."
+        f"--resume: {last!r} names the checkpoint {named!r}, which {what}. {there} Write the name "
+        "of the checkpoint to resume from into last_checkpoint, or remove last_checkpoint to start "
+        "from MODEL.WEIGHTS."
     )
 
 

@@ -510,6 +510,12 @@ def test_error_last_checkpoint_names_a_missing_file(run_a, train_net, tmp_path):
         with pytest.raises(CheckpointError) as e:
             train_net.main(_args(tmp_path, resume=True, eval_only=eval_only, test=None))
         assert str(e.value) == expected
+    # one that names a folder, or a URL (fvcore joins it to the folder: an AssertionError before)
+    (tmp_path / "model_0000005.pth").mkdir()
+    for named, what in (("model_0000005.pth", "is a folder"), ("https://x/m.pth", "is a URL, ")):
+        (tmp_path / "last_checkpoint").write_text(named)
+        with pytest.raises(CheckpointError, match=f"names the checkpoint '{named}', which {what}"):
+            train_net.main(_args(tmp_path, resume=True, test=None))
     # a last_checkpoint that names nothing, or is no text, or too long to be a name, or a folder
     last = tmp_path / "last_checkpoint"
     for content, problem in (
