@@ -14,8 +14,8 @@ import errno
 import json
 import logging
 import os
-import re
 import pickle
+import re
 import shlex
 import subprocess
 import sys
