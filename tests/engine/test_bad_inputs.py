@@ -323,6 +323,7 @@ def test_training_choices_are_detectron2s(train_net):
     import detectron2.data.build
     from detectron2.data import DatasetMapper
     from detectron2.data.detection_utils import annotations_to_instances
+    from detectron2.modeling.box_regression import Box2BoxTransform, _dense_box_regression_loss
     from detectron2.solver import build_lr_scheduler
     from detectron2.solver.build import maybe_add_gradient_clipping
 
@@ -344,6 +345,12 @@ def test_training_choices_are_detectron2s(train_net):
                 assert maybe_add_gradient_clipping(cfg, torch.optim.SGD) is not torch.optim.SGD
             elif key.startswith("INPUT."):
                 assert DatasetMapper.from_config(cfg, True)["augmentations"]
+            elif key.endswith("BBOX_REG_LOSS_TYPE"):  # the RPN's and box head's box loss
+                boxes, fg = torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.ones(1, 1, dtype=torch.bool)
+                transform = Box2BoxTransform((1.0, 1.0, 1.0, 1.0))
+                deltas = [torch.full((1, 1, 4), 0.1)]
+                loss = _dense_box_regression_loss([boxes], transform, deltas, [boxes], fg, value)
+                assert torch.isfinite(loss) and loss > 0
             else:  # the names Detectron2's train loader compares SAMPLER_TRAIN with
                 assert 'sampler_name == "{}"'.format(value) in inspect.getsource(
                     detectron2.data.build
