@@ -443,7 +443,7 @@ class PANetCheckpointer(DetectionCheckpointer):
         self.warm_start, self._loading = warm_start, None
         if self.save_dir and self.save_to_disk and self.path_manager.isdir(self.save_dir):
             for name in self.path_manager.ls(self.save_dir):
-                if name.endswith(_AtomicFile.SUFFIX):
+                if _AtomicFile.NAME.search(name):
                     logger.info(f"Removing {name} left by an interrupted save")
                     self.path_manager.rm(os.path.join(self.save_dir, name))
 

@@ -7,8 +7,10 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import re
 import sys
 import types
+import uuid
 import warnings
 from unittest import mock
 
@@ -120,14 +122,17 @@ def ddp_on_cpu():
 
 
 class _AtomicFile(contextlib.AbstractContextManager):  # its __enter__ returns the file
-    """A file written as ``<path>.partial``, synced and renamed over ``path`` when closed; a
-    failure removes it, leaves ``path`` as it was and raises an ``OSError`` naming ``path``."""
+    """A file written as ``<path>.<8 hex digits>.partial`` (a new file), synced and renamed over
+    ``path`` (a link: its target) when closed; a failure removes it, leaves ``path`` as it was and
+    raises an ``OSError`` naming ``path``."""
 
     SUFFIX = ".partial"
+    NAME = re.compile(r"\.[0-9a-f]{8}\.partial$")  # what it writes, and nothing of a user's
 
     def __init__(self, open_, path, mode, kwargs):
-        self._path, self._partial = path, path + self.SUFFIX
-        self._file = open_(self._partial, mode, **kwargs)
+        self._path = os.path.realpath(path) if os.path.islink(path) else path
+        self._partial = f"{self._path}.{uuid.uuid4().hex[:8]}{self.SUFFIX}"
+        self._file = open_(self._partial, mode, **kwargs)  # (a new name: no user's file)
         self._error = None  # the first OSError of a write
 
     def __getattr__(self, name):
@@ -169,8 +174,9 @@ class _AtomicFile(contextlib.AbstractContextManager):  # its __enter__ returns t
 
 @contextlib.contextmanager
 def _copied_over(open_, path, mode, kwargs):
-    """A file written as ``<path>.partial`` on another iopath storage, then copied over ``path``."""
-    tmp = path + _AtomicFile.SUFFIX
+    """A file written as ``<path>.<8 hex digits>.partial`` on another iopath storage, then copied
+    over ``path``."""
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}{_AtomicFile.SUFFIX}"
     try:
         with open_(tmp, mode, **kwargs) as f:
             yield f

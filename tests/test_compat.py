@@ -213,3 +213,19 @@ def test_atomic_output_files_are_atomic_and_scoped(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["predictions.pth", "results.json"]  # no partial file
     assert open(json_file).read() == '{"old": 1}\n'
     assert torch.equal(torch.load(pth, weights_only=True)["x"], torch.zeros(1000))
+
+
+def test_atomic_files_write_through_links_and_keep_a_users_partial_file(tmp_path):
+    """A link is written through (its target replaced, the link kept; before: the link replaced
+    by a file); a file of the user named <path>.partial is kept (before: written over)."""
+    from detectron2.utils.file_io import PathManager
+
+    target, link = tmp_path / "target.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    (tmp_path / "link.json.partial").write_text("mine")
+    with compat.atomic_output_files(), PathManager.open(str(link), "w") as f:
+        f.write("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert (tmp_path / "link.json.partial").read_text() == "mine"
+    assert sorted(os.listdir(tmp_path)) == ["link.json", "link.json.partial", "target.json"]

@@ -55,6 +55,7 @@ import re
 import shlex
 import sys
 import tempfile
+import zipfile
 from collections import OrderedDict, defaultdict
 from typing import Dict, List, Optional
 
@@ -81,6 +82,19 @@ def input_file_problem(path: str) -> Optional[str]:
             head = f.read(256)
     except OSError as e:
         return "Cannot read release checkpoint {!r}: {}.".format(path, e.strerror or e)
+    if head.startswith(_TORCH_FILE_MAGIC[0]):  # torch's zip, or a zip archive holding one
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None  # torch says why
+        if not any(n.endswith("/data.pkl") for n in names):
+            return (
+                "{!r} is a zip archive (it holds {}), not the file that torch.save wrote: extract "
+                "the release's .pth from it and convert that.".format(
+                    path, ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
+                )
+            )
     if head.startswith(_TORCH_FILE_MAGIC):
         return None
     kind = "an empty file" if not head else "not a file that torch.save wrote"
@@ -105,6 +119,10 @@ def output_file_problem(path: str, input_path: str) -> Optional[str]:
         return "Output {!r} is the input release checkpoint; give another file name.".format(path)
     if os.path.isdir(path):
         return "Output {!r} is a folder; give the .pth file to write.".format(path)
+    if path.endswith(("/", os.sep)):
+        return "Output {!r} names a folder; give the .pth file to write (e.g. {!r}).".format(
+            path, os.path.join(path, "converted.pth")
+        )
     if os.path.exists(path) and not os.path.isfile(path):
         return "Output {!r} exists and is not a regular file; give a .pth file name.".format(path)
     folder = os.path.dirname(os.path.abspath(path))

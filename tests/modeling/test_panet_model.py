@@ -253,9 +253,12 @@ def test_checkpoint_save_is_atomic_and_roundtrips(tmp_path):
         ckpt.save("model_0000010", iteration=10, broken=_Unpicklable())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]
     # a partial file left by a killed process is removed when the next run starts
-    (tmp_path / "model_0000011.pth.partial").write_bytes(b"half")
+    (tmp_path / "model_0000011.pth.0123abcd.partial").write_bytes(b"half")
+    (tmp_path / "notes.partial").write_bytes(b"a user's")  # not one of its names: kept
     PANetCheckpointer(model, save_dir=str(tmp_path))
-    assert not (tmp_path / "model_0000011.pth.partial").exists()
+    assert not (tmp_path / "model_0000011.pth.0123abcd.partial").exists()
+    assert (tmp_path / "notes.partial").read_bytes() == b"a user's"
+    (tmp_path / "notes.partial").unlink()
     assert ckpt.get_checkpoint_file() == str(tmp_path / "model_0000009.pth")
     other = _panet()
     extra = PANetCheckpointer(other, save_dir=str(tmp_path)).resume_or_load("", resume=True)

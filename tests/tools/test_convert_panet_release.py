@@ -19,6 +19,7 @@ import re
 import shlex
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -496,6 +497,10 @@ def test_wrong_input_files_are_reported_before_torch_is_imported(tmp_path):
         empty: "'{}' is an empty file: expected",
         tmp_path: "Release checkpoint '{}' is a folder",
     }
+    archive = tmp_path / "PANet.zip"  # a download of a folder holding the .pth
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("PANet/model_step89999.pth", b"\x80\x02")
+    cases[archive] = "'{}' is a zip archive (it holds 'PANet/model_step89999.pth'), not the file"
     os.mkfifo(tmp_path / "pipe.pth")  # (a read would wait for a writer)
     cases[tmp_path / "pipe.pth"] = "Release checkpoint '{}' is not a regular file."
     for path, expected in cases.items():
@@ -527,6 +532,7 @@ def test_wrong_outputs_are_reported_before_torch_is_imported(tmp_path):
         a_file / "sub" / "o.pth": "Cannot write '{}': '%s' is a file, not a folder." % a_file,
         src: "Output '{}' is the input release checkpoint; give another file name.",
         link: "Output '{}' is the input release checkpoint; give another file name.",
+        str(tmp_path / "newdir") + "/": "Output '{}' names a folder; give the .pth file to write",
     }
     if os.path.isdir("/proc"):
         cases["/proc/no_such_process/o.pth"] = (
