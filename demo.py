@@ -385,7 +385,8 @@ def run(args):
             "shown).".format(args.confidence_threshold)
         )
     if video and not args.input and not os.path.isfile(video):
-        raise InputError("Video file {!r} (--video-input) does not exist.".format(video))
+        what = "is not a regular file" if os.path.exists(video) else "does not exist"
+        raise InputError("Video file {!r} (--video-input) {}.".format(video, what))
     check_no_command_flags(args.opts, args.config_file)  # (e.g. --output after --opts)
     if not args.output:
         show(np.zeros((1, 1, 3), np.uint8), 1)  # fails now, before the model loads, if headless

@@ -470,7 +470,9 @@ def test_error_lines(demo, photos, tmp_path):
         "ERROR: Checkpoint {!r} is a folder (MODEL.WEIGHTS).".format(str(tmp_path))
     )
     msg = error_line(demo, "--video-input", str(tmp_path / "nope.mp4"), "--output", out)
-    assert "nope.mp4" in msg
+    assert "nope.mp4" in msg and msg.endswith("does not exist.")
+    msg = error_line(demo, "--video-input", str(tmp_path), "--output", out)  # a folder
+    assert msg.endswith("(--video-input) is not a regular file."), msg
     msg = error_line(demo, "--input", image, "--output", out, opts=SMALL + ["MODEL.NO_KEY", "1"])
     assert "MODEL.NO_KEY" in msg and "panoptic_panet_R_18_synth.yaml" in msg
     # the config's values are checked as train_net.py --eval-only checks them
