@@ -454,6 +454,11 @@ def check_test_dataset(cfg, args):
     what = what.format("dataloader.test" if lazy else "DATASETS.TEST[0]")
     if not lazy and not cfg.DATASETS.TEST:
         raise ConfigError("DATASETS.TEST is empty: " + what)
+    if lazy and args.run_eval and len(lazy_dataset_names(cfg, "test")) > 1:  # (one evaluator)
+        raise ConfigError(
+            f"{key}={lazy_dataset_names(cfg, 'test')}: --run-eval evaluates one dataset (the "
+            "LazyConfig's dataloader.evaluator is built for one): give one name."
+        )
     for name in lazy_dataset_names(cfg, "test") if lazy else cfg.DATASETS.TEST[:1]:
         try:
             check_dataset(name, key)

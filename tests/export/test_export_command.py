@@ -257,6 +257,15 @@ def test_sample_image_larger_than_the_model_takes_refused(tool, tmp_path):
         tool.main(argv + opts)
 
 
+def test_lazyconfig_run_eval_of_two_test_datasets_refused(tool, tmp_path):
+    """Its dataloader.evaluator is built for one name (Detectron2's COCOEvaluator then raised
+    "output_dir must be provided")."""
+    names = f"dataloader.test.dataset.names=[{DATASET},{DATASET}]"
+    argv = ["--config-file", LAZY, "--output", str(tmp_path), "--run-eval", names]
+    with pytest.raises(ValueError, match=r"^dataloader.test.dataset.names=\[.*\]: --run-eval eval"):
+        tool.main(argv + ["train.device=cpu"])
+
+
 def test_a_flag_after_the_lazyconfig_overrides_is_named(tool, tmp_path):
     """Hydra's LexerNoViableAltException before; the yacs configs' line now for both."""
     argv = ["--config-file", LAZY, "--output", str(tmp_path), "train.device=cpu", "--format", "x"]
