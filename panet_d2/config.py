@@ -13,7 +13,7 @@ from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.registry import locate
 
-from .errors import ConfigError, InputError, check_fractions
+from .errors import INPUT_CHANNELS, ConfigError, InputError, check_fractions
 
 # Values accepted by the keys below (`check_choice`); norm keys take any of Detectron2's `get_norm`
 PAFPN_ACTIVATIONS = ("relu", "none", "relu_if_norm")
@@ -226,12 +226,15 @@ def instantiate_model(cfg):
         found = _key_paths(tree, bad.group(2), "model") if bad else []
         # the keys of a node whose class (or a base of it) is the one that refused the argument
         keys = [k for k, t in found if bad.group(1) in _class_names(t)] or [k for k, _ in found]
-        if not keys:
-            raise
-        raise ConfigError(
-            f"{' or '.join(keys)}: {bad.group(1)} takes no argument {bad.group(2)!r}; remove the "
-            "key or correct its name."
-        ) from None
+        if keys:
+            raise ConfigError(
+                f"{' or '.join(keys)}: {bad.group(1)} takes no argument {bad.group(2)!r}; remove "
+                "the key or correct its name."
+            ) from None
+        raise ConfigError(f"cfg.model cannot be built: TypeError: {e}") from None
+    except (AssertionError, KeyError, ValueError) as e:  # Detectron2's checks of its arguments
+        raise ConfigError(f"cfg.model cannot be built: {type(e).__name__}: {e}") from None
+    _check_model_inputs(model)
     # the test values that check_config checks in a yacs config (Detectron2's box predictor)
     predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
     for name in ("test_score_thresh", "test_nms_thresh"):
@@ -243,13 +246,53 @@ def instantiate_model(cfg):
     return model
 
 
+def _check_model_inputs(model):
+    """The input values a yacs config's INPUT.FORMAT, MODEL.PIXEL_* and RPN top-k keys are checked
+    for, read from an instantiated LazyConfig ``model``."""
+    fmt, mean, std = (getattr(model, k, None) for k in ("input_format", "pixel_mean", "pixel_std"))
+    if fmt is not None and fmt not in INPUT_CHANNELS:
+        raise ConfigError(f"model.input_format={fmt!r}: one of {', '.join(INPUT_CHANNELS)}.")
+    if mean is not None and std is not None:
+        channels = INPUT_CHANNELS.get(fmt, mean.numel())
+        if not (
+            mean.numel() == std.numel() == channels and mean.isfinite().all() and std.min() > 0
+        ):
+            raise ConfigError(
+                f"model.pixel_mean={mean.flatten().tolist()}, model.pixel_std="
+                f"{std.flatten().tolist()}: a finite mean and a positive deviation per channel of "
+                f"model.input_format ({channels})."
+            )
+    rpn = getattr(model, "proposal_generator", None)
+    for name in ("pre_nms_topk", "post_nms_topk"):
+        for training, value in getattr(rpn, name, {}).items():
+            if not isinstance(value, int) or value < 1:
+                which = "[0] (training)" if training else "[1] (test)"
+                raise ConfigError(
+                    f"model.proposal_generator.{name}{which}={value!r}: must be an integer >= 1."
+                )
+
+
 def check_lazy_training_values(cfg):
     """Raises :class:`ConfigError` for a training value of a LazyConfig ``cfg`` that Detectron2's
     ``lazyconfig_train_net.py`` takes unchecked (a traceback, or a run that does nothing)."""
-    for key in ("train.max_iter", "dataloader.train.total_batch_size"):
+    keys = ("train.max_iter", "dataloader.train.total_batch_size", "train.checkpointer.period")
+    for key in keys + ("train.log_period",):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and (type(value) is bool or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{key}={value!r}: must be an integer >= 1.")
+    workers = OmegaConf.select(cfg, "dataloader.train.num_workers", default=None)
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"dataloader.train.num_workers={workers!r}: must be an integer >= 0.")
+    keep = OmegaConf.select(cfg, "train.checkpointer.max_to_keep", default=None)
+    if keep is not None and (not isinstance(keep, int) or keep < 1):
+        raise ConfigError(
+            f"train.checkpointer.max_to_keep={keep!r}: None (all) or an integer >= 1."
+        )
+    warmup = OmegaConf.select(cfg, "lr_multiplier.warmup_length", default=None)
+    if isinstance(warmup, (int, float)) and not 0 <= warmup <= 1:
+        raise ConfigError(
+            f"lr_multiplier.warmup_length={warmup!r}: a fraction of the training, in [0, 1]."
+        )
     lr = OmegaConf.select(cfg, "optimizer.lr", default=None)
     if isinstance(lr, (int, float)) and not 0 <= lr < math.inf:
         raise ConfigError(f"optimizer.lr={lr!r}: must be 0 or positive, and finite.")

@@ -42,6 +42,10 @@ class NonFiniteOutputError(InputError, FloatingPointError):
     """NaN or inf that the model computed at inference (weights that overflow): nothing returned."""
 
 
+# the channels of each input format Detectron2 reads (INPUT.FORMAT, a LazyConfig's input_format)
+INPUT_CHANNELS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
+
+
 def check_finite(what: str, x: torch.Tensor):
     """Raise :class:`NonFiniteOutputError` if ``x`` holds NaN or inf (not while traced)."""
     # the sum first, 20 times faster than isfinite (in float32: a float16 sum overflows)

@@ -338,3 +338,45 @@ def test_a_mistyped_model_key_is_named_among_the_keys_of_that_name():
         "model.roi_heads.mask_head.norm: BaseMaskRCNNHead takes no argument 'norm'; remove the key "
         "or correct its name."
     )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "model.input_format='XYZ'",
+            r"^model.input_format='XYZ': one of BGR, RGB, YUV-BT.601, L\.$",
+        ),
+        ("model.pixel_std=[0.0,1.0,1.0]", r"^model.pixel_mean=.*model.pixel_std=\[0.0, 1.0, 1.0\]"),
+        ("model.pixel_mean=[1.0]", r"^cfg.model cannot be built: AssertionError: "),
+        ("model.backbone.bottom_up.stem.norm='foo'", r"^cfg.model cannot be built: KeyError: "),
+        (
+            "model.proposal_generator.post_nms_topk=[0,0]",
+            r"^model.proposal_generator.post_nms_topk\[0\] \(training\)=0: must be an integer >= 1",
+        ),
+    ],
+)
+def test_lazyconfig_model_values_checked_as_yacs_keys_are(override, message):
+    """The values a yacs config's INPUT.FORMAT, MODEL.PIXEL_* and RPN top-k keys are checked for,
+    and Detectron2's refusals while building, as one line (before: exported or run silently, 0
+    instances; an error blaming the weights; AssertionError / KeyError tracebacks)."""
+    cfg = LazyConfig.apply_overrides(_load(QUICK), [override])
+    with pytest.raises(ConfigError, match=message):
+        instantiate_model(cfg)
+
+
+def test_lazyconfig_training_values_checked():
+    """lazyconfig_train_net.py's values that Detectron2 takes unchecked: a ZeroDivisionError after
+    the first iteration (periods 0), a ValueError / RuntimeError / AssertionError."""
+    from panet_d2.config import check_lazy_training_values
+
+    check_lazy_training_values(_load(QUICK))
+    for override, message in [
+        ("train.checkpointer.period=0", r"^train.checkpointer.period=0: must be an integer >= 1"),
+        ("train.log_period=0", r"^train.log_period=0: must be an integer >= 1"),
+        ("dataloader.train.num_workers=-1", r"^dataloader.train.num_workers=-1: must be an int"),
+        ("train.checkpointer.max_to_keep=-1", r"^train.checkpointer.max_to_keep=-1: None \(all\)"),
+        ("lr_multiplier.warmup_length=2.0", r"^lr_multiplier.warmup_length=2.0: a fraction of "),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            check_lazy_training_values(LazyConfig.apply_overrides(_load(QUICK), [override]))

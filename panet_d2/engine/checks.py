@@ -44,6 +44,7 @@ from ..data.image_io import (
     check_sem_seg_png,
 )
 from ..errors import (
+    INPUT_CHANNELS,
     ConfigError,
     DatasetError,
     ImageLoadError,
@@ -428,7 +429,7 @@ def check_config(cfg, train=True, world_size=None):
     things = "a positive integer, the dataset's number of thing classes"
     _require(ok, "MODEL.ROI_HEADS.NUM_CLASSES", value, things)
     mean, std = cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD
-    channels = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}.get(cfg.INPUT.FORMAT)  # Detectron2's
+    channels = INPUT_CHANNELS.get(cfg.INPUT.FORMAT)
     if not channels or len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise ConfigError(
             f"INPUT.FORMAT={cfg.INPUT.FORMAT!r}, MODEL.PIXEL_MEAN={list(mean)}, MODEL.PIXEL_STD="
