@@ -629,7 +629,7 @@ def convert_release_state_dict(
         raise _unconvertible(variant, unknown, missing)
     for (new, how), by_level in levels.items():
         L = max(by_level) + 1
-        if sorted(by_level) != list(range(L)) or L < 2:
+        if sorted(by_level) != list(range(min(L, len(by_level) + 1))) or L < 2:  # (no huge range)
             raise CheckpointError(
                 "{}: per-level tensors for levels {} only; expected levels 0..{} "
                 "(N2 first).".format(new, sorted(by_level), max(L - 1, 1))
@@ -760,6 +760,20 @@ def load_release_checkpoint(path: str) -> Dict[str, torch.Tensor]:
                 path,
                 sorted(loaded)[:8] if isinstance(loaded, dict) else type(loaded).__name__,
             )
+        )
+    for k, v in model.items():  # (hand-made files: tracebacks deep in the conversion before)
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor) or v.layout != torch.strided:
+            found = type(v).__name__ + (f" ({v.layout})" if isinstance(v, torch.Tensor) else "")
+            raise CheckpointError(
+                f"{path!r} is not a PANet release checkpoint: its model state holds a {found} "
+                f"under the key {k!r}; the release's holds dense tensors under their names."
+            )
+    names = [k[len("module.") :] if k.startswith("module.") else k for k in model]
+    twice = sorted({k for k in names if names.count(k) > 1})
+    if twice:
+        raise CheckpointError(
+            f"{path!r} holds {twice[0]!r} both with and without the 'module.' prefix (of "
+            "DataParallel): one of them would be dropped. Keep one of each."
         )
     return model
 

@@ -375,6 +375,37 @@ def test_model_check_options_checked_as_evaluation_checks_them(tmp_path):
         assert not os.path.exists(out)
 
 
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # (torch's, loading it)
+def test_model_entries_that_are_no_named_dense_tensors_refused(tmp_path):
+    """Hand-made files: an integer key, a str / None / sparse value, a key with and without
+    DataParallel's 'module.' prefix, a level index too large for a range (before: AttributeError,
+    TypeError, RuntimeError, a 114-line dispatcher error, one of the two silently dropped, an
+    OverflowError)."""
+    shapes = dict(release_shapes("det", WIDTHS))
+    key = next(k for k in shapes if k.startswith("Box_Head"))
+    huge = {
+        k.replace("conv1_head.0.", "conv1_head.12345678901234567890."): torch.zeros(shapes[k])
+        for k in shapes
+        if k.startswith("Box_Head.conv1_head.0.")
+    }  # one level more
+    cases = [
+        ({7: torch.zeros(1)}, "holds a Tensor (torch.strided) under the key 7; the release's"),
+        ({key: "x"}, f"holds a str under the key {key!r}"),
+        ({key: None}, f"holds a NoneType under the key {key!r}"),
+        ({key: torch.zeros(2).to_sparse()}, "holds a Tensor (torch.sparse_coo) under the key"),
+        ({"module." + key: torch.zeros(shapes[key])}, f"holds {key!r} both with and without the"),
+        (huge, "per-level tensors for levels [0, 1, 2, 3, 12345678901234567890] only"),
+    ]
+    for i, (change, message) in enumerate(cases):
+        state = {k: torch.zeros(s) for k, s in shapes.items()}
+        state.update(change)
+        src, out = str(tmp_path / f"{i}.pth"), str(tmp_path / "out.pth")
+        _save_release(src, state)
+        line = error_exit(tool.main, ["--no-model-check", src, out])
+        assert line.startswith("ERROR: ") and message in line, line
+        assert not os.path.exists(out)
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_tensors_that_make_more_than_the_file_refused(legacy, tmp_path):
     """A stride-0 tensor (torch.zeros(1).expand(100000, 100000), 40 GB made from a 2 MB file)
