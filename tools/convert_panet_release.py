@@ -599,8 +599,19 @@ def convert_release_state_dict(
     missing = [k for k in expected_release_keys(state, variant) if k not in state]
     rules = [(re.compile(p + "$"), t) for p, t in _resnet_rules() + _neck_rules() + _head_rules()]
     per_level = [(re.compile(p + "$"), t, how) for p, t, how in _PER_LEVEL_RULES]
-    cls = state.get("Box_Outs.cls_score.weight")
+    cls, reg = state.get("Box_Outs.cls_score.weight"), state.get("Box_Outs.bbox_pred.weight")
     num_classes_bg = cls.shape[0] if cls is not None else 0
+    if cls is not None and (cls.dim() != 2 or num_classes_bg < 2):
+        raise CheckpointError(
+            f"Box_Outs.cls_score.weight is {list(cls.shape)}: a release classifier is (classes + "
+            "background, features), with at least one class besides the background."
+        )
+    if cls is not None and reg is not None and reg.dim() == 2 and reg.shape[1] != cls.shape[1]:
+        raise CheckpointError(
+            f"Box_Outs.cls_score.weight is {list(cls.shape)}, Box_Outs.bbox_pred.weight "
+            f"{list(reg.shape)}: both read the box head's features (their second dimension); a "
+            "damaged or transposed tensor, not converted."
+        )
 
     out, unknown, levels = OrderedDict(), [], defaultdict(dict)
     for key, t in state.items():

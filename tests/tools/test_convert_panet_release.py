@@ -378,11 +378,13 @@ def test_model_check_options_checked_as_evaluation_checks_them(tmp_path):
 @pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")  # (torch's, loading it)
 def test_model_entries_that_are_no_named_dense_tensors_refused(tmp_path):
     """Hand-made files: an integer key, a str / None / sparse value, a key with and without
-    DataParallel's 'module.' prefix, a level index too large for a range (before: AttributeError,
-    TypeError, RuntimeError, a 114-line dispatcher error, one of the two silently dropped, an
-    OverflowError)."""
+    DataParallel's 'module.' prefix, a level index too large for a range, a classifier of the
+    background only or transposed (before: AttributeError, TypeError, RuntimeError, a 114-line
+    dispatcher error, one of the two silently dropped, an OverflowError, the advice
+    NUM_CLASSES 0, bbox_pred blamed)."""
     shapes = dict(release_shapes("det", WIDTHS))
     key = next(k for k in shapes if k.startswith("Box_Head"))
+    cls = tuple(shapes["Box_Outs.cls_score.weight"])  # (classes + background, features)
     huge = {
         k.replace("conv1_head.0.", "conv1_head.12345678901234567890."): torch.zeros(shapes[k])
         for k in shapes
@@ -395,6 +397,8 @@ def test_model_entries_that_are_no_named_dense_tensors_refused(tmp_path):
         ({key: torch.zeros(2).to_sparse()}, "holds a Tensor (torch.sparse_coo) under the key"),
         ({"module." + key: torch.zeros(shapes[key])}, f"holds {key!r} both with and without the"),
         (huge, "per-level tensors for levels [0, 1, 2, 3, 12345678901234567890] only"),
+        ({"Box_Outs.cls_score.weight": torch.zeros(1, cls[1])}, "is [1, 64]: a release classif"),
+        ({"Box_Outs.cls_score.weight": torch.zeros(cls[::-1])}, "both read the box head's feat"),
     ]
     for i, (change, message) in enumerate(cases):
         state = {k: torch.zeros(s) for k, s in shapes.items()}
