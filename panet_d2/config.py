@@ -13,7 +13,7 @@ from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.registry import locate
 
-from .errors import INPUT_CHANNELS, ConfigError, InputError, check_fractions
+from .errors import INPUT_CHANNELS, MAX_POOLER_RESOLUTION, ConfigError, InputError, check_fractions
 
 # Values accepted by the keys below (`check_choice`); norm keys take any of Detectron2's `get_norm`
 PAFPN_ACTIVATIONS = ("relu", "none", "relu_if_norm")
@@ -261,6 +261,13 @@ def _check_model_inputs(model):
                 f"model.pixel_mean={mean.flatten().tolist()}, model.pixel_std="
                 f"{std.flatten().tolist()}: a finite mean and a positive deviation per channel of "
                 f"model.input_format ({channels})."
+            )
+    for name in ("box_pooler", "mask_pooler"):
+        size = getattr(getattr(getattr(model, "roi_heads", None), name, None), "output_size", ())
+        if any(not 1 <= s <= MAX_POOLER_RESOLUTION for s in size):  # (memory: 1000 RoIs each)
+            raise ConfigError(
+                f"model.roi_heads.{name}.output_size={tuple(size)}: at most "
+                f"{MAX_POOLER_RESOLUTION} (larger ones exhaust a machine's memory)."
             )
     rpn = getattr(model, "proposal_generator", None)
     for name in ("pre_nms_topk", "post_nms_topk"):

@@ -44,6 +44,8 @@ class NonFiniteOutputError(InputError, FloatingPointError):
 
 # the channels of each input format Detectron2 reads (INPUT.FORMAT, a LazyConfig's input_format)
 INPUT_CHANNELS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
+# RoIAlign's longest output side (1000 RoIs of 256 channels at 64 x 64: 4 GB; docs/reliability.md)
+MAX_POOLER_RESOLUTION = 64
 
 
 def check_finite(what: str, x: torch.Tensor):

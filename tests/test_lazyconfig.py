@@ -349,6 +349,10 @@ def test_a_mistyped_model_key_is_named_among_the_keys_of_that_name():
         ),
         ("model.pixel_std=[0.0,1.0,1.0]", r"^model.pixel_mean=.*model.pixel_std=\[0.0, 1.0, 1.0\]"),
         ("model.pixel_mean=[1.0]", r"^cfg.model cannot be built: AssertionError: "),
+        (
+            "model.roi_heads.box_pooler.output_size=400",
+            r"^model.roi_heads.box_pooler.output_size=\(400, 400\): at most 64 \(larger ones",
+        ),
         ("model.backbone.bottom_up.stem.norm='foo'", r"^cfg.model cannot be built: KeyError: "),
         (
             "model.proposal_generator.post_nms_topk=[0,0]",

@@ -45,6 +45,7 @@ from ..data.image_io import (
 )
 from ..errors import (
     INPUT_CHANNELS,
+    MAX_POOLER_RESOLUTION,
     ConfigError,
     DatasetError,
     ImageLoadError,
@@ -271,8 +272,6 @@ def check_panet_parts(cfg):
             )
 
 
-# RoIAlign's longest output side (1000 RoIs of 256 channels at 64 x 64: 4 GB; docs/reliability.md)
-MAX_POOLER_RESOLUTION = 64
 _MEMORY = "larger values exhaust a machine's memory"
 
 
