@@ -424,6 +424,26 @@ def _fields(m: "re.Match") -> Dict[str, str]:
     return g
 
 
+def _classes_with_background(state: Dict[str, torch.Tensor]) -> int:
+    """The rows of a release state's box classifier (0 without one); a CheckpointError for a
+    classifier of the background only, or of other features than the box regressor's."""
+    cls, reg = state.get("Box_Outs.cls_score.weight"), state.get("Box_Outs.bbox_pred.weight")
+    if cls is None:
+        return 0
+    if cls.dim() != 2 or cls.shape[0] < 2:
+        raise CheckpointError(
+            f"Box_Outs.cls_score.weight is {list(cls.shape)}: a release classifier is (classes + "
+            "background, features), with at least one class besides the background."
+        )
+    if reg is not None and reg.dim() == 2 and reg.shape[1] != cls.shape[1]:
+        raise CheckpointError(
+            f"Box_Outs.cls_score.weight is {list(cls.shape)}, Box_Outs.bbox_pred.weight "
+            f"{list(reg.shape)}: both read the box head's features (their second dimension); a "
+            "damaged or transposed tensor, not converted."
+        )
+    return cls.shape[0]
+
+
 def _class_rows(key: str, t: torch.Tensor, num_classes_bg: int) -> torch.Tensor:
     """The release's class-dependent rows (background first) in Detectron2's layout."""
     if key.startswith("Box_Outs.cls_score."):
@@ -599,19 +619,7 @@ def convert_release_state_dict(
     missing = [k for k in expected_release_keys(state, variant) if k not in state]
     rules = [(re.compile(p + "$"), t) for p, t in _resnet_rules() + _neck_rules() + _head_rules()]
     per_level = [(re.compile(p + "$"), t, how) for p, t, how in _PER_LEVEL_RULES]
-    cls, reg = state.get("Box_Outs.cls_score.weight"), state.get("Box_Outs.bbox_pred.weight")
-    num_classes_bg = cls.shape[0] if cls is not None else 0
-    if cls is not None and (cls.dim() != 2 or num_classes_bg < 2):
-        raise CheckpointError(
-            f"Box_Outs.cls_score.weight is {list(cls.shape)}: a release classifier is (classes + "
-            "background, features), with at least one class besides the background."
-        )
-    if cls is not None and reg is not None and reg.dim() == 2 and reg.shape[1] != cls.shape[1]:
-        raise CheckpointError(
-            f"Box_Outs.cls_score.weight is {list(cls.shape)}, Box_Outs.bbox_pred.weight "
-            f"{list(reg.shape)}: both read the box head's features (their second dimension); a "
-            "damaged or transposed tensor, not converted."
-        )
+    num_classes_bg = _classes_with_background(state)
 
     out, unknown, levels = OrderedDict(), [], defaultdict(dict)
     for key, t in state.items():
