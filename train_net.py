@@ -31,6 +31,7 @@ import math
 import multiprocessing
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -237,6 +238,14 @@ def keep_previous_run(cfg, resume):
     folder = cfg.OUTPUT_DIR
     if "://" in folder or (resume and os.path.lexists(os.path.join(folder, "last_checkpoint"))):
         return []
+    kept = sorted(glob.glob(os.path.join(glob.escape(folder), "previous_run_*", "last_checkpoint")))
+    if resume and kept:  # moved by a run without --resume (one that then failed, e.g.)
+        last = max(kept, key=os.path.getmtime)
+        raise ConfigError(
+            f"--resume: OUTPUT_DIR={folder!r} has no last_checkpoint; the run it held was moved to "
+            f"{os.path.dirname(last)!r} by a run without --resume. Move its files back to continue "
+            "it, or run without --resume."
+        )
     found = [glob.glob(os.path.join(glob.escape(folder), pattern)) for pattern in RUN_FILES]
     names = sorted({os.path.basename(path) for paths in found for path in paths})
     checkpoints = [n for n in names if n == "last_checkpoint" or fnmatch.fnmatch(n, "model_*.pth")]
@@ -257,7 +266,12 @@ def keep_previous_run(cfg, resume):
     previous = os.path.join(folder, f"previous_run_{k}")
     os.mkdir(previous)
     for name in names:
-        os.rename(os.path.join(folder, name), os.path.join(previous, name))
+        src, dst = os.path.join(folder, name), os.path.join(previous, name)
+        if fnmatch.fnmatch(name, "log.txt*"):  # copied, then emptied: a logger of this process
+            shutil.copy2(src, dst)  # (Detectron2 caches its file per process) writes on here
+            os.truncate(src, 0)
+        else:
+            os.rename(src, dst)
     shown = ", ".join(checkpoints[:3]) + (", ..." if len(checkpoints) > 3 else "")
     return [
         f"OUTPUT_DIR={folder!r} held a previous run's checkpoints ({shown}): moved with its logs, "

@@ -477,10 +477,11 @@ def main(argv=None):
     if isinstance(cfg, CfgNode):
         check_config(cfg, train=False)  # as train_net.py --eval-only
         if cfg.TEST.AUG.ENABLED:  # GeneralizedRCNNWithTTA runs the model several times, in Python
-            raise ConfigError(
+            logger.warning(
                 "TEST.AUG.ENABLED=True: test-time augmentation (Detectron2's "
-                "GeneralizedRCNNWithTTA around the model) is not exported; the export is the "
-                "plain model: set TEST.AUG.ENABLED False (train_net.py --eval-only evaluates TTA)."
+                "GeneralizedRCNNWithTTA around the model) is not exported: the export, and "
+                "--run-eval's numbers, are the plain model's (train_net.py --eval-only evaluates "
+                "TTA)."
             )
     if args.precision.startswith("int8"):  # before the model and the export
         check_dataset(calibration_dataset(cfg, args), "--calibration-dataset")

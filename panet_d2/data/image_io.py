@@ -18,7 +18,13 @@ from detectron2.utils.file_io import PathManager
 from ..errors import DatasetError, ImageLoadError, InputError
 
 logger = logging.getLogger(__name__)
-_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_ROTATED = (5, 6, 7, 8)
+_FRAME_FORMATS = (
+    "GIF",
+    "TIFF",
+    "PNG",
+    "WEBP",
+)  # PIL's formats of frames shown one after another  # EXIF orientations that swap width and height
 MAX_ASPECT_RATIO = 100  # the longest side of an image that panet_d2 reads, in its shortest sides
 # the longest side of an image as the model gets it: twice Detectron2's largest config value (a
 # 30000 px test side filled 24 GB, docs/reliability.md)
@@ -49,7 +55,8 @@ def read_image(file_name, format=None, what="image"):
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
             w, h = image.size
-            if getattr(image, "n_frames", 1) > 1:  # an animation, a multi-page TIFF
+            # an animation, a multi-page TIFF (not a phone JPEG's MPF images: PIL's "MPO")
+            if getattr(image, "n_frames", 1) > 1 and image.format in _FRAME_FORMATS:
                 _first_frame_read(str(file_name), what, image.n_frames)
             if min(w, h) < 1 or max(w, h) > MAX_ASPECT_RATIO * min(w, h):
                 raise ImageLoadError(

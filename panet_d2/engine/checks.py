@@ -55,7 +55,7 @@ from ..errors import (
     check_in_features,
     check_norm,
 )
-from ..evaluation.build import SEM_SEG_TYPES, check_evaluator_type
+from ..evaluation.build import SEM_SEG_TYPES, TASKS, check_evaluator_type
 from ..evaluation.panoptic import meta_architecture, panoptic_to_dataset_classes
 from ..modeling import PANetConvFCHead, PANetMaskHead, PANetROIHeads
 
@@ -232,7 +232,10 @@ def check_registered_names(cfg):
     ]
     if isinstance(arch, type) and issubclass(arch, GeneralizedRCNN):
         keys += [("ROI_HEADS.NAME", d2_roi_heads.ROI_HEADS_REGISTRY)]
-        keys += [("ROI_BOX_HEAD.NAME", d2_roi_heads.ROI_BOX_HEAD_REGISTRY)]
+        heads = d2_roi_heads.ROI_HEADS_REGISTRY
+        heads = heads.get(m.ROI_HEADS.NAME) if m.ROI_HEADS.NAME in heads else None
+        if isinstance(heads, type) and issubclass(heads, d2_roi_heads.StandardROIHeads):
+            keys += [("ROI_BOX_HEAD.NAME", d2_roi_heads.ROI_BOX_HEAD_REGISTRY)]  # (not Res5's)
         keys += [("ROI_MASK_HEAD.NAME", d2_roi_heads.ROI_MASK_HEAD_REGISTRY)] * m.MASK_ON
         if m.PROPOSAL_GENERATOR.NAME != "PrecomputedProposals":  # (Detectron2's special name)
             keys += [("PROPOSAL_GENERATOR.NAME", PROPOSAL_GENERATOR_REGISTRY)]
@@ -401,8 +404,9 @@ def _check_model_values(cfg, rcnn):
         )
     for key in ("MODEL.RPN.BBOX_REG_WEIGHTS", "MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS"):
         weights = _value(cfg, key)  # Box2BoxTransform divides the deltas by them
-        ok = len(weights) == 4 and all(0 < w < math.inf for w in weights)
-        _require(not rcnn or ok, key, tuple(weights), "4 positive finite numbers (x, y, w, h)")
+        ok = len(weights) in (4, 5) and all(0 < w < math.inf for w in weights)
+        what = "4 positive finite numbers (x, y, w, h; rotated boxes: 5, and the angle)"
+        _require(not rcnn or ok, key, tuple(weights), what)
     if rcnn and issubclass(rcnn, PanopticFPN) and not m.PANOPTIC_FPN.COMBINE.ENABLED:
         raise ConfigError(
             "MODEL.PANOPTIC_FPN.COMBINE.ENABLED=False: Detectron2 no longer reads it (the panoptic "
@@ -681,10 +685,10 @@ def check_coco_ground_truth(name, evaluator_type="coco"):
         data = json.load(f)
     annos = data.get("annotations") if isinstance(data, dict) else None
     if annos == [] and data.get("images") and evaluator_type == "coco":  # (no images: said later)
-        raise DatasetError(
-            f"Dataset {name!r} (DATASETS.TEST) from {file!r} has no annotations: COCO evaluation "
-            "would give AP nan. Annotate it, or leave out its 'annotations' key to write the "
-            "predictions only (as for COCO test-dev)."
+        logger.warning(
+            f"Dataset {name!r} (DATASETS.TEST) from {file!r} has no annotations: its AP will be "
+            "nan (the predictions are written all the same; without an 'annotations' key, as "
+            "COCO test-dev, they are written and not scored)."
         )
     bad = []
     for a in [a for a in annos if isinstance(a, dict)] if isinstance(annos, list) else ():
@@ -738,9 +742,6 @@ def check_cityscapes_ground_truth(name, evaluator_type, dicts):
         check_ground_truth_png(d, found[key], f"Cityscapes ground truth of dataset {name!r}")
 
 
-_TASKS = ("bbox", "segm", "keypoints", "panoptic_seg", "sem_seg")  # the evaluators' result names
-
-
 def check_expected_results(cfg, results=None):
     """Raises :class:`ConfigError` unless each entry of TEST.EXPECTED_RESULTS is [task, metric,
     value, tolerance] (Detectron2's ``verify_results``) of a task the evaluation gives: one of
@@ -748,9 +749,15 @@ def check_expected_results(cfg, results=None):
     expected = cfg.TEST.EXPECTED_RESULTS
     if not len(expected):
         return
-    if not len(cfg.DATASETS.TEST):
-        raise ConfigError("TEST.EXPECTED_RESULTS is set, DATASETS.TEST empty: nothing to verify.")
-    tasks = list(_TASKS) + [t + "_TTA" for t in _TASKS] * bool(cfg.TEST.AUG.ENABLED)
+    if len(cfg.DATASETS.TEST) != 1:  # (two: Detectron2's results are by dataset, then task)
+        raise ConfigError(
+            f"TEST.EXPECTED_RESULTS is set, DATASETS.TEST={list(cfg.DATASETS.TEST)}: Detectron2's "
+            "verify_results checks the results of one test dataset; give one."
+        )
+    evaluator_type = MetadataCatalog.get(cfg.DATASETS.TEST[0]).get("evaluator_type", None)
+    off = {"segm": not cfg.MODEL.MASK_ON, "keypoints": not cfg.MODEL.KEYPOINT_ON}
+    tasks = [t for t in TASKS.get(evaluator_type, ()) if not off.get(t)]
+    tasks += [t + "_TTA" for t in tasks] * bool(cfg.TEST.AUG.ENABLED)
     tasks = list(results) if results is not None else tasks
     for entry in expected:
         ok = isinstance(entry, (list, tuple)) and len(entry) == 4

@@ -80,6 +80,12 @@ EVALUATORS = {
     "pascal_voc": lambda name, out: PascalVOCDetectionEvaluator(name),
     "lvis": lambda name, out: LVISEvaluator(name, output_dir=out),
 }
+# evaluator_type -> the tasks (result names) its evaluator can give ("segm" with MASK_ON,
+# "keypoints" with KEYPOINT_ON)
+TASKS = {"coco": ("bbox", "segm", "keypoints"), "lvis": ("bbox", "segm")}
+TASKS.update(coco_panoptic_seg=("panoptic_seg", "bbox", "segm", "sem_seg"), pascal_voc=("bbox",))
+TASKS.update(sem_seg=("sem_seg",), cityscapes_sem_seg=("sem_seg",), cityscapes_instance=("segm",))
+TASKS.update(cityscapes_panoptic_seg=("panoptic_seg",))
 # the evaluator types that read a model's "sem_seg" as the dataset's classes
 SEM_SEG_TYPES = ("sem_seg", "cityscapes_sem_seg")
 

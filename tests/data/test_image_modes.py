@@ -311,4 +311,8 @@ def test_the_first_frame_of_an_animation_is_read_and_said(tmp_path, caplog):
     caplog.clear()
     frames[0].save(str(tmp_path / "one.gif"))
     read_image(str(tmp_path / "one.gif"), "RGB")
+    # a phone photo's JPEG with an MPF block (PIL: "MPO", 2 frames): a photo, nothing said
+    frames[0].save(str(tmp_path / "photo.jpg"), "MPO", save_all=True, append_images=frames[1:])
+    assert Image.open(str(tmp_path / "photo.jpg")).n_frames == 2
+    assert (read_image(str(tmp_path / "photo.jpg"), "RGB")[..., 0] > 200).all()
     assert not [r for r in caplog.records if "frames" in r.getMessage()]

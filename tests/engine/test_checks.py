@@ -345,7 +345,7 @@ def _coco_copy(tmp_path, name, change):
     return register_coco(name, json_file, paths["image_root"]), data
 
 
-def test_coco_ground_truth_that_evaluation_cannot_score_refused_up_front(tmp_path):
+def test_coco_ground_truth_that_evaluation_cannot_score_refused_up_front(tmp_path, caplog):
     """COCO evaluation reads each ground-truth annotation's area and iscrowd (KeyError after the
     whole inference when absent) and takes annotation id 0 as "unmatched" (a silently lower AP);
     areas beyond pycocotools' [0, 1e10] fall out of every size range: refused before the run,
@@ -380,14 +380,17 @@ def test_coco_ground_truth_that_evaluation_cannot_score_refused_up_front(tmp_pat
     name, _ = _coco_copy(tmp_path, "t_gt_valid", lambda d: None)
     cfg.DATASETS.TEST = (name,)
     check_inputs(cfg, train=False)
-    # no annotation at all: AP nan (refused); no "annotations" key: predictions only (taken)
+    # no annotation at all: AP nan, said; no "annotations" key: predictions only, as Detectron2
     name, _ = _coco_copy(tmp_path, "t_gt_none", lambda d: d.update(annotations=[]))
     cfg.DATASETS.TEST = (name,)
-    with pytest.raises(DatasetError, match=r"t_gt_none.json' has no annotations: COCO eval"):
-        check_inputs(cfg, train=False)
+    caplog.clear()
+    check_inputs(cfg, train=False)
+    assert "t_gt_none.json' has no annotations: its AP will be nan" in caplog.text
     name, _ = _coco_copy(tmp_path, "t_gt_unannotated", lambda d: d.pop("annotations"))
     cfg.DATASETS.TEST = (name,)
+    caplog.clear()
     check_inputs(cfg, train=False)
+    assert "has no annotations" not in caplog.text
 
 
 def test_duplicate_category_ids_named(tmp_path):
@@ -501,12 +504,14 @@ def test_semantic_label_pngs_checked_before_the_run(tmp_path):
             check_files([rec], "t_sem", key)
 
 
-def test_expected_results_checked(train_net, tmp_path):
+def test_expected_results_checked(train_net, tmp_path, monkeypatch):
     """TEST.EXPECTED_RESULTS (Detectron2's verify_results: [task, metric, value, tolerance]):
-    malformed entries, a task no evaluator gives (a KeyError after the run) and an empty
-    DATASETS.TEST (a KeyError after training) are refused up front; after an --eval-only run, a
-    task its evaluation did not give is named with those it gave."""
-    cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")
+    malformed entries, a task the test dataset's evaluator does not give for this model (a
+    KeyError after the run), and DATASETS.TEST empty or of two datasets (results by dataset) are
+    refused up front; after an --eval-only run, a task its evaluation did not give is named with
+    those it gave."""
+    cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")  # a "coco" test set
+    assert MetadataCatalog.get(cfg.DATASETS.TEST[0]).evaluator_type == "coco"
     good = [["bbox", "AP", 38.5, 0.2], ("segm", "AP50", 1, 0)]
     cfg.TEST.EXPECTED_RESULTS = good
     check_expected_results(cfg)
@@ -523,21 +528,32 @@ def test_expected_results_checked(train_net, tmp_path):
         cfg.TEST.EXPECTED_RESULTS = [entry]
         with pytest.raises(ConfigError, match=r"must be \[task, metric, expected value, tol"):
             check_expected_results(cfg)
-    cfg.TEST.EXPECTED_RESULTS = [["bbx", "AP", 38.5, 0.2]]
-    with pytest.raises(ConfigError, match=r"names the task 'bbx': .* gives 'bbox', 'segm', "):
-        check_inputs(cfg, train=False)
-    cfg.TEST.EXPECTED_RESULTS = [["bbox_TTA", "AP", 38.5, 0.2]]
-    with pytest.raises(ConfigError, match=r"names the task 'bbox_TTA'"):
+    # COCOEvaluator's tasks of a mask model without keypoints: bbox, segm
+    for task in ("bbx", "keypoints", "panoptic_seg", "bbox_TTA"):
+        cfg.TEST.EXPECTED_RESULTS = [[task, "AP", 38.5, 0.2]]
+        with pytest.raises(
+            ConfigError, match=rf"names the task '{task}': .* gives 'bbox', 'segm'\."
+        ):
+            check_inputs(cfg, train=False) if task == "bbx" else check_expected_results(cfg)
+    cfg.MODEL.MASK_ON = False
+    cfg.TEST.EXPECTED_RESULTS = [["segm", "AP", 38.5, 0.2]]
+    with pytest.raises(ConfigError, match=r"names the task 'segm': .* gives 'bbox'\."):
         check_expected_results(cfg)
     cfg.TEST.AUG.ENABLED = True
+    cfg.TEST.EXPECTED_RESULTS = [["bbox_TTA", "AP", 38.5, 0.2]]
     check_expected_results(cfg)
-    cfg.DATASETS.TEST = ()
-    with pytest.raises(ConfigError, match=r"^TEST.EXPECTED_RESULTS is set, DATASETS.TEST empty"):
-        check_expected_results(cfg)
+    for tests in [(), (cfg.DATASETS.TEST[0],) * 2]:
+        cfg.DATASETS.TEST = tests
+        with pytest.raises(ConfigError, match=r"^TEST.EXPECTED_RESULTS is set, DATASETS.TEST="):
+            check_expected_results(cfg)
+    # after the run: a task of the evaluator's table that this evaluation did not give
+    from panet_d2.engine import checks
+
+    monkeypatch.setitem(checks.TASKS, "coco", checks.TASKS["coco"] + ("extra",))
     weights = str(tmp_path / "weights.pth")  # the smoke config's model, as initialised
     cfg = panet_cfg("quick_schedules/panet_R_18_synth_instance.yaml")
     torch.save({"model": build_model(cfg).state_dict()}, weights)
-    opts = ["TEST.EXPECTED_RESULTS", "[['keypoints', 'AP', 1.0, 0.5]]", "MODEL.WEIGHTS", weights]
+    opts = ["TEST.EXPECTED_RESULTS", "[['extra', 'AP', 1.0, 0.5]]", "MODEL.WEIGHTS", weights]
     opts += ["DATASETS.TEST", "('panet_synth_val',)", "TEST.DETECTIONS_PER_IMAGE", 5]
-    with pytest.raises(ConfigError, match=r"'keypoints': .* gives 'bbox', 'segm'\.$"):
+    with pytest.raises(ConfigError, match=r"'extra': .* gives 'bbox', 'segm'\.$"):
         _main(train_net, tmp_path, SMOKE, *opts, eval_only=True)

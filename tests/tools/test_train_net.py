@@ -593,8 +593,22 @@ def test_a_new_run_keeps_the_previous_runs_files(run_a, train_net, tmp_path, cap
         "previous run's checkpoints (last_checkpoint, model_0000002.pth, "
         in (out / "log.txt").read_text()
     )
+    logged = (out / "log.txt").read_bytes()
     train_net.main(_args(out, "SOLVER.MAX_ITER", 2, test=None))  # the next one: previous_run_2
     assert (out / "previous_run_2" / "model_final.pth").exists()
+    # this process's log file (Detectron2 keeps it open) goes on in OUTPUT_DIR, the old one kept
+    assert (out / "previous_run_2" / "log.txt").read_bytes() == logged
+    assert "moved with its logs, metrics and config to" in (out / "log.txt").read_text()
+    # untouched by the later runs of this process (Detectron2 keeps its log file open)
+    assert {n: (kept / n).read_bytes() for n in before} == before
+    # a run that moved them and then failed its checks: --resume names where they went
+    shutil.rmtree(out)
+    shutil.copytree(run_a["out"], out)
+    with pytest.raises(DatasetError):
+        train_net.main(_args(out, train="t_no_such_dataset", test=None))
+    assert (out / "previous_run_1" / "last_checkpoint").exists()
+    with pytest.raises(ConfigError, match=r"^--resume: OUTPUT_DIR=.* has no last_checkpoint; the"):
+        train_net.main(_args(out, resume=True, test=None))
     shutil.rmtree(out)
     out.mkdir()
     cfg, _ = train_net.checked_config(_args(out))
