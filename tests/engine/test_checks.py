@@ -557,3 +557,30 @@ def test_expected_results_checked(train_net, tmp_path, monkeypatch):
     opts += ["DATASETS.TEST", "('panet_synth_val',)", "TEST.DETECTIONS_PER_IMAGE", 5]
     with pytest.raises(ConfigError, match=r"'extra': .* gives 'bbox', 'segm'\.$"):
         _main(train_net, tmp_path, SMOKE, *opts, eval_only=True)
+
+
+def test_detectron2s_own_configs_pass_the_checks():
+    """Detectron2's C4 configs (Res5ROIHeads reads no ROI_BOX_HEAD.NAME, '' by default) and a
+    rotated-box R-CNN (5 box regression weights) pass check_config as they build in Detectron2
+    (PANet's parts off: MODEL.AFP and MODEL.FF are read by PANet's heads only)."""
+    from detectron2 import model_zoo as d2_zoo
+
+    from panet_d2.config import load_config_file
+    from panet_d2.engine.checks import check_config
+
+    off = ["MODEL.AFP.ENABLED", False, "MODEL.FF.ENABLED", False]
+    for name in [
+        "COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml",
+        "COCO-Detection/faster_rcnn_R_50_C4_1x.yaml",
+    ]:
+        check_config(load_config_file(d2_zoo.get_config_file(name), off, lazy=False), train=False)
+    rotated = off + ["MODEL.PROPOSAL_GENERATOR.NAME", "RRPN", "MODEL.ROI_HEADS.NAME", "RROIHeads"]
+    rotated += ["MODEL.ANCHOR_GENERATOR.NAME", "RotatedAnchorGenerator", "MODEL.MASK_ON", False]
+    rotated += ["MODEL.ANCHOR_GENERATOR.ANGLES", [[-90, 0, 90]]]
+    rotated += ["MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIAlignRotated", "MODEL.DEVICE", "cpu"]
+    rotated += ["MODEL.RPN.BBOX_REG_WEIGHTS", (1, 1, 1, 1, 1)]
+    rotated += ["MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS", (10, 10, 5, 5, 1)]
+    name = "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+    cfg = load_config_file(d2_zoo.get_config_file(name), rotated, lazy=False)
+    check_config(cfg, train=False)
+    assert type(build_model(cfg).roi_heads).__name__ == "RROIHeads"  # (it builds, as it should)
