@@ -225,7 +225,7 @@ def check_output_dir(path, key="OUTPUT_DIR"):
 def check_registered_names(cfg):
     """Raises :class:`ConfigError` for a registry name of ``cfg`` (META_ARCHITECTURE, the parts
     its model builds) that is not registered (Detectron2: a ``KeyError`` traceback)."""
-    m, arch = cfg.MODEL, _rcnn(cfg) or meta_architecture(cfg)
+    m, arch = cfg.MODEL, meta_architecture(cfg)
     keys = [
         ("META_ARCHITECTURE", META_ARCH_REGISTRY),
         ("BACKBONE.NAME", BACKBONE_REGISTRY),
