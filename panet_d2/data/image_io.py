@@ -10,21 +10,18 @@ import numpy as np
 import torch
 from PIL import ExifTags, Image, ImageOps
 
+from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN, SemanticSegmentor
 from detectron2.utils.file_io import PathManager
 
 from ..errors import DatasetError, ImageLoadError, InputError
 
 logger = logging.getLogger(__name__)
-_ROTATED = (5, 6, 7, 8)
-_FRAME_FORMATS = (
-    "GIF",
-    "TIFF",
-    "PNG",
-    "WEBP",
-)  # PIL's formats of frames shown one after another  # EXIF orientations that swap width and height
+_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+_FRAME_FORMATS = ("GIF", "TIFF", "PNG", "WEBP")  # PIL's formats of frames shown one after another
 MAX_ASPECT_RATIO = 100  # the longest side of an image that panet_d2 reads, in its shortest sides
 # the longest side of an image as the model gets it: twice Detectron2's largest config value (a
 # 30000 px test side filled 24 GB, docs/reliability.md)
@@ -178,14 +175,54 @@ def check_image_size(dataset_dict, image=None):
     raise DatasetError(msg + ". Fix the width / height of the record, or the image file.")
 
 
+def check_sem_seg_labels(labels, file_name, num_classes, ignore_value, what):
+    """A :class:`DatasetError` unless the integer array ``labels`` (of semantic label PNG
+    ``file_name``) holds class ids below ``num_classes`` or ``ignore_value`` only."""
+    if labels.dtype == np.uint8:  # a mode L PNG: 2 ms for 1024 x 2048 (np.unique: 20 ms)
+        values = np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
+    else:
+        values = np.unique(labels)
+    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_value)]
+    if bad.size:
+        others = f" (and {bad.size - 1} other values out of range)" if bad.size > 1 else ""
+        raise DatasetError(
+            f"Semantic label PNG {file_name!r} holds the label {int(bad[0])}{others}: {what} "
+            f"allows 0..{num_classes - 1} and the ignore value {ignore_value}."
+        )
+
+
 class ImageDatasetMapper(DatasetMapper):
     """Detectron2's ``DatasetMapper`` reading with :func:`read_image` and :func:`check_image_size`
     (``DatasetMapper.__call__`` has no hook for the reader, so this one uses its public steps)."""
 
+    @configurable
+    def __init__(self, is_train=True, *, sem_seg_classes=None, **kwargs):
+        """``sem_seg_classes``: (NUM_CLASSES, IGNORE_VALUE) of a model that trains on the records'
+        semantic PNGs, whose labels are then checked (:func:`check_sem_seg_labels`)."""
+        super().__init__(is_train, **kwargs)
+        self.sem_seg_classes = sem_seg_classes
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        ret = super().from_config(cfg, is_train)
+        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+        # Detectron2's meta-architectures that train on a record's "sem_seg" (and their subclasses)
+        reads_sem_seg = isinstance(arch, type) and issubclass(
+            arch, (SemanticSegmentor, PanopticFPN)
+        )
+        if is_train and reads_sem_seg:
+            head = cfg.MODEL.SEM_SEG_HEAD
+            ret["sem_seg_classes"] = (head.NUM_CLASSES, head.IGNORE_VALUE)
+        return ret
+
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
         image, labels = self._read_image(dataset_dict), dataset_dict.pop("sem_seg_file_name", None)
-        labels = None if labels is None else utils.read_image(labels, "L")[:, :, 0]
+        if labels is not None:
+            file_name, labels = labels, utils.read_image(labels, "L")[:, :, 0]
+            if self.sem_seg_classes is not None:
+                what = f"training with MODEL.SEM_SEG_HEAD.NUM_CLASSES {self.sem_seg_classes[0]}"
+                check_sem_seg_labels(labels, file_name, *self.sem_seg_classes, what)
         aug_input, transforms = self._augment(dataset_dict, image, labels)
         if aug_input.sem_seg is not None:
             dataset_dict["sem_seg"] = torch.as_tensor(aug_input.sem_seg.astype("long"))

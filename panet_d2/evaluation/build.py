@@ -1,5 +1,6 @@
 """The evaluator of a test dataset, chosen by its metadata's ``evaluator_type`` from a table."""
 
+import functools
 import logging
 import os
 
@@ -7,9 +8,11 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators, LVISEvaluator, SemSegEvaluator
 from detectron2.evaluation import cityscapes_evaluation as d2_cityscapes
 from detectron2.evaluation.pascal_voc_evaluation import PascalVOCDetectionEvaluator
+from detectron2.evaluation.sem_seg_evaluation import load_image_into_numpy_array
 from detectron2.utils.file_io import PathManager
 
 from ..compat import cityscapes_api_alias, cityscapesscripts_fixes
+from ..data.image_io import check_sem_seg_labels
 from ..errors import DatasetError
 from .panoptic import PanopticEvaluator, PanopticToSemSeg, panoptic_to_dataset_classes
 
@@ -51,6 +54,23 @@ class CityscapesSemSegEvaluator(d2_cityscapes.CityscapesSemSegEvaluator):
             return super().evaluate()
 
 
+def _load_checked_labels(dataset_name, filename, dtype=None):
+    """Detectron2's ground-truth reader of :class:`SemSegEvaluator`, the labels checked against
+    the dataset's ``stuff_classes`` and ``ignore_label`` (others would be miscounted silently)."""
+    labels = load_image_into_numpy_array(filename, dtype=dtype)
+    meta = MetadataCatalog.get(dataset_name)
+    n = len(meta.stuff_classes)
+    what = f"dataset {dataset_name!r} ({n} stuff_classes)"
+    check_sem_seg_labels(labels, filename, n, meta.get("ignore_label", None), what)
+    return labels
+
+
+def _sem_seg(dataset_name, output_dir):
+    """Detectron2's :class:`SemSegEvaluator`, the labels of its ground truth checked."""
+    loader = functools.partial(_load_checked_labels, dataset_name)
+    return SemSegEvaluator(dataset_name, output_dir=output_dir, sem_seg_loading_fn=loader)
+
+
 def _coco_panoptic(dataset_name, output_dir):
     """PQ; box and mask AP with an instances json; mIoU when the records have semantic PNGs."""
     evaluators = [PanopticEvaluator(dataset_name, output_dir)]
@@ -65,7 +85,7 @@ def _coco_panoptic(dataset_name, output_dir):
         )
     records = DatasetCatalog.get(dataset_name)
     if records and "sem_seg_file_name" in records[0]:
-        evaluators.append(SemSegEvaluator(dataset_name, output_dir=output_dir))
+        evaluators.append(_sem_seg(dataset_name, output_dir))
     return DatasetEvaluators(evaluators)
 
 
@@ -73,7 +93,7 @@ def _coco_panoptic(dataset_name, output_dir):
 EVALUATORS = {
     "coco": lambda name, out: COCOEvaluator(name, output_dir=out),
     "coco_panoptic_seg": _coco_panoptic,
-    "sem_seg": lambda name, out: SemSegEvaluator(name, output_dir=out),
+    "sem_seg": _sem_seg,
     "cityscapes_instance": lambda name, out: CityscapesInstanceEvaluator(name, out),
     "cityscapes_sem_seg": lambda name, out: CityscapesSemSegEvaluator(name),
     "cityscapes_panoptic_seg": PanopticEvaluator,

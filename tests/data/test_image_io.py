@@ -306,3 +306,32 @@ def test_model_input_side_at_most_8192(tmp_path):
             "runs images of at most 8192 px a side (larger ones exhaust a machine's memory): "
             "resize it with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (0: not resized)."
         )
+
+
+@pytest.mark.parametrize("arch", ["SemanticSegmentor", "PanopticFPN", "GeneralizedRCNN"])
+def test_semantic_labels_checked_in_training(tmp_path, arch):
+    """A model that trains on semantic PNGs gets one line for a label that is neither a class
+    (0..NUM_CLASSES-1) nor IGNORE_VALUE (PyTorch's cross-entropy: "Target 7 is out of bounds" on
+    the CPU, a device-side assert on a GPU); a model that does not read them is not refused."""
+    image, labels = str(tmp_path / "x.png"), str(tmp_path / "x_gt.png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
+    record = {"file_name": image, "sem_seg_file_name": labels, "height": 4, "width": 4}
+    cfg = get_cfg()
+    cfg.MODEL.META_ARCHITECTURE = arch
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = 5, 200
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (4,), 4
+    for values in ([0, 4, 200, 1], [0, 5, 255, 7]):
+        Image.fromarray(np.array([values] * 4, np.uint8)).save(labels)
+        for is_train in (True, False):
+            mapper = ImageDatasetMapper(cfg, is_train=is_train)
+            if values[1] == 4 or not is_train or arch == "GeneralizedRCNN":
+                out = mapper(dict(record))
+                assert sorted(out["sem_seg"].unique().tolist()) == sorted(values)
+                continue
+            with pytest.raises(DatasetError) as e:
+                mapper(dict(record))
+            assert str(e.value) == (
+                f"Semantic label PNG {labels!r} holds the label 5 (and 2 other values out of "
+                "range): training with MODEL.SEM_SEG_HEAD.NUM_CLASSES 5 allows 0..4 and the "
+                "ignore value 200."
+            )

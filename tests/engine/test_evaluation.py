@@ -9,6 +9,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("detectron2")
 pytest.importorskip("panopticapi")
@@ -113,7 +114,7 @@ def test_coco_panoptic_without_instances_json_or_semantic_pngs(synth, cfg, caplo
         "t_eval_pq_only",
         records,
         evaluator_type="coco_panoptic_seg",
-        **{k: meta.get(k) for k in keys}
+        **{k: meta.get(k) for k in keys},
     )
     with caplog.at_level(logging.INFO, logger="panet_d2.evaluation"):
         assert _types(build_evaluator(cfg, name)) == [PanopticEvaluator]
@@ -254,3 +255,32 @@ def test_cityscapes_evaluators_fixes(tmp_path, monkeypatch):
         instance_eval.writeDict2JSON({"n": np.count_nonzero(np.ones(3))}, "matches.json")
     assert (instance_eval.writeDict2JSON, instance_eval.np) == original
     assert (tmp_path / "matches.json").read_text().split() == ["{", '"n":', "3", "}"]
+
+
+def test_semantic_ground_truth_labels_checked(synth, cfg, tmp_path):
+    """A ground-truth label that is neither a class (0..N-1 of stuff_classes) nor ignore_label
+    stops the evaluation at its image with one line. Detectron2's SemSegEvaluator counts it in
+    another class's cell (N+1 -> the next prediction row) or as void (N), silently."""
+    classes = ["a", "b", "c"]
+    image, labels = str(tmp_path / "x.png"), str(tmp_path / "x_gt.png")
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(image)
+    record = {"file_name": image, "sem_seg_file_name": labels, "height": 2, "width": 4}
+    meta = {"evaluator_type": "sem_seg", "stuff_classes": classes, "ignore_label": 255}
+    name = _dataset("t_eval_labels", [record], **meta)
+    pred = torch.zeros(3, 2, 4)
+    pred[0] = 1.0  # class 0 everywhere
+    for gt, allowed in (([0, 1, 2, 255], True), ([0, 4, 3, 255], False)):
+        Image.fromarray(np.array([gt, gt], np.uint8)).save(labels)
+        evaluator = build_evaluator(cfg, name)
+        evaluator.reset()
+        if allowed:
+            evaluator.process([record], [{"sem_seg": pred}])
+            conf = evaluator._conf_matrix  # (pred, gt), the last row / column void
+            assert conf[0, :3].tolist() == [2, 2, 2] and conf.sum() == 8
+            continue
+        with pytest.raises(DatasetError) as e:
+            evaluator.process([record], [{"sem_seg": pred}])
+        assert str(e.value) == (
+            f"Semantic label PNG {labels!r} holds the label 3 (and 1 other values out of range): "
+            "dataset 't_eval_labels' (3 stuff_classes) allows 0..2 and the ignore value 255."
+        )
