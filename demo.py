@@ -18,6 +18,7 @@ docs/reliability.md).
 import panet_d2  # noqa: F401  isort: skip  (first: Detectron2 then imports without warnings)
 
 import argparse
+import contextlib
 import functools
 import glob
 import logging
@@ -369,9 +370,33 @@ def show(rgb, wait_ms):
     return cv2.waitKey(wait_ms) == 27
 
 
+@contextlib.contextmanager
+def removing_new_empty_folders(output):
+    """The folders of ``output`` (--output) that the block creates are removed again if empty at
+    its end (e.g. a webcam that gives no frame, or no input image read: nothing written)."""
+    new, path = [], os.path.abspath(output) if output else None
+    while path and not os.path.lexists(path) and path != os.path.dirname(path):
+        new.append(path)
+        path = os.path.dirname(path)
+    try:
+        yield
+    finally:
+        for folder in new:  # the deepest first
+            try:
+                if os.path.isdir(folder) and not os.path.islink(folder) and not os.listdir(folder):
+                    os.rmdir(folder)
+            except OSError:
+                pass
+
+
 def run(args):
     """Runs the demo; returns the files written. An image that cannot be read is logged as one
     "ERROR:" line and skipped; then :class:`ImageLoadError` is raised at the end."""
+    with removing_new_empty_folders(args.output):
+        return _run(args)
+
+
+def _run(args):
     video, score = args.video_input, args.confidence_threshold
     sources = {"--input": args.input, "--video-input": video, "--webcam": args.webcam}
     sources = [name for name, value in sources.items() if value]

@@ -340,7 +340,14 @@ def test_video(demo, tmp_path):
         f"ERROR: Cannot read a frame of the video {str(fake)!r}: not a video, or in a format that "
         "OpenCV cannot decode here."
     ), msg
-    assert not out.exists() or not os.listdir(out)
+    assert not out.exists()  # the folder it created, empty, is removed
+    # --webcam without a camera (none in this VM): nested new folders removed, existing ones kept
+    if cv2.VideoCapture(0).isOpened():
+        return
+    out = tmp_path / "new" / "sub" / "webcam.mp4"
+    msg = error_line(demo, "--webcam", "--output", str(out))
+    assert msg == "ERROR: Cannot open the video 'webcam'.", msg
+    assert sorted(os.listdir(tmp_path)) == ["clip.avi", "not_a_video.jpg", "vis"]
 
 
 def test_lazy_config(demo, photos, tmp_path):
