@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 PRECISIONS = ("fp32", "bf16", "int8", "int8-bf16", "int8-heads")
+# the most pixels of a panoptic output (HEIGHT x WIDTH): those of the largest image panet_d2
+# reads (PIL's decompression-bomb limit, 2 x PIL.Image.MAX_IMAGE_PIXELS)
+MAX_OUTPUT_PIXELS = 2 * 89478485
 # INFERENCE_PRECISION_HINT of each precision: int8 graphs (int8, int8-bf16, int8-heads: each its
 # quantised set, INT8_QUANTISED) run their QDQ-marked ops in int8, the rest in float32 or bfloat16.
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32", "int8-bf16": "bf16", "int8-heads": "f32"}
@@ -603,6 +606,11 @@ def _runner_inputs(model, image_path, size):
         if not value.isdigit() or int(value) < 1:
             _refuse("ERROR: HEIGHT and WIDTH are positive integers, not {!r}".format(value))
         inputs.append(np.array(int(value), dtype=np.int64))
+    if size and int(size[0]) * int(size[1]) > MAX_OUTPUT_PIXELS:
+        _refuse(
+            "ERROR: HEIGHT x WIDTH {} x {}: the output size (the image's before resizing) is at "
+            "most {} pixels, the largest image panet_d2 reads".format(*size, MAX_OUTPUT_PIXELS)
+        )
     return inputs
 
 

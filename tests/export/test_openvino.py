@@ -32,6 +32,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
@@ -583,3 +584,12 @@ def test_torch_free_runner_refuses_bad_input_in_one_line(
     assert line.startswith("ERROR: PANET_D2_PRECISION='int8': precision 'int8' does not fit"), line
     assert line.endswith("has no quantised op (exported with --precision fp32 or bf16)"), line
     runner.main([xml, str(good)])  # the good image runs
+    # a panoptic model's output size: PIL's largest image at most (100000 x 100000: 40 GB a mask)
+    panoptic = type("Model", (), {"compiled": type("C", (), {"inputs": [0, 1, 2]}), "xml_path": ""})
+    limit = runner.MAX_OUTPUT_PIXELS
+    assert limit == 2 * Image.MAX_IMAGE_PIXELS  # PIL's, as read_image reads
+    assert len(runner._runner_inputs(panoptic, str(good), [str(limit // 2), "2"])) == 3
+    for h, w in ((limit // 2 + 1, 2), (100000, 100000)):
+        with pytest.raises(SystemExit):
+            runner._runner_inputs(panoptic, str(good), [str(h), str(w)])
+        assert f"HEIGHT x WIDTH {h} x {w}: the output size" in capsys.readouterr().err
