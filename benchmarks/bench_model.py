@@ -401,9 +401,10 @@ def profile(name, args):
         inputs = inference_inputs(args, args.device)
         model.eval()
         run = lambda: run_inference(model, inputs, args)  # noqa: E731
-    run()
+    run()  # warm-up, not profiled
     with torch.profiler.profile() as prof:
-        run()
+        for _ in range(args.repeats):
+            run()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
@@ -423,7 +424,9 @@ def main():
         help="default: both (--profile: inference)",
     )
     parser.add_argument(
-        "--profile", metavar="ROW", help="profile one row instead (torch.profiler), run once"
+        "--profile",
+        metavar="ROW",
+        help="profile one row instead (torch.profiler): --repeats runs after a warm-up",
     )
     args = parser.parse_args()
     names = [name for rows in ROWS.values() for name in rows]

@@ -139,3 +139,23 @@ def test_bench_export_without_an_onnx_backend():
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "| eager | " in stdout and "openvino" not in stdout
+
+
+def test_profile_runs_repeats_after_a_warm_up(monkeypatch, capsys):
+    """--profile times --repeats runs under torch.profiler, after one run outside it."""
+    import benchmarks.bench_model as bench
+
+    calls = []
+
+    def run_inference(model, inputs, args):
+        calls.append(torch.autograd.profiler._is_profiler_enabled)
+        return model(inputs)
+
+    monkeypatch.setattr(bench, "make_cfg", lambda *a: None)
+    monkeypatch.setattr(bench, "build", lambda cfg, args: torch.nn.ReLU())
+    monkeypatch.setattr(bench, "inference_inputs", lambda args, device: torch.ones(2))
+    monkeypatch.setattr(bench, "run_inference", run_inference)
+    args = argparse.Namespace(task="inference", device="cpu", repeats=3)
+    bench.profile("PANet R50", args)
+    assert calls == [False, True, True, True]
+    assert "aten::relu" in capsys.readouterr().out
