@@ -384,3 +384,26 @@ def test_lazyconfig_training_values_checked():
     ]:
         with pytest.raises(ConfigError, match=message):
             check_lazy_training_values(LazyConfig.apply_overrides(_load(QUICK), [override]))
+
+
+def test_a_fault_in_a_users_own_model_module_keeps_its_traceback(tmp_path, monkeypatch):
+    """A model class of the user's own module that fails its own assertion raises it as it is
+    (its traceback shows where); the same class handing Detectron2 a bad value is one line."""
+    (tmp_path / "user_model_module.py").write_text(
+        "import torch\n"
+        "from detectron2.layers import get_norm\n\n\n"
+        "class Model(torch.nn.Module):\n"
+        "    def __init__(self, norm='BN', channels=8):\n"
+        "        super().__init__()\n"
+        "        assert channels > 0, 'channels must be positive'\n"
+        "        self.norm = get_norm(norm, channels)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = OmegaConf.create({"model": {"_target_": "user_model_module.Model"}})
+    assert isinstance(instantiate_model(cfg), torch.nn.Module)
+    cfg.model.channels = 0
+    with pytest.raises(AssertionError, match="^channels must be positive$"):
+        instantiate_model(cfg)
+    cfg.model.channels, cfg.model.norm = 8, "foo"  # Detectron2's KeyError
+    with pytest.raises(ConfigError, match="^cfg.model cannot be built: KeyError: "):
+        instantiate_model(cfg)
