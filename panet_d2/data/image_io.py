@@ -28,15 +28,16 @@ MAX_ASPECT_RATIO = 100  # the longest side of an image that panet_d2 reads, in i
 MAX_SIDE = 8192
 
 
-def check_model_input_side(shape, what):
+def check_model_input_side(shape, what, split="TEST"):
     """An :class:`ImageLoadError` if the image ``what``, of ``shape`` (H, W, ...) as the model
-    gets it (resized), has a side longer than :data:`MAX_SIDE`."""
+    gets it (resized for ``split``, TRAIN or TEST), has a side longer than :data:`MAX_SIDE`."""
     h, w = shape[:2]
     if max(h, w) > MAX_SIDE:
         raise ImageLoadError(
             f"The {what} is {w}x{h} (width x height) as the model would get it: panet_d2 runs "
             f"images of at most {MAX_SIDE} px a side (larger ones exhaust a machine's memory): "
-            "resize it with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (0: not resized)."
+            f"resize it with INPUT.MIN_SIZE_{split} / MAX_SIZE_{split} (0: not resized), in a "
+            "LazyConfig with its mapper's augmentations."
         )
 
 
@@ -252,7 +253,10 @@ class ImageDatasetMapper(DatasetMapper):
                 "width x height) cannot be augmented as the config says (INPUT.MIN_SIZE_* / "
                 f"MAX_SIZE_*, crops): {type(e).__name__}: {e}."
             ) from None
-        check_model_input_side(aug_input.image.shape, f"image {dataset_dict.get('file_name')!r}")
+        what, split = f"image {dataset_dict.get('file_name')!r}", (
+            "TRAIN" if self.is_train else "TEST"
+        )
+        check_model_input_side(aug_input.image.shape, what, split)
         chw = np.ascontiguousarray(aug_input.image.transpose(2, 0, 1))
         dataset_dict["image"] = torch.as_tensor(chw)
         return aug_input, transforms

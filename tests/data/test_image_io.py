@@ -304,8 +304,14 @@ def test_model_input_side_at_most_8192(tmp_path):
         assert str(e.value) == (
             f"The image {path!r} is 8193x100 (width x height) as the model would get it: panet_d2 "
             "runs images of at most 8192 px a side (larger ones exhaust a machine's memory): "
-            "resize it with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (0: not resized)."
+            "resize it with INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST (0: not resized), in a LazyConfig "
+            "with its mapper's augmentations."
         )
+    cfg.INPUT.MIN_SIZE_TRAIN = (0,)  # training names its own keys
+    with pytest.raises(
+        ImageLoadError, match=r"resize it with INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN"
+    ):
+        ImageDatasetMapper(cfg, is_train=True)(record)
 
 
 @pytest.mark.parametrize("arch", ["SemanticSegmentor", "PanopticFPN", "GeneralizedRCNN"])
