@@ -5,18 +5,22 @@ import os
 import re
 from unittest import mock
 
-import fvcore
-import torch
 import yaml
 from omegaconf import OmegaConf
 
-import detectron2
 from detectron2.config import CfgNode as CN
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.registry import locate
 
-from .errors import INPUT_CHANNELS, MAX_POOLER_RESOLUTION, ConfigError, InputError, check_fractions
+from .errors import (
+    INPUT_CHANNELS,
+    MAX_POOLER_RESOLUTION,
+    ConfigError,
+    InputError,
+    check_fractions,
+    raised_in_libraries,
+)
 
 # Values accepted by the keys below (`check_choice`); norm keys take any of Detectron2's `get_norm`
 PAFPN_ACTIVATIONS = ("relu", "none", "relu_if_norm")
@@ -218,19 +222,6 @@ def lazyconfig_files_as_data():
 _PREDICTOR = "model.roi_heads.box_predictor."  # a LazyConfig's keys of the box predictor
 
 
-# the libraries whose refusals of a LazyConfig model's arguments instantiate_model says in a line
-_LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (detectron2, fvcore, torch))
-_LIBRARIES += (os.path.dirname(os.path.abspath(__file__)) + os.sep,)  # panet_d2
-
-
-def _raised_in(e, folders):
-    """Whether the innermost frame of the traceback of ``e`` is in a file under ``folders``."""
-    tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(folders)
-
-
 def instantiate_model(cfg):
     """``instantiate(cfg.model)`` of a LazyConfig ``cfg``; an argument that its class does not take
     is a :class:`ConfigError` naming the key (in Detectron2 a TypeError traceback)."""
@@ -249,7 +240,7 @@ def instantiate_model(cfg):
             ) from None
         raise ConfigError(f"cfg.model cannot be built: TypeError: {e}") from None
     except (AssertionError, KeyError, ValueError) as e:  # Detectron2's checks of its arguments
-        if not _raised_in(e, _LIBRARIES):  # a fault of a user's own module: its traceback
+        if raised_in_libraries(e) is None:  # a fault of a user's own module: its traceback
             raise
         raise ConfigError(f"cfg.model cannot be built: {type(e).__name__}: {e}") from None
     _check_model_inputs(model)

@@ -2,11 +2,14 @@
 the checks of config values shared by the model's parts."""
 
 import math
+import os
 import re
 from typing import Dict, Sequence
 
+import fvcore
 import torch
 
+import detectron2
 from detectron2.layers import ShapeSpec, get_norm
 
 
@@ -114,7 +117,8 @@ def check_in_features(
     key: str, features: Sequence[str], input_shape: Dict[str, ShapeSpec], source: str, pyramid=False
 ):
     """Raise :class:`ConfigError` unless ``features`` is a non-empty list of features of
-    ``input_shape`` (of ``source``); with ``pyramid``, consecutive pyramid levels, finest first."""
+    ``input_shape`` (of ``source``); with ``pyramid`` (what reads them, e.g. "RoI pooling"),
+    consecutive pyramid levels, finest first."""
     features, names = list(features), ", ".join(input_shape)
     if not features:
         raise ConfigError(f"{key}=[]: list one feature at least; {source} has: {names}.")
@@ -128,7 +132,25 @@ def check_in_features(
     all_strides = ", ".join(str(s.stride) for s in input_shape.values())
     if pyramid and levels != [levels[0] + i for i in range(len(levels))]:
         raise ConfigError(
-            f"{key}={features}: RoI pooling (and adaptive feature pooling) takes consecutive "
-            f"pyramid levels, finest first; these have strides {strides}. Allowed: consecutive "
+            f"{key}={features}: {pyramid} takes consecutive pyramid levels, finest first; these "
+            f"have strides {strides}. Allowed: consecutive "
             f"features of {names} (strides {all_strides}), finest first."
         )
+
+
+# the libraries whose refusals of a config's values panet_d2 says in one line
+LIBRARIES = tuple(os.path.dirname(m.__file__) + os.sep for m in (detectron2, fvcore, torch))
+LIBRARIES += (os.path.dirname(os.path.abspath(__file__)) + os.sep,)  # panet_d2
+
+
+def raised_in_libraries(e):
+    """Where ``e`` was raised ("file:line"), if the innermost frame of its traceback is in a file of
+    :data:`LIBRARIES`; else None (e.g. a user's own module)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb and os.path.abspath(tb.tb_frame.f_code.co_filename)
+    if not path or not path.startswith(LIBRARIES):
+        return None
+    root = next(r for r in LIBRARIES if path.startswith(r))
+    return f"{os.path.relpath(path, os.path.dirname(root.rstrip(os.sep)))}:{tb.tb_lineno}"

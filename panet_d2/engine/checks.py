@@ -28,6 +28,7 @@ from detectron2.modeling import (
     SEM_SEG_HEADS_REGISTRY,
     GeneralizedRCNN,
     PanopticFPN,
+    RetinaNet,
     build_backbone,
 )
 from detectron2.modeling import roi_heads as d2_roi_heads
@@ -54,12 +55,15 @@ from ..errors import (
     check_fractions,
     check_in_features,
     check_norm,
+    raised_in_libraries,
 )
 from ..evaluation.build import SEM_SEG_TYPES, TASKS, check_evaluator_type
 from ..evaluation.panoptic import meta_architecture, panoptic_to_dataset_classes
 from ..modeling import PANetConvFCHead, PANetMaskHead, PANetROIHeads
 
 logger = logging.getLogger(__name__)
+# the pooler types of Detectron2's ROIPooler
+POOLER_TYPES = ("ROIAlign", "ROIAlignV2", "ROIPool", "ROIAlignRotated")
 
 # Metadata keys that name a dataset's files or folders (Detectron2's builtin ones, Cityscapes')
 _PATH_KEYS = ("json_file", "image_root", "panoptic_json", "panoptic_root", "sem_seg_root")
@@ -395,6 +399,12 @@ def _check_model_values(cfg, rcnn):
                 f"DEFORM_ON_PER_STAGE and RES2_OUT_CHANNELS 64; got {r.RES5_DILATION}, "
                 f"{list(r.DEFORM_ON_PER_STAGE)} and {r.RES2_OUT_CHANNELS}."
             )
+        if r.RES5_DILATION != 1 and "fpn" in m.BACKBONE.NAME and "res5" in m.FPN.IN_FEATURES:
+            raise ConfigError(  # Detectron2's FPN: "Strides 16 16 are not log2 contiguous"
+                f"MODEL.RESNETS.RES5_DILATION={r.RES5_DILATION} keeps res5 at res4's stride (16): "
+                f"a feature pyramid ({m.BACKBONE.NAME}) takes res5 at stride 32. Set it 1, or "
+                "leave res5 out of MODEL.FPN.IN_FEATURES."
+            )
     anchors = m.ANCHOR_GENERATOR
     values = [v for key in ("SIZES", "ASPECT_RATIOS") for row in anchors[key] for v in row]
     if rcnn and not all(0 < v < math.inf for v in values):
@@ -407,6 +417,14 @@ def _check_model_values(cfg, rcnn):
         ok = len(weights) in (4, 5) and all(0 < w < math.inf for w in weights)
         what = "4 positive finite numbers (x, y, w, h; rotated boxes: 5, and the angle)"
         _require(not rcnn or ok, key, tuple(weights), what)
+    if rcnn and issubclass(rcnn, PanopticFPN) and not m.MASK_ON:
+        raise ConfigError(
+            f"MODEL.MASK_ON=False: {m.META_ARCHITECTURE}'s panoptic merge reads the instance "
+            "masks: set it True."
+        )
+    poolers = ["MODEL.ROI_BOX_HEAD.POOLER_TYPE"] + ["MODEL.ROI_MASK_HEAD.POOLER_TYPE"] * m.MASK_ON
+    for key in poolers if rcnn else ():  # Detectron2's ROIPooler: a ValueError when built
+        check_choice(key, _value(cfg, key), POOLER_TYPES)
     if rcnn and issubclass(rcnn, PanopticFPN) and not m.PANOPTIC_FPN.COMBINE.ENABLED:
         raise ConfigError(
             "MODEL.PANOPTIC_FPN.COMBINE.ENABLED=False: Detectron2 no longer reads it (the panoptic "
@@ -450,26 +468,64 @@ def check_config(cfg, train=True, world_size=None):
     _check_model_values(cfg, _rcnn(cfg))
     if train:
         _check_training(cfg, world_size)
-    if not rcnn:
-        return
+    model = _build_on_meta_device(cfg)
+    if model is not None:
+        check_parameter_memory(model, cfg.MODEL.META_ARCHITECTURE)
+        _check_sem_seg_strides(cfg, model)
+
+
+def _build_on_meta_device(cfg):
+    """The model of ``cfg`` built on the meta device (no memory, no initialisation, the random
+    state kept), its backbone's features checked against the heads' IN_FEATURES; a refusal of
+    Detectron2, fvcore, torch or panet_d2 while building is a :class:`ConfigError` naming where
+    it was raised. None when it cannot be built there for another reason (build_model says)."""
+    arch, name = meta_architecture(cfg), "the backbone " + cfg.MODEL.BACKBONE.NAME
+    # the IN_FEATURES that Detectron2's RPN and RetinaNet read unchecked (a KeyError)
+    rpn = _rcnn(cfg) is not None and cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN")
+    retina = isinstance(arch, type) and issubclass(arch, RetinaNet)
+    readers = {"MODEL.RPN.IN_FEATURES": rpn, "MODEL.RETINANET.IN_FEATURES": retina}
     quiet = contextlib.redirect_stdout(io.StringIO())
-    try:  # on the meta device: no memory, no initialisation, the random state kept
+    try:
         with torch.device("meta"), quiet, torch.random.fork_rng(devices=[]):
             shapes = build_backbone(cfg).output_shape()
-            if cfg.MODEL.PROPOSAL_GENERATOR.NAME in ("RPN", "RRPN"):  # Detectron2's RPN does not
-                name = "the backbone " + cfg.MODEL.BACKBONE.NAME
-                check_in_features("MODEL.RPN.IN_FEATURES", cfg.MODEL.RPN.IN_FEATURES, shapes, name)
-            model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
+            for key, read in readers.items():
+                if read:
+                    check_in_features(key, _value(cfg, key), shapes, name)
+            return META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
     except ConfigError:
         raise
-    except Exception as e:  # build_model then says why
+    except Exception as e:
         if isinstance(e, ValueError) and "divisible by num_groups" in str(e):
             raise ConfigError(  # torch's GroupNorm: channels that its 32 groups do not divide
                 f"The model cannot be built: {e}: a 'GN' norm on a layer of other channels; set "
                 "that part's NORM key to another norm, or its channels to a multiple of 32."
             ) from None
+        where = raised_in_libraries(e)
+        if where is None or not isinstance(e, (AssertionError, KeyError, ValueError)):
+            return None
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise ConfigError(
+            f"The model cannot be built from this config ({cfg.MODEL.META_ARCHITECTURE}): {why} "
+            f"(raised at {where}); check the keys of that part."
+        ) from None
+
+
+def _check_sem_seg_strides(cfg, model):
+    """A :class:`ConfigError` if the semantic head reads a feature coarser than the images are
+    padded for: its upsampled map then misses the others' size for some image sizes."""
+    head, backbone = getattr(model, "sem_seg_head", None), getattr(model, "backbone", None)
+    features = getattr(head, "in_features", None)
+    if not features or backbone is None:
         return
-    check_parameter_memory(model, cfg.MODEL.META_ARCHITECTURE)
+    shapes, padded = backbone.output_shape(), max(backbone.size_divisibility, 1)
+    coarse = [f for f in features if f in shapes and padded % shapes[f].stride]
+    if coarse:
+        raise ConfigError(
+            f"MODEL.SEM_SEG_HEAD.IN_FEATURES={list(features)}: {coarse[0]!r} has stride "
+            f"{shapes[coarse[0]].stride}, coarser than the {padded} px multiples the backbone pads"
+            " images to: its upsampled map would not match the others' for some image sizes. "
+            f"Read features of strides dividing {padded}."
+        )
 
 
 def machine_memory():

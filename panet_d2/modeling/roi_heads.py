@@ -25,7 +25,8 @@ class PANetROIHeads(StandardROIHeads):
     def from_config(cls, cfg, input_shape):
         in_features, backbone = list(cfg.MODEL.ROI_HEADS.IN_FEATURES), cfg.MODEL.BACKBONE.NAME
         key = "MODEL.ROI_HEADS.IN_FEATURES"
-        check_in_features(key, in_features, input_shape, "the backbone " + backbone, pyramid=True)
+        pyramid = "RoI pooling (and adaptive feature pooling)"
+        check_in_features(key, in_features, input_shape, "the backbone " + backbone, pyramid)
         if not cfg.MODEL.AFP.ENABLED:
             return super().from_config(cfg, input_shape)
         ratio = cfg.MODEL.AFP.POOLER_SAMPLING_RATIO

@@ -228,6 +228,30 @@ BAD_VALUES = [
         r"MODEL.RPN.IN_FEATURES=\['p2', 'p7'\]: 'p7' is not a feature of the backbone "
         r"build_resnet_pafpn_backbone; its features are: p2, p3, p4, p5, p6.",
     ),
+    (["MODEL.FPN.FUSE_TYPE", "max"], r"FPN.FUSE_TYPE='max'; allowed values are: 'sum', 'avg'.$"),
+    (
+        ["MODEL.ROI_BOX_HEAD.POOLER_TYPE", "Foo"],
+        r"POOLER_TYPE='Foo'; allowed values are: 'ROIAlign', 'ROIAlignV2', 'ROIPool', 'ROIAlignRot",
+    ),
+    (
+        ["MODEL.FPN.IN_FEATURES", "['res5', 'res4', 'res3', 'res2']"],
+        r"^MODEL.FPN.IN_FEATURES=\['res5', 'res4', 'res3', 'res2'\]: the feature pyramid takes "
+        r"consecutive pyramid levels, finest first; these have strides \[32, 16, 8, 4\].",
+    ),
+    (
+        ["MODEL.RESNETS.DEPTH", 50, "MODEL.RESNETS.RES5_DILATION", 2],
+        r"^MODEL.RESNETS.RES5_DILATION=2 keeps res5 at res4's stride \(16\): a feature pyramid ",
+    ),
+    (
+        ["MODEL.META_ARCHITECTURE", "RetinaNet"],
+        r"^MODEL.RETINANET.IN_FEATURES=\['p3', 'p4', 'p5', 'p6', 'p7'\]: 'p7' is not a feature of",
+    ),
+    (  # Detectron2's refusal while building, in one line naming where
+        ["MODEL.RPN.IN_FEATURES", "['p2', 'p3']"],
+        r"^The model cannot be built from this config \(GeneralizedRCNN\): AssertionError: Got "
+        r"sizes of length 5 in anchor generator, but the number of input features is 2! \(raised "
+        r"at detectron2/modeling/anchor_generator.py:\d+\); check the keys of that part.$",
+    ),
     # a PANet key on while the part that reads it is not in the model
     (
         ["MODEL.ROI_HEADS.NAME", "StandardROIHeads"],
@@ -267,6 +291,29 @@ def test_bad_config_values(train_net, datasets, tmp_path, opts, message):
     if not opts[0].startswith(train_only):  # also with --eval-only
         with pytest.raises(ConfigError, match=message):
             _main(train_net, tmp_path, *opts, eval_only=True, config=SMOKE)
+
+
+def test_panoptic_values_that_fail_after_training_or_by_image_size(train_net, tmp_path):
+    """A panoptic model without masks (Detectron2: trained to the end, then an AttributeError in
+    evaluation), and a semantic head reading p6 (stride 64, images padded to multiples of 32):
+    refused before training. The latter fails on some image sizes only, as built here."""
+    for eval_only in (False, True):
+        with pytest.raises(ConfigError, match=r"^MODEL.MASK_ON=False: PanopticPANet's panoptic "):
+            _main(train_net, tmp_path, "MODEL.MASK_ON", False, config=PANOPTIC, eval_only=eval_only)
+        p6 = ["MODEL.SEM_SEG_HEAD.IN_FEATURES", "['p2', 'p3', 'p4', 'p5', 'p6']"]
+        with pytest.raises(ConfigError) as e:
+            _main(train_net, tmp_path, *p6, config=PANOPTIC, eval_only=eval_only)
+        assert str(e.value).startswith(
+            "MODEL.SEM_SEG_HEAD.IN_FEATURES=['p2', 'p3', 'p4', 'p5', 'p6']: 'p6' has stride 64, "
+            "coarser than the 32 px multiples the backbone pads images to"
+        )
+    cfg = panet_cfg(PANOPTIC)
+    cfg.merge_from_list(p6)
+    model = build_model(cfg).eval()  # (Detectron2's builder, unchecked)
+    with torch.no_grad():
+        model([{"image": torch.zeros(3, 128, 128)}])  # 4 x 32: p6 upsampled is p5's size
+        with pytest.raises(RuntimeError, match="must match the size of tensor"):
+            model([{"image": torch.zeros(3, 96, 128)}])  # 3 x 32: it is not
 
 
 def test_flag_after_the_config_options(train_net, tmp_path):

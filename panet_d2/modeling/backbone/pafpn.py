@@ -100,7 +100,9 @@ class PAFPN(FPN):
 def build_resnet_pafpn_backbone(cfg, input_shape: ShapeSpec):
     """Detectron2's ResNet-FPN backbone with the :class:`PAFPN` neck (MODEL.FPN.*, PAFPN.*)."""
     bottom_up, in_features = build_resnet_backbone(cfg, input_shape), cfg.MODEL.FPN.IN_FEATURES
-    check_in_features("MODEL.FPN.IN_FEATURES", in_features, bottom_up.output_shape(), "the ResNet")
+    shapes, key = bottom_up.output_shape(), "MODEL.FPN.IN_FEATURES"
+    check_in_features(key, in_features, shapes, "the ResNet", "the feature pyramid")
+    check_choice("MODEL.FPN.FUSE_TYPE", cfg.MODEL.FPN.FUSE_TYPE, ("sum", "avg"))
     return PAFPN(
         bottom_up=bottom_up,
         in_features=in_features,
