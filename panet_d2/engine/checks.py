@@ -28,7 +28,9 @@ from detectron2.modeling import (
     SEM_SEG_HEADS_REGISTRY,
     GeneralizedRCNN,
     PanopticFPN,
+    ProposalNetwork,
     RetinaNet,
+    SemanticSegmentor,
     build_backbone,
 )
 from detectron2.modeling import roi_heads as d2_roi_heads
@@ -174,6 +176,38 @@ def check_num_classes(cfg, datasets):
                     f"{cfg_key}={value} does not fit dataset {name!r} ({key}) with {what}: "
                     f"set {cfg_key} {num}."
                 )
+
+
+def check_training_targets(cfg, dicts, name):
+    """Raises :class:`DatasetError` if a training record (of ``dicts``, datasets ``name``) lacks
+    what the model trains on: instance annotations (R-CNNs, RetinaNet, the RPN alone) or a
+    semantic label PNG (semantic and panoptic models); records that panet_d2's panoptic mapper
+    reads have both (their PNG). Detectron2: an error at the first step, or later."""
+    arch = meta_architecture(cfg)
+    if not isinstance(arch, type):
+        return
+    needs = []
+    if issubclass(arch, (GeneralizedRCNN, RetinaNet, ProposalNetwork)):
+        needs.append(("annotations", "instance annotations ('annotations')"))
+    if issubclass(arch, (SemanticSegmentor, PanopticFPN)):
+        needs.append(("sem_seg_file_name", "semantic label PNG ('sem_seg_file_name')"))
+    for key, what in needs:
+        missing = [d for d in dicts if key not in d]
+        if not missing:
+            continue
+        hint = "Train on a dataset registered with them."
+        if "pan_seg_file_name" in missing[0]:
+            hint = (
+                "Its records are panoptic (a PNG and segments_info): PanopticPANet trains on them "
+                "as they are; other models need the dataset registered with its instances json "
+                "and semantic PNGs (register_coco_panoptic_panet, or Detectron2's "
+                "register_coco_panoptic_separated)."
+            )
+        raise DatasetError(
+            f"{len(missing)} of the {len(dicts)} training records ({name}, DATASETS.TRAIN) have "
+            f"no {what}, which {cfg.MODEL.META_ARCHITECTURE} trains on (the first: "
+            f"{missing[0].get('file_name')!r}). {hint}"
+        )
 
 
 def check_class_order(train_names, test_names):

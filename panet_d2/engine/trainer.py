@@ -115,6 +115,7 @@ class PANetTrainer(DefaultTrainer):
         if uses_panoptic_mapper(cfg, dicts):  # its targets come from the PNGs, not annotations
             kwargs["mapper"] = PanopticDatasetMapper(cfg, True)
         else:
+            checks.check_training_targets(cfg, dicts, ", ".join(cfg.DATASETS.TRAIN))
             names, masks = cfg.DATASETS.TRAIN, cfg.MODEL.MASK_ON
             clean = checks.drop_invalid_annotations(dicts, names, "DATASETS.TRAIN", masks)
             checks.check_mask_format(clean if masks else (), names, cfg.INPUT.MASK_FORMAT)

@@ -316,6 +316,49 @@ def test_panoptic_values_that_fail_after_training_or_by_image_size(train_net, tm
             model([{"image": torch.zeros(3, 96, 128)}])  # 3 x 32: it is not
 
 
+def test_training_records_without_the_models_targets(train_net, datasets, tmp_path):
+    """An instance model on semantic or Detectron2-style panoptic records (no 'annotations'), a
+    panoptic model on instance records (no semantic PNG): one line before training (Detectron2:
+    "RPN requires gt_instances in training!", a KeyError or a ValueError at the first step)."""
+    panoptic = DatasetCatalog.get(f"{PREFIX}_val_panoptic")
+    bare = [{k: v for k, v in d.items() if k != "annotations"} for d in panoptic]
+    name = f"{PREFIX}_panoptic_records_only"
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: [dict(d) for d in bare])
+    meta = MetadataCatalog.get(f"{PREFIX}_val_panoptic").as_dict()
+    MetadataCatalog.get(name).set(**{k: v for k, v in meta.items() if k != "name"})
+    cases = [
+        (
+            SMOKE,
+            f"{PREFIX}_val_sem_seg",
+            "instance annotations ('annotations'), which " "GeneralizedRCNN trains on",
+            "Train on a dataset registered with them.",
+        ),
+        (SMOKE, name, "instance annotations ('annotations')", "Its records are panoptic"),
+        (
+            PANOPTIC,
+            f"{PREFIX}_val",
+            "semantic label PNG ('sem_seg_file_name'), which " "PanopticPANet trains on",
+            "Train on a dataset registered with them.",
+        ),
+    ]
+    for config, dataset, what, hint in cases:
+        data = ["DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", 1]
+        with pytest.raises(DatasetError) as e:
+            _main(train_net, tmp_path, *data, config=config)
+        message = str(e.value)
+        assert message.startswith(
+            f"4 of the 4 training records ({dataset}, DATASETS.TRAIN) have " f"no {what}"
+        ), message
+        assert hint in message, message
+        assert "Starting training" not in (tmp_path / "log.txt").read_text()
+    # the panoptic model trains on those panoptic records (panet_d2's mapper reads the PNGs)
+    data = ["DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", 1]
+    _main(train_net, tmp_path / "ok", *data, config=PANOPTIC)
+
+
 def test_flag_after_the_config_options(train_net, tmp_path):
     """argparse gives a flag after the KEY VALUE pairs to them ("Non-existent key: --num-gpus")."""
     with pytest.raises(ConfigError) as e:
