@@ -171,6 +171,14 @@ def check_num_classes(cfg, datasets):
             classes.append(("SEM_SEG_HEAD", space.num_sem_classes, stuff))
         for head, num, what in classes:
             cfg_key, value = f"MODEL.{head}.NUM_CLASSES", cfg.MODEL[head].NUM_CLASSES
+            if key == "DATASETS.TEST" and head == "ROI_HEADS" and num and value < num:
+                unknown = (things or space.thing_classes)[value:]  # as Detectron2 evaluates it
+                logger.warning(
+                    f"{cfg_key}={value}, dataset {name!r} ({key}) has {what}: the model predicts "
+                    f"its first {value}; {len(unknown)} it does not ({', '.join(unknown[:5])}"
+                    f"{', ...' if len(unknown) > 5 else ''}) score AP 0 where annotated."
+                )
+                continue
             if num is not None and value != num:
                 raise ConfigError(
                     f"{cfg_key}={value} does not fit dataset {name!r} ({key}) with {what}: "

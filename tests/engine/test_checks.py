@@ -20,6 +20,7 @@ from pycocotools.coco import COCO
 
 pytest.importorskip("detectron2")
 
+from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -48,7 +49,7 @@ from panet_d2.errors import (  # noqa: E402
     ImageLoadError,
 )
 
-from ..common import ALL_OFF, ROOT, panet_cfg, register_coco  # noqa: E402
+from ..common import ALL_OFF, ROOT, logged_messages, panet_cfg, register_coco  # noqa: E402
 
 SMOKE = os.path.join(ROOT, "configs", "quick_schedules", "panet_R_18_synth_instance_smoke.yaml")
 PANOPTIC = os.path.join(ROOT, "configs", "quick_schedules", "panoptic_panet_R_18_synth.yaml")
@@ -92,10 +93,23 @@ def test_roi_heads_num_classes_against_dataset(train_net, tmp_path):
         _main(train_net, tmp_path, SMOKE, "DATASETS.TRAIN", "('t_checks_3_things',)", *opts)
     assert str(e.value) == expected.format("DATASETS.TRAIN")
     assert not os.path.exists(tmp_path / "model_final.pth")
-    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", 2, "DATASETS.TEST", "('t_checks_3_things',)"]
+    # a test set of more classes is evaluated as Detectron2 evaluates it (the model's are its
+    # first ones), with a warning; one of fewer classes is refused (predictions of no category)
+    opts = ["MODEL.ROI_HEADS.NUM_CLASSES", 4, "DATASETS.TEST", "('t_checks_3_things',)"]
     with pytest.raises(ConfigError) as e:
         _main(train_net, tmp_path, SMOKE, *opts, eval_only=True)
-    assert str(e.value) == expected.format("DATASETS.TEST")
+    assert str(e.value) == (
+        "MODEL.ROI_HEADS.NUM_CLASSES=4 does not fit dataset 't_checks_3_things' (DATASETS.TEST) "
+        "with 3 thing classes: set MODEL.ROI_HEADS.NUM_CLASSES 3."
+    )
+    cfg = get_cfg()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    with logged_messages("panet_d2.engine.checks") as messages:
+        check_num_classes(cfg, [("t_checks_3_things", "DATASETS.TEST")])
+    assert messages == [
+        "MODEL.ROI_HEADS.NUM_CLASSES=2, dataset 't_checks_3_things' (DATASETS.TEST) has 3 thing "
+        "classes: the model predicts its first 2; 1 it does not (c) score AP 0 where annotated."
+    ]
 
 
 def test_sem_seg_head_num_classes_against_dataset(train_net, tmp_path):
