@@ -809,6 +809,35 @@ def check_coco_ground_truth(name, evaluator_type="coco"):
         )
 
 
+def check_panoptic_categories(name):
+    """Raises :class:`DatasetError` naming the first segment of the ``panoptic_json`` of test
+    dataset ``name`` whose category is not among its categories: panopticapi skips it, silently,
+    and counts a prediction on it as a false positive (PQ lowered)."""
+    file = MetadataCatalog.get(name).get("panoptic_json", None)
+    if not _local(file) or not os.path.isfile(file):
+        return
+    with PathManager.open(file) as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        return
+    known = {c.get("id") for c in data.get("categories") or () if isinstance(c, dict)}
+    bad = [
+        (a, s)
+        for a in data["annotations"]
+        if isinstance(a, dict)
+        for s in a.get("segments_info") or ()
+        if isinstance(s, dict) and s.get("category_id") not in known
+    ]
+    if bad:
+        a, s = bad[0]
+        raise DatasetError(
+            f"Dataset {name!r} (DATASETS.TEST) from {file!r}: segment {s.get('id')!r} of image "
+            f"{a.get('image_id')!r} has the category_id {s.get('category_id')!r}, which is not "
+            f"among its categories ({len(bad)} such segment(s)): panopticapi would skip it and "
+            "count a prediction on it as a false positive. Fix the id, or add the category."
+        )
+
+
 # the ground-truth PNGs that Detectron2's Cityscapes evaluators glob in gt_dir/<city>/
 _CITYSCAPES_GT = {"cityscapes_instance": "_gtFine_instanceIds.png"}
 _CITYSCAPES_GT["cityscapes_sem_seg"] = "_gtFine_labelIds.png"
@@ -899,6 +928,8 @@ def check_inputs(cfg, train=True):
                 f"Dataset {name!r} (DATASETS.TEST) is evaluated as {evaluator_type!r}: the model "
                 f"{cfg.MODEL.META_ARCHITECTURE} gives instances only (test an instance dataset)."
             )
+        if evaluator_type.endswith("panoptic_seg"):  # panopticapi's; before loading (KeyError)
+            check_panoptic_categories(name)
         with loading_dataset([name], "DATASETS.TEST"):
             dicts = DatasetCatalog.get(name)
             check_files(dicts, name, "DATASETS.TEST")

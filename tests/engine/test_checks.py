@@ -37,6 +37,7 @@ from panet_d2.engine.checks import (  # noqa: E402
     check_inputs,
     check_num_classes,
     check_panet_parts,
+    check_panoptic_categories,
     check_tta,
     drop_invalid_annotations,
     drop_invalid_coco_annotations,
@@ -598,3 +599,47 @@ def test_detectron2s_own_configs_pass_the_checks():
     cfg = load_config_file(d2_zoo.get_config_file(name), rotated, lazy=False)
     check_config(cfg, train=False)
     assert type(build_model(cfg).roi_heads).__name__ == "RROIHeads"  # (it builds, as it should)
+
+
+def test_panoptic_segment_of_an_unknown_category(shared_data, tmp_path):
+    """A test set's segment whose category_id is not among the panoptic json's categories: one
+    line before loading. panopticapi scores it silently: perfect predictions score PQ < 100."""
+    from panopticapi.evaluation import pq_compute
+
+    sample = os.path.join(shared_data, "coco_panoptic_sample")
+    pngs = os.path.join(sample, "panoptic")
+    with open(os.path.join(sample, "panoptic_val2017_sample.json")) as f:
+        good = json.load(f)
+    bad = json.loads(json.dumps(good))
+    segment = bad["annotations"][0]["segments_info"][0]
+    segment["category_id"] = 9999
+    files = {}
+    for name, data in (("good", good), ("bad", bad)):
+        files[name] = str(tmp_path / f"{name}.json")
+        with open(files[name], "w") as f:
+            json.dump(data, f)
+    with contextlib.redirect_stdout(io.StringIO()):
+        pq = {n: pq_compute(files[n], files["good"], pngs, pngs)["All"]["pq"] for n in files}
+    assert pq["good"] == 1.0 and pq["bad"] < 1.0  # the harm: the perfect prediction's PQ drops
+    name = _dataset(
+        "t_checks_unknown_category", evaluator_type="coco_panoptic_seg", panoptic_json=files["bad"]
+    )
+    with pytest.raises(DatasetError) as e:
+        check_panoptic_categories(name)
+    assert str(e.value) == (
+        f"Dataset {name!r} (DATASETS.TEST) from {files['bad']!r}: segment {segment['id']!r} of "
+        f"image {bad['annotations'][0]['image_id']!r} has the category_id 9999, which is not among "
+        "its categories (1 such segment(s)): panopticapi would skip it and count a prediction on "
+        "it as a false positive. Fix the id, or add the category."
+    )
+    cfg = panet_cfg(PANOPTIC)  # checked with the test set, before it is loaded
+    cfg.DATASETS.TEST = (name,)
+    with pytest.raises(DatasetError, match="has the category_id 9999, which is not among"):
+        check_inputs(cfg, train=False)
+    check_panoptic_categories(
+        _dataset(
+            "t_checks_known_category",
+            evaluator_type="coco_panoptic_seg",
+            panoptic_json=files["good"],
+        )
+    )
