@@ -12,7 +12,8 @@ final detections that each backend also has (same class, box IoU >= 0.95; from t
 least 0.5.
 
 The test dataset is the config's ``DATASETS.TEST[0]`` or, with ``--num-images N``, a held-out
-split of the generated dataset of N images (``--seed``; the main job's validation split has 16
+split of the generated dataset of N images (``--seed``; its panoptic view for a panoptic model,
+its instances for an instance model; the main job's validation split has 16
 images, where one detection that crosses a score threshold moves AP by about 0.3-0.6).
 
     python3 benchmarks/accuracy_gate.py \\
@@ -37,7 +38,7 @@ from benchmarks.options import at_least  # noqa: E402
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 from detectron2.evaluation import inference_on_dataset  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling import META_ARCH_REGISTRY, PanopticFPN, build_model  # noqa: E402
 from detectron2.structures import Boxes, BoxMode, pairwise_iou  # noqa: E402
 
 from panet_d2.checkpoint import PANetCheckpointer  # noqa: E402
@@ -182,12 +183,15 @@ def main(argv=None):
 def gate(args, output):
     torch.set_num_threads(args.threads)
     opts = ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0"]
-    if args.num_images:
+    cfg = load_config_file(args.config_file, opts, lazy=False)  # (a .py: one line)
+    if args.num_images:  # the split's panoptic view for a panoptic model, else its instances'
         prefix = "panet_gate_n{}_s{}".format(args.num_images, args.seed)
         split = {"val": {"num_images": args.num_images, "seed": args.seed}}
         register_synthetic_dataset(prefix, splits=split)
-        opts += ["DATASETS.TEST", "('{}_val_panoptic',)".format(prefix)]
-    cfg = load_config_file(args.config_file, opts, lazy=False)  # (a .py: one line)
+        arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+        panoptic = isinstance(arch, type) and issubclass(arch, PanopticFPN)
+        opts += ["DATASETS.TEST", "('{}_val{}',)".format(prefix, "_panoptic" * panoptic)]
+        cfg = load_config_file(args.config_file, opts, lazy=False)
     cfg.freeze()
     refusal = int8_heads_refusal(build_model(cfg))  # before the evaluations (minutes to hours)
     if refusal and args.precisions and "int8-heads" in args.precisions:

@@ -11,7 +11,7 @@ import torch
 from benchmarks.options import at_least, check_memory, device_option, positive_number
 from panet_d2.engine.checks import machine_memory
 
-from ..common import ROOT, start_script
+from ..common import ROOT, load_script, start_script
 
 
 def test_at_least():
@@ -159,3 +159,23 @@ def test_profile_runs_repeats_after_a_warm_up(monkeypatch, capsys):
     bench.profile("PANet R50", args)
     assert calls == [False, True, True, True]
     assert "aten::relu" in capsys.readouterr().out
+
+
+def test_accuracy_gate_held_out_split_of_the_models_kind(monkeypatch):
+    """--num-images: the generated split's instances for an instance model (its panoptic view
+    before: a KeyError 'panoptic_seg' after the eager evaluation), its panoptic view for a
+    panoptic model."""
+    gate = load_script(os.path.join("benchmarks", "accuracy_gate.py"), "accuracy_gate_views")
+    seen = []
+
+    def eager_metrics(cfg, weights, bf16, output):
+        seen.append(tuple(cfg.DATASETS.TEST))
+        raise StopIteration  # (the rest of the gate is not this test's)
+
+    monkeypatch.setattr(gate, "eager_metrics", eager_metrics)
+    for config in ("panet_R_18_synth_instance_smoke.yaml", "panoptic_panet_R_18_synth.yaml"):
+        config = os.path.join(ROOT, "configs", "quick_schedules", config)
+        argv = ["--config-file", config, "--weights", "w.pth", "--num-images", "2"]
+        with pytest.raises(StopIteration):
+            gate.gate(gate.get_parser().parse_args(argv + ["--no-eager-bf16"]), "unused")
+    assert seen == [("panet_gate_n2_s99_val",), ("panet_gate_n2_s99_val_panoptic",)]
