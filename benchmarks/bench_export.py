@@ -52,7 +52,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import panet_d2  # noqa: E402,F401  isort: skip  (first: Detectron2 then imports without warnings)
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling import (  # noqa: E402
+    META_ARCH_REGISTRY,
+    GeneralizedRCNN,
+    PanopticFPN,
+    build_model,
+)
 
 from benchmarks.options import add_timing_options, positive_number  # noqa: E402
 from panet_d2.config import load_config_file  # noqa: E402
@@ -364,6 +369,14 @@ def main():
     except (InputError, RuntimeError) as e:  # a bad option, or a config not in the model zoo
         parser.error(" ".join(str(e).split()))
     cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    if not (isinstance(arch, type) and issubclass(arch, GeneralizedRCNN)) or issubclass(
+        arch, PanopticFPN
+    ):  # it times and compares the final instances of each backend
+        parser.error(
+            f"--config {args.config}: its model is a {cfg.MODEL.META_ARCHITECTURE}; this benchmark "
+            "runs instance models (GeneralizedRCNN; tools/export_model.py exports panoptic ones)"
+        )
     model = build(cfg, args)
     refusal = int8_heads_refusal(model)
     if refusal and args.backends and "openvino-int8-heads" in args.backends:

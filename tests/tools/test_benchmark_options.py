@@ -81,6 +81,11 @@ def test_bad_option_is_one_line():
         ),
         ("bench_export.py", ["--opts", "MODEL.FOO", "1"], "Non-existent key: MODEL.FOO"),
         ("bench_export.py", ["--cls-scale", "3"], "--cls-scale: scales the classifier of --load "),
+        (
+            "bench_export.py",
+            ["--config", "COCO-PanopticSegmentation/panoptic_panet_R_50_1x.yaml"],
+            "its model is a PanopticPANet; this benchmark runs instance models (GeneralizedRCNN;",
+        ),
         ("bench_afp_sampling.py", ["--height", "9000"], "--height: 9000: must be at most 8192"),
         (
             "accuracy_gate.py",
