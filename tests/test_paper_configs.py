@@ -293,6 +293,8 @@ def test_coco_to_cityscapes_refuses_bad_outputs_and_writes_atomically(tmp_path, 
         link: "Output '{}' is the input COCO checkpoint; give another file name.",
         tmp_path: "Output '{}' is a folder; give the .pth file to write.",
         a_file / "sub" / "o.pth": "Cannot write '{}': '%s' is a file, not a folder." % a_file,
+        tmp_path / "cs.pkl": "Output '{}': MODEL.WEIGHTS reads a .pkl file as a pickle of NumPy "
+        "arrays (Detectron2's model zoo), and this tool writes a torch file: give a .pth name.",
     }
     for path, expected in cases.items():
         assert error_exit(tool.main, [str(src), str(path)]) == "ERROR: " + expected.format(path)

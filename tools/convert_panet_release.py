@@ -112,7 +112,8 @@ def input_file_problem(path: str) -> Optional[str]:
 def output_file_problem(path: str, input_path: str) -> Optional[str]:
     """
     What makes the output ``path`` unwritable, found before the conversion: it is the input, a
-    folder or not a regular file, its folder is a file or no file can be created there. None
+    folder or not a regular file, a .pkl (read back as another format), its folder is a file or
+    no file can be created there. None
     when it can be written (then atomically: a failed write leaves an existing file as it was).
     """
     if os.path.exists(path) and os.path.exists(input_path) and os.path.samefile(path, input_path):
@@ -125,6 +126,11 @@ def output_file_problem(path: str, input_path: str) -> Optional[str]:
         )
     if os.path.exists(path) and not os.path.isfile(path):
         return "Output {!r} exists and is not a regular file; give a .pth file name.".format(path)
+    if path.endswith(".pkl"):  # (panet_d2.checkpoint, as Detectron2, reads a .pkl as NumPy arrays)
+        return (
+            "Output {!r}: MODEL.WEIGHTS reads a .pkl file as a pickle of NumPy arrays (Detectron2's"
+            " model zoo), and this tool writes a torch file: give a .pth name.".format(path)
+        )
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):  # the folder that exists, where the missing ones go
         folder = os.path.dirname(folder)
