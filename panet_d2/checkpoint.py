@@ -43,12 +43,19 @@ CLASS_KEYS = {
 }
 # What mismatched keys mean: (where, key part, what the file has: what to set). "missing": a tensor
 # of the model with that part is not in the file, which has none; "unexpected": the file has one,
-# the model none; "single": a per-level tensor is missing, the file has its single-level version.
+# the model none; "single": a per-level tensor is missing, the file has its single-level version;
+# "position": the file has one, the model none of that part but per-level tensors elsewhere.
 # fmt: off
 _HINTS = (
-    ("unexpected", ".per_level.", "AFP per-level weights: set MODEL.AFP.ENABLED True"),
-    ("single", ".per_level.", "single-level box fc1 / mask conv1 (trained without AFP): set "
-     "MODEL.AFP.ENABLED False (AFP starts from them only when training)"),
+    ("unexpected", ".per_level.", "AFP per-level weights: set MODEL.AFP.ENABLED True (AFP fused "
+     "after the first layer: MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE_POSITION after_first_layer)"),
+    ("position", "box_head.fc1.per_level.", "a box fc1 per level: set MODEL.AFP.BOX_FUSE_POSITION "
+     "after_first_layer"),
+    ("position", "mask_head.mask_fcn1.per_level.", "a mask conv1 per level: set "
+     "MODEL.AFP.MASK_FUSE_POSITION after_first_layer"),
+    ("single", ".per_level.", "single-level box fc1 / mask conv1: trained without AFP (set "
+     "MODEL.AFP.ENABLED False; AFP starts from them only when training) or with AFP fused before "
+     "them (set MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE_POSITION before_first_layer)"),
     ("missing", "fc_fusion.", "no fully-connected fusion: set MODEL.FF.ENABLED False"),
     ("unexpected", "fc_fusion.", "fully-connected fusion weights: set MODEL.FF.ENABLED True"),
     ("missing", "backbone.bpa_", "no bottom-up path augmentation: set MODEL.BACKBONE.NAME "
@@ -412,7 +419,10 @@ def fit_hints(missing, unexpected, file_keys, model_keys):
     for where, part, hint in _HINTS:
         if where == "single":
             holds = any(part in k and k.replace(part, ".") in file_keys for k in missing)
-            holds = holds and not any(part in k for k in file_keys)  # none per level
+            holds = holds and not any(part in k for k in file_keys)  # none per level (not HHD's)
+        elif where == "position":
+            holds = any(part in k for k in unexpected) and not any(part in k for k in model_keys)
+            holds = holds and any(".per_level." in k for k in model_keys)
         else:
             keys, other = against[where]
             holds = any(part in k for k in keys) and not any(part in k for k in other)

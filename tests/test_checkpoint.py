@@ -256,6 +256,20 @@ def test_architecture_mismatch(instance_state, tmp_path):
     fc1 = model.roi_heads.box_head.fc1.per_level.weight
     assert torch.equal(fc1[0], no_afp_model.roi_heads.box_head.fc1.weight)
     assert torch.equal(fc1[0], fc1[3])
+    # AFP fused before the box head's fc1 (one fc1, as without AFP), the mask head's after its
+    # conv1 (per level), against a checkpoint of both after: the box position named
+    before = _model(INSTANCE, "MODEL.AFP.BOX_FUSE_POSITION", "before_first_layer", seed=3)
+    msg = _error(before, with_afp)
+    assert (
+        "the file has a box fc1 per level: set MODEL.AFP.BOX_FUSE_POSITION after_first_layer" in msg
+    )
+    # a checkpoint of both before (no per-level tensor) into a model of both after
+    both = ["MODEL.AFP.BOX_FUSE_POSITION", "before_first_layer"]
+    both += ["MODEL.AFP.MASK_FUSE_POSITION", "before_first_layer"]
+    msg = _error(
+        _model(seed=4), _save(tmp_path, "before.pth", _model(INSTANCE, *both).state_dict())
+    )
+    assert "or with AFP fused before them (set MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE" in msg
     # without fully-connected fusion
     assert "set MODEL.FF.ENABLED False" in _error(
         _model(INSTANCE, "MODEL.FF.ENABLED", True, seed=1),

@@ -89,7 +89,8 @@ def check_registered(name, key):
         hint = f" Did you mean: {', '.join(map(repr, close))}?" if close else ""
         raise DatasetError(
             f"Dataset {name!r} in {key} is not registered.{hint} Register it (e.g. with Detectron2"
-            f"'s register_coco_instances) in a module that train_net.py imports, or fix {key}."
+            f"'s register_coco_instances) in a module that the script imports (train_net.py, "
+            f"tools/*.py: before their main), or fix {key}."
         )
 
 

@@ -307,8 +307,13 @@ def _small_coco_copy(tmp_path, num_images=2):
 
 
 def test_error_unregistered_dataset(train_net, datasets, tmp_path):
-    with pytest.raises(DatasetError, match="'no_such_dataset' in DATASETS.TRAIN is not registered"):
+    with pytest.raises(DatasetError) as e:
         train_net.main(_args(tmp_path, train="no_such_dataset"))
+    assert "'no_such_dataset' in DATASETS.TRAIN is not registered" in str(e.value)
+    assert str(e.value).endswith(  # (not "train_net.py imports" in the other tools)
+        "in a module that the script imports (train_net.py, tools/*.py: before their main), or fix "
+        "DATASETS.TRAIN."
+    )
     with pytest.raises(
         DatasetError,
         match=r"'{}_vall' in DATASETS.TEST is not registered.*"
