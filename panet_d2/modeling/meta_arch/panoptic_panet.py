@@ -54,12 +54,16 @@ class PanopticPANet(PanopticFPN):
         """As :meth:`PanopticFPN.forward`; a scripted model returns :meth:`inference_tensors`."""
         if torch.jit.is_scripting():
             return self.inference_tensors(batched_inputs)
-        if self.training and batched_inputs and "sem_seg" not in batched_inputs[0]:
+        lacking = [x for x in batched_inputs if "sem_seg" not in x or "instances" not in x]
+        if self.training and lacking:
+            what = "'sem_seg'" if "sem_seg" not in lacking[0] else "'instances'"
             raise ValueError(
-                "PanopticPANet training needs a 'sem_seg' target in every input, and this batch "
-                "has none: the dataset mapper produced no semantic labels. Use panet_d2.data."
+                f"PanopticPANet training needs 'instances' and 'sem_seg' targets in every input, "
+                f"and {len(lacking)} of this batch's {len(batched_inputs)} have no {what} (the "
+                f"first: {lacking[0].get('file_name', 'no file_name')!r}). Use panet_d2.data."
                 "PanopticDatasetMapper (train_net.py does), which makes them from the panoptic "
-                "PNGs, or a dataset with sem_seg_file_name (Detectron2's *_panoptic_separated)."
+                "PNGs, or a dataset with annotations and sem_seg_file_name (Detectron2's "
+                "*_panoptic_separated)."
             )
         return super().forward(batched_inputs)
 

@@ -274,3 +274,22 @@ def test_bad_merge_thresholds_are_refused_naming_the_key(name, value, allowed):
 def test_merge_threshold_not_a_number_is_refused():
     with pytest.raises(ValueError, match=r"model\.combine_overlap_thresh\) = '0\.5': must be"):
         _model_with("lazy", {"OVERLAP_THRESH": "0.5"})
+
+
+def test_training_inputs_without_a_target_are_named():
+    """An input of the batch without 'sem_seg' or 'instances': one ValueError naming it (Detectron2:
+    a KeyError when one of several lacks it), before the backbone runs."""
+    model, _ = _model()
+    model.train()
+    calls = []
+    model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    full = dict(_sample(), file_name="a.jpg")
+    for missing in ("sem_seg", "instances"):
+        other = {k: v for k, v in full.items() if k != missing}
+        with EventStorage(0), pytest.raises(ValueError) as e:
+            model([full, dict(other, file_name="b.jpg")])
+        assert str(e.value).startswith(
+            f"PanopticPANet training needs 'instances' and 'sem_seg' targets in every input, and 1 "
+            f"of this batch's 2 have no '{missing}' (the first: 'b.jpg')."
+        )
+    assert calls == []
