@@ -336,6 +336,19 @@ def print_table(args, times, outputs, gate, gflops, peaks):
         )
 
 
+def check_instance_model(parser, cfg, config):
+    """A parser error unless ``cfg`` is of an instance model (a GeneralizedRCNN, not panoptic):
+    the benchmark times and compares the final instances of each backend."""
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    if not (isinstance(arch, type) and issubclass(arch, GeneralizedRCNN)) or issubclass(
+        arch, PanopticFPN
+    ):
+        parser.error(
+            f"--config {config}: its model is a {cfg.MODEL.META_ARCHITECTURE}; this benchmark "
+            "runs instance models (GeneralizedRCNN; tools/export_model.py exports panoptic ones)"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -369,14 +382,7 @@ def main():
     except (InputError, RuntimeError) as e:  # a bad option, or a config not in the model zoo
         parser.error(" ".join(str(e).split()))
     cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", ""
-    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
-    if not (isinstance(arch, type) and issubclass(arch, GeneralizedRCNN)) or issubclass(
-        arch, PanopticFPN
-    ):  # it times and compares the final instances of each backend
-        parser.error(
-            f"--config {args.config}: its model is a {cfg.MODEL.META_ARCHITECTURE}; this benchmark "
-            "runs instance models (GeneralizedRCNN; tools/export_model.py exports panoptic ones)"
-        )
+    check_instance_model(parser, cfg, args.config)
     model = build(cfg, args)
     refusal = int8_heads_refusal(model)
     if refusal and args.backends and "openvino-int8-heads" in args.backends:

@@ -47,8 +47,8 @@ CLASS_KEYS = {
 # "position": the file has one, the model none of that part but per-level tensors elsewhere.
 # fmt: off
 _HINTS = (
-    ("unexpected", ".per_level.", "AFP per-level weights: set MODEL.AFP.ENABLED True (AFP fused "
-     "after the first layer: MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE_POSITION after_first_layer)"),
+    ("unexpected", ".per_level.", "AFP per-level weights (AFP fused after the first layer, "
+     "MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE_POSITION's default): set MODEL.AFP.ENABLED True"),
     ("position", "box_head.fc1.per_level.", "a box fc1 per level: set MODEL.AFP.BOX_FUSE_POSITION "
      "after_first_layer"),
     ("position", "mask_head.mask_fcn1.per_level.", "a mask conv1 per level: set "

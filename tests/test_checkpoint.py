@@ -243,7 +243,8 @@ def test_architecture_mismatch(instance_state, tmp_path):
     no_afp_model = _model(INSTANCE, "MODEL.AFP.ENABLED", False, seed=1)
     msg = _error(no_afp_model, with_afp)
     assert "4 of its 160 tensors are not in the file (roi_heads.box_head.fc1.bias" in msg
-    assert "the file has AFP per-level weights: set MODEL.AFP.ENABLED True" in msg
+    assert "the file has AFP per-level weights (AFP fused after the first layer, " in msg
+    assert "POSITION's default): set MODEL.AFP.ENABLED True" in msg
     # the other way: single-level fc1 / conv1 (Detectron2's layout) into an AFP model: refused,
     # but a warm start when training (copied to every level)
     no_afp = _save(tmp_path, "no_afp.pth", no_afp_model.state_dict())

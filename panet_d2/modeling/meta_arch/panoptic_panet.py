@@ -54,8 +54,15 @@ class PanopticPANet(PanopticFPN):
         """As :meth:`PanopticFPN.forward`; a scripted model returns :meth:`inference_tensors`."""
         if torch.jit.is_scripting():
             return self.inference_tensors(batched_inputs)
+        if self.training:
+            self._check_targets(batched_inputs)
+        return super().forward(batched_inputs)
+
+    @torch.jit.unused
+    def _check_targets(self, batched_inputs: List[Dict[str, Tensor]]):
+        """A ValueError naming the first training input without 'instances' or 'sem_seg'."""
         lacking = [x for x in batched_inputs if "sem_seg" not in x or "instances" not in x]
-        if self.training and lacking:
+        if lacking:
             what = "'sem_seg'" if "sem_seg" not in lacking[0] else "'instances'"
             raise ValueError(
                 f"PanopticPANet training needs 'instances' and 'sem_seg' targets in every input, "
@@ -65,7 +72,6 @@ class PanopticPANet(PanopticFPN):
                 "PNGs, or a dataset with annotations and sem_seg_file_name (Detectron2's "
                 "*_panoptic_separated)."
             )
-        return super().forward(batched_inputs)
 
     def merge_thresholds(self) -> Tuple[float, float, float]:
         """The merge's overlap, stuff area and instance score thresholds, as floats."""
