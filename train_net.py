@@ -53,6 +53,7 @@ from panet_d2.engine.checks import (
     check_expected_results,
     check_inputs,
     check_output_dir,
+    check_run_values,
 )
 from panet_d2.engine.resume import check_last_checkpoint
 from panet_d2.engine.trainer import TrainingInterrupted
@@ -300,6 +301,8 @@ def owning_output_dir(cfg, args=None):
 
 def main(args):
     cfg, notes = checked_config(args)
+    if not args.eval_only:  # what loads no dataset, before a previous run's files are moved
+        check_run_values(cfg, train=True)
     with owning_output_dir(cfg, args) as moved:
         return _run(args, setup(args, (cfg, notes + moved)))
 

@@ -903,8 +903,10 @@ def check_expected_results(cfg, results=None):
             )
 
 
-def check_inputs(cfg, train=True):
-    """The checks before a training (``train``) or evaluation run of ``cfg``."""
+def check_run_values(cfg, train=True):
+    """The checks of :func:`check_inputs` that load no dataset (a fraction of a second): the
+    config values, the datasets' registration, metadata files and evaluators. Returns the
+    (dataset, config key) pairs checked."""
     check_config(cfg, train=train)
     files = [("DATASETS.PROPOSAL_FILES_TEST", "DATASETS.TEST")]
     files += [("DATASETS.PROPOSAL_FILES_TRAIN", "DATASETS.TRAIN")] * train
@@ -929,6 +931,14 @@ def check_inputs(cfg, train=True):
                 f"Dataset {name!r} (DATASETS.TEST) is evaluated as {evaluator_type!r}: the model "
                 f"{cfg.MODEL.META_ARCHITECTURE} gives instances only (test an instance dataset)."
             )
+    return datasets
+
+
+def check_inputs(cfg, train=True):
+    """The checks before a training (``train``) or evaluation run of ``cfg``."""
+    datasets = check_run_values(cfg, train)
+    for name in cfg.DATASETS.TEST:
+        evaluator_type = check_evaluator_type(name)
         if evaluator_type.endswith("panoptic_seg"):  # panopticapi's; before loading (KeyError)
             check_panoptic_categories(name)
         with loading_dataset([name], "DATASETS.TEST"):

@@ -606,11 +606,20 @@ def test_a_new_run_keeps_the_previous_runs_files(run_a, train_net, tmp_path, cap
     assert "moved with its logs, metrics and config to" in (out / "log.txt").read_text()
     # untouched by the later runs of this process (Detectron2 keeps its log file open)
     assert {n: (kept / n).read_bytes() for n in before} == before
-    # a run that moved them and then failed its checks: --resume names where they went
+    # a run refused by the checks that load no dataset (config values, dataset names): nothing
+    # moved; one that moved them and then failed a dataset's checks: --resume names where they went
     shutil.rmtree(out)
     shutil.copytree(run_a["out"], out)
-    with pytest.raises(DatasetError):
-        train_net.main(_args(out, train="t_no_such_dataset", test=None))
+    for opts in (("MODEL.FPN.FUSE_TYPE", "max"), ()):
+        with pytest.raises((ConfigError, DatasetError)):
+            train_net.main(_args(out, *opts, train="t_no_such_dataset", test=None))
+    assert not (out / "previous_run_1").exists()
+    DatasetCatalog.register("t_loader_fails", lambda: 1 / 0)
+    try:
+        with pytest.raises(DatasetError, match="^Cannot load dataset 't_loader_fails'"):
+            train_net.main(_args(out, train="t_loader_fails", test=None))
+    finally:
+        DatasetCatalog.remove("t_loader_fails")
     assert (out / "previous_run_1" / "last_checkpoint").exists()
     with pytest.raises(ConfigError, match=r"^--resume: OUTPUT_DIR=.* has no last_checkpoint; the"):
         train_net.main(_args(out, resume=True, test=None))
