@@ -47,8 +47,8 @@ CLASS_KEYS = {
 # "position": the file has one, the model none of that part but per-level tensors elsewhere.
 # fmt: off
 _HINTS = (
-    ("unexpected", ".per_level.", "AFP per-level weights (AFP fused after the first layer, "
-     "MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE_POSITION's default): set MODEL.AFP.ENABLED True"),
+    ("unexpected", ".per_level.", "AFP per-level weights: set MODEL.AFP.ENABLED True (with "
+     "MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE_POSITION after_first_layer, their default)"),
     ("position", "box_head.fc1.per_level.", "a box fc1 per level: set MODEL.AFP.BOX_FUSE_POSITION "
      "after_first_layer"),
     ("position", "mask_head.mask_fcn1.per_level.", "a mask conv1 per level: set "
@@ -412,14 +412,23 @@ def non_finite(state):
     return bad, bad and f"{bad[0]} has {n} of {m} values not finite ({len(bad)} tensor(s) in all)"
 
 
+def _head_of(key):
+    """The module prefix of the RoI head of tensor ``key`` ("roi_heads.box_head.")."""
+    return ".".join(key.split(".")[:2]) + "."
+
+
 def fit_hints(missing, unexpected, file_keys, model_keys):
     """The :data:`_HINTS` (what the file has: the config value to set) that hold for a file of
     tensors ``file_keys``, a model of ``model_keys``, ``missing`` and ``unexpected`` tensors."""
     against, hints = {"missing": (missing, file_keys), "unexpected": (unexpected, model_keys)}, []
     for where, part, hint in _HINTS:
-        if where == "single":
-            holds = any(part in k and k.replace(part, ".") in file_keys for k in missing)
-            holds = holds and not any(part in k for k in file_keys)  # none per level (not HHD's)
+        if where == "single":  # and the file's head has no per-level tensor (HHD's has)
+            holds = any(
+                part in k
+                and k.replace(part, ".") in file_keys
+                and not any(part in f and f.startswith(_head_of(k)) for f in file_keys)
+                for k in missing
+            )
         elif where == "position":
             holds = any(part in k for k in unexpected) and not any(part in k for k in model_keys)
             holds = holds and any(".per_level." in k for k in model_keys)

@@ -243,8 +243,7 @@ def test_architecture_mismatch(instance_state, tmp_path):
     no_afp_model = _model(INSTANCE, "MODEL.AFP.ENABLED", False, seed=1)
     msg = _error(no_afp_model, with_afp)
     assert "4 of its 160 tensors are not in the file (roi_heads.box_head.fc1.bias" in msg
-    assert "the file has AFP per-level weights (AFP fused after the first layer, " in msg
-    assert "POSITION's default): set MODEL.AFP.ENABLED True" in msg
+    assert "the file has AFP per-level weights: set MODEL.AFP.ENABLED True (with MODEL.AFP." in msg
     # the other way: single-level fc1 / conv1 (Detectron2's layout) into an AFP model: refused,
     # but a warm start when training (copied to every level)
     no_afp = _save(tmp_path, "no_afp.pth", no_afp_model.state_dict())
@@ -264,13 +263,19 @@ def test_architecture_mismatch(instance_state, tmp_path):
     assert (
         "the file has a box fc1 per level: set MODEL.AFP.BOX_FUSE_POSITION after_first_layer" in msg
     )
-    # a checkpoint of both before (no per-level tensor) into a model of both after
+    # a checkpoint of the box head fused before (the mask head's after), or of both before, into
+    # a model of both after: the single-level tensors read both ways
     both = ["MODEL.AFP.BOX_FUSE_POSITION", "before_first_layer"]
     both += ["MODEL.AFP.MASK_FUSE_POSITION", "before_first_layer"]
-    msg = _error(
-        _model(seed=4), _save(tmp_path, "before.pth", _model(INSTANCE, *both).state_dict())
+    both_before = _model(INSTANCE, *both, seed=5)
+    for state in (before.state_dict(), both_before.state_dict()):
+        msg = _error(_model(seed=4), _save(tmp_path, "before.pth", state))
+        assert "or with AFP fused before them (set MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE" in msg
+    # and the other way: AFP on, both fused before, against a default AFP checkpoint
+    msg = _error(both_before, with_afp)
+    assert (
+        "set MODEL.AFP.ENABLED True (with MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE_POSITION " in msg
     )
-    assert "or with AFP fused before them (set MODEL.AFP.BOX_FUSE_POSITION / MASK_FUSE" in msg
     # without fully-connected fusion
     assert "set MODEL.FF.ENABLED False" in _error(
         _model(INSTANCE, "MODEL.FF.ENABLED", True, seed=1),

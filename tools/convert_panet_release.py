@@ -728,7 +728,7 @@ def _fitting_options(converted, model_state, missing, extra, shapes):
                     options += [key, str(n_file)]
     hints = []
     for hint in fit_hints(missing, extra, converted, model_state):
-        m = re.fullmatch(r"(.*): set (MODEL\.[A-Z0-9_.]+) (\w+)", hint)
+        m = re.fullmatch(r"(.*): set (MODEL\.[A-Z0-9_.]+) (\w+)(?: \(.*\))?", hint)
         if m and m.group(2) not in options:
             options += [m.group(2), m.group(3)]
         elif not m:

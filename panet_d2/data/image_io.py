@@ -186,9 +186,10 @@ def check_sem_seg_labels(labels, file_name, num_classes, ignore_value, what):
     bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_value)]
     if bad.size:
         others = f" (and {bad.size - 1} other values out of range)" if bad.size > 1 else ""
+        ignore = "no ignore value" if ignore_value is None else f"the ignore value {ignore_value}"
         raise DatasetError(
             f"Semantic label PNG {file_name!r} holds the label {int(bad[0])}{others}: {what} "
-            f"allows 0..{num_classes - 1} and the ignore value {ignore_value}."
+            f"allows 0..{num_classes - 1} and {ignore}."
         )
 
 

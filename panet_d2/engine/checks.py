@@ -34,6 +34,7 @@ from detectron2.modeling import (
     build_backbone,
 )
 from detectron2.modeling import roi_heads as d2_roi_heads
+from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
@@ -442,11 +443,12 @@ def _check_model_values(cfg, rcnn):
                 f"DEFORM_ON_PER_STAGE and RES2_OUT_CHANNELS 64; got {r.RES5_DILATION}, "
                 f"{list(r.DEFORM_ON_PER_STAGE)} and {r.RES2_OUT_CHANNELS}."
             )
-        if r.RES5_DILATION != 1 and "fpn" in m.BACKBONE.NAME and "res5" in m.FPN.IN_FEATURES:
+        pyramid = m.FPN.IN_FEATURES if "fpn" in m.BACKBONE.NAME else ()
+        if r.RES5_DILATION != 1 and "res4" in pyramid and "res5" in pyramid:
             raise ConfigError(  # Detectron2's FPN: "Strides 16 16 are not log2 contiguous"
                 f"MODEL.RESNETS.RES5_DILATION={r.RES5_DILATION} keeps res5 at res4's stride (16): "
-                f"a feature pyramid ({m.BACKBONE.NAME}) takes res5 at stride 32. Set it 1, or "
-                "leave res5 out of MODEL.FPN.IN_FEATURES."
+                f"a feature pyramid ({m.BACKBONE.NAME}) cannot take both (MODEL.FPN.IN_FEATURES="
+                f"{list(pyramid)}). Set it 1, or leave res4 or res5 out of the pyramid."
             )
     anchors = m.ANCHOR_GENERATOR
     values = [v for key in ("SIZES", "ASPECT_RATIOS") for row in anchors[key] for v in row]
@@ -465,9 +467,14 @@ def _check_model_values(cfg, rcnn):
             f"MODEL.MASK_ON=False: {m.META_ARCHITECTURE}'s panoptic merge reads the instance "
             "masks: set it True."
         )
-    poolers = ["MODEL.ROI_BOX_HEAD.POOLER_TYPE"] + ["MODEL.ROI_MASK_HEAD.POOLER_TYPE"] * m.MASK_ON
-    for key in poolers if rcnn else ():  # Detectron2's ROIPooler: a ValueError when built
-        check_choice(key, _value(cfg, key), POOLER_TYPES)
+    heads = d2_roi_heads.ROI_HEADS_REGISTRY.get(m.ROI_HEADS.NAME) if rcnn else None
+    standard = isinstance(heads, type) and issubclass(heads, d2_roi_heads.StandardROIHeads)
+    if standard or isinstance(heads, type) and issubclass(heads, d2_roi_heads.Res5ROIHeads):
+        check_choice("MODEL.ROI_BOX_HEAD.POOLER_TYPE", m.ROI_BOX_HEAD.POOLER_TYPE, POOLER_TYPES)
+    if standard and m.MASK_ON:  # "": no pooling, the mask head reads the features (PointRend)
+        check_choice(
+            "MODEL.ROI_MASK_HEAD.POOLER_TYPE", m.ROI_MASK_HEAD.POOLER_TYPE, POOLER_TYPES + ("",)
+        )
     if rcnn and issubclass(rcnn, PanopticFPN) and not m.PANOPTIC_FPN.COMBINE.ENABLED:
         raise ConfigError(
             "MODEL.PANOPTIC_FPN.COMBINE.ENABLED=False: Detectron2 no longer reads it (the panoptic "
@@ -554,13 +561,16 @@ def _build_on_meta_device(cfg):
 
 
 def _check_sem_seg_strides(cfg, model):
-    """A :class:`ConfigError` if the semantic head reads a feature coarser than the images are
-    padded for: its upsampled map then misses the others' size for some image sizes."""
+    """A :class:`ConfigError` if Panoptic FPN's semantic head (Detectron2's SemSegFPNHead, which
+    sums its features' upsampled maps) reads a feature coarser than the multiple the images are
+    padded to: its map then misses the others' size for some image sizes."""
     head, backbone = getattr(model, "sem_seg_head", None), getattr(model, "backbone", None)
-    features = getattr(head, "in_features", None)
-    if not features or backbone is None:
+    if not isinstance(head, SemSegFPNHead) or backbone is None:  # (other heads resize, e.g.
+        return  # DeepLab's)
+    features, padded = list(head.in_features), backbone.size_divisibility
+    if len(features) < 2 or padded <= 1:
         return
-    shapes, padded = backbone.output_shape(), max(backbone.size_divisibility, 1)
+    shapes = backbone.output_shape()
     coarse = [f for f in features if f in shapes and padded % shapes[f].stride]
     if coarse:
         raise ConfigError(
