@@ -302,7 +302,8 @@ def owning_output_dir(cfg, args=None):
 def main(args):
     cfg, notes = checked_config(args)
     if not args.eval_only:  # what loads no dataset, before a previous run's files are moved
-        check_run_values(cfg, train=True)
+        with quiet_log_file_errors():  # (the run's log is set up after the move)
+            check_run_values(cfg, train=True)
     with owning_output_dir(cfg, args) as moved:
         return _run(args, setup(args, (cfg, notes + moved)))
 

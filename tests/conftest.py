@@ -59,3 +59,8 @@ def _project_logs_reach_caplog():
     yield
     for lg, p in zip(loggers, saved):
         lg.propagate = p
+    # a handler that setup_logger made in a test with capsys writes to its closed stream later
+    for lg in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
+        for handler in list(getattr(lg, "handlers", ())):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                lg.removeHandler(handler)
