@@ -26,15 +26,13 @@ from detectron2.modeling import (
     PROPOSAL_GENERATOR_REGISTRY,
     RPN_HEAD_REGISTRY,
     SEM_SEG_HEADS_REGISTRY,
-    GeneralizedRCNN,
-    PanopticFPN,
-    ProposalNetwork,
-    RetinaNet,
-    SemanticSegmentor,
     build_backbone,
 )
 from detectron2.modeling import roi_heads as d2_roi_heads
-from detectron2.modeling.meta_arch.semantic_seg import SemSegFPNHead
+from detectron2.modeling.meta_arch.panoptic_fpn import PanopticFPN
+from detectron2.modeling.meta_arch.rcnn import GeneralizedRCNN, ProposalNetwork
+from detectron2.modeling.meta_arch.retinanet import RetinaNet
+from detectron2.modeling.meta_arch.semantic_seg import SemanticSegmentor, SemSegFPNHead
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
